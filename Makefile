@@ -1,0 +1,52 @@
+# Two commands do everything, on a fresh machine too:
+#   make demo   the fake DigitalOcean API plus real nodes clustering through the strategy
+#   make test   every check CI runs
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+# rustup installs cargo here; non-login shells often lack it on the PATH.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+# Debian's Elixir wants a UTF-8 locale to read source files correctly.
+export LANG ?= C.UTF-8
+export LC_ALL ?= C.UTF-8
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
+
+.PHONY: all setup test test-rust test-elixir demo bench clean
+
+all: test
+
+# Elixir 1.14 on Erlang/OTP 25 from Debian, when missing. No Hex package is
+# ever fetched: the project has no Hex dependencies.
+setup:
+	@if ! command -v mix >/dev/null 2>&1 || ! command -v erl >/dev/null 2>&1 || \
+	    [ ! -d "$$(dirname "$$(readlink -f "$$(command -v erl)")")/../usr/include" ] && \
+	    ! ls /usr/lib/erlang/usr/include/erl_nif.h >/dev/null 2>&1; then \
+	  echo "==> installing Elixir and Erlang/OTP from Debian"; \
+	  $(SUDO) apt-get update; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y elixir erlang-dev; \
+	fi
+	@command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
+	@cargo fetch --locked >/dev/null
+
+test: setup test-rust test-elixir
+
+test-rust:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo test --workspace --locked
+
+test-elixir:
+	mix format --check-formatted
+	MIX_ENV=test mix compile --warnings-as-errors
+	MIX_ENV=test mix test
+
+demo: setup
+	mix run --no-start demo/demo.exs
+
+bench: setup
+	MIX_ENV=dev mix run --no-start bench/run.exs
+
+clean:
+	cargo clean
+	rm -rf _build

@@ -1,0 +1,28 @@
+defmodule LibclusterDroplet.Native do
+  @moduledoc false
+  # Stubs replaced by the Rust NIF `droplet_nif` when this module loads.
+  # Calls that do network I/O return at once and answer with a message from a
+  # thread of the NIF's own, so no Erlang scheduler ever waits on the network.
+
+  @on_load :load_nif
+
+  @doc false
+  def load_nif do
+    path = :filename.join(:code.priv_dir(:libcluster_droplet), ~c"native/libdroplet_nif")
+
+    case :erlang.load_nif(path, 0) do
+      :ok ->
+        :ok
+
+      {:error, {reason, text}} ->
+        :logger.error(
+          "libcluster_droplet: could not load its NIF from #{path}.so (#{reason}: #{text}); " <>
+            "rebuild with `mix compile`"
+        )
+
+        :ok
+    end
+  end
+
+  def nif_version, do: :erlang.nif_error(:nif_not_loaded)
+end
