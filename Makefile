@@ -10,7 +10,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export LANG ?= C.UTF-8
 export LC_ALL ?= C.UTF-8
 
-SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
+SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null && echo sudo)
 
 .PHONY: all setup test test-rust test-elixir demo bench clean
 
@@ -19,9 +19,7 @@ all: test
 # Elixir 1.14 on Erlang/OTP 25 from Debian, when missing. No Hex package is
 # ever fetched: the project has no Hex dependencies.
 setup:
-	@if ! command -v mix >/dev/null 2>&1 || ! command -v erl >/dev/null 2>&1 || \
-	    [ ! -d "$$(dirname "$$(readlink -f "$$(command -v erl)")")/../usr/include" ] && \
-	    ! ls /usr/lib/erlang/usr/include/erl_nif.h >/dev/null 2>&1; then \
+	@if ! command -v mix >/dev/null 2>&1 || ! command -v erl >/dev/null 2>&1; then \
 	  echo "==> installing Elixir and Erlang/OTP from Debian"; \
 	  $(SUDO) apt-get update; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y elixir erlang-dev; \

@@ -25,4 +25,10 @@ defmodule LibclusterDroplet.Native do
   end
 
   def nif_version, do: :erlang.nif_error(:nif_not_loaded)
+  def list_droplets(_request, _ref), do: :erlang.nif_error(:nif_not_loaded)
+
+  def probe(_addresses, _port, _timeout_ms, _concurrency, _ref),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def debug_panic(_where, _ref), do: :erlang.nif_error(:nif_not_loaded)
 end

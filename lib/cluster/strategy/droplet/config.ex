@@ -1,0 +1,339 @@
+defmodule Cluster.Strategy.Droplet.Config do
+  @moduledoc """
+  Validated options of `Cluster.Strategy.Droplet`.
+
+  `new!/1` checks a topology's `config:` keyword list when the strategy starts
+  and raises an `ArgumentError` that names the option and what it accepts.
+  The options, their defaults and meaning:
+
+  | option | default | |
+  | --- | --- | --- |
+  | `:token` | required | DigitalOcean API token (scope `droplet:read`, plus `tag:read` with `:tag_name`); a string, or a zero-arity function returning one |
+  | `:network` | `:private` | `:private` or `:public`: which of the droplet's addresses nodes are reached on |
+  | `:ipv6` | `false` | use the droplet's IPv6 address (public only: DigitalOcean has no private IPv6) |
+  | `:tag_name` | `nil` | only droplets with this tag |
+  | `:name` | `nil` | only droplets with this exact (case-insensitive) name; not with `:tag_name` |
+  | `:node_basename` | the droplet's name | node names are `basename@address` |
+  | `:health_check` | `nil` | `{:tcp, port: port, timeout: ms}` (timeout 500): connect only to nodes whose port answers |
+  | `:polling_interval` | `5_000` | ms between polls |
+  | `:api_url` | `"https://api.digitalocean.com"` | plain `http://` only for loopback hosts |
+  | `:ca_file` | `nil` | PEM file of extra CAs to trust (TLS verification cannot be disabled) |
+  | `:api_timeout` | `10_000` | ms allowed per HTTP request; a whole listing gets three times that |
+  | `:max_backoff` | `60_000` | ms: cap of the exponential backoff after failed polls |
+
+  The token is kept inside a closure, so neither `inspect/1`, crash reports
+  nor `:sys.get_state/1` can print it.
+  """
+
+  @default_api_url "https://api.digitalocean.com"
+  @default_probe_timeout 500
+
+  @derive {Inspect, except: [:token]}
+  @enforce_keys [:token]
+  defstruct token: nil,
+            network: :private,
+            ipv6: false,
+            tag_name: nil,
+            name: nil,
+            node_basename: nil,
+            health_check: nil,
+            polling_interval: 5_000,
+            api_url: @default_api_url,
+            ca_file: nil,
+            api_timeout: 10_000,
+            max_backoff: 60_000
+
+  @type health_check :: {:tcp, port: 1..65_535, timeout: pos_integer()}
+
+  @type t :: %__MODULE__{
+          token: (() -> String.t()),
+          network: :private | :public,
+          ipv6: boolean(),
+          tag_name: String.t() | nil,
+          name: String.t() | nil,
+          node_basename: String.t() | nil,
+          health_check: health_check() | nil,
+          polling_interval: pos_integer(),
+          api_url: String.t(),
+          ca_file: Path.t() | nil,
+          api_timeout: pos_integer(),
+          max_backoff: pos_integer()
+        }
+
+  @keys [
+    :token,
+    :network,
+    :ipv6,
+    :tag_name,
+    :name,
+    :node_basename,
+    :health_check,
+    :polling_interval,
+    :api_url,
+    :ca_file,
+    :api_timeout,
+    :max_backoff
+  ]
+
+  @doc "The option names `new!/1` accepts."
+  @spec keys() :: [atom()]
+  def keys, do: @keys
+
+  @doc """
+  Validates a topology's `config:` keyword list and returns the config, or
+  raises `ArgumentError` naming the first bad option and what it accepts.
+  """
+  @spec new!(keyword()) :: t()
+  def new!(opts) do
+    unless Keyword.keyword?(opts) do
+      # Not printed: it may hold the token.
+      fail("expected the topology's config: to be a keyword list")
+    end
+
+    case Keyword.validate(opts, @keys) do
+      {:ok, _} ->
+        :ok
+
+      {:error, unknown} ->
+        # Keyword.validate!/2 would print the whole list, token included.
+        fail("unknown option(s) #{inspect(unknown)}; the known options are: #{inspect(@keys)}")
+    end
+
+    defaults = %__MODULE__{token: nil}
+
+    config = %__MODULE__{
+      token: token!(Keyword.fetch(opts, :token)),
+      network: one_of!(opts, :network, [:private, :public], defaults.network),
+      ipv6: boolean!(opts, :ipv6, defaults.ipv6),
+      tag_name: optional_string!(opts, :tag_name),
+      name: optional_string!(opts, :name),
+      node_basename: basename!(opts),
+      health_check: health_check!(Keyword.get(opts, :health_check)),
+      polling_interval: pos_integer!(opts, :polling_interval, defaults.polling_interval),
+      api_url: api_url!(Keyword.get(opts, :api_url, defaults.api_url)),
+      ca_file: ca_file!(Keyword.get(opts, :ca_file)),
+      api_timeout: pos_integer!(opts, :api_timeout, defaults.api_timeout),
+      max_backoff: pos_integer!(opts, :max_backoff, defaults.max_backoff)
+    }
+
+    check_combinations!(config, Keyword.has_key?(opts, :network))
+  end
+
+  @doc "The token: the only place it is taken out of its closure."
+  @spec token(t()) :: String.t()
+  def token(%__MODULE__{token: fun}), do: fun.()
+
+  defp check_combinations!(%__MODULE__{tag_name: tag, name: name}, _network_given?)
+       when is_binary(tag) and is_binary(name) do
+    fail(
+      "invalid options :tag_name and :name: the DigitalOcean API filters by one or the other, not both; " <>
+        "got tag_name: #{inspect(tag)} and name: #{inspect(name)}"
+    )
+  end
+
+  defp check_combinations!(%__MODULE__{network: :private, ipv6: true}, false = _network_given?) do
+    fail(
+      "invalid option :ipv6: true needs network: :public; the network defaults to :private " <>
+        "and DigitalOcean has no private IPv6 addresses"
+    )
+  end
+
+  defp check_combinations!(%__MODULE__{network: :private, ipv6: true}, true = _network_given?) do
+    fail(
+      "invalid option :ipv6: true with network: :private; DigitalOcean has no private IPv6 addresses, " <>
+        "so use network: :public with ipv6: true, or ipv6: false"
+    )
+  end
+
+  defp check_combinations!(config, _network_given?), do: config
+
+  defp token!(:error) do
+    fail("missing required option :token: expected a DigitalOcean API token (a non-empty string)")
+  end
+
+  defp token!({:ok, token}) when is_binary(token) and byte_size(token) > 0 do
+    if String.trim(token) == "" do
+      fail("invalid option :token: expected a non-empty string, got a blank one")
+    end
+
+    fn -> token end
+  end
+
+  defp token!({:ok, fun}) when is_function(fun, 0), do: fun
+
+  # The value is never printed: a malformed token may still be most of a secret.
+  defp token!({:ok, ""}),
+    do: fail("invalid option :token: expected a non-empty string, got an empty one")
+
+  defp token!({:ok, _}),
+    do: fail("invalid option :token: expected a non-empty string or a zero-arity function")
+
+  defp one_of!(opts, key, allowed, default) do
+    value = Keyword.get(opts, key, default)
+
+    if value in allowed,
+      do: value,
+      else:
+        fail(
+          "invalid option #{inspect(key)}: expected one of #{inspect(allowed)}, got: #{describe(value)}"
+        )
+  end
+
+  defp boolean!(opts, key, default) do
+    case Keyword.get(opts, key, default) do
+      value when is_boolean(value) ->
+        value
+
+      other ->
+        fail("invalid option #{inspect(key)}: expected true or false, got: #{describe(other)}")
+    end
+  end
+
+  defp optional_string!(opts, key) do
+    case Keyword.get(opts, key) do
+      nil ->
+        nil
+
+      value when is_binary(value) and byte_size(value) > 0 ->
+        value
+
+      other ->
+        fail(
+          "invalid option #{inspect(key)}: expected a non-empty string or nil, got: #{describe(other)}"
+        )
+    end
+  end
+
+  defp basename!(opts) do
+    case Keyword.get(opts, :node_basename) do
+      nil ->
+        nil
+
+      value when is_binary(value) ->
+        if LibclusterDroplet.NodeName.valid_basename?(value),
+          do: value,
+          else:
+            fail(
+              "invalid option :node_basename: expected the name part of a node name " <>
+                "(1-200 ASCII letters, digits, '_' or '-'), got: #{inspect(value)}"
+            )
+
+      other ->
+        fail("invalid option :node_basename: expected a string or nil, got: #{describe(other)}")
+    end
+  end
+
+  defp health_check!(nil), do: nil
+
+  defp health_check!({:tcp, opts}) when is_list(opts) do
+    unless Keyword.keyword?(opts), do: health_check_fail(opts)
+
+    case Keyword.validate(opts, port: nil, timeout: @default_probe_timeout) do
+      {:ok, opts} ->
+        port = opts[:port]
+        timeout = opts[:timeout]
+
+        if port == nil do
+          fail(
+            "invalid option :health_check: missing :port; expected {:tcp, port: 1..65535, timeout: ms}"
+          )
+        end
+
+        unless is_integer(port) and port in 1..65_535 do
+          fail(
+            "invalid option :health_check: expected :port to be an integer in 1..65535, got: #{describe(port)}"
+          )
+        end
+
+        unless is_integer(timeout) and timeout > 0 do
+          fail(
+            "invalid option :health_check: expected :timeout to be a positive integer (ms), got: #{describe(timeout)}"
+          )
+        end
+
+        {:tcp, port: port, timeout: timeout}
+
+      {:error, unknown} ->
+        fail(
+          "invalid option :health_check: unknown key(s) #{inspect(unknown)}; " <>
+            "expected {:tcp, port: port, timeout: ms}"
+        )
+    end
+  end
+
+  defp health_check!(other), do: health_check_fail(other)
+
+  defp health_check_fail(other) do
+    fail(
+      "invalid option :health_check: expected nil or {:tcp, port: 1..65535, timeout: ms}, got: #{describe(other)}"
+    )
+  end
+
+  defp pos_integer!(opts, key, default) do
+    case Keyword.get(opts, key, default) do
+      value when is_integer(value) and value > 0 ->
+        value
+
+      other ->
+        fail(
+          "invalid option #{inspect(key)}: expected a positive integer (ms), got: #{describe(other)}"
+        )
+    end
+  end
+
+  defp api_url!(url) when is_binary(url) do
+    uri = URI.parse(url)
+
+    cond do
+      uri.scheme not in ["http", "https"] or uri.host in [nil, ""] ->
+        fail(
+          "invalid option :api_url: expected an http(s) URL such as #{inspect(@default_api_url)}, got: #{inspect(url)}"
+        )
+
+      uri.userinfo != nil or uri.query != nil or uri.fragment != nil ->
+        fail(
+          "invalid option :api_url: expected no credentials, query or fragment, got: #{inspect(url)}"
+        )
+
+      uri.scheme == "http" and not loopback?(uri.host) ->
+        fail(
+          "invalid option :api_url: plain http would send the token unencrypted; " <>
+            "http:// is only accepted for loopback hosts, got: #{inspect(url)}"
+        )
+
+      true ->
+        String.trim_trailing(url, "/")
+    end
+  end
+
+  defp api_url!(other),
+    do: fail("invalid option :api_url: expected a string, got: #{describe(other)}")
+
+  defp loopback?(host) do
+    host = host |> String.trim_leading("[") |> String.trim_trailing("]")
+
+    case :inet.parse_address(String.to_charlist(host)) do
+      {:ok, {127, _, _, _}} -> true
+      {:ok, {0, 0, 0, 0, 0, 0, 0, 1}} -> true
+      _ -> host == "localhost"
+    end
+  end
+
+  defp ca_file!(nil), do: nil
+
+  defp ca_file!(path) when is_binary(path) do
+    if File.regular?(path),
+      do: path,
+      else:
+        fail(
+          "invalid option :ca_file: expected a readable PEM file, #{inspect(path)} does not exist"
+        )
+  end
+
+  defp ca_file!(other),
+    do: fail("invalid option :ca_file: expected a file path or nil, got: #{describe(other)}")
+
+  defp describe(value), do: inspect(value, limit: 10, printable_limit: 80)
+
+  defp fail(message), do: raise(ArgumentError, "Cluster.Strategy.Droplet: " <> message)
+end

@@ -1,0 +1,196 @@
+defmodule LibclusterDroplet do
+  @moduledoc """
+  The DigitalOcean side of `Cluster.Strategy.Droplet`, usable on its own:
+  list droplets through the API and TCP-probe addresses, both done by the
+  Rust NIF off the Erlang schedulers.
+
+      iex> LibclusterDroplet.list_droplets(token: token, tag_name: "web", network: :private)
+      {:ok, %LibclusterDroplet.Listing{droplets: [%{name: "web-1", address: "10.0.0.2", ...}], ...}}
+
+      iex> LibclusterDroplet.probe(["10.0.0.2", "10.0.0.3"], 4000, timeout: 500)
+      [{"10.0.0.2", {:ok, 312}}, {"10.0.0.3", {:error, :timeout}}]
+
+  Every function returns `{:error, reason}` on failure; see
+  `LibclusterDroplet.Error` for the reasons and `LibclusterDroplet.Error.format/1`
+  for readable messages.
+
+  Each call runs on a thread of the NIF's own and answers the calling process
+  with a message, so a slow API never occupies an Erlang scheduler. The
+  `start_*` functions expose that directly for callers, such as the strategy,
+  that must stay responsive while a call is in flight.
+  """
+
+  alias LibclusterDroplet.{Listing, Native}
+
+  @default_api_url "https://api.digitalocean.com"
+
+  @typedoc "An IPv4 or IPv6 address literal, e.g. `\"10.0.0.2\"` or `\"2604:a880::1\"`."
+  @type address :: String.t()
+
+  @typedoc """
+  A droplet as the NIF returns it: only the fields clustering needs.
+  `address` is the one selected for the requested network and IP version
+  (`nil` for droplets that are not `:active` or have no such address).
+  """
+  @type droplet :: %{
+          id: non_neg_integer(),
+          name: String.t(),
+          status: :new | :active | :off | :archive | String.t(),
+          tags: [String.t()],
+          region: String.t() | nil,
+          vpc_uuid: String.t() | nil,
+          v4: [{address(), :public | :private | String.t()}],
+          v6: [{address(), :public | :private | String.t()}],
+          address: address() | nil
+        }
+
+  @typedoc "The rate-limit headers of the API's last response, when it sent them."
+  @type rate_limit :: %{
+          limit: non_neg_integer() | nil,
+          remaining: non_neg_integer() | nil,
+          reset: non_neg_integer() | nil,
+          retry_after: non_neg_integer() | nil
+        }
+
+  @type probe_result ::
+          {:ok, connect_us :: non_neg_integer()}
+          | {:error, :timeout | :refused | :unreachable | :invalid_address | {:io, String.t()}}
+
+  @list_keys [
+    :token,
+    api_url: @default_api_url,
+    tag_name: nil,
+    name: nil,
+    network: nil,
+    ipv6: false,
+    ca_file: nil,
+    per_page: 200,
+    connect_timeout: 5_000,
+    request_timeout: 15_000,
+    deadline: 60_000,
+    max_body_bytes: 16 * 1024 * 1024,
+    max_pages: 1_000,
+    page_concurrency: 4
+  ]
+
+  @doc """
+  Lists droplets, following every page, and returns `{:ok, listing}` or
+  `{:error, reason}`. All or nothing: if one page fails, the listing fails.
+
+  Options:
+
+    * `:token` (required) - a DigitalOcean API token with `droplet:read`.
+    * `:api_url` - default `"#{@default_api_url}"`.
+    * `:tag_name` / `:name` - filter by tag, or by exact (case-insensitive)
+      droplet name. Not both.
+    * `:network` (`:private` or `:public`) and `:ipv6` (default `false`) - when
+      `:network` is given, each droplet's `:address` is the one selected.
+    * `:ca_file` - a PEM file of extra CA certificates to trust, on top of the
+      bundled Mozilla roots. TLS verification cannot be turned off.
+    * `:per_page` - default 200 (the API's maximum).
+    * `:connect_timeout`, `:request_timeout` (per HTTP request) and
+      `:deadline` (the whole listing), in milliseconds.
+    * `:max_body_bytes`, `:max_pages`, `:page_concurrency` - caps.
+  """
+  @spec list_droplets(keyword()) ::
+          {:ok, Listing.t()} | {:error, LibclusterDroplet.Error.reason()}
+  def list_droplets(opts) when is_list(opts) do
+    with {:ok, request} <- list_request(opts),
+         {:ok, ref} <- start_list_droplets(request) do
+      receive do
+        {:droplet_nif_list, ^ref, result, info} -> Listing.from_nif(result, info)
+      end
+    end
+  end
+
+  @doc """
+  Starts a listing from a ready NIF request map (see `list_request/1`) and
+  returns at once. The caller later receives
+  `{:droplet_nif_list, ref, result, info}`; `Listing.from_nif/2` turns the
+  last two into `{:ok, listing}` or `{:error, reason}`. The NIF always
+  answers, within the request's deadline.
+  """
+  @spec start_list_droplets(map()) :: {:ok, reference()} | {:error, term()}
+  def start_list_droplets(request) when is_map(request) do
+    ref = make_ref()
+
+    case Native.list_droplets(request, ref) do
+      :ok -> {:ok, ref}
+      {:error, _} = error -> error
+    end
+  end
+
+  @doc """
+  Builds the NIF request map for `start_list_droplets/1` from the options of
+  `list_droplets/1`. The token may be a string or a zero-arity function
+  returning it.
+  """
+  @spec list_request(keyword()) :: {:ok, map()} | {:error, {:invalid_request, String.t()}}
+  def list_request(opts) do
+    case Keyword.validate(opts, @list_keys) do
+      {:ok, opts} ->
+        {:ok,
+         %{
+           api_url: opts[:api_url],
+           token: reveal(opts[:token]),
+           tag_name: opts[:tag_name],
+           name: opts[:name],
+           per_page: opts[:per_page],
+           ca_file: opts[:ca_file],
+           connect_timeout_ms: opts[:connect_timeout],
+           request_timeout_ms: opts[:request_timeout],
+           deadline_ms: opts[:deadline],
+           max_body_bytes: opts[:max_body_bytes],
+           max_pages: opts[:max_pages],
+           page_concurrency: opts[:page_concurrency],
+           select: opts[:network] && %{network: opts[:network], ipv6: opts[:ipv6] == true}
+         }}
+
+      {:error, unknown} ->
+        # Keyword.validate!/2 would put the whole list, token included, in its message.
+        {:error, {:invalid_request, "unknown options #{inspect(unknown)}"}}
+    end
+  end
+
+  defp reveal(fun) when is_function(fun, 0), do: fun.()
+  defp reveal(token), do: token
+
+  @doc """
+  TCP-connects to every address on `port` in parallel and returns, in input
+  order, `{address, {:ok, connect_us}}` or `{address, {:error, reason}}`.
+
+  Options: `:timeout` per connection in ms (default 500), `:concurrency`
+  (default 512): at most that many connections are pending at once, so
+  `n` unreachable addresses cost about `ceil(n / concurrency)` timeouts.
+  """
+  @spec probe([address()], 1..65_535, keyword()) ::
+          [{address(), probe_result()}] | {:error, term()}
+  def probe(addresses, port, opts \\ []) do
+    timeout = Keyword.get(opts, :timeout, 500)
+
+    with {:ok, ref} <- start_probe(addresses, port, opts) do
+      receive do
+        {:droplet_nif_probe, ^ref, results} -> results
+      after
+        # The NIF enforces the timeout itself; this only guards against a lost message.
+        timeout * length(addresses) + 5_000 -> {:error, :timeout}
+      end
+    end
+  end
+
+  @doc """
+  Starts the probes of `probe/3` and returns at once; the caller later
+  receives `{:droplet_nif_probe, ref, results}`.
+  """
+  @spec start_probe([address()], 1..65_535, keyword()) :: {:ok, reference()} | {:error, term()}
+  def start_probe(addresses, port, opts \\ []) do
+    ref = make_ref()
+    timeout = Keyword.get(opts, :timeout, 500)
+    concurrency = Keyword.get(opts, :concurrency, 512)
+
+    case Native.probe(addresses, port, timeout, concurrency, ref) do
+      :ok -> {:ok, ref}
+      {:error, _} = error -> error
+    end
+  end
+end

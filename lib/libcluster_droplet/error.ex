@@ -1,0 +1,137 @@
+defmodule LibclusterDroplet.Error do
+  @moduledoc """
+  Readable messages for the `{:error, reason}` terms of `LibclusterDroplet`.
+
+  The NIF reports failures as plain terms so callers can match on them:
+
+  | reason | meaning |
+  | --- | --- |
+  | `:unauthorized` | 401: the token is wrong or revoked |
+  | `:forbidden` | 403: the token lacks the `droplet:read` (or `tag:read`) scope |
+  | `{:rate_limited, seconds \\| nil}` | 429: wait `seconds` before the next request |
+  | `{:http_status, code}` | any other non-2xx status |
+  | `:timeout` | connect, request or whole-listing deadline passed |
+  | `{:transport, detail}` | connection refused, reset, DNS failure… |
+  | `{:tls, detail}` | the server's certificate was not trusted |
+  | `{:invalid_json, detail}` | the body is not JSON (HTML, truncated…) |
+  | `{:unexpected_shape, detail}` | JSON, but not a droplets page |
+  | `{:inconsistent, detail}` | pages contradict each other or `meta.total` |
+  | `:foreign_link` | a pagination link points at another scheme, host or port |
+  | `:foreign_redirect` | a redirect points at another scheme, host or port |
+  | `:too_many_redirects` | more than 3 redirects |
+  | `:pagination_loop` | a `next` link revisits a page |
+  | `{:too_many_pages, max}` | more pages than the cap |
+  | `{:body_too_large, limit}` | a response body over the size cap |
+  | `{:ca_file, detail}` | the CA file could not be read or parsed |
+  | `:no_private_ipv6` | `network: :private` with `ipv6: true`: DigitalOcean has no private IPv6 |
+  | `{:invalid_request, detail}` | the arguments given to the NIF were malformed |
+  | `{:spawn, detail}` | the NIF could not start its worker thread |
+  | `{:panic, detail}` | a bug in the NIF, caught before it could reach the VM |
+
+  No reason and no message ever contains the API token.
+  """
+
+  defexception [:reason]
+
+  @type reason ::
+          :unauthorized
+          | :forbidden
+          | {:rate_limited, non_neg_integer() | nil}
+          | {:http_status, pos_integer()}
+          | :timeout
+          | {:transport, String.t()}
+          | {:tls, String.t()}
+          | {:invalid_json, String.t()}
+          | {:unexpected_shape, String.t()}
+          | {:inconsistent, String.t()}
+          | :foreign_link
+          | :foreign_redirect
+          | :too_many_redirects
+          | :pagination_loop
+          | {:too_many_pages, pos_integer()}
+          | {:body_too_large, pos_integer()}
+          | {:ca_file, String.t()}
+          | :no_private_ipv6
+          | {:invalid_request, String.t()}
+          | {:spawn, String.t()}
+          | {:panic, String.t()}
+
+  @type t :: %__MODULE__{reason: reason() | term()}
+
+  @impl true
+  def message(%__MODULE__{reason: reason}), do: format(reason)
+
+  @doc """
+  The class of an error: the atom that names it in logs and telemetry.
+
+      iex> LibclusterDroplet.Error.class({:rate_limited, 30})
+      :rate_limited
+      iex> LibclusterDroplet.Error.class(:timeout)
+      :timeout
+  """
+  @spec class(term()) :: atom()
+  def class(reason) when is_atom(reason), do: reason
+  def class({class, _}) when is_atom(class), do: class
+  def class(_), do: :unknown
+
+  @doc """
+  A one-line, human-readable description of `reason`.
+
+      iex> LibclusterDroplet.Error.format({:http_status, 503})
+      "the DigitalOcean API answered HTTP 503"
+  """
+  @spec format(term()) :: String.t()
+  def format(:unauthorized),
+    do: "the DigitalOcean API rejected the token (401 Unauthorized): is it valid and not revoked?"
+
+  def format(:forbidden),
+    do:
+      "the DigitalOcean API refused the request (403 Forbidden): the token needs the droplet:read scope (and tag:read to filter by tag)"
+
+  def format({:rate_limited, nil}), do: "the DigitalOcean API rate limit was hit (429)"
+
+  def format({:rate_limited, seconds}),
+    do: "the DigitalOcean API rate limit was hit (429); retry allowed in #{seconds} s"
+
+  def format({:http_status, code}), do: "the DigitalOcean API answered HTTP #{code}"
+  def format(:timeout), do: "the DigitalOcean API did not answer in time"
+  def format({:transport, detail}), do: "could not reach the DigitalOcean API: #{detail}"
+
+  def format({:tls, detail}),
+    do:
+      "TLS verification of the DigitalOcean API failed: #{detail} (use :ca_file to trust a private CA)"
+
+  def format({:invalid_json, detail}),
+    do: "the DigitalOcean API sent a body that is not valid JSON: #{detail}"
+
+  def format({:unexpected_shape, detail}),
+    do: "the DigitalOcean API sent JSON that is not a droplets page: #{detail}"
+
+  def format({:inconsistent, detail}),
+    do: "the DigitalOcean API sent inconsistent pages: #{detail}"
+
+  def format(:foreign_link),
+    do:
+      "a pagination link pointed at another scheme, host or port than api_url; it was not followed"
+
+  def format(:foreign_redirect),
+    do:
+      "the DigitalOcean API redirected to another scheme, host or port than api_url; it was not followed"
+
+  def format(:too_many_redirects), do: "the DigitalOcean API redirected too many times"
+
+  def format(:pagination_loop),
+    do: "the DigitalOcean API's next links loop back to a page already fetched"
+
+  def format({:too_many_pages, max}), do: "the listing has more than #{max} pages"
+  def format({:body_too_large, limit}), do: "a response body exceeded the #{limit}-byte cap"
+  def format({:ca_file, detail}), do: "the CA file could not be used: #{detail}"
+
+  def format(:no_private_ipv6),
+    do: "network: :private with ipv6: true selects nothing: DigitalOcean has no private IPv6"
+
+  def format({:invalid_request, detail}), do: "invalid request: #{detail}"
+  def format({:spawn, detail}), do: "the NIF could not start a thread: #{detail}"
+  def format({:panic, detail}), do: "the NIF hit a bug and recovered: #{detail}"
+  def format(other), do: "unexpected error: #{inspect(other)}"
+end

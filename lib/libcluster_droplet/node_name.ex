@@ -1,0 +1,51 @@
+defmodule LibclusterDroplet.NodeName do
+  @moduledoc """
+  Node names of the form `basename@address`.
+
+  Erlang refuses a node name whose part before `@` holds anything but ASCII
+  letters, digits, `_` and `-` (`example.com@10.0.0.2` is rejected at boot),
+  so a droplet whose name cannot be a basename is skipped with a warning, or
+  clustered through the `:node_basename` option.
+  """
+
+  @basename ~r/\A[A-Za-z0-9_-]{1,200}\z/
+
+  @doc """
+  Whether `basename` can stand before the `@` of a node name.
+
+      iex> LibclusterDroplet.NodeName.valid_basename?("web-1")
+      true
+      iex> LibclusterDroplet.NodeName.valid_basename?("example.com")
+      false
+  """
+  @spec valid_basename?(term()) :: boolean()
+  def valid_basename?(basename) when is_binary(basename), do: Regex.match?(@basename, basename)
+  def valid_basename?(_), do: false
+
+  @doc """
+  Builds the node name for `basename` at `address` (an IPv4 or IPv6 literal).
+
+      iex> LibclusterDroplet.NodeName.build("web", "10.0.0.2")
+      {:ok, :"web@10.0.0.2"}
+      iex> LibclusterDroplet.NodeName.build("web", "2604:a880::1")
+      {:ok, :"web@2604:a880::1"}
+      iex> LibclusterDroplet.NodeName.build("my app", "10.0.0.2")
+      {:error, :invalid_basename}
+  """
+  @spec build(String.t(), String.t()) ::
+          {:ok, node()} | {:error, :invalid_basename | :invalid_address}
+  def build(basename, address) when is_binary(basename) and is_binary(address) do
+    cond do
+      not valid_basename?(basename) ->
+        {:error, :invalid_basename}
+
+      not match?({:ok, _}, :inet.parse_strict_address(String.to_charlist(address))) ->
+        {:error, :invalid_address}
+
+      true ->
+        # Atoms are created only here, for names that passed both checks, so
+        # the atom table grows only with genuinely new droplets.
+        {:ok, String.to_atom(basename <> "@" <> address)}
+    end
+  end
+end

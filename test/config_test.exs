@@ -1,0 +1,208 @@
+defmodule Cluster.Strategy.Droplet.ConfigTest do
+  use ExUnit.Case, async: true
+
+  alias Cluster.Strategy.Droplet.Config
+
+  @prefix "Cluster.Strategy.Droplet: "
+  @token "dop_v1_SECRET_CONFIG_TOKEN"
+  @known "[:token, :network, :ipv6, :tag_name, :name, :node_basename, :health_check, :polling_interval, " <>
+           ":api_url, :ca_file, :api_timeout, :max_backoff]"
+
+  defp message(opts) do
+    error = assert_raise ArgumentError, fn -> Config.new!(opts) end
+    refute error.message =~ @token, "the token leaked into: #{error.message}"
+    String.replace_prefix(error.message, @prefix, "")
+  end
+
+  describe "defaults" do
+    test "only :token is required; the rest take the original strategy's defaults" do
+      config = Config.new!(token: @token)
+
+      assert %Config{
+               network: :private,
+               ipv6: false,
+               tag_name: nil,
+               name: nil,
+               node_basename: nil,
+               health_check: nil,
+               polling_interval: 5_000,
+               api_url: "https://api.digitalocean.com",
+               ca_file: nil
+             } = config
+
+      assert Config.token(config) == @token
+    end
+
+    test "health_check timeout defaults to 500 ms" do
+      assert %Config{health_check: {:tcp, port: 4000, timeout: 500}} =
+               Config.new!(token: @token, health_check: {:tcp, port: 4000})
+    end
+
+    test "any positive polling_interval is accepted" do
+      assert %Config{polling_interval: 1} = Config.new!(token: @token, polling_interval: 1)
+      assert %Config{polling_interval: 100} = Config.new!(token: @token, polling_interval: 100)
+    end
+
+    test "a trailing slash of api_url is dropped, http is fine on loopback" do
+      assert %Config{api_url: "http://127.0.0.1:4000"} =
+               Config.new!(token: @token, api_url: "http://127.0.0.1:4000/")
+
+      assert %Config{api_url: "http://[::1]:4000"} =
+               Config.new!(token: @token, api_url: "http://[::1]:4000")
+
+      assert %Config{api_url: "http://localhost:9"} =
+               Config.new!(token: @token, api_url: "http://localhost:9")
+    end
+
+    test "the token may be a zero-arity function" do
+      assert @token == Config.token(Config.new!(token: fn -> @token end))
+    end
+
+    test "inspect never shows the token" do
+      config = Config.new!(token: @token)
+      refute inspect(config) =~ @token
+      refute inspect(config, structs: false) =~ @token
+      refute :io_lib.format(~c"~p", [config]) |> IO.iodata_to_binary() =~ @token
+    end
+  end
+
+  describe "each bad option names itself and what is accepted" do
+    test "token" do
+      assert message([]) ==
+               "missing required option :token: expected a DigitalOcean API token (a non-empty string)"
+
+      assert message(token: "") ==
+               "invalid option :token: expected a non-empty string, got an empty one"
+
+      assert message(token: "  ") ==
+               "invalid option :token: expected a non-empty string, got a blank one"
+
+      assert message(token: 123) ==
+               "invalid option :token: expected a non-empty string or a zero-arity function"
+
+      assert message(token: String.to_atom(@token)) ==
+               "invalid option :token: expected a non-empty string or a zero-arity function"
+    end
+
+    test "tag_name and name together" do
+      assert message(token: @token, tag_name: "web", name: "web-1") ==
+               "invalid options :tag_name and :name: the DigitalOcean API filters by one or the other, not both; " <>
+                 "got tag_name: \"web\" and name: \"web-1\""
+    end
+
+    test "network" do
+      assert message(token: @token, network: :vpc) ==
+               "invalid option :network: expected one of [:private, :public], got: :vpc"
+
+      assert message(token: @token, network: "public") ==
+               "invalid option :network: expected one of [:private, :public], got: \"public\""
+    end
+
+    test "ipv6 with the private network, explicit or by default" do
+      assert message(token: @token, network: :private, ipv6: true) ==
+               "invalid option :ipv6: true with network: :private; DigitalOcean has no private IPv6 addresses, " <>
+                 "so use network: :public with ipv6: true, or ipv6: false"
+
+      assert message(token: @token, ipv6: true) ==
+               "invalid option :ipv6: true needs network: :public; the network defaults to :private " <>
+                 "and DigitalOcean has no private IPv6 addresses"
+
+      assert message(token: @token, ipv6: "yes") ==
+               "invalid option :ipv6: expected true or false, got: \"yes\""
+
+      assert %Config{ipv6: true, network: :public} =
+               Config.new!(token: @token, network: :public, ipv6: true)
+    end
+
+    test "health_check" do
+      assert message(token: @token, health_check: {:tcp, port: 0}) ==
+               "invalid option :health_check: expected :port to be an integer in 1..65535, got: 0"
+
+      assert message(token: @token, health_check: {:tcp, port: 65_536}) ==
+               "invalid option :health_check: expected :port to be an integer in 1..65535, got: 65536"
+
+      assert message(token: @token, health_check: {:tcp, port: "4000"}) ==
+               "invalid option :health_check: expected :port to be an integer in 1..65535, got: \"4000\""
+
+      assert message(token: @token, health_check: {:tcp, timeout: 100}) ==
+               "invalid option :health_check: missing :port; expected {:tcp, port: 1..65535, timeout: ms}"
+
+      assert message(token: @token, health_check: {:tcp, port: 4000, timeout: 0}) ==
+               "invalid option :health_check: expected :timeout to be a positive integer (ms), got: 0"
+
+      assert message(token: @token, health_check: {:tcp, port: 4000, timeout: 1.5}) ==
+               "invalid option :health_check: expected :timeout to be a positive integer (ms), got: 1.5"
+
+      assert message(token: @token, health_check: {:tcp, port: 4000, retries: 3}) ==
+               "invalid option :health_check: unknown key(s) [:retries]; expected {:tcp, port: port, timeout: ms}"
+
+      assert message(token: @token, health_check: {:http, port: 4000}) ==
+               "invalid option :health_check: expected nil or {:tcp, port: 1..65535, timeout: ms}, " <>
+                 "got: {:http, [port: 4000]}"
+
+      assert message(token: @token, health_check: :tcp) ==
+               "invalid option :health_check: expected nil or {:tcp, port: 1..65535, timeout: ms}, got: :tcp"
+    end
+
+    test "polling_interval and the other durations" do
+      for value <- [0, -1, 1.5, "5000", nil] do
+        assert message(token: @token, polling_interval: value) ==
+                 "invalid option :polling_interval: expected a positive integer (ms), got: #{inspect(value)}"
+      end
+
+      assert message(token: @token, api_timeout: 0) ==
+               "invalid option :api_timeout: expected a positive integer (ms), got: 0"
+
+      assert message(token: @token, max_backoff: -1) ==
+               "invalid option :max_backoff: expected a positive integer (ms), got: -1"
+    end
+
+    test "unknown keys, without echoing the token" do
+      assert message(token: @token, tags: "web") ==
+               "unknown option(s) [:tags]; the known options are: #{@known}"
+
+      assert message(token: @token, foo: 1, bar: 2) ==
+               "unknown option(s) [:bar, :foo]; the known options are: #{@known}"
+    end
+
+    test "filters" do
+      assert message(token: @token, tag_name: "") ==
+               "invalid option :tag_name: expected a non-empty string or nil, got: \"\""
+
+      assert message(token: @token, name: :web) ==
+               "invalid option :name: expected a non-empty string or nil, got: :web"
+    end
+
+    test "node_basename must be usable as a node name" do
+      assert message(token: @token, node_basename: "my.app") ==
+               "invalid option :node_basename: expected the name part of a node name " <>
+                 "(1-200 ASCII letters, digits, '_' or '-'), got: \"my.app\""
+
+      assert message(token: @token, node_basename: :app) ==
+               "invalid option :node_basename: expected a string or nil, got: :app"
+    end
+
+    test "api_url" do
+      assert message(token: @token, api_url: "ftp://example.com") ==
+               "invalid option :api_url: expected an http(s) URL such as \"https://api.digitalocean.com\", " <>
+                 "got: \"ftp://example.com\""
+
+      assert message(token: @token, api_url: "http://api.digitalocean.com") ==
+               "invalid option :api_url: plain http would send the token unencrypted; " <>
+                 "http:// is only accepted for loopback hosts, got: \"http://api.digitalocean.com\""
+
+      assert message(token: @token, api_url: "https://user:pw@api.example.com") ==
+               "invalid option :api_url: expected no credentials, query or fragment, " <>
+                 "got: \"https://user:pw@api.example.com\""
+    end
+
+    test "ca_file" do
+      assert message(token: @token, ca_file: "/nonexistent/ca.pem") ==
+               "invalid option :ca_file: expected a readable PEM file, \"/nonexistent/ca.pem\" does not exist"
+    end
+
+    test "a config that is not a keyword list is not printed" do
+      assert message(%{token: @token}) == "expected the topology's config: to be a keyword list"
+    end
+  end
+end

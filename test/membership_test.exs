@@ -1,0 +1,157 @@
+defmodule LibclusterDroplet.MembershipTest do
+  # Not async: one test loads a stand-in :telemetry module for the whole VM.
+  use ExUnit.Case, async: false
+
+  import ExUnit.CaptureLog
+  alias LibclusterDroplet.Membership
+
+  # MFAs in libcluster's shape: the node is appended to the arguments.
+  def connect(pid, answers, node) do
+    send(pid, {:connect, node})
+    Map.get(answers, node, true)
+  end
+
+  def disconnect(pid, answers, node) do
+    send(pid, {:disconnect, node})
+    Map.get(answers, node, true)
+  end
+
+  def list_nodes(nodes), do: nodes
+
+  defp mfas(answers \\ %{}, connected \\ []) do
+    {{__MODULE__, :connect, [self(), answers]}, {__MODULE__, :disconnect, [self(), answers]},
+     {__MODULE__, :list_nodes, [connected]}}
+  end
+
+  test "libcluster is not loaded here, so the fallback is used" do
+    refute Membership.libcluster?()
+  end
+
+  describe "connect_nodes/4 without libcluster" do
+    test "skips this node and the nodes already connected, connects the rest in order" do
+      {connect, _, list} = mfas(%{}, [:"b@10.0.0.2"])
+
+      log =
+        capture_log(fn ->
+          assert :ok =
+                   Membership.connect_nodes(:web, connect, list, [
+                     :"a@10.0.0.1",
+                     :"b@10.0.0.2",
+                     Node.self(),
+                     :"c@10.0.0.3"
+                   ])
+        end)
+
+      assert_received {:connect, :"a@10.0.0.1"}
+      assert_received {:connect, :"c@10.0.0.3"}
+      refute_received {:connect, _}
+      assert log =~ ~s([libcluster:web] connected to :"a@10.0.0.1")
+      assert log =~ ~s([libcluster:web] connected to :"c@10.0.0.3")
+    end
+
+    test "false and :ignored are logged as warnings and returned" do
+      {connect, _, list} = mfas(%{:"a@10.0.0.1" => false, :"b@10.0.0.2" => :ignored})
+
+      log =
+        capture_log(fn ->
+          assert {:error, [{:"a@10.0.0.1", false}, {:"b@10.0.0.2", :ignored}]} =
+                   Membership.connect_nodes(:web, connect, list, [:"a@10.0.0.1", :"b@10.0.0.2"])
+        end)
+
+      assert log =~ ~s([libcluster:web] unable to connect to :"a@10.0.0.1")
+      assert log =~ ~s([libcluster:web] unable to connect to :"b@10.0.0.2": not part of network)
+    end
+
+    test "an MFA that is not exported raises, as libcluster does" do
+      {_, _, list} = mfas()
+
+      assert_raise ArgumentError, ~r/nope\/1 is undefined/, fn ->
+        Membership.connect_nodes(:web, {__MODULE__, :nope, []}, list, [:"a@10.0.0.1"])
+      end
+    end
+  end
+
+  describe "disconnect_nodes/4 without libcluster" do
+    test "acts only on connected nodes, never on this one" do
+      {_, disconnect, list} = mfas(%{}, [:"a@10.0.0.1", Node.self()])
+
+      log =
+        capture_log(fn ->
+          assert :ok =
+                   Membership.disconnect_nodes(:web, disconnect, list, [
+                     :"a@10.0.0.1",
+                     :"z@10.0.0.9",
+                     Node.self()
+                   ])
+        end)
+
+      assert_received {:disconnect, :"a@10.0.0.1"}
+      refute_received {:disconnect, _}
+      assert log =~ ~s([libcluster:web] disconnected from :"a@10.0.0.1")
+    end
+
+    test "false and :ignored only log; other results are failures" do
+      connected = [:"a@10.0.0.1", :"b@10.0.0.2", :"c@10.0.0.3"]
+
+      answers = %{
+        :"a@10.0.0.1" => false,
+        :"b@10.0.0.2" => :ignored,
+        :"c@10.0.0.3" => {:error, :busy}
+      }
+
+      {_, disconnect, list} = mfas(answers, connected)
+
+      log =
+        capture_log(fn ->
+          assert {:error, [{:"c@10.0.0.3", {:error, :busy}}]} =
+                   Membership.disconnect_nodes(:web, disconnect, list, connected)
+        end)
+
+      assert log =~ "already disconnected"
+      assert log =~ "not part of the network"
+      assert log =~ ~s(disconnect from :"c@10.0.0.3" failed with: {:error, :busy})
+    end
+  end
+
+  describe "telemetry" do
+    setup do
+      on_exit(fn ->
+        :code.purge(:telemetry)
+        :code.delete(:telemetry)
+      end)
+    end
+
+    test "events are emitted once :telemetry is loaded, in libcluster's shape" do
+      {connect, disconnect, list} = mfas(%{:"b@10.0.0.2" => false}, [:"c@10.0.0.3"])
+      # Not loaded: nothing happens, nothing raises.
+      capture_log(fn -> Membership.connect_nodes(:web, connect, list, [:"a@10.0.0.1"]) end)
+
+      test_pid = self()
+      :persistent_term.put({__MODULE__, :pid}, test_pid)
+
+      Code.compile_string("""
+      defmodule :telemetry do
+        def execute(event, measurements, metadata) do
+          send(:persistent_term.get({#{inspect(__MODULE__)}, :pid}), {:telemetry, event, measurements, metadata})
+          :ok
+        end
+      end
+      """)
+
+      capture_log(fn ->
+        Membership.connect_nodes(:web, connect, list, [:"a@10.0.0.1", :"b@10.0.0.2"])
+        Membership.disconnect_nodes(:web, disconnect, list, [:"c@10.0.0.3"])
+      end)
+
+      assert_received {:telemetry, [:libcluster, :connect_node, :ok], %{duration: d},
+                       %{node: :"a@10.0.0.1", topology: :web}}
+                      when is_integer(d)
+
+      assert_received {:telemetry, [:libcluster, :connect_node, :error], _,
+                       %{node: :"b@10.0.0.2", topology: :web, reason: :unreachable}}
+
+      assert_received {:telemetry, [:libcluster, :disconnect_node, :ok], _,
+                       %{node: :"c@10.0.0.3"}}
+    end
+  end
+end

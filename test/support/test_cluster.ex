@@ -1,0 +1,201 @@
+defmodule LibclusterDroplet.TestCluster do
+  @moduledoc """
+  Real BEAM nodes standing in for droplets, for tests, `make demo` and benchmarks.
+
+  Each node is an OS process started with `:peer`, controlled over its
+  standard I/O (so this VM need not be distributed and is never part of the
+  cluster under test). An IPv4 node gets an address of its own in
+  127.0.0.0/8 and listens for distribution on that address only, on a port
+  shared by all nodes, without epmd (`-start_epmd false -erl_epmd_port`):
+  exactly like droplets, two nodes may then share a basename
+  (`app@127.1.0.2`, `app@127.1.0.3`). IPv6 nodes live on `::1` with
+  `-proto_dist inet6_tcp` and so need epmd and distinct names.
+
+  Nodes run with `-connect_all false`, so every connection in the cluster is
+  one a strategy made.
+  """
+
+  @cookie "libcluster_droplet_test"
+
+  defstruct [:pid, :node, :name, :address, :ipv6]
+
+  @type t :: %__MODULE__{
+          pid: pid(),
+          node: node(),
+          name: String.t(),
+          address: String.t(),
+          ipv6: boolean()
+        }
+
+  @doc "The distribution port every IPv4 node listens on (env `DROPLET_TEST_DIST_PORT`)."
+  @spec dist_port() :: pos_integer()
+  def dist_port do
+    String.to_integer(System.get_env("DROPLET_TEST_DIST_PORT", "47370"))
+  end
+
+  @doc """
+  `n` loopback addresses never handed out before in this VM, so concurrent
+  tests never collide.
+  """
+  @spec allocate_addresses(pos_integer()) :: [String.t()]
+  def allocate_addresses(n) do
+    counter =
+      case :persistent_term.get({__MODULE__, :counter}, nil) do
+        nil ->
+          counter = :atomics.new(1, [])
+          :persistent_term.put({__MODULE__, :counter}, counter)
+          counter
+
+        counter ->
+          counter
+      end
+
+    last = :atomics.add_get(counter, 1, n)
+
+    for k <- (last - n)..(last - 1) do
+      "127.1.#{div(k, 250)}.#{rem(k, 250) + 2}"
+    end
+  end
+
+  @doc """
+  Starts a node named `name@address`.
+
+  Options: `:ipv6` (address must then be `"::1"`), `:log_level` for the
+  node's Logger (default `:error`; `:info` shows libcluster's connect lines),
+  `:env` extra OS environment.
+  """
+  @spec start_node(String.t(), String.t(), keyword()) :: t()
+  def start_node(name, address, opts \\ []) do
+    ipv6 = Keyword.get(opts, :ipv6, false)
+
+    dist_args =
+      if ipv6 do
+        [~c"-proto_dist", ~c"inet6_tcp"]
+      else
+        {:ok, ip} = :inet.parse_address(String.to_charlist(address))
+
+        [
+          ~c"-start_epmd",
+          ~c"false",
+          ~c"-erl_epmd_port",
+          ~c"#{dist_port()}",
+          ~c"-kernel",
+          ~c"inet_dist_use_interface",
+          String.to_charlist(inspect(ip))
+        ]
+      end
+
+    code_paths = Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
+
+    {:ok, pid, node} =
+      :peer.start(%{
+        name: String.to_atom(name),
+        host: String.to_charlist(address),
+        longnames: true,
+        connection: :standard_io,
+        wait_boot: 30_000,
+        args:
+          [~c"-setcookie", ~c"#{@cookie}", ~c"-connect_all", ~c"false"] ++
+            dist_args ++ code_paths
+      })
+
+    level = Keyword.get(opts, :log_level, :error)
+    {:ok, _} = call(%__MODULE__{pid: pid}, Application, :ensure_all_started, [:logger])
+    :ok = call(%__MODULE__{pid: pid}, Logger, :configure, [[level: level]])
+    :ok = call(%__MODULE__{pid: pid}, Application, :ensure_loaded, [:libcluster_droplet])
+
+    %__MODULE__{pid: pid, node: node, name: name, address: address, ipv6: ipv6}
+  end
+
+  @doc "Calls `m.f(a...)` on the node."
+  @spec call(t(), module(), atom(), list(), timeout()) :: term()
+  def call(%__MODULE__{pid: pid}, m, f, a, timeout \\ 15_000),
+    do: :peer.call(pid, m, f, a, timeout)
+
+  @doc """
+  Starts `Cluster.Strategy.Droplet` on the node, supervised there as
+  libcluster's `Cluster.Supervisor` would: a one_for_one supervisor whose
+  child is `%{id: topology, start: {Cluster.Strategy.Droplet, :start_link, [[state]]}}`.
+  `config` is the topology's `config:` list. Returns the supervisor's pid.
+  """
+  @spec start_strategy(t(), atom(), keyword(), keyword()) :: pid()
+  def start_strategy(node, topology, config, opts \\ []) do
+    {:ok, sup} =
+      call(node, LibclusterDroplet.TestCluster.Remote, :start_strategy, [topology, config, opts])
+
+    sup
+  end
+
+  @doc "The nodes this node is connected to, sorted."
+  @spec connected(t()) :: [node()]
+  def connected(node), do: node |> call(:erlang, :nodes, [:connected]) |> Enum.sort()
+
+  @doc "Stops the node (its droplet disappears from the network)."
+  @spec stop(t()) :: :ok
+  def stop(%__MODULE__{pid: pid}) do
+    :peer.stop(pid)
+  catch
+    :exit, _ -> :ok
+  end
+
+  @doc """
+  Waits until `fun` returns a truthy value, checking every `interval` ms, at
+  most `timeout` ms. Returns the value, or raises with `fun`'s last answer.
+  """
+  @spec await((() -> term()), pos_integer(), pos_integer()) :: term()
+  def await(fun, timeout \\ 10_000, interval \\ 25) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_await(fun, deadline, interval)
+  end
+
+  defp do_await(fun, deadline, interval) do
+    case fun.() do
+      result when result not in [nil, false] ->
+        result
+
+      result ->
+        if System.monotonic_time(:millisecond) > deadline do
+          raise ExUnit.AssertionError,
+            message: "condition not met in time; last value: #{inspect(result)}"
+        end
+
+        Process.sleep(interval)
+        do_await(fun, deadline, interval)
+    end
+  end
+
+  @doc "Whether `nodes` form a full mesh: each is connected to all the others."
+  @spec full_mesh?([t()]) :: boolean()
+  def full_mesh?(nodes) do
+    names = Enum.map(nodes, & &1.node)
+
+    Enum.all?(nodes, fn n ->
+      connected = connected(n)
+      Enum.all?(names -- [n.node], &(&1 in connected))
+    end)
+  end
+end
+
+defmodule LibclusterDroplet.TestCluster.Remote do
+  @moduledoc false
+  # Runs inside test nodes.
+
+  def start_strategy(topology, config, opts) do
+    state =
+      struct(Cluster.Strategy.State,
+        topology: topology,
+        config: config,
+        connect: Keyword.get(opts, :connect, {:net_kernel, :connect_node, []}),
+        disconnect: Keyword.get(opts, :disconnect, {:erlang, :disconnect_node, []}),
+        list_nodes: Keyword.get(opts, :list_nodes, {:erlang, :nodes, [:connected]})
+      )
+
+    child = %{id: topology, start: {Cluster.Strategy.Droplet, :start_link, [[state]]}}
+
+    with {:ok, sup} <- Supervisor.start_link([child], strategy: :one_for_one, max_restarts: 100) do
+      # The caller is a short-lived RPC process; the supervisor must outlive it.
+      Process.unlink(sup)
+      {:ok, sup}
+    end
+  end
+end
