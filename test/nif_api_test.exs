@@ -1,0 +1,227 @@
+defmodule LibclusterDroplet.NifApiTest do
+  @moduledoc false
+  # The NIF's HTTP client against the fake DigitalOcean API, over real sockets.
+  use ExUnit.Case, async: true
+
+  alias LibclusterDroplet.{FakeAPI, Listing}
+
+  @token "dop_v1_nif_test_token"
+
+  setup do
+    {:ok, api} = FakeAPI.start_link(token: @token)
+    {:ok, api: api}
+  end
+
+  defp droplets(n, opts \\ []) do
+    for i <- 1..n do
+      FakeAPI.droplet(
+        id: 1_000 + i,
+        name: "node-#{i}",
+        tags: Keyword.get(opts, :tags, ["web"]),
+        private_ip: "127.0.#{div(i, 250)}.#{rem(i, 250) + 2}",
+        public_ip: "127.10.#{div(i, 250)}.#{rem(i, 250) + 2}"
+      )
+    end
+  end
+
+  defp list(api, opts \\ []) do
+    LibclusterDroplet.list_droplets([api_url: FakeAPI.url(api), token: @token] ++ opts)
+  end
+
+  describe "listing" do
+    test "follows pagination over 3 pages of 200, all or nothing", %{api: api} do
+      FakeAPI.put_droplets(api, droplets(450))
+      assert {:ok, %Listing{droplets: droplets, total: 450, requests: 3} = listing} = list(api)
+      assert length(droplets) == 450
+      assert Enum.map(droplets, & &1.id) == Enum.to_list(1_001..1_450)
+      assert listing.rate_limit.limit == 5_000
+      assert is_integer(listing.rate_limit.remaining)
+
+      requests = FakeAPI.requests(api)
+      assert Enum.map(requests, & &1.query["page"]) |> Enum.sort() == ["1", "2", "3"]
+      assert Enum.all?(requests, &(&1.query["per_page"] == "200" and &1.authorized))
+    end
+
+    test "returns only the fields clustering needs, with the selected address", %{api: api} do
+      FakeAPI.put_droplets(api, droplets(2))
+      assert {:ok, %Listing{droplets: [d1, _]}} = list(api, network: :private)
+
+      assert %{
+               id: 1_001,
+               name: "node-1",
+               status: :active,
+               tags: ["web"],
+               region: "nyc3",
+               address: "127.0.0.3",
+               v4: v4,
+               v6: []
+             } = d1
+
+      assert {"127.0.0.3", :private} in v4
+      assert {"127.10.0.3", :public} in v4
+
+      assert {:ok, %Listing{droplets: [%{address: "127.10.0.3"}, _]}} =
+               list(api, network: :public)
+
+      assert {:error, :no_private_ipv6} = list(api, network: :private, ipv6: true)
+    end
+
+    test "filters by tag_name and by name", %{api: api} do
+      tagged =
+        for {droplet, i} <- Enum.with_index(droplets(5), 1),
+            do: Map.put(droplet, "tags", if(i <= 3, do: ["web"], else: ["db"]))
+
+      FakeAPI.put_droplets(api, tagged)
+
+      assert {:ok, %Listing{droplets: web}} = list(api, tag_name: "web")
+      assert Enum.map(web, & &1.name) == ["node-1", "node-2", "node-3"]
+
+      assert {:ok, %Listing{droplets: [%{name: "node-4"}]}} = list(api, name: "NODE-4")
+      assert Enum.map(FakeAPI.requests(api), & &1.query["name"]) == [nil, "NODE-4"]
+
+      assert {:error, {:invalid_request, _}} = list(api, tag_name: "web", name: "node-1")
+    end
+
+    test "a wrong token is :unauthorized", %{api: api} do
+      assert {:error, :unauthorized} =
+               LibclusterDroplet.list_droplets(api_url: FakeAPI.url(api), token: "wrong")
+    end
+
+    test "429 carries retry-after", %{api: api} do
+      FakeAPI.set_rate_limit(api, per_minute: 2, minute_ms: 30_000)
+      assert {:ok, _} = list(api)
+      assert {:ok, _} = list(api)
+      assert {:error, {:rate_limited, seconds}} = list(api)
+      assert seconds in 1..30
+    end
+
+    test "a 500 in the middle of pagination fails the whole listing", %{api: api} do
+      FakeAPI.put_droplets(api, droplets(450))
+      FakeAPI.inject(api, {:status, 500}, page: 2)
+      assert {:error, {:http_status, 500}} = list(api)
+    end
+
+    test "a next link to another host fails, and the token is never sent there", %{api: api} do
+      {:ok, foreign} = :gen_tcp.listen(0, ip: {127, 0, 0, 1}, active: false)
+      {:ok, port} = :inet.port(foreign)
+      FakeAPI.put_droplets(api, droplets(450))
+
+      for url <- [
+            "http://127.0.0.1:#{port}/v2/droplets?page=2",
+            "https://127.0.0.1:#{port}/v2/droplets?page=2"
+          ] do
+        FakeAPI.inject(api, {:foreign_next, url})
+        assert {:error, :foreign_link} = list(api)
+      end
+
+      assert {:error, :timeout} = :gen_tcp.accept(foreign, 200)
+    end
+
+    test "a slow server times out", %{api: api} do
+      FakeAPI.inject(api, {:slow, 3_000})
+      started = System.monotonic_time(:millisecond)
+      assert {:error, :timeout} = list(api, request_timeout: 300)
+      assert System.monotonic_time(:millisecond) - started < 2_500
+    end
+
+    test "connection refused is a transport error" do
+      {:ok, l} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
+      {:ok, port} = :inet.port(l)
+      :gen_tcp.close(l)
+
+      assert {:error, {:transport, detail}} =
+               LibclusterDroplet.list_droplets(api_url: "http://127.0.0.1:#{port}", token: @token)
+
+      assert is_binary(detail)
+    end
+
+    test "while a 3 s call is in flight, other processes keep answering", %{api: api} do
+      FakeAPI.inject(api, {:slow, 3_000})
+      caller = Task.async(fn -> list(api) end)
+      echo = spawn_link(fn -> echo_loop() end)
+
+      latencies =
+        for _ <- 1..100 do
+          started = System.monotonic_time(:microsecond)
+          send(echo, {:ping, self()})
+          assert_receive :pong, 1_000
+          Process.sleep(20)
+          System.monotonic_time(:microsecond) - started - 20_000
+        end
+
+      assert {:ok, _} = Task.await(caller, 10_000)
+      # 100 round trips spread over the 3 s call; a blocked scheduler would stall one for seconds.
+      assert Enum.max(latencies) < 100_000, "slowest round trip: #{Enum.max(latencies)} µs"
+    end
+  end
+
+  describe "TLS" do
+    setup do
+      {:ok, tls_api} = FakeAPI.start_link(token: @token, tls: true)
+      FakeAPI.put_droplets(tls_api, droplets(3))
+      {:ok, tls_api: tls_api}
+    end
+
+    test "an unknown CA is rejected", %{tls_api: api} do
+      assert "https://" <> _ = FakeAPI.url(api)
+      assert {:error, {:tls, _detail}} = list(api)
+      assert FakeAPI.request_count(api) == 0
+    end
+
+    test "the CA file makes it trusted", %{tls_api: api} do
+      assert {:ok, %Listing{droplets: [_, _, _]}} = list(api, ca_file: FakeAPI.ca_file(api))
+    end
+
+    test "an unreadable CA file is a clear error", %{tls_api: api} do
+      path = Path.join(System.tmp_dir!(), "not_a_ca_#{System.unique_integer([:positive])}.pem")
+      File.write!(path, "hello")
+      on_exit(fn -> File.rm(path) end)
+      assert {:error, {:ca_file, _}} = list(api, ca_file: path)
+    end
+  end
+
+  describe "probes" do
+    test "open, refused and black-holed ports" do
+      {:ok, open} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
+      {:ok, port} = :inet.port(open)
+      # Same port on another loopback address with no listener: refused.
+      # A third address whose accept queue is full: SYNs are dropped.
+      {hole, fillers} = black_hole({127, 0, 0, 3}, port)
+
+      results =
+        LibclusterDroplet.probe(["127.0.0.1", "127.0.0.2", "127.0.0.3", "not an ip"], port,
+          timeout: 300
+        )
+
+      assert [
+               {"127.0.0.1", {:ok, us}},
+               {"127.0.0.2", {:error, :refused}},
+               {"127.0.0.3", {:error, :timeout}},
+               {"not an ip", {:error, :invalid_address}}
+             ] = results
+
+      assert is_integer(us)
+      Enum.each([open, hole | fillers], &:gen_tcp.close/1)
+    end
+  end
+
+  defp black_hole(ip, port) do
+    {:ok, listener} = :gen_tcp.listen(port, ip: ip, backlog: 0, reuseaddr: true)
+
+    # Fill the accept queue (backlog + 1 on Linux) without accepting.
+    fillers =
+      for _ <- 1..4,
+          match?({:ok, _}, result = :gen_tcp.connect(ip, port, [], 200)),
+          do: elem(result, 1)
+
+    {listener, fillers}
+  end
+
+  defp echo_loop do
+    receive do
+      {:ping, from} ->
+        send(from, :pong)
+        echo_loop()
+    end
+  end
+end

@@ -1,0 +1,282 @@
+defmodule Cluster.Strategy.DropletClusterTest do
+  @moduledoc false
+  # Real BEAM nodes, one per fake droplet, each running the strategy as
+  # Cluster.Supervisor would start it, against the fake DigitalOcean API.
+  use ExUnit.Case, async: true
+
+  alias LibclusterDroplet.{FakeAPI, TestCluster}
+
+  @moduletag :cluster
+  @moduletag timeout: 120_000
+
+  @token "dop_v1_cluster_test_token"
+  @interval 200
+
+  setup do
+    {:ok, api} = FakeAPI.start_link(token: @token)
+    {:ok, api: api, prefix: "c#{System.unique_integer([:positive])}"}
+  end
+
+  # Starts `n` nodes named "<prefix>-<i>" on fresh addresses and adds their
+  # droplets to the API. Options: :status, :tags, :network (which address is
+  # the node's: :private or :public), :basename (node name part, default the
+  # droplet name).
+  defp droplets(api, prefix, n, opts \\ []) do
+    network = Keyword.get(opts, :network, :private)
+    offset = Keyword.get(opts, :offset, 0)
+
+    for i <- (offset + 1)..(offset + n) do
+      [node_address, other_address] = TestCluster.allocate_addresses(2)
+      name = "#{prefix}-#{i}"
+      basename = Keyword.get(opts, :basename, name)
+
+      {private_ip, public_ip} =
+        if network == :private,
+          do: {node_address, other_address},
+          else: {other_address, node_address}
+
+      droplet =
+        FakeAPI.droplet(
+          id: :erlang.phash2({prefix, i}, 1_000_000_000),
+          name: name,
+          status: Keyword.get(opts, :status, "active"),
+          tags: Keyword.get(opts, :tags, ["web"]),
+          private_ip: private_ip,
+          public_ip: public_ip
+        )
+
+      FakeAPI.add_droplet(api, droplet)
+      node = TestCluster.start_node(basename, node_address)
+      on_exit(fn -> TestCluster.stop(node) end)
+      {droplet, node}
+    end
+  end
+
+  defp config(api, extra \\ []) do
+    [token: @token, api_url: FakeAPI.url(api), polling_interval: @interval] ++ extra
+  end
+
+  defp nodes(pairs), do: Enum.map(pairs, &elem(&1, 1))
+
+  defp start_strategies(nodes, config, opts \\ []) do
+    for node <- nodes, do: TestCluster.start_strategy(node, :droplets, config, opts)
+  end
+
+  defp await_mesh(nodes), do: TestCluster.await(fn -> TestCluster.full_mesh?(nodes) end, 15_000)
+
+  # Stays true for `ms`: a property that must hold over several polls.
+  defp holds_for(ms, fun) do
+    deadline = System.monotonic_time(:millisecond) + ms
+
+    Stream.repeatedly(fn ->
+      Process.sleep(50)
+      fun.()
+    end)
+    |> Enum.reduce_while(true, fn ok, _ ->
+      cond do
+        not ok -> {:halt, false}
+        System.monotonic_time(:millisecond) > deadline -> {:halt, true}
+        true -> {:cont, true}
+      end
+    end)
+  end
+
+  test "a full mesh forms, started exactly as Cluster.Supervisor starts a strategy", %{
+    api: api,
+    prefix: prefix
+  } do
+    nodes = api |> droplets(prefix, 4) |> nodes()
+
+    # Cluster.Supervisor's child: {strategy, :start_link, [[%Cluster.Strategy.State{}]]} with default MFAs.
+    start_strategies(nodes, config(api))
+    await_mesh(nodes)
+
+    for node <- nodes do
+      assert TestCluster.connected(node) == Enum.sort(Enum.map(nodes, & &1.node) -- [node.node])
+    end
+  end
+
+  test "the strategy never connects a node to itself", %{api: api, prefix: prefix} do
+    nodes = api |> droplets(prefix, 2) |> nodes()
+    recorder = {LibclusterDroplet.TestCluster.Remote, :recording_connect, []}
+    start_strategies(nodes, config(api), connect: recorder)
+    await_mesh(nodes)
+    Process.sleep(3 * @interval)
+
+    for node <- nodes do
+      attempts =
+        TestCluster.call(node, LibclusterDroplet.TestCluster.Remote, :connect_attempts, [])
+
+      assert attempts != []
+      refute node.node in attempts
+    end
+  end
+
+  test "tag_name keeps other droplets out", %{api: api, prefix: prefix} do
+    web = api |> droplets(prefix, 3, tags: ["web", "env:prod"]) |> nodes()
+    [worker] = api |> droplets(prefix, 1, tags: ["worker"], offset: 3) |> nodes()
+
+    start_strategies(web, config(api, tag_name: "web"))
+    start_strategies([worker], config(api, tag_name: "worker"))
+    await_mesh(web)
+
+    assert holds_for(4 * @interval, fn ->
+             TestCluster.connected(worker) == [] and
+               Enum.all?(web, &(worker.node not in TestCluster.connected(&1)))
+           end)
+
+    assert Enum.all?(FakeAPI.requests(api), &(&1.query["tag_name"] in ["web", "worker"]))
+  end
+
+  test "name picks one droplet", %{api: api, prefix: prefix} do
+    [a, b, c] = api |> droplets(prefix, 3) |> nodes()
+    start_strategies([a], config(api, name: String.upcase(b.name)))
+
+    TestCluster.await(fn -> TestCluster.connected(a) == [b.node] end)
+    assert holds_for(4 * @interval, fn -> TestCluster.connected(a) == [b.node] end)
+    refute c.node in TestCluster.connected(a)
+  end
+
+  test "node_basename names every node the same, on each droplet's address", %{
+    api: api,
+    prefix: prefix
+  } do
+    nodes = api |> droplets(prefix, 3, basename: "app") |> nodes()
+    assert Enum.all?(nodes, &String.starts_with?(Atom.to_string(&1.node), "app@"))
+    start_strategies(nodes, config(api, node_basename: "app"))
+    await_mesh(nodes)
+  end
+
+  test "network: :private connects over the private addresses", %{api: api, prefix: prefix} do
+    nodes = api |> droplets(prefix, 3, network: :private) |> nodes()
+    start_strategies(nodes, config(api, network: :private))
+    await_mesh(nodes)
+  end
+
+  test "network: :public connects over the public addresses", %{api: api, prefix: prefix} do
+    nodes = api |> droplets(prefix, 3, network: :public) |> nodes()
+    start_strategies(nodes, config(api, network: :public))
+    await_mesh(nodes)
+  end
+
+  test "the wrong network finds nobody", %{api: api, prefix: prefix} do
+    nodes = api |> droplets(prefix, 2, network: :public) |> nodes()
+    start_strategies(nodes, config(api, network: :private))
+
+    assert holds_for(5 * @interval, fn -> Enum.all?(nodes, &(TestCluster.connected(&1) == [])) end)
+  end
+
+  test "IPv6: nodes on ::1 with inet6_tcp", %{api: api, prefix: prefix} do
+    nodes =
+      for i <- 1..3 do
+        name = "#{prefix}-v6-#{i}"
+        [v4] = TestCluster.allocate_addresses(1)
+
+        FakeAPI.add_droplet(
+          api,
+          FakeAPI.droplet(
+            id: 900_000 + i,
+            name: name,
+            private_ip: v4,
+            public_ip: v4,
+            ipv6: "::1",
+            tags: ["web"]
+          )
+        )
+
+        node = TestCluster.start_node(name, "::1", ipv6: true)
+        on_exit(fn -> TestCluster.stop(node) end)
+        node
+      end
+
+    start_strategies(nodes, config(api, network: :public, ipv6: true))
+    await_mesh(nodes)
+    assert Enum.all?(nodes, &(&1.node |> Atom.to_string() |> String.ends_with?("@::1")))
+  end
+
+  test "a health check keeps out a node whose port is closed, lets it in once it opens, and drops it when it closes",
+       %{api: api, prefix: prefix} do
+    [a, b, c] = api |> droplets(prefix, 3) |> nodes()
+    port = free_port()
+    listeners = for n <- [a, b], into: %{}, do: {n.node, listen(n.address, port)}
+
+    # c's app is not up yet: its droplet is active but nothing answers on the port.
+    start_strategies([a, b], config(api, health_check: {:tcp, port: port, timeout: 200}))
+    await_mesh([a, b])
+
+    assert holds_for(4 * @interval, fn ->
+             Enum.all?([a, b], &(c.node not in TestCluster.connected(&1)))
+           end)
+
+    c_listener = listen(c.address, port)
+    await_mesh([a, b, c])
+
+    :gen_tcp.close(c_listener)
+    TestCluster.await(fn -> TestCluster.connected(c) == [] end)
+    assert TestCluster.full_mesh?([a, b])
+    Enum.each(listeners, fn {_, l} -> :gen_tcp.close(l) end)
+  end
+
+  test "a droplet removed from the API is disconnected", %{api: api, prefix: prefix} do
+    pairs = droplets(api, prefix, 3)
+    [a, b, c] = nodes(pairs)
+    [_, _, sup_c] = start_strategies([a, b, c], config(api))
+    await_mesh([a, b, c])
+
+    # c is being decommissioned: its app stops clustering, its droplet goes away.
+    TestCluster.call(c, Supervisor, :stop, [sup_c])
+    {droplet_c, _} = List.last(pairs)
+    FakeAPI.remove_droplet(api, droplet_c["id"])
+
+    TestCluster.await(fn -> TestCluster.connected(c) == [] end)
+    assert TestCluster.full_mesh?([a, b])
+  end
+
+  test "off and new droplets are ignored until they become active", %{api: api, prefix: prefix} do
+    [a, b] = api |> droplets(prefix, 2) |> nodes()
+    [{off_droplet, off}] = droplets(api, prefix, 1, status: "off", offset: 2)
+    [{_, new}] = droplets(api, prefix, 1, status: "new", offset: 3)
+
+    start_strategies([a, b], config(api))
+    await_mesh([a, b])
+
+    assert holds_for(4 * @interval, fn ->
+             Enum.all?([a, b], &(TestCluster.connected(&1) -- [a.node, b.node] == []))
+           end)
+
+    FakeAPI.update_droplet(api, off_droplet["id"], %{"status" => "active"})
+    await_mesh([a, b, off])
+    refute new.node in TestCluster.connected(a)
+  end
+
+  test "an API outage keeps the cluster", %{api: api, prefix: prefix} do
+    nodes = api |> droplets(prefix, 3) |> nodes()
+    start_strategies(nodes, config(api, max_backoff: 400))
+    await_mesh(nodes)
+
+    FakeAPI.inject(api, {:status, 503}, times: :infinity)
+    count = FakeAPI.request_count(api)
+    assert holds_for(8 * @interval, fn -> TestCluster.full_mesh?(nodes) end)
+
+    assert FakeAPI.request_count(api) > count + 3,
+           "the strategies kept polling through the outage"
+
+    FakeAPI.clear_faults(api)
+    FakeAPI.stop(api)
+    # The API is gone altogether: connection refused, still no change.
+    assert holds_for(6 * @interval, fn -> TestCluster.full_mesh?(nodes) end)
+  end
+
+  defp free_port do
+    {:ok, l} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
+    {:ok, port} = :inet.port(l)
+    :gen_tcp.close(l)
+    port
+  end
+
+  defp listen(address, port) do
+    {:ok, ip} = :inet.parse_address(String.to_charlist(address))
+    {:ok, l} = :gen_tcp.listen(port, ip: ip, reuseaddr: true, backlog: 128)
+    l
+  end
+end
