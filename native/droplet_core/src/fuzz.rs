@@ -165,7 +165,7 @@ fn random_value(rng: &mut XorShift, depth: usize, out: &mut String) {
     };
     match choice {
         0 => out.push_str("null"),
-        1 => out.push_str(if rng.next() % 2 == 0 { "true" } else { "false" }),
+        1 => out.push_str(if rng.next() & 1 == 0 { "true" } else { "false" }),
         2 => out.push_str(&format!("{}", rng.next() >> rng.below(64))),
         3 => out.push_str(rng.pick(&["-0", "1.5", "-7", "1e400", "18446744073709551616", "0"])),
         4 => {
