@@ -8,6 +8,8 @@ use std::fmt;
 /// so a hostile server cannot flood a log line through an error message.
 const MAX_DETAIL_BYTES: usize = 240;
 
+const MIN_REDACTED_LEN: usize = 4;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     Unauthorized,
@@ -53,9 +55,12 @@ impl Error {
 
     /// Defence in depth: no code path is meant to put the token in a detail,
     /// but a server echoing it back inside a body that fails to parse could.
-    /// Every error leaving the client goes through here.
+    /// Every error leaving the client goes through here. Secrets shorter
+    /// than `MIN_REDACTED_LEN` are left alone: they would garble ordinary
+    /// words ("connec[REDACTED]ion") while protecting nothing, and real
+    /// DigitalOcean tokens are 71 characters long.
     pub fn redact(self, secret: &str) -> Error {
-        if secret.is_empty() || !self.detail().is_some_and(|d| d.contains(secret)) {
+        if secret.len() < MIN_REDACTED_LEN || !self.detail().is_some_and(|d| d.contains(secret)) {
             return self;
         }
         let scrub = |d: String| d.replace(secret, "[REDACTED]");
@@ -152,6 +157,14 @@ mod tests {
         assert_eq!(
             Error::Tls("fine".into()).redact(""),
             Error::Tls("fine".into())
+        );
+        assert_eq!(
+            Error::Transport("connection refused".into()).redact("t"),
+            Error::Transport("connection refused".into())
+        );
+        assert_eq!(
+            Error::Transport("echo: abcd".into()).redact("abcd"),
+            Error::Transport("echo: [REDACTED]".into())
         );
     }
 
