@@ -25,7 +25,7 @@ impl Origin {
             "https" => 443,
             _ => return None,
         };
-        let authority = &rest[..authority_end(rest)];
+        let authority = rest.get(..authority_end(rest)).unwrap_or(rest);
         if authority.contains('@') || authority.chars().any(|c| c.is_whitespace()) {
             return None;
         }
@@ -201,15 +201,14 @@ pub fn resolve_location(base: &str, location: &str) -> Option<String> {
             return Some(format!("{base_no_query}{location}"));
         }
         let path = base_no_query.get(base_origin_len..).unwrap_or("");
-        let dir = path.rfind('/').map_or("/", |i| &path[..=i]);
+        let dir = path.rfind('/').and_then(|i| path.get(..=i)).unwrap_or("/");
         Some(format!("{base_origin}{dir}{location}"))
     }
 }
 
 fn has_scheme(s: &str) -> bool {
-    match s.find(':') {
-        Some(i) => {
-            let scheme = &s[..i];
+    match s.split_once(':') {
+        Some((scheme, _)) => {
             !scheme.is_empty()
                 && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
                 && scheme
