@@ -3,6 +3,21 @@ defmodule LibclusterDroplet.Native do
   # Stubs replaced by the Rust NIF `droplet_nif` when this module loads.
   # Calls that do network I/O return at once and answer with a message from a
   # thread of the NIF's own, so no Erlang scheduler ever waits on the network.
+  #
+  # list_droplets(request, ref) :: :ok | {:error, reason}
+  #   request: %{api_url: binary, token: binary} plus optional tag_name, name,
+  #   per_page, ca_file, connect_timeout_ms, request_timeout_ms, deadline_ms,
+  #   max_body_bytes, max_pages, page_concurrency, select
+  #   (nil | %{network: :private | :public, ipv6: boolean}).
+  #   Sends {:droplet_nif_list, ref, {:ok, %{droplets: [droplet], total: n}} |
+  #   {:error, reason}, %{requests: n, elapsed_us: n, rate_limit: nil | map}}.
+  #
+  # probe(addresses, port, timeout_ms, concurrency, ref) :: :ok | {:error, reason}
+  #   Sends {:droplet_nif_probe, ref, [{address, {:ok, connect_us} |
+  #   {:error, :timeout | :refused | :unreachable | :invalid_address |
+  #   {:io, binary}}}]} in input order.
+  #
+  # debug_panic(:nif | :list, ref): only in the MIX_ENV=test build of the NIF.
 
   @on_load :load_nif
 
@@ -25,6 +40,7 @@ defmodule LibclusterDroplet.Native do
   end
 
   def nif_version, do: :erlang.nif_error(:nif_not_loaded)
+
   def list_droplets(_request, _ref), do: :erlang.nif_error(:nif_not_loaded)
 
   def probe(_addresses, _port, _timeout_ms, _concurrency, _ref),

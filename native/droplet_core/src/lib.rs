@@ -1,5 +1,28 @@
 //! libcluster_droplet core, free of any Erlang dependency so it can be unit
 //! tested with plain `cargo test`.
+//!
+//! - [`model`]: the droplet listing as DigitalOcean sends it.
+//! - [`select`]: which address of a droplet to connect to.
+//! - [`api`]: listing all droplets (pagination, redirects, limits), over the
+//!   ureq transport in `http`.
+//! - [`probe`]: parallel TCP connect probes.
+
+pub mod api;
+pub mod error;
+mod http;
+pub mod links;
+pub mod model;
+mod pool;
+pub mod probe;
+pub mod ratelimit;
+pub mod select;
+
+#[cfg(test)]
+mod fuzz;
+#[cfg(test)]
+mod testserver;
+
+pub use error::Error;
 
 /// The library version, sent in the `User-Agent`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,774 @@
+use super::*;
+use crate::model::tests::ALL;
+use crate::testserver::{self, Body, Reply, Server};
+use std::collections::HashMap;
+
+const API: &str = "https://api.example.test";
+const TOKEN: &str = "dop_v1_sekret0123456789";
+
+fn request() -> ListRequest {
+    ListRequest::new(API, TOKEN).expect("valid request")
+}
+
+fn droplet(id: u64) -> String {
+    format!(
+        r#"{{"id":{id},"name":"node-{id}","status":"active","tags":["t"],
+            "region":{{"slug":"ams3"}},"vpc_uuid":"vpc",
+            "networks":{{"v4":[{{"ip_address":"10.0.0.{}","type":"private"}}],"v6":[]}}}}"#,
+        id % 250
+    )
+}
+
+fn page(ids: &[u64], next: Option<&str>, last: Option<&str>, total: u64) -> String {
+    let droplets: Vec<String> = ids.iter().map(|&i| droplet(i)).collect();
+    let mut links = Vec::new();
+    if let Some(n) = next {
+        links.push(format!(r#""next":"{n}""#));
+    }
+    if let Some(l) = last {
+        links.push(format!(r#""last":"{l}""#));
+    }
+    format!(
+        r#"{{"droplets":[{}],"links":{{"pages":{{{}}}}},"meta":{{"total":{total}}}}}"#,
+        droplets.join(","),
+        links.join(",")
+    )
+}
+
+fn ok(body: &str) -> Exchange {
+    Exchange {
+        status: 200,
+        location: None,
+        rate_limit: None,
+        body: Ok(body.as_bytes().to_vec()),
+    }
+}
+
+fn status(code: u16) -> Exchange {
+    Exchange {
+        status: code,
+        location: None,
+        rate_limit: None,
+        body: Ok(Vec::new()),
+    }
+}
+
+fn redirect(to: &str) -> Exchange {
+    Exchange {
+        location: Some(to.to_string()),
+        ..status(302)
+    }
+}
+
+type Route = Box<dyn Fn() -> Result<Exchange, Error> + Send + Sync>;
+
+/// Answers by exact URL; anything else is a 404. Records every URL asked.
+#[derive(Default)]
+struct Fake {
+    routes: HashMap<String, Route>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl Fake {
+    fn on(
+        mut self,
+        url: &str,
+        reply: impl Fn() -> Result<Exchange, Error> + Send + Sync + 'static,
+    ) -> Self {
+        self.routes.insert(url.to_string(), Box::new(reply));
+        self
+    }
+
+    fn page(self, url: &str, body: String) -> Self {
+        self.on(url, move || Ok(ok(&body)))
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+impl Transport for Fake {
+    fn get(&self, url: &str, _timeout: Duration) -> Result<Exchange, Error> {
+        if let Ok(mut c) = self.calls.lock() {
+            c.push(url.to_string());
+        }
+        match self.routes.get(url) {
+            Some(route) => route(),
+            None => Ok(status(404)),
+        }
+    }
+}
+
+fn run(fake: &Fake, req: &ListRequest) -> (Result<Listing, Error>, Stats) {
+    let stats = Stats::default();
+    let result = list_with(fake, req, &stats, Instant::now());
+    (result, stats)
+}
+
+fn ids(listing: &Listing) -> Vec<u64> {
+    listing.droplets.iter().map(|d| d.id).collect()
+}
+
+fn p1() -> String {
+    format!("{API}/v2/droplets?per_page=200&page=1")
+}
+
+fn pn(n: u64) -> String {
+    format!("{API}/v2/droplets?page={n}&per_page=200")
+}
+
+#[test]
+fn a_single_page_is_one_request() {
+    let fake = Fake::default().page(&p1(), ALL.to_string());
+    let (result, stats) = run(&fake, &request());
+    let listing = result.expect("listing");
+    assert_eq!(ids(&listing), [3164444, 3164459, 3164412]);
+    assert_eq!(listing.total, 3);
+    assert_eq!(stats.requests(), 1);
+    assert_eq!(fake.calls(), [p1()]);
+}
+
+#[test]
+fn pages_follow_the_last_link_concurrently_and_dedupe() {
+    let last = pn(3);
+    let fake = Fake::default()
+        .page(&p1(), page(&[1, 2], Some(&pn(2)), Some(&last), 6))
+        .page(&pn(2), page(&[3, 4], Some(&pn(3)), Some(&last), 6))
+        .page(&pn(3), page(&[4, 5, 6], None, None, 6));
+    let (result, stats) = run(&fake, &request());
+    let listing = result.expect("listing");
+    assert_eq!(ids(&listing), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(listing.total, 6);
+    assert_eq!(stats.requests(), 3);
+}
+
+#[test]
+fn without_a_last_link_the_total_gives_the_page_count() {
+    let fake = Fake::default()
+        .page(&p1(), page(&[1, 2], Some(&pn(2)), None, 5))
+        .page(&pn(2), page(&[3, 4], Some(&pn(3)), None, 5))
+        .page(&pn(3), page(&[5], None, None, 5));
+    let (result, stats) = run(&fake, &request());
+    assert_eq!(result.map(|l| ids(&l)), Ok(vec![1, 2, 3, 4, 5]));
+    assert_eq!(stats.requests(), 3);
+}
+
+#[test]
+fn the_page_param_is_substituted_in_the_next_link() {
+    // The next link carries the filter; pages 2.. must keep it.
+    let next = format!("{API}/v2/droplets?tag_name=web&page=2&per_page=1");
+    let mut req = request();
+    req.filter = Filter::Tag("web".into());
+    req.per_page = 1;
+    let first = format!("{API}/v2/droplets?per_page=1&page=1&tag_name=web");
+    let fake = Fake::default()
+        .page(&first, page(&[1], Some(&next), None, 3))
+        .page(&next, page(&[2], None, None, 3))
+        .page(
+            &format!("{API}/v2/droplets?tag_name=web&page=3&per_page=1"),
+            page(&[3], None, None, 3),
+        );
+    let (result, _) = run(&fake, &req);
+    assert_eq!(result.map(|l| ids(&l)), Ok(vec![1, 2, 3]));
+}
+
+#[test]
+fn a_listing_that_grew_is_walked_by_next_links() {
+    let fake = Fake::default()
+        .page(&p1(), page(&[1], Some(&pn(2)), Some(&pn(2)), 2))
+        .page(&pn(2), page(&[2], Some(&pn(3)), Some(&pn(3)), 3))
+        .page(&pn(3), page(&[3], None, None, 3));
+    let (result, stats) = run(&fake, &request());
+    assert_eq!(result.map(|l| ids(&l)), Ok(vec![1, 2, 3]));
+    assert_eq!(stats.requests(), 3);
+}
+
+#[test]
+fn without_any_page_count_next_links_are_walked() {
+    // total 0 and an empty first page, yet a next link: no count is known.
+    let fake = Fake::default()
+        .page(&p1(), page(&[], Some(&pn(2)), None, 0))
+        .page(&pn(2), page(&[7], None, None, 0));
+    let (result, _) = run(&fake, &request());
+    assert_eq!(result.map(|l| ids(&l)), Ok(vec![7]));
+}
+
+#[test]
+fn a_revisited_page_is_a_loop() {
+    let fake = Fake::default()
+        .page(&p1(), page(&[1], Some(&pn(2)), None, 2))
+        .page(&pn(2), page(&[2], Some(&pn(2)), None, 2));
+    assert_eq!(run(&fake, &request()).0, Err(Error::PaginationLoop));
+
+    let fake = Fake::default()
+        .page(&p1(), page(&[1], Some(&pn(2)), None, 2))
+        .page(&pn(2), page(&[2], Some(&p1()), None, 2));
+    assert_eq!(run(&fake, &request()).0, Err(Error::PaginationLoop));
+}
+
+#[test]
+fn too_many_pages_fail_before_fetching_them() {
+    let last = pn(5_000);
+    let fake = Fake::default().page(&p1(), page(&[1], Some(&pn(2)), Some(&last), 5_000));
+    let (result, stats) = run(&fake, &request());
+    assert_eq!(result, Err(Error::TooManyPages(1_000)));
+    assert_eq!(stats.requests(), 1);
+
+    let huge = format!("{API}/v2/droplets?page=18446744073709551615");
+    let fake = Fake::default().page(&p1(), page(&[1], Some(&pn(2)), Some(&huge), 1));
+    assert_eq!(run(&fake, &request()).0, Err(Error::TooManyPages(1_000)));
+}
+
+#[test]
+fn endless_next_links_hit_the_page_cap() {
+    let mut fake = Fake::default().page(&p1(), page(&[1], Some(&pn(2)), None, 0));
+    for n in 2..=10 {
+        fake = fake.page(&pn(n), page(&[n], Some(&pn(n + 1)), None, 0));
+    }
+    let mut req = request();
+    req.max_pages = 5;
+    let (result, stats) = run(&fake, &req);
+    assert_eq!(result, Err(Error::TooManyPages(5)));
+    assert_eq!(stats.requests(), 5);
+}
+
+#[test]
+fn an_empty_first_page_with_a_total_is_inconsistent() {
+    let fake = Fake::default().page(&p1(), page(&[], None, None, 4));
+    assert!(matches!(
+        run(&fake, &request()).0,
+        Err(Error::Inconsistent(_))
+    ));
+}
+
+#[test]
+fn foreign_links_are_refused_before_any_request() {
+    for (next, last) in [
+        ("https://evil.test/v2/droplets?page=2", None),
+        ("http://api.example.test/v2/droplets?page=2", None),
+        ("https://api.example.test:444/v2/droplets?page=2", None),
+        ("/v2/droplets?page=2", None),
+        (pn(2).as_str(), Some("https://evil.test/v2/droplets?page=3")),
+    ] {
+        let fake = Fake::default().page(&p1(), page(&[1], Some(next), last, 3));
+        let (result, stats) = run(&fake, &request());
+        assert_eq!(result, Err(Error::ForeignLink), "{next} {last:?}");
+        assert_eq!(fake.calls(), [p1()]);
+        assert_eq!(stats.requests(), 1);
+    }
+    // Default ports are the same origin.
+    let explicit = "https://API.example.test:443/v2/droplets?page=2";
+    let fake = Fake::default()
+        .page(&p1(), page(&[1], Some(explicit), None, 2))
+        .page(
+            &with_query_param(explicit, "page", "2"),
+            page(&[2], None, None, 2),
+        );
+    assert_eq!(run(&fake, &request()).0.map(|l| ids(&l)), Ok(vec![1, 2]));
+}
+
+#[test]
+fn any_failing_page_fails_the_listing() {
+    let last = pn(4);
+    let fake = Fake::default()
+        .page(&p1(), page(&[1], Some(&pn(2)), Some(&last), 4))
+        .page(&pn(2), page(&[2], None, None, 4))
+        .on(&pn(3), || Ok(status(500)))
+        .page(&pn(4), page(&[4], None, None, 4));
+    assert_eq!(run(&fake, &request()).0, Err(Error::HttpStatus(500)));
+
+    let fake = Fake::default()
+        .page(&p1(), page(&[1], Some(&pn(2)), Some(&pn(2)), 2))
+        .page(&pn(2), "{\"droplets\": [".to_string());
+    assert!(matches!(
+        run(&fake, &request()).0,
+        Err(Error::InvalidJson(_))
+    ));
+}
+
+#[test]
+fn statuses_map_to_reasons() {
+    let rl = |remaining, reset, retry_after| RateLimit {
+        limit: Some(250),
+        remaining: Some(remaining),
+        reset: Some(reset),
+        retry_after,
+    };
+    let far = unix_now() + 1_000;
+    let cases: Vec<(Exchange, Error)> = vec![
+        (status(401), Error::Unauthorized),
+        (status(403), Error::Forbidden),
+        (status(500), Error::HttpStatus(500)),
+        (status(404), Error::HttpStatus(404)),
+        (status(302), Error::HttpStatus(302)),
+        (status(429), Error::RateLimited(None)),
+        (
+            Exchange {
+                rate_limit: Some(rl(0, far, Some(7))),
+                ..status(429)
+            },
+            Error::RateLimited(Some(7)),
+        ),
+        (
+            Exchange {
+                rate_limit: Some(rl(5, far, None)),
+                ..status(429)
+            },
+            Error::RateLimited(None),
+        ),
+    ];
+    for (exchange, want) in cases {
+        let cell = Mutex::new(Some(exchange));
+        let fake = Fake::default().on(&p1(), move || {
+            cell.lock()
+                .ok()
+                .and_then(|mut c| c.take())
+                .ok_or(Error::Timeout)
+        });
+        let (result, stats) = run(&fake, &request());
+        assert_eq!(result, Err(want));
+        assert_eq!(stats.requests(), 1);
+    }
+    let fake = Fake::default().on(&p1(), move || {
+        Ok(Exchange {
+            rate_limit: Some(rl(0, unix_now() + 60, None)),
+            ..status(429)
+        })
+    });
+    match run(&fake, &request()).0 {
+        Err(Error::RateLimited(Some(s))) => assert!((58..=60).contains(&s), "{s}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn same_origin_redirects_are_followed_and_counted() {
+    let moved = format!("{API}/v2/moved?page=1");
+    let fake = Fake::default()
+        .on(&p1(), || Ok(redirect("/v2/moved?page=1")))
+        .page(&moved, ALL.to_string());
+    let (result, stats) = run(&fake, &request());
+    assert_eq!(result.map(|l| l.droplets.len()), Ok(3));
+    assert_eq!(stats.requests(), 2);
+    assert_eq!(fake.calls(), [p1(), moved]);
+}
+
+#[test]
+fn foreign_redirects_are_not_followed() {
+    for to in [
+        "https://evil.test/v2/droplets",
+        "http://api.example.test/v2/droplets",
+        "//evil.test/x",
+        "https://api.example.test:8443/x",
+        "mailto:x@y",
+    ] {
+        let target = to.to_string();
+        let fake = Fake::default().on(&p1(), move || Ok(redirect(&target)));
+        let (result, stats) = run(&fake, &request());
+        assert_eq!(result, Err(Error::ForeignRedirect), "{to}");
+        assert_eq!(fake.calls(), [p1()]);
+        assert_eq!(stats.requests(), 1);
+    }
+}
+
+#[test]
+fn redirects_stop_after_three_hops() {
+    let hop = |n: u32| format!("{API}/hop{n}");
+    let mut fake = Fake::default().on(&p1(), move || Ok(redirect(&format!("{API}/hop1"))));
+    for n in 1..=4 {
+        let to = hop(n + 1);
+        fake = fake.on(&hop(n), move || Ok(redirect(&to)));
+    }
+    let (result, stats) = run(&fake, &request());
+    assert_eq!(result, Err(Error::TooManyRedirects));
+    assert_eq!(stats.requests(), 4);
+
+    let fake = Fake::default()
+        .on(&p1(), move || Ok(redirect(&format!("{API}/hop1"))))
+        .on(&hop(1), move || Ok(redirect(&format!("{API}/hop2"))))
+        .on(&hop(2), move || Ok(redirect(&format!("{API}/hop3"))))
+        .page(&hop(3), ALL.to_string());
+    assert_eq!(run(&fake, &request()).0.map(|l| l.total), Ok(3));
+}
+
+#[test]
+fn the_deadline_bounds_the_whole_listing() {
+    let mut req = request();
+    req.deadline = Duration::ZERO;
+    let fake = Fake::default().page(&p1(), ALL.to_string());
+    assert_eq!(run(&fake, &req).0, Err(Error::Timeout));
+    assert!(fake.calls().is_empty());
+
+    struct Slow;
+    impl Transport for Slow {
+        fn get(&self, url: &str, timeout: Duration) -> Result<Exchange, Error> {
+            assert!(timeout <= Duration::from_millis(150));
+            std::thread::sleep(timeout);
+            let next = format!("{API}/v2/droplets?page=2");
+            Ok(ok(&page(&[url.len() as u64], Some(&next), None, 0)))
+        }
+    }
+    let mut req = request();
+    req.deadline = Duration::from_millis(150);
+    let stats = Stats::default();
+    let started = Instant::now();
+    let result = list_with(&Slow, &req, &stats, started);
+    assert_eq!(result, Err(Error::Timeout));
+    assert!(started.elapsed() < Duration::from_millis(1_000));
+}
+
+#[test]
+fn the_rate_limit_with_the_lowest_remaining_is_reported() {
+    let with_rl = |body: String, remaining: u64| {
+        move || {
+            Ok(Exchange {
+                rate_limit: Some(RateLimit {
+                    limit: Some(5000),
+                    remaining: Some(remaining),
+                    reset: Some(100 + remaining),
+                    retry_after: None,
+                }),
+                ..ok(&body)
+            })
+        }
+    };
+    let fake = Fake::default()
+        .on(
+            &p1(),
+            with_rl(page(&[1], Some(&pn(2)), Some(&pn(3)), 3), 50),
+        )
+        .on(&pn(2), with_rl(page(&[2], None, None, 3), 48))
+        .on(&pn(3), with_rl(page(&[3], None, None, 3), 49));
+    let (result, stats) = run(&fake, &request());
+    assert!(result.is_ok());
+    assert_eq!(stats.rate_limit().and_then(|r| r.remaining), Some(48));
+    assert_eq!(stats.rate_limit().and_then(|r| r.reset), Some(148));
+}
+
+#[test]
+fn body_errors_fail_but_count() {
+    let fake = Fake::default().on(&p1(), || {
+        Ok(Exchange {
+            body: Err(Error::BodyTooLarge(10)),
+            ..status(200)
+        })
+    });
+    let (result, stats) = run(&fake, &request());
+    assert_eq!(result, Err(Error::BodyTooLarge(10)));
+    assert_eq!(stats.requests(), 1);
+}
+
+#[test]
+fn the_request_debug_hides_the_token() {
+    let shown = format!("{:?}", request());
+    assert!(!shown.contains(TOKEN), "{shown}");
+    assert!(shown.contains("REDACTED"));
+}
+
+#[test]
+fn requests_are_validated() {
+    assert!(matches!(
+        ListRequest::new(API, ""),
+        Err(Error::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        ListRequest::new(API, "a b"),
+        Err(Error::InvalidRequest(d)) if !d.contains("a b")
+    ));
+    assert!(matches!(
+        ListRequest::new(API, "x\r\nEvil: 1"),
+        Err(Error::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        ListRequest::new("ftp://x", "t"),
+        Err(Error::InvalidRequest(_))
+    ));
+    assert_eq!(
+        ListRequest::new("https://h/api/", "t").map(|r| r.api_url),
+        Ok("https://h/api".into())
+    );
+}
+
+// ---- Against a real socket -------------------------------------------------
+
+fn local_request(server: &Server) -> ListRequest {
+    let mut req = ListRequest::new(&server.url(), TOKEN).expect("valid");
+    req.connect_timeout = Duration::from_secs(2);
+    req.request_timeout = Duration::from_secs(5);
+    req.deadline = Duration::from_secs(10);
+    req
+}
+
+#[test]
+fn http_three_pages_with_headers() {
+    let server = Server::start(move |r| {
+        let base = r
+            .header("host")
+            .map(|h| format!("http://{h}"))
+            .unwrap_or_default();
+        let link = |n: u64| format!("{base}/v2/droplets?page={n}&per_page=2");
+        let page_no = crate::links::page_number(&format!("http://x{}", r.target)).unwrap_or(0);
+        let body = match page_no {
+            1 => page(&[1, 2], Some(&link(2)), Some(&link(3)), 5),
+            2 => page(&[3, 4], Some(&link(3)), Some(&link(3)), 5),
+            3 => page(&[5], None, None, 5),
+            _ => return Reply::status(404),
+        };
+        Reply::json(body)
+            .header("RateLimit-Limit", "5000")
+            .header("RateLimit-Remaining", &(5000 - page_no).to_string())
+            .header("RateLimit-Reset", "1700000000")
+    });
+    let mut req = local_request(&server);
+    req.per_page = 2;
+    req.filter = Filter::Name("node one".into());
+    let stats = Stats::default();
+    let listing = list_droplets(&req, &stats).expect("listing");
+    assert_eq!(ids(&listing), [1, 2, 3, 4, 5]);
+    assert_eq!(listing.total, 5);
+    assert_eq!(stats.requests(), 3);
+    assert_eq!(stats.rate_limit().and_then(|r| r.remaining), Some(4997));
+    let recorded = server.recorded();
+    assert_eq!(recorded.len(), 3);
+    let first = &recorded[0];
+    assert_eq!(
+        first.target,
+        "/v2/droplets?per_page=2&page=1&name=node%20one"
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    assert_eq!(first.header("authorization"), Some(bearer.as_str()));
+    assert_eq!(first.header("accept"), Some("application/json"));
+    let ua = format!("libcluster_droplet/{}", crate::VERSION);
+    assert_eq!(first.header("user-agent"), Some(ua.as_str()));
+    assert!(recorded
+        .iter()
+        .all(|r| r.header("authorization") == Some(bearer.as_str())));
+}
+
+#[test]
+fn http_401_and_429() {
+    let server = Server::start(|_| Reply::status(401));
+    let stats = Stats::default();
+    assert_eq!(
+        list_droplets(&local_request(&server), &stats),
+        Err(Error::Unauthorized)
+    );
+    assert_eq!(stats.requests(), 1);
+
+    let server = Server::start(|_| {
+        Reply::status(429)
+            .header("Retry-After", "17")
+            .header("ratelimit-remaining", "0")
+    });
+    assert_eq!(
+        list_droplets(&local_request(&server), &Stats::default()),
+        Err(Error::RateLimited(Some(17)))
+    );
+}
+
+#[test]
+fn http_foreign_next_link_never_receives_the_token() {
+    let foreign = Server::start(|_| Reply::json(page(&[9], None, None, 1)));
+    let next = format!("{}/v2/droplets?page=2", foreign.url());
+    let api = Server::start(move |_| Reply::json(page(&[1], Some(&next), None, 2)));
+    let result = list_droplets(&local_request(&api), &Stats::default());
+    assert_eq!(result, Err(Error::ForeignLink));
+    assert_eq!(foreign.connection_count(), 0);
+    assert!(foreign.recorded().is_empty());
+}
+
+#[test]
+fn http_redirect_to_a_foreign_origin_is_not_followed() {
+    let foreign = Server::start(|_| Reply::json(page(&[9], None, None, 1)));
+    let to = format!("{}/v2/droplets", foreign.url());
+    let api = Server::start(move |_| {
+        let mut r = Reply::status(301).header("Location", &to);
+        r.body = Body::Full(Vec::new());
+        r
+    });
+    let stats = Stats::default();
+    let result = list_droplets(&local_request(&api), &stats);
+    assert_eq!(result, Err(Error::ForeignRedirect));
+    assert_eq!(stats.requests(), 1);
+    assert_eq!(foreign.connection_count(), 0);
+}
+
+#[test]
+fn http_same_origin_redirect_is_followed_with_the_token() {
+    let api = Server::start(|r| {
+        if r.target.starts_with("/v2/droplets") {
+            Reply::status(307).header("Location", "/elsewhere")
+        } else {
+            Reply::json(ALL)
+        }
+    });
+    let stats = Stats::default();
+    let result = list_droplets(&local_request(&api), &stats);
+    assert_eq!(result.map(|l| l.droplets.len()), Ok(3));
+    assert_eq!(stats.requests(), 2);
+    let recorded = api.recorded();
+    assert_eq!(recorded[1].target, "/elsewhere");
+    assert!(recorded[1].header("authorization").is_some());
+}
+
+#[test]
+fn http_body_cap() {
+    let big = page(&(1..=200).collect::<Vec<_>>(), None, None, 200);
+    let size = big.len() as u64;
+    let declared = Server::start({
+        let big = big.clone();
+        move |_| Reply::json(big.clone())
+    });
+    let mut req = local_request(&declared);
+    req.max_body_bytes = size - 1;
+    assert_eq!(
+        list_droplets(&req, &Stats::default()),
+        Err(Error::BodyTooLarge(size - 1))
+    );
+    req.max_body_bytes = size;
+    assert_eq!(
+        list_droplets(&req, &Stats::default()).map(|l| l.droplets.len()),
+        Ok(200)
+    );
+
+    let undeclared = Server::start(move |_| {
+        let mut r = Reply::json(Vec::new());
+        r.body = Body::UntilClose(big.clone().into_bytes());
+        r
+    });
+    let mut req = local_request(&undeclared);
+    req.max_body_bytes = 1_000;
+    assert_eq!(
+        list_droplets(&req, &Stats::default()),
+        Err(Error::BodyTooLarge(1_000))
+    );
+}
+
+#[test]
+fn http_truncated_body_is_invalid_json() {
+    let server = Server::start(|_| {
+        let mut r = Reply::json(Vec::new());
+        r.body = Body::Truncated {
+            full: ALL.as_bytes().to_vec(),
+            sent: 500,
+        };
+        r
+    });
+    let stats = Stats::default();
+    let result = list_droplets(&local_request(&server), &stats);
+    assert!(matches!(result, Err(Error::InvalidJson(_))), "{result:?}");
+    assert_eq!(stats.requests(), 1);
+
+    let server = Server::start(|_| {
+        let mut r = Reply::json(Vec::new());
+        r.body = Body::UntilClose(ALL.as_bytes()[..500].to_vec());
+        r
+    });
+    let result = list_droplets(&local_request(&server), &Stats::default());
+    assert!(matches!(result, Err(Error::InvalidJson(_))), "{result:?}");
+}
+
+#[test]
+fn http_timeouts() {
+    let (_listener, port, _held) = testserver::silent();
+    let mut req = ListRequest::new(&format!("http://127.0.0.1:{port}"), TOKEN).expect("valid");
+    req.request_timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    assert_eq!(list_droplets(&req, &Stats::default()), Err(Error::Timeout));
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // The deadline cuts a request short of its own timeout.
+    req.request_timeout = Duration::from_secs(30);
+    req.deadline = Duration::from_millis(300);
+    let started = Instant::now();
+    assert_eq!(list_droplets(&req, &Stats::default()), Err(Error::Timeout));
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let slow = Server::start(|_| {
+        let mut r = Reply::json(ALL);
+        r.delay = Duration::from_millis(1_500);
+        r
+    });
+    let mut req = local_request(&slow);
+    req.request_timeout = Duration::from_millis(200);
+    assert_eq!(list_droplets(&req, &Stats::default()), Err(Error::Timeout));
+}
+
+#[test]
+fn http_connection_refused_is_transport() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let req = ListRequest::new(&format!("http://127.0.0.1:{port}"), TOKEN).expect("valid");
+    let result = list_droplets(&req, &Stats::default());
+    assert!(matches!(result, Err(Error::Transport(_))), "{result:?}");
+}
+
+#[test]
+fn http_garbage_response_is_transport() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"SSH-2.0-OpenSSH_9.0\r\n\r\n");
+        }
+    });
+    let req = ListRequest::new(&format!("http://127.0.0.1:{port}"), TOKEN).expect("valid");
+    let result = list_droplets(&req, &Stats::default());
+    assert!(matches!(result, Err(Error::Transport(_))), "{result:?}");
+}
+
+// ---- TLS -------------------------------------------------------------------
+
+fn temp_file(name: &str, content: &[u8]) -> String {
+    let path = std::env::temp_dir().join(format!("droplet_core_{}_{name}", std::process::id()));
+    std::fs::write(&path, content).expect("write temp file");
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn tls_with_an_unknown_issuer_is_a_tls_error() {
+    let server = Server::start_tls(|_| Reply::json(ALL));
+    let mut req = ListRequest::new(&server.https_url(), TOKEN).expect("valid");
+    req.request_timeout = Duration::from_secs(5);
+    let result = list_droplets(&req, &Stats::default());
+    match result {
+        Err(Error::Tls(detail)) => assert!(!detail.contains(TOKEN)),
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+    assert!(server.recorded().is_empty());
+}
+
+#[test]
+fn tls_with_the_extra_ca_succeeds() {
+    let server = Server::start_tls(|_| Reply::json(ALL));
+    let ca = temp_file("ca.pem", crate::http::tests::TEST_CA.as_bytes());
+    let mut req = ListRequest::new(&server.https_url(), TOKEN).expect("valid");
+    req.ca_file = Some(ca);
+    let stats = Stats::default();
+    let listing = list_droplets(&req, &stats).expect("listing over TLS");
+    assert_eq!(ids(&listing), [3164444, 3164459, 3164412]);
+    // Twice: the cached agent is reused.
+    assert!(list_droplets(&req, &stats).is_ok());
+    assert_eq!(stats.requests(), 2);
+}
+
+#[test]
+fn bad_ca_files_are_ca_file_errors() {
+    let mut req = request();
+    req.ca_file = Some(temp_file("garbage.pem", b"not a certificate"));
+    assert!(matches!(
+        list_droplets(&req, &Stats::default()),
+        Err(Error::CaFile(_))
+    ));
+    req.ca_file = Some("/nonexistent/ca.pem".into());
+    assert!(matches!(
+        list_droplets(&req, &Stats::default()),
+        Err(Error::CaFile(_))
+    ));
+}
