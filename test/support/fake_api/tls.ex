@@ -5,7 +5,8 @@ defmodule LibclusterDroplet.FakeAPI.TLS do
   `generate/0` makes a fresh certificate authority and a server certificate
   it signed, both ECDSA P-256 with SHA-256, valid from a day ago for a year.
   The server certificate names `localhost` (DNS SAN), `127.0.0.1` and `::1`
-  (IP SANs); it is an X.509 v3 end-entity certificate (`CA:FALSE`, key usage
+  (IP SANs), plus `127.0.0.1` as a DNS SAN for the sake of OTP's hostname
+  check (see the comment in `generate/0`); it is an X.509 v3 end-entity certificate (`CA:FALSE`, key usage
   `digitalSignature`, extended key usage `serverAuth`, subject and authority
   key identifiers), which is what rustls/webpki, OpenSSL (even with
   `-x509_strict`) and Erlang's `:ssl` accept.
@@ -70,7 +71,17 @@ defmodule LibclusterDroplet.FakeAPI.TLS do
           {:Extension, {2, 5, 29, 15}, true, [:digitalSignature]},
           {:Extension, {2, 5, 29, 37}, false, [@server_auth]},
           {:Extension, {2, 5, 29, 17}, false,
-           [dNSName: ~c"localhost", iPAddress: <<127, 0, 0, 1>>, iPAddress: <<1::128>>]},
+           [
+             dNSName: ~c"localhost",
+             iPAddress: <<127, 0, 0, 1>>,
+             iPAddress: <<1::128>>,
+             # OTP's :httpc passes the URL's host as the TLS server name, and
+             # :ssl then checks it only against DNS names, never IP SANs: with
+             # this entry `https://127.0.0.1:PORT` verifies there as well.
+             # rustls and OpenSSL match the IP SAN (webpki skips this entry
+             # as a malformed DNS name).
+             dNSName: ~c"127.0.0.1"
+           ]},
           {:Extension, {2, 5, 29, 14}, false, key_id(key)},
           {:Extension, {2, 5, 29, 35}, false,
            {:AuthorityKeyIdentifier, key_id(ca_key), :asn1_NOVALUE, :asn1_NOVALUE}}
