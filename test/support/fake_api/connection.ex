@@ -36,8 +36,13 @@ defmodule LibclusterDroplet.FakeAPI.Connection do
         pid = spawn_link(fn -> init(server, transport, opts) end)
 
         case controlling_process(transport, sock, pid) do
-          :ok -> send(pid, {:socket, sock})
-          {:error, _} -> close(transport, sock)
+          :ok ->
+            send(pid, {:socket, sock})
+
+          {:error, _} ->
+            # The client is already gone; the process would wait forever.
+            Process.exit(pid, :kill)
+            close(transport, sock)
         end
 
         flush_exits()
