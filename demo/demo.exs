@@ -98,8 +98,10 @@ defmodule Demo do
     t_remove = now()
     rest = Enum.drop(nodes, -1)
     wait_until(fn -> TestCluster.connected(gone) == [] end, 10_000)
-
-    say("web-5 disconnected everywhere #{now() - t_remove} ms after its droplet disappeared")
+    removal_ms = now() - t_remove
+    # Let the watcher print the last disconnections first.
+    Process.sleep(100)
+    say("web-5 disconnected everywhere #{removal_ms} ms after its droplet disappeared")
 
     say("cluster: #{length(rest)} nodes, full mesh: #{TestCluster.full_mesh?(rest)}")
 
