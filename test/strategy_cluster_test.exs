@@ -96,19 +96,21 @@ defmodule Cluster.Strategy.DropletClusterTest do
     end
   end
 
-  test "the strategy never connects a node to itself", %{api: api, prefix: prefix} do
-    nodes = api |> droplets(prefix, 2) |> nodes()
-    recorder = {LibclusterDroplet.TestCluster.Remote, :recording_connect, []}
-    start_strategies(nodes, config(api), connect: recorder)
+  test "the strategy never counts its own node among the nodes to connect", %{
+    api: api,
+    prefix: prefix
+  } do
+    nodes = api |> droplets(prefix, 3) |> nodes()
+    sups = start_strategies(nodes, config(api))
     await_mesh(nodes)
-    Process.sleep(3 * @interval)
+    Process.sleep(2 * @interval)
 
-    for node <- nodes do
-      attempts =
-        TestCluster.call(node, LibclusterDroplet.TestCluster.Remote, :connect_attempts, [])
+    for {node, sup} <- Enum.zip(nodes, sups) do
+      [{:droplets, pid, :worker, _}] = TestCluster.call(node, Supervisor, :which_children, [sup])
+      %{managed: managed} = TestCluster.call(node, :sys, :get_state, [pid])
 
-      assert attempts != []
-      refute node.node in attempts
+      assert MapSet.to_list(managed) |> Enum.sort() ==
+               Enum.sort(Enum.map(nodes, & &1.node) -- [node.node])
     end
   end
 

@@ -198,25 +198,4 @@ defmodule LibclusterDroplet.TestCluster.Remote do
       {:ok, sup}
     end
   end
-
-  @doc false
-  # A connect MFA that records every node it is asked for, then connects.
-  def recording_connect(node) do
-    Agent.update(recorder(), &[node | &1])
-    :net_kernel.connect_node(node)
-  end
-
-  @doc false
-  def connect_attempts, do: Agent.get(recorder(), &Enum.reverse/1)
-
-  defp recorder do
-    case Process.whereis(__MODULE__.Recorder) do
-      nil ->
-        {:ok, pid} = Agent.start(fn -> [] end, name: __MODULE__.Recorder)
-        pid
-
-      pid ->
-        pid
-    end
-  end
 end
