@@ -6,7 +6,7 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
   @prefix "Cluster.Strategy.Droplet: "
   @token "dop_v1_SECRET_CONFIG_TOKEN"
   @known "[:token, :network, :ipv6, :tag_name, :name, :node_basename, :health_check, :polling_interval, " <>
-           ":api_url, :ca_file, :api_timeout, :max_backoff]"
+           ":api_url, :ca_file, :api_timeout, :max_backoff, :max_requests_per_minute]"
 
   defp message(opts) do
     error = assert_raise ArgumentError, fn -> Config.new!(opts) end
@@ -155,6 +155,9 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
 
       assert message(token: @token, max_backoff: -1) ==
                "invalid option :max_backoff: expected a positive integer (ms), got: -1"
+
+      assert message(token: @token, max_requests_per_minute: 0) ==
+               "invalid option :max_requests_per_minute: expected a positive integer, got: 0"
     end
 
     test "unknown keys, without echoing the token" do

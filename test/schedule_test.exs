@@ -68,33 +68,34 @@ defmodule LibclusterDroplet.ScheduleTest do
     end
   end
 
-  describe "pace/3" do
-    test "the interval stands while a quarter of the budget remains" do
-      assert Schedule.pace(
-               5_000,
-               %{limit: 5_000, remaining: 1_250, reset: 0, retry_after: nil},
-               1
-             ) == 5_000
+  describe "pace/5" do
+    @now 1_700_000_000_000
+    @reset div(@now, 1000) + 600
 
-      assert Schedule.pace(5_000, nil, 1) == 5_000
+    defp rl(remaining), do: %{limit: 5_000, remaining: remaining, reset: @reset, retry_after: nil}
+
+    test "the interval stands while polls are cheap and a quarter of the budget remains" do
+      assert Schedule.pace(5_000, rl(1_250), 1, @now, 125) == 5_000
+      assert Schedule.pace(5_000, nil, 1, @now, 125) == 5_000
     end
 
-    test "below that, what remains is spread over the next hour" do
-      # 1,000 left, 1 request per poll: one poll every 3.6 s would spend it in an hour.
-      assert Schedule.pace(
-               1_000,
-               %{limit: 5_000, remaining: 1_000, reset: 0, retry_after: nil},
-               1
-             ) == 3_600
+    test "many-page polls are spaced to stay within the per-minute budget" do
+      # 50 requests (10,000 droplets) at most 125 a minute: one poll every 24 s.
+      assert Schedule.pace(5_000, rl(4_000), 50, @now, 125) == 24_000
+      assert Schedule.pace(5_000, rl(4_000), 5, @now, 125) == 5_000
+      assert Schedule.pace(100, nil, 1, @now, 125) == 480
+      assert Schedule.pace(100, nil, 1, @now, 6_000) == 100
+    end
 
-      assert Schedule.pace(1_000, %{limit: 5_000, remaining: 100, reset: 0, retry_after: nil}, 5) ==
-               180_000
-
-      assert Schedule.pace(
-               100_000,
-               %{limit: 5_000, remaining: 100, reset: 0, retry_after: nil},
-               1
-             ) == 100_000
+    test "below a quarter of the budget, what remains is spread until the reset" do
+      # 100 left, 10 minutes to the reset, 1 request per poll: one poll every 6 s.
+      assert Schedule.pace(1_000, rl(100), 1, @now, 6_000) == 6_000
+      assert Schedule.pace(1_000, rl(100), 5, @now, 6_000) == 30_000
+      assert Schedule.pace(60_000, rl(100), 1, @now, 6_000) == 60_000
+      # Nothing left: wait for the reset.
+      assert Schedule.pace(1_000, rl(0), 1, @now, 6_000) == 600_000
+      # A reset in the past does not stall polling.
+      assert Schedule.pace(1_000, %{rl(10) | reset: 1}, 1, @now, 6_000) == 1_000
     end
   end
 end

@@ -3,8 +3,8 @@ defmodule LibclusterDroplet.Schedule do
   When the next poll may go out: pure functions, so the rules are unit
   tested without clocks.
 
-    * **Success** returns to `polling_interval`, stretched when the token's
-      hourly budget runs low (see `pace/3`).
+    * **Success** returns to `polling_interval`, stretched when polls are
+      costly or the token's hourly budget runs low (see `pace/5`).
     * **Failure** backs off exponentially with jitter:
       `polling_interval * 2^failures`, capped at `max_backoff`, drawn
       uniformly from its upper half, so a fleet that failed together does not
@@ -66,23 +66,37 @@ defmodule LibclusterDroplet.Schedule do
   end
 
   @doc """
-  The interval to wait after a successful poll that made `requests` HTTP
-  requests: `interval`, stretched when the budget is low.
+  The wait in ms after a successful poll that made `requests` HTTP requests:
+  `interval`, stretched by two budgets.
 
-  While more than a quarter of the hourly limit remains, polls go out every
-  `interval`. Below that, the interval grows so that, at this pace, what
-  remains lasts until the window has refilled: `requests / remaining` of an
-  hour, i.e. the wait that spends the remaining budget evenly over the next
-  hour (the window is sliding, so an hour from now every request counted
-  now has expired). Other clients of the same token are accounted for
-  because `remaining` is the token's, not ours.
+    * **Burst.** DigitalOcean allows 250 requests per minute per token. A poll
+      of many pages (50 for 10,000 droplets) every few seconds would break
+      it alone, so polls are spaced to keep this strategy's own traffic
+      within `max_per_minute` (by default half of that limit).
+    * **Hourly budget.** While more than a quarter of `limit` remains,
+      nothing changes. Below that, the next poll waits long enough that, at
+      this pace, the `remaining` requests last until `reset`, when the
+      oldest counted request leaves DigitalOcean's sliding window and the
+      budget starts to refill. `remaining` counts every client of the token,
+      so other users of it slow us down too. When nothing remains the wait
+      is `reset` itself (see `not_before/3`).
+
+  `now_ms` is the current Unix time in ms.
   """
-  @spec pace(pos_integer(), rate_limit(), pos_integer()) :: pos_integer()
-  def pace(interval, %{limit: limit, remaining: remaining}, requests)
-      when is_integer(limit) and limit > 0 and is_integer(remaining) and remaining * 4 < limit do
-    stretched = div(3_600_000 * max(requests, 1), max(remaining, 1))
-    max(interval, stretched)
+  @spec pace(pos_integer(), rate_limit(), pos_integer(), integer(), pos_integer()) ::
+          pos_integer()
+  def pace(interval, rate_limit, requests, now_ms, max_per_minute) do
+    requests = max(requests, 1)
+    burst = div(requests * 60_000 + max_per_minute - 1, max_per_minute)
+    interval |> max(burst) |> max(spread(rate_limit, requests, now_ms))
   end
 
-  def pace(interval, _rate_limit, _requests), do: interval
+  defp spread(%{limit: limit, remaining: remaining, reset: reset}, requests, now_ms)
+       when is_integer(limit) and limit > 0 and is_integer(remaining) and remaining * 4 < limit and
+              is_integer(reset) do
+    until_reset = max(reset * 1000 - now_ms, 0)
+    div(until_reset * requests, max(remaining, 1))
+  end
+
+  defp spread(_rate_limit, _requests, _now_ms), do: 0
 end

@@ -136,7 +136,8 @@ defmodule LibclusterDroplet.FakeAPI do
   decoded query string (`%{}` when it could not be decoded); `status` is the
   status sent (0 for the `:close` fault); `authorized` is whether the bearer
   token was the valid one; `fault` is the kind of the injected fault applied
-  (`:status`, `:slow`, `:html`, ...) or `nil`.
+  (`:status`, `:slow`, `:html`, ...) or `nil`; `headers` are the response
+  headers sent (lower-case names, string values), rate-limit ones included.
   """
   @type request :: %{
           at_ms: integer,
@@ -146,7 +147,8 @@ defmodule LibclusterDroplet.FakeAPI do
           query: %{optional(String.t()) => String.t()},
           status: non_neg_integer,
           authorized: boolean,
-          fault: atom | nil
+          fault: atom | nil,
+          headers: %{optional(String.t()) => String.t()}
         }
 
   @template_path Path.expand("../../../shared/digitalocean-api/list_droplets_all.json", __DIR__)
@@ -792,6 +794,14 @@ defmodule LibclusterDroplet.FakeAPI do
       response
       | headers: response.headers ++ RateLimit.headers(rl, now, unix_ms)
     }
+
+    # The rate-limit headers as sent, so tests can check a client obeyed them.
+    entry =
+      Map.put(
+        entry,
+        :headers,
+        for({k, v} <- plan.headers, into: %{}, do: {String.downcase(to_string(k)), to_string(v)})
+      )
 
     {plan, %{state | rate_limit: rl, log: [entry | state.log], count: state.count + 1}}
   end

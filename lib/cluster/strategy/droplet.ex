@@ -398,14 +398,30 @@ defmodule Cluster.Strategy.Droplet do
       %{topology: state.topology, droplets: length(listing.droplets), nodes: MapSet.size(desired)}
     )
 
-    state = %{state | managed: desired, poll: nil, failures: 0, polls: state.polls + 1}
     floor = Schedule.not_before(listing.rate_limit, nil, System.system_time(:millisecond))
-    state = %{state | not_before: floor}
 
-    schedule(
-      state,
-      Schedule.pace(state.config.polling_interval, listing.rate_limit, listing.requests)
-    )
+    state = %{
+      state
+      | managed: desired,
+        poll: nil,
+        failures: 0,
+        polls: state.polls + 1,
+        not_before: floor
+    }
+
+    config = state.config
+    now = System.system_time(:millisecond)
+
+    delay =
+      Schedule.pace(
+        config.polling_interval,
+        listing.rate_limit,
+        listing.requests,
+        now,
+        config.max_requests_per_minute
+      )
+
+    schedule(state, delay)
   end
 
   defp poll_failed(reason, rate_limit, state) do

@@ -20,6 +20,7 @@ defmodule Cluster.Strategy.Droplet.Config do
   | `:ca_file` | `nil` | PEM file of extra CAs to trust (TLS verification cannot be disabled) |
   | `:api_timeout` | `10_000` | ms allowed per HTTP request; a whole listing gets three times that |
   | `:max_backoff` | `60_000` | ms: cap of the exponential backoff after failed polls |
+  | `:max_requests_per_minute` | `125` | polls are spaced so this strategy sends at most this many API requests a minute (DigitalOcean allows 250 per token) |
 
   The token is kept inside a closure, so neither `inspect/1`, crash reports
   nor `:sys.get_state/1` can print it.
@@ -41,7 +42,8 @@ defmodule Cluster.Strategy.Droplet.Config do
             api_url: @default_api_url,
             ca_file: nil,
             api_timeout: 10_000,
-            max_backoff: 60_000
+            max_backoff: 60_000,
+            max_requests_per_minute: 125
 
   @type health_check :: {:tcp, port: 1..65_535, timeout: pos_integer()}
 
@@ -57,7 +59,8 @@ defmodule Cluster.Strategy.Droplet.Config do
           api_url: String.t(),
           ca_file: Path.t() | nil,
           api_timeout: pos_integer(),
-          max_backoff: pos_integer()
+          max_backoff: pos_integer(),
+          max_requests_per_minute: pos_integer()
         }
 
   @keys [
@@ -72,7 +75,8 @@ defmodule Cluster.Strategy.Droplet.Config do
     :api_url,
     :ca_file,
     :api_timeout,
-    :max_backoff
+    :max_backoff,
+    :max_requests_per_minute
   ]
 
   @doc "The option names `new!/1` accepts."
@@ -113,7 +117,9 @@ defmodule Cluster.Strategy.Droplet.Config do
       api_url: api_url!(Keyword.get(opts, :api_url, defaults.api_url)),
       ca_file: ca_file!(Keyword.get(opts, :ca_file)),
       api_timeout: pos_integer!(opts, :api_timeout, defaults.api_timeout),
-      max_backoff: pos_integer!(opts, :max_backoff, defaults.max_backoff)
+      max_backoff: pos_integer!(opts, :max_backoff, defaults.max_backoff),
+      max_requests_per_minute:
+        count!(opts, :max_requests_per_minute, defaults.max_requests_per_minute)
     }
 
     check_combinations!(config, Keyword.has_key?(opts, :network))
@@ -277,6 +283,18 @@ defmodule Cluster.Strategy.Droplet.Config do
       other ->
         fail(
           "invalid option #{inspect(key)}: expected a positive integer (ms), got: #{describe(other)}"
+        )
+    end
+  end
+
+  defp count!(opts, key, default) do
+    case Keyword.get(opts, key, default) do
+      value when is_integer(value) and value > 0 ->
+        value
+
+      other ->
+        fail(
+          "invalid option #{inspect(key)}: expected a positive integer, got: #{describe(other)}"
         )
     end
   end

@@ -1,0 +1,351 @@
+defmodule Cluster.Strategy.DropletFaultsTest do
+  @moduledoc false
+  # Every fault the API or the network can throw at a running strategy:
+  # membership unchanged, the process alive, one warning per failed poll
+  # naming the error's class, polling going on, and never the token in any
+  # log line or crash report.
+  use ExUnit.Case, async: true
+
+  import ExUnit.CaptureLog
+  alias LibclusterDroplet.{FakeAPI, SpyMembership, TestCluster}
+
+  @moduletag timeout: 60_000
+
+  @token "dop_v1_FAULTS_f7c1e0a9b8d64c2aa1b2c3d4e5f60718293a4b5c6d7e8f90"
+  @interval 100
+
+  defp droplets(n) do
+    for i <- 1..n do
+      FakeAPI.droplet(
+        id: i,
+        name: "node-#{i}",
+        private_ip: "127.0.3.#{i + 1}",
+        public_ip: "127.0.4.#{i + 1}"
+      )
+    end
+  end
+
+  defp nodes(n), do: for(i <- 1..n, do: :"node-#{i}@127.0.3.#{i + 1}")
+
+  # Starts a strategy against `api` with spy membership and waits for its
+  # first successful poll.
+  defp start_strategy(api, extra \\ []) do
+    topology = :"faults_#{System.unique_integer([:positive])}"
+    spy = SpyMembership.start()
+
+    config =
+      Keyword.merge(
+        [
+          token: @token,
+          api_url: FakeAPI.url(api),
+          polling_interval: @interval,
+          max_backoff: 400,
+          api_timeout: 500,
+          max_requests_per_minute: 60_000
+        ],
+        extra
+      )
+
+    pid =
+      start_supervised!(
+        {Cluster.Strategy.Droplet,
+         [topology: topology, config: config] ++ SpyMembership.mfas(spy)},
+        id: topology
+      )
+
+    TestCluster.await(fn -> SpyMembership.connected(spy) == nodes(3) end)
+    %{topology: topology, spy: spy, pid: pid}
+  end
+
+  defp failures(pid), do: :sys.get_state(pid).failures
+
+  # Runs `fault_fun` with the cluster formed, waits for `polls` failed polls,
+  # ends the fault with `heal_fun` and waits for a successful poll. Returns
+  # the captured log.
+  defp ride_out(ctx, fault_fun, heal_fun, polls \\ 3) do
+    capture_log(fn ->
+      fault_fun.()
+      TestCluster.await(fn -> failures(ctx.pid) >= polls end, 20_000)
+
+      assert Process.alive?(ctx.pid)
+      assert SpyMembership.connected(ctx.spy) == nodes(3)
+
+      heal_fun.()
+      TestCluster.await(fn -> failures(ctx.pid) == 0 end, 20_000)
+      # The log line of the last failure can trail the state change.
+      Process.sleep(20)
+    end)
+  end
+
+  defp warnings(log, topology) do
+    prefix = "[libcluster:#{topology}] "
+
+    log
+    |> String.split("\n")
+    |> Enum.filter(&String.contains?(&1, prefix))
+  end
+
+  defp assert_one_warning_per_failure(log, ctx, classes, failed_polls) do
+    lines = warnings(log, ctx.topology)
+    assert lines != []
+
+    for line <- lines do
+      assert line =~ "DigitalOcean API poll failed (", "unexpected line: #{line}"
+      [class] = Regex.run(~r/poll failed \(([a-z_]+)\)/, line, capture: :all_but_first)
+
+      assert String.to_atom(class) in classes,
+             "#{class} is not one of #{inspect(classes)}: #{line}"
+
+      assert line =~ "keeping the 3 nodes as they are"
+    end
+
+    if failed_polls, do: assert(length(lines) == failed_polls)
+    refute log =~ @token
+    # Nothing was ever disconnected.
+    assert Enum.all?(SpyMembership.events(ctx.spy), &match?({:connect, _}, &1))
+  end
+
+  defp failed_requests(api),
+    do: api |> FakeAPI.requests() |> Enum.count(&(&1.status != 200 or &1.fault != nil))
+
+  @foreign_host "127.0.0.77"
+
+  faults = [
+    {"HTTP 500", {:status, 500}, [:http_status]},
+    {"HTTP 502", {:status, 502}, [:http_status]},
+    {"HTTP 503", {:status, 503}, [:http_status]},
+    {"HTTP 401", {:status, 401}, [:unauthorized]},
+    {"HTTP 403", {:status, 403}, [:forbidden]},
+    {"HTTP 404", {:status, 404}, [:http_status]},
+    {"a server slower than the timeout", {:slow, 1_500}, [:timeout]},
+    {"a connection reset in the middle of the body", :reset, [:invalid_json, :transport]},
+    {"an HTML body", :html, [:invalid_json]},
+    {"truncated JSON", :truncated, [:invalid_json, :transport]},
+    {"droplets not a list",
+     {:json, %{"droplets" => "none", "links" => %{}, "meta" => %{"total" => 1}}},
+     [:unexpected_shape]},
+    {"an empty droplets list while meta.total > 0", :empty_with_total, [:inconsistent]},
+    {"a body over the size cap", {:huge, 17 * 1024 * 1024}, [:body_too_large]},
+    # Page 1, then its own URL once more: the second visit is the loop.
+    {"a next link that loops", :next_loop, [:pagination_loop], 2}
+  ]
+
+  for fault_case <- faults do
+    {name, fault, classes, requests_per_poll} =
+      case fault_case do
+        {name, fault, classes} -> {name, fault, classes, 1}
+        full -> full
+      end
+
+    @requests_per_poll requests_per_poll
+    @fault fault
+    @classes classes
+    test "#{name}: membership unchanged, one warning per failure, polling goes on" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(3))
+      ctx = start_strategy(api)
+      FakeAPI.reset_requests(api)
+
+      log =
+        ride_out(ctx, fn -> FakeAPI.inject(api, @fault, times: :infinity) end, fn ->
+          FakeAPI.clear_faults(api)
+        end)
+
+      assert_one_warning_per_failure(
+        log,
+        ctx,
+        @classes,
+        div(failed_requests(api), @requests_per_poll)
+      )
+    end
+  end
+
+  test "JSON of the wrong shape: networks missing, ids as strings" do
+    {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(3))
+    ctx = start_strategy(api)
+    [good | _] = droplets(3)
+
+    for droplet <- [Map.delete(good, "networks"), Map.put(good, "id", "1")] do
+      body = %{"droplets" => [droplet], "links" => %{"pages" => %{}}, "meta" => %{"total" => 1}}
+      FakeAPI.reset_requests(api)
+
+      log =
+        ride_out(ctx, fn -> FakeAPI.inject(api, {:json, body}, times: :infinity) end, fn ->
+          FakeAPI.clear_faults(api)
+        end)
+
+      assert_one_warning_per_failure(log, ctx, [:unexpected_shape], failed_requests(api))
+    end
+  end
+
+  test "connection refused: the API is gone" do
+    {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(3))
+    url = FakeAPI.url(api)
+    ctx = start_strategy(api)
+
+    log =
+      ride_out(ctx, fn -> FakeAPI.stop(api) end, fn ->
+        # Back on the same port.
+        %URI{port: port} = URI.parse(url)
+        {:ok, _} = FakeAPI.start_link(token: @token, droplets: droplets(3), port: port)
+      end)
+
+    assert_one_warning_per_failure(log, ctx, [:transport], nil)
+  end
+
+  test "a redirect to another host is refused and nothing is sent there" do
+    {foreign, port} = foreign_listener()
+    {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(3))
+    ctx = start_strategy(api)
+    FakeAPI.reset_requests(api)
+    fault = {:redirect, "http://#{@foreign_host}:#{port}/v2/droplets"}
+
+    log =
+      ride_out(ctx, fn -> FakeAPI.inject(api, fault, times: :infinity) end, fn ->
+        FakeAPI.clear_faults(api)
+      end)
+
+    assert_one_warning_per_failure(log, ctx, [:foreign_redirect], failed_requests(api))
+    assert {:error, :timeout} = :gen_tcp.accept(foreign, 100)
+  end
+
+  test "a next link to another host, or to another scheme, is refused and nothing is sent there" do
+    {foreign, port} = foreign_listener()
+    {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(3))
+    %URI{port: api_port} = URI.parse(FakeAPI.url(api))
+    ctx = start_strategy(api)
+
+    for url <- [
+          "http://#{@foreign_host}:#{port}/v2/droplets?page=2",
+          "https://127.0.0.1:#{api_port}/v2/droplets?page=2",
+          "http://127.0.0.1:#{port}/v2/droplets?page=2"
+        ] do
+      FakeAPI.reset_requests(api)
+
+      log =
+        ride_out(ctx, fn -> FakeAPI.inject(api, {:foreign_next, url}, times: :infinity) end, fn ->
+          FakeAPI.clear_faults(api)
+        end)
+
+      assert_one_warning_per_failure(log, ctx, [:foreign_link], failed_requests(api))
+    end
+
+    assert {:error, :timeout} = :gen_tcp.accept(foreign, 100)
+  end
+
+  test "failures back off exponentially with jitter up to the cap; the first success restores the interval" do
+    {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(3))
+    ctx = start_strategy(api, max_backoff: 1_600)
+
+    capture_log(fn ->
+      FakeAPI.reset_requests(api)
+      FakeAPI.inject(api, {:status, 500}, times: :infinity)
+      TestCluster.await(fn -> failures(ctx.pid) >= 7 end, 30_000)
+      FakeAPI.clear_faults(api)
+      TestCluster.await(fn -> length(successes(api)) >= 5 end, 10_000)
+    end)
+
+    requests = FakeAPI.requests(api)
+    {failing, _} = Enum.split_while(requests, &(&1.status == 500))
+    gaps = failing |> Enum.map(& &1.at_ms) |> gaps()
+
+    # Failure k waits in [max(interval, cap_k / 2), cap_k], cap_k = interval * 2^k up to 1600 ms.
+    for {gap, k} <- Enum.with_index(gaps, 1) do
+      cap = min(1_600, @interval * Integer.pow(2, k))
+
+      assert gap >= max(@interval, div(cap, 2)) - 5 and gap <= cap + 150,
+             "gap #{k}: #{gap} ms, cap #{cap}"
+    end
+
+    assert Enum.max(gaps) <= 1_600 + 150
+    # Jitter: the waits are not simply the caps.
+    refute Enum.all?(Enum.with_index(gaps, 1), fn {gap, k} ->
+             abs(gap - min(1_600, @interval * Integer.pow(2, k))) < 5
+           end)
+
+    success_gaps = api |> successes() |> Enum.map(& &1.at_ms) |> gaps()
+
+    assert Enum.all?(success_gaps, &(&1 < 3 * @interval)),
+           "after recovery: #{inspect(success_gaps)}"
+  end
+
+  describe "rate limits" do
+    test "after a 429 nothing is sent before its retry-after has passed" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(3))
+      ctx = start_strategy(api)
+
+      capture_log(fn ->
+        FakeAPI.set_rate_limit(api, per_minute: 3, minute_ms: 2_000)
+        FakeAPI.reset_requests(api)
+
+        TestCluster.await(
+          fn -> Enum.count(FakeAPI.requests(api), &(&1.status == 429)) >= 2 end,
+          20_000
+        )
+
+        TestCluster.await(fn -> length(FakeAPI.requests(api)) >= 12 end, 20_000)
+      end)
+
+      requests = FakeAPI.requests(api)
+      # Every 429 but maybe the last has a successor: polling resumed.
+      throttled =
+        for t <- requests,
+            t.status == 429,
+            next = Enum.find(requests, &(&1.unix_ms > t.unix_ms)),
+            do: {t, next}
+
+      assert length(throttled) >= 2
+
+      for {t, next} <- throttled do
+        retry_after = String.to_integer(t.headers["retry-after"])
+        assert retry_after >= 1
+
+        assert next.unix_ms - t.unix_ms >= retry_after * 1000 - 20,
+               "sent #{next.unix_ms - t.unix_ms} ms after a 429 saying #{retry_after} s"
+      end
+
+      assert SpyMembership.connected(ctx.spy) == nodes(3)
+    end
+
+    test "when ratelimit-remaining reaches 0, nothing is sent before ratelimit-reset, and no 429 is drawn" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(3))
+      ctx = start_strategy(api)
+
+      capture_log(fn ->
+        FakeAPI.set_rate_limit(api, per_hour: 4, hour_ms: 3_000)
+        FakeAPI.reset_requests(api)
+        TestCluster.await(fn -> length(FakeAPI.requests(api)) >= 10 end, 30_000)
+      end)
+
+      requests = FakeAPI.requests(api)
+      exhausted = Enum.filter(requests, &(&1.headers["ratelimit-remaining"] == "0"))
+      assert exhausted != []
+
+      assert Enum.all?(requests, &(&1.status == 200)),
+             "a 429 was drawn: #{inspect(Enum.map(requests, & &1.status))}"
+
+      for t <- exhausted do
+        reset_ms = String.to_integer(t.headers["ratelimit-reset"]) * 1000
+        next = Enum.find(requests, &(&1.unix_ms > t.unix_ms))
+
+        assert next == nil or next.unix_ms >= reset_ms - 20,
+               "sent #{reset_ms - next.unix_ms} ms before the reset"
+      end
+
+      assert SpyMembership.connected(ctx.spy) == nodes(3)
+    end
+  end
+
+  defp successes(api),
+    do: api |> FakeAPI.requests() |> Enum.filter(&(&1.status == 200 and &1.fault == nil))
+
+  defp gaps(times),
+    do: times |> Enum.chunk_every(2, 1, :discard) |> Enum.map(fn [a, b] -> b - a end)
+
+  # A listener on another loopback host that must never see a connection.
+  defp foreign_listener do
+    {:ok, ip} = :inet.parse_address(String.to_charlist(@foreign_host))
+    {:ok, listener} = :gen_tcp.listen(0, ip: ip, active: false)
+    {:ok, port} = :inet.port(listener)
+    {listener, port}
+  end
+end
