@@ -276,6 +276,54 @@ defmodule Cluster.Strategy.DropletClusterTest do
     assert holds_for(6 * @interval, fn -> TestCluster.full_mesh?(nodes) end)
   end
 
+  describe "restarts" do
+    test "a killed strategy is restarted and picks up the cluster without disconnecting anyone",
+         %{api: api, prefix: prefix} do
+      nodes = api |> droplets(prefix, 3) |> nodes()
+      sups = start_strategies(nodes, config(api))
+      await_mesh(nodes)
+
+      Enum.each(
+        nodes,
+        &TestCluster.call(&1, LibclusterDroplet.TestCluster.Remote, :start_nodedown_recorder, [])
+      )
+
+      for _round <- 1..3, {node, sup} <- Enum.zip(nodes, sups) do
+        old = TestCluster.call(node, LibclusterDroplet.TestCluster.Remote, :strategy_pid, [sup])
+        TestCluster.call(node, Process, :exit, [old, :kill])
+
+        TestCluster.await(fn ->
+          new = TestCluster.call(node, LibclusterDroplet.TestCluster.Remote, :strategy_pid, [sup])
+          new != nil and new != old
+        end)
+      end
+
+      Process.sleep(5 * @interval)
+      assert TestCluster.full_mesh?(nodes)
+
+      for node <- nodes do
+        assert TestCluster.call(node, LibclusterDroplet.TestCluster.Remote, :nodedowns, []) == []
+      end
+    end
+
+    test "a restarted strategy still disconnects a droplet its previous incarnation connected",
+         %{api: api, prefix: prefix} do
+      pairs = droplets(api, prefix, 3)
+      [a, b, c] = nodes(pairs)
+      [sup_a, _, sup_c] = start_strategies([a, b, c], config(api))
+      await_mesh([a, b, c])
+
+      TestCluster.call(c, Supervisor, :stop, [sup_c])
+      old = TestCluster.call(a, LibclusterDroplet.TestCluster.Remote, :strategy_pid, [sup_a])
+      TestCluster.call(a, Process, :exit, [old, :kill])
+      {droplet_c, _} = List.last(pairs)
+      FakeAPI.remove_droplet(api, droplet_c["id"])
+
+      TestCluster.await(fn -> TestCluster.connected(c) == [] end)
+      assert TestCluster.full_mesh?([a, b])
+    end
+  end
+
   defp free_port do
     {:ok, l} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
     {:ok, port} = :inet.port(l)

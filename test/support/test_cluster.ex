@@ -198,4 +198,57 @@ defmodule LibclusterDroplet.TestCluster.Remote do
       {:ok, sup}
     end
   end
+
+  @doc false
+  # Records every nodedown this node sees, from now on.
+  def start_nodedown_recorder do
+    parent = self()
+
+    pid =
+      spawn(fn ->
+        :ok = :net_kernel.monitor_nodes(true)
+        send(parent, :recording)
+        record_nodedowns([])
+      end)
+
+    Process.register(pid, __MODULE__.Nodedowns)
+
+    receive do
+      :recording -> :ok
+    end
+  end
+
+  @doc false
+  def nodedowns do
+    send(__MODULE__.Nodedowns, {:get, self()})
+
+    receive do
+      {:nodedowns, downs} -> downs
+    end
+  end
+
+  defp record_nodedowns(downs) do
+    receive do
+      {:nodedown, node} -> record_nodedowns([node | downs])
+      {:nodeup, _} -> record_nodedowns(downs)
+      {:get, from} -> send(from, {:nodedowns, Enum.reverse(downs)}) && record_nodedowns(downs)
+    end
+  end
+
+  @doc false
+  def strategy_pid(sup) do
+    case Supervisor.which_children(sup) do
+      [{_, pid, _, _}] when is_pid(pid) -> pid
+      _ -> nil
+    end
+  end
+
+  @doc false
+  def vm_stats do
+    %{
+      processes: :erlang.system_info(:process_count),
+      atoms: :erlang.system_info(:atom_count),
+      memory: :erlang.memory(:total)
+    }
+  end
 end

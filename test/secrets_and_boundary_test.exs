@@ -1,0 +1,210 @@
+defmodule LibclusterDroplet.SecretsAndBoundaryTest do
+  @moduledoc false
+  # The token never leaks; the NIF never harms the VM.
+  # Not async: the long-schedule test uses the VM-wide system monitor.
+  use ExUnit.Case, async: false
+
+  import ExUnit.CaptureLog
+  alias Cluster.Strategy.Droplet.Config
+  alias LibclusterDroplet.{FakeAPI, Native, SpyMembership, TestCluster}
+
+  @token "dop_v1_SECRET_5e1f0c2b7a9d48e3b6c4a1f2e3d4c5b6a7980f1e2d3c4b5a69788796a5b4c3d2"
+
+  defp start_strategy(api, extra \\ []) do
+    topology = :"secrets_#{System.unique_integer([:positive])}"
+    spy = SpyMembership.start()
+
+    config =
+      [
+        token: @token,
+        api_url: FakeAPI.url(api),
+        polling_interval: 100,
+        max_requests_per_minute: 60_000
+      ] ++ extra
+
+    pid =
+      start_supervised!(
+        {Cluster.Strategy.Droplet,
+         [topology: topology, config: config] ++ SpyMembership.mfas(spy)},
+        id: topology
+      )
+
+    {pid, spy}
+  end
+
+  defp droplets do
+    for i <- 1..2, do: FakeAPI.droplet(id: i, name: "n-#{i}", private_ip: "127.0.5.#{i + 1}")
+  end
+
+  describe "the token" do
+    test "is not in :sys.get_state, :sys.get_status, format_status or inspect of any struct" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets())
+      {pid, spy} = start_strategy(api)
+      TestCluster.await(fn -> length(SpyMembership.connected(spy)) == 2 end)
+
+      state = :sys.get_state(pid)
+      {:status, ^pid, _, status} = :sys.get_status(pid)
+
+      for term <- [state, status, state.config] do
+        refute inspect(term, limit: :infinity, printable_limit: :infinity) =~ @token
+
+        refute inspect(term, structs: false, limit: :infinity, printable_limit: :infinity) =~
+                 @token
+
+        refute :io_lib.format(~c"~p", [term]) |> IO.iodata_to_binary() =~ @token
+      end
+
+      {:ok, listing} = LibclusterDroplet.list_droplets(token: @token, api_url: FakeAPI.url(api))
+      refute inspect(listing, limit: :infinity) =~ @token
+    end
+
+    test "is not in any log line or crash report across faults, a crash and a restart" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets())
+
+      log =
+        capture_log(fn ->
+          {pid, spy} = start_strategy(api, max_backoff: 200, api_timeout: 300)
+          TestCluster.await(fn -> length(SpyMembership.connected(spy)) == 2 end)
+
+          faults = [
+            {:status, 401},
+            {:status, 500},
+            {:slow, 1_000},
+            :html,
+            :truncated,
+            :reset,
+            :empty_with_total,
+            :next_loop,
+            {:redirect, "http://127.0.0.9:1/v2/droplets"},
+            {:foreign_next, "http://127.0.0.9:1/v2/droplets?page=2"},
+            {:json, %{"droplets" => [%{"id" => "x"}]}}
+          ]
+
+          for fault <- faults do
+            FakeAPI.inject(api, fault, times: 2)
+            TestCluster.await(fn -> :sys.get_state(pid).failures >= 1 end, 10_000)
+            TestCluster.await(fn -> :sys.get_state(pid).failures == 0 end, 10_000)
+          end
+
+          # A crash: the strategy's state replaced by garbage, then a poll. The
+          # crash report prints the last message and the state.
+          :sys.replace_state(pid, fn state -> %{state | managed: :not_a_mapset} end)
+          send(pid, :poll)
+          TestCluster.await(fn -> not Process.alive?(pid) end)
+          # Restarted by its supervisor with the same config, it polls on.
+          count = FakeAPI.request_count(api)
+          TestCluster.await(fn -> FakeAPI.request_count(api) > count + 2 end)
+        end)
+
+      assert log =~ "terminating", "a crash report was logged"
+      assert log =~ "unauthorized"
+      assert log =~ "pagination_loop"
+      refute log =~ @token
+    end
+
+    test "is refused as part of an option error message" do
+      error = assert_raise ArgumentError, fn -> Config.new!(token: @token, tls_verify: false) end
+      refute error.message =~ @token
+    end
+
+    test "TLS verification cannot be turned off: there is no option for it" do
+      assert_raise ArgumentError, ~r/unknown option\(s\) \[:verify\]/, fn ->
+        Config.new!(token: @token, verify: :verify_none)
+      end
+
+      assert {:error, {:invalid_request, _}} =
+               LibclusterDroplet.list_droplets(token: @token, insecure: true)
+    end
+  end
+
+  describe "the NIF boundary" do
+    test "a panic inside a NIF call is an Erlang exception, and the VM goes on" do
+      assert_raise ErlangError, ~r/nif_panicked/, fn -> Native.debug_panic(:nif, make_ref()) end
+      assert Native.nif_version() == "0.1.0"
+    end
+
+    test "a panic on a NIF thread comes back as {:error, {:panic, _}}" do
+      ref = make_ref()
+      assert :ok = Native.debug_panic(:list, ref)
+      assert_receive {:droplet_nif_list, ^ref, {:error, {:panic, detail}}, _info}, 5_000
+      assert is_binary(detail)
+
+      # And the NIF still works afterwards.
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets())
+      assert {:ok, _} = LibclusterDroplet.list_droplets(token: @token, api_url: FakeAPI.url(api))
+    end
+
+    test "no NIF call occupies a normal scheduler for more than 1 ms" do
+      {:ok, api} = FakeAPI.start_link(token: @token)
+
+      FakeAPI.put_droplets(
+        api,
+        for(
+          i <- 1..10_000,
+          do:
+            FakeAPI.droplet(
+              id: i,
+              name: "d-#{i}",
+              private_ip: "127.2.#{div(i, 250)}.#{rem(i, 250) + 1}"
+            )
+        )
+      )
+
+      {:ok, listener} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
+      {:ok, port} = :inet.port(listener)
+      targets = for i <- 1..1_000, do: "127.3.#{div(i, 250)}.#{rem(i, 250) + 1}"
+
+      # The caller does nothing but NIF calls and receiving their replies.
+      caller =
+        spawn(fn ->
+          receive do
+            :go -> :ok
+          end
+
+          for _ <- 1..3 do
+            {:ok, request} =
+              LibclusterDroplet.list_request(
+                token: @token,
+                api_url: FakeAPI.url(api),
+                network: :private
+              )
+
+            {:ok, ref} = LibclusterDroplet.start_list_droplets(request)
+            receive do: ({:droplet_nif_list, ^ref, {:ok, _}, _} -> :ok)
+
+            {:ok, ref} =
+              LibclusterDroplet.start_probe(["127.0.0.1" | targets], port, timeout: 200)
+
+            receive do: ({:droplet_nif_probe, ^ref, [_ | _]} -> :ok)
+            _ = Native.nif_version()
+          end
+
+          send(:secrets_test_runner, :done)
+        end)
+
+      Process.register(self(), :secrets_test_runner)
+      previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
+
+      try do
+        send(caller, :go)
+        assert_receive :done, 60_000
+      after
+        :erlang.system_monitor(previous || :undefined)
+        Process.unregister(:secrets_test_runner)
+      end
+
+      long = collect_long_schedules(caller)
+      assert long == [], "the caller held a scheduler for over 1 ms: #{inspect(long)}"
+      :gen_tcp.close(listener)
+    end
+  end
+
+  defp collect_long_schedules(pid, acc \\ []) do
+    receive do
+      {:monitor, ^pid, :long_schedule, info} -> collect_long_schedules(pid, [info | acc])
+      {:monitor, _other, :long_schedule, _} -> collect_long_schedules(pid, acc)
+    after
+      0 -> acc
+    end
+  end
+end
