@@ -6,7 +6,7 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
   @prefix "Cluster.Strategy.Droplet: "
   @token "dop_v1_SECRET_CONFIG_TOKEN"
   @known "[:token, :network, :ipv6, :tag_name, :name, :node_basename, :health_check, :polling_interval, " <>
-           ":api_url, :ca_file, :api_timeout, :max_backoff, :max_requests_per_minute]"
+           ":api_url, :ca_file, :api_timeout, :max_backoff, :max_requests_per_minute, :coordinate]"
 
   defp message(opts) do
     error = assert_raise ArgumentError, fn -> Config.new!(opts) end

@@ -47,12 +47,30 @@ defmodule Cluster.Strategy.Droplet do
   The set of nodes this strategy manages is mirrored in `:persistent_term`,
   so a restarted strategy knows what it connected before it died and never
   disconnects a healthy node.
+
+  ## One poller per cluster
+
+  With `coordinate: true` (the default) and distribution running, the
+  connected nodes do not each poll at full rate: the lowest-named one polls
+  and shares what it found with the others, which poll only at a slow
+  safety interval and take over within one interval when it goes away. See
+  `LibclusterDroplet.Coordination`.
   """
 
   use GenServer
 
   alias Cluster.Strategy.Droplet.Config
-  alias LibclusterDroplet.{Error, Listing, Log, Membership, NodeName, Schedule, Telemetry}
+
+  alias LibclusterDroplet.{
+    Coordination,
+    Error,
+    Listing,
+    Log,
+    Membership,
+    NodeName,
+    Schedule,
+    Telemetry
+  }
 
   @libcluster? Code.ensure_loaded?(Cluster.Strategy)
   if @libcluster?, do: @behaviour(Cluster.Strategy)
@@ -78,12 +96,14 @@ defmodule Cluster.Strategy.Droplet do
             not_before: nil,
             rate_limit: nil,
             polls: 0,
-            warned_names: MapSet.new()
+            warned_names: MapSet.new(),
+            coordination: %Coordination{}
 
   @typedoc """
   The strategy's state. `managed` holds the nodes this strategy wants
-  connected (it connects and disconnects only those); `poll` the call in
-  flight, if any.
+  connected (it connects and disconnects only those); `poll` the API poll
+  or leader's share being processed, if any; `coordination` who polls for
+  the cluster.
   """
   @type t :: %__MODULE__{
           topology: atom(),
@@ -98,7 +118,8 @@ defmodule Cluster.Strategy.Droplet do
           not_before: integer() | nil,
           rate_limit: LibclusterDroplet.rate_limit() | nil,
           polls: non_neg_integer(),
-          warned_names: MapSet.t(String.t())
+          warned_names: MapSet.t(String.t()),
+          coordination: Coordination.t()
         }
 
   @doc """
@@ -172,14 +193,14 @@ defmodule Cluster.Strategy.Droplet do
     # Adopt what a previous incarnation connected, so a restart never
     # disconnects a node it had connected and that is still wanted.
     state = %{state | managed: :persistent_term.get(managed_key(state), MapSet.new())}
-    {:ok, state, {:continue, :poll}}
+    {:ok, enable_coordination(state), {:continue, :poll}}
   end
 
   @impl true
-  def handle_continue(:poll, state), do: {:noreply, start_poll(state)}
+  def handle_continue(:poll, state), do: {:noreply, start_api_poll(state)}
 
   @impl true
-  def handle_info(:poll, state), do: {:noreply, start_poll(%{state | timer: nil})}
+  def handle_info(:poll, state), do: {:noreply, tick(%{state | timer: nil})}
 
   def handle_info(
         {:droplet_nif_list, ref, result, info},
@@ -192,6 +213,13 @@ defmodule Cluster.Strategy.Droplet do
   end
 
   def handle_info(
+        {:droplet_nif_probe, ref, {:error, reason}},
+        %{poll: %{stage: :probing, ref: ref}} = state
+      ) do
+    {:noreply, probe_failed(reason, state)}
+  end
+
+  def handle_info(
         {:droplet_nif_probe, ref, results},
         %{poll: %{stage: :probing, ref: ref}} = state
       ) do
@@ -200,11 +228,26 @@ defmodule Cluster.Strategy.Droplet do
           healthy?(node, result, state),
           do: node
 
-    {:noreply, finish_poll(healthy, state)}
+    {:noreply, finish(healthy, state)}
   end
 
-  def handle_info({:poll_watchdog, ref}, %{poll: %{ref: ref}} = state) do
+  def handle_info({:poll_watchdog, ref}, %{poll: %{ref: ref, source: :api}} = state) do
     {:noreply, poll_failed(:timeout, nil, state)}
+  end
+
+  def handle_info(
+        {:libcluster_droplet_share, topology, from, fingerprint, droplets},
+        %{topology: topology} = state
+      )
+      when is_atom(from) and is_list(droplets) do
+    {:noreply, handle_share(from, fingerprint, droplets, state)}
+  end
+
+  def handle_info(
+        {:DOWN, ref, :process, _, _reason},
+        %{coordination: %{leader_ref: ref}} = state
+      ) do
+    {:noreply, leader_down(state)}
   end
 
   # Late replies of abandoned polls, stale timers and anything else.
@@ -217,15 +260,28 @@ defmodule Cluster.Strategy.Droplet do
   # The token already lives in a closure; this keeps crash reports short by
   # leaving out a poll's droplets, which can number thousands.
   defp redact(state) do
-    poll = state.poll && Map.take(state.poll, [:stage, :started])
+    poll = state.poll && Map.take(state.poll, [:source, :stage, :started])
     %{state | poll: poll, warned_names: MapSet.size(state.warned_names)}
   end
 
   ## Polling
 
-  defp start_poll(%{poll: poll} = state) when poll != nil, do: state
+  # A timer tick: poll the API, unless a live leader polls for this node.
+  defp tick(%{poll: poll} = state) when poll != nil, do: state
 
-  defp start_poll(state) do
+  defp tick(state) do
+    interval = state.config.polling_interval
+    size = MapSet.size(state.managed) + 1
+
+    case Coordination.tick(state.coordination, now(), interval, size) do
+      :follow -> schedule(state, interval)
+      :poll -> start_api_poll(state)
+    end
+  end
+
+  defp start_api_poll(%{poll: poll} = state) when poll != nil, do: state
+
+  defp start_api_poll(state) do
     now = System.system_time(:millisecond)
 
     if is_integer(state.not_before) and now < state.not_before do
@@ -248,6 +304,10 @@ defmodule Cluster.Strategy.Droplet do
           deadline: deadline
         )
 
+      poll = %{source: :api, stage: :listing, ref: nil, started: System.monotonic_time()}
+      coordination = %{state.coordination | last_api_poll_at: now()}
+      state = %{state | poll: poll, not_before: nil, coordination: coordination}
+
       case LibclusterDroplet.start_list_droplets(request) do
         {:ok, ref} ->
           Process.send_after(self(), {:poll_watchdog, ref}, deadline + @watchdog_grace)
@@ -255,32 +315,20 @@ defmodule Cluster.Strategy.Droplet do
           Telemetry.execute(
             [:libcluster_droplet, :poll, :start],
             %{system_time: System.system_time()},
-            %{
-              topology: state.topology
-            }
+            %{topology: state.topology}
           )
 
-          %{
-            state
-            | poll: %{stage: :listing, ref: ref, started: System.monotonic_time()},
-              not_before: nil
-          }
+          %{state | poll: %{poll | ref: ref}}
 
         {:error, reason} ->
-          poll_failed(reason, nil, %{
-            state
-            | poll: %{stage: :listing, ref: nil, started: System.monotonic_time()}
-          })
+          poll_failed(reason, nil, state)
       end
     end
   end
 
   defp handle_listing(%Listing{} = listing, state) do
-    {candidates, state} = candidates(listing.droplets, state)
-
     Log.debug(state.topology, fn ->
-      "found #{length(listing.droplets)} droplets (#{listing.requests} requests), " <>
-        "#{length(candidates)} candidate nodes: #{inspect(Enum.map(candidates, &elem(&1, 0)))}"
+      "found #{length(listing.droplets)} droplets with #{listing.requests} requests"
     end)
 
     state = %{
@@ -288,6 +336,68 @@ defmodule Cluster.Strategy.Droplet do
       | rate_limit: listing.rate_limit,
         poll: Map.put(state.poll, :listing, listing)
     }
+
+    check_candidates(listing.droplets, state)
+  end
+
+  # A leader's share: its selected droplets, applied as if this node had
+  # polled, unless a poll of its own is in flight.
+  defp handle_share(from, fingerprint, droplets, state) do
+    interval = state.config.polling_interval
+
+    case Coordination.share(state.coordination, from, fingerprint, now(), Node.self(), interval) do
+      :ignore ->
+        state
+
+      {:accept, coordination, watch} ->
+        coordination =
+          if watch == :monitor, do: monitor_leader(coordination, state), else: coordination
+
+        state = %{state | coordination: coordination}
+
+        if state.poll == nil do
+          Log.debug(state.topology, fn ->
+            "applying #{length(droplets)} droplets shared by #{inspect(from)}"
+          end)
+
+          poll = %{source: :share, stage: :candidates, ref: nil, started: System.monotonic_time()}
+          check_candidates(droplets, %{state | poll: poll})
+        else
+          state
+        end
+    end
+  end
+
+  defp monitor_leader(%Coordination{leader: leader} = coordination, state) do
+    if state.coordination.leader_ref,
+      do: Process.demonitor(state.coordination.leader_ref, [:flush])
+
+    ref = Process.monitor({coordination.name, leader})
+
+    Log.debug(state.topology, fn ->
+      "following #{inspect(leader)}, which polls the API for this cluster"
+    end)
+
+    %{coordination | leader_ref: ref}
+  end
+
+  defp leader_down(state) do
+    connected = Enum.filter(state.managed, &(&1 in Node.list()))
+    gone = state.coordination.leader
+
+    case Coordination.leader_down(state.coordination, connected, now(), Node.self()) do
+      {:poll_now, coordination} ->
+        Log.debug(state.topology, fn -> "#{inspect(gone)} stopped polling; taking over" end)
+        start_api_poll(%{state | coordination: coordination})
+
+      {:await, _successor, coordination} ->
+        %{state | coordination: monitor_leader(coordination, state)}
+    end
+  end
+
+  # Candidates, then health checks (if configured), then membership.
+  defp check_candidates(droplets, state) do
+    {candidates, state} = candidates(droplets, state)
 
     case state.config.health_check do
       {:tcp, port: port, timeout: timeout} when candidates != [] ->
@@ -301,12 +411,11 @@ defmodule Cluster.Strategy.Droplet do
             }
 
           {:error, reason} ->
-            # Without probes nobody can be vouched for; keep membership as is.
-            poll_failed(reason, nil, state)
+            probe_failed(reason, state)
         end
 
       _ ->
-        finish_poll(Enum.map(candidates, &elem(&1, 0)), state)
+        finish(Enum.map(candidates, &elem(&1, 0)), state)
     end
   end
 
@@ -317,7 +426,8 @@ defmodule Cluster.Strategy.Droplet do
 
     {candidates, warned} =
       Enum.reduce(droplets, {[], state.warned_names}, fn
-        %{address: address, name: name}, {acc, warned} when is_binary(address) ->
+        %{address: address, name: name}, {acc, warned}
+        when is_binary(address) and is_binary(name) ->
           basename = state.config.node_basename || name
 
           case NodeName.build(basename, address) do
@@ -368,8 +478,30 @@ defmodule Cluster.Strategy.Droplet do
     false
   end
 
-  defp finish_poll(desired, state) do
+  # Without probe results nobody can be vouched for: keep membership as is.
+  defp probe_failed(reason, %{poll: %{source: :api}} = state), do: poll_failed(reason, nil, state)
+
+  defp probe_failed(reason, state) do
+    Log.warn(
+      state.topology,
+      "health checks failed: #{Error.format(reason)}; keeping the nodes as they are"
+    )
+
+    %{state | poll: nil}
+  end
+
+  defp finish(desired, state) do
     desired = MapSet.new(desired)
+    apply_membership(desired, state)
+    state = %{state | managed: desired}
+
+    case state.poll do
+      %{source: :api} -> finish_api_poll(state)
+      %{source: :share} -> %{state | poll: nil}
+    end
+  end
+
+  defp apply_membership(desired, state) do
     stale = MapSet.difference(state.managed, desired)
 
     if MapSet.size(stale) > 0 do
@@ -389,39 +521,62 @@ defmodule Cluster.Strategy.Droplet do
     )
 
     if desired != state.managed, do: :persistent_term.put(managed_key(state), desired)
+  end
 
+  defp finish_api_poll(state) do
     %{listing: listing, started: started} = state.poll
 
     Telemetry.execute(
       [:libcluster_droplet, :poll, :stop],
       %{duration: System.monotonic_time() - started, requests: listing.requests},
-      %{topology: state.topology, droplets: length(listing.droplets), nodes: MapSet.size(desired)}
+      %{
+        topology: state.topology,
+        droplets: length(listing.droplets),
+        nodes: MapSet.size(state.managed)
+      }
     )
 
-    floor = Schedule.not_before(listing.rate_limit, nil, System.system_time(:millisecond))
-
-    state = %{
-      state
-      | managed: desired,
-        poll: nil,
-        failures: 0,
-        polls: state.polls + 1,
-        not_before: floor
-    }
+    state = enable_coordination(state)
+    share(listing, state)
 
     config = state.config
-    now = System.system_time(:millisecond)
+    unix_now = System.system_time(:millisecond)
+    floor = Schedule.not_before(listing.rate_limit, nil, unix_now)
 
     delay =
       Schedule.pace(
         config.polling_interval,
         listing.rate_limit,
         listing.requests,
-        now,
+        unix_now,
         config.max_requests_per_minute
       )
 
+    state = %{state | poll: nil, failures: 0, polls: state.polls + 1, not_before: floor}
     schedule(state, delay)
+  end
+
+  # The leader tells the strategy on every node it manages what it found:
+  # only names and addresses, a few dozen bytes a droplet.
+  defp share(listing, %{coordination: coordination} = state) do
+    if Coordination.leads?(coordination, now(), state.config.polling_interval) do
+      droplets =
+        for %{address: a, name: n} when is_binary(a) <- listing.droplets,
+            do: %{name: n, address: a}
+
+      message =
+        {:libcluster_droplet_share, state.topology, Node.self(), coordination.fingerprint,
+         droplets}
+
+      connected = Node.list()
+
+      for node <- state.managed, node in connected do
+        # :noconnect: a share must never set up a connection of its own.
+        :erlang.send({coordination.name, node}, message, [:noconnect])
+      end
+    end
+
+    :ok
   end
 
   defp poll_failed(reason, rate_limit, state) do
@@ -445,22 +600,65 @@ defmodule Cluster.Strategy.Droplet do
       %{topology: state.topology, reason: Error.class(reason), failures: failures}
     )
 
-    schedule(
-      %{
-        state
-        | poll: nil,
-          failures: failures,
-          not_before: floor,
-          rate_limit: rate_limit || state.rate_limit
-      },
-      delay
-    )
+    state = %{
+      state
+      | poll: nil,
+        failures: failures,
+        not_before: floor,
+        rate_limit: rate_limit || state.rate_limit
+    }
+
+    schedule(state, delay)
   end
 
   defp schedule(state, delay) do
     if state.timer, do: Process.cancel_timer(state.timer)
     %{state | timer: Process.send_after(self(), :poll, max(delay, 0))}
   end
+
+  # Coordination needs distribution and this node's strategy registered
+  # under the topology's name; it is set up as soon as both are possible.
+  defp enable_coordination(%{coordination: %Coordination{enabled?: true}} = state), do: state
+  defp enable_coordination(%{config: %Config{coordinate: false}} = state), do: state
+
+  defp enable_coordination(state) do
+    name = Coordination.registered_name(state.topology)
+
+    cond do
+      not Node.alive?() ->
+        state
+
+      Process.whereis(name) not in [nil, self()] ->
+        Log.warn(
+          state.topology,
+          "another strategy is registered as #{inspect(name)}; polling without coordination"
+        )
+
+        %{state | config: %{state.config | coordinate: false}}
+
+      true ->
+        if Process.whereis(name) == nil, do: Process.register(self(), name)
+
+        coordination = %{
+          state.coordination
+          | enabled?: true,
+            name: name,
+            fingerprint: fingerprint(state.config)
+        }
+
+        %{state | coordination: coordination}
+    end
+  end
+
+  # Shares are only followed between strategies that would find the same nodes.
+  defp fingerprint(config) do
+    :erlang.phash2(
+      {config.api_url, config.tag_name, config.name, config.network, config.ipv6,
+       config.node_basename}
+    )
+  end
+
+  defp now, do: System.monotonic_time(:millisecond)
 
   defp managed_key(state), do: {__MODULE__, :managed, state.topology}
 end

@@ -20,6 +20,7 @@ defmodule Cluster.Strategy.Droplet.Config do
   | `:ca_file` | `nil` | PEM file of extra CAs to trust (TLS verification cannot be disabled) |
   | `:api_timeout` | `10_000` | ms allowed per HTTP request; a whole listing gets three times that |
   | `:max_backoff` | `60_000` | ms: cap of the exponential backoff after failed polls |
+  | `:coordinate` | `true` | once connected, let one node poll for the cluster and share its results (see `LibclusterDroplet.Coordination`) |
   | `:max_requests_per_minute` | `125` | polls are spaced so this strategy sends at most this many API requests a minute (DigitalOcean allows 250 per token) |
 
   The token is kept inside a closure, so neither `inspect/1`, crash reports
@@ -43,7 +44,8 @@ defmodule Cluster.Strategy.Droplet.Config do
             ca_file: nil,
             api_timeout: 10_000,
             max_backoff: 60_000,
-            max_requests_per_minute: 125
+            max_requests_per_minute: 125,
+            coordinate: true
 
   @type health_check :: {:tcp, port: 1..65_535, timeout: pos_integer()}
 
@@ -60,7 +62,8 @@ defmodule Cluster.Strategy.Droplet.Config do
           ca_file: Path.t() | nil,
           api_timeout: pos_integer(),
           max_backoff: pos_integer(),
-          max_requests_per_minute: pos_integer()
+          max_requests_per_minute: pos_integer(),
+          coordinate: boolean()
         }
 
   @keys [
@@ -76,7 +79,8 @@ defmodule Cluster.Strategy.Droplet.Config do
     :ca_file,
     :api_timeout,
     :max_backoff,
-    :max_requests_per_minute
+    :max_requests_per_minute,
+    :coordinate
   ]
 
   @doc "The option names `new!/1` accepts."
