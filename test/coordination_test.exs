@@ -1,0 +1,221 @@
+defmodule LibclusterDroplet.CoordinationTest do
+  @moduledoc false
+  # One poller per cluster, proven with real nodes against the fake API,
+  # plus the pure decisions of LibclusterDroplet.Coordination.
+  use ExUnit.Case, async: true
+
+  alias LibclusterDroplet.{Coordination, FakeAPI, TestCluster}
+  alias LibclusterDroplet.TestCluster.Remote
+
+  @token "dop_v1_coordination_token"
+  @interval 300
+
+  describe "decisions" do
+    @fp 42
+    defp coordination(fields \\ []),
+      do: struct(%Coordination{enabled?: true, name: :n, fingerprint: @fp}, fields)
+
+    test "a node follows only lower-named nodes with the same fingerprint" do
+      assert {:accept, %Coordination{leader: :a@h, leader_seen_at: 10}, :monitor} =
+               Coordination.share(coordination(), :a@h, @fp, 10, :b@h, 100)
+
+      assert :ignore = Coordination.share(coordination(), :c@h, @fp, 10, :b@h, 100)
+      assert :ignore = Coordination.share(coordination(), :a@h, @fp + 1, 10, :b@h, 100)
+      assert :ignore = Coordination.share(%Coordination{}, :a@h, nil, 10, :b@h, 100)
+    end
+
+    test "a lower leader wins; a higher one is ignored while the current one is live" do
+      c = coordination(leader: :b@h, leader_seen_at: 0)
+
+      assert {:accept, %{leader: :a@h}, :monitor} =
+               Coordination.share(c, :a@h, @fp, 10, :z@h, 100)
+
+      assert :ignore = Coordination.share(c, :c@h, @fp, 10, :z@h, 100)
+      # ...unless the current one went silent.
+      assert {:accept, %{leader: :c@h}, :monitor} =
+               Coordination.share(c, :c@h, @fp, 5_000, :z@h, 100)
+
+      assert {:accept, %{leader_seen_at: 99}, :keep} =
+               Coordination.share(c, :b@h, @fp, 99, :z@h, 100)
+    end
+
+    test "ticks: alone, poll; following, don't; silent leader or safety interval, poll" do
+      assert :poll = Coordination.tick(coordination(), 0, 100, 1)
+      following = coordination(leader: :a@h, leader_seen_at: 1_000, last_api_poll_at: 1_000)
+      assert :follow = Coordination.tick(following, 1_100, 100, 5)
+      # Stale after 2 intervals + 1 s.
+      assert :follow = Coordination.tick(following, 2_200, 100, 5)
+      assert :poll = Coordination.tick(following, 2_201, 100, 5)
+      # Safety: 4 × (5 − 1) × 100 ms after its own last poll.
+      fresh = %{following | leader_seen_at: 2_600}
+      assert :follow = Coordination.tick(fresh, 2_599, 100, 5)
+      assert :poll = Coordination.tick(fresh, 2_600, 100, 5)
+    end
+
+    test "followers together add at most a quarter of the leader's polls" do
+      for size <- [2, 5, 10, 30, 100] do
+        followers_rate = (size - 1) / Coordination.safety_interval(1_000, size)
+        assert followers_rate <= 0.25 / 1_000 + 1.0e-12
+      end
+    end
+
+    test "when the leader goes, the lowest remaining node takes over at once" do
+      c = coordination(leader: :a@h, leader_seen_at: 0)
+      assert {:poll_now, %{leader: nil}} = Coordination.leader_down(c, [:a@h, :c@h], 10, :b@h)
+
+      assert {:await, :b@h, %{leader: :b@h, leader_seen_at: 10}} =
+               Coordination.leader_down(c, [:b@h], 10, :c@h)
+    end
+  end
+
+  describe "with real nodes" do
+    setup do
+      {:ok, api} = FakeAPI.start_link(token: @token)
+      {:ok, api: api, prefix: "k#{System.unique_integer([:positive])}"}
+    end
+
+    defp start_nodes(api, prefix, range) do
+      for i <- range do
+        [address] = TestCluster.allocate_addresses(1)
+        name = "#{prefix}-#{String.pad_leading(Integer.to_string(i), 2, "0")}"
+
+        FakeAPI.add_droplet(
+          api,
+          FakeAPI.droplet(id: i, name: name, private_ip: address, tags: ["web"])
+        )
+
+        node = TestCluster.start_node(name, address)
+        on_exit(fn -> TestCluster.stop(node) end)
+        node
+      end
+    end
+
+    defp config(api) do
+      [
+        token: @token,
+        api_url: FakeAPI.url(api),
+        polling_interval: @interval,
+        max_requests_per_minute: 60_000
+      ]
+    end
+
+    defp start(nodes, api),
+      do: for(n <- nodes, do: {n, TestCluster.start_strategy(n, :droplets, config(api))})
+
+    defp coordination(node, sup) do
+      pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
+      TestCluster.call(node, :sys, :get_state, [pid]).coordination
+    end
+
+    defp mesh(nodes), do: TestCluster.await(fn -> TestCluster.full_mesh?(nodes) end, 15_000)
+
+    defp requests_during(api, ms) do
+      count = FakeAPI.request_count(api)
+      Process.sleep(ms)
+      FakeAPI.request_count(api) - count
+    end
+
+    test "once connected, only the lowest-named node polls at full rate", %{
+      api: api,
+      prefix: prefix
+    } do
+      nodes = start_nodes(api, prefix, 1..5)
+      started = start(nodes, api)
+      mesh(nodes)
+      Process.sleep(3 * @interval)
+
+      [{leader, leader_sup} | followers] = started
+      assert %Coordination{enabled?: true, leader: nil} = coordination(leader, leader_sup)
+
+      for {node, sup} <- followers do
+        assert coordination(node, sup).leader == leader.node
+      end
+
+      # 5 nodes polling on their own would make 5 requests an interval.
+      requests = requests_during(api, 20 * @interval)
+      assert requests <= 20 * 1.5, "#{requests} requests in 20 intervals"
+      assert requests >= 15
+    end
+
+    test "a node connected to no one polls at its own full rate", %{api: api, prefix: prefix} do
+      [alone] = start_nodes(api, prefix, 1..1)
+      start([alone], api)
+      TestCluster.await(fn -> FakeAPI.request_count(api) > 0 end)
+      requests = requests_during(api, 10 * @interval)
+      assert requests in 8..12, "#{requests} requests in 10 intervals"
+    end
+
+    test "when the poller goes away, the next one takes over within one interval", %{
+      api: api,
+      prefix: prefix
+    } do
+      nodes = start_nodes(api, prefix, 1..4)
+      [{leader, _}, {second, second_sup} | _] = start(nodes, api)
+      mesh(nodes)
+      Process.sleep(3 * @interval)
+
+      FakeAPI.reset_requests(api)
+      gone_at = System.monotonic_time(:millisecond)
+      TestCluster.stop(leader)
+      rest = nodes -- [leader]
+
+      TestCluster.await(fn -> FakeAPI.request_count(api) > 0 end, 5_000)
+      [first | _] = FakeAPI.requests(api)
+
+      assert first.at_ms - gone_at <= @interval + 100,
+             "first poll #{first.at_ms - gone_at} ms after the leader went"
+
+      TestCluster.await(fn -> coordination(second, second_sup).leader == nil end)
+      TestCluster.await(fn -> TestCluster.full_mesh?(rest) end)
+    end
+
+    test "a new droplet joins within polling_interval + 1 s", %{api: api, prefix: prefix} do
+      nodes = start_nodes(api, prefix, 2..5)
+      start(nodes, api)
+      mesh(nodes)
+      Process.sleep(3 * @interval)
+
+      # The newcomer sorts first, so it also becomes the poller.
+      [newcomer] = start_nodes(api, prefix, 1..1)
+      added_at = System.monotonic_time(:millisecond)
+      start([newcomer], api)
+      mesh([newcomer | nodes])
+      joined_ms = System.monotonic_time(:millisecond) - added_at
+      assert joined_ms <= @interval + 1_000, "joined after #{joined_ms} ms"
+    end
+
+    test "a removed droplet is disconnected everywhere within 2 × polling_interval", %{
+      api: api,
+      prefix: prefix
+    } do
+      nodes = start_nodes(api, prefix, 1..5)
+      started = start(nodes, api)
+      mesh(nodes)
+      Process.sleep(3 * @interval)
+
+      # Remove a follower: its app stops clustering, its droplet goes away.
+      {gone, gone_sup} = List.last(started)
+      TestCluster.call(gone, Supervisor, :stop, [gone_sup])
+      removed_at = System.monotonic_time(:millisecond)
+      FakeAPI.remove_droplet(api, 5)
+      TestCluster.await(fn -> TestCluster.connected(gone) == [] end, 5_000)
+      disconnected_ms = System.monotonic_time(:millisecond) - removed_at
+
+      assert disconnected_ms <= 2 * @interval + 100,
+             "disconnected everywhere after #{disconnected_ms} ms"
+    end
+
+    test "a partition heals", %{api: api, prefix: prefix} do
+      nodes = start_nodes(api, prefix, 1..4)
+      start(nodes, api)
+      mesh(nodes)
+      [a, b | _] = nodes
+
+      # Cut the poller off from everyone, then one follower from the rest.
+      for other <- nodes -- [a], do: TestCluster.call(a, :erlang, :disconnect_node, [other.node])
+      TestCluster.call(b, :erlang, :disconnect_node, [Enum.at(nodes, 2).node])
+      refute TestCluster.full_mesh?(nodes)
+      mesh(nodes)
+    end
+  end
+end
