@@ -2,6 +2,7 @@ defmodule LibclusterDroplet.ScheduleTest do
   use ExUnit.Case, async: true
 
   alias LibclusterDroplet.Schedule
+  doctest LibclusterDroplet.Schedule
 
   describe "backoff/4" do
     test "doubles per failure, within the upper half of the window" do
@@ -65,6 +66,28 @@ defmodule LibclusterDroplet.ScheduleTest do
     test "remaining 0 with a reset in the past still waits a moment" do
       rl = %{limit: 5000, remaining: 0, reset: 1, retry_after: nil}
       assert Schedule.not_before(rl, nil, @now) == @now + 1_000
+    end
+  end
+
+  describe "stretch/3" do
+    defp limit(remaining), do: %{limit: 5_000, remaining: remaining, reset: 0, retry_after: nil}
+
+    test "doubles while the budget is low and falling, up to 64" do
+      assert Schedule.stretch(1, limit(1_100), limit(1_000)) == 2
+      assert Schedule.stretch(32, limit(1_100), limit(1_000)) == 64
+      assert Schedule.stretch(64, limit(1_100), limit(1_000)) == 64
+    end
+
+    test "holds while low but steady or rising, halves back once a quarter remains" do
+      assert Schedule.stretch(8, limit(1_000), limit(1_000)) == 8
+      assert Schedule.stretch(8, limit(900), limit(1_000)) == 8
+      assert Schedule.stretch(8, limit(1_000), limit(1_250)) == 4
+      assert Schedule.stretch(1, limit(4_000), limit(3_000)) == 1
+    end
+
+    test "without headers there is nothing to go by" do
+      assert Schedule.stretch(8, limit(1_000), nil) == 1
+      assert Schedule.stretch(4, nil, limit(100)) == 4
     end
   end
 

@@ -65,6 +65,40 @@ defmodule LibclusterDroplet.Schedule do
     [retry, retry_header, exhausted] |> Enum.reject(&is_nil/1) |> Enum.max(fn -> nil end)
   end
 
+  @max_stretch 64
+
+  @doc """
+  The factor by which the polling interval is stretched after a response
+  with `rate_limit`, when the previous one had `previous`.
+
+  The hourly window slides and other clients may share the token, so no
+  single response tells how fast the budget is going. The trend does: while
+  less than a quarter of the budget remains *and* `remaining` keeps falling
+  from one poll to the next, the factor doubles (up to #{@max_stretch}); while
+  it is low but steady or rising, it holds; once a quarter or more
+  remains, it halves back towards 1.
+
+      iex> low = %{limit: 5000, remaining: 900, reset: 0, retry_after: nil}
+      iex> LibclusterDroplet.Schedule.stretch(1, %{low | remaining: 1000}, low)
+      2
+      iex> LibclusterDroplet.Schedule.stretch(4, %{low | remaining: 4000}, %{low | remaining: 4000})
+      2
+  """
+  @spec stretch(pos_integer(), rate_limit(), rate_limit()) :: pos_integer()
+  def stretch(factor, previous, %{limit: limit, remaining: remaining})
+      when is_integer(limit) and limit > 0 and is_integer(remaining) do
+    falling? =
+      match?(%{remaining: before} when is_integer(before) and before > remaining, previous)
+
+    cond do
+      remaining * 4 >= limit -> max(div(factor, 2), 1)
+      falling? -> min(factor * 2, @max_stretch)
+      true -> factor
+    end
+  end
+
+  def stretch(_factor, _previous, _rate_limit), do: 1
+
   @doc """
   The wait in ms after a successful poll that made `requests` HTTP requests:
   `interval`, stretched by two budgets.

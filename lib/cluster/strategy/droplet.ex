@@ -97,7 +97,8 @@ defmodule Cluster.Strategy.Droplet do
             rate_limit: nil,
             polls: 0,
             warned_names: MapSet.new(),
-            coordination: %Coordination{}
+            coordination: %Coordination{},
+            stretch: 1
 
   @typedoc """
   The strategy's state. `managed` holds the nodes this strategy wants
@@ -119,7 +120,8 @@ defmodule Cluster.Strategy.Droplet do
           rate_limit: LibclusterDroplet.rate_limit() | nil,
           polls: non_neg_integer(),
           warned_names: MapSet.t(String.t()),
-          coordination: Coordination.t()
+          coordination: Coordination.t(),
+          stretch: pos_integer()
         }
 
   @doc """
@@ -545,7 +547,7 @@ defmodule Cluster.Strategy.Droplet do
 
     delay =
       Schedule.pace(
-        config.polling_interval,
+        config.polling_interval * state.stretch,
         listing.rate_limit,
         listing.requests,
         unix_now,
