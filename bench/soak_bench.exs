@@ -62,7 +62,7 @@ defmodule Bench.Soak do
       "\nflat (processes ±2, memory within 15% + 2 MB, atoms ≤ new names): #{Helper.verdict(flat?)}"
     )
 
-    Helper.write_results("soak", Map.drop(report, []))
+    Helper.write_results("soak", report)
   end
 end
 
