@@ -42,8 +42,12 @@ test-elixir:
 demo: setup
 	mix run --no-start demo/demo.exs
 
+# `make bench BENCH="poll"` runs only bench/poll_bench.exs. The probe
+# benchmark opens thousands of sockets: the soft open-files limit is raised to
+# the hard one when allowed (it sizes itself down and says so otherwise).
 bench: setup
-	MIX_ENV=dev mix run --no-start bench/run.exs
+	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; \
+	MIX_ENV=dev mix run --no-start bench/run.exs $(BENCH)
 
 clean:
 	cargo clean
