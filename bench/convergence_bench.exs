@@ -155,7 +155,9 @@ defmodule Bench.Convergence do
     wait(fn -> Enum.all?(nodes, &(TestCluster.connected(&1) == [])) end)
   end
 
-  defp settle(interval), do: Process.sleep(2 * interval)
+  # Two intervals for the cluster to settle, then a random phase, so an event
+  # lands anywhere in the poller's cycle rather than always just after a poll.
+  defp settle(interval), do: Process.sleep(2 * interval + :rand.uniform(interval))
 
   defp wait(fun), do: TestCluster.await(fun, 60_000, 5)
 

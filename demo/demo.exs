@@ -89,9 +89,20 @@ defmodule Demo do
 
     say("(db-1 has another tag and web-old is off: both ignored)")
 
+    section("2. one poller for the whole cluster")
     Process.sleep(2 * @interval)
+    before = FakeAPI.request_count(api)
+    window = 3_000
+    Process.sleep(window)
+    polled = FakeAPI.request_count(api) - before
 
-    section("2. web-5 is decommissioned: its app stops and its droplet is destroyed")
+    say(
+      "#{polled} API requests in #{window} ms: web-1 (the lowest name) polls every #{@interval} ms and shares " <>
+        "what it finds; the others follow, where #{length(nodes)} independent pollers would make " <>
+        "#{div(length(nodes) * window, @interval)}"
+    )
+
+    section("3. web-5 is decommissioned: its app stops and its droplet is destroyed")
     gone = List.last(nodes)
     TestCluster.call(gone, Supervisor, :stop, [List.last(sups)])
     FakeAPI.remove_droplet(api, List.last(droplets)["id"])
@@ -105,7 +116,7 @@ defmodule Demo do
 
     say("cluster: #{length(rest)} nodes, full mesh: #{TestCluster.full_mesh?(rest)}")
 
-    section("3. API outage: every request fails with 503 for 4 s")
+    section("4. API outage: every request fails with 503 for 4 s")
     FakeAPI.inject(api, {:status, 503}, times: :infinity)
     t_outage = now()
     held = hold_check(rest, 4_000)
