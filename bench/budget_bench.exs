@@ -177,6 +177,9 @@ defmodule Bench.Budget do
       sup = TestCluster.start_strategy(joiner_node, :budget, config)
       TestCluster.await(fn -> TestCluster.full_mesh?([joiner_node | members]) end, 30_000, 5)
       latency = now() - appeared
+      # Let the members' own polls see the droplet: a node they never saw in
+      # the API is not theirs to disconnect when it goes.
+      Process.sleep(3 * @interval)
 
       TestCluster.call(joiner_node, Supervisor, :stop, [sup])
       FakeAPI.remove_droplet(api, joiner["id"])

@@ -5,6 +5,32 @@ defmodule Cluster.Strategy.DropletClusterTest do
   use ExUnit.Case, async: true
 
   alias LibclusterDroplet.{FakeAPI, TestCluster}
+  alias LibclusterDroplet.TestCluster.Remote
+
+  @libcluster_stand_in """
+  defmodule Cluster.Strategy do
+    def start_recording do
+      {:ok, _} = Agent.start(fn -> [] end, name: __MODULE__.Calls)
+      :ok
+    end
+
+    def calls, do: Agent.get(__MODULE__.Calls, &Enum.reverse/1)
+
+    def connect_nodes(topology, {m, f, a}, {lm, lf, la}, nodes) do
+      Agent.update(__MODULE__.Calls, &[{:connect_nodes, topology, nodes} | &1])
+      current = apply(lm, lf, la)
+      for n <- nodes, n != Node.self(), n not in current, do: apply(m, f, a ++ [n])
+      :ok
+    end
+
+    def disconnect_nodes(topology, {m, f, a}, {lm, lf, la}, nodes) do
+      Agent.update(__MODULE__.Calls, &[{:disconnect_nodes, topology, nodes} | &1])
+      current = apply(lm, lf, la)
+      for n <- nodes, n != Node.self(), n in current, do: apply(m, f, a ++ [n])
+      :ok
+    end
+  end
+  """
 
   @moduletag :cluster
   @moduletag timeout: 120_000
@@ -274,6 +300,63 @@ defmodule Cluster.Strategy.DropletClusterTest do
     FakeAPI.stop(api)
     # The API is gone altogether: connection refused, still no change.
     assert holds_for(6 * @interval, fn -> TestCluster.full_mesh?(nodes) end)
+  end
+
+  test "without libcluster: the keyword child spec with the default MFAs", %{
+    api: api,
+    prefix: prefix
+  } do
+    nodes = api |> droplets(prefix, 3) |> nodes()
+
+    for node <- nodes do
+      {:ok, sup} =
+        TestCluster.call(node, Remote, :start_keyword_strategy, [:droplets, config(api)])
+
+      [{Cluster.Strategy.Droplet, pid, :worker, _}] =
+        TestCluster.call(node, Supervisor, :which_children, [sup])
+
+      state = TestCluster.call(node, :sys, :get_state, [pid])
+
+      assert {state.connect, state.disconnect, state.list_nodes} ==
+               {{:net_kernel, :connect_node, []}, {:erlang, :disconnect_node, []},
+                {:erlang, :nodes, [:connected]}}
+    end
+
+    await_mesh(nodes)
+  end
+
+  test "with libcluster loaded, connecting and disconnecting go through Cluster.Strategy", %{
+    api: api,
+    prefix: prefix
+  } do
+    pairs = droplets(api, prefix, 3)
+    [a, b, c] = nodes(pairs)
+    # A stand-in with libcluster 3.5's connect_nodes/4 and disconnect_nodes/4
+    # contract (../shared/libcluster-contract.md) that also records its calls.
+    TestCluster.call(a, Code, :compile_string, [@libcluster_stand_in])
+    TestCluster.call(a, Cluster.Strategy, :start_recording, [])
+    [_, _, sup_c] = start_strategies([a, b, c], config(api, coordinate: false))
+    await_mesh([a, b, c])
+
+    calls = TestCluster.call(a, Cluster.Strategy, :calls, [])
+
+    assert {:connect_nodes, :droplets, connected} =
+             Enum.find(calls, &match?({:connect_nodes, _, _}, &1))
+
+    assert Enum.sort(connected) == Enum.sort([b.node, c.node])
+
+    TestCluster.call(c, Supervisor, :stop, [sup_c])
+    {droplet_c, _} = List.last(pairs)
+    FakeAPI.remove_droplet(api, droplet_c["id"])
+    TestCluster.await(fn -> TestCluster.connected(c) == [] end)
+
+    assert {:disconnect_nodes, :droplets, [node_c]} =
+             Enum.find(
+               TestCluster.call(a, Cluster.Strategy, :calls, []),
+               &match?({:disconnect_nodes, _, _}, &1)
+             )
+
+    assert node_c == c.node
   end
 
   describe "restarts" do

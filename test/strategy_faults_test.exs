@@ -268,6 +268,47 @@ defmodule Cluster.Strategy.DropletFaultsTest do
            "after recovery: #{inspect(success_gaps)}"
   end
 
+  test "a droplet whose name cannot be a node name is skipped with one warning" do
+    good = droplets(3)
+    bad = FakeAPI.droplet(id: 99, name: "example.com", private_ip: "127.0.3.99")
+    {:ok, api} = FakeAPI.start_link(token: @token, droplets: good ++ [bad])
+
+    log =
+      capture_log(fn ->
+        ctx = start_strategy(api)
+        Process.sleep(5 * @interval)
+        assert SpyMembership.connected(ctx.spy) == nodes(3)
+      end)
+
+    skipped = log |> String.split("\n") |> Enum.filter(&(&1 =~ "skipping droplet"))
+    assert [line] = skipped
+
+    assert line =~
+             ~s(skipping droplet "example.com": "example.com" cannot be the name part of a node name) <>
+               " (only ASCII letters, digits, '_' and '-'); set :node_basename"
+  end
+
+  test "unknown messages and stale replies are ignored" do
+    {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(3))
+    ctx = start_strategy(api)
+
+    for message <- [
+          :garbage,
+          {:droplet_nif_list, make_ref(), {:ok, %{droplets: [], total: 0}}, %{}},
+          {:droplet_nif_probe, make_ref(), []},
+          {:poll_watchdog, make_ref()},
+          {:libcluster_droplet_share, :other_topology, :"a@127.0.0.1", 1, []},
+          {:DOWN, make_ref(), :process, self(), :normal}
+        ] do
+      send(ctx.pid, message)
+    end
+
+    Process.sleep(3 * @interval)
+    assert Process.alive?(ctx.pid)
+    assert SpyMembership.connected(ctx.spy) == nodes(3)
+    assert Enum.all?(SpyMembership.events(ctx.spy), &match?({:connect, _}, &1))
+  end
+
   describe "rate limits" do
     test "after a 429 nothing is sent before its retry-after has passed" do
       {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(3))

@@ -58,9 +58,7 @@ defmodule LibclusterDroplet.Membership do
     nodes
     |> Enum.reject(&(&1 == self or &1 in current))
     |> Enum.reduce([], fn node, bad ->
-      started = System.monotonic_time()
-      result = apply_mfa(connect, [node])
-      measurements = %{duration: System.monotonic_time() - started}
+      {result, measurements} = timed_apply(connect, node)
       metadata = %{node: node, topology: topology}
 
       case result do
@@ -101,9 +99,7 @@ defmodule LibclusterDroplet.Membership do
     nodes
     |> Enum.filter(&(&1 != self and &1 in current))
     |> Enum.reduce([], fn node, bad ->
-      started = System.monotonic_time()
-      result = apply_mfa(disconnect, [node])
-      measurements = %{duration: System.monotonic_time() - started}
+      {result, measurements} = timed_apply(disconnect, node)
       metadata = %{node: node, topology: topology}
 
       case result do
@@ -152,6 +148,13 @@ defmodule LibclusterDroplet.Membership do
       end
     end)
     |> result()
+  end
+
+  # libcluster's telemetry measures each connect or disconnect in native time units.
+  defp timed_apply(mfa, node) do
+    started = System.monotonic_time()
+    result = apply_mfa(mfa, [node])
+    {result, %{duration: System.monotonic_time() - started}}
   end
 
   defp result([]), do: :ok

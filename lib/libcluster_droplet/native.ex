@@ -23,13 +23,15 @@ defmodule LibclusterDroplet.Native do
 
   @doc false
   def load_nif do
-    path = :filename.join(:code.priv_dir(:libcluster_droplet), ~c"native/libdroplet_nif")
+    path = Application.app_dir(:libcluster_droplet, "priv/native/libdroplet_nif")
 
-    case :erlang.load_nif(path, 0) do
+    case :erlang.load_nif(String.to_charlist(path), 0) do
       :ok ->
         :ok
 
       {:error, {reason, text}} ->
+        # Loading the module anyway keeps the application bootable; every NIF
+        # call then raises :nif_not_loaded, and this line says why.
         :logger.error(
           "libcluster_droplet: could not load its NIF from #{path}.so (#{reason}: #{text}); " <>
             "rebuild with `mix compile`"

@@ -200,6 +200,19 @@ defmodule LibclusterDroplet.TestCluster.Remote do
   end
 
   @doc false
+  # The way a user without libcluster starts it: the keyword child spec,
+  # libcluster's default MFAs.
+  def start_keyword_strategy(topology, config) do
+    with {:ok, sup} <-
+           Supervisor.start_link([{Cluster.Strategy.Droplet, topology: topology, config: config}],
+             strategy: :one_for_one
+           ) do
+      Process.unlink(sup)
+      {:ok, sup}
+    end
+  end
+
+  @doc false
   # Records every nodedown this node sees, from now on.
   def start_nodedown_recorder do
     parent = self()

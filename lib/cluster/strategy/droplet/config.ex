@@ -123,7 +123,7 @@ defmodule Cluster.Strategy.Droplet.Config do
       api_timeout: pos_integer!(opts, :api_timeout, defaults.api_timeout),
       max_backoff: pos_integer!(opts, :max_backoff, defaults.max_backoff),
       max_requests_per_minute:
-        count!(opts, :max_requests_per_minute, defaults.max_requests_per_minute)
+        pos_integer!(opts, :max_requests_per_minute, defaults.max_requests_per_minute, "")
     }
 
     check_combinations!(config, Keyword.has_key?(opts, :network))
@@ -279,26 +279,14 @@ defmodule Cluster.Strategy.Droplet.Config do
     )
   end
 
-  defp pos_integer!(opts, key, default) do
+  defp pos_integer!(opts, key, default, unit \\ " (ms)") do
     case Keyword.get(opts, key, default) do
       value when is_integer(value) and value > 0 ->
         value
 
       other ->
         fail(
-          "invalid option #{inspect(key)}: expected a positive integer (ms), got: #{describe(other)}"
-        )
-    end
-  end
-
-  defp count!(opts, key, default) do
-    case Keyword.get(opts, key, default) do
-      value when is_integer(value) and value > 0 ->
-        value
-
-      other ->
-        fail(
-          "invalid option #{inspect(key)}: expected a positive integer, got: #{describe(other)}"
+          "invalid option #{inspect(key)}: expected a positive integer#{unit}, got: #{describe(other)}"
         )
     end
   end
