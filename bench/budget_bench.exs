@@ -48,6 +48,7 @@ defmodule Bench.Budget do
     })
 
     results = Enum.map(@scenarios, &run_scenario/1)
+    Helper.write_results("budget", %{scale: @scale, interval_ms: @interval, results: results})
     single = Enum.find(results, &(&1.name == "1 node"))
 
     Helper.section(
@@ -61,7 +62,7 @@ defmodule Bench.Budget do
           Helper.int(round(r.requests_per_hour)),
           Helper.num(r.requests_per_hour / single.requests_per_hour, 2) <> "×",
           Helper.int(r.throttled),
-          Helper.int(r.join_median_ms),
+          Helper.int(round(r.join_median_ms)),
           Helper.int(r.join_max_ms)
         ]
       end
@@ -80,8 +81,6 @@ defmodule Bench.Budget do
     429s: #{thirty.throttled} (#{Helper.verdict(thirty.throttled == 0)}), \
     join max #{thirty.join_max_ms} ms (#{Helper.verdict(thirty.join_max_ms <= @interval + 1_000)})
     """)
-
-    Helper.write_results("budget", %{scale: @scale, interval_ms: @interval, results: results})
   end
 
   defp run_scenario(scenario) do
@@ -136,7 +135,7 @@ defmodule Bench.Budget do
       ours = Enum.reject(FakeAPI.requests(api), &(&1.query["name"] == "other-client"))
       hours = (now() - started) / @hour_ms
 
-      %{
+      result = %{
         name: scenario.name,
         nodes: scenario.nodes,
         requests_per_hour: length(ours) / hours,
@@ -148,6 +147,9 @@ defmodule Bench.Budget do
         join_max_ms: Enum.max(joins),
         joins: joins
       }
+
+      IO.puts("    #{inspect(Map.drop(result, [:name]))}")
+      result
     after
       Enum.each(nodes, &TestCluster.stop/1)
       FakeAPI.stop(api)

@@ -7,6 +7,7 @@ defmodule Cluster.Strategy.DropletFaultsTest do
   use ExUnit.Case, async: true
 
   import ExUnit.CaptureLog
+  require Logger
   alias LibclusterDroplet.{FakeAPI, SpyMembership, TestCluster}
 
   @moduletag timeout: 60_000
@@ -73,7 +74,8 @@ defmodule Cluster.Strategy.DropletFaultsTest do
       heal_fun.()
       TestCluster.await(fn -> failures(ctx.pid) == 0 end, 20_000)
       # The log line of the last failure can trail the state change.
-      Process.sleep(20)
+      Process.sleep(100)
+      Logger.flush()
     end)
   end
 
