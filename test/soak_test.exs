@@ -33,7 +33,8 @@ defmodule LibclusterDroplet.SoakTest do
 
       # One atom per genuinely new droplet name (its node name), nothing else.
       assert after_.atoms - before.atoms <= report.new_droplet_names,
-             "atoms: #{before.atoms} -> #{after_.atoms} with #{report.new_droplet_names} new droplet names"
+             "atoms: #{before.atoms} -> #{after_.atoms} with #{report.new_droplet_names} new droplet names " <>
+               "(modules loaded: #{before.modules} -> #{after_.modules})"
     end
   end
 end

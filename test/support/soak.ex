@@ -87,6 +87,7 @@ defmodule LibclusterDroplet.Soak do
       # (connect failures) once, so that code loaded and atoms created on
       # first use are in place before the baseline is taken.
       add_unreachable_droplet(api, prefix, 0)
+      Enum.each(nodes, &TestCluster.call(&1, Remote, :preload_code, [], 60_000))
       cycle(api, faults(), Keyword.get(opts, :fault_ms, 300))
       settle(api, interval)
       Enum.each(nodes, &stats/1)
@@ -180,5 +181,6 @@ defmodule LibclusterDroplet.Soak do
     end
 
     TestCluster.call(node, Remote, :vm_stats, [])
+    |> Map.put(:modules, length(TestCluster.call(node, :code, :all_loaded, [])))
   end
 end

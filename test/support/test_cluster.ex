@@ -257,6 +257,17 @@ defmodule LibclusterDroplet.TestCluster.Remote do
   end
 
   @doc false
+  # Loads every module of the applications a strategy runs on, so that code
+  # loaded on first use (and the atoms it brings) is not mistaken for growth.
+  def preload_code do
+    for app <- [:kernel, :stdlib, :elixir, :logger, :libcluster_droplet],
+        {:ok, modules} = :application.get_key(app, :modules),
+        do: :code.ensure_modules_loaded(modules)
+
+    :ok
+  end
+
+  @doc false
   def vm_stats do
     %{
       processes: :erlang.system_info(:process_count),
