@@ -209,7 +209,7 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
         caller
         |> collect_long_schedules()
         |> Enum.filter(
-          &(&1[:in] == {__MODULE__, :nif_slot, 1} or &1[:out] == {__MODULE__, :nif_slot, 1})
+          &(&1[:in] == {__MODULE__, :nif_slot, 1} and &1[:out] == {__MODULE__, :nif_slot, 1})
         )
 
       # The first slot is the control; every later one is a NIF call.
@@ -221,7 +221,10 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
   end
 
   @doc false
-  # Yields before and after, so `fun` (one NIF call) is all the slot runs.
+  # Yields before and after, so `fun` (one NIF call) is all the slot between
+  # the two yields runs: a long_schedule report both scheduled in and out
+  # here is that call's. (A report that only ends here belongs to the slot
+  # before, which received a reply.)
   def nif_slot(fun) do
     :erlang.yield()
     result = fun.()
