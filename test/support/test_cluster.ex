@@ -39,7 +39,19 @@ defmodule LibclusterDroplet.TestCluster do
   """
   @spec allocate_addresses(pos_integer()) :: [String.t()]
   def allocate_addresses(n) do
-    counter =
+    counter = :persistent_term.get({__MODULE__, :counter}, nil) || create_counter()
+
+    last = :atomics.add_get(counter, 1, n)
+
+    for k <- (last - n)..(last - 1) do
+      "127.1.#{div(k, 250)}.#{rem(k, 250) + 2}"
+    end
+  end
+
+  # Tests start nodes concurrently: the counter must be created exactly once,
+  # or two tests would hand out the same addresses.
+  defp create_counter do
+    :global.trans({{__MODULE__, :counter}, self()}, fn ->
       case :persistent_term.get({__MODULE__, :counter}, nil) do
         nil ->
           counter = :atomics.new(1, [])
@@ -49,12 +61,7 @@ defmodule LibclusterDroplet.TestCluster do
         counter ->
           counter
       end
-
-    last = :atomics.add_get(counter, 1, n)
-
-    for k <- (last - n)..(last - 1) do
-      "127.1.#{div(k, 250)}.#{rem(k, 250) + 2}"
-    end
+    end)
   end
 
   @doc """
@@ -81,7 +88,12 @@ defmodule LibclusterDroplet.TestCluster do
           ~c"#{dist_port()}",
           ~c"-kernel",
           ~c"inet_dist_use_interface",
-          String.to_charlist(inspect(ip))
+          String.to_charlist(inspect(ip)),
+          # Addresses restart at 127.1.0.2 in every run: without SO_REUSEADDR
+          # the last run's connections in TIME_WAIT make the bind fail.
+          ~c"-kernel",
+          ~c"inet_dist_listen_options",
+          ~c"[{reuseaddr,true}]"
         ]
       end
 
