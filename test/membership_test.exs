@@ -3,7 +3,7 @@ defmodule LibclusterDroplet.MembershipTest do
   use ExUnit.Case, async: false
 
   import ExUnit.CaptureLog
-  alias LibclusterDroplet.Membership
+  alias LibclusterDroplet.{FakeAPI, Membership, SpyMembership}
 
   # MFAs in libcluster's shape: the node is appended to the arguments.
   def connect(pid, answers, node) do
@@ -113,6 +113,18 @@ defmodule LibclusterDroplet.MembershipTest do
     end
   end
 
+  # A :telemetry module that forwards every event to the test process.
+  defp define_telemetry_stand_in do
+    Code.compile_string("""
+    defmodule :telemetry do
+      def execute(event, measurements, metadata) do
+        send(:persistent_term.get({#{inspect(__MODULE__)}, :pid}), {:telemetry, event, measurements, metadata})
+        :ok
+      end
+    end
+    """)
+  end
+
   describe "telemetry" do
     setup do
       on_exit(fn ->
@@ -129,14 +141,7 @@ defmodule LibclusterDroplet.MembershipTest do
       test_pid = self()
       :persistent_term.put({__MODULE__, :pid}, test_pid)
 
-      Code.compile_string("""
-      defmodule :telemetry do
-        def execute(event, measurements, metadata) do
-          send(:persistent_term.get({#{inspect(__MODULE__)}, :pid}), {:telemetry, event, measurements, metadata})
-          :ok
-        end
-      end
-      """)
+      define_telemetry_stand_in()
 
       capture_log(fn ->
         Membership.connect_nodes(:web, connect, list, [:"a@10.0.0.1", :"b@10.0.0.2"])
@@ -152,6 +157,40 @@ defmodule LibclusterDroplet.MembershipTest do
 
       assert_received {:telemetry, [:libcluster, :disconnect_node, :ok], _,
                        %{node: :"c@10.0.0.3"}}
+    end
+
+    test "the strategy's poll events" do
+      :persistent_term.put({__MODULE__, :pid}, self())
+      define_telemetry_stand_in()
+
+      token = "telemetry-token"
+      droplet = FakeAPI.droplet(id: 1, name: "t-1", private_ip: "127.0.6.2")
+      {:ok, api} = FakeAPI.start_link(token: token, droplets: [droplet])
+      spy = SpyMembership.start()
+      config = [token: token, api_url: FakeAPI.url(api), polling_interval: 100]
+
+      child =
+        {Cluster.Strategy.Droplet,
+         [topology: :telemetry_t, config: config] ++ SpyMembership.mfas(spy)}
+
+      capture_log(fn ->
+        start_supervised!(child)
+
+        assert_receive {:telemetry, [:libcluster_droplet, :poll, :start], %{system_time: _},
+                        %{topology: :telemetry_t}},
+                       5_000
+
+        assert_receive {:telemetry, [:libcluster_droplet, :poll, :stop],
+                        %{duration: _, requests: 1},
+                        %{topology: :telemetry_t, droplets: 1, nodes: 1}},
+                       5_000
+
+        FakeAPI.inject(api, {:status, 503})
+
+        assert_receive {:telemetry, [:libcluster_droplet, :poll, :error], %{duration: _},
+                        %{topology: :telemetry_t, reason: :http_status, failures: 1}},
+                       5_000
+      end)
     end
   end
 end

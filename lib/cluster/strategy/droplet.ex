@@ -48,6 +48,16 @@ defmodule Cluster.Strategy.Droplet do
   so a restarted strategy knows what it connected before it died and never
   disconnects a healthy node.
 
+  ## Telemetry
+
+  When `:telemetry` is loaded, besides libcluster's `[:libcluster,
+  :connect_node | :disconnect_node, :ok | :error]`, the strategy emits
+  `[:libcluster_droplet, :poll, :start]` (`%{system_time: t}`),
+  `[:libcluster_droplet, :poll, :stop]` (`%{duration: native, requests: n}`,
+  metadata `topology`, `droplets`, `nodes`) and
+  `[:libcluster_droplet, :poll, :error]` (`%{duration: native}`, metadata
+  `topology`, `reason` (the error class), `failures`).
+
   ## One poller per cluster
 
   With `coordinate: true` (the default) and distribution running, the
@@ -104,7 +114,8 @@ defmodule Cluster.Strategy.Droplet do
   The strategy's state. `managed` holds the nodes this strategy wants
   connected (it connects and disconnects only those); `poll` the API poll
   or leader's share being processed, if any; `coordination` who polls for
-  the cluster.
+  the cluster; `polls` the successful API polls so far; `stretch` the
+  factor of `polling_interval` while the token's budget is low.
   """
   @type t :: %__MODULE__{
           topology: atom(),
@@ -384,7 +395,8 @@ defmodule Cluster.Strategy.Droplet do
   end
 
   defp leader_down(state) do
-    connected = Enum.filter(state.managed, &(&1 in Node.list()))
+    visible = MapSet.new(Node.list())
+    connected = Enum.filter(state.managed, &MapSet.member?(visible, &1))
     gone = state.coordination.leader
 
     case Coordination.leader_down(state.coordination, connected, now(), Node.self()) do
@@ -570,9 +582,9 @@ defmodule Cluster.Strategy.Droplet do
         {:libcluster_droplet_share, state.topology, Node.self(), coordination.fingerprint,
          droplets}
 
-      connected = Node.list()
+      connected = MapSet.new(Node.list())
 
-      for node <- state.managed, node in connected do
+      for node <- state.managed, MapSet.member?(connected, node) do
         # :noconnect: a share must never set up a connection of its own.
         :erlang.send({coordination.name, node}, message, [:noconnect])
       end
