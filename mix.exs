@@ -153,8 +153,13 @@ defmodule LibclusterDroplet.MixProject do
   end
 
   def application do
-    [extra_applications: [:logger]]
+    [extra_applications: [:logger] ++ support_applications(Mix.env())]
   end
+
+  # The fake DigitalOcean API in test/support serves HTTPS with certificates
+  # made at run time; the library itself needs none of these.
+  defp support_applications(:prod), do: []
+  defp support_applications(_), do: [:crypto, :public_key, :ssl, :inets]
 
   # The fake DigitalOcean API is shared by the tests, `make demo` and `bench/`.
   defp elixirc_paths(:prod), do: ["lib"]

@@ -610,7 +610,7 @@ defmodule LibclusterDroplet.FakeAPI do
       log_level: :warning
     ]
 
-    case ssl().listen(opts[:port], listen_opts(opts) ++ tls_opts) do
+    case :ssl.listen(opts[:port], listen_opts(opts) ++ tls_opts) do
       {:ok, listen} ->
         {:ok, listen, ca_file}
 
@@ -639,12 +639,8 @@ defmodule LibclusterDroplet.FakeAPI do
   defp port(:tcp, listen), do: :inet.port(listen)
 
   defp port(:ssl, listen) do
-    with {:ok, {_ip, port}} <- ssl().sockname(listen), do: {:ok, port}
+    with {:ok, {_ip, port}} <- :ssl.sockname(listen), do: {:ok, port}
   end
-
-  # See the end of LibclusterDroplet.FakeAPI.TLS for why :ssl is not named
-  # directly.
-  defp ssl, do: :ssl
 
   @impl true
   def handle_call({:request, req}, _from, state) do
@@ -736,7 +732,7 @@ defmodule LibclusterDroplet.FakeAPI do
 
     case state.transport do
       :tcp -> :gen_tcp.close(state.listen)
-      :ssl -> ssl().close(state.listen)
+      :ssl -> :ssl.close(state.listen)
     end
 
     if state.ca_file, do: File.rm(state.ca_file)

@@ -332,29 +332,24 @@ defmodule LibclusterDroplet.FakeAPI.Connection do
   defp reason(status), do: Map.get(@reasons, status, "Status #{status}")
 
   # ---------------------------------------------------------------- transport
-  #
-  # :ssl is reached through a module held in a variable for the reason given
-  # at the end of LibclusterDroplet.FakeAPI.TLS (mix.exs does not list :ssl).
-
-  defp ssl, do: :ssl
 
   defp accept(:tcp, listen), do: :gen_tcp.accept(listen)
-  defp accept(:ssl, listen), do: ssl().transport_accept(listen)
+  defp accept(:ssl, listen), do: :ssl.transport_accept(listen)
 
   defp handshake(:tcp, sock), do: {:ok, sock}
-  defp handshake(:ssl, sock), do: ssl().handshake(sock, @handshake_timeout)
+  defp handshake(:ssl, sock), do: :ssl.handshake(sock, @handshake_timeout)
 
   defp controlling_process(:tcp, sock, pid), do: :gen_tcp.controlling_process(sock, pid)
-  defp controlling_process(:ssl, sock, pid), do: ssl().controlling_process(sock, pid)
+  defp controlling_process(:ssl, sock, pid), do: :ssl.controlling_process(sock, pid)
 
   defp setopts(:tcp, sock, opts), do: :inet.setopts(sock, opts)
-  defp setopts(:ssl, sock, opts), do: ssl().setopts(sock, opts)
+  defp setopts(:ssl, sock, opts), do: :ssl.setopts(sock, opts)
 
   defp send_data(:tcp, sock, data), do: :gen_tcp.send(sock, data)
-  defp send_data(:ssl, sock, data), do: ssl().send(sock, data)
+  defp send_data(:ssl, sock, data), do: :ssl.send(sock, data)
 
   defp close(:tcp, sock), do: :gen_tcp.close(sock)
-  defp close(:ssl, sock), do: ssl().close(sock)
+  defp close(:ssl, sock), do: :ssl.close(sock)
 
   # SO_LINGER {on, 0} makes close() send an RST instead of a FIN.
   defp reset(:tcp, sock) do

@@ -91,9 +91,9 @@ defmodule LibclusterDroplet.FakeAPI.TLS do
 
     %{
       ca_der: ca_der,
-      ca_pem: public_key().pem_encode([{:Certificate, ca_der, :not_encrypted}]),
+      ca_pem: :public_key.pem_encode([{:Certificate, ca_der, :not_encrypted}]),
       cert_der: cert_der,
-      key: {:ECPrivateKey, public_key().der_encode(:ECPrivateKey, key)}
+      key: {:ECPrivateKey, :public_key.der_encode(:ECPrivateKey, key)}
     }
   end
 
@@ -120,15 +120,15 @@ defmodule LibclusterDroplet.FakeAPI.TLS do
       {:OTPTBSCertificate, :v3, serial(), @ecdsa_with_sha256, issuer, validity, subject, spki,
        :asn1_NOVALUE, :asn1_NOVALUE, extensions}
 
-    public_key().pkix_sign(tbs, issuer_key)
+    :public_key.pkix_sign(tbs, issuer_key)
   end
 
-  defp new_key, do: public_key().generate_key({:namedCurve, @secp256r1})
+  defp new_key, do: :public_key.generate_key({:namedCurve, @secp256r1})
 
   # The ECPrivateKey record: {:ECPrivateKey, version, private, params, public, attributes}.
   defp public_point(key), do: elem(key, 4)
 
-  defp key_id(key), do: crypto().hash(:sha, public_point(key))
+  defp key_id(key), do: :crypto.hash(:sha, public_point(key))
 
   # RFC 5280: a positive serial of at most 20 octets; clearing the top bit of
   # 16 random bytes keeps it positive without a leading zero octet.
@@ -148,13 +148,4 @@ defmodule LibclusterDroplet.FakeAPI.TLS do
 
   defp asn1_time(t),
     do: {:generalTime, t |> Calendar.strftime("%Y%m%d%H%M%SZ") |> String.to_charlist()}
-
-  # mix.exs (not this code's to change) lists only :logger in
-  # :extra_applications because the library itself never uses Erlang's TLS
-  # stack, so a literal `:public_key.f()` call here would trip the compiler's
-  # "application is not a dependency" check, fatal under --warnings-as-errors.
-  # A module held in a variable is not traced; the modules are part of OTP and
-  # load on demand in :dev and :test, the only environments compiling this.
-  defp public_key, do: :public_key
-  defp crypto, do: :crypto
 end
