@@ -167,13 +167,14 @@ defmodule LibclusterDroplet do
           [{address(), probe_result()}] | {:error, term()}
   def probe(addresses, port, opts \\ []) do
     timeout = Keyword.get(opts, :timeout, 500)
+    waves = div(length(addresses), Keyword.get(opts, :concurrency, 512)) + 1
 
     with {:ok, ref} <- start_probe(addresses, port, opts) do
       receive do
         {:droplet_nif_probe, ^ref, results} -> results
       after
         # The NIF enforces the timeout itself; this only guards against a lost message.
-        timeout * length(addresses) + 5_000 -> {:error, :timeout}
+        timeout * waves + 5_000 -> {:error, :timeout}
       end
     end
   end

@@ -89,14 +89,14 @@ defmodule LibclusterDroplet.Soak do
       add_unreachable_droplet(api, prefix, 0)
       Enum.each(nodes, &TestCluster.call(&1, Remote, :preload_code, [], 60_000))
       cycle(api, faults(), Keyword.get(opts, :fault_ms, 300))
-      settle(api, interval)
+      settle(interval)
       Enum.each(nodes, &stats/1)
       before = Enum.map(nodes, &stats/1)
       requests_before = FakeAPI.request_count(api)
 
       started = System.monotonic_time(:millisecond)
       new_names = soak(api, prefix, started + duration, opts, 0, 0)
-      settle(api, interval)
+      settle(interval)
 
       after_ = Enum.map(nodes, &stats/1)
 
@@ -170,7 +170,7 @@ defmodule LibclusterDroplet.Soak do
     end
   end
 
-  defp settle(_api, interval), do: Process.sleep(10 * interval + 1_500)
+  defp settle(interval), do: Process.sleep(10 * interval + 1_500)
 
   defp stats(node) do
     # Collect garbage everywhere first: memory is compared, not allocation noise.
