@@ -66,6 +66,29 @@ defmodule LibclusterDroplet.CoordinationTest do
       assert {:await, :b@h, %{leader: :b@h, leader_seen_at: 10}} =
                Coordination.leader_down(c, [:b@h], 10, :c@h)
     end
+
+    test "successors that do not run the strategy are passed over, never awaited in turn" do
+      # b polled and died; a and c are connected but run no strategy, so
+      # monitoring either gives an immediate DOWN.
+      c = coordination(leader: :b@h, leader_seen_at: 0)
+      connected = [:a@h, :b@h, :c@h]
+      assert {:await, :a@h, c} = Coordination.leader_down(c, connected, 10, :z@h)
+      assert {:await, :c@h, c} = Coordination.leader_down(c, connected, 20, :z@h)
+
+      assert {:poll_now, %{passed_over: passed}} =
+               Coordination.leader_down(c, connected, 30, :z@h)
+
+      assert MapSet.size(passed) == 0
+
+      # A real share from a live leader forgets who was passed over.
+      c = coordination(leader: :b@h, leader_seen_at: 0)
+      {:await, :a@h, c} = Coordination.leader_down(c, connected, 10, :z@h)
+
+      assert {:accept, %{passed_over: passed}, :keep} =
+               Coordination.share(c, :a@h, @fp, 15, :z@h, 100)
+
+      assert MapSet.size(passed) == 0
+    end
   end
 
   describe "with real nodes" do
@@ -167,6 +190,22 @@ defmodule LibclusterDroplet.CoordinationTest do
 
       TestCluster.await(fn -> coordination(second, second_sup).leader == nil end)
       TestCluster.await(fn -> TestCluster.full_mesh?(rest) end)
+    end
+
+    test "a follower takes over even when the lower-named nodes left run no strategy",
+         %{api: api, prefix: prefix} do
+      # 01 and 03 are droplets whose app does not run the strategy; 02 polls, 04 follows.
+      [n1, n2, n3, n4] = nodes = start_nodes(api, prefix, 1..4)
+      [{_, _}, {^n4, sup4}] = start([n2, n4], api)
+      # n1 and n3 never connect to each other: only 02 and 04 cluster.
+      TestCluster.await(fn -> TestCluster.connected(n4) == Enum.map(nodes -- [n4], & &1.node) end)
+      TestCluster.await(fn -> coordination(n4, sup4).leader == n2.node end)
+
+      FakeAPI.reset_requests(api)
+      TestCluster.stop(n2)
+      TestCluster.await(fn -> FakeAPI.request_count(api) > 0 end, 5_000)
+      TestCluster.await(fn -> coordination(n4, sup4).leader == nil end)
+      assert TestCluster.connected(n4) == Enum.sort([n1.node, n3.node])
     end
 
     test "a new droplet joins within polling_interval + 1 s", %{api: api, prefix: prefix} do

@@ -32,7 +32,8 @@ defmodule LibclusterDroplet.Coordination do
             leader: nil,
             leader_ref: nil,
             leader_seen_at: nil,
-            last_api_poll_at: nil
+            last_api_poll_at: nil,
+            passed_over: MapSet.new()
 
   @type t :: %__MODULE__{
           enabled?: boolean(),
@@ -41,7 +42,8 @@ defmodule LibclusterDroplet.Coordination do
           leader: node() | nil,
           leader_ref: reference() | nil,
           leader_seen_at: integer() | nil,
-          last_api_poll_at: integer() | nil
+          last_api_poll_at: integer() | nil,
+          passed_over: MapSet.t(node())
         }
 
   # Followers together stay within 1 / @follower_share of the leader's polls.
@@ -103,10 +105,12 @@ defmodule LibclusterDroplet.Coordination do
       when from < self do
     cond do
       c.leader == from ->
-        {:accept, %{c | leader_seen_at: now}, :keep}
+        {:accept, %{c | leader_seen_at: now, passed_over: MapSet.new()}, :keep}
 
       c.leader == nil or from < c.leader or not following?(c, now, interval) ->
-        {:accept, %{c | leader: from, leader_ref: nil, leader_seen_at: now}, :monitor}
+        {:accept,
+         %{c | leader: from, leader_ref: nil, leader_seen_at: now, passed_over: MapSet.new()},
+         :monitor}
 
       true ->
         :ignore
@@ -123,12 +127,20 @@ defmodule LibclusterDroplet.Coordination do
   """
   @spec leader_down(t(), [node()], integer(), node()) :: {:poll_now, t()} | {:await, node(), t()}
   def leader_down(%__MODULE__{leader: leader} = c, connected, now, self) do
-    case Enum.min([self | connected -- [leader]]) do
+    # Every node given up on since the last real share stays out of the
+    # running: a connected node whose strategy is not running answers its
+    # monitor with an immediate DOWN, and two such nodes would otherwise be
+    # awaited in turn forever, each wait resetting the staleness clock.
+    passed_over = MapSet.put(c.passed_over, leader)
+
+    case Enum.min([self | Enum.reject(connected, &MapSet.member?(passed_over, &1))]) do
       ^self ->
-        {:poll_now, %{c | leader: nil, leader_ref: nil, leader_seen_at: nil}}
+        {:poll_now,
+         %{c | leader: nil, leader_ref: nil, leader_seen_at: nil, passed_over: MapSet.new()}}
 
       successor ->
-        {:await, successor, %{c | leader: successor, leader_ref: nil, leader_seen_at: now}}
+        {:await, successor,
+         %{c | leader: successor, leader_ref: nil, leader_seen_at: now, passed_over: passed_over}}
     end
   end
 
