@@ -132,6 +132,16 @@ defmodule LibclusterDroplet.CoordinationTest do
 
     defp mesh(nodes), do: TestCluster.await(fn -> TestCluster.full_mesh?(nodes) end, 15_000)
 
+    # Nodes for `range`, each running the strategy, meshed, and given a few
+    # polls for the shares to settle who polls. Returns [{node, sup}].
+    defp formed_cluster(api, prefix, range) do
+      nodes = start_nodes(api, prefix, range)
+      started = start(nodes, api)
+      mesh(nodes)
+      Process.sleep(3 * @interval)
+      started
+    end
+
     defp requests_during(api, ms) do
       count = FakeAPI.request_count(api)
       Process.sleep(ms)
@@ -142,10 +152,7 @@ defmodule LibclusterDroplet.CoordinationTest do
       api: api,
       prefix: prefix
     } do
-      nodes = start_nodes(api, prefix, 1..5)
-      started = start(nodes, api)
-      mesh(nodes)
-      Process.sleep(3 * @interval)
+      started = formed_cluster(api, prefix, 1..5)
 
       [{leader, leader_sup} | followers] = started
       assert %Coordination{enabled?: true, leader: nil} = coordination(leader, leader_sup)
@@ -172,10 +179,8 @@ defmodule LibclusterDroplet.CoordinationTest do
       api: api,
       prefix: prefix
     } do
-      nodes = start_nodes(api, prefix, 1..4)
-      [{leader, _}, {second, second_sup} | _] = start(nodes, api)
-      mesh(nodes)
-      Process.sleep(3 * @interval)
+      [{leader, _}, {second, second_sup} | _] = started = formed_cluster(api, prefix, 1..4)
+      nodes = Enum.map(started, &elem(&1, 0))
 
       FakeAPI.reset_requests(api)
       gone_at = System.monotonic_time(:millisecond)
@@ -209,10 +214,7 @@ defmodule LibclusterDroplet.CoordinationTest do
     end
 
     test "a new droplet joins within polling_interval + 1 s", %{api: api, prefix: prefix} do
-      nodes = start_nodes(api, prefix, 2..5)
-      start(nodes, api)
-      mesh(nodes)
-      Process.sleep(3 * @interval)
+      nodes = api |> formed_cluster(prefix, 2..5) |> Enum.map(&elem(&1, 0))
 
       # The newcomer sorts first, so it also becomes the poller.
       [newcomer] = start_nodes(api, prefix, 1..1)
@@ -227,10 +229,7 @@ defmodule LibclusterDroplet.CoordinationTest do
       api: api,
       prefix: prefix
     } do
-      nodes = start_nodes(api, prefix, 1..5)
-      started = start(nodes, api)
-      mesh(nodes)
-      Process.sleep(3 * @interval)
+      started = formed_cluster(api, prefix, 1..5)
 
       # Remove a follower: its app stops clustering, its droplet goes away.
       {gone, gone_sup} = List.last(started)

@@ -121,6 +121,7 @@ defmodule Cluster.Strategy.DropletFaultsTest do
     {"HTTP 401", {:status, 401}, [:unauthorized]},
     {"HTTP 403", {:status, 403}, [:forbidden]},
     {"HTTP 404", {:status, 404}, [:http_status]},
+    {"HTTP 429", {:status, 429}, [:rate_limited]},
     {"a server slower than the timeout", {:slow, 1_500}, [:timeout]},
     {"a connection reset in the middle of the body", :reset, [:invalid_json, :transport]},
     {"an HTML body", :html, [:invalid_json]},

@@ -57,38 +57,7 @@ defmodule LibclusterDroplet.Membership do
 
     nodes
     |> Enum.reject(&(&1 == self or &1 in current))
-    |> Enum.reduce([], fn node, bad ->
-      {result, measurements} = timed_apply(connect, node)
-      metadata = %{node: node, topology: topology}
-
-      case result do
-        true ->
-          Telemetry.execute([:libcluster, :connect_node, :ok], measurements, metadata)
-          Log.info(topology, "connected to #{inspect(node)}")
-          bad
-
-        false ->
-          Telemetry.execute(
-            [:libcluster, :connect_node, :error],
-            measurements,
-            Map.put(metadata, :reason, :unreachable)
-          )
-
-          Log.warn(topology, "unable to connect to #{inspect(node)}")
-          [{node, false} | bad]
-
-        :ignored ->
-          Telemetry.execute(
-            [:libcluster, :connect_node, :error],
-            measurements,
-            Map.put(metadata, :reason, :not_part_of_network)
-          )
-
-          Log.warn(topology, "unable to connect to #{inspect(node)}: not part of network")
-          [{node, :ignored} | bad]
-      end
-    end)
-    |> result()
+    |> each_node(topology, :connect_node, connect, &connect_outcome/2)
   end
 
   @doc false
@@ -98,56 +67,68 @@ defmodule LibclusterDroplet.Membership do
 
     nodes
     |> Enum.filter(&(&1 != self and &1 in current))
+    |> each_node(topology, :disconnect_node, disconnect, &disconnect_outcome/2)
+  end
+
+  # One node after another, as libcluster does: apply the MFA, emit the
+  # telemetry event, log, and collect what counts as a failure.
+  defp each_node(nodes, topology, kind, mfa, outcome) do
+    nodes
     |> Enum.reduce([], fn node, bad ->
-      {result, measurements} = timed_apply(disconnect, node)
+      {result, measurements} = timed_apply(mfa, node)
+      {event, level, message, failure} = outcome.(node, result)
       metadata = %{node: node, topology: topology}
 
-      case result do
-        true ->
-          Telemetry.execute([:libcluster, :disconnect_node, :ok], measurements, metadata)
-          Log.info(topology, "disconnected from #{inspect(node)}")
-          bad
+      case event do
+        :ok ->
+          Telemetry.execute([:libcluster, kind, :ok], measurements, metadata)
 
-        false ->
+        {:error, reason} ->
           Telemetry.execute(
-            [:libcluster, :disconnect_node, :error],
+            [:libcluster, kind, :error],
             measurements,
-            Map.put(metadata, :reason, :already_disconnected)
+            Map.put(metadata, :reason, reason)
           )
+      end
 
-          Log.warn(
-            topology,
-            "disconnect from #{inspect(node)} failed because we're already disconnected"
-          )
+      if level == :info, do: Log.info(topology, message), else: Log.warn(topology, message)
 
-          bad
-
-        :ignored ->
-          Telemetry.execute(
-            [:libcluster, :disconnect_node, :error],
-            measurements,
-            Map.put(metadata, :reason, :not_part_of_network)
-          )
-
-          Log.warn(
-            topology,
-            "disconnect from #{inspect(node)} failed because we're not part of the network"
-          )
-
-          bad
-
-        reason ->
-          Telemetry.execute(
-            [:libcluster, :disconnect_node, :error],
-            measurements,
-            Map.put(metadata, :reason, inspect(reason))
-          )
-
-          Log.warn(topology, "disconnect from #{inspect(node)} failed with: #{inspect(reason)}")
-          [{node, reason} | bad]
+      case failure do
+        :none -> bad
+        {:failed, value} -> [{node, value} | bad]
       end
     end)
     |> result()
+  end
+
+  # {telemetry outcome, log level, log line, failure to report} per result,
+  # in libcluster's words.
+  defp connect_outcome(node, true), do: {:ok, :info, "connected to #{inspect(node)}", :none}
+
+  defp connect_outcome(node, false),
+    do: {{:error, :unreachable}, :warn, "unable to connect to #{inspect(node)}", {:failed, false}}
+
+  defp connect_outcome(node, :ignored) do
+    {{:error, :not_part_of_network}, :warn,
+     "unable to connect to #{inspect(node)}: not part of network", {:failed, :ignored}}
+  end
+
+  defp disconnect_outcome(node, true),
+    do: {:ok, :info, "disconnected from #{inspect(node)}", :none}
+
+  defp disconnect_outcome(node, false) do
+    {{:error, :already_disconnected}, :warn,
+     "disconnect from #{inspect(node)} failed because we're already disconnected", :none}
+  end
+
+  defp disconnect_outcome(node, :ignored) do
+    {{:error, :not_part_of_network}, :warn,
+     "disconnect from #{inspect(node)} failed because we're not part of the network", :none}
+  end
+
+  defp disconnect_outcome(node, reason) do
+    {{:error, inspect(reason)}, :warn,
+     "disconnect from #{inspect(node)} failed with: #{inspect(reason)}", {:failed, reason}}
   end
 
   # libcluster's telemetry measures each connect or disconnect in native time units.
