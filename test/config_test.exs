@@ -6,7 +6,8 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
   @prefix "Cluster.Strategy.Droplet: "
   @token "dop_v1_SECRET_CONFIG_TOKEN"
   @known "[:token, :network, :ipv6, :tag_name, :name, :node_basename, :health_check, :polling_interval, " <>
-           ":api_url, :ca_file, :api_timeout, :max_backoff, :max_requests_per_minute, :coordinate]"
+           ":api_url, :ca_file, :api_timeout, :max_backoff, :max_requests_per_minute, :coordinate, " <>
+           ":require_listed]"
 
   defp message(opts) do
     error = assert_raise ArgumentError, fn -> Config.new!(opts) end
@@ -112,6 +113,18 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
 
       assert %Config{ipv6: true, network: :public} =
                Config.new!(token: @token, network: :public, ipv6: true)
+    end
+
+    test "coordinate and require_listed: true or false, true by default" do
+      assert %Config{coordinate: true, require_listed: true} = Config.new!(token: @token)
+
+      assert %Config{coordinate: false, require_listed: false} =
+               Config.new!(token: @token, coordinate: false, require_listed: false)
+
+      for key <- [:coordinate, :require_listed], value <- ["false", nil, 0] do
+        assert message([{:token, @token}, {key, value}]) ==
+                 "invalid option #{inspect(key)}: expected true or false, got: #{inspect(value)}"
+      end
     end
 
     test "health_check" do

@@ -165,11 +165,48 @@ defmodule Cluster.Strategy.DropletClusterTest do
 
   test "name picks one droplet", %{api: api, prefix: prefix} do
     [a, b, c] = api |> droplets(prefix, 3) |> nodes()
-    start_strategies([a], config(api, name: String.upcase(b.name)))
+    # a is not the droplet it selects, so it must not insist on being listed.
+    start_strategies([a], config(api, name: String.upcase(b.name), require_listed: false))
 
     TestCluster.await(fn -> TestCluster.connected(a) == [b.node] end)
     assert holds_for(4 * @interval, fn -> TestCluster.connected(a) == [b.node] end)
     refute c.node in TestCluster.connected(a)
+  end
+
+  test "a node whose own name is not selected joins no one and says so once; require_listed: false lets it join",
+       %{api: api, prefix: prefix} do
+    [a, b] = api |> droplets(prefix, 2) |> nodes()
+    # Runs on a droplet, but under a name the strategy does not compute for it.
+    [address] = TestCluster.allocate_addresses(1)
+    stray = TestCluster.start_node("#{prefix}-stray", address, log_level: :warning)
+    on_exit(fn -> TestCluster.stop(stray) end)
+
+    FakeAPI.add_droplet(
+      api,
+      FakeAPI.droplet(id: 7_777, name: "#{prefix}-other", private_ip: address)
+    )
+
+    TestCluster.call(stray, Remote, :capture_warnings, [])
+
+    start_strategies([a, b], config(api))
+    [stray_sup] = start_strategies([stray], config(api))
+    await_mesh([a, b])
+
+    assert holds_for(4 * @interval, fn -> TestCluster.connected(stray) == [] end)
+    pid = TestCluster.call(stray, Remote, :strategy_pid, [stray_sup])
+    assert %{listed?: false, managed: managed} = TestCluster.call(stray, :sys, :get_state, [pid])
+    assert MapSet.size(managed) == 0
+
+    warnings =
+      stray |> TestCluster.call(Remote, :warnings, []) |> Enum.filter(&(&1 =~ "not among"))
+
+    assert [warning] = warnings
+    assert warning =~ inspect(stray.node)
+    assert warning =~ "#{prefix}-other@#{address}"
+
+    TestCluster.call(stray, Supervisor, :stop, [stray_sup])
+    start_strategies([stray], config(api, require_listed: false))
+    await_mesh([a, b, stray])
   end
 
   test "node_basename names every node the same, on each droplet's address", %{
@@ -229,14 +266,16 @@ defmodule Cluster.Strategy.DropletClusterTest do
     assert Enum.all?(nodes, &(&1.node |> Atom.to_string() |> String.ends_with?("@::1")))
   end
 
-  test "a health check keeps out a node whose port is closed, lets it in once it opens, and drops it when it closes",
+  test "a health check keeps out a node whose port is closed, lets it in once it opens, and drops it after #{3} failed probes in a row",
        %{api: api, prefix: prefix} do
     [a, b, c] = api |> droplets(prefix, 3) |> nodes()
     port = free_port()
     listeners = for n <- [a, b], into: %{}, do: {n.node, listen(n.address, port)}
 
     # c's app is not up yet: its droplet is active but nothing answers on the port.
-    start_strategies([a, b], config(api, health_check: {:tcp, port: port, timeout: 200}))
+    [sup_a, _] =
+      start_strategies([a, b], config(api, health_check: {:tcp, port: port, timeout: 200}))
+
     await_mesh([a, b])
 
     assert holds_for(4 * @interval, fn ->
@@ -245,11 +284,65 @@ defmodule Cluster.Strategy.DropletClusterTest do
 
     c_listener = listen(c.address, port)
     await_mesh([a, b, c])
+    Enum.each([a, b], &TestCluster.call(&1, Remote, :start_nodedown_recorder, []))
 
+    # One failed probe does not cost c its connections...
     :gen_tcp.close(c_listener)
+    pid_a = TestCluster.call(a, Remote, :strategy_pid, [sup_a])
+
+    state =
+      TestCluster.await(fn ->
+        state = TestCluster.call(a, :sys, :get_state, [pid_a])
+        Map.has_key?(state.strikes, c.node) and state
+      end)
+
+    assert c.node in state.managed
+    assert c.node in TestCluster.connected(a)
+
+    # ...several in a row do, and c leaves without cutting a and b apart.
     TestCluster.await(fn -> TestCluster.connected(c) == [] end)
     assert TestCluster.full_mesh?([a, b])
+
+    for n <- [a, b] do
+      assert TestCluster.call(n, Remote, :nodedowns, []) -- [c.node] == []
+    end
+
     Enum.each(listeners, fn {_, l} -> :gen_tcp.close(l) end)
+  end
+
+  for who <- [:follower, :leader] do
+    test "removing a running #{who}'s droplet: it leaves, and no healthy node sees a nodedown",
+         %{api: api, prefix: prefix} do
+      pairs = droplets(api, prefix, 4)
+      nodes = nodes(pairs)
+      start_strategies(nodes, config(api))
+      await_mesh(nodes)
+      Enum.each(nodes, &TestCluster.call(&1, Remote, :start_nodedown_recorder, []))
+
+      # The lowest-named node polls for the cluster; the last one follows.
+      {{droplet, gone}, healthy} =
+        case unquote(who) do
+          :leader -> {hd(pairs), nodes -- [elem(hd(pairs), 1)]}
+          :follower -> {List.last(pairs), nodes -- [elem(List.last(pairs), 1)]}
+        end
+
+      FakeAPI.remove_droplet(api, droplet["id"])
+
+      TestCluster.await(fn ->
+        TestCluster.connected(gone) == [] and
+          Enum.all?(healthy, &(gone.node not in TestCluster.connected(&1)))
+      end)
+
+      # It stays out: its own strategy no longer finds itself selected.
+      assert holds_for(5 * @interval, fn ->
+               TestCluster.connected(gone) == [] and TestCluster.full_mesh?(healthy)
+             end)
+
+      for n <- healthy do
+        assert TestCluster.call(n, Remote, :nodedowns, []) -- [gone.node] == [],
+               "#{n.node} saw a healthy node go down"
+      end
+    end
   end
 
   test "a droplet removed from the API is disconnected", %{api: api, prefix: prefix} do
@@ -335,28 +428,35 @@ defmodule Cluster.Strategy.DropletClusterTest do
     # contract (../shared/libcluster-contract.md) that also records its calls.
     TestCluster.call(a, Code, :compile_string, [@libcluster_stand_in])
     TestCluster.call(a, Cluster.Strategy, :start_recording, [])
-    [_, _, sup_c] = start_strategies([a, b, c], config(api, coordinate: false))
+    # Only a and c run the strategy, so only a removes c.
+    [_, sup_c] = start_strategies([a, c], config(api, coordinate: false))
     await_mesh([a, b, c])
 
     calls = TestCluster.call(a, Cluster.Strategy, :calls, [])
+    connects = for {:connect_nodes, :droplets, nodes} <- calls, do: nodes
 
-    assert {:connect_nodes, :droplets, connected} =
-             Enum.find(calls, &match?({:connect_nodes, _, _}, &1))
+    # One call per node, each from its own task.
+    assert Enum.all?(connects, &(length(&1) == 1))
+    assert connects |> List.flatten() |> Enum.uniq() |> Enum.sort() == Enum.sort([b.node, c.node])
 
-    assert Enum.sort(connected) == Enum.sort([b.node, c.node])
-
+    # c cannot leave by itself (its rpc server is stuck), so after the grace
+    # it is disconnected from this side, through libcluster.
     TestCluster.call(c, Supervisor, :stop, [sup_c])
+    TestCluster.call(c, :sys, :suspend, [:rex])
     {droplet_c, _} = List.last(pairs)
     FakeAPI.remove_droplet(api, droplet_c["id"])
-    TestCluster.await(fn -> TestCluster.connected(c) == [] end)
 
-    assert {:disconnect_nodes, :droplets, [node_c]} =
-             Enum.find(
-               TestCluster.call(a, Cluster.Strategy, :calls, []),
-               &match?({:disconnect_nodes, _, _}, &1)
-             )
+    disconnects =
+      TestCluster.await(
+        fn ->
+          calls = TestCluster.call(a, Cluster.Strategy, :calls, [])
+          disconnects = for {:disconnect_nodes, :droplets, nodes} <- calls, do: nodes
+          disconnects != [] and disconnects
+        end,
+        20_000
+      )
 
-    assert node_c == c.node
+    assert [[c.node]] == Enum.uniq(disconnects)
   end
 
   describe "restarts" do

@@ -301,8 +301,12 @@ defmodule Cluster.Strategy.DropletFaultsTest do
           :garbage,
           {:droplet_nif_list, make_ref(), {:ok, %{droplets: [], total: 0}}, %{}},
           {:droplet_nif_probe, make_ref(), []},
-          {:poll_watchdog, make_ref()},
+          {:droplet_timer, :tick, make_ref()},
+          {:droplet_timer, :poll_watchdog, make_ref()},
+          {:droplet_timer, :check_watchdog, make_ref()},
+          {make_ref(), :ok},
           {:libcluster_droplet_share, :other_topology, :"a@127.0.0.1", 1, []},
+          {:libcluster_droplet_share, 2, :other_topology, %{}},
           {:DOWN, make_ref(), :process, self(), :normal}
         ] do
       send(ctx.pid, message)

@@ -32,6 +32,7 @@ defmodule LibclusterDroplet.Coordination do
             leader: nil,
             leader_ref: nil,
             leader_seen_at: nil,
+            leader_interval: nil,
             last_api_poll_at: nil,
             passed_over: MapSet.new()
 
@@ -42,6 +43,7 @@ defmodule LibclusterDroplet.Coordination do
           leader: node() | nil,
           leader_ref: reference() | nil,
           leader_seen_at: integer() | nil,
+          leader_interval: pos_integer() | nil,
           last_api_poll_at: integer() | nil,
           passed_over: MapSet.t(node())
         }
@@ -66,8 +68,8 @@ defmodule LibclusterDroplet.Coordination do
   @spec following?(t(), integer(), pos_integer()) :: boolean()
   def following?(%__MODULE__{leader: nil}, _now, _interval), do: false
 
-  def following?(%__MODULE__{leader_seen_at: seen}, now, interval),
-    do: now - seen <= stale_after(interval)
+  def following?(%__MODULE__{leader_seen_at: seen} = c, now, interval),
+    do: now - seen <= stale_after(c.leader_interval || interval)
 
   @doc "How long a leader may go without sharing before followers poll themselves."
   @spec stale_after(pos_integer()) :: pos_integer()
@@ -85,7 +87,8 @@ defmodule LibclusterDroplet.Coordination do
 
   @doc """
   Decides on a share received from `from` with `fingerprint`, at `now`, by
-  the node `self` polling every `interval`.
+  the node `self`; `interval` is the sender's `polling_interval`, by which
+  its silence is judged from then on.
 
   Returns `{:accept, coordination}` when this node should apply it (and
   follow `from`), with `:monitor` set when `from` is a new leader to
@@ -105,12 +108,19 @@ defmodule LibclusterDroplet.Coordination do
       when from < self do
     cond do
       c.leader == from ->
-        {:accept, %{c | leader_seen_at: now, passed_over: MapSet.new()}, :keep}
+        {:accept,
+         %{c | leader_seen_at: now, leader_interval: interval, passed_over: MapSet.new()}, :keep}
 
       c.leader == nil or from < c.leader or not following?(c, now, interval) ->
         {:accept,
-         %{c | leader: from, leader_ref: nil, leader_seen_at: now, passed_over: MapSet.new()},
-         :monitor}
+         %{
+           c
+           | leader: from,
+             leader_ref: nil,
+             leader_seen_at: now,
+             leader_interval: interval,
+             passed_over: MapSet.new()
+         }, :monitor}
 
       true ->
         :ignore
@@ -136,7 +146,14 @@ defmodule LibclusterDroplet.Coordination do
     case Enum.min([self | Enum.reject(connected, &MapSet.member?(passed_over, &1))]) do
       ^self ->
         {:poll_now,
-         %{c | leader: nil, leader_ref: nil, leader_seen_at: nil, passed_over: MapSet.new()}}
+         %{
+           c
+           | leader: nil,
+             leader_ref: nil,
+             leader_seen_at: nil,
+             leader_interval: nil,
+             passed_over: MapSet.new()
+         }}
 
       successor ->
         {:await, successor,

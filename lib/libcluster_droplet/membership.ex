@@ -50,6 +50,45 @@ defmodule LibclusterDroplet.Membership do
       else: fallback_disconnect(topology, disconnect, list_nodes, nodes)
   end
 
+  @doc """
+  Asks `node` to leave the cluster by itself, without setting up a
+  connection to it.
+
+  Disconnecting a node from one side makes OTP's `global` (with
+  `prevent_overlapping_partitions`, the default since OTP 25) cut the
+  nodes that report the loss apart from the nodes still connected to it:
+  healthy nodes would see each other go down. A node that leaves with
+  `:global.disconnect/0` is removed alone. This sends the request to the
+  node's `rex` server, which every node runs whether or not it runs this
+  strategy. Returns `:ok`, or `:noconnect` when the node is not connected.
+  """
+  @spec request_leave(node()) :: :ok | :noconnect
+  def request_leave(node) do
+    # rex's cast form, as rpc:cast/4 sends it; `user` makes the spawned
+    # process use the node's own group leader.
+    message = {:"$gen_cast", {:cast, :global, :disconnect, [], :user}}
+
+    case :erlang.send({:rex, node}, message, [:noconnect]) do
+      :noconnect -> :noconnect
+      _ -> :ok
+    end
+  end
+
+  @doc """
+  Makes this node leave every node it is connected to, so that only this
+  node is removed from the cluster (`:global.disconnect/0`, OTP 25.1+).
+  Returns the nodes it disconnected from.
+  """
+  @spec leave_cluster() :: [node()]
+  def leave_cluster do
+    if function_exported?(:global, :disconnect, 0) do
+      :global.disconnect()
+    else
+      # Older OTP: the best that can be done is to go one by one.
+      for node <- Node.list(), Node.disconnect(node), do: node
+    end
+  end
+
   @doc false
   def fallback_connect(topology, {_, _, _} = connect, {_, _, _} = list_nodes, nodes) do
     current = apply_mfa(list_nodes, [])

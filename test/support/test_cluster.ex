@@ -11,8 +11,8 @@ defmodule LibclusterDroplet.TestCluster do
   (`app@127.1.0.2`, `app@127.1.0.3`). IPv6 nodes live on `::1` with
   `-proto_dist inet6_tcp` and so need epmd and distinct names.
 
-  Nodes run with `-connect_all false`, so every connection in the cluster is
-  one a strategy made.
+  Nodes run with OTP's defaults, as droplets do: `connect_all` and
+  `global`'s `prevent_overlapping_partitions` stay on.
   """
 
   @cookie "libcluster_droplet_test"
@@ -106,9 +106,7 @@ defmodule LibclusterDroplet.TestCluster do
         longnames: true,
         connection: :standard_io,
         wait_boot: 30_000,
-        args:
-          [~c"-setcookie", ~c"#{@cookie}", ~c"-connect_all", ~c"false"] ++
-            dist_args ++ code_paths
+        args: [~c"-setcookie", ~c"#{@cookie}"] ++ dist_args ++ code_paths
       })
 
     level = Keyword.get(opts, :log_level, :error)
@@ -117,6 +115,22 @@ defmodule LibclusterDroplet.TestCluster do
     :ok = call(%__MODULE__{pid: pid}, Application, :ensure_loaded, [:libcluster_droplet])
 
     %__MODULE__{pid: pid, node: node, name: name, address: address, ipv6: ipv6}
+  end
+
+  @doc """
+  Makes `address:port` a black hole: a listener whose accept queue is full,
+  so the kernel drops every further SYN and a connect there hangs until
+  its caller gives up, as with a droplet behind a firewall that drops
+  packets. The sockets belong to the calling process; closing them (or its
+  exit) ends the black hole.
+  """
+  @spec black_hole(String.t(), 1..65_535) :: [port()]
+  def black_hole(address, port) do
+    {:ok, ip} = :inet.parse_address(String.to_charlist(address))
+    {:ok, listener} = :gen_tcp.listen(port, ip: ip, backlog: 0, reuseaddr: true, active: false)
+    # Linux queues backlog + 1 connections: this one fills the queue.
+    {:ok, filler} = :gen_tcp.connect(ip, port, [active: false], 1_000)
+    [listener, filler]
   end
 
   @doc "Calls `m.f(a...)` on the node."
@@ -241,6 +255,29 @@ defmodule LibclusterDroplet.TestCluster.Remote do
     receive do
       :recording -> :ok
     end
+  end
+
+  @doc false
+  # Records every warning (and worse) this node logs from now on.
+  def capture_warnings do
+    {:ok, _} = Agent.start(fn -> [] end, name: __MODULE__.Warnings)
+    :ok = :logger.add_handler(:droplet_test_warnings, __MODULE__, %{level: :warning})
+  end
+
+  @doc false
+  def warnings, do: Agent.get(__MODULE__.Warnings, &Enum.reverse/1)
+
+  @doc false
+  # The :logger handler of capture_warnings/0.
+  def log(%{msg: msg}, _config) do
+    text =
+      case msg do
+        {:string, chardata} -> IO.chardata_to_string(chardata)
+        {:report, report} -> inspect(report)
+        {format, args} -> format |> :io_lib.format(args) |> IO.chardata_to_string()
+      end
+
+    Agent.update(__MODULE__.Warnings, &[text | &1])
   end
 
   @doc false

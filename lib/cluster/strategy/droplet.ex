@@ -5,14 +5,14 @@ defmodule Cluster.Strategy.Droplet do
   It polls `GET /v2/droplets` (optionally filtered by tag or name), picks
   each active droplet's private or public, IPv4 or IPv6 address, optionally
   checks that a TCP port answers there, and connects to the nodes named
-  `basename@address`; nodes it connected whose droplet went away, stopped
-  being active, or failed the health check are disconnected.
+  `basename@address`; nodes it manages whose droplet went away, stopped
+  being active, or kept failing the health check are removed.
 
       config :libcluster,
         topologies: [
           droplets: [
             strategy: Cluster.Strategy.Droplet,
-            config: [token: System.fetch_env!("DO_TOKEN"), tag_name: "web", node_basename: "app"]
+            config: [token: System.fetch_env!("DIGITALOCEAN_TOKEN"), tag_name: "web", node_basename: "app"]
           ]
         ]
 
@@ -27,26 +27,53 @@ defmodule Cluster.Strategy.Droplet do
         {Cluster.Strategy.Droplet, topology: :droplets, config: [token: token, tag_name: "web"]}
       ]
 
+  ## The cycle
+
+  Three activities, each with its own timer, tagged with a reference so
+  that a stale timer message is ignored:
+
+    * **the tick** (`:tick`), always armed: every tick arms the next one
+      before anything else, so no path leaves the process without one. A
+      tick starts an API poll unless one is in flight, a rate-limit floor
+      holds, or a live leader polls for this node;
+    * **an API poll**: `:listing` (NIF thread) → `:probing` (NIF thread,
+      with `:health_check`) → apply. Its watchdog (`:poll_watchdog`)
+      covers both stages: a lost reply fails the poll instead of stalling
+      it;
+    * **a share check**: a leader's share, health-checked like a listing
+      (watchdog `:check_watchdog`) and then applied. A share arriving
+      meanwhile waits as the next one (only the newest is kept).
+
+  Applying a view (`LibclusterDroplet.Plan`) yields the desired set; views
+  are ordered by the time their listing started, so an older one never
+  undoes a newer one. Then, in this order: the leader sends its share (it
+  does so as soon as its listing arrives, before probing), managed nodes
+  no longer wanted are removed, and the wanted nodes not connected are
+  handed to `LibclusterDroplet.Connector`, whose connects run in tasks.
+  Nothing the process does waits on the network, so a poll, a share, a
+  removal, a takeover or `:sys.get_state/1` never waits for a connect.
+
+  ## Removal
+
+  Disconnecting a node from one side makes OTP's `global` cut healthy
+  nodes apart (`prevent_overlapping_partitions`). So a managed node that is
+  no longer wanted and still connected is asked to leave by itself
+  (`:global.disconnect/0` on it, see `LibclusterDroplet.Membership.request_leave/1`),
+  which removes it alone. If it is still connected #{5_000} ms later it is
+  disconnected with the `disconnect` MFA, and a failed disconnect is
+  retried until it succeeds. A node whose own name is not among the
+  selected droplets joins no one and, if it was in the cluster, leaves it
+  (unless `require_listed: false`).
+
   ## When the API fails
 
   Membership is left exactly as it is, one warning names the class of the
   error (see `LibclusterDroplet.Error`), and the next poll is scheduled with
   exponential backoff and jitter; the first success returns to
   `polling_interval`. After a 429, nothing is sent before `retry-after` (or
-  `ratelimit-reset` when no request remains).
-
-  ## How a poll works
-
-  Every network call runs on a thread of the NIF and answers with a message,
-  so this process keeps answering (`:sys.get_state/1`, shutdown) while a poll
-  is in flight. A poll: list droplets → select each one's address → probe
-  the candidates in parallel (with `:health_check`) → disconnect the nodes
-  this strategy connected that are no longer wanted → connect the wanted
-  nodes not yet connected → schedule the next poll.
-
-  The set of nodes this strategy manages is mirrored in `:persistent_term`,
-  so a restarted strategy knows what it connected before it died and never
-  disconnects a healthy node.
+  `ratelimit-reset` when no request remains). The managed set, the nodes
+  being removed and the backoff survive a restart of the strategy
+  (`LibclusterDroplet.ManagedStore`).
 
   ## Telemetry
 
@@ -63,8 +90,8 @@ defmodule Cluster.Strategy.Droplet do
   With `coordinate: true` (the default) and distribution running, the
   connected nodes do not each poll at full rate: the lowest-named one polls
   and shares what it found with the others, which poll only at a slow
-  safety interval and take over within one interval when it goes away. See
-  `LibclusterDroplet.Coordination`.
+  safety interval and take over when it goes away. See
+  `LibclusterDroplet.Coordination` and `LibclusterDroplet.Share`.
   """
 
   use GenServer
@@ -72,13 +99,16 @@ defmodule Cluster.Strategy.Droplet do
   alias Cluster.Strategy.Droplet.Config
 
   alias LibclusterDroplet.{
+    Connector,
     Coordination,
     Error,
     Listing,
     Log,
+    ManagedStore,
     Membership,
-    NodeName,
+    Plan,
     Schedule,
+    Share,
     Telemetry
   }
 
@@ -89,9 +119,14 @@ defmodule Cluster.Strategy.Droplet do
   @default_disconnect {:erlang, :disconnect_node, []}
   @default_list_nodes {:erlang, :nodes, [:connected]}
 
-  # A reply lost in the NIF would stall polling forever; this long after the
-  # listing's own deadline the poll is abandoned and counted as a failure.
+  # A reply lost in the NIF would stall a poll forever; this long after the
+  # NIF's own deadline the poll is abandoned and counted as a failure.
   @watchdog_grace 5_000
+
+  # How long a node asked to leave may stay connected before it is
+  # disconnected from this side. A node that runs OTP 25.1+ leaves within
+  # milliseconds; this only catches nodes that cannot.
+  @leave_grace 5_000
 
   @enforce_keys [:topology, :config]
   defstruct topology: nil,
@@ -99,23 +134,46 @@ defmodule Cluster.Strategy.Droplet do
             disconnect: @default_disconnect,
             list_nodes: @default_list_nodes,
             config: nil,
+            store_key: nil,
+            tasks: nil,
             managed: MapSet.new(),
+            removing: %{},
+            strikes: %{},
+            connector: %Connector{},
+            task_pids: %{},
             poll: nil,
-            timer: nil,
+            check: nil,
+            pending_share: nil,
+            view: nil,
+            timers: %{},
             failures: 0,
             not_before: nil,
+            next_poll_at: nil,
             rate_limit: nil,
             polls: 0,
-            warned_names: MapSet.new(),
-            coordination: %Coordination{},
-            stretch: 1
+            stretch: 1,
+            listed?: nil,
+            warned: MapSet.new(),
+            coordination: %Coordination{}
 
   @typedoc """
-  The strategy's state. `managed` holds the nodes this strategy wants
-  connected (it connects and disconnects only those); `poll` the API poll
-  or leader's share being processed, if any; `coordination` who polls for
-  the cluster; `polls` the successful API polls so far; `stretch` the
-  factor of `polling_interval` while the token's budget is low.
+  The strategy's state.
+
+    * `managed`: the nodes this strategy wants connected (it connects and
+      removes only those); `removing`: nodes asked to leave or awaiting a
+      disconnect retry, with when it started;
+    * `strikes`: consecutive failed probes of managed nodes;
+    * `connector`: connects in flight and per-node backoff;
+    * `poll`: the API poll in flight, if any; `check`: the share being
+      health-checked; `pending_share`: the newest share waiting for it;
+    * `view`: `{listed_at, seq}` of the last view applied;
+    * `timers`: the armed timer of each purpose;
+    * `failures`, `not_before`, `next_poll_at`, `rate_limit`: API backoff
+      and rate limits; `stretch`: the factor of `polling_interval` while
+      the token's budget keeps falling (`LibclusterDroplet.Schedule.stretch/3`);
+    * `polls`: successful API polls; `listed?`: whether this node was
+      among the selected droplets in the last view;
+    * `coordination`: who polls for the cluster.
   """
   @type t :: %__MODULE__{
           topology: atom(),
@@ -123,16 +181,27 @@ defmodule Cluster.Strategy.Droplet do
           disconnect: Membership.mfa_tuple(),
           list_nodes: Membership.mfa_tuple(),
           config: Config.t(),
+          store_key: ManagedStore.key() | nil,
+          tasks: pid() | nil,
           managed: MapSet.t(node()),
+          removing: %{node() => %{since: integer(), asked: boolean()}},
+          strikes: Plan.strikes(),
+          connector: Connector.t(),
+          task_pids: %{reference() => pid()},
           poll: map() | nil,
-          timer: reference() | nil,
+          check: map() | nil,
+          pending_share: Share.t() | nil,
+          view: {integer(), non_neg_integer()} | nil,
+          timers: %{atom() => reference()},
           failures: non_neg_integer(),
           not_before: integer() | nil,
+          next_poll_at: integer() | nil,
           rate_limit: LibclusterDroplet.rate_limit() | nil,
           polls: non_neg_integer(),
-          warned_names: MapSet.t(String.t()),
-          coordination: Coordination.t(),
-          stretch: pos_integer()
+          stretch: pos_integer(),
+          listed?: boolean() | nil,
+          warned: MapSet.t(term()),
+          coordination: Coordination.t()
         }
 
   @doc """
@@ -203,162 +272,397 @@ defmodule Cluster.Strategy.Droplet do
 
   @impl true
   def init(%__MODULE__{} = state) do
-    # Adopt what a previous incarnation connected, so a restart never
-    # disconnects a node it had connected and that is still wanted.
-    state = %{state | managed: :persistent_term.get(managed_key(state), MapSet.new())}
-    {:ok, enable_coordination(state), {:continue, :poll}}
+    # Exits are trapped so that a normal shutdown runs terminate/2, which
+    # erases the stored membership; a crash or a kill leaves it for the
+    # next incarnation.
+    Process.flag(:trap_exit, true)
+    {:ok, tasks} = Task.Supervisor.start_link()
+    key = ManagedStore.key(state.topology, fingerprint(state.config))
+    stored = ManagedStore.load(key)
+
+    state = %{
+      state
+      | tasks: tasks,
+        store_key: key,
+        managed: stored.managed,
+        removing: stored.removing,
+        failures: stored.failures,
+        not_before: stored.not_before,
+        next_poll_at: stored.next_poll_at
+    }
+
+    state = enable_coordination(state)
+    unix_now = System.system_time(:millisecond)
+
+    wait =
+      Enum.max([0, (stored.next_poll_at || 0) - unix_now, (stored.not_before || 0) - unix_now])
+
+    # A predecessor that was backing off or waiting out a rate limit passes
+    # that on: the first poll waits for it too.
+    if wait == 0,
+      do: {:ok, arm(state, :tick, state.config.polling_interval), {:continue, :poll}},
+      else: {:ok, arm(state, :tick, wait)}
   end
 
   @impl true
   def handle_continue(:poll, state), do: {:noreply, start_api_poll(state)}
 
   @impl true
-  def handle_info(:poll, state), do: {:noreply, tick(%{state | timer: nil})}
+  def handle_info({:droplet_timer, purpose, ref}, state) do
+    if Map.get(state.timers, purpose) == ref,
+      do: {:noreply, timer(purpose, %{state | timers: Map.delete(state.timers, purpose)})},
+      else: {:noreply, state}
+  end
 
   def handle_info(
         {:droplet_nif_list, ref, result, info},
         %{poll: %{stage: :listing, ref: ref}} = state
       ) do
+    state = disarm(state, :poll_watchdog)
+
     case Listing.from_nif(result, info) do
-      {:ok, listing} -> {:noreply, handle_listing(listing, state)}
+      {:ok, listing} -> {:noreply, listed(listing, state)}
       {:error, reason} -> {:noreply, poll_failed(reason, Map.get(info, :rate_limit), state)}
     end
-  end
-
-  def handle_info(
-        {:droplet_nif_probe, ref, {:error, reason}},
-        %{poll: %{stage: :probing, ref: ref}} = state
-      ) do
-    {:noreply, probe_failed(reason, state)}
   end
 
   def handle_info(
         {:droplet_nif_probe, ref, results},
         %{poll: %{stage: :probing, ref: ref}} = state
       ) do
-    healthy =
-      for {{node, _address}, {_, result}} <- Enum.zip(state.poll.candidates, results),
-          healthy?(node, result, state),
-          do: node
+    state = disarm(state, :poll_watchdog)
 
-    {:noreply, finish(healthy, state)}
+    case results do
+      {:error, reason} -> {:noreply, poll_failed(reason, nil, state)}
+      results -> {:noreply, api_probed(health(state.poll.selection, results), state)}
+    end
   end
 
-  def handle_info({:poll_watchdog, ref}, %{poll: %{ref: ref, source: :api}} = state) do
-    {:noreply, poll_failed(:timeout, nil, state)}
+  def handle_info({:droplet_nif_probe, ref, results}, %{check: %{ref: ref}} = state) do
+    state = disarm(state, :check_watchdog)
+
+    case results do
+      {:error, reason} -> {:noreply, check_failed(reason, state)}
+      results -> {:noreply, share_probed(health(state.check.selection, results), state)}
+    end
   end
 
-  def handle_info(
-        {:libcluster_droplet_share, topology, from, fingerprint, droplets},
-        %{topology: topology} = state
-      )
-      when is_atom(from) and is_list(droplets) do
-    {:noreply, handle_share(from, fingerprint, droplets, state)}
+  # A connect task's answer.
+  def handle_info({ref, outcome}, state) when is_reference(ref) do
+    if Connector.in_flight?(state.connector, ref) do
+      Process.demonitor(ref, [:flush])
+      {:noreply, connect_done(ref, outcome, state)}
+    else
+      {:noreply, state}
+    end
   end
 
-  def handle_info(
-        {:DOWN, ref, :process, _, _reason},
-        %{coordination: %{leader_ref: ref}} = state
-      ) do
-    {:noreply, leader_down(state)}
+  def handle_info({:DOWN, ref, :process, _, reason}, state) do
+    cond do
+      ref == state.coordination.leader_ref ->
+        {:noreply, leader_down(state)}
+
+      Connector.in_flight?(state.connector, ref) ->
+        {:noreply, connect_done(ref, {:error, {:exit, reason}}, state)}
+
+      true ->
+        {:noreply, state}
+    end
   end
 
-  # Late replies of abandoned polls, stale timers and anything else.
-  def handle_info(_message, state), do: {:noreply, state}
+  def handle_info({:EXIT, tasks, reason}, %{tasks: tasks} = state), do: {:stop, reason, state}
+
+  def handle_info(message, state) do
+    if Share.share?(message),
+      do: {:noreply, received_share(message, state)},
+      # Late replies of abandoned polls, exits of linked processes, anything else.
+      else: {:noreply, state}
+  end
+
+  @impl true
+  def terminate(reason, state) do
+    if reason in [:normal, :shutdown] or match?({:shutdown, _}, reason),
+      do: ManagedStore.erase(state.store_key)
+
+    :ok
+  end
 
   @impl true
   def format_status(:terminate, [_pdict, state]), do: redact(state)
   def format_status(_normal, [_pdict, state]), do: [data: [{~c"State", redact(state)}]]
 
   # The token already lives in a closure; this keeps crash reports short by
-  # leaving out a poll's droplets, which can number thousands.
+  # leaving out views' droplets, which can number thousands.
   defp redact(state) do
-    poll = state.poll && Map.take(state.poll, [:source, :stage, :started])
-    %{state | poll: poll, warned_names: MapSet.size(state.warned_names)}
+    %{
+      state
+      | poll: state.poll && Map.take(state.poll, [:stage, :started, :listed_at]),
+        check: state.check && Map.take(state.check, [:from, :view]),
+        pending_share: state.pending_share && Share.view(state.pending_share),
+        warned: MapSet.size(state.warned)
+    }
   end
 
-  ## Polling
+  ## Timers: one per purpose, each message tagged with its ref.
 
-  # A timer tick: poll the API, unless a live leader polls for this node.
-  defp tick(%{poll: poll} = state) when poll != nil, do: state
+  defp arm(state, purpose, delay) do
+    state = disarm(state, purpose)
+    ref = make_ref()
+    Process.send_after(self(), {:droplet_timer, purpose, ref}, max(delay, 0))
+    %{state | timers: Map.put(state.timers, purpose, ref)}
+  end
+
+  # The ref is forgotten, so a message already delivered is ignored.
+  defp disarm(state, purpose), do: %{state | timers: Map.delete(state.timers, purpose)}
+
+  defp timer(:tick, state), do: tick(state)
+
+  defp timer(:poll_watchdog, %{poll: poll} = state) when poll != nil,
+    do: poll_failed(:timeout, nil, state)
+
+  defp timer(:check_watchdog, %{check: check} = state) when check != nil,
+    do: check_failed(:timeout, state)
+
+  defp timer(:removals, state), do: progress_removals(state)
+  defp timer(_purpose, state), do: state
+
+  ## The tick
 
   defp tick(state) do
     interval = state.config.polling_interval
+    state = arm(state, :tick, interval)
+    unix_now = System.system_time(:millisecond)
     size = MapSet.size(state.managed) + 1
 
-    case Coordination.tick(state.coordination, now(), interval, size) do
-      :follow -> schedule(state, interval)
-      :poll -> start_api_poll(state)
+    cond do
+      state.poll != nil ->
+        state
+
+      is_integer(state.not_before) and unix_now < state.not_before ->
+        arm(state, :tick, state.not_before - unix_now)
+
+      Coordination.tick(state.coordination, now(), interval, size) == :follow ->
+        state
+
+      true ->
+        start_api_poll(state)
     end
   end
+
+  ## The API poll: listing, probing, apply
 
   defp start_api_poll(%{poll: poll} = state) when poll != nil, do: state
 
   defp start_api_poll(state) do
-    now = System.system_time(:millisecond)
+    config = state.config
+    deadline = config.api_timeout * 3
 
-    if is_integer(state.not_before) and now < state.not_before do
-      # A rate-limit floor is still in force: wait it out instead of calling.
-      schedule(state, state.not_before - now)
-    else
-      config = state.config
-      deadline = config.api_timeout * 3
+    {:ok, request} =
+      LibclusterDroplet.list_request(
+        api_url: config.api_url,
+        token: config.token,
+        tag_name: config.tag_name,
+        name: config.name,
+        network: config.network,
+        ipv6: config.ipv6,
+        ca_file: config.ca_file,
+        request_timeout: config.api_timeout,
+        deadline: deadline
+      )
 
-      {:ok, request} =
-        LibclusterDroplet.list_request(
-          api_url: config.api_url,
-          token: config.token,
-          tag_name: config.tag_name,
-          name: config.name,
-          network: config.network,
-          ipv6: config.ipv6,
-          ca_file: config.ca_file,
-          request_timeout: config.api_timeout,
-          deadline: deadline
+    poll = %{
+      stage: :listing,
+      ref: nil,
+      started: System.monotonic_time(),
+      listed_at: System.system_time(:millisecond)
+    }
+
+    coordination = %{state.coordination | last_api_poll_at: now()}
+    state = %{state | poll: poll, not_before: nil, coordination: coordination}
+
+    case LibclusterDroplet.start_list_droplets(request) do
+      {:ok, ref} ->
+        Telemetry.execute(
+          [:libcluster_droplet, :poll, :start],
+          %{system_time: System.system_time()},
+          %{topology: state.topology}
         )
 
-      poll = %{source: :api, stage: :listing, ref: nil, started: System.monotonic_time()}
-      coordination = %{state.coordination | last_api_poll_at: now()}
-      state = %{state | poll: poll, not_before: nil, coordination: coordination}
+        state = arm(state, :poll_watchdog, deadline + @watchdog_grace)
+        %{state | poll: %{poll | ref: ref}}
 
-      case LibclusterDroplet.start_list_droplets(request) do
-        {:ok, ref} ->
-          Process.send_after(self(), {:poll_watchdog, ref}, deadline + @watchdog_grace)
-
-          Telemetry.execute(
-            [:libcluster_droplet, :poll, :start],
-            %{system_time: System.system_time()},
-            %{topology: state.topology}
-          )
-
-          %{state | poll: %{poll | ref: ref}}
-
-        {:error, reason} ->
-          poll_failed(reason, nil, state)
-      end
+      {:error, reason} ->
+        poll_failed(reason, nil, state)
     end
   end
 
-  defp handle_listing(%Listing{} = listing, state) do
+  defp listed(%Listing{} = listing, state) do
     Log.debug(state.topology, fn ->
       "found #{length(listing.droplets)} droplets with #{listing.requests} requests"
     end)
 
-    state = %{
-      state
-      | rate_limit: listing.rate_limit,
-        poll: Map.put(state.poll, :listing, listing)
-    }
+    stretch = Schedule.stretch(state.stretch, state.rate_limit, listing.rate_limit)
+    {selection, state} = select(listing.droplets, state)
+    view = {state.poll.listed_at, state.polls + 1}
+    state = %{state | rate_limit: listing.rate_limit, stretch: stretch}
+    state = enable_coordination(state)
+    # Followers start their own health checks while this node runs its own.
+    share(listing, selection, view, state)
 
-    check_candidates(listing.droplets, state)
+    poll = Map.merge(state.poll, %{listing: listing, selection: selection, view: view})
+
+    case probe(selection, state) do
+      :unchecked ->
+        api_probed(:unchecked, %{state | poll: poll})
+
+      {:ok, ref, wait} ->
+        arm(%{state | poll: %{poll | stage: :probing, ref: ref}}, :poll_watchdog, wait)
+
+      {:error, reason} ->
+        poll_failed(reason, nil, %{state | poll: poll})
+    end
   end
 
-  # A leader's share: its selected droplets, applied as if this node had
-  # polled, unless a poll of its own is in flight.
-  defp handle_share(from, fingerprint, droplets, state) do
-    interval = state.config.polling_interval
+  defp api_probed(health, state) do
+    %{listing: listing, selection: selection, view: view, started: started} = state.poll
+    state = apply_view(state, selection, health, view)
 
-    case Coordination.share(state.coordination, from, fingerprint, now(), Node.self(), interval) do
+    Telemetry.execute(
+      [:libcluster_droplet, :poll, :stop],
+      %{duration: System.monotonic_time() - started, requests: listing.requests},
+      %{
+        topology: state.topology,
+        droplets: length(listing.droplets),
+        nodes: MapSet.size(state.managed)
+      }
+    )
+
+    config = state.config
+    unix_now = System.system_time(:millisecond)
+    floor = Schedule.not_before(listing.rate_limit, nil, unix_now)
+
+    delay =
+      Schedule.pace(
+        config.polling_interval * state.stretch,
+        listing.rate_limit,
+        listing.requests,
+        unix_now,
+        config.max_requests_per_minute
+      )
+
+    state = %{
+      state
+      | poll: nil,
+        failures: 0,
+        polls: state.polls + 1,
+        not_before: floor,
+        next_poll_at: nil
+    }
+
+    state |> arm(:tick, delay) |> persist()
+  end
+
+  defp poll_failed(reason, rate_limit, state) do
+    failures = state.failures + 1
+    config = state.config
+    unix_now = System.system_time(:millisecond)
+    rate_limited = with {:rate_limited, _} <- reason, do: reason, else: (_ -> nil)
+    floor = Schedule.not_before(rate_limit, rate_limited, unix_now)
+    delay = Schedule.backoff(config.polling_interval, failures, config.max_backoff)
+    delay = if floor, do: max(delay, floor - unix_now), else: delay
+
+    Log.warn(
+      state.topology,
+      "DigitalOcean API poll failed (#{Error.class(reason)}): #{Error.format(reason)}; " <>
+        "keeping the #{MapSet.size(state.managed)} nodes as they are, next poll in #{delay} ms"
+    )
+
+    Telemetry.execute(
+      [:libcluster_droplet, :poll, :error],
+      %{duration: System.monotonic_time() - state.poll.started},
+      %{topology: state.topology, reason: Error.class(reason), failures: failures}
+    )
+
+    %{
+      state
+      | poll: nil,
+        failures: failures,
+        not_before: floor,
+        next_poll_at: unix_now + delay,
+        rate_limit: rate_limit || state.rate_limit
+    }
+    |> disarm(:poll_watchdog)
+    |> arm(:tick, delay)
+    |> persist()
+  end
+
+  ## Shares
+
+  # The leader tells the strategy on every connected node it selected or
+  # manages what it found: only names and addresses.
+  defp share(listing, selection, {listed_at, seq}, state) do
+    c = state.coordination
+    unlisted? = require_listed?(state) and not selection.self_listed?
+
+    if Coordination.leads?(c, now(), state.config.polling_interval) and not unlisted? do
+      message =
+        Share.encode(%Share{
+          topology: state.topology,
+          from: Node.self(),
+          fingerprint: c.fingerprint,
+          interval: state.config.polling_interval,
+          seq: seq,
+          listed_at: listed_at,
+          droplets: for(%{address: a, name: n} when is_binary(a) <- listing.droplets, do: {n, a})
+        })
+
+      targets = MapSet.union(state.managed, MapSet.new(selection.candidates, &elem(&1, 0)))
+
+      for node <- Node.list(), MapSet.member?(targets, node) do
+        # :noconnect: a share must never set up a connection of its own.
+        :erlang.send({c.name, node}, message, [:noconnect])
+      end
+    end
+
+    :ok
+  end
+
+  defp received_share(message, state) do
+    case Share.decode(message) do
+      {:ok, %Share{topology: topology} = share} when topology == state.topology ->
+        accept_share(share, state)
+
+      {:ok, %Share{} = share} ->
+        Log.debug(state.topology, fn ->
+          "ignoring a share of topology #{inspect(share.topology)} from #{inspect(share.from)}"
+        end)
+
+        state
+
+      {:error, reason} ->
+        sender = Share.sender(message)
+
+        warn_once(state, {:share, sender, reason}, fn ->
+          "ignoring a share from #{inspect(sender)} that this version cannot read " <>
+            "(#{describe_share_error(reason)}); membership is unchanged"
+        end)
+    end
+  end
+
+  defp describe_share_error({:unsupported_version, v}),
+    do: "protocol version #{inspect(v)}, this node speaks #{Share.version()}"
+
+  defp describe_share_error(:malformed), do: "malformed"
+
+  defp accept_share(share, state) do
+    case Coordination.share(
+           state.coordination,
+           share.from,
+           share.fingerprint,
+           now(),
+           Node.self(),
+           share.interval
+         ) do
       :ignore ->
         state
 
@@ -368,17 +672,59 @@ defmodule Cluster.Strategy.Droplet do
 
         state = %{state | coordination: coordination}
 
-        if state.poll == nil do
-          Log.debug(state.topology, fn ->
-            "applying #{length(droplets)} droplets shared by #{inspect(from)}"
-          end)
-
-          poll = %{source: :share, stage: :candidates, ref: nil, started: System.monotonic_time()}
-          check_candidates(droplets, %{state | poll: poll})
-        else
-          state
+        cond do
+          not Share.newer?(Share.view(share), state.view) -> state
+          state.check != nil -> %{state | pending_share: share}
+          true -> check_share(share, state)
         end
     end
+  end
+
+  defp check_share(share, state) do
+    Log.debug(state.topology, fn ->
+      "applying #{length(share.droplets)} droplets shared by #{inspect(share.from)}"
+    end)
+
+    {selection, state} = select(share.droplets, state)
+    view = Share.view(share)
+
+    case probe(selection, state) do
+      :unchecked ->
+        state |> apply_view(selection, :unchecked, view) |> persist()
+
+      {:ok, ref, wait} ->
+        check = %{ref: ref, selection: selection, view: view, from: share.from}
+        arm(%{state | check: check}, :check_watchdog, wait)
+
+      {:error, reason} ->
+        check_failed(reason, %{state | check: %{view: view, from: share.from}})
+    end
+  end
+
+  defp share_probed(health, state) do
+    %{selection: selection, view: view} = state.check
+
+    %{state | check: nil}
+    |> apply_view(selection, health, view)
+    |> persist()
+    |> next_share()
+  end
+
+  # Without probe results nobody can be vouched for: keep membership as is.
+  defp check_failed(reason, state) do
+    Log.warn(
+      state.topology,
+      "health checks of a shared view failed: #{Error.format(reason)}; keeping the nodes as they are"
+    )
+
+    next_share(%{disarm(state, :check_watchdog) | check: nil})
+  end
+
+  defp next_share(%{pending_share: nil} = state), do: state
+
+  defp next_share(%{pending_share: share} = state) do
+    state = %{state | pending_share: nil}
+    if Share.newer?(Share.view(share), state.view), do: check_share(share, state), else: state
   end
 
   defp monitor_leader(%Coordination{leader: leader} = coordination, state) do
@@ -394,6 +740,8 @@ defmodule Cluster.Strategy.Droplet do
     %{coordination | leader_ref: ref}
   end
 
+  # Handled whatever is in flight: a poll in flight finishes as the
+  # leader's (it shares), and a tick is armed in any case.
   defp leader_down(state) do
     visible = MapSet.new(Node.list())
     connected = Enum.filter(state.managed, &MapSet.member?(visible, &1))
@@ -409,226 +757,299 @@ defmodule Cluster.Strategy.Droplet do
     end
   end
 
-  # Candidates, then health checks (if configured), then membership.
-  defp check_candidates(droplets, state) do
-    {candidates, state} = candidates(droplets, state)
+  ## Views: selection, health checks, the desired set
 
+  defp select(droplets, state) do
+    selection = Plan.select(droplets, state.config.node_basename, Node.self())
+
+    state =
+      Enum.reduce(selection.unusable, state, fn {name, basename, address, reason}, state ->
+        warn_once(state, {:name, name}, fn ->
+          "skipping droplet #{inspect(name)}: #{unusable_why(reason, basename, address)}"
+        end)
+      end)
+
+    {selection, state}
+  end
+
+  defp unusable_why(:invalid_basename, basename, _address) do
+    "#{inspect(basename)} cannot be the name part of a node name (only ASCII letters, digits, '_' and '-'); " <>
+      "set :node_basename"
+  end
+
+  defp unusable_why(:invalid_address, _basename, address),
+    do: "#{inspect(address)} is not an IP address"
+
+  defp probe(selection, state) do
     case state.config.health_check do
-      {:tcp, port: port, timeout: timeout} when candidates != [] ->
-        addresses = Enum.map(candidates, &elem(&1, 1))
+      {:tcp, port: port, timeout: timeout} when selection.candidates != [] ->
+        addresses = Enum.map(selection.candidates, &elem(&1, 1))
+        concurrency = 512
+        waves = div(length(addresses) - 1, concurrency) + 1
 
-        case LibclusterDroplet.start_probe(addresses, port, timeout: timeout) do
-          {:ok, ref} ->
-            %{
-              state
-              | poll: Map.merge(state.poll, %{stage: :probing, ref: ref, candidates: candidates})
-            }
-
-          {:error, reason} ->
-            probe_failed(reason, state)
+        case LibclusterDroplet.start_probe(addresses, port,
+               timeout: timeout,
+               concurrency: concurrency
+             ) do
+          {:ok, ref} -> {:ok, ref, timeout * waves + @watchdog_grace}
+          {:error, _} = error -> error
         end
 
       _ ->
-        finish(Enum.map(candidates, &elem(&1, 0)), state)
+        :unchecked
     end
   end
 
-  # {node, address} for every active droplet with an address of the chosen
-  # kind and a usable node name, except this node.
-  defp candidates(droplets, state) do
-    self = Node.self()
-
-    {candidates, warned} =
-      Enum.reduce(droplets, {[], state.warned_names}, fn
-        %{address: address, name: name}, {acc, warned}
-        when is_binary(address) and is_binary(name) ->
-          basename = state.config.node_basename || name
-
-          case NodeName.build(basename, address) do
-            {:ok, ^self} ->
-              {acc, warned}
-
-            {:ok, node} ->
-              {[{node, address} | acc], warned}
-
-            {:error, reason} ->
-              {acc, warn_unusable_name(state.topology, name, basename, address, reason, warned)}
-          end
-
-        _not_selected, acc ->
-          acc
-      end)
-
-    {candidates |> Enum.reverse() |> Enum.uniq_by(&elem(&1, 0)), %{state | warned_names: warned}}
-  end
-
-  # Once per droplet name: the same droplet would otherwise warn on every poll.
-  defp warn_unusable_name(topology, name, basename, address, reason, warned) do
-    if MapSet.member?(warned, name) do
-      warned
-    else
-      why =
-        case reason do
-          :invalid_basename ->
-            "#{inspect(basename)} cannot be the name part of a node name (only ASCII letters, digits, '_' and '-'); " <>
-              "set :node_basename"
-
-          :invalid_address ->
-            "#{inspect(address)} is not an IP address"
-        end
-
-      Log.warn(topology, "skipping droplet #{inspect(name)}: #{why}")
-      MapSet.put(warned, name)
-    end
-  end
-
-  defp healthy?(_node, {:ok, _us}, _state), do: true
-
-  defp healthy?(node, {:error, reason}, state) do
-    Log.debug(state.topology, fn ->
-      "health check of #{inspect(node)} failed: #{inspect(reason)}"
-    end)
-
-    false
-  end
-
-  # Without probe results nobody can be vouched for: keep membership as is.
-  defp probe_failed(reason, %{poll: %{source: :api}} = state), do: poll_failed(reason, nil, state)
-
-  defp probe_failed(reason, state) do
-    Log.warn(
-      state.topology,
-      "health checks failed: #{Error.format(reason)}; keeping the nodes as they are"
-    )
-
-    %{state | poll: nil}
-  end
-
-  defp finish(desired, state) do
-    desired = MapSet.new(desired)
-    apply_membership(desired, state)
-    state = %{state | managed: desired}
-
-    case state.poll do
-      %{source: :api} -> finish_api_poll(state)
-      %{source: :share} -> %{state | poll: nil}
-    end
-  end
-
-  defp apply_membership(desired, state) do
-    stale = MapSet.difference(state.managed, desired)
-
-    if MapSet.size(stale) > 0 do
-      Membership.disconnect_nodes(
-        state.topology,
-        state.disconnect,
-        state.list_nodes,
-        MapSet.to_list(stale)
-      )
-    end
-
-    Membership.connect_nodes(
-      state.topology,
-      state.connect,
-      state.list_nodes,
-      MapSet.to_list(desired)
-    )
-
-    if desired != state.managed, do: :persistent_term.put(managed_key(state), desired)
-  end
-
-  defp finish_api_poll(state) do
-    %{listing: listing, started: started} = state.poll
-
-    Telemetry.execute(
-      [:libcluster_droplet, :poll, :stop],
-      %{duration: System.monotonic_time() - started, requests: listing.requests},
-      %{
-        topology: state.topology,
-        droplets: length(listing.droplets),
-        nodes: MapSet.size(state.managed)
-      }
-    )
-
-    state = enable_coordination(state)
-    share(listing, state)
-
-    config = state.config
-    unix_now = System.system_time(:millisecond)
-    floor = Schedule.not_before(listing.rate_limit, nil, unix_now)
-
-    delay =
-      Schedule.pace(
-        config.polling_interval * state.stretch,
-        listing.rate_limit,
-        listing.requests,
-        unix_now,
-        config.max_requests_per_minute
-      )
-
-    state = %{state | poll: nil, failures: 0, polls: state.polls + 1, not_before: floor}
-    schedule(state, delay)
-  end
-
-  # The leader tells the strategy on every node it manages what it found:
-  # only names and addresses, a few dozen bytes a droplet.
-  defp share(listing, %{coordination: coordination} = state) do
-    if Coordination.leads?(coordination, now(), state.config.polling_interval) do
-      droplets =
-        for %{address: a, name: n} when is_binary(a) <- listing.droplets,
-            do: %{name: n, address: a}
-
-      message =
-        {:libcluster_droplet_share, state.topology, Node.self(), coordination.fingerprint,
-         droplets}
-
-      connected = MapSet.new(Node.list())
-
-      for node <- state.managed, MapSet.member?(connected, node) do
-        # :noconnect: a share must never set up a connection of its own.
-        :erlang.send({coordination.name, node}, message, [:noconnect])
+  defp health(selection, results) do
+    for {{node, _address}, {_, result}} <- Enum.zip(selection.candidates, results), into: %{} do
+      case result do
+        {:ok, _us} -> {node, :ok}
+        {:error, _} = error -> {node, error}
       end
+    end
+  end
+
+  defp apply_view(state, selection, health, view) do
+    if Share.newer?(view, state.view) do
+      require_listed? = require_listed?(state)
+      log_failed_probes(health, state)
+
+      {desired, strikes} =
+        Plan.decide(selection, health, state.managed, state.strikes, require_listed?)
+
+      stale = Plan.diff(state.managed, desired)
+      unlisted? = require_listed? and not selection.self_listed?
+      state = %{state | view: view, managed: desired, strikes: strikes}
+      state = note_listed(not unlisted?, selection, state)
+
+      state =
+        if unlisted?,
+          do: leave_cluster(stale, state),
+          else: start_removals(stale, state)
+
+      state
+      |> cancel_unwanted_connects()
+      |> dispatch_connects()
+    else
+      Log.debug(state.topology, fn -> "ignoring a view older than the one applied" end)
+      state
+    end
+  end
+
+  defp log_failed_probes(:unchecked, _state), do: :ok
+
+  defp log_failed_probes(health, state) do
+    for {node, {:error, reason}} <- health do
+      Log.debug(state.topology, fn ->
+        "health check of #{inspect(node)} failed: #{inspect(reason)}"
+      end)
     end
 
     :ok
   end
 
-  defp poll_failed(reason, rate_limit, state) do
-    failures = state.failures + 1
-    config = state.config
-    now = System.system_time(:millisecond)
-    rate_limited = with {:rate_limited, _} <- reason, do: reason, else: (_ -> nil)
-    floor = Schedule.not_before(rate_limit, rate_limited, now)
-    delay = Schedule.backoff(config.polling_interval, failures, config.max_backoff)
-    delay = if floor, do: max(delay, floor - now), else: delay
+  defp require_listed?(state), do: state.config.require_listed and Node.alive?()
 
-    Log.warn(
-      state.topology,
-      "DigitalOcean API poll failed (#{Error.class(reason)}): #{Error.format(reason)}; " <>
-        "keeping the #{MapSet.size(state.managed)} nodes as they are, next poll in #{delay} ms"
-    )
+  # One warning when this node finds itself missing from the selection, one
+  # info line when it is back.
+  defp note_listed(listed?, selection, state) do
+    cond do
+      listed? == state.listed? ->
+        state
 
-    Telemetry.execute(
-      [:libcluster_droplet, :poll, :error],
-      %{duration: System.monotonic_time() - state.poll.started},
-      %{topology: state.topology, reason: Error.class(reason), failures: failures}
-    )
+      listed? ->
+        if state.listed? == false,
+          do:
+            Log.info(
+              state.topology,
+              "#{inspect(Node.self())} is among the selected droplets again; joining"
+            )
 
-    state = %{
+        %{state | listed?: true}
+
+      true ->
+        expected = selection.candidates |> Enum.map(&elem(&1, 0)) |> Enum.take(5)
+
+        Log.warn(
+          state.topology,
+          "this node #{inspect(Node.self())} is not among the #{length(selection.candidates)} selected droplets, " <>
+            "so it joins no one (expected node names such as #{inspect(expected)}); check RELEASE_NODE " <>
+            "and :node_basename, or set require_listed: false for a node that is not a droplet"
+        )
+
+        %{state | listed?: false}
+    end
+  end
+
+  ## Removal
+
+  # This node is no longer selected: it leaves by itself, which removes it
+  # alone from the cluster.
+  defp leave_cluster(stale, state) do
+    visible = MapSet.new(Node.list())
+
+    if Enum.any?(stale, &MapSet.member?(visible, &1)) or
+         Enum.any?(Map.keys(state.removing), &MapSet.member?(visible, &1)) do
+      Log.info(state.topology, "leaving the cluster: this node's droplet is no longer selected")
+      Task.Supervisor.start_child(state.tasks, &Membership.leave_cluster/0)
+    end
+
+    %{state | removing: %{}} |> disarm(:removals)
+  end
+
+  defp start_removals(stale, state) do
+    state = %{state | removing: Map.drop(state.removing, MapSet.to_list(state.managed))}
+
+    if MapSet.size(stale) == 0 do
       state
-      | poll: nil,
-        failures: failures,
-        not_before: floor,
-        rate_limit: rate_limit || state.rate_limit
-    }
+    else
+      visible = MapSet.new(Node.list())
+      connected = MapSet.new(list_nodes(state))
+      now = now()
 
-    schedule(state, delay)
+      removing =
+        Enum.reduce(stale, state.removing, fn node, removing ->
+          cond do
+            MapSet.member?(visible, node) ->
+              Log.info(
+                state.topology,
+                "asking #{inspect(node)} to leave the cluster: its droplet is no longer selected"
+              )
+
+              Membership.request_leave(node)
+              Map.put(removing, node, %{since: now, asked: true})
+
+            MapSet.member?(connected, node) ->
+              Map.put(removing, node, %{since: now - @leave_grace, asked: false})
+
+            true ->
+              removing
+          end
+        end)
+
+      # Nodes that cannot be asked are disconnected right away.
+      progress_removals(%{state | removing: removing})
+    end
   end
 
-  defp schedule(state, delay) do
-    if state.timer, do: Process.cancel_timer(state.timer)
-    %{state | timer: Process.send_after(self(), :poll, max(delay, 0))}
+  defp progress_removals(%{removing: removing} = state) when map_size(removing) == 0,
+    do: disarm(state, :removals)
+
+  defp progress_removals(state) do
+    connected = MapSet.new(list_nodes(state))
+    now = now()
+
+    removing =
+      Enum.reduce(state.removing, %{}, fn {node, info}, removing ->
+        cond do
+          not MapSet.member?(connected, node) ->
+            removing
+
+          now - info.since < @leave_grace ->
+            Map.put(removing, node, info)
+
+          true ->
+            if info.asked do
+              Log.warn(
+                state.topology,
+                "#{inspect(node)} did not leave within #{@leave_grace} ms; disconnecting it from this node"
+              )
+            end
+
+            case Membership.disconnect_nodes(state.topology, state.disconnect, state.list_nodes, [
+                   node
+                 ]) do
+              :ok -> removing
+              # Kept, and retried at the next round.
+              {:error, _} -> Map.put(removing, node, %{info | asked: false})
+            end
+        end
+      end)
+
+    state = %{state | removing: removing}
+
+    if map_size(removing) == 0,
+      do: disarm(state, :removals) |> persist(),
+      else: arm(state, :removals, min_wait(removing, now)) |> persist()
   end
+
+  defp min_wait(removing, now) do
+    removing
+    |> Map.values()
+    |> Enum.map(&max(&1.since + @leave_grace - now, 0))
+    |> Enum.min()
+    |> max(100)
+  end
+
+  ## Connects, off this process
+
+  defp dispatch_connects(state) do
+    connected = MapSet.new(list_nodes(state))
+    wanted = Enum.sort(state.managed)
+    {nodes, connector} = Connector.next(state.connector, wanted, connected, now())
+
+    Enum.reduce(nodes, %{state | connector: connector}, fn node, state ->
+      %{topology: topology, connect: connect, list_nodes: list_nodes} = state
+
+      task =
+        Task.Supervisor.async_nolink(state.tasks, fn ->
+          connect_one(topology, connect, list_nodes, node)
+        end)
+
+      %{
+        state
+        | connector: Connector.started(state.connector, node, task.ref),
+          task_pids: Map.put(state.task_pids, task.ref, task.pid)
+      }
+    end)
+  end
+
+  @doc false
+  # Runs in a task: one libcluster connect_nodes/4 call per node, so its
+  # log lines and telemetry are libcluster's own.
+  def connect_one(topology, connect, list_nodes, node) do
+    case Membership.connect_nodes(topology, connect, list_nodes, [node]) do
+      :ok -> :ok
+      {:error, [{^node, reason} | _]} -> {:error, reason}
+      {:error, other} -> {:error, other}
+    end
+  end
+
+  defp connect_done(ref, outcome, state) do
+    interval = state.config.polling_interval
+    max_backoff = state.config.max_backoff
+    backoff = &Schedule.backoff(interval, &1, max_backoff)
+    outcome = if outcome == :ok, do: :ok, else: normalize_outcome(outcome)
+    {node, failure, connector} = Connector.finished(state.connector, ref, outcome, now(), backoff)
+    state = %{state | connector: connector, task_pids: Map.delete(state.task_pids, ref)}
+
+    if failure do
+      Log.debug(state.topology, fn ->
+        "connecting to #{inspect(node)} failed (#{inspect(failure.reason)}, #{failure.count} in a row); " <>
+          "next attempt in #{failure.retry_at - now()} ms"
+      end)
+    end
+
+    dispatch_connects(state)
+  end
+
+  defp normalize_outcome({:error, _} = error), do: error
+  defp normalize_outcome(other), do: {:error, other}
+
+  defp cancel_unwanted_connects(state) do
+    {refs, connector} = Connector.forget(state.connector, state.managed)
+
+    for ref <- refs do
+      Process.demonitor(ref, [:flush])
+      if pid = state.task_pids[ref], do: Process.exit(pid, :kill)
+    end
+
+    %{state | connector: connector, task_pids: Map.drop(state.task_pids, refs)}
+  end
+
+  defp list_nodes(%{list_nodes: {m, f, a}}), do: apply(m, f, a)
+
+  ## Coordination
 
   # Coordination needs distribution and this node's strategy registered
   # under the topology's name; it is set up as soon as both are possible.
@@ -664,7 +1085,8 @@ defmodule Cluster.Strategy.Droplet do
     end
   end
 
-  # Shares are only followed between strategies that would find the same nodes.
+  # Shares are only followed between strategies that would find the same
+  # nodes, and stored membership is only adopted by such a strategy.
   defp fingerprint(config) do
     :erlang.phash2(
       {config.api_url, config.tag_name, config.name, config.network, config.ipv6,
@@ -672,7 +1094,28 @@ defmodule Cluster.Strategy.Droplet do
     )
   end
 
-  defp now, do: System.monotonic_time(:millisecond)
+  ## Helpers
 
-  defp managed_key(state), do: {__MODULE__, :managed, state.topology}
+  defp warn_once(state, key, message_fun) do
+    if MapSet.member?(state.warned, key) do
+      state
+    else
+      Log.warn(state.topology, message_fun.())
+      %{state | warned: MapSet.put(state.warned, key)}
+    end
+  end
+
+  defp persist(state) do
+    ManagedStore.save(state.store_key, %ManagedStore{
+      managed: state.managed,
+      removing: state.removing,
+      failures: state.failures,
+      not_before: state.not_before,
+      next_poll_at: state.next_poll_at
+    })
+
+    state
+  end
+
+  defp now, do: System.monotonic_time(:millisecond)
 end

@@ -20,7 +20,8 @@ defmodule Cluster.Strategy.Droplet.Config do
   | `:ca_file` | `nil` | PEM file of extra CAs to trust (TLS verification cannot be disabled) |
   | `:api_timeout` | `10_000` | ms allowed per HTTP request; a whole listing gets three times that |
   | `:max_backoff` | `60_000` | ms: cap of the exponential backoff after failed polls |
-  | `:coordinate` | `true` | once connected, let one node poll for the cluster and share its results (see `LibclusterDroplet.Coordination`) |
+  | `:coordinate` | `true` | once connected, let one node poll for the cluster and share its results (see `LibclusterDroplet.Coordination`); `false`: every node polls on its own |
+  | `:require_listed` | `true` | join only when this node's own name (`basename@address`) is among the selected droplets, and leave the cluster when it no longer is; `false` for a node that is deliberately not a droplet |
   | `:max_requests_per_minute` | `125` | polls are spaced so this strategy sends at most this many API requests a minute (DigitalOcean allows 250 per token) |
 
   The token is kept inside a closure, so neither `inspect/1`, crash reports
@@ -45,7 +46,8 @@ defmodule Cluster.Strategy.Droplet.Config do
             api_timeout: 10_000,
             max_backoff: 60_000,
             max_requests_per_minute: 125,
-            coordinate: true
+            coordinate: true,
+            require_listed: true
 
   @type health_check :: {:tcp, port: 1..65_535, timeout: pos_integer()}
 
@@ -63,7 +65,8 @@ defmodule Cluster.Strategy.Droplet.Config do
           api_timeout: pos_integer(),
           max_backoff: pos_integer(),
           max_requests_per_minute: pos_integer(),
-          coordinate: boolean()
+          coordinate: boolean(),
+          require_listed: boolean()
         }
 
   @keys [
@@ -80,7 +83,8 @@ defmodule Cluster.Strategy.Droplet.Config do
     :api_timeout,
     :max_backoff,
     :max_requests_per_minute,
-    :coordinate
+    :coordinate,
+    :require_listed
   ]
 
   @doc "The option names `new!/1` accepts."
@@ -123,7 +127,9 @@ defmodule Cluster.Strategy.Droplet.Config do
       api_timeout: pos_integer!(opts, :api_timeout, defaults.api_timeout),
       max_backoff: pos_integer!(opts, :max_backoff, defaults.max_backoff),
       max_requests_per_minute:
-        pos_integer!(opts, :max_requests_per_minute, defaults.max_requests_per_minute, "")
+        pos_integer!(opts, :max_requests_per_minute, defaults.max_requests_per_minute, ""),
+      coordinate: boolean!(opts, :coordinate, defaults.coordinate),
+      require_listed: boolean!(opts, :require_listed, defaults.require_listed)
     }
 
     check_combinations!(config, Keyword.has_key?(opts, :network))

@@ -1,0 +1,150 @@
+defmodule LibclusterDroplet.Plan do
+  @probe_strikes 3
+
+  @moduledoc """
+  Pure decisions that turn a view (an API listing or a leader's share) into
+  the set of nodes this node wants connected.
+
+    1. `select/3`: each selected droplet's node name, `basename@address`;
+       whether this node is among them; droplets whose name cannot be a
+       node name.
+    2. `decide/4`: with the health checks' results, the desired set.
+       A node that is not yet managed needs one passing probe; a node
+       already managed is dropped only after #{@probe_strikes} failed probes in a row,
+       so one lost SYN or a full accept queue never costs a healthy node
+       its connections. When this node must be listed to join and is not,
+       the desired set is empty.
+    3. `diff/2`: which managed nodes are no longer wanted.
+  """
+
+  defmodule Selection do
+    @moduledoc "The node names a view selects (see `LibclusterDroplet.Plan.select/3`)."
+    defstruct candidates: [], self_listed?: false, unusable: []
+
+    @type t :: %__MODULE__{
+            candidates: [{node(), String.t()}],
+            self_listed?: boolean(),
+            unusable: [{String.t(), String.t(), String.t(), :invalid_basename | :invalid_address}]
+          }
+  end
+
+  @typedoc "A health check's verdict on one node."
+  @type health :: :ok | {:error, term()}
+
+  @typedoc "Consecutive failed probes of managed nodes."
+  @type strikes :: %{node() => pos_integer()}
+
+  @doc "How many failed probes in a row drop a node that is already managed."
+  @spec probe_strikes() :: pos_integer()
+  def probe_strikes, do: @probe_strikes
+
+  @doc """
+  The candidates of a view: `{node, address}` for every droplet with an
+  address, except this node (`self`), deduplicated by node name, in view
+  order. `droplets` are maps with `:name` and `:address` (a listing) or
+  `{name, address}` pairs (a share); droplets without an address were not
+  selected (not active, or no address of the chosen kind).
+
+      iex> alias LibclusterDroplet.Plan
+      iex> s = Plan.select([{"web-1", "10.0.0.2"}, {"web-2", "10.0.0.3"}], "app", :"app@10.0.0.2")
+      iex> {s.candidates, s.self_listed?}
+      {[{:"app@10.0.0.3", "10.0.0.3"}], true}
+  """
+  @spec select([map() | {String.t(), String.t() | nil}], String.t() | nil, node()) ::
+          Selection.t()
+  def select(droplets, basename, self) do
+    {candidates, self_listed?, unusable} =
+      Enum.reduce(droplets, {[], false, []}, fn droplet, {acc, listed?, bad} ->
+        case name_and_address(droplet) do
+          {name, address} when is_binary(name) and is_binary(address) ->
+            base = basename || name
+
+            case LibclusterDroplet.NodeName.build(base, address) do
+              {:ok, ^self} -> {acc, true, bad}
+              {:ok, node} -> {[{node, address} | acc], listed?, bad}
+              {:error, reason} -> {acc, listed?, [{name, base, address, reason} | bad]}
+            end
+
+          _not_selected ->
+            {acc, listed?, bad}
+        end
+      end)
+
+    %Selection{
+      candidates: candidates |> Enum.reverse() |> Enum.uniq_by(&elem(&1, 0)),
+      self_listed?: self_listed?,
+      unusable: Enum.reverse(unusable)
+    }
+  end
+
+  defp name_and_address(%{name: name, address: address}), do: {name, address}
+  defp name_and_address({name, address}), do: {name, address}
+  defp name_and_address(_), do: nil
+
+  @doc """
+  The desired set and the new strike counts.
+
+  `health` is `:unchecked` (no health check configured: every candidate is
+  wanted) or a map from node to its probe's verdict. `managed` is the set
+  this node manages now. With `require_listed?` and `self_listed?` false
+  the desired set is empty: a node joins only a cluster whose selection
+  includes it.
+
+      iex> alias LibclusterDroplet.Plan
+      iex> s = %Plan.Selection{candidates: [{:"a@h", "10.0.0.2"}, {:"b@h", "10.0.0.3"}], self_listed?: true}
+      iex> health = %{:"a@h" => {:error, :timeout}, :"b@h" => {:error, :timeout}}
+      iex> {desired, strikes} = Plan.decide(s, health, MapSet.new([:"a@h"]), %{}, true)
+      iex> {MapSet.to_list(desired), strikes}
+      {[:"a@h"], %{:"a@h" => 1}}
+  """
+  @spec decide(
+          Selection.t(),
+          :unchecked | %{node() => health()},
+          MapSet.t(node()),
+          strikes(),
+          boolean()
+        ) :: {MapSet.t(node()), strikes()}
+  def decide(
+        %Selection{self_listed?: false},
+        _health,
+        _managed,
+        _strikes,
+        true = _require_listed?
+      ),
+      do: {MapSet.new(), %{}}
+
+  def decide(
+        %Selection{candidates: candidates},
+        :unchecked,
+        _managed,
+        _strikes,
+        _require_listed?
+      ),
+      do: {MapSet.new(candidates, &elem(&1, 0)), %{}}
+
+  def decide(%Selection{candidates: candidates}, health, managed, strikes, _require_listed?)
+      when is_map(health) do
+    Enum.reduce(candidates, {MapSet.new(), %{}}, fn {node, _address}, {desired, new_strikes} ->
+      case Map.get(health, node, {:error, :not_checked}) do
+        :ok ->
+          {MapSet.put(desired, node), new_strikes}
+
+        {:error, _} ->
+          count = Map.get(strikes, node, 0) + 1
+
+          if MapSet.member?(managed, node) and count < @probe_strikes,
+            do: {MapSet.put(desired, node), Map.put(new_strikes, node, count)},
+            else: {desired, new_strikes}
+      end
+    end)
+  end
+
+  @doc """
+  The managed nodes that are no longer desired.
+
+      iex> LibclusterDroplet.Plan.diff(MapSet.new([:a, :b]), MapSet.new([:b, :c])) |> MapSet.to_list()
+      [:a]
+  """
+  @spec diff(MapSet.t(node()), MapSet.t(node())) :: MapSet.t(node())
+  def diff(managed, desired), do: MapSet.difference(managed, desired)
+end

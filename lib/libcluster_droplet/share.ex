@@ -1,0 +1,147 @@
+defmodule LibclusterDroplet.Share do
+  @moduledoc """
+  The message a polling node sends to the strategy on every other node:
+  what its last listing selected, so that the others need not poll.
+
+  A share is versioned. On the wire it is
+
+      {:libcluster_droplet_share, 2, topology, %{from: node, fingerprint: integer,
+        interval: ms, seq: integer, listed_at: unix_ms, droplets: [{name, address}]}}
+
+  `listed_at` is the leader's clock when the listing started and `seq` its
+  count of polls; together they order views (see `newer?/2`), so a share
+  that arrives late never undoes a fresher view. `interval` is the leader's
+  `polling_interval`: followers judge its silence by it, not by their own.
+
+  `decode/1` accepts only what this version can read. Anything else tagged
+  `:libcluster_droplet_share` (another release during a rolling upgrade, a
+  corrupted term) is `{:error, reason}`: the strategy logs it once per
+  sender and ignores it, and membership never changes because of it.
+  """
+
+  @version 2
+  @tag :libcluster_droplet_share
+
+  @enforce_keys [:topology, :from, :fingerprint, :interval, :seq, :listed_at, :droplets]
+  defstruct @enforce_keys
+
+  @typedoc "A selected droplet as shared: its name and chosen address."
+  @type droplet :: {name :: String.t(), address :: String.t()}
+
+  @type t :: %__MODULE__{
+          topology: atom(),
+          from: node(),
+          fingerprint: non_neg_integer(),
+          interval: pos_integer(),
+          seq: non_neg_integer(),
+          listed_at: integer(),
+          droplets: [droplet()]
+        }
+
+  @typedoc "Why a share could not be read."
+  @type error :: {:unsupported_version, term()} | :malformed
+
+  @doc "The protocol version this release speaks."
+  @spec version() :: pos_integer()
+  def version, do: @version
+
+  @doc "Whether `message` claims to be a share (of any version)."
+  @spec share?(term()) :: boolean()
+  def share?(message),
+    do: is_tuple(message) and tuple_size(message) >= 1 and elem(message, 0) == @tag
+
+  @doc """
+  The order of views: `{listed_at, seq}`. `nil` (no view yet) is older than
+  any view.
+
+      iex> LibclusterDroplet.Share.newer?({2_000, 1}, {1_000, 9})
+      true
+      iex> LibclusterDroplet.Share.newer?({1_000, 9}, {1_000, 9})
+      false
+  """
+  @spec newer?({integer(), non_neg_integer()}, {integer(), non_neg_integer()} | nil) ::
+          boolean()
+  def newer?(_view, nil), do: true
+  def newer?(view, than), do: view > than
+
+  @doc "The view key of a share."
+  @spec view(t()) :: {integer(), non_neg_integer()}
+  def view(%__MODULE__{listed_at: listed_at, seq: seq}), do: {listed_at, seq}
+
+  @doc "The wire form of a share."
+  @spec encode(t()) :: tuple()
+  def encode(%__MODULE__{} = share) do
+    {@tag, @version, share.topology,
+     %{
+       from: share.from,
+       fingerprint: share.fingerprint,
+       interval: share.interval,
+       seq: share.seq,
+       listed_at: share.listed_at,
+       droplets: share.droplets
+     }}
+  end
+
+  @doc """
+  Reads a share, or tells why it cannot.
+
+      iex> share = %LibclusterDroplet.Share{topology: :t, from: :"a@h", fingerprint: 1,
+      ...>   interval: 5_000, seq: 3, listed_at: 1_700_000_000_000, droplets: [{"a", "10.0.0.2"}]}
+      iex> LibclusterDroplet.Share.decode(LibclusterDroplet.Share.encode(share)) == {:ok, share}
+      true
+      iex> LibclusterDroplet.Share.decode({:libcluster_droplet_share, :t, :"a@h", 1, []})
+      {:error, {:unsupported_version, :t}}
+  """
+  @spec decode(term()) :: {:ok, t()} | {:error, error()}
+  def decode(
+        {@tag, @version, topology,
+         %{
+           from: from,
+           fingerprint: fingerprint,
+           interval: interval,
+           seq: seq,
+           listed_at: listed_at,
+           droplets: droplets
+         }}
+      )
+      when is_atom(topology) and is_atom(from) and is_integer(fingerprint) and
+             is_integer(interval) and interval > 0 and is_integer(seq) and seq >= 0 and
+             is_integer(listed_at) and is_list(droplets) do
+    if Enum.all?(droplets, &droplet?/1) do
+      {:ok,
+       %__MODULE__{
+         topology: topology,
+         from: from,
+         fingerprint: fingerprint,
+         interval: interval,
+         seq: seq,
+         listed_at: listed_at,
+         droplets: droplets
+       }}
+    else
+      {:error, :malformed}
+    end
+  end
+
+  def decode({@tag, @version, _topology, _payload}), do: {:error, :malformed}
+  def decode({@tag, version, _topology, _payload}), do: {:error, {:unsupported_version, version}}
+
+  def decode(message) when tuple_size(message) >= 2,
+    do: {:error, {:unsupported_version, elem(message, 1)}}
+
+  def decode(_message), do: {:error, :malformed}
+
+  @doc "The sender named in a share of any version, when it can be found."
+  @spec sender(term()) :: node() | nil
+  def sender({@tag, _version, _topology, %{from: from}}) when is_atom(from), do: from
+  def sender({@tag, _topology, from, _fingerprint, _droplets}) when is_atom(from), do: from
+  def sender(_message), do: nil
+
+  @doc "The topology a share of this version is addressed to, or `nil`."
+  @spec topology(term()) :: atom() | nil
+  def topology({@tag, @version, topology, _payload}) when is_atom(topology), do: topology
+  def topology(_message), do: nil
+
+  defp droplet?({name, address}) when is_binary(name) and is_binary(address), do: true
+  defp droplet?(_), do: false
+end

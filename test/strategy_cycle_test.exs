@@ -1,0 +1,463 @@
+defmodule Cluster.Strategy.DropletCycleTest do
+  @moduledoc false
+  # The strategy's cycle: timers that cannot be lost, watchdogs, shares
+  # (versions, order, topology), stored state across restarts, options that
+  # must take effect, and connects that run off the strategy process.
+  use ExUnit.Case, async: true
+
+  import ExUnit.CaptureLog
+  alias LibclusterDroplet.{Coordination, FakeAPI, ManagedStore, Share, SpyMembership, TestCluster}
+  alias LibclusterDroplet.TestCluster.Remote
+
+  @moduletag timeout: 120_000
+
+  @token "dop_v1_cycle_test_token_0123456789abcdef"
+  @interval 100
+
+  defp droplets(n) do
+    for i <- 1..n do
+      FakeAPI.droplet(id: i, name: "node-#{i}", private_ip: "127.0.3.#{i + 1}")
+    end
+  end
+
+  defp nodes(n), do: for(i <- 1..n, do: :"node-#{i}@127.0.3.#{i + 1}")
+
+  defp config(api, extra \\ []) do
+    Keyword.merge(
+      [
+        token: @token,
+        api_url: FakeAPI.url(api),
+        polling_interval: @interval,
+        max_backoff: 400,
+        api_timeout: 1_000,
+        max_requests_per_minute: 60_000
+      ],
+      extra
+    )
+  end
+
+  # A strategy in this (non-distributed) VM with spy membership.
+  defp start_local(api, extra \\ [], opts \\ []) do
+    topology =
+      Keyword.get_lazy(opts, :topology, fn -> :"cycle_#{System.unique_integer([:positive])}" end)
+
+    spy = Keyword.get_lazy(opts, :spy, &SpyMembership.start/0)
+    mfas = Keyword.get(opts, :mfas, SpyMembership.mfas(spy))
+
+    pid =
+      start_supervised!(
+        {Cluster.Strategy.Droplet, [topology: topology, config: config(api, extra)] ++ mfas},
+        id: topology,
+        restart: :permanent
+      )
+
+    %{topology: topology, spy: spy, pid: pid}
+  end
+
+  defp state(pid), do: :sys.get_state(pid)
+
+  describe "timers" do
+    test "a tick is armed at every moment, whatever is in flight" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(2))
+      FakeAPI.inject(api, {:slow, 300}, times: :infinity)
+      ctx = start_local(api, health_check: {:tcp, port: 1, timeout: 50})
+
+      samples =
+        for _ <- 1..40 do
+          Process.sleep(20)
+          state = state(ctx.pid)
+          {Map.has_key?(state.timers, :tick), state.poll && state.poll.stage}
+        end
+
+      assert Enum.all?(samples, &elem(&1, 0)), inspect(samples)
+      # Sampled while listings were in flight, not only between them.
+      assert Enum.any?(samples, &(elem(&1, 1) == :listing))
+    end
+
+    test "a lost NIF reply is caught by the watchdog, for listings and for probes" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(2))
+      # A black hole: the probe takes its whole timeout.
+      [hole] = TestCluster.allocate_addresses(1)
+      sockets = TestCluster.black_hole(hole, 4_000)
+      on_exit(fn -> Enum.each(sockets, &:gen_tcp.close/1) end)
+      FakeAPI.put_droplets(api, [FakeAPI.droplet(id: 9, name: "hole", private_ip: hole)])
+
+      ctx = start_local(api, health_check: {:tcp, port: 4_000, timeout: 1_000})
+
+      capture_log(fn ->
+        # The probe's reply will carry a ref the strategy no longer waits for.
+        TestCluster.await(fn -> match?(%{poll: %{stage: :probing}}, state(ctx.pid)) end, 10_000)
+
+        :sys.replace_state(ctx.pid, fn state -> put_in(state.poll.ref, make_ref()) end)
+        TestCluster.await(fn -> state(ctx.pid).failures >= 1 end, 20_000)
+      end)
+      |> then(&assert(&1 =~ "poll failed (timeout)"))
+
+      assert Process.alive?(ctx.pid)
+      assert Map.has_key?(state(ctx.pid).timers, :tick)
+    end
+  end
+
+  describe "options that must take effect" do
+    test "stretch: while the budget is low and falling the interval doubles, and it halves back" do
+      {:ok, api} =
+        FakeAPI.start_link(
+          token: @token,
+          droplets: droplets(2),
+          rate_limit: [per_hour: 60, hour_ms: 20_000]
+        )
+
+      ctx = start_local(api)
+      # Below a quarter (15) remaining, each poll lowers it: 2, 4...
+      TestCluster.await(fn -> state(ctx.pid).stretch >= 4 end, 30_000)
+      stretched = state(ctx.pid).stretch
+
+      # The budget is back: the next response halves the factor, and with
+      # plenty remaining nothing else slows polling, so the gap after that
+      # response is the stretched interval itself.
+      :ok = FakeAPI.set_rate_limit(api, per_hour: 60, hour_ms: 20_000)
+      FakeAPI.reset_requests(api)
+      TestCluster.await(fn -> FakeAPI.request_count(api) >= 2 end, 30_000)
+      [first, second | _] = FakeAPI.requests(api)
+      assert String.to_integer(first.headers["ratelimit-remaining"]) * 4 >= 60
+      assert second.at_ms - first.at_ms >= div(stretched, 2) * @interval
+    end
+
+    test "coordinate: false: every node polls on its own" do
+      {:ok, api} = FakeAPI.start_link(token: @token)
+      prefix = "nc#{System.unique_integer([:positive])}"
+
+      nodes =
+        for i <- 1..3 do
+          [address] = TestCluster.allocate_addresses(1)
+          name = "#{prefix}-#{i}"
+          FakeAPI.add_droplet(api, FakeAPI.droplet(id: i, name: name, private_ip: address))
+          node = TestCluster.start_node(name, address)
+          on_exit(fn -> TestCluster.stop(node) end)
+          node
+        end
+
+      started =
+        for n <- nodes,
+            do:
+              {n,
+               TestCluster.start_strategy(
+                 n,
+                 :droplets,
+                 config(api, coordinate: false, polling_interval: 200)
+               )}
+
+      TestCluster.await(fn -> TestCluster.full_mesh?(nodes) end, 15_000)
+
+      polls = fn ->
+        for {n, sup} <- started do
+          pid = TestCluster.call(n, Remote, :strategy_pid, [sup])
+          TestCluster.call(n, :sys, :get_state, [pid])
+        end
+      end
+
+      before = polls.()
+      assert Enum.all?(before, &(&1.coordination.enabled? == false))
+      # Every node keeps polling the API itself: a follower would not.
+      TestCluster.await(fn ->
+        Enum.zip(before, polls.()) |> Enum.all?(fn {a, b} -> b.polls >= a.polls + 3 end)
+      end)
+
+      assert Enum.all?(polls.(), &(&1.coordination.leader == nil))
+    end
+  end
+
+  describe "stored state" do
+    test "is erased on shutdown and kept across a kill" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(2))
+      spy = SpyMembership.start()
+      topology = :"store_#{System.unique_integer([:positive])}"
+
+      child =
+        {Cluster.Strategy.Droplet,
+         [topology: topology, config: config(api)] ++ SpyMembership.mfas(spy)}
+
+      {:ok, sup} = Supervisor.start_link([child], strategy: :one_for_one)
+      pid = Remote.strategy_pid(sup)
+      TestCluster.await(fn -> SpyMembership.connected(spy) == nodes(2) end)
+      key = state(pid).store_key
+      assert %ManagedStore{managed: managed} = :persistent_term.get(key)
+      assert Enum.sort(managed) == nodes(2)
+
+      # Killed: the next incarnation adopts it.
+      capture_log(fn ->
+        Process.exit(pid, :kill)
+        TestCluster.await(fn -> Remote.strategy_pid(sup) not in [nil, pid] end)
+      end)
+
+      assert %ManagedStore{managed: ^managed} = :persistent_term.get(key)
+      assert state(Remote.strategy_pid(sup)).managed == managed
+
+      # Shut down normally: erased.
+      :ok = Supervisor.stop(sup)
+      assert :persistent_term.get(key, nil) == nil
+    end
+
+    test "another configuration under the same topology starts afresh" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(2))
+      topology = :"reconf_#{System.unique_integer([:positive])}"
+      ctx = start_local(api, [], topology: topology)
+      TestCluster.await(fn -> SpyMembership.connected(ctx.spy) == nodes(2) end)
+      old_key = state(ctx.pid).store_key
+      Process.exit(ctx.pid, :kill)
+      stop_supervised(topology)
+
+      # The old entry survived the kill; a strategy with another tag must not adopt it.
+      :persistent_term.put(old_key, %ManagedStore{managed: MapSet.new(nodes(2))})
+      FakeAPI.inject(api, {:status, 503}, times: :infinity)
+      ctx = start_local(api, [tag_name: "other"], topology: topology)
+      assert MapSet.size(state(ctx.pid).managed) == 0
+      assert :persistent_term.get(old_key, nil) == nil
+    end
+
+    test "retry-after and backoff are kept across a restart" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(2))
+      spy = SpyMembership.start()
+      topology = :"retry_#{System.unique_integer([:positive])}"
+
+      child =
+        {Cluster.Strategy.Droplet,
+         [topology: topology, config: config(api)] ++ SpyMembership.mfas(spy)}
+
+      {:ok, sup} = Supervisor.start_link([child], strategy: :one_for_one)
+      on_exit(fn -> Process.exit(sup, :shutdown) end)
+      TestCluster.await(fn -> SpyMembership.connected(spy) == nodes(2) end)
+
+      capture_log(fn ->
+        # The fake API's 429 says retry-after: 1.
+        FakeAPI.inject(api, {:status, 429})
+        pid = Remote.strategy_pid(sup)
+        TestCluster.await(fn -> state(pid).failures >= 1 end, 10_000)
+        Process.exit(pid, :kill)
+
+        TestCluster.await(
+          fn -> Enum.count(FakeAPI.requests(api), &(&1.status == 200)) >= 3 end,
+          10_000
+        )
+      end)
+
+      requests = FakeAPI.requests(api)
+      [limited] = Enum.filter(requests, &(&1.status == 429))
+      after_429 = Enum.filter(requests, &(&1.at_ms > limited.at_ms))
+      assert after_429 != []
+      # The restarted strategy waited it out too (send_after never fires early).
+      assert Enum.all?(after_429, &(&1.unix_ms - limited.unix_ms >= 1_000)),
+             inspect(Enum.map(after_429, &(&1.unix_ms - limited.unix_ms)))
+    end
+  end
+
+  describe "membership" do
+    test "a failed disconnect is kept and retried until it succeeds" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(3))
+      spy = SpyMembership.start()
+      {:ok, refusals} = Agent.start(fn -> 2 end)
+
+      mfas =
+        Keyword.put(
+          SpyMembership.mfas(spy),
+          :disconnect,
+          {__MODULE__, :flaky_disconnect, [spy, refusals]}
+        )
+
+      ctx = start_local(api, [], spy: spy, mfas: mfas)
+      TestCluster.await(fn -> SpyMembership.connected(spy) == nodes(3) end)
+
+      capture_log(fn ->
+        FakeAPI.remove_droplet(api, 3)
+        TestCluster.await(fn -> SpyMembership.connected(spy) == nodes(2) end, 20_000)
+      end)
+
+      assert Agent.get(refusals, & &1) == 0
+
+      assert Enum.count(SpyMembership.events(spy), &(&1 == {:disconnect, List.last(nodes(3))})) ==
+               1
+
+      assert state(ctx.pid).removing == %{}
+    end
+
+    test "an unreachable node is retried on its own backoff, not on every poll" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(2))
+      spy = SpyMembership.start()
+      {:ok, attempts} = Agent.start(fn -> [] end)
+
+      mfas =
+        Keyword.put(
+          SpyMembership.mfas(spy),
+          :connect,
+          {__MODULE__, :refuse_node_2, [spy, attempts]}
+        )
+
+      capture_log(fn ->
+        ctx = start_local(api, [max_backoff: 60_000], spy: spy, mfas: mfas)
+        TestCluster.await(fn -> state(ctx.pid).polls >= 20 end, 30_000)
+        polls = state(ctx.pid).polls
+        tries = Agent.get(attempts, &Enum.count(&1, fn n -> n == :"node-2@127.0.3.3" end))
+        # Backoff doubles from the interval: a handful of tries in 20 polls.
+        assert tries <= div(polls, 3), "#{tries} connects in #{polls} polls"
+        assert SpyMembership.connected(spy) == [:"node-1@127.0.3.2"]
+      end)
+    end
+  end
+
+  @doc false
+  def flaky_disconnect(spy, refusals, node) do
+    if Agent.get_and_update(refusals, &{&1, max(&1 - 1, 0)}) > 0,
+      do: {:error, :busy},
+      else: SpyMembership.disconnect(spy, node)
+  end
+
+  @doc false
+  def refuse_node_2(spy, attempts, node) do
+    Agent.update(attempts, &[node | &1])
+    if node == :"node-2@127.0.3.3", do: false, else: SpyMembership.connect(spy, node)
+  end
+
+  describe "shares" do
+    setup do
+      {:ok, api} = FakeAPI.start_link(token: @token)
+      [address, x, y] = TestCluster.allocate_addresses(3)
+      name = "sh#{System.unique_integer([:positive])}"
+      FakeAPI.add_droplet(api, FakeAPI.droplet(id: 1, name: name, private_ip: address))
+      node = TestCluster.start_node(name, address, log_level: :warning)
+      on_exit(fn -> TestCluster.stop(node) end)
+      spy = TestCluster.call(node, SpyMembership, :start, [])
+      TestCluster.call(node, Remote, :capture_warnings, [])
+      # Polls rarely: the shares below decide membership.
+      sup =
+        TestCluster.start_strategy(
+          node,
+          :t,
+          config(api, polling_interval: 60_000),
+          SpyMembership.mfas(spy)
+        )
+
+      pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
+      get = fn -> TestCluster.call(node, :sys, :get_state, [pid]) end
+      TestCluster.await(fn -> get.().polls >= 1 end)
+
+      share = fn fields ->
+        state = get.()
+
+        %Share{
+          topology: :t,
+          from: :"0-leader@127.0.0.1",
+          fingerprint: state.coordination.fingerprint,
+          interval: 60_000,
+          seq: 1,
+          listed_at: System.system_time(:millisecond),
+          droplets: [{name, address}]
+        }
+        |> struct(fields)
+      end
+
+      send_share = fn message ->
+        TestCluster.call(node, :erlang, :send, [Coordination.registered_name(:t), message])
+      end
+
+      {:ok,
+       node: node,
+       spy: spy,
+       get: get,
+       share: share,
+       send_share: send_share,
+       self_droplet: {name, address},
+       x: {"x", x},
+       y: {"y", y}}
+    end
+
+    defp managed(ctx), do: ctx.get.().managed |> Enum.map(&to_string/1) |> Enum.sort()
+
+    test "a newer share is applied; an older one never undoes it", ctx do
+      later = System.system_time(:millisecond) + 600_000
+      {_, x} = ctx.x
+      {_, y} = ctx.y
+
+      ctx.send_share.(
+        Share.encode(ctx.share.(listed_at: later, droplets: [ctx.self_droplet, ctx.x]))
+      )
+
+      TestCluster.await(fn -> managed(ctx) == ["x@#{x}"] end)
+
+      ctx.send_share.(
+        Share.encode(
+          ctx.share.(listed_at: later - 1, seq: 9, droplets: [ctx.self_droplet, ctx.y])
+        )
+      )
+
+      # A later share from the same sender is applied after it, so once it is in, the older one was judged.
+      ctx.send_share.(
+        Share.encode(
+          ctx.share.(listed_at: later, seq: 2, droplets: [ctx.self_droplet, ctx.x, ctx.y])
+        )
+      )
+
+      TestCluster.await(fn -> managed(ctx) == ["x@#{x}", "y@#{y}"] end)
+
+      ctx.send_share.(
+        Share.encode(ctx.share.(listed_at: later, seq: 1, droplets: [ctx.self_droplet]))
+      )
+
+      ctx.send_share.(
+        Share.encode(ctx.share.(listed_at: later + 1, droplets: [ctx.self_droplet, ctx.y]))
+      )
+
+      TestCluster.await(fn -> managed(ctx) == ["y@#{y}"] end)
+    end
+
+    test "a share this version cannot read is logged once and ignored; membership never shrinks",
+         ctx do
+      later = System.system_time(:millisecond) + 600_000
+      {_, x} = ctx.x
+
+      ctx.send_share.(
+        Share.encode(ctx.share.(listed_at: later, droplets: [ctx.self_droplet, ctx.x]))
+      )
+
+      TestCluster.await(fn -> managed(ctx) == ["x@#{x}"] end)
+
+      unreadable = [
+        # The unversioned form of earlier releases.
+        {:libcluster_droplet_share, :t, :"0-leader@127.0.0.1", 1, []},
+        # A newer protocol.
+        {:libcluster_droplet_share, 3, :t, %{from: :"0-leader@127.0.0.1", droplets: []}},
+        # Version 2, but not its shape.
+        {:libcluster_droplet_share, 2, :t, %{from: :"0-leader@127.0.0.1", droplets: [:x]}}
+      ]
+
+      for _ <- 1..2, message <- unreadable, do: ctx.send_share.(message)
+      # A share of another topology, otherwise valid and newer, is ignored too.
+      ctx.send_share.(
+        Share.encode(
+          ctx.share.(topology: :other, listed_at: later + 5, droplets: [ctx.self_droplet])
+        )
+      )
+
+      # Ordered after all of the above: once it is in, they were all handled.
+      ctx.send_share.(
+        Share.encode(ctx.share.(listed_at: later + 1, droplets: [ctx.self_droplet, ctx.x]))
+      )
+
+      TestCluster.await(fn -> ctx.get.().view == {later + 1, 1} end)
+
+      assert managed(ctx) == ["x@#{x}"]
+
+      refute Enum.any?(
+               TestCluster.call(ctx.node, SpyMembership, :events, [ctx.spy]),
+               &match?({:disconnect, _}, &1)
+             )
+
+      warnings =
+        Enum.filter(TestCluster.call(ctx.node, Remote, :warnings, []), &(&1 =~ "cannot read"))
+
+      assert length(warnings) == 3, inspect(warnings)
+      assert Enum.any?(warnings, &(&1 =~ "protocol version :t, this node speaks 2"))
+      assert Enum.any?(warnings, &(&1 =~ "protocol version 3"))
+      assert Enum.any?(warnings, &(&1 =~ "(malformed)"))
+    end
+  end
+end
