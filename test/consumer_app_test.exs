@@ -1,0 +1,425 @@
+defmodule LibclusterDroplet.ConsumerAppTest do
+  @moduledoc false
+  # The strategy as a real user's application runs it: a throwaway Mix app
+  # (see LibclusterDroplet.ConsumerApp) with the real libcluster 3.5.0,
+  # jason and telemetry as path dependencies beside this project, whose
+  # config/runtime.exs is the README's "## Configuration" block (plus
+  # test-only keys deep-merged on top), and whose application starts
+  # libcluster's Cluster.Supervisor. Every node is its own OS process with
+  # OTP's defaults (connect_all, global's prevent_overlapping_partitions),
+  # records every nodedown from its boot, and is never connected to this VM.
+  use ExUnit.Case, async: false
+
+  alias LibclusterDroplet.{ConsumerApp, FakeAPI, TestCluster}
+  alias LibclusterDroplet.ConsumerApp.NodeAgent
+
+  @root Path.expand("..", __DIR__)
+  @vendor ConsumerApp.vendor_dir(@root)
+  @token "dop_v1_consumer_app_test_token"
+  @interval 300
+  # OTP's default net_setuptime: how long connecting to a black hole blocks.
+  @setup_time 7_000
+  @black_holes 3
+
+  @moduletag :consumer_app
+  @moduletag timeout: 600_000
+
+  unless File.dir?(@vendor) do
+    @skip_reason "#{@vendor} is absent: the vendored libcluster 3.5.0, jason and telemetry " <>
+                   "are needed to build the consumer application"
+    IO.puts(:stderr, "#{inspect(__MODULE__)} skipped: #{@skip_reason}")
+    @moduletag skip: @skip_reason
+  end
+
+  setup_all do
+    if File.dir?(@vendor) do
+      app = ConsumerApp.build!(root: @root, vendor: @vendor, polling_interval: @interval)
+      on_exit(fn -> ConsumerApp.cleanup(app) end)
+      note("consumer app compiled in #{app.compile_ms} ms")
+      %{app: app}
+    else
+      :ok
+    end
+  end
+
+  setup do
+    api = start_supervised!({FakeAPI, token: @token})
+    %{api: api, url: FakeAPI.url(api)}
+  end
+
+  test "mesh: three nodes running the consumer app form a full mesh", ctx do
+    {nodes, ms} = start_cluster(ctx, 3)
+    note("mesh of 3 formed #{ms} ms after the first node was started")
+
+    # The README's example, verbatim, is what the nodes run on.
+    assert File.read!(ctx.app.runtime_exs) =~ ctx.app.readme_block
+
+    for node <- nodes do
+      facts = TestCluster.call(node, NodeAgent, :runtime_facts, [])
+      # The real libcluster drives the strategy, from the consumer's build.
+      assert facts.libcluster_vsn == ~c"3.5.0"
+      assert List.to_string(facts.cluster_supervisor) =~ ctx.app.dir
+      assert List.to_string(facts.strategy) =~ ctx.app.dir
+      # OTP's defaults: nothing overrides connect_all or prevent_overlapping_partitions.
+      assert facts.connect_all == true
+      assert facts.connect_all_flag == :error
+      assert facts.prevent_overlapping_partitions == true
+      assert facts.hidden == []
+
+      assert [{ctx.app.topology, true, :worker, [Cluster.Strategy.Droplet]}] ==
+               TestCluster.call(node, NodeAgent, :strategies, [])
+    end
+
+    assert_exact_mesh(nodes)
+    assert_no_nodedowns_among(nodes)
+  end
+
+  test "join: a fourth droplet's node joins the mesh", ctx do
+    {nodes, _} = start_cluster(ctx, 3)
+    [address] = TestCluster.allocate_addresses(1)
+
+    started = now()
+    {_, new} = start_droplet_node(ctx, address)
+    all = nodes ++ [new]
+    TestCluster.await(fn -> TestCluster.full_mesh?(all) end, 15_000)
+    note("4th node joined #{now() - started} ms after its droplet was listed")
+
+    assert_exact_mesh(all)
+    assert_no_nodedowns_among(all)
+  end
+
+  test "removal: a running node whose droplet goes away leaves every node, with zero collateral",
+       ctx do
+    {nodes, _} = start_cluster(ctx, 3, ids: true)
+    # The lowest-named node polls for the cluster; remove a follower, which
+    # stays up with its strategy running, as a droplet being retired does.
+    {removed_id, removed} = Enum.max_by(nodes, fn {_id, node} -> node.node end)
+    healthy = for {_id, node} <- nodes, node != removed, do: node
+    nodes = Enum.map(nodes, &elem(&1, 1))
+
+    removed_at = System.os_time(:millisecond)
+    :ok = FakeAPI.remove_droplet(ctx.api, removed_id)
+
+    gone = await_result(fn -> detached?(removed, healthy) end, 10_000)
+
+    # Stays gone over several more polls (the removed node's strategy and
+    # the poller's both keep polling).
+    seen = FakeAPI.request_count(ctx.api)
+    TestCluster.await(fn -> FakeAPI.request_count(ctx.api) >= seen + 6 end, 15_000)
+    final = connections(nodes)
+    detached = detached?(removed, healthy)
+    downs = healthy_nodedowns(healthy, removed_at)
+
+    note(
+      "removal of #{removed.node}: detached #{inspect(gone)}, still detached #{detached}; " <>
+        "connections #{inspect(final)}; all nodedowns (os ms): " <>
+        inspect(Map.new(nodes, &{&1.node, ConsumerApp.nodedowns(&1)}))
+    )
+
+    # Every broken expectation at once: which ones fail tells what is wrong.
+    problems =
+      [
+        downs != [] &&
+          "healthy nodes saw nodedowns of other healthy nodes after #{removed.node} was " <>
+            "removed ({observer, down, reason, ms after removal}): #{inspect(downs)}",
+        !match?({:ok, _}, gone) &&
+          "#{removed.node} was not disconnected from every healthy node within 10 s",
+        match?({:ok, _}, gone) and !detached &&
+          "#{removed.node} was disconnected from every healthy node " <>
+            "(#{elem(gone, 1)} ms after removal), then connected again"
+      ]
+      |> Enum.filter(& &1)
+
+    assert problems == [],
+           Enum.join(problems, ";\n") <>
+             ";\nconnections at the end: #{inspect(final, pretty: true)}"
+
+    assert_exact_mesh(healthy)
+
+    # It was asked to leave, not stopped: its strategy still runs.
+    assert [{_, true, :worker, [Cluster.Strategy.Droplet]}] =
+             TestCluster.call(removed, NodeAgent, :strategies, [])
+  end
+
+  test "HTTP 500s for several polls: the mesh stays, nobody sees a nodedown", ctx do
+    {nodes, _} = start_cluster(ctx, 3)
+    failures = 6
+    seen = length(FakeAPI.requests(ctx.api))
+    started = now()
+    :ok = FakeAPI.inject(ctx.api, {:status, 500}, times: failures)
+
+    # Every check while the API fails: the full mesh.
+    breaks =
+      sample_until(
+        fn ->
+          requests = ctx.api |> FakeAPI.requests() |> Enum.drop(seen)
+          {served, after_last} = Enum.split(requests, last_index(requests, 500) + 1)
+
+          Enum.count(served, &(&1.status == 500)) == failures and
+            Enum.any?(after_last, &(&1.status == 200))
+        end,
+        fn -> if TestCluster.full_mesh?(nodes), do: [], else: [connections(nodes)] end,
+        30_000
+      )
+
+    note("#{failures} HTTP 500s served and a poll succeeded again after #{now() - started} ms")
+    assert breaks == [], "the mesh broke during the outage: #{inspect(breaks, pretty: true)}"
+    assert_exact_mesh(nodes)
+    assert_no_nodedowns_among(nodes)
+  end
+
+  test "unreachable droplets listed beside healthy ones: a new node still joins, nothing stalls",
+       ctx do
+    # Black holes get the lowest node names, so a strategy connecting one
+    # node after another in name order meets them before any healthy node.
+    addresses =
+      (@black_holes + 4)
+      |> TestCluster.allocate_addresses()
+      |> Enum.sort_by(&node_name(ctx.app, &1))
+
+    {holes, [a, b, c, new_address]} = Enum.split(addresses, @black_holes)
+    {nodes, _} = start_cluster(ctx, [a, b, c])
+
+    # Distribution connects to them hang (SYNs dropped) while their
+    # health-check port answers, so every strategy wants them.
+    hc_port = ctx.app.health_check_port || 4000
+
+    for address <- holes do
+      ConsumerApp.black_hole!(address, TestCluster.dist_port())
+      ConsumerApp.open_port!(address, hc_port)
+    end
+
+    listed = length(FakeAPI.requests(ctx.api))
+
+    for address <- holes do
+      droplet = ConsumerApp.droplet(ctx.app, System.unique_integer([:positive]), address)
+      :ok = FakeAPI.add_droplet(ctx.api, droplet)
+    end
+
+    # The strategies have listed the black holes at least twice.
+    TestCluster.await(
+      fn ->
+        ctx.api
+        |> FakeAPI.requests()
+        |> Enum.drop(listed)
+        |> Enum.count(&(&1.status == 200)) >= 2
+      end,
+      15_000
+    )
+
+    stalls = strategy_stalls(nodes)
+
+    started = now()
+    {_, new} = start_droplet_node(ctx, new_address)
+    all = nodes ++ [new]
+    # Well before connecting to the black holes one after another would end.
+    join_timeout = div(@setup_time * @black_holes, 2)
+
+    # Meanwhile every strategy must answer :sys.get_state/2 within 1 s.
+    stalls =
+      sample_until(
+        fn -> TestCluster.full_mesh?(all) end,
+        fn -> strategy_stalls(all) end,
+        started + join_timeout - now(),
+        stalls
+      )
+
+    joined = TestCluster.full_mesh?(all)
+    join_ms = now() - started
+    at_deadline = connections(all)
+
+    # Only to say how late it was: when did it join, if ever?
+    late =
+      unless joined,
+        do: await_result(fn -> TestCluster.full_mesh?(all) end, @setup_time * @black_holes * 2)
+
+    note(
+      "with #{@black_holes} black holes listed: joined=#{joined} after #{join_ms} ms" <>
+        if(late, do: ", then #{inspect(late)} more", else: "") <>
+        "; unanswered get_state calls per node: #{inspect(Enum.frequencies_by(stalls, &elem(&1, 0)))}"
+    )
+
+    # A few more polls with the black holes still listed.
+    seen = FakeAPI.request_count(ctx.api)
+
+    stalls =
+      sample_until(
+        fn -> FakeAPI.request_count(ctx.api) >= seen + 3 end,
+        fn -> strategy_stalls(all) end,
+        15_000,
+        stalls
+      )
+
+    downs = healthy_nodedowns(all, nil)
+
+    problems =
+      [
+        !joined &&
+          "#{new.node} had not joined #{join_ms} ms after its droplet was listed " <>
+            "(connecting to the #{@black_holes} black holes one after another takes " <>
+            "#{@black_holes} × #{@setup_time} ms); it joined #{inspect(late)} later; " <>
+            "connections at #{join_ms} ms: #{inspect(at_deadline)}",
+        stalls != [] &&
+          "#{length(stalls)} :sys.get_state(pid, 1_000) calls to strategies got no answer " <>
+            "while black holes were listed, per node: " <>
+            inspect(Enum.frequencies_by(stalls, &elem(&1, 0))) <>
+            "; first: #{inspect(hd(stalls))}",
+        downs != [] &&
+          "healthy nodes saw nodedowns of other healthy nodes: #{inspect(downs)}"
+      ]
+      |> Enum.filter(& &1)
+
+    assert problems == [], Enum.join(problems, ";\n")
+
+    assert_exact_mesh(all)
+  end
+
+  # ------------------------------------------------------------------ helpers
+
+  # Starts consumer nodes (their droplets listed first) and awaits the full
+  # mesh. `spec` is a count or the addresses. Returns the nodes (with
+  # `ids: true`, `{droplet_id, node}`) and the ms until the mesh formed.
+  defp start_cluster(ctx, spec, opts \\ []) do
+    addresses = if is_integer(spec), do: TestCluster.allocate_addresses(spec), else: spec
+    started = now()
+
+    nodes =
+      addresses
+      |> Task.async_stream(&start_droplet_node(ctx, &1), timeout: 120_000, ordered: true)
+      |> Enum.map(fn {:ok, {id, node}} ->
+        on_exit(fn -> TestCluster.stop(node) end)
+        {id, node}
+      end)
+
+    plain = Enum.map(nodes, &elem(&1, 1))
+    TestCluster.await(fn -> TestCluster.full_mesh?(plain) end, 15_000)
+    ms = now() - started
+
+    # Settled: the API has answered two listings since the mesh formed, so
+    # whichever strategy polls has had every node in a listing (a node that
+    # joined by connecting to others itself is otherwise not yet one the
+    # poller manages).
+    meshed_at = now()
+
+    TestCluster.await(
+      fn ->
+        ctx.api
+        |> FakeAPI.requests()
+        |> Enum.count(&(&1.status == 200 and &1.at_ms > meshed_at)) >= 2
+      end,
+      15_000
+    )
+
+    if Keyword.get(opts, :ids, false), do: {nodes, ms}, else: {plain, ms}
+  end
+
+  # Lists the droplet, then boots its node (as a droplet's VM boots after it
+  # is created).
+  defp start_droplet_node(ctx, address) do
+    id = System.unique_integer([:positive])
+    :ok = FakeAPI.add_droplet(ctx.api, ConsumerApp.droplet(ctx.app, id, address))
+    node = ConsumerApp.start_node(ctx.app, address, @token, ctx.url, log_level: log_level())
+    # Stopped by the test's on_exit, even when started in a task.
+    {id, node}
+  end
+
+  defp node_name(app, address), do: :"#{ConsumerApp.basename(app)}@#{address}"
+
+  defp connections(nodes), do: Map.new(nodes, &{&1.node, TestCluster.connected(&1)})
+
+  # Whether the removed node and the healthy ones see none of each other.
+  defp detached?(removed, healthy) do
+    names = Enum.map(healthy, & &1.node)
+
+    Enum.all?(TestCluster.connected(removed), &(&1 not in names)) and
+      Enum.all?(healthy, &(removed.node not in TestCluster.connected(&1)))
+  end
+
+  defp assert_exact_mesh(nodes) do
+    names = nodes |> Enum.map(& &1.node) |> Enum.sort()
+
+    for node <- nodes do
+      assert TestCluster.connected(node) == names -- [node.node],
+             "#{node.node} is not connected to exactly the other nodes; " <>
+               "connections: #{inspect(connections(nodes), pretty: true)}"
+    end
+  end
+
+  defp assert_no_nodedowns_among(nodes) do
+    downs = healthy_nodedowns(nodes, nil)
+
+    assert downs == [],
+           "healthy nodes saw nodedowns of other healthy nodes: #{inspect(downs, pretty: true)}"
+  end
+
+  # Every nodedown a healthy node recorded of another healthy node:
+  # `{observer, down_node, reason, ms_since}` (since `since`, os time ms, or
+  # the observer's boot).
+  defp healthy_nodedowns(healthy, since) do
+    names = Enum.map(healthy, & &1.node)
+
+    for observer <- healthy,
+        {down, reason, at} <- ConsumerApp.nodedowns(observer),
+        down in names,
+        do: {observer.node, down, reason, if(since, do: at - since, else: :since_boot)}
+  end
+
+  # `[{node, topology, reason, ms}]` for every strategy that did not answer
+  # :sys.get_state(pid, 1_000); the nodes are asked concurrently.
+  defp strategy_stalls(nodes) do
+    nodes
+    |> Task.async_stream(&{&1.node, ConsumerApp.strategy_answers(&1, 1_000)}, timeout: 30_000)
+    |> Enum.flat_map(fn {:ok, {node, answers}} ->
+      for {topology, result, ms} <- answers, result != :ok, do: {node, topology, result, ms}
+    end)
+  end
+
+  # Runs `check` (returning a list of problems) until `done` holds or
+  # `timeout` ms pass; returns the problems found, after `acc`.
+  defp sample_until(done, check, timeout, acc \\ []) do
+    deadline = now() + timeout
+    do_sample(done, check, deadline, acc)
+  end
+
+  defp do_sample(done, check, deadline, acc) do
+    acc = acc ++ check.()
+
+    cond do
+      done.() -> acc
+      now() > deadline -> acc
+      true -> Process.sleep(25) && do_sample(done, check, deadline, acc)
+    end
+  end
+
+  # Like TestCluster.await/2, but returns {:ok, ms} or {:timeout, ms}.
+  defp await_result(fun, timeout) do
+    started = now()
+
+    try do
+      TestCluster.await(fun, timeout)
+      {:ok, now() - started}
+    rescue
+      ExUnit.AssertionError -> {:timeout, now() - started}
+    end
+  end
+
+  defp last_index(requests, status) do
+    requests
+    |> Enum.with_index()
+    |> Enum.reduce(-1, fn {r, i}, last -> if r.status == status, do: i, else: last end)
+  end
+
+  defp now, do: System.monotonic_time(:millisecond)
+
+  defp log_level do
+    case System.get_env("CONSUMER_APP_LOG") do
+      nil -> :error
+      level -> String.to_existing_atom(level)
+    end
+  end
+
+  # Timings, printed with CONSUMER_APP_TIMINGS=1.
+  defp note(line) do
+    if System.get_env("CONSUMER_APP_TIMINGS"), do: IO.puts("[consumer_app] " <> line)
+  end
+end

@@ -1,0 +1,617 @@
+defmodule LibclusterDroplet.ConsumerApp do
+  @moduledoc """
+  A throwaway Mix application that uses this project the way a real user's
+  application does, for `test/consumer_app_test.exs`.
+
+  `build!/1` writes it in a temporary directory beside copies of the
+  vendored libcluster 3.5.0, jason and telemetry (`../shared/vendor`, see
+  its README), all listed as path dependencies together with this project,
+  and compiles it with `mix compile` (`MIX_ENV=prod`). Its application
+  starts, as the README says,
+
+      {Cluster.Supervisor, [Application.get_env(:libcluster, :topologies),
+                            [name: ConsumerApp.ClusterSupervisor]]}
+
+  and a tiny TCP listener on the node's own address (port 4000 unless
+  configured), standing in for the Phoenix endpoint the README's
+  `health_check: {:tcp, port: 4000, ...}` expects.
+
+  Its `config/runtime.exs` is the README's `## Configuration` code block,
+  extracted from README.md, followed by test-only keys that `Config`
+  deep-merges on top (the fake API's URL, a short polling interval, a high
+  request budget, a short backoff cap); see `runtime_exs/2`.
+
+  `start_node/4` starts a node of it: its own OS process, started with
+  `:peer` on its own loopback address exactly like
+  `LibclusterDroplet.TestCluster.start_node/3` (no epmd, a shared
+  distribution port, so nodes share the basename), but with the consumer's
+  `_build/prod/lib/*/ebin` as code path and OTP's defaults for `connect_all`
+  and `prevent_overlapping_partitions`. The node reads `config/runtime.exs`
+  with `Config.Reader`, as a release would, and starts `:consumer_app`.
+  """
+
+  alias LibclusterDroplet.TestCluster
+
+  @cookie "libcluster_droplet_consumer_app"
+  @vendored [:libcluster, :jason, :telemetry]
+  @api_url_env "CONSUMER_APP_API_URL"
+  @token_env "DIGITALOCEAN_TOKEN"
+
+  @typedoc """
+  A compiled consumer application: its directory (removed by `cleanup/1`),
+  the code path of its nodes, its `config/runtime.exs`, and what the
+  README's topology asks of droplets (`tag_name`, `node_basename`,
+  `network`, the health-check port).
+  """
+  @type t :: %__MODULE__{
+          tmp: Path.t(),
+          dir: Path.t(),
+          code_paths: [Path.t()],
+          runtime_exs: Path.t(),
+          readme_block: String.t(),
+          topology: atom(),
+          tag_name: String.t() | nil,
+          node_basename: String.t() | nil,
+          network: :private | :public,
+          health_check_port: pos_integer() | nil,
+          compile_ms: non_neg_integer()
+        }
+
+  defstruct [
+    :tmp,
+    :dir,
+    :code_paths,
+    :runtime_exs,
+    :readme_block,
+    :topology,
+    :tag_name,
+    :node_basename,
+    :network,
+    :health_check_port,
+    :compile_ms
+  ]
+
+  @doc "Where the vendored Hex packages live for the project at `root`."
+  @spec vendor_dir(Path.t()) :: Path.t()
+  def vendor_dir(root), do: Path.expand("../shared/vendor", root)
+
+  @doc "The environment variable the test-only keys read the fake API's URL from."
+  @spec api_url_env() :: String.t()
+  def api_url_env, do: @api_url_env
+
+  @doc """
+  The code of the README's `## Configuration` section: its first ```` ```elixir ````
+  block. Raises if the section or the block is missing.
+  """
+  @spec readme_config_block!(Path.t()) :: String.t()
+  def readme_config_block!(readme) do
+    text = File.read!(readme)
+
+    with [_, section] <- Regex.run(~r/^## Configuration\n(.*?)(?=^## )/ms, text),
+         [_, code] <- Regex.run(~r/^```elixir\n(.*?)^```/ms, section) do
+      code
+    else
+      _ -> raise "#{readme}: no ```elixir block under \"## Configuration\""
+    end
+  end
+
+  @doc """
+  Builds and compiles the consumer application. Options: `:root` (this
+  project, required), `:vendor` (default `vendor_dir(root)`), `:polling_interval`
+  (default 300 ms).
+  """
+  @spec build!(keyword()) :: t()
+  def build!(opts) do
+    root = Keyword.fetch!(opts, :root)
+    vendor = Keyword.get(opts, :vendor, vendor_dir(root))
+    interval = Keyword.get(opts, :polling_interval, 300)
+
+    tmp =
+      Path.join(
+        System.tmp_dir!(),
+        "libcluster_droplet_consumer_app_#{System.pid()}_#{System.unique_integer([:positive])}"
+      )
+
+    File.mkdir_p!(tmp)
+
+    try do
+      do_build!(tmp, root, vendor, interval)
+    rescue
+      error ->
+        File.rm_rf(tmp)
+        reraise error, __STACKTRACE__
+    end
+  end
+
+  defp do_build!(tmp, root, vendor, interval) do
+    # The vendor folder is read-only in CI, and Mix may write into path deps.
+    File.mkdir_p!(Path.join(tmp, "vendor"))
+
+    for app <- @vendored do
+      dest = Path.join([tmp, "vendor", "#{app}"])
+      File.cp_r!(Path.join(vendor, "#{app}"), dest)
+      make_writable!(dest)
+    end
+
+    dir = Path.join(tmp, "consumer_app")
+    readme_block = readme_config_block!(Path.join(root, "README.md"))
+    info = readme_topology!(readme_block)
+    port = info.health_check_port || 4000
+
+    files = %{
+      "mix.exs" => mix_exs(Path.join(tmp, "vendor"), root),
+      "lib/consumer_app/application.ex" => application_ex(),
+      "lib/consumer_app/endpoint.ex" => endpoint_ex(),
+      "config/runtime.exs" => runtime_exs(readme_block, info, interval, port)
+    }
+
+    for {path, contents} <- files do
+      path = Path.join(dir, path)
+      File.mkdir_p!(Path.dirname(path))
+      File.write!(path, contents)
+    end
+
+    started = System.monotonic_time(:millisecond)
+    {out, status} = mix(dir, ["compile"])
+
+    if status != 0 do
+      raise "compiling the consumer application in #{dir} failed (#{status}):\n#{out}"
+    end
+
+    build = Path.join(dir, "_build/prod")
+
+    code_paths =
+      Enum.filter([Path.join(build, "lib/consumer_app/consolidated")], &File.dir?/1) ++
+        Path.wildcard(Path.join(build, "lib/*/ebin")) ++
+        Enum.map([:elixir, :logger], &Path.join(:code.lib_dir(&1), "ebin"))
+
+    struct!(
+      __MODULE__,
+      Map.merge(info, %{
+        tmp: tmp,
+        dir: dir,
+        code_paths: code_paths,
+        runtime_exs: Path.join(dir, "config/runtime.exs"),
+        readme_block: readme_block,
+        compile_ms: System.monotonic_time(:millisecond) - started
+      })
+    )
+  end
+
+  @doc "Removes the temporary directory."
+  @spec cleanup(t()) :: :ok
+  def cleanup(%__MODULE__{tmp: tmp}) do
+    File.rm_rf!(tmp)
+    :ok
+  end
+
+  defp mix(dir, args) do
+    # Nothing of the outer `mix test` may leak into the consumer's build.
+    env =
+      [{"MIX_ENV", "prod"}] ++
+        Enum.map(
+          ~w(MIX_TARGET MIX_EXS MIX_BUILD_PATH MIX_BUILD_ROOT MIX_DEPS_PATH MIX_LOCKFILE),
+          &{&1, nil}
+        )
+
+    System.cmd("mix", args, cd: dir, env: env, stderr_to_stdout: true)
+  end
+
+  defp make_writable!(path) do
+    for p <- [path | Path.wildcard(Path.join(path, "**"), match_dot: true)] do
+      %File.Stat{mode: mode} = File.stat!(p)
+      File.chmod!(p, Bitwise.bor(mode, 0o200))
+    end
+
+    :ok
+  end
+
+  # What the README's topology asks of a droplet, read without evaluating
+  # what it reads from the environment (the token): every `System.*` call
+  # is replaced by a placeholder before evaluating the block as a config.
+  defp readme_topology!(block) do
+    quoted =
+      block
+      |> Code.string_to_quoted!()
+      |> Macro.prewalk(fn
+        {{:., _, [{:__aliases__, _, [:System]}, _]}, _, _} -> "placeholder"
+        other -> other
+      end)
+
+    config = Config.Reader.eval!("README.md", with_import(Macro.to_string(quoted)), env: :prod)
+    topologies = config |> Keyword.get(:libcluster, []) |> Keyword.get(:topologies, [])
+
+    case for({name, spec} <- topologies, spec[:strategy] == Cluster.Strategy.Droplet, do: name) do
+      [name | _] ->
+        topology_config = Keyword.get(topologies[name], :config, [])
+
+        port =
+          case topology_config[:health_check] do
+            {:tcp, opts} -> Keyword.get(opts, :port)
+            _ -> nil
+          end
+
+        %{
+          topology: name,
+          tag_name: topology_config[:tag_name],
+          node_basename: topology_config[:node_basename],
+          network: Keyword.get(topology_config, :network, :private),
+          health_check_port: port
+        }
+
+      [] ->
+        raise "the README's configuration has no Cluster.Strategy.Droplet topology:\n#{block}"
+    end
+  end
+
+  defp with_import(code) do
+    if code =~ ~r/^\s*import Config\b/m, do: code, else: "import Config\n\n" <> code
+  end
+
+  @doc """
+  The consumer's `config/runtime.exs`: the README's block as it is, then
+  test-only keys deep-merged on top of its Droplet topology (Config merges
+  keyword lists recursively), then the endpoint's port.
+  """
+  @spec runtime_exs(String.t(), map(), pos_integer(), pos_integer()) :: String.t()
+  def runtime_exs(readme_block, info, interval, port) do
+    """
+    #{with_import(readme_block)}
+    # ---- test-only keys, deep-merged on top of the README's example above ----
+    config :libcluster,
+      topologies: [
+        #{info.topology}: [
+          config: [
+            api_url: System.fetch_env!(#{inspect(@api_url_env)}),
+            polling_interval: #{interval},
+            max_requests_per_minute: 100_000,
+            max_backoff: 2_000
+          ]
+        ]
+      ]
+
+    # The endpoint the README's health check probes.
+    config :consumer_app, http_port: #{port}
+    """
+  end
+
+  defp mix_exs(vendor, root) do
+    """
+    defmodule ConsumerApp.MixProject do
+      use Mix.Project
+
+      def project do
+        [
+          app: :consumer_app,
+          version: "0.1.0",
+          elixir: "~> 1.14",
+          start_permanent: Mix.env() == :prod,
+          deps: deps()
+        ]
+      end
+
+      def application do
+        [extra_applications: [:logger], mod: {ConsumerApp.Application, []}]
+      end
+
+      defp deps do
+        [
+          {:libcluster, path: #{inspect(Path.join(vendor, "libcluster"))}},
+          {:jason, path: #{inspect(Path.join(vendor, "jason"))}, override: true},
+          {:telemetry, path: #{inspect(Path.join(vendor, "telemetry"))}, override: true},
+          {:libcluster_droplet, path: #{inspect(root)}}
+        ]
+      end
+    end
+    """
+  end
+
+  defp application_ex do
+    """
+    defmodule ConsumerApp.Application do
+      @moduledoc false
+      use Application
+
+      @impl true
+      def start(_type, _args) do
+        children = [
+          {Cluster.Supervisor,
+           [Application.get_env(:libcluster, :topologies), [name: ConsumerApp.ClusterSupervisor]]},
+          ConsumerApp.Endpoint
+        ]
+
+        Supervisor.start_link(children, strategy: :one_for_one, name: ConsumerApp.Supervisor)
+      end
+    end
+    """
+  end
+
+  defp endpoint_ex do
+    """
+    defmodule ConsumerApp.Endpoint do
+      @moduledoc false
+      # What a Phoenix endpoint is to the health check: a TCP port that
+      # accepts connections, here on this node's own address.
+      use GenServer
+
+      def start_link(_), do: GenServer.start_link(__MODULE__, [], name: __MODULE__)
+
+      @impl true
+      def init([]) do
+        port = Application.get_env(:consumer_app, :http_port, 4000)
+        opts = [:binary, active: false, reuseaddr: true, backlog: 128, ip: own_address()]
+        {:ok, socket} = :gen_tcp.listen(port, opts)
+        acceptor = spawn_link(fn -> accept(socket) end)
+        {:ok, %{socket: socket, acceptor: acceptor}}
+      end
+
+      defp accept(socket) do
+        {:ok, conn} = :gen_tcp.accept(socket)
+        :gen_tcp.close(conn)
+        accept(socket)
+      end
+
+      defp own_address do
+        [_, host] = node() |> Atom.to_string() |> String.split("@")
+        {:ok, ip} = :inet.parse_address(String.to_charlist(host))
+        ip
+      end
+    end
+    """
+  end
+
+  @doc """
+  The droplet of a consumer node at `address`, as the README's topology
+  selects it: tagged with its `tag_name`, its address on its network, and
+  named its `node_basename` when it has none (nodes are then named after
+  droplets).
+  """
+  @spec droplet(t(), pos_integer(), String.t()) :: map()
+  def droplet(%__MODULE__{} = app, id, address) do
+    name = if app.node_basename, do: "web-#{id}", else: "app"
+    tags = if app.tag_name, do: [app.tag_name], else: []
+
+    ips =
+      if app.network == :public,
+        do: [private_ip: nil, public_ip: address],
+        else: [private_ip: address]
+
+    LibclusterDroplet.FakeAPI.droplet([id: id, name: name, tags: tags] ++ ips)
+  end
+
+  @doc "The node name part of every consumer node."
+  @spec basename(t()) :: String.t()
+  def basename(%__MODULE__{node_basename: basename}), do: basename || "app"
+
+  @doc """
+  Starts a consumer node at `address`: its own OS process, running the
+  consumer's code, with `DIGITALOCEAN_TOKEN` set to `token` and the test's
+  API URL in its environment. Before its application starts, a recorder of
+  every nodeup and nodedown (`:net_kernel.monitor_nodes(true, [:nodedown_reason])`)
+  runs on it. Options: `:log_level` (default `:error`).
+  Returns a `LibclusterDroplet.TestCluster` node, so its helpers apply.
+  """
+  @spec start_node(t(), String.t(), String.t(), String.t(), keyword()) :: TestCluster.t()
+  def start_node(%__MODULE__{} = app, address, token, api_url, opts \\ []) do
+    {:ok, ip} = :inet.parse_address(String.to_charlist(address))
+    name = basename(app)
+
+    args =
+      [~c"-setcookie", ~c"#{@cookie}"] ++
+        [~c"-start_epmd", ~c"false", ~c"-erl_epmd_port", ~c"#{TestCluster.dist_port()}"] ++
+        [~c"-kernel", ~c"inet_dist_use_interface", String.to_charlist(inspect(ip))] ++
+        [~c"-kernel", ~c"inet_dist_listen_options", ~c"[{reuseaddr,true}]"] ++
+        Enum.flat_map(app.code_paths, &[~c"-pa", String.to_charlist(&1)])
+
+    {:ok, pid, node} =
+      :peer.start(%{
+        name: String.to_atom(name),
+        host: String.to_charlist(address),
+        longnames: true,
+        connection: :standard_io,
+        wait_boot: 60_000,
+        env: [
+          {~c"#{@token_env}", String.to_charlist(token)},
+          {~c"#{@api_url_env}", String.to_charlist(api_url)}
+        ],
+        args: args
+      })
+
+    tc = %TestCluster{pid: pid, node: node, name: name, address: address, ipv6: false}
+    level = Keyword.get(opts, :log_level, :error)
+
+    try do
+      agent = __MODULE__.NodeAgent
+      {^agent, binary, file} = :code.get_object_code(agent)
+      {:module, ^agent} = TestCluster.call(tc, :code, :load_binary, [agent, file, binary])
+
+      case TestCluster.call(tc, agent, :boot, [app.runtime_exs, level], 60_000) do
+        {:ok, _apps} -> tc
+        other -> raise "consumer node #{node} did not start: #{inspect(other)}"
+      end
+    rescue
+      error ->
+        TestCluster.stop(tc)
+        reraise error, __STACKTRACE__
+    end
+  end
+
+  @doc "Every nodedown the node recorded since it booted: `{node, reason, os_time_ms}`."
+  @spec nodedowns(TestCluster.t()) :: [{node(), term(), integer()}]
+  def nodedowns(node), do: TestCluster.call(node, __MODULE__.NodeAgent, :nodedowns, [])
+
+  @doc """
+  Asks each strategy under `ConsumerApp.ClusterSupervisor` on the node for
+  its state with `:sys.get_state(pid, timeout)`: `[{topology, :ok | {:no_answer, reason}, ms}]`.
+  """
+  @spec strategy_answers(TestCluster.t(), timeout()) :: [{atom(), term(), integer()}]
+  def strategy_answers(node, timeout \\ 1_000),
+    do:
+      TestCluster.call(node, __MODULE__.NodeAgent, :strategy_answers, [timeout], timeout + 5_000)
+
+  @doc """
+  A TCP listener at `address:port` whose accept queue is full, so the
+  kernel drops further SYNs: connecting there hangs like connecting to a
+  host behind a dropping firewall. Returns the sockets to keep open.
+  """
+  @spec black_hole!(String.t(), pos_integer()) :: [port()]
+  def black_hole!(address, port) do
+    {:ok, ip} = :inet.parse_address(String.to_charlist(address))
+    {:ok, listener} = :gen_tcp.listen(port, ip: ip, backlog: 0, reuseaddr: true)
+
+    # Fill the accept queue (backlog + 1 on Linux) without ever accepting.
+    fillers =
+      for _ <- 1..4,
+          match?({:ok, _}, result = :gen_tcp.connect(ip, port, [], 200)),
+          do: elem(result, 1)
+
+    case :gen_tcp.connect(ip, port, [], 300) do
+      {:error, :timeout} ->
+        [listener | fillers]
+
+      other ->
+        raise "#{address}:#{port} is not a black hole: a connect gave #{inspect(other)}"
+    end
+  end
+
+  @doc """
+  A TCP listener at `address:port` that accepts and closes every
+  connection (an open port for the health check), served by a process
+  linked to the caller.
+  """
+  @spec open_port!(String.t(), pos_integer()) :: port()
+  def open_port!(address, port) do
+    {:ok, ip} = :inet.parse_address(String.to_charlist(address))
+
+    {:ok, listener} = :gen_tcp.listen(port, ip: ip, active: false, reuseaddr: true, backlog: 128)
+
+    acceptor =
+      spawn_link(fn ->
+        accept = fn accept ->
+          case :gen_tcp.accept(listener) do
+            {:ok, conn} ->
+              :gen_tcp.close(conn)
+              accept.(accept)
+
+            {:error, _} ->
+              :ok
+          end
+        end
+
+        accept.(accept)
+      end)
+
+    :ok = :gen_tcp.controlling_process(listener, acceptor)
+    listener
+  end
+end
+
+defmodule LibclusterDroplet.ConsumerApp.NodeAgent do
+  @moduledoc false
+  # Loaded into consumer nodes (its object code is sent over): boots the
+  # consumer application as a release would and observes the node. None of
+  # the consumer application's own code depends on it.
+
+  @recorder __MODULE__.Recorder
+
+  def boot(runtime_exs, log_level) do
+    {:ok, _} = Application.ensure_all_started(:logger)
+    :ok = Logger.configure(level: log_level)
+    :ok = start_recorder()
+    config = Config.Reader.read!(runtime_exs, env: :prod, target: :host)
+    :ok = Application.put_all_env(config, persistent: true)
+    Application.ensure_all_started(:consumer_app)
+  end
+
+  # Records every nodeup and nodedown from now on, with reasons.
+  defp start_recorder do
+    parent = self()
+
+    pid =
+      spawn(fn ->
+        :ok = :net_kernel.monitor_nodes(true, [:nodedown_reason])
+        send(parent, {:recording, self()})
+        record([])
+      end)
+
+    Process.register(pid, @recorder)
+
+    receive do
+      {:recording, ^pid} -> :ok
+    after
+      5_000 -> {:error, :recorder_not_started}
+    end
+  end
+
+  defp record(events) do
+    receive do
+      {:nodeup, node, _info} ->
+        record([{:nodeup, node, nil, System.os_time(:millisecond)} | events])
+
+      {:nodedown, node, info} ->
+        reason = Keyword.get(info, :nodedown_reason)
+        record([{:nodedown, node, reason, System.os_time(:millisecond)} | events])
+
+      {:get, from} ->
+        send(from, {:events, Enum.reverse(events)})
+        record(events)
+    end
+  end
+
+  def events do
+    send(@recorder, {:get, self()})
+
+    receive do
+      {:events, events} -> events
+    after
+      5_000 -> raise "the nodedown recorder on #{node()} did not answer"
+    end
+  end
+
+  def nodedowns do
+    for {:nodedown, node, reason, at} <- events(), do: {node, reason, at}
+  end
+
+  def strategy_answers(timeout) do
+    for {id, pid, _, _} <- Supervisor.which_children(ConsumerApp.ClusterSupervisor) do
+      started = System.monotonic_time(:millisecond)
+
+      result =
+        if is_pid(pid) do
+          try do
+            _ = :sys.get_state(pid, timeout)
+            :ok
+          catch
+            :exit, {reason, {:sys, :get_state, _}} -> {:no_answer, reason}
+            :exit, reason -> {:no_answer, reason}
+          end
+        else
+          {:no_answer, {:not_running, pid}}
+        end
+
+      {id, result, System.monotonic_time(:millisecond) - started}
+    end
+  end
+
+  def strategies do
+    for {id, pid, type, modules} <- Supervisor.which_children(ConsumerApp.ClusterSupervisor),
+        do: {id, is_pid(pid), type, modules}
+  end
+
+  # What the node runs on: libcluster's version, where Cluster.Supervisor
+  # was loaded from, and kernel's settings around a strategy as OTP reads
+  # them (both default to true), plus any -connect_all flag.
+  def runtime_facts do
+    %{
+      libcluster_vsn: Application.spec(:libcluster, :vsn),
+      cluster_supervisor: :code.which(Cluster.Supervisor),
+      strategy: :code.which(Cluster.Strategy.Droplet),
+      connect_all: Application.get_env(:kernel, :connect_all, true),
+      connect_all_flag: :init.get_argument(:connect_all),
+      prevent_overlapping_partitions:
+        Application.get_env(:kernel, :prevent_overlapping_partitions, true),
+      visible: Node.list(:visible),
+      hidden: Node.list(:hidden)
+    }
+  end
+end
