@@ -122,8 +122,14 @@ defmodule LibclusterDroplet.CoordinationTest do
       ]
     end
 
-    defp start(nodes, api),
-      do: for(n <- nodes, do: {n, TestCluster.start_strategy(n, :droplets, config(api))})
+    defp start(nodes, api, extra \\ []),
+      do: for(n <- nodes, do: {n, TestCluster.start_strategy(n, :droplets, config(api) ++ extra)})
+
+    defp listen_on(node, port) do
+      {:ok, ip} = :inet.parse_address(String.to_charlist(node.address))
+      {:ok, l} = :gen_tcp.listen(port, ip: ip, reuseaddr: true, backlog: 128)
+      on_exit(fn -> :gen_tcp.close(l) end)
+    end
 
     defp coordination(node, sup) do
       pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
@@ -134,9 +140,14 @@ defmodule LibclusterDroplet.CoordinationTest do
 
     # Nodes for `range`, each running the strategy, meshed, and given a few
     # polls for the shares to settle who polls. Returns [{node, sup}].
-    defp formed_cluster(api, prefix, range) do
+    defp formed_cluster(api, prefix, range, health_port \\ nil) do
       nodes = start_nodes(api, prefix, range)
-      started = start(nodes, api)
+      if health_port, do: Enum.each(nodes, &listen_on(&1, health_port))
+
+      extra =
+        if health_port, do: [health_check: {:tcp, port: health_port, timeout: 500}], else: []
+
+      started = start(nodes, api, extra)
       mesh(nodes)
       Process.sleep(3 * @interval)
       started
@@ -241,6 +252,127 @@ defmodule LibclusterDroplet.CoordinationTest do
 
       assert disconnected_ms <= 2 * @interval + 100,
              "disconnected everywhere after #{disconnected_ms} ms"
+    end
+
+    defp strategy_state(node, sup) do
+      pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
+      TestCluster.call(node, :sys, :get_state, [pid])
+    end
+
+    # What a node's clock says, and when its next safety poll is due by it.
+    defp safety_due(node, sup, size) do
+      state = strategy_state(node, sup)
+      now = TestCluster.call(node, System, :monotonic_time, [:millisecond])
+      due = state.coordination.last_api_poll_at + Coordination.safety_interval(@interval, size)
+      %{polls: state.polls, now: now, due: due}
+    end
+
+    test "when the poller goes away, exactly one node takes over", %{api: api, prefix: prefix} do
+      [{leader, _}, {successor, successor_sup} | others] = formed_cluster(api, prefix, 1..5)
+      before = for {n, sup} <- others, into: %{}, do: {n.node, safety_due(n, sup, 5)}
+      successor_polls = strategy_state(successor, successor_sup).polls
+
+      TestCluster.stop(leader)
+
+      TestCluster.await(fn -> strategy_state(successor, successor_sup).polls > successor_polls end)
+
+      TestCluster.await(fn ->
+        Enum.all?(others, fn {n, sup} ->
+          strategy_state(n, sup).coordination.leader == successor.node
+        end)
+      end)
+
+      for {n, sup} <- others do
+        now = safety_due(n, sup, 5)
+        %{polls: polls, due: due} = before[n.node]
+        # Any poll of theirs before their safety poll was due would be a second takeover.
+        assert now.polls == polls or now.now >= due,
+               "#{n.node} polled #{now.polls - polls} times though its safety poll was not due"
+      end
+    end
+
+    # A cluster whose share checks are always in flight: every node probes a
+    # health port where one listed droplet drops SYNs, for 1 s per check.
+    defp probing_cluster(api, prefix, range) do
+      port = 20_000 + rem(System.unique_integer([:positive]), 20_000)
+      nodes = start_nodes(api, prefix, range)
+
+      for n <- nodes do
+        {:ok, ip} = :inet.parse_address(String.to_charlist(n.address))
+        {:ok, l} = :gen_tcp.listen(port, ip: ip, reuseaddr: true, backlog: 128)
+        on_exit(fn -> :gen_tcp.close(l) end)
+      end
+
+      [hole] = TestCluster.allocate_addresses(1)
+      sockets = TestCluster.black_hole(hole, port)
+      on_exit(fn -> Enum.each(sockets, &:gen_tcp.close/1) end)
+
+      FakeAPI.add_droplet(
+        api,
+        FakeAPI.droplet(id: 99, name: "#{prefix}-99", private_ip: hole, tags: ["web"])
+      )
+
+      config = config(api) ++ [health_check: {:tcp, port: port, timeout: 1_000}]
+      started = for n <- nodes, do: {n, TestCluster.start_strategy(n, :droplets, config)}
+      mesh(nodes)
+      [_ | followers] = started
+
+      TestCluster.await(fn ->
+        Enum.all?(followers, fn {n, sup} -> strategy_state(n, sup).check != nil end)
+      end)
+
+      started
+    end
+
+    test "a poller that goes away while followers check a share is taken over", %{
+      api: api,
+      prefix: prefix
+    } do
+      [{leader, _}, {successor, successor_sup} | _] = probing_cluster(api, prefix, 1..3)
+      assert strategy_state(successor, successor_sup).check != nil
+      TestCluster.stop(leader)
+
+      TestCluster.await(fn ->
+        strategy_state(successor, successor_sup).coordination.leader == nil
+      end)
+
+      polls = strategy_state(successor, successor_sup).polls
+      TestCluster.await(fn -> strategy_state(successor, successor_sup).polls > polls end)
+    end
+
+    test "followers busy checking shares still poll once the poller's polls fail", %{
+      api: api,
+      prefix: prefix
+    } do
+      [_ | followers] = probing_cluster(api, prefix, 1..3)
+      FakeAPI.inject(api, {:status, 503}, times: :infinity)
+
+      # The poller is alive but shares nothing: after 2 × interval + 1 s each
+      # follower polls itself (and fails too), its tick never lost.
+      for {n, sup} <- followers do
+        TestCluster.await(fn -> strategy_state(n, sup).failures >= 1 end, 20_000)
+        assert Map.has_key?(strategy_state(n, sup).timers, :tick)
+      end
+    end
+
+    test "the poller shares a listing before it probes and connects", %{api: api, prefix: prefix} do
+      port = 20_000 + rem(System.unique_integer([:positive]), 20_000)
+      [{leader, leader_sup} | _] = started = formed_cluster(api, prefix, 1..3, port)
+      pid = TestCluster.call(leader, Remote, :strategy_pid, [leader_sup])
+      TestCluster.call(leader, Remote, :trace_strategy, [pid])
+
+      # A new droplet: the next listing is shared, probed, then connected.
+      [newcomer] = start_nodes(api, prefix, 4..4)
+      listen_on(newcomer, port)
+      mesh([newcomer | Enum.map(started, &elem(&1, 0))])
+
+      events = TestCluster.call(leader, Remote, :traced, [])
+      # The listing that found the newcomer: the last share before a connect.
+      {before_connect, [:connect | _]} = Enum.split_while(events, &(&1 != :connect))
+
+      assert [:share, :probe] ==
+               before_connect |> Enum.reverse() |> Enum.take(2) |> Enum.reverse(),
+             inspect(events)
     end
 
     test "a partition heals", %{api: api, prefix: prefix} do

@@ -72,7 +72,10 @@ defmodule Cluster.Strategy.DropletClusterTest do
         )
 
       FakeAPI.add_droplet(api, droplet)
-      node = TestCluster.start_node(basename, node_address)
+
+      node =
+        TestCluster.start_node(basename, node_address, Keyword.take(opts, [:log_level, :args]))
+
       on_exit(fn -> TestCluster.stop(node) end)
       {droplet, node}
     end
@@ -310,11 +313,63 @@ defmodule Cluster.Strategy.DropletClusterTest do
     Enum.each(listeners, fn {_, l} -> :gen_tcp.close(l) end)
   end
 
+  test "droplets whose distribution port drops packets never hold up the strategy", %{
+    api: api,
+    prefix: prefix
+  } do
+    port = free_port()
+    # A connect to a hole stays pending for a minute: long enough that
+    # everything below happens while all four are in flight.
+    [a, b, c] = api |> droplets(prefix, 3, args: ["-kernel", "net_setuptime", "60"]) |> nodes()
+
+    listeners = for n <- [a, b, c], do: listen(n.address, port)
+
+    # Sorted before the healthy nodes, answering the health check, but
+    # dropping every SYN on the distribution port: a missing firewall rule.
+    holes =
+      for i <- 1..4 do
+        [address] = TestCluster.allocate_addresses(1)
+        sockets = TestCluster.black_hole(address, TestCluster.dist_port())
+        health = listen(address, port)
+
+        FakeAPI.add_droplet(
+          api,
+          FakeAPI.droplet(id: 800_000 + i, name: "#{prefix}-0#{i}", private_ip: address)
+        )
+
+        {:"#{prefix}-0#{i}@#{address}", [health | sockets]}
+      end
+
+    config = config(api, health_check: {:tcp, port: port, timeout: 500})
+    [sup_a, _] = start_strategies([a, b], config)
+    await_mesh([a, b])
+    pid_a = TestCluster.call(a, Remote, :strategy_pid, [sup_a])
+
+    # The strategy answers at once, again and again, while the holes' connects hang.
+    for _ <- 1..20 do
+      state = TestCluster.call(a, :sys, :get_state, [pid_a, 5_000])
+      assert state.failures == 0
+      Process.sleep(25)
+    end
+
+    # A new droplet joins while they still hang.
+    start_strategies([c], config)
+    await_mesh([a, b, c])
+    state = TestCluster.call(a, :sys, :get_state, [pid_a, 5_000])
+    pending = state.connector.in_flight |> Map.values() |> MapSet.new()
+    assert MapSet.new(holes, &elem(&1, 0)) |> MapSet.subset?(pending)
+    assert state.polls >= 3, "polling went on: #{state.polls} polls"
+
+    for {_, sockets} <- holes, s <- sockets, do: :gen_tcp.close(s)
+    Enum.each(listeners, &:gen_tcp.close/1)
+  end
+
   for who <- [:follower, :leader] do
     test "removing a running #{who}'s droplet: it leaves, and no healthy node sees a nodedown",
          %{api: api, prefix: prefix} do
-      pairs = droplets(api, prefix, 4)
+      pairs = droplets(api, prefix, 4, log_level: :info)
       nodes = nodes(pairs)
+      Enum.each(nodes, &TestCluster.call(&1, Remote, :capture_warnings, [:info]))
       start_strategies(nodes, config(api))
       await_mesh(nodes)
       Enum.each(nodes, &TestCluster.call(&1, Remote, :start_nodedown_recorder, []))
@@ -336,11 +391,22 @@ defmodule Cluster.Strategy.DropletClusterTest do
       # It stays out: its own strategy no longer finds itself selected.
       assert holds_for(5 * @interval, fn ->
                TestCluster.connected(gone) == [] and TestCluster.full_mesh?(healthy)
-             end)
+             end),
+             inspect(for n <- nodes, do: {n.node, TestCluster.connected(n)})
 
-      for n <- healthy do
-        assert TestCluster.call(n, Remote, :nodedowns, []) -- [gone.node] == [],
-               "#{n.node} saw a healthy node go down"
+      downs = for n <- healthy, do: {n.node, TestCluster.call(n, Remote, :nodedowns, [])}
+
+      for {node, nodedowns} <- downs do
+        assert nodedowns -- [gone.node] == [],
+               "#{node} saw a healthy node go down: #{inspect(downs)}; gone: #{gone.node}"
+      end
+
+      # The poller finds itself gone first and leaves by itself (a follower
+      # may learn it from the poller's share, or be asked to leave).
+      if unquote(who) == :leader do
+        assert gone
+               |> TestCluster.call(Remote, :warnings, [])
+               |> Enum.any?(&(&1 =~ "left the cluster"))
       end
     end
   end

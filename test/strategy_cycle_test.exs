@@ -376,37 +376,44 @@ defmodule Cluster.Strategy.DropletCycleTest do
       later = System.system_time(:millisecond) + 600_000
       {_, x} = ctx.x
       {_, y} = ctx.y
+      x_node = :"x@#{x}"
+      events = fn -> TestCluster.call(ctx.node, SpyMembership, :events, [ctx.spy]) end
 
       ctx.send_share.(
         Share.encode(ctx.share.(listed_at: later, droplets: [ctx.self_droplet, ctx.x]))
       )
 
-      TestCluster.await(fn -> managed(ctx) == ["x@#{x}"] end)
+      TestCluster.await(fn -> {:connect, x_node} in events.() end)
 
+      # Older by time (though with a higher count), then older by count:
+      # applying either would disconnect x.
       ctx.send_share.(
         Share.encode(
           ctx.share.(listed_at: later - 1, seq: 9, droplets: [ctx.self_droplet, ctx.y])
         )
       )
 
-      # A later share from the same sender is applied after it, so once it is in, the older one was judged.
+      ctx.send_share.(
+        Share.encode(ctx.share.(listed_at: later, seq: 0, droplets: [ctx.self_droplet]))
+      )
+
+      # Newer: once it is in, the two before it were judged.
       ctx.send_share.(
         Share.encode(
           ctx.share.(listed_at: later, seq: 2, droplets: [ctx.self_droplet, ctx.x, ctx.y])
         )
       )
 
-      TestCluster.await(fn -> managed(ctx) == ["x@#{x}", "y@#{y}"] end)
-
-      ctx.send_share.(
-        Share.encode(ctx.share.(listed_at: later, seq: 1, droplets: [ctx.self_droplet]))
-      )
+      TestCluster.await(fn -> ctx.get.().view == {later, 2} end)
+      assert managed(ctx) == ["x@#{x}", "y@#{y}"]
+      refute Enum.any?(events.(), &match?({:disconnect, _}, &1)), inspect(events.())
 
       ctx.send_share.(
         Share.encode(ctx.share.(listed_at: later + 1, droplets: [ctx.self_droplet, ctx.y]))
       )
 
       TestCluster.await(fn -> managed(ctx) == ["y@#{y}"] end)
+      TestCluster.await(fn -> {:disconnect, x_node} in events.() end)
     end
 
     test "a share this version cannot read is logged once and ignored; membership never shrinks",

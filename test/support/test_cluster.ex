@@ -69,7 +69,7 @@ defmodule LibclusterDroplet.TestCluster do
 
   Options: `:ipv6` (address must then be `"::1"`), `:log_level` for the
   node's Logger (default `:error`; `:info` shows libcluster's connect lines),
-  `:env` extra OS environment.
+  `:args` extra `erl` arguments (e.g. `["-kernel", "net_setuptime", "60"]`).
   """
   @spec start_node(String.t(), String.t(), keyword()) :: t()
   def start_node(name, address, opts \\ []) do
@@ -106,7 +106,10 @@ defmodule LibclusterDroplet.TestCluster do
         longnames: true,
         connection: :standard_io,
         wait_boot: 30_000,
-        args: [~c"-setcookie", ~c"#{@cookie}"] ++ dist_args ++ code_paths
+        args:
+          [~c"-setcookie", ~c"#{@cookie}"] ++
+            dist_args ++
+            Enum.map(Keyword.get(opts, :args, []), &String.to_charlist/1) ++ code_paths
       })
 
     level = Keyword.get(opts, :log_level, :error)
@@ -258,10 +261,14 @@ defmodule LibclusterDroplet.TestCluster.Remote do
   end
 
   @doc false
-  # Records every warning (and worse) this node logs from now on.
-  def capture_warnings do
+  # Records every line at `level` or worse this node logs from now on (the
+  # node's own level must let them through).
+  def capture_warnings(level \\ :warning) do
     {:ok, _} = Agent.start(fn -> [] end, name: __MODULE__.Warnings)
-    :ok = :logger.add_handler(:droplet_test_warnings, __MODULE__, %{level: :warning})
+    :ok = :logger.add_handler(:droplet_test_warnings, __MODULE__, %{level: level})
+    # Recorded, not printed: the test output stays the test runner's.
+    _ = :logger.remove_handler(:default)
+    :ok
   end
 
   @doc false
@@ -278,6 +285,44 @@ defmodule LibclusterDroplet.TestCluster.Remote do
       end
 
     Agent.update(__MODULE__.Warnings, &[text | &1])
+  end
+
+  @doc false
+  # Traces `pid`'s sends, its health-check probes and its connect tasks into
+  # an Agent, in the order they happen.
+  def trace_strategy(pid) do
+    {:ok, agent} = Agent.start(fn -> [] end, name: __MODULE__.Trace)
+
+    tracer =
+      spawn(fn ->
+        Stream.repeatedly(fn -> receive do: (event -> event) end)
+        |> Enum.each(fn event -> Agent.update(agent, &[event | &1]) end)
+      end)
+
+    :erlang.trace_pattern({LibclusterDroplet, :start_probe, 3}, true, [:local])
+    :erlang.trace_pattern({Task.Supervisor, :async_nolink, 2}, true, [:local])
+    :erlang.trace(pid, true, [:send, :call, {:tracer, tracer}])
+    :ok
+  end
+
+  @doc false
+  # [:share | :probe | :connect], oldest first.
+  def traced do
+    __MODULE__.Trace
+    |> Agent.get(&Enum.reverse/1)
+    |> Enum.flat_map(fn
+      {:trace, _, :send, message, _to} when elem(message, 0) == :libcluster_droplet_share ->
+        [:share]
+
+      {:trace, _, :call, {LibclusterDroplet, :start_probe, _}} ->
+        [:probe]
+
+      {:trace, _, :call, {Task.Supervisor, :async_nolink, _}} ->
+        [:connect]
+
+      _ ->
+        []
+    end)
   end
 
   @doc false

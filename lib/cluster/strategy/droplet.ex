@@ -59,9 +59,10 @@ defmodule Cluster.Strategy.Droplet do
   nodes apart (`prevent_overlapping_partitions`). So a managed node that is
   no longer wanted and still connected is asked to leave by itself
   (`:global.disconnect/0` on it, see `LibclusterDroplet.Membership.request_leave/1`),
-  which removes it alone. If it is still connected #{5_000} ms later it is
-  disconnected with the `disconnect` MFA, and a failed disconnect is
-  retried until it succeeds. A node whose own name is not among the
+  which removes it alone. If it is still connected
+  #{LibclusterDroplet.Removal.leave_grace()} ms later it is disconnected
+  with the `disconnect` MFA, and a failed disconnect is retried (every
+  `polling_interval`) until it succeeds. See `LibclusterDroplet.Removal`. A node whose own name is not among the
   selected droplets joins no one and, if it was in the cluster, leaves it
   (unless `require_listed: false`).
 
@@ -107,6 +108,7 @@ defmodule Cluster.Strategy.Droplet do
     ManagedStore,
     Membership,
     Plan,
+    Removal,
     Schedule,
     Share,
     Telemetry
@@ -122,11 +124,6 @@ defmodule Cluster.Strategy.Droplet do
   # A reply lost in the NIF would stall a poll forever; this long after the
   # NIF's own deadline the poll is abandoned and counted as a failure.
   @watchdog_grace 5_000
-
-  # How long a node asked to leave may stay connected before it is
-  # disconnected from this side. A node that runs OTP 25.1+ leaves within
-  # milliseconds; this only catches nodes that cannot.
-  @leave_grace 5_000
 
   @enforce_keys [:topology, :config]
   defstruct topology: nil,
@@ -184,7 +181,7 @@ defmodule Cluster.Strategy.Droplet do
           store_key: ManagedStore.key() | nil,
           tasks: pid() | nil,
           managed: MapSet.t(node()),
-          removing: %{node() => %{since: integer(), asked: boolean()}},
+          removing: Removal.removing(),
           strikes: Plan.strikes(),
           connector: Connector.t(),
           task_pids: %{reference() => pid()},
@@ -824,7 +821,7 @@ defmodule Cluster.Strategy.Droplet do
 
       state =
         if unlisted?,
-          do: leave_cluster(stale, state),
+          do: leave_cluster(stale, selection, state),
           else: start_removals(stale, state)
 
       state
@@ -881,104 +878,85 @@ defmodule Cluster.Strategy.Droplet do
     end
   end
 
-  ## Removal
+  ## Removal (decisions in LibclusterDroplet.Removal)
 
   # This node is no longer selected: it leaves by itself, which removes it
   # alone from the cluster.
-  defp leave_cluster(stale, state) do
+  defp leave_cluster(stale, selection, state) do
     visible = MapSet.new(Node.list())
 
-    if Enum.any?(stale, &MapSet.member?(visible, &1)) or
-         Enum.any?(Map.keys(state.removing), &MapSet.member?(visible, &1)) do
-      Log.info(state.topology, "leaving the cluster: this node's droplet is no longer selected")
-      Task.Supervisor.start_child(state.tasks, &Membership.leave_cluster/0)
+    # Stale nodes, nodes being removed, and any selected node: `global` may
+    # connect this node back to them after it left, and it leaves again.
+    cluster =
+      Enum.concat([stale, Map.keys(state.removing), Enum.map(selection.candidates, &elem(&1, 0))])
+
+    if Enum.any?(cluster, &MapSet.member?(visible, &1)) do
+      topology = state.topology
+
+      Task.Supervisor.start_child(state.tasks, fn ->
+        left = Membership.leave_cluster()
+
+        Log.info(
+          topology,
+          "left the cluster (#{length(left)} nodes): this node's droplet is no longer selected"
+        )
+      end)
     end
 
-    %{state | removing: %{}} |> disarm(:removals)
+    disarm(%{state | removing: %{}}, :removals)
   end
 
   defp start_removals(stale, state) do
-    state = %{state | removing: Map.drop(state.removing, MapSet.to_list(state.managed))}
+    visible = MapSet.new(Node.list())
+    connected = MapSet.new(list_nodes(state))
 
-    if MapSet.size(stale) == 0 do
-      state
-    else
-      visible = MapSet.new(Node.list())
-      connected = MapSet.new(list_nodes(state))
-      now = now()
+    {actions, removing} =
+      Removal.start(state.removing, stale, visible, connected, state.managed, now())
 
-      removing =
-        Enum.reduce(stale, state.removing, fn node, removing ->
-          cond do
-            MapSet.member?(visible, node) ->
-              Log.info(
-                state.topology,
-                "asking #{inspect(node)} to leave the cluster: its droplet is no longer selected"
-              )
-
-              Membership.request_leave(node)
-              Map.put(removing, node, %{since: now, asked: true})
-
-            MapSet.member?(connected, node) ->
-              Map.put(removing, node, %{since: now - @leave_grace, asked: false})
-
-            true ->
-              removing
-          end
-        end)
-
-      # Nodes that cannot be asked are disconnected right away.
-      progress_removals(%{state | removing: removing})
-    end
+    %{state | removing: removing} |> run_removals(actions) |> arm_removals()
   end
-
-  defp progress_removals(%{removing: removing} = state) when map_size(removing) == 0,
-    do: disarm(state, :removals)
 
   defp progress_removals(state) do
-    connected = MapSet.new(list_nodes(state))
-    now = now()
-
-    removing =
-      Enum.reduce(state.removing, %{}, fn {node, info}, removing ->
-        cond do
-          not MapSet.member?(connected, node) ->
-            removing
-
-          now - info.since < @leave_grace ->
-            Map.put(removing, node, info)
-
-          true ->
-            if info.asked do
-              Log.warn(
-                state.topology,
-                "#{inspect(node)} did not leave within #{@leave_grace} ms; disconnecting it from this node"
-              )
-            end
-
-            case Membership.disconnect_nodes(state.topology, state.disconnect, state.list_nodes, [
-                   node
-                 ]) do
-              :ok -> removing
-              # Kept, and retried at the next round.
-              {:error, _} -> Map.put(removing, node, %{info | asked: false})
-            end
-        end
-      end)
-
-    state = %{state | removing: removing}
-
-    if map_size(removing) == 0,
-      do: disarm(state, :removals) |> persist(),
-      else: arm(state, :removals, min_wait(removing, now)) |> persist()
+    {actions, removing} = Removal.due(state.removing, MapSet.new(list_nodes(state)), now())
+    %{state | removing: removing} |> run_removals(actions) |> arm_removals() |> persist()
   end
 
-  defp min_wait(removing, now) do
-    removing
-    |> Map.values()
-    |> Enum.map(&max(&1.since + @leave_grace - now, 0))
-    |> Enum.min()
-    |> max(100)
+  defp run_removals(state, actions) do
+    Enum.reduce(actions, state, fn
+      {:ask_to_leave, node}, state ->
+        Log.info(
+          state.topology,
+          "asking #{inspect(node)} to leave the cluster: its droplet is no longer selected"
+        )
+
+        Membership.request_leave(node)
+        state
+
+      {:disconnect, node, asked?}, state ->
+        if asked? do
+          Log.warn(
+            state.topology,
+            "#{inspect(node)} did not leave within #{Removal.leave_grace()} ms; disconnecting it from this node"
+          )
+        end
+
+        outcome =
+          case Membership.disconnect_nodes(state.topology, state.disconnect, state.list_nodes, [
+                 node
+               ]) do
+            :ok -> :ok
+            {:error, _} -> :error
+          end
+
+        %{state | removing: Removal.disconnected(state.removing, node, outcome)}
+    end)
+  end
+
+  defp arm_removals(state) do
+    case Removal.next_check(state.removing, now(), state.config.polling_interval) do
+      nil -> disarm(state, :removals)
+      wait -> arm(state, :removals, wait)
+    end
   end
 
   ## Connects, off this process

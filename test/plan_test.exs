@@ -1,0 +1,225 @@
+defmodule LibclusterDroplet.PlanTest do
+  @moduledoc false
+  # The pure decisions behind the cycle: selection, the desired set, probe
+  # strikes, connect bookkeeping and the share protocol.
+  use ExUnit.Case, async: true
+
+  alias LibclusterDroplet.{Connector, Plan, Share}
+  alias LibclusterDroplet.Plan.Selection
+
+  doctest LibclusterDroplet.Plan
+  doctest LibclusterDroplet.Connector
+  doctest LibclusterDroplet.Share
+  doctest LibclusterDroplet.Removal
+
+  @self :"app@10.0.0.1"
+
+  describe "select/3" do
+    test "names nodes basename@address, finds this node, drops unselected droplets" do
+      droplets = [
+        %{name: "web-1", address: "10.0.0.1"},
+        %{name: "web-2", address: "10.0.0.2"},
+        %{name: "web-3", address: nil},
+        %{name: "web-2-again", address: "10.0.0.2"}
+      ]
+
+      assert %Selection{candidates: [{:"app@10.0.0.2", "10.0.0.2"}], self_listed?: true} =
+               Plan.select(droplets, "app", @self)
+
+      # Without a basename the droplet's name is the node's.
+      assert %Selection{self_listed?: false, candidates: candidates} =
+               Plan.select(droplets, nil, @self)
+
+      assert Enum.map(candidates, &elem(&1, 0)) == [
+               :"web-1@10.0.0.1",
+               :"web-2@10.0.0.2",
+               :"web-2-again@10.0.0.2"
+             ]
+    end
+
+    test "unusable names are reported, not selected" do
+      s = Plan.select([{"example.com", "10.0.0.5"}, {"ok", "not-an-ip"}], nil, @self)
+      assert s.candidates == []
+
+      assert s.unusable == [
+               {"example.com", "example.com", "10.0.0.5", :invalid_basename},
+               {"ok", "ok", "not-an-ip", :invalid_address}
+             ]
+    end
+  end
+
+  describe "decide/5" do
+    @a :"a@10.0.0.2"
+    @b :"b@10.0.0.3"
+    @selection %Selection{candidates: [{@a, "10.0.0.2"}, {@b, "10.0.0.3"}], self_listed?: true}
+
+    test "without a health check every candidate is wanted" do
+      assert {desired, %{}} = Plan.decide(@selection, :unchecked, MapSet.new(), %{}, true)
+      assert Enum.sort(desired) == [@a, @b]
+    end
+
+    test "a new node needs one passing probe" do
+      health = %{@a => :ok, @b => {:error, :timeout}}
+      assert {desired, %{}} = Plan.decide(@selection, health, MapSet.new(), %{}, true)
+      assert MapSet.to_list(desired) == [@a]
+    end
+
+    test "a managed node is dropped only on its third failed probe in a row" do
+      failing = %{@a => {:error, :refused}, @b => :ok}
+      managed = MapSet.new([@a, @b])
+
+      {desired, strikes} = Plan.decide(@selection, failing, managed, %{}, true)
+      assert @a in desired and strikes == %{@a => 1}
+      {desired, strikes} = Plan.decide(@selection, failing, desired, strikes, true)
+      assert @a in desired and strikes == %{@a => 2}
+      {desired, strikes} = Plan.decide(@selection, failing, desired, strikes, true)
+      refute @a in desired
+      assert strikes == %{}
+      assert Plan.probe_strikes() == 3
+    end
+
+    test "a passing probe resets the count" do
+      managed = MapSet.new([@a])
+      {_, strikes} = Plan.decide(@selection, %{@a => {:error, :timeout}}, managed, %{}, true)
+      {_, strikes} = Plan.decide(@selection, %{@a => :ok}, managed, strikes, true)
+      assert strikes == %{}
+    end
+
+    test "an unlisted node wants no one, unless it need not be listed" do
+      unlisted = %{@selection | self_listed?: false}
+      assert {desired, %{}} = Plan.decide(unlisted, :unchecked, MapSet.new([@a]), %{}, true)
+      assert MapSet.size(desired) == 0
+      assert {desired, _} = Plan.decide(unlisted, :unchecked, MapSet.new(), %{}, false)
+      assert MapSet.size(desired) == 2
+    end
+  end
+
+  describe "Connector" do
+    defp backoff(n), do: 1_000 * n
+
+    test "a failed node waits out its backoff; a success forgets its failures" do
+      ref = make_ref()
+      c = Connector.started(%Connector{}, :a, ref)
+      assert {[], c} = Connector.next(c, [:a], MapSet.new(), 0)
+
+      {:a, %{count: 1, retry_at: 1_000}, c} =
+        Connector.finished(c, ref, {:error, false}, 0, &backoff/1)
+
+      assert {[], _} = Connector.next(c, [:a], MapSet.new(), 999)
+      assert {[:a], _} = Connector.next(c, [:a], MapSet.new(), 1_000)
+
+      ref2 = make_ref()
+      c = Connector.started(c, :a, ref2)
+
+      {:a, %{count: 2, retry_at: 3_000}, c} =
+        Connector.finished(c, ref2, {:error, false}, 1_000, &backoff/1)
+
+      ref3 = make_ref()
+      c = Connector.started(c, :a, ref3)
+      {:a, nil, c} = Connector.finished(c, ref3, :ok, 3_000, &backoff/1)
+      assert c.failures == %{}
+    end
+
+    test "at most 64 in flight; retries never take the room of fresh nodes" do
+      failed = for i <- 1..100, do: :"failed-#{i}@h"
+
+      c = %Connector{
+        failures: Map.new(failed, &{&1, %{count: 1, retry_at: 0, reason: false}})
+      }
+
+      fresh = for i <- 1..100, do: :"fresh-#{i}@h"
+      {start, _} = Connector.next(c, failed ++ fresh, MapSet.new(), 0)
+      assert length(start) == Connector.max_in_flight()
+      assert Enum.count(start, &(&1 in failed)) == 32
+      assert Enum.count(start, &(&1 in fresh)) == 32
+
+      {start, _} = Connector.next(c, failed, MapSet.new(), 0)
+      assert length(start) == 32
+    end
+
+    test "an unknown ref is ignored" do
+      assert {nil, nil, %Connector{}} =
+               Connector.finished(%Connector{}, make_ref(), :ok, 0, &backoff/1)
+    end
+  end
+
+  describe "Removal" do
+    alias LibclusterDroplet.Removal
+
+    test "a node asked to leave is asked again after the grace, then disconnected, and only if still there" do
+      {[{:ask_to_leave, :a}], removing} =
+        Removal.start(%{}, [:a], MapSet.new([:a]), MapSet.new([:a]), MapSet.new(), 0)
+
+      grace = Removal.leave_grace()
+      assert Removal.asks() == 2
+      assert Removal.next_check(removing, 0, 100) == grace
+      assert {[], ^removing} = Removal.due(removing, MapSet.new([:a]), grace - 1)
+      assert {[{:ask_to_leave, :a}], removing} = Removal.due(removing, MapSet.new([:a]), grace)
+      assert {[], _} = Removal.due(removing, MapSet.new([:a]), 2 * grace - 1)
+      assert {[{:disconnect, :a, true}], _} = Removal.due(removing, MapSet.new([:a]), 2 * grace)
+      # It left by itself: nothing to do, nothing left.
+      assert {[], %{}} = Removal.due(removing, MapSet.new(), 2 * grace)
+    end
+
+    test "a failed disconnect is kept and retried at the next check" do
+      {[{:disconnect, :b, false}], removing} =
+        Removal.start(%{}, [:b], MapSet.new(), MapSet.new([:b]), MapSet.new(), 0)
+
+      removing = Removal.disconnected(removing, :b, :error)
+      assert Removal.next_check(removing, 10, 250) == 250
+      assert {[{:disconnect, :b, false}], _} = Removal.due(removing, MapSet.new([:b]), 10)
+      assert Removal.disconnected(removing, :b, :ok) == %{}
+      assert Removal.next_check(%{}, 0, 250) == nil
+    end
+
+    test "a node wanted again is no longer removed" do
+      {_, removing} =
+        Removal.start(%{}, [:a], MapSet.new([:a]), MapSet.new([:a]), MapSet.new(), 0)
+
+      assert {[], %{}} =
+               Removal.start(removing, [], MapSet.new(), MapSet.new(), MapSet.new([:a]), 1)
+    end
+  end
+
+  describe "Share" do
+    test "views order by listing time, then by poll count" do
+      assert Share.newer?({2, 0}, {1, 9})
+      assert Share.newer?({1, 2}, {1, 1})
+      refute Share.newer?({1, 1}, {1, 1})
+      refute Share.newer?({0, 9}, {1, 0})
+      assert Share.newer?({0, 0}, nil)
+    end
+
+    test "only version 2 of the right shape decodes" do
+      good = %Share{
+        topology: :t,
+        from: :a@h,
+        fingerprint: 1,
+        interval: 100,
+        seq: 1,
+        listed_at: 5,
+        droplets: [{"a", "10.0.0.2"}]
+      }
+
+      assert {:ok, ^good} = good |> Share.encode() |> Share.decode()
+      {tag, 2, :t, payload} = Share.encode(good)
+
+      for bad <- [
+            %{payload | interval: 0},
+            %{payload | seq: -1},
+            %{payload | droplets: [{"a", nil}]},
+            %{payload | from: "a@h"},
+            Map.delete(payload, :listed_at)
+          ] do
+        assert Share.decode({tag, 2, :t, bad}) == {:error, :malformed}
+      end
+
+      assert Share.decode({tag, 3, :t, payload}) == {:error, {:unsupported_version, 3}}
+      assert Share.decode({tag}) == {:error, :malformed}
+      assert Share.sender({tag, 3, :t, payload}) == :a@h
+      assert Share.sender({tag, :t, :b@h, 1, []}) == :b@h
+      assert Share.share?({tag, 1})
+      refute Share.share?({:other, 1})
+    end
+  end
+end
