@@ -18,9 +18,6 @@
 #   UNREACHABLE_SETUPTIME_S=7     the nodes' net_setuptime (OTP's default 7 s),
 #                                 i.e. how long one connect to a black hole hangs
 #   UNREACHABLE_HEALTH_PORT=4000  the health-check port of every droplet
-#   UNREACHABLE_CONNECT_ALL=1     run the nodes with connect_all true (OTP's
-#                                 default; the test nodes' is false, so that
-#                                 every connection is one a strategy made)
 #   UNREACHABLE_STRATEGY_WITH_LIBCLUSTER=1   load the real libcluster in the
 #                                 strategy's nodes too (it then delegates to
 #                                 Cluster.Strategy.connect_nodes/4)
@@ -336,7 +333,6 @@ defmodule Bench.Unreachable do
       cap: env_int("UNREACHABLE_CAP_MS", 30_000),
       setuptime: env_int("UNREACHABLE_SETUPTIME_S", nil),
       health_port: env_int("UNREACHABLE_HEALTH_PORT", 4_000),
-      connect_all: System.get_env("UNREACHABLE_CONNECT_ALL") in ["1", "true"],
       strategy_with_libcluster:
         System.get_env("UNREACHABLE_STRATEGY_WITH_LIBCLUSTER") in ["1", "true"],
       vendor:
@@ -385,11 +381,7 @@ defmodule Bench.Unreachable do
       unreachable:
         "a listener with a full accept queue on the distribution port #{p.dist_port} of its own address",
       net_setuptime: setuptime_label(p.setuptime),
-      connect_all:
-        if(p.connect_all,
-          do: "true (OTP's default): global connects nodes transitively",
-          else: "false (the test nodes'): every connection is one a strategy made"
-        ),
+      "OTP flags": "the defaults: connect_all and global's prevent_overlapping_partitions on",
       cap: "#{Helper.int(p.cap)} ms per event; \"> cap\" when it did not happen by then",
       "get_state sampling":
         "every #{@sample_every_ms} ms on every node, timeout #{Helper.int(@get_state_timeout_ms)} ms",
@@ -417,7 +409,6 @@ defmodule Bench.Unreachable do
       cap_ms: ctx.cap,
       net_setuptime_s: ctx.setuptime || 7,
       health_port: ctx.health_port,
-      connect_all: ctx.connect_all,
       strategy_with_libcluster: ctx.strategy_with_libcluster,
       libcluster: libcluster_label(ctx.libcluster),
       sample_every_ms: @sample_every_ms,
@@ -428,9 +419,7 @@ defmodule Bench.Unreachable do
   # The nodes inherit this VM's environment: ERL_AFLAGS reaches their
   # command line ahead of TestCluster's own flags.
   defp with_node_flags(ctx, fun) do
-    flags =
-      if(ctx.setuptime, do: ["-kernel net_setuptime #{ctx.setuptime}"], else: []) ++
-        if ctx.connect_all, do: ["-kernel connect_all true"], else: []
+    flags = if(ctx.setuptime, do: ["-kernel net_setuptime #{ctx.setuptime}"], else: [])
 
     previous = System.get_env("ERL_AFLAGS")
 

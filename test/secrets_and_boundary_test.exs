@@ -58,11 +58,14 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
       refute inspect(listing, limit: :infinity) =~ @token
     end
 
-    test "is not in any log line or crash report across faults, a crash and a restart" do
+    test "is not in any log line, debug lines included, or crash report across faults, a crash and a restart" do
       {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets())
+      # libcluster's switch for debug lines; this module is not async.
+      Application.put_env(:libcluster, :debug, true)
+      on_exit(fn -> Application.delete_env(:libcluster, :debug) end)
 
       log =
-        capture_log(fn ->
+        capture_log([level: :debug], fn ->
           {pid, spy} = start_strategy(api, max_backoff: 200, api_timeout: 300)
           TestCluster.await(fn -> length(SpyMembership.connected(spy)) == 2 end)
 
@@ -86,10 +89,9 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
             TestCluster.await(fn -> :sys.get_state(pid).failures == 0 end, 10_000)
           end
 
-          # A crash: the strategy's state replaced by garbage, then a poll. The
-          # crash report prints the last message and the state.
+          # A crash: the strategy's state replaced by garbage, then its next
+          # tick. The crash report prints the last message and the state.
           :sys.replace_state(pid, fn state -> %{state | managed: :not_a_mapset} end)
-          send(pid, :poll)
           TestCluster.await(fn -> not Process.alive?(pid) end)
           # Restarted by its supervisor with the same config, it polls on.
           count = FakeAPI.request_count(api)
@@ -97,6 +99,8 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
         end)
 
       assert log =~ "terminating", "a crash report was logged"
+      assert log =~ "[debug] [libcluster:secrets_", "debug lines were on"
+      assert log =~ "found 2 droplets with 1 requests"
       assert log =~ "unauthorized"
       assert log =~ "pagination_loop"
       refute log =~ @token

@@ -388,7 +388,8 @@ defmodule LibclusterDroplet.ConsumerApp do
   consumer's code, with `DIGITALOCEAN_TOKEN` set to `token` and the test's
   API URL in its environment. Before its application starts, a recorder of
   every nodeup and nodedown (`:net_kernel.monitor_nodes(true, [:nodedown_reason])`)
-  runs on it. Options: `:log_level` (default `:error`).
+  runs on it. Options: `:log_level` (default `:error`), `:args` extra `erl`
+  arguments.
   Returns a `LibclusterDroplet.TestCluster` node, so its helpers apply.
   """
   @spec start_node(t(), String.t(), String.t(), String.t(), keyword()) :: TestCluster.t()
@@ -401,6 +402,7 @@ defmodule LibclusterDroplet.ConsumerApp do
         [~c"-start_epmd", ~c"false", ~c"-erl_epmd_port", ~c"#{TestCluster.dist_port()}"] ++
         [~c"-kernel", ~c"inet_dist_use_interface", String.to_charlist(inspect(ip))] ++
         [~c"-kernel", ~c"inet_dist_listen_options", ~c"[{reuseaddr,true}]"] ++
+        Enum.map(Keyword.get(opts, :args, []), &String.to_charlist/1) ++
         Enum.flat_map(app.code_paths, &[~c"-pa", String.to_charlist(&1)])
 
     {:ok, pid, node} =
