@@ -375,6 +375,22 @@ defmodule LibclusterDroplet.CoordinationTest do
              inspect(events)
     end
 
+    test "followers judge the poller's silence by the wait it announces, stretched when the budget is low",
+         %{prefix: prefix} do
+      # A budget that runs low fast: the poller stretches and spreads its polls.
+      {:ok, api} = FakeAPI.start_link(token: @token, rate_limit: [per_hour: 20, hour_ms: 20_000])
+
+      [_, {follower, follower_sup}] = formed_cluster(api, prefix, 1..2)
+
+      TestCluster.await(
+        fn ->
+          c = strategy_state(follower, follower_sup).coordination
+          c.leader_interval != nil and c.leader_interval >= 2 * @interval
+        end,
+        30_000
+      )
+    end
+
     test "a partition heals", %{api: api, prefix: prefix} do
       nodes = start_nodes(api, prefix, 1..4)
       start(nodes, api)

@@ -11,6 +11,7 @@ defmodule LibclusterDroplet.PlanTest do
   doctest LibclusterDroplet.Connector
   doctest LibclusterDroplet.Share
   doctest LibclusterDroplet.Removal
+  doctest LibclusterDroplet.HealthCheck
 
   @self :"app@10.0.0.1"
 
@@ -129,9 +130,17 @@ defmodule LibclusterDroplet.PlanTest do
 
       fresh = for i <- 1..100, do: :"fresh-#{i}@h"
       {start, _} = Connector.next(c, failed ++ fresh, MapSet.new(), 0)
-      assert length(start) == Connector.max_in_flight()
+      assert start == Enum.take(fresh, Connector.max_in_flight())
+
+      # Room left after fresh nodes goes to retries, at most 32 of them in flight.
+      {start, _} = Connector.next(c, failed ++ Enum.take(fresh, 10), MapSet.new(), 0)
+      assert Enum.count(start, &(&1 in fresh)) == 10
       assert Enum.count(start, &(&1 in failed)) == 32
-      assert Enum.count(start, &(&1 in fresh)) == 32
+
+      busy = Enum.reduce(Enum.take(fresh, 60), c, &Connector.started(&2, &1, make_ref()))
+
+      {start, _} = Connector.next(busy, failed ++ Enum.drop(fresh, 60), MapSet.new(), 0)
+      assert start == fresh |> Enum.drop(60) |> Enum.take(4)
 
       {start, _} = Connector.next(c, failed, MapSet.new(), 0)
       assert length(start) == 32
@@ -216,6 +225,8 @@ defmodule LibclusterDroplet.PlanTest do
 
       assert Share.decode({tag, 3, :t, payload}) == {:error, {:unsupported_version, 3}}
       assert Share.decode({tag}) == {:error, :malformed}
+      assert Share.decode({tag, :t, :b@h, 1, []}) == {:error, {:unsupported_version, 1}}
+      assert Share.decode({tag, "2", :t, payload}) == {:error, :malformed}
       assert Share.sender({tag, 3, :t, payload}) == :a@h
       assert Share.sender({tag, :t, :b@h, 1, []}) == :b@h
       assert Share.share?({tag, 1})

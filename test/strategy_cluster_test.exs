@@ -83,13 +83,15 @@ defmodule Cluster.Strategy.DropletClusterTest do
 
   defp config(api, extra \\ []) do
     # The per-minute budget would stretch 200 ms polls to 480 ms; the fake API has no such limit.
-    [
-      token: @token,
-      api_url: FakeAPI.url(api),
-      polling_interval: @interval,
-      max_requests_per_minute: 60_000
-    ] ++
+    Keyword.merge(
+      [
+        token: @token,
+        api_url: FakeAPI.url(api),
+        polling_interval: @interval,
+        max_requests_per_minute: 60_000
+      ],
       extra
+    )
   end
 
   defp nodes(pairs), do: Enum.map(pairs, &elem(&1, 1))
@@ -269,15 +271,19 @@ defmodule Cluster.Strategy.DropletClusterTest do
     assert Enum.all?(nodes, &(&1.node |> Atom.to_string() |> String.ends_with?("@::1")))
   end
 
-  test "a health check keeps out a node whose port is closed, lets it in once it opens, and drops it after #{3} failed probes in a row",
+  test "a health check keeps out a node whose port is closed, lets it in once it opens, and stops managing it after 3 failed probes in a row, without a nodedown",
        %{api: api, prefix: prefix} do
     [a, b, c] = api |> droplets(prefix, 3) |> nodes()
     port = free_port()
     listeners = for n <- [a, b], into: %{}, do: {n.node, listen(n.address, port)}
 
     # c's app is not up yet: its droplet is active but nothing answers on the port.
-    [sup_a, _] =
-      start_strategies([a, b], config(api, health_check: {:tcp, port: port, timeout: 200}))
+    # Probes a second apart: the first failed one is seen before the third.
+    [sup_a, sup_b] =
+      start_strategies(
+        [a, b],
+        config(api, health_check: {:tcp, port: port, timeout: 200}, polling_interval: 1_000)
+      )
 
     await_mesh([a, b])
 
@@ -287,27 +293,38 @@ defmodule Cluster.Strategy.DropletClusterTest do
 
     c_listener = listen(c.address, port)
     await_mesh([a, b, c])
-    Enum.each([a, b], &TestCluster.call(&1, Remote, :start_nodedown_recorder, []))
+    Enum.each([a, b, c], &TestCluster.call(&1, Remote, :start_nodedown_recorder, []))
 
-    # One failed probe does not cost c its connections...
+    # One failed probe does not cost c its place...
     :gen_tcp.close(c_listener)
-    pid_a = TestCluster.call(a, Remote, :strategy_pid, [sup_a])
 
-    state =
+    strategies =
+      for {n, sup} <- [{a, sup_a}, {b, sup_b}],
+          do: {n, TestCluster.call(n, Remote, :strategy_pid, [sup])}
+
+    state = fn {n, pid} -> TestCluster.call(n, :sys, :get_state, [pid]) end
+
+    first =
       TestCluster.await(fn ->
-        state = TestCluster.call(a, :sys, :get_state, [pid_a])
-        Map.has_key?(state.strikes, c.node) and state
+        states = Enum.map(strategies, state)
+
+        Enum.any?(states, &(Map.has_key?(&1.strikes, c.node) or c.node not in &1.managed)) and
+          states
       end)
 
-    assert c.node in state.managed
-    assert c.node in TestCluster.connected(a)
+    assert Enum.all?(first, &(c.node in &1.managed)), "c was dropped on its first failed probe"
 
-    # ...several in a row do, and c leaves without cutting a and b apart.
-    TestCluster.await(fn -> TestCluster.connected(c) == [] end)
-    assert TestCluster.full_mesh?([a, b])
+    # ...three in a row do: c is no longer managed (not reconnected if it
+    # drops), but probes are each node's own view, so nobody evicts it.
+    TestCluster.await(
+      fn -> Enum.all?(strategies, &(c.node not in state.(&1).managed)) end,
+      20_000
+    )
 
-    for n <- [a, b] do
-      assert TestCluster.call(n, Remote, :nodedowns, []) -- [c.node] == []
+    assert holds_for(3 * @interval, fn -> TestCluster.full_mesh?([a, b, c]) end)
+
+    for n <- [a, b, c] do
+      assert TestCluster.call(n, Remote, :nodedowns, []) == []
     end
 
     Enum.each(listeners, fn {_, l} -> :gen_tcp.close(l) end)
@@ -370,7 +387,12 @@ defmodule Cluster.Strategy.DropletClusterTest do
       pairs = droplets(api, prefix, 4, log_level: :info)
       nodes = nodes(pairs)
       Enum.each(nodes, &TestCluster.call(&1, Remote, :capture_warnings, [:info]))
-      start_strategies(nodes, config(api))
+
+      sups =
+        nodes
+        |> Enum.zip(start_strategies(nodes, config(api)))
+        |> Map.new(fn {n, s} -> {n.node, s} end)
+
       await_mesh(nodes)
       Enum.each(nodes, &TestCluster.call(&1, Remote, :start_nodedown_recorder, []))
 
@@ -383,9 +405,11 @@ defmodule Cluster.Strategy.DropletClusterTest do
 
       FakeAPI.remove_droplet(api, droplet["id"])
 
+      # Settled: no healthy strategy manages it any more, and it is connected to no one.
       TestCluster.await(fn ->
         TestCluster.connected(gone) == [] and
-          Enum.all?(healthy, &(gone.node not in TestCluster.connected(&1)))
+          Enum.all?(healthy, &(gone.node not in TestCluster.connected(&1))) and
+          Enum.all?(healthy, &(gone.node not in managed_by(&1, sups[&1.node])))
       end)
 
       # It stays out: its own strategy no longer finds itself selected.
@@ -407,6 +431,16 @@ defmodule Cluster.Strategy.DropletClusterTest do
         assert gone
                |> TestCluster.call(Remote, :warnings, [])
                |> Enum.any?(&(&1 =~ "left the cluster"))
+      end
+
+      # Connected back (as global may do while a cluster settles), it leaves
+      # again by itself, still without a nodedown among the others.
+      true = TestCluster.call(hd(healthy), :net_kernel, :connect_node, [gone.node])
+      TestCluster.await(fn -> TestCluster.connected(gone) == [] end)
+      assert TestCluster.full_mesh?(healthy)
+
+      for n <- healthy do
+        assert TestCluster.call(n, Remote, :nodedowns, []) -- [gone.node, gone.node] == []
       end
     end
   end
@@ -571,6 +605,12 @@ defmodule Cluster.Strategy.DropletClusterTest do
       TestCluster.await(fn -> TestCluster.connected(c) == [] end)
       assert TestCluster.full_mesh?([a, b])
     end
+  end
+
+  # The nodes the strategy started under `sup` on `node` manages.
+  defp managed_by(node, sup) do
+    pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
+    TestCluster.call(node, :sys, :get_state, [pid]).managed
   end
 
   defp free_port do

@@ -234,6 +234,13 @@ defmodule Cluster.Strategy.DropletCycleTest do
         pid = Remote.strategy_pid(sup)
         TestCluster.await(fn -> state(pid).failures >= 1 end, 10_000)
         Process.exit(pid, :kill)
+        # Its successor starts where it left off, before its first poll.
+        successor =
+          TestCluster.await(fn ->
+            Remote.strategy_pid(sup) not in [nil, pid] and Remote.strategy_pid(sup)
+          end)
+
+        assert state(successor).failures >= 1
 
         TestCluster.await(
           fn -> Enum.count(FakeAPI.requests(api), &(&1.status == 200)) >= 3 end,
@@ -294,13 +301,33 @@ defmodule Cluster.Strategy.DropletCycleTest do
 
       capture_log(fn ->
         ctx = start_local(api, [max_backoff: 60_000], spy: spy, mfas: mfas)
-        TestCluster.await(fn -> state(ctx.pid).polls >= 20 end, 30_000)
-        polls = state(ctx.pid).polls
-        tries = Agent.get(attempts, &Enum.count(&1, fn n -> n == :"node-2@127.0.3.3" end))
-        # Backoff doubles from the interval: a handful of tries in 20 polls.
-        assert tries <= div(polls, 3), "#{tries} connects in #{polls} polls"
+
+        TestCluster.await(
+          fn ->
+            Agent.get(attempts, &Enum.count(&1, fn {n, _} -> n == :"node-2@127.0.3.3" end)) >= 4
+          end,
+          30_000
+        )
+
+        assert state(ctx.pid).polls >= 4
         assert SpyMembership.connected(spy) == [:"node-1@127.0.3.2"]
       end)
+
+      times =
+        attempts
+        |> Agent.get(&Enum.reverse/1)
+        |> Enum.filter(&(elem(&1, 0) == :"node-2@127.0.3.3"))
+        |> Enum.map(&elem(&1, 1))
+
+      # After its n-th failure it waits at least the lower bound of
+      # Schedule.backoff/3: max(interval, min(max_backoff, interval × 2^n) / 2).
+      # A machine under load only makes these gaps longer.
+      for {[before, next], n} <- times |> Enum.chunk_every(2, 1, :discard) |> Enum.with_index(1) do
+        floor = max(@interval, div(min(60_000, @interval * Integer.pow(2, n)), 2))
+
+        assert next - before >= floor,
+               "retry #{n} after #{next - before} ms, backoff floor #{floor} ms"
+      end
     end
   end
 
@@ -313,8 +340,63 @@ defmodule Cluster.Strategy.DropletCycleTest do
 
   @doc false
   def refuse_node_2(spy, attempts, node) do
-    Agent.update(attempts, &[node | &1])
+    Agent.update(attempts, &[{node, System.monotonic_time(:millisecond)} | &1])
     if node == :"node-2@127.0.3.3", do: false, else: SpyMembership.connect(spy, node)
+  end
+
+  test "a share check that never answers is given up by its watchdog; the newest queued share is checked next" do
+    {:ok, api} = FakeAPI.start_link(token: @token)
+    [address, x] = TestCluster.allocate_addresses(2)
+    name = "wd#{System.unique_integer([:positive])}"
+    FakeAPI.add_droplet(api, FakeAPI.droplet(id: 1, name: name, private_ip: address))
+    node = TestCluster.start_node(name, address, log_level: :warning)
+    on_exit(fn -> TestCluster.stop(node) end)
+    TestCluster.call(node, Remote, :capture_warnings, [])
+    spy = TestCluster.call(node, SpyMembership, :start, [])
+    # x's health port drops SYNs: each check of a share listing x takes 2 s.
+    port = 20_000 + rem(System.unique_integer([:positive]), 20_000)
+    sockets = TestCluster.black_hole(x, port)
+    on_exit(fn -> Enum.each(sockets, &:gen_tcp.close/1) end)
+
+    config =
+      config(api, polling_interval: 60_000, health_check: {:tcp, port: port, timeout: 2_000})
+
+    sup = TestCluster.start_strategy(node, :t, config, SpyMembership.mfas(spy))
+    pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
+    get = fn -> TestCluster.call(node, :sys, :get_state, [pid]) end
+    TestCluster.await(fn -> get.().polls >= 1 end)
+    FakeAPI.inject(api, {:status, 503}, times: :infinity)
+    later = System.system_time(:millisecond) + 600_000
+
+    share = fn seq ->
+      Share.encode(%Share{
+        topology: :t,
+        from: :"0-leader@127.0.0.1",
+        fingerprint: get.().coordination.fingerprint,
+        interval: 60_000,
+        seq: seq,
+        listed_at: later,
+        droplets: [{name, address}, {"x", x}]
+      })
+    end
+
+    send_share = &TestCluster.call(node, :erlang, :send, [Coordination.registered_name(:t), &1])
+    send_share.(share.(1))
+    TestCluster.await(fn -> match?(%{check: %{view: {^later, 1}}}, get.()) end)
+
+    # Queued while the first is checked: the newest is kept, whatever the order.
+    send_share.(share.(3))
+    send_share.(share.(2))
+    TestCluster.await(fn -> match?(%Share{seq: 3}, get.().pending_share) end)
+
+    # The first check's answer is lost: only the watchdog can end it.
+    TestCluster.call(node, Remote, :lose_check_reply, [pid])
+    TestCluster.await(fn -> get.().view == {later, 3} end, 30_000)
+
+    assert Enum.any?(
+             TestCluster.call(node, Remote, :warnings, []),
+             &(&1 =~ "health checks of a shared view failed")
+           )
   end
 
   describe "shares" do
@@ -339,6 +421,9 @@ defmodule Cluster.Strategy.DropletCycleTest do
       pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
       get = fn -> TestCluster.call(node, :sys, :get_state, [pid]) end
       TestCluster.await(fn -> get.().polls >= 1 end)
+      # From now on only the shares below can change membership: the node's
+      # own polls (when it takes over from the made-up leader) fail.
+      FakeAPI.inject(api, {:status, 503}, times: :infinity)
 
       share = fn fields ->
         state = get.()
@@ -462,7 +547,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
         Enum.filter(TestCluster.call(ctx.node, Remote, :warnings, []), &(&1 =~ "cannot read"))
 
       assert length(warnings) == 3, inspect(warnings)
-      assert Enum.any?(warnings, &(&1 =~ "protocol version :t, this node speaks 2"))
+      assert Enum.any?(warnings, &(&1 =~ "protocol version 1, this node speaks 2"))
       assert Enum.any?(warnings, &(&1 =~ "protocol version 3"))
       assert Enum.any?(warnings, &(&1 =~ "(malformed)"))
     end

@@ -12,10 +12,11 @@ defmodule LibclusterDroplet.Connector do
   message. This module decides which wanted nodes to start and keeps their
   state; it has no side effects.
 
-    * At most #{@max_in_flight} connects are in flight at once; of those, at most
-      #{@max_retries_in_flight} retry a node whose last connect failed, so nodes never tried
-      before always find room even while many unreachable droplets are
-      listed.
+    * At most #{@max_in_flight} connects are in flight at once. Nodes never
+      tried before (or whose last connect succeeded) go first; of the
+      connects in flight, at most #{@max_retries_in_flight} retry a node whose last connect failed,
+      so fresh nodes always find room even while many unreachable droplets
+      are listed.
     * A node whose connect failed is retried on its own backoff
       (`LibclusterDroplet.Schedule.backoff/3` of its consecutive failures),
       not on every poll; a success forgets its failures.
@@ -61,10 +62,10 @@ defmodule LibclusterDroplet.Connector do
     due = Enum.filter(retries, &(connector.failures[&1].retry_at <= now))
     retrying = Enum.count(Map.values(connector.in_flight), &Map.has_key?(connector.failures, &1))
     room = @max_in_flight - map_size(connector.in_flight)
-    retry_room = max(min(@max_retries_in_flight - retrying, room), 0)
-    retries = Enum.take(due, retry_room)
-    fresh = Enum.take(fresh, max(room - length(retries), 0))
-    {fresh ++ retries, connector}
+    # Fresh nodes first; retries get what is left, within their own bound.
+    fresh = Enum.take(fresh, max(room, 0))
+    retry_room = max(min(@max_retries_in_flight - retrying, room - length(fresh)), 0)
+    {fresh ++ Enum.take(due, retry_room), connector}
   end
 
   @doc "Records that a connect of `node` started as the task `ref`."

@@ -75,18 +75,16 @@ defmodule LibclusterDroplet.Membership do
   end
 
   @doc """
-  Makes this node leave every node it is connected to, so that only this
-  node is removed from the cluster (`:global.disconnect/0`, OTP 25.1+).
-  Returns the nodes it disconnected from.
+  Makes this node leave the cluster so that only this node is removed
+  from it (`:global.disconnect/0`, OTP 25.1+), then disconnects from any
+  of `nodes` still connected: a connection `global` had not synced yet is
+  not one it knows to drop. Returns the nodes it disconnected from.
   """
-  @spec leave_cluster() :: [node()]
-  def leave_cluster do
-    if function_exported?(:global, :disconnect, 0) do
-      :global.disconnect()
-    else
-      # Older OTP: the best that can be done is to go one by one.
-      for node <- Node.list(), Node.disconnect(node), do: node
-    end
+  @spec leave_cluster([node()]) :: [node()]
+  def leave_cluster(nodes \\ []) do
+    left = if function_exported?(:global, :disconnect, 0), do: :global.disconnect(), else: []
+    rest = for node <- Node.list(), node in nodes or left == [], Node.disconnect(node), do: node
+    Enum.uniq(left ++ rest)
   end
 
   @doc false

@@ -8,7 +8,7 @@ defmodule LibclusterDroplet.Plan do
     1. `select/3`: each selected droplet's node name, `basename@address`;
        whether this node is among them; droplets whose name cannot be a
        node name.
-    2. `decide/4`: with the health checks' results, the desired set.
+    2. `decide/5`: with the health checks' results, the desired set.
        A node that is not yet managed needs one passing probe; a node
        already managed is dropped only after #{@probe_strikes} failed probes in a row,
        so one lost SYN or a full accept queue never costs a healthy node
@@ -80,6 +80,17 @@ defmodule LibclusterDroplet.Plan do
   defp name_and_address(%{name: name, address: address}), do: {name, address}
   defp name_and_address({name, address}), do: {name, address}
   defp name_and_address(_), do: nil
+
+  @doc "Why a droplet's name and address make no node name, in words."
+  @spec describe_unusable(:invalid_basename | :invalid_address, String.t(), String.t()) ::
+          String.t()
+  def describe_unusable(:invalid_basename, basename, _address) do
+    "#{inspect(basename)} cannot be the name part of a node name (only ASCII letters, digits, '_' and '-'); " <>
+      "set :node_basename"
+  end
+
+  def describe_unusable(:invalid_address, _basename, address),
+    do: "#{inspect(address)} is not an IP address"
 
   @doc """
   The desired set and the new strike counts.

@@ -121,8 +121,10 @@ defmodule LibclusterDroplet.Removal do
   @spec disconnected(removing(), node(), :ok | :error) :: removing()
   def disconnected(removing, node, :ok), do: Map.delete(removing, node)
 
-  def disconnected(removing, node, :error),
-    do: Map.update(removing, node, %{since: 0, asked: 0}, &%{&1 | asked: 0, since: 0})
+  def disconnected(removing, node, :error) when is_map_key(removing, node),
+    do: Map.update!(removing, node, &%{&1 | asked: 0, since: 0})
+
+  def disconnected(removing, _node, :error), do: removing
 
   @doc """
   When the next check is due, in ms from `now`, or `nil` when nothing is

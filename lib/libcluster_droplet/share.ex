@@ -10,8 +10,10 @@ defmodule LibclusterDroplet.Share do
 
   `listed_at` is the leader's clock when the listing started and `seq` its
   count of polls; together they order views (see `newer?/2`), so a share
-  that arrives late never undoes a fresher view. `interval` is the leader's
-  `polling_interval`: followers judge its silence by it, not by their own.
+  that arrives late never undoes a fresher view. `interval` is how long the
+  leader waits before its next poll (its `polling_interval`, stretched and
+  paced when the token's budget runs low): followers judge its silence by
+  it, not by their own interval.
 
   `decode/1` accepts only what this version can read. Anything else tagged
   `:libcluster_droplet_share` (another release during a rolling upgrade, a
@@ -38,8 +40,8 @@ defmodule LibclusterDroplet.Share do
           droplets: [droplet()]
         }
 
-  @typedoc "Why a share could not be read."
-  @type error :: {:unsupported_version, term()} | :malformed
+  @typedoc "Why a share could not be read: another protocol version (1 is the unversioned share of earlier releases), or a term of no known shape."
+  @type error :: {:unsupported_version, integer()} | :malformed
 
   @doc "The protocol version this release speaks."
   @spec version() :: pos_integer()
@@ -90,7 +92,7 @@ defmodule LibclusterDroplet.Share do
       iex> LibclusterDroplet.Share.decode(LibclusterDroplet.Share.encode(share)) == {:ok, share}
       true
       iex> LibclusterDroplet.Share.decode({:libcluster_droplet_share, :t, :"a@h", 1, []})
-      {:error, {:unsupported_version, :t}}
+      {:error, {:unsupported_version, 1}}
   """
   @spec decode(term()) :: {:ok, t()} | {:error, error()}
   def decode(
@@ -124,12 +126,32 @@ defmodule LibclusterDroplet.Share do
   end
 
   def decode({@tag, @version, _topology, _payload}), do: {:error, :malformed}
-  def decode({@tag, version, _topology, _payload}), do: {:error, {:unsupported_version, version}}
 
-  def decode(message) when tuple_size(message) >= 2,
+  # The unversioned share of earlier releases.
+  def decode({@tag, topology, from, _fingerprint, droplets})
+      when is_atom(topology) and is_atom(from) and is_list(droplets),
+      do: {:error, {:unsupported_version, 1}}
+
+  def decode(message) when tuple_size(message) >= 2 and is_integer(elem(message, 1)),
     do: {:error, {:unsupported_version, elem(message, 1)}}
 
   def decode(_message), do: {:error, :malformed}
+
+  @doc """
+  Sends an encoded share to the process registered as `name` on each of
+  `nodes`, never setting up a connection of its own (`:noconnect`).
+  """
+  @spec send(tuple(), atom(), [node()]) :: :ok
+  def send(message, name, nodes) do
+    Enum.each(nodes, &:erlang.send({name, &1}, message, [:noconnect]))
+  end
+
+  @doc "Why a share could not be read, in words."
+  @spec describe_error(error()) :: String.t()
+  def describe_error({:unsupported_version, v}),
+    do: "protocol version #{inspect(v)}, this node speaks #{@version}"
+
+  def describe_error(:malformed), do: "malformed"
 
   @doc "The sender named in a share of any version, when it can be found."
   @spec sender(term()) :: node() | nil

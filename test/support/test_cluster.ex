@@ -326,6 +326,11 @@ defmodule LibclusterDroplet.TestCluster.Remote do
   end
 
   @doc false
+  # Makes the strategy lose the answer of its share check in flight: the
+  # NIF's reply will carry a ref it no longer waits for.
+  def lose_check_reply(pid), do: :sys.replace_state(pid, &put_in(&1.check.ref, make_ref()))
+
+  @doc false
   def nodedowns do
     send(__MODULE__.Nodedowns, {:get, self()})
 

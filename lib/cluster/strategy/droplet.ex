@@ -103,6 +103,7 @@ defmodule Cluster.Strategy.Droplet do
     Connector,
     Coordination,
     Error,
+    HealthCheck,
     Listing,
     Log,
     ManagedStore,
@@ -137,11 +138,13 @@ defmodule Cluster.Strategy.Droplet do
             removing: %{},
             strikes: %{},
             connector: %Connector{},
-            task_pids: %{},
             poll: nil,
             check: nil,
             pending_share: nil,
             view: nil,
+            view_applied_at: nil,
+            selected: MapSet.new(),
+            abandoned: %{},
             timers: %{},
             failures: 0,
             not_before: nil,
@@ -184,12 +187,14 @@ defmodule Cluster.Strategy.Droplet do
           removing: Removal.removing(),
           strikes: Plan.strikes(),
           connector: Connector.t(),
-          task_pids: %{reference() => pid()},
           poll: map() | nil,
           check: map() | nil,
           pending_share: Share.t() | nil,
           view: {integer(), non_neg_integer()} | nil,
-          timers: %{atom() => reference()},
+          view_applied_at: integer() | nil,
+          selected: MapSet.t(node()),
+          abandoned: %{reference() => node()},
+          timers: %{atom() => {reference(), reference()}},
           failures: non_neg_integer(),
           not_before: integer() | nil,
           next_poll_at: integer() | nil,
@@ -274,7 +279,7 @@ defmodule Cluster.Strategy.Droplet do
     # next incarnation.
     Process.flag(:trap_exit, true)
     {:ok, tasks} = Task.Supervisor.start_link()
-    key = ManagedStore.key(state.topology, fingerprint(state.config))
+    key = ManagedStore.key(state.topology, Config.fingerprint(state.config))
     stored = ManagedStore.load(key)
 
     state = %{
@@ -306,7 +311,7 @@ defmodule Cluster.Strategy.Droplet do
 
   @impl true
   def handle_info({:droplet_timer, purpose, ref}, state) do
-    if Map.get(state.timers, purpose) == ref,
+    if match?({^ref, _}, Map.get(state.timers, purpose)),
       do: {:noreply, timer(purpose, %{state | timers: Map.delete(state.timers, purpose)})},
       else: {:noreply, state}
   end
@@ -330,8 +335,11 @@ defmodule Cluster.Strategy.Droplet do
     state = disarm(state, :poll_watchdog)
 
     case results do
-      {:error, reason} -> {:noreply, poll_failed(reason, nil, state)}
-      results -> {:noreply, api_probed(health(state.poll.selection, results), state)}
+      {:error, reason} ->
+        {:noreply, poll_failed(reason, nil, state)}
+
+      results ->
+        {:noreply, api_probed(HealthCheck.verdicts(state.poll.selection, results), state)}
     end
   end
 
@@ -339,18 +347,27 @@ defmodule Cluster.Strategy.Droplet do
     state = disarm(state, :check_watchdog)
 
     case results do
-      {:error, reason} -> {:noreply, check_failed(reason, state)}
-      results -> {:noreply, share_probed(health(state.check.selection, results), state)}
+      {:error, reason} ->
+        {:noreply, check_failed(reason, state)}
+
+      results ->
+        {:noreply, share_probed(HealthCheck.verdicts(state.check.selection, results), state)}
     end
   end
 
   # A connect task's answer.
   def handle_info({ref, outcome}, state) when is_reference(ref) do
-    if Connector.in_flight?(state.connector, ref) do
-      Process.demonitor(ref, [:flush])
-      {:noreply, connect_done(ref, outcome, state)}
-    else
-      {:noreply, state}
+    cond do
+      Connector.in_flight?(state.connector, ref) ->
+        Process.demonitor(ref, [:flush])
+        {:noreply, connect_done(ref, outcome, state)}
+
+      Map.has_key?(state.abandoned, ref) ->
+        Process.demonitor(ref, [:flush])
+        {:noreply, abandoned_done(ref, outcome, state)}
+
+      true ->
+        {:noreply, state}
     end
   end
 
@@ -361,6 +378,9 @@ defmodule Cluster.Strategy.Droplet do
 
       Connector.in_flight?(state.connector, ref) ->
         {:noreply, connect_done(ref, {:error, {:exit, reason}}, state)}
+
+      Map.has_key?(state.abandoned, ref) ->
+        {:noreply, %{state | abandoned: Map.delete(state.abandoned, ref)}}
 
       true ->
         {:noreply, state}
@@ -405,12 +425,21 @@ defmodule Cluster.Strategy.Droplet do
   defp arm(state, purpose, delay) do
     state = disarm(state, purpose)
     ref = make_ref()
-    Process.send_after(self(), {:droplet_timer, purpose, ref}, max(delay, 0))
-    %{state | timers: Map.put(state.timers, purpose, ref)}
+    timer = Process.send_after(self(), {:droplet_timer, purpose, ref}, max(delay, 0))
+    %{state | timers: Map.put(state.timers, purpose, {ref, timer})}
   end
 
-  # The ref is forgotten, so a message already delivered is ignored.
-  defp disarm(state, purpose), do: %{state | timers: Map.delete(state.timers, purpose)}
+  # Cancelled, and its ref forgotten, so a message already delivered is ignored.
+  defp disarm(state, purpose) do
+    case Map.pop(state.timers, purpose) do
+      {nil, _} ->
+        state
+
+      {{_ref, timer}, timers} ->
+        Process.cancel_timer(timer)
+        %{state | timers: timers}
+    end
+  end
 
   defp timer(:tick, state), do: tick(state)
 
@@ -503,10 +532,14 @@ defmodule Cluster.Strategy.Droplet do
     view = {state.poll.listed_at, state.polls + 1}
     state = %{state | rate_limit: listing.rate_limit, stretch: stretch}
     state = enable_coordination(state)
+    # When the next poll goes out: the share tells followers, who judge the
+    # poller's silence by it.
+    delay = next_delay(listing, state)
     # Followers start their own health checks while this node runs its own.
-    share(listing, selection, view, state)
+    share(listing, selection, view, delay, state)
 
-    poll = Map.merge(state.poll, %{listing: listing, selection: selection, view: view})
+    poll =
+      Map.merge(state.poll, %{listing: listing, selection: selection, view: view, delay: delay})
 
     case probe(selection, state) do
       :unchecked ->
@@ -521,8 +554,10 @@ defmodule Cluster.Strategy.Droplet do
   end
 
   defp api_probed(health, state) do
-    %{listing: listing, selection: selection, view: view, started: started} = state.poll
-    state = apply_view(state, selection, health, view)
+    %{listing: listing, selection: selection, view: view, started: started, delay: delay} =
+      state.poll
+
+    state = apply_view(state, selection, health, view, started)
 
     Telemetry.execute(
       [:libcluster_droplet, :poll, :stop],
@@ -534,29 +569,32 @@ defmodule Cluster.Strategy.Droplet do
       }
     )
 
-    config = state.config
     unix_now = System.system_time(:millisecond)
-    floor = Schedule.not_before(listing.rate_limit, nil, unix_now)
-
-    delay =
-      Schedule.pace(
-        config.polling_interval * state.stretch,
-        listing.rate_limit,
-        listing.requests,
-        unix_now,
-        config.max_requests_per_minute
-      )
 
     state = %{
       state
       | poll: nil,
         failures: 0,
         polls: state.polls + 1,
-        not_before: floor,
+        not_before: Schedule.not_before(listing.rate_limit, nil, unix_now),
+        # Not stored after a success: replacing a persistent term on every
+        # poll would scan every process each time.
         next_poll_at: nil
     }
 
     state |> arm(:tick, delay) |> persist()
+  end
+
+  # The paced wait after a successful listing: the interval stretched while
+  # the token's budget keeps falling, and spread by Schedule.pace/5.
+  defp next_delay(listing, state) do
+    Schedule.pace(
+      state.config.polling_interval * state.stretch,
+      listing.rate_limit,
+      listing.requests,
+      System.system_time(:millisecond),
+      state.config.max_requests_per_minute
+    )
   end
 
   defp poll_failed(reason, rate_limit, state) do
@@ -597,7 +635,7 @@ defmodule Cluster.Strategy.Droplet do
 
   # The leader tells the strategy on every connected node it selected or
   # manages what it found: only names and addresses.
-  defp share(listing, selection, {listed_at, seq}, state) do
+  defp share(listing, selection, {listed_at, seq}, delay, state) do
     c = state.coordination
     unlisted? = require_listed?(state) and not selection.self_listed?
 
@@ -607,18 +645,14 @@ defmodule Cluster.Strategy.Droplet do
           topology: state.topology,
           from: Node.self(),
           fingerprint: c.fingerprint,
-          interval: state.config.polling_interval,
+          interval: delay,
           seq: seq,
           listed_at: listed_at,
           droplets: for(%{address: a, name: n} when is_binary(a) <- listing.droplets, do: {n, a})
         })
 
       targets = MapSet.union(state.managed, MapSet.new(selection.candidates, &elem(&1, 0)))
-
-      for node <- Node.list(), MapSet.member?(targets, node) do
-        # :noconnect: a share must never set up a connection of its own.
-        :erlang.send({c.name, node}, message, [:noconnect])
-      end
+      Share.send(message, c.name, Enum.filter(Node.list(), &MapSet.member?(targets, &1)))
     end
 
     :ok
@@ -641,15 +675,10 @@ defmodule Cluster.Strategy.Droplet do
 
         warn_once(state, {:share, sender, reason}, fn ->
           "ignoring a share from #{inspect(sender)} that this version cannot read " <>
-            "(#{describe_share_error(reason)}); membership is unchanged"
+            "(#{Share.describe_error(reason)}); membership is unchanged"
         end)
     end
   end
-
-  defp describe_share_error({:unsupported_version, v}),
-    do: "protocol version #{inspect(v)}, this node speaks #{Share.version()}"
-
-  defp describe_share_error(:malformed), do: "malformed"
 
   defp accept_share(share, state) do
     case Coordination.share(
@@ -671,7 +700,7 @@ defmodule Cluster.Strategy.Droplet do
 
         cond do
           not Share.newer?(Share.view(share), state.view) -> state
-          state.check != nil -> %{state | pending_share: share}
+          state.check != nil -> %{state | pending_share: newest(share, state.pending_share)}
           true -> check_share(share, state)
         end
     end
@@ -716,6 +745,11 @@ defmodule Cluster.Strategy.Droplet do
 
     next_share(%{disarm(state, :check_watchdog) | check: nil})
   end
+
+  defp newest(share, nil), do: share
+
+  defp newest(share, pending),
+    do: if(Share.newer?(Share.view(share), Share.view(pending)), do: share, else: pending)
 
   defp next_share(%{pending_share: nil} = state), do: state
 
@@ -762,52 +796,22 @@ defmodule Cluster.Strategy.Droplet do
     state =
       Enum.reduce(selection.unusable, state, fn {name, basename, address, reason}, state ->
         warn_once(state, {:name, name}, fn ->
-          "skipping droplet #{inspect(name)}: #{unusable_why(reason, basename, address)}"
+          "skipping droplet #{inspect(name)}: #{Plan.describe_unusable(reason, basename, address)}"
         end)
       end)
 
     {selection, state}
   end
 
-  defp unusable_why(:invalid_basename, basename, _address) do
-    "#{inspect(basename)} cannot be the name part of a node name (only ASCII letters, digits, '_' and '-'); " <>
-      "set :node_basename"
-  end
+  defp probe(selection, state),
+    do: HealthCheck.start(selection, state.config.health_check, @watchdog_grace)
 
-  defp unusable_why(:invalid_address, _basename, address),
-    do: "#{inspect(address)} is not an IP address"
-
-  defp probe(selection, state) do
-    case state.config.health_check do
-      {:tcp, port: port, timeout: timeout} when selection.candidates != [] ->
-        addresses = Enum.map(selection.candidates, &elem(&1, 1))
-        concurrency = 512
-        waves = div(length(addresses) - 1, concurrency) + 1
-
-        case LibclusterDroplet.start_probe(addresses, port,
-               timeout: timeout,
-               concurrency: concurrency
-             ) do
-          {:ok, ref} -> {:ok, ref, timeout * waves + @watchdog_grace}
-          {:error, _} = error -> error
-        end
-
-      _ ->
-        :unchecked
-    end
-  end
-
-  defp health(selection, results) do
-    for {{node, _address}, {_, result}} <- Enum.zip(selection.candidates, results), into: %{} do
-      case result do
-        {:ok, _us} -> {node, :ok}
-        {:error, _} = error -> {node, error}
-      end
-    end
-  end
-
-  defp apply_view(state, selection, health, view) do
-    if Share.newer?(view, state.view) do
+  # `own_started` is the monotonic start of this node's own API poll (nil
+  # for a share): a poll started after the last view was applied is newer
+  # whatever the clocks say.
+  defp apply_view(state, selection, health, view, own_started \\ nil) do
+    if Share.newer?(view, state.view) or
+         (own_started != nil and own_started > state.view_applied_at) do
       require_listed? = require_listed?(state)
       log_failed_probes(health, state)
 
@@ -816,13 +820,26 @@ defmodule Cluster.Strategy.Droplet do
 
       stale = Plan.diff(state.managed, desired)
       unlisted? = require_listed? and not selection.self_listed?
-      state = %{state | view: view, managed: desired, strikes: strikes}
+      selected = MapSet.new(selection.candidates, &elem(&1, 0))
+
+      state = %{
+        state
+        | view: view,
+          view_applied_at: System.monotonic_time(),
+          managed: desired,
+          strikes: strikes,
+          selected: selected
+      }
+
       state = note_listed(not unlisted?, selection, state)
 
+      # Only nodes no longer selected are removed. A node still selected but
+      # failing this node's probes is no longer managed here, nothing more:
+      # probes are this node's view, and a local fault must not evict anyone.
       state =
         if unlisted?,
           do: leave_cluster(stale, selection, state),
-          else: start_removals(stale, state)
+          else: start_removals(Enum.reject(stale, &MapSet.member?(selected, &1)), state)
 
       state
       |> cancel_unwanted_connects()
@@ -894,7 +911,7 @@ defmodule Cluster.Strategy.Droplet do
       topology = state.topology
 
       Task.Supervisor.start_child(state.tasks, fn ->
-        left = Membership.leave_cluster()
+        left = Membership.leave_cluster(cluster)
 
         Log.info(
           topology,
@@ -974,11 +991,7 @@ defmodule Cluster.Strategy.Droplet do
           connect_one(topology, connect, list_nodes, node)
         end)
 
-      %{
-        state
-        | connector: Connector.started(state.connector, node, task.ref),
-          task_pids: Map.put(state.task_pids, task.ref, task.pid)
-      }
+      %{state | connector: Connector.started(state.connector, node, task.ref)}
     end)
   end
 
@@ -999,7 +1012,7 @@ defmodule Cluster.Strategy.Droplet do
     backoff = &Schedule.backoff(interval, &1, max_backoff)
     outcome = if outcome == :ok, do: :ok, else: normalize_outcome(outcome)
     {node, failure, connector} = Connector.finished(state.connector, ref, outcome, now(), backoff)
-    state = %{state | connector: connector, task_pids: Map.delete(state.task_pids, ref)}
+    state = %{state | connector: connector}
 
     if failure do
       Log.debug(state.topology, fn ->
@@ -1014,16 +1027,29 @@ defmodule Cluster.Strategy.Droplet do
   defp normalize_outcome({:error, _} = error), do: error
   defp normalize_outcome(other), do: {:error, other}
 
+  # Connects to nodes no longer wanted are abandoned, not killed: killing
+  # the task would not stop net_kernel's setup, which can still succeed.
+  # Their answers are watched for that (see abandoned_done/3).
   defp cancel_unwanted_connects(state) do
     {refs, connector} = Connector.forget(state.connector, state.managed)
+    nodes = Map.new(refs, &{&1, Map.fetch!(state.connector.in_flight, &1)})
 
-    for ref <- refs do
-      Process.demonitor(ref, [:flush])
-      if pid = state.task_pids[ref], do: Process.exit(pid, :kill)
-    end
-
-    %{state | connector: connector, task_pids: Map.drop(state.task_pids, refs)}
+    %{state | connector: connector, abandoned: Map.merge(state.abandoned, nodes)}
   end
+
+  # An abandoned connect that succeeded after its node's droplet went away:
+  # that node is removed like any other.
+  defp abandoned_done(ref, outcome, state) do
+    {node, abandoned} = Map.pop(state.abandoned, ref)
+    state = %{state | abandoned: abandoned}
+
+    if outcome == :ok and not MapSet.member?(state.managed, node) and
+         not MapSet.member?(state.selected, node) and not unlisted?(state),
+       do: start_removals([node], state),
+       else: state
+  end
+
+  defp unlisted?(state), do: state.listed? == false
 
   defp list_nodes(%{list_nodes: {m, f, a}}), do: apply(m, f, a)
 
@@ -1056,20 +1082,11 @@ defmodule Cluster.Strategy.Droplet do
           state.coordination
           | enabled?: true,
             name: name,
-            fingerprint: fingerprint(state.config)
+            fingerprint: Config.fingerprint(state.config)
         }
 
         %{state | coordination: coordination}
     end
-  end
-
-  # Shares are only followed between strategies that would find the same
-  # nodes, and stored membership is only adopted by such a strategy.
-  defp fingerprint(config) do
-    :erlang.phash2(
-      {config.api_url, config.tag_name, config.name, config.network, config.ipv6,
-       config.node_basename}
-    )
   end
 
   ## Helpers

@@ -135,6 +135,19 @@ defmodule Cluster.Strategy.Droplet.Config do
     check_combinations!(config, Keyword.has_key?(opts, :network))
   end
 
+  @doc """
+  A hash of the options that decide which nodes are selected: API URL,
+  filters, network, IP version and basename. Strategies follow each
+  other's shares, and adopt stored membership, only under the same one.
+  """
+  @spec fingerprint(t()) :: non_neg_integer()
+  def fingerprint(%__MODULE__{} = config) do
+    :erlang.phash2(
+      {config.api_url, config.tag_name, config.name, config.network, config.ipv6,
+       config.node_basename}
+    )
+  end
+
   @doc "The token: the only place it is taken out of its closure."
   @spec token(t()) :: String.t()
   def token(%__MODULE__{token: fun}), do: fun.()
