@@ -9,6 +9,10 @@ defmodule LibclusterDroplet.CoordinationTest do
 
   @token "dop_v1_coordination_token"
   @interval 300
+  # A polling interval no test outlives: a strategy configured with it polls
+  # when it starts and when the test (or coordination) makes it, never on
+  # its timer, so every poll the test sees has a known cause.
+  @idle 600_000
 
   describe "decisions" do
     @fp 42
@@ -113,39 +117,75 @@ defmodule LibclusterDroplet.CoordinationTest do
       end
     end
 
-    defp config(api) do
+    defp config(api, interval) do
       [
         token: @token,
         api_url: FakeAPI.url(api),
-        polling_interval: @interval,
+        polling_interval: interval,
         max_requests_per_minute: 60_000
       ]
     end
 
-    defp start(nodes, api),
-      do: for(n <- nodes, do: {n, TestCluster.start_strategy(n, :droplets, config(api))})
+    defp start(nodes, api, interval \\ @interval),
+      do:
+        for(n <- nodes, do: {n, TestCluster.start_strategy(n, :droplets, config(api, interval))})
 
-    defp coordination(node, sup) do
+    defp strategy_state(node, sup) do
       pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
-      TestCluster.call(node, :sys, :get_state, [pid]).coordination
+      TestCluster.call(node, :sys, :get_state, [pid])
+    end
+
+    defp coordination(node, sup), do: strategy_state(node, sup).coordination
+
+    # Successful API polls of the strategy on `node`.
+    defp polls(node, sup), do: strategy_state(node, sup).polls
+
+    # Makes the strategy on `node` poll now, as its timer would.
+    defp poll_now(node, sup) do
+      pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
+      TestCluster.call(node, :erlang, :send, [pid, :poll])
     end
 
     defp mesh(nodes), do: TestCluster.await(fn -> TestCluster.full_mesh?(nodes) end, 15_000)
 
-    # Nodes for `range`, each running the strategy, meshed, and given a few
-    # polls for the shares to settle who polls. Returns [{node, sup}].
-    defp formed_cluster(api, prefix, range) do
+    # Nodes for `range`, each running the strategy, meshed, and settled on
+    # who polls: the lowest-named node, made to poll once more so that its
+    # share reaches every strategy (with @idle, nothing else would send one),
+    # and followed by every other. Returns [{node, sup}].
+    defp formed_cluster(api, prefix, range, interval \\ @interval) do
       nodes = start_nodes(api, prefix, range)
-      started = start(nodes, api)
+      [{leader, leader_sup} | followers] = started = start(nodes, api, interval)
       mesh(nodes)
-      Process.sleep(3 * @interval)
+      poll_now(leader, leader_sup)
+
+      for {node, sup} <- followers,
+          do: TestCluster.await(fn -> coordination(node, sup).leader == leader.node end)
+
       started
     end
 
-    defp requests_during(api, ms) do
-      count = FakeAPI.request_count(api)
-      Process.sleep(ms)
-      FakeAPI.request_count(api) - count
+    # The strategy's own record of its last events (`:sys.log/2`): what it
+    # received and the state each callback returned.
+    defp log_events(node, sup, on?) do
+      pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
+      TestCluster.call(node, :sys, :log, [pid, if(on?, do: {true, 500}, else: :get)])
+    end
+
+    # The outcome of every poll tick in a `:sys` log that came with no poll
+    # in flight: `:polled` when it started an API poll, `:waited` when not.
+    defp ticks(events) do
+      events
+      |> Enum.chunk_every(3, 1, :discard)
+      |> Enum.flat_map(fn
+        [{:noreply, %{poll: nil}}, {:in, :poll}, {:noreply, %{poll: %{source: :api}}}] ->
+          [:polled]
+
+        [{:noreply, %{poll: nil}}, {:in, :poll}, {:noreply, _}] ->
+          [:waited]
+
+        _ ->
+          []
+      end)
     end
 
     test "once connected, only the lowest-named node polls at full rate", %{
@@ -161,40 +201,77 @@ defmodule LibclusterDroplet.CoordinationTest do
         assert coordination(node, sup).leader == leader.node
       end
 
-      # 5 nodes polling on their own would make 5 requests an interval.
-      requests = requests_during(api, 20 * @interval)
-      assert requests <= 20 * 1.5, "#{requests} requests in 20 intervals"
-      assert requests >= 15
+      # Counted in the poller's own polls, not in time: 20 of them.
+      :ok = log_events(leader, leader_sup, true)
+      FakeAPI.reset_requests(api)
+      before = for {node, sup} <- started, do: polls(node, sup)
+      TestCluster.await(fn -> polls(leader, leader_sup) >= hd(before) + 20 end, 60_000)
+      [leader_polls | follower_polls] = for {node, sup} <- started, do: polls(node, sup)
+      {:ok, events} = log_events(leader, leader_sup, false)
+      requests = FakeAPI.requests(api)
+
+      # Full rate: every tick of the poller's timer polled the API.
+      ticks = ticks(events)
+      assert length(ticks) >= 19 and Enum.all?(ticks, &(&1 == :polled)), inspect(ticks)
+
+      # A follower polls at most once per safety interval, 4 × (5 − 1)
+      # intervals of its own clock: over the span of those requests on the
+      # API's clock (less an interval for the requests' own latency) at most
+      # span / safety + 1 times, plus one whose request preceded the count.
+      # Five nodes polling on their own would each poll about 20 times.
+      span = List.last(requests).at_ms - hd(requests).at_ms
+      per_follower = div(span, Coordination.safety_interval(@interval, 5) - @interval) + 1
+
+      for {polls_before, polls_after} <- Enum.zip(tl(before), follower_polls) do
+        assert polls_after - polls_before <= per_follower + 1,
+               "a follower polled #{polls_after - polls_before} times in #{span} ms"
+      end
+
+      assert length(requests) <= leader_polls - hd(before) + 1 + 4 * per_follower,
+             "#{length(requests)} requests in #{span} ms"
     end
 
     test "a node connected to no one polls at its own full rate", %{api: api, prefix: prefix} do
       [alone] = start_nodes(api, prefix, 1..1)
-      start([alone], api)
-      TestCluster.await(fn -> FakeAPI.request_count(api) > 0 end)
-      requests = requests_during(api, 10 * @interval)
-      assert requests in 8..12, "#{requests} requests in 10 intervals"
+      [{^alone, sup}] = start([alone], api)
+      :ok = log_events(alone, sup, true)
+      FakeAPI.reset_requests(api)
+      TestCluster.await(fn -> FakeAPI.request_count(api) >= 10 end, 30_000)
+      {:ok, events} = log_events(alone, sup, false)
+
+      # Every tick of its timer polled: it follows no one.
+      ticks = ticks(events)
+      assert length(ticks) >= 9 and Enum.all?(ticks, &(&1 == :polled)), inspect(ticks)
+      assert coordination(alone, sup).leader == nil
+
+      # And no faster than its interval.
+      gaps = FakeAPI.requests(api) |> Enum.map(& &1.at_ms) |> Enum.chunk_every(2, 1, :discard)
+      assert Enum.all?(gaps, fn [a, b] -> b - a >= @interval end), inspect(gaps)
     end
 
-    test "when the poller goes away, the next one takes over within one interval", %{
+    test "when the poller goes away, the next one takes over at once", %{
       api: api,
       prefix: prefix
     } do
-      [{leader, _}, {second, second_sup} | _] = started = formed_cluster(api, prefix, 1..4)
+      # With @idle no timer fires during the test: any poll is a reaction.
+      [{leader, _}, {second, second_sup} | others] =
+        started = formed_cluster(api, prefix, 1..4, @idle)
+
       nodes = Enum.map(started, &elem(&1, 0))
-
+      polls_before = polls(second, second_sup)
       FakeAPI.reset_requests(api)
-      gone_at = System.monotonic_time(:millisecond)
       TestCluster.stop(leader)
-      rest = nodes -- [leader]
 
-      TestCluster.await(fn -> FakeAPI.request_count(api) > 0 end, 5_000)
-      [first | _] = FakeAPI.requests(api)
+      # Only the poller's DOWN can make the second node poll: it does, alone,
+      # and the others follow it.
+      TestCluster.await(fn -> polls(second, second_sup) > polls_before end, 15_000)
+      assert coordination(second, second_sup).leader == nil
 
-      assert first.at_ms - gone_at <= @interval + 100,
-             "first poll #{first.at_ms - gone_at} ms after the leader went"
+      for {node, sup} <- others,
+          do: TestCluster.await(fn -> coordination(node, sup).leader == second.node end)
 
-      TestCluster.await(fn -> coordination(second, second_sup).leader == nil end)
-      TestCluster.await(fn -> TestCluster.full_mesh?(rest) end)
+      assert FakeAPI.request_count(api) == 1
+      TestCluster.await(fn -> TestCluster.full_mesh?(nodes -- [leader]) end)
     end
 
     test "a follower takes over even when the lower-named nodes left run no strategy",
@@ -208,39 +285,40 @@ defmodule LibclusterDroplet.CoordinationTest do
 
       FakeAPI.reset_requests(api)
       TestCluster.stop(n2)
-      TestCluster.await(fn -> FakeAPI.request_count(api) > 0 end, 5_000)
+      TestCluster.await(fn -> FakeAPI.request_count(api) > 0 end, 15_000)
       TestCluster.await(fn -> coordination(n4, sup4).leader == nil end)
       assert TestCluster.connected(n4) == Enum.sort([n1.node, n3.node])
     end
 
-    test "a new droplet joins within polling_interval + 1 s", %{api: api, prefix: prefix} do
-      nodes = api |> formed_cluster(prefix, 2..5) |> Enum.map(&elem(&1, 0))
+    test "a new droplet joins on the poll it makes when it starts", %{api: api, prefix: prefix} do
+      # With @idle no timer fires during the test: the only poll is the
+      # newcomer's first, as it starts.
+      nodes = api |> formed_cluster(prefix, 2..5, @idle) |> Enum.map(&elem(&1, 0))
 
       # The newcomer sorts first, so it also becomes the poller.
       [newcomer] = start_nodes(api, prefix, 1..1)
-      added_at = System.monotonic_time(:millisecond)
-      start([newcomer], api)
+      count = FakeAPI.request_count(api)
+      start([newcomer], api, @idle)
       mesh([newcomer | nodes])
-      joined_ms = System.monotonic_time(:millisecond) - added_at
-      assert joined_ms <= @interval + 1_000, "joined after #{joined_ms} ms"
+      assert FakeAPI.request_count(api) == count + 1
     end
 
-    test "a removed droplet is disconnected everywhere within 2 × polling_interval", %{
+    test "a removed droplet is disconnected everywhere by one poll of the poller", %{
       api: api,
       prefix: prefix
     } do
-      started = formed_cluster(api, prefix, 1..5)
+      # With @idle no timer fires during the test: the poller polls once,
+      # when told, and the followers act on what it shares.
+      [{leader, leader_sup} | _] = started = formed_cluster(api, prefix, 1..5, @idle)
 
       # Remove a follower: its app stops clustering, its droplet goes away.
       {gone, gone_sup} = List.last(started)
       TestCluster.call(gone, Supervisor, :stop, [gone_sup])
-      removed_at = System.monotonic_time(:millisecond)
       FakeAPI.remove_droplet(api, 5)
-      TestCluster.await(fn -> TestCluster.connected(gone) == [] end, 5_000)
-      disconnected_ms = System.monotonic_time(:millisecond) - removed_at
-
-      assert disconnected_ms <= 2 * @interval + 100,
-             "disconnected everywhere after #{disconnected_ms} ms"
+      count = FakeAPI.request_count(api)
+      poll_now(leader, leader_sup)
+      TestCluster.await(fn -> TestCluster.connected(gone) == [] end, 15_000)
+      assert FakeAPI.request_count(api) == count + 1
     end
 
     test "a partition heals", %{api: api, prefix: prefix} do

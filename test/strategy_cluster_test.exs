@@ -97,21 +97,33 @@ defmodule Cluster.Strategy.DropletClusterTest do
 
   defp await_mesh(nodes), do: TestCluster.await(fn -> TestCluster.full_mesh?(nodes) end, 15_000)
 
-  # Stays true for `ms`: a property that must hold over several polls.
-  defp holds_for(ms, fun) do
-    deadline = System.monotonic_time(:millisecond) + ms
+  # Stays true until `done` is: a property that must hold over several
+  # polls, checked until they happened however long they take.
+  defp holds_until(done, fun) do
+    TestCluster.await(
+      fn ->
+        finished = done.()
 
-    Stream.repeatedly(fn ->
-      Process.sleep(50)
-      fun.()
-    end)
-    |> Enum.reduce_while(true, fn ok, _ ->
-      cond do
-        not ok -> {:halt, false}
-        System.monotonic_time(:millisecond) > deadline -> {:halt, true}
-        true -> {:cont, true}
-      end
-    end)
+        cond do
+          not fun.() -> :broken
+          finished -> :held
+          true -> false
+        end
+      end,
+      30_000,
+      50
+    ) == :held
+  end
+
+  # Stays true while the API answers `n` more requests.
+  defp holds_through(api, n, fun) do
+    target = FakeAPI.request_count(api) + n
+    holds_until(fn -> FakeAPI.request_count(api) >= target end, fun)
+  end
+
+  defp strategy_state(node, sup) do
+    pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
+    TestCluster.call(node, :sys, :get_state, [pid])
   end
 
   test "a full mesh forms, started exactly as Cluster.Supervisor starts a strategy", %{
@@ -136,14 +148,15 @@ defmodule Cluster.Strategy.DropletClusterTest do
     nodes = api |> droplets(prefix, 3) |> nodes()
     sups = start_strategies(nodes, config(api))
     await_mesh(nodes)
-    Process.sleep(2 * @interval)
 
+    # Each strategy, once it has applied a poll of its own or a share, wants
+    # exactly the other nodes.
     for {node, sup} <- Enum.zip(nodes, sups) do
-      [{:droplets, pid, :worker, _}] = TestCluster.call(node, Supervisor, :which_children, [sup])
-      %{managed: managed} = TestCluster.call(node, :sys, :get_state, [pid])
+      others = Enum.sort(Enum.map(nodes, & &1.node) -- [node.node])
 
-      assert MapSet.to_list(managed) |> Enum.sort() ==
-               Enum.sort(Enum.map(nodes, & &1.node) -- [node.node])
+      TestCluster.await(fn ->
+        strategy_state(node, sup).managed |> MapSet.to_list() |> Enum.sort() == others
+      end)
     end
   end
 
@@ -155,7 +168,7 @@ defmodule Cluster.Strategy.DropletClusterTest do
     start_strategies([worker], config(api, tag_name: "worker"))
     await_mesh(web)
 
-    assert holds_for(4 * @interval, fn ->
+    assert holds_through(api, 4, fn ->
              TestCluster.connected(worker) == [] and
                Enum.all?(web, &(worker.node not in TestCluster.connected(&1)))
            end)
@@ -168,7 +181,7 @@ defmodule Cluster.Strategy.DropletClusterTest do
     start_strategies([a], config(api, name: String.upcase(b.name)))
 
     TestCluster.await(fn -> TestCluster.connected(a) == [b.node] end)
-    assert holds_for(4 * @interval, fn -> TestCluster.connected(a) == [b.node] end)
+    assert holds_through(api, 4, fn -> TestCluster.connected(a) == [b.node] end)
     refute c.node in TestCluster.connected(a)
   end
 
@@ -198,7 +211,7 @@ defmodule Cluster.Strategy.DropletClusterTest do
     nodes = api |> droplets(prefix, 2, network: :public) |> nodes()
     start_strategies(nodes, config(api, network: :private))
 
-    assert holds_for(5 * @interval, fn -> Enum.all?(nodes, &(TestCluster.connected(&1) == [])) end)
+    assert holds_through(api, 5, fn -> Enum.all?(nodes, &(TestCluster.connected(&1) == [])) end)
   end
 
   test "IPv6: nodes on ::1 with inet6_tcp", %{api: api, prefix: prefix} do
@@ -239,7 +252,7 @@ defmodule Cluster.Strategy.DropletClusterTest do
     start_strategies([a, b], config(api, health_check: {:tcp, port: port, timeout: 200}))
     await_mesh([a, b])
 
-    assert holds_for(4 * @interval, fn ->
+    assert holds_through(api, 4, fn ->
              Enum.all?([a, b], &(c.node not in TestCluster.connected(&1)))
            end)
 
@@ -275,7 +288,7 @@ defmodule Cluster.Strategy.DropletClusterTest do
     start_strategies([a, b], config(api))
     await_mesh([a, b])
 
-    assert holds_for(4 * @interval, fn ->
+    assert holds_through(api, 4, fn ->
              Enum.all?([a, b], &(TestCluster.connected(&1) -- [a.node, b.node] == []))
            end)
 
@@ -286,20 +299,27 @@ defmodule Cluster.Strategy.DropletClusterTest do
 
   test "an API outage keeps the cluster", %{api: api, prefix: prefix} do
     nodes = api |> droplets(prefix, 3) |> nodes()
-    start_strategies(nodes, config(api, max_backoff: 400))
+    sups = start_strategies(nodes, config(api, max_backoff: 400))
     await_mesh(nodes)
 
+    # The strategies keep polling through the outage, and the mesh holds
+    # through four failed polls.
     FakeAPI.inject(api, {:status, 503}, times: :infinity)
-    count = FakeAPI.request_count(api)
-    assert holds_for(8 * @interval, fn -> TestCluster.full_mesh?(nodes) end)
-
-    assert FakeAPI.request_count(api) > count + 3,
-           "the strategies kept polling through the outage"
+    assert holds_through(api, 4, fn -> TestCluster.full_mesh?(nodes) end)
 
     FakeAPI.clear_faults(api)
     FakeAPI.stop(api)
-    # The API is gone altogether: connection refused, still no change.
-    assert holds_for(6 * @interval, fn -> TestCluster.full_mesh?(nodes) end)
+    # The API is gone altogether: connection refused, still no change
+    # through three more failed polls.
+    failures = fn ->
+      nodes |> Enum.zip(sups) |> Enum.map(fn {n, sup} -> strategy_state(n, sup).failures end)
+    end
+
+    target = Enum.sum(failures.()) + 3
+
+    assert holds_until(fn -> Enum.sum(failures.()) >= target end, fn ->
+             TestCluster.full_mesh?(nodes)
+           end)
   end
 
   test "without libcluster: the keyword child spec with the default MFAs", %{
@@ -381,7 +401,14 @@ defmodule Cluster.Strategy.DropletClusterTest do
         end)
       end
 
-      Process.sleep(5 * @interval)
+      # Every strategy now running has applied a poll since it started (the
+      # poll that would disconnect a node it forgot), and the cluster polled
+      # five more times.
+      for {node, sup} <- Enum.zip(nodes, sups),
+          do: TestCluster.await(fn -> strategy_state(node, sup).polls >= 1 end)
+
+      count = FakeAPI.request_count(api)
+      TestCluster.await(fn -> FakeAPI.request_count(api) >= count + 5 end)
       assert TestCluster.full_mesh?(nodes)
 
       for node <- nodes do
