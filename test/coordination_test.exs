@@ -146,7 +146,7 @@ defmodule LibclusterDroplet.CoordinationTest do
       TestCluster.call(node, :erlang, :send, [pid, :poll])
     end
 
-    defp mesh(nodes), do: TestCluster.await(fn -> TestCluster.full_mesh?(nodes) end, 15_000)
+    defp mesh(nodes), do: TestCluster.await(fn -> TestCluster.full_mesh?(nodes) end, 30_000)
 
     # Nodes for `range`, each running the strategy, meshed, and settled on
     # who polls: the lowest-named node, made to poll once more so that its
@@ -317,7 +317,7 @@ defmodule LibclusterDroplet.CoordinationTest do
       FakeAPI.remove_droplet(api, 5)
       count = FakeAPI.request_count(api)
       poll_now(leader, leader_sup)
-      TestCluster.await(fn -> TestCluster.connected(gone) == [] end, 15_000)
+      TestCluster.await(fn -> TestCluster.connected(gone) == [] end, 30_000)
       assert FakeAPI.request_count(api) == count + 1
     end
 
@@ -325,13 +325,21 @@ defmodule LibclusterDroplet.CoordinationTest do
       nodes = start_nodes(api, prefix, 1..4)
       start(nodes, api)
       mesh(nodes)
-      [a, b | _] = nodes
+      [a, b, c, d] = nodes
+      Enum.each([a, b], &TestCluster.call(&1, Remote, :start_nodedown_recorder, []))
 
       # Cut the poller off from everyone, then one follower from the rest.
-      for other <- nodes -- [a], do: TestCluster.call(a, :erlang, :disconnect_node, [other.node])
-      TestCluster.call(b, :erlang, :disconnect_node, [Enum.at(nodes, 2).node])
-      refute TestCluster.full_mesh?(nodes)
+      for other <- [b, c, d], do: TestCluster.call(a, :erlang, :disconnect_node, [other.node])
+      TestCluster.call(b, :erlang, :disconnect_node, [c.node])
       mesh(nodes)
+
+      # The partition happened (the strategies may heal it before any look
+      # at the mesh, so it is read from the nodedowns the nodes saw), and
+      # the mesh healed after it.
+      assert Enum.sort(TestCluster.call(a, Remote, :nodedowns, [])) ==
+               Enum.sort([b.node, c.node, d.node])
+
+      assert c.node in TestCluster.call(b, Remote, :nodedowns, [])
     end
   end
 end

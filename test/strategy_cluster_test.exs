@@ -95,7 +95,7 @@ defmodule Cluster.Strategy.DropletClusterTest do
     for node <- nodes, do: TestCluster.start_strategy(node, :droplets, config, opts)
   end
 
-  defp await_mesh(nodes), do: TestCluster.await(fn -> TestCluster.full_mesh?(nodes) end, 15_000)
+  defp await_mesh(nodes), do: TestCluster.await(fn -> TestCluster.full_mesh?(nodes) end, 30_000)
 
   # Stays true until `done` is: a property that must hold over several
   # polls, checked until they happened however long they take.
@@ -260,7 +260,7 @@ defmodule Cluster.Strategy.DropletClusterTest do
     await_mesh([a, b, c])
 
     :gen_tcp.close(c_listener)
-    TestCluster.await(fn -> TestCluster.connected(c) == [] end)
+    TestCluster.await(fn -> TestCluster.connected(c) == [] end, 30_000)
     assert TestCluster.full_mesh?([a, b])
     Enum.each(listeners, fn {_, l} -> :gen_tcp.close(l) end)
   end
@@ -276,7 +276,7 @@ defmodule Cluster.Strategy.DropletClusterTest do
     {droplet_c, _} = List.last(pairs)
     FakeAPI.remove_droplet(api, droplet_c["id"])
 
-    TestCluster.await(fn -> TestCluster.connected(c) == [] end)
+    TestCluster.await(fn -> TestCluster.connected(c) == [] end, 30_000)
     assert TestCluster.full_mesh?([a, b])
   end
 
@@ -368,7 +368,7 @@ defmodule Cluster.Strategy.DropletClusterTest do
     TestCluster.call(c, Supervisor, :stop, [sup_c])
     {droplet_c, _} = List.last(pairs)
     FakeAPI.remove_droplet(api, droplet_c["id"])
-    TestCluster.await(fn -> TestCluster.connected(c) == [] end)
+    TestCluster.await(fn -> TestCluster.connected(c) == [] end, 30_000)
 
     assert {:disconnect_nodes, :droplets, [node_c]} =
              Enum.find(
@@ -429,7 +429,7 @@ defmodule Cluster.Strategy.DropletClusterTest do
       {droplet_c, _} = List.last(pairs)
       FakeAPI.remove_droplet(api, droplet_c["id"])
 
-      TestCluster.await(fn -> TestCluster.connected(c) == [] end)
+      TestCluster.await(fn -> TestCluster.connected(c) == [] end, 30_000)
       assert TestCluster.full_mesh?([a, b])
     end
   end
