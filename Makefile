@@ -12,7 +12,7 @@ export LC_ALL ?= C.UTF-8
 
 SUDO := $(shell [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null && echo sudo)
 
-.PHONY: all setup test test-rust test-elixir demo bench clean
+.PHONY: all setup test test-rust test-elixir test-under-load demo bench clean
 
 all: test
 
@@ -38,6 +38,18 @@ test-elixir:
 	mix format --check-formatted
 	MIX_ENV=test mix compile --warnings-as-errors
 	MIX_ENV=test mix test
+
+# The Elixir suite three times in a row while a CPU-bound process runs
+# beside it: no test may need an idle machine. Fails if any run fails; the
+# busy loop is killed however the recipe ends.
+test-under-load: setup
+	MIX_ENV=test mix compile
+	sh -c 'while :; do :; done' & hog=$$!; \
+	trap 'kill $$hog 2>/dev/null || true' EXIT INT TERM; \
+	for run in 1 2 3; do \
+	  echo "==> mix test, run $$run of 3, beside a CPU-bound process (pid $$hog)"; \
+	  MIX_ENV=test mix test; \
+	done
 
 demo: setup
 	mix run --no-start demo/demo.exs

@@ -3,7 +3,7 @@ defmodule LibclusterDroplet.NifApiTest do
   # The NIF's HTTP client against the fake DigitalOcean API, over real sockets.
   use ExUnit.Case, async: true
 
-  alias LibclusterDroplet.{FakeAPI, Listing}
+  alias LibclusterDroplet.{FakeAPI, Listing, Native, TestCluster}
 
   @token "dop_v1_nif_test_token"
 
@@ -118,10 +118,33 @@ defmodule LibclusterDroplet.NifApiTest do
     end
 
     test "a slow server times out", %{api: api} do
-      FakeAPI.inject(api, {:slow, 3_000})
+      url = FakeAPI.url(api)
+      # Suspended, the server never answers: only a client's own timeouts
+      # can end a call.
+      :sys.suspend(api)
+      test = self()
       started = System.monotonic_time(:millisecond)
-      assert {:error, :timeout} = list(api, request_timeout: 300)
-      assert System.monotonic_time(:millisecond) - started < 2_500
+
+      for {name, opts} <- [
+            request_timeout: [request_timeout: 300, deadline: 60_000],
+            deadline: [request_timeout: 60_000, deadline: 3_000]
+          ] do
+        spawn_link(fn ->
+          result = LibclusterDroplet.list_droplets([api_url: url, token: @token] ++ opts)
+          send(test, {name, result})
+        end)
+      end
+
+      # The call with a 300 ms request timeout ends before the one only its
+      # 3 s deadline can end: an ordering a busy machine slows alike on both
+      # sides (ignored, the request timeout would be the 15 s default).
+      assert_receive {first, {:error, :timeout}}, 30_000
+      assert first == :request_timeout
+      assert System.monotonic_time(:millisecond) - started >= 300
+      assert_receive {:deadline, {:error, :timeout}}, 30_000
+      # Both requests had reached the server, which still holds them unanswered.
+      assert held_requests(api) == 2
+      :sys.resume(api)
     end
 
     test "connection refused is a transport error" do
@@ -135,23 +158,41 @@ defmodule LibclusterDroplet.NifApiTest do
       assert is_binary(detail)
     end
 
-    test "while a 3 s call is in flight, other processes keep answering", %{api: api} do
-      FakeAPI.inject(api, {:slow, 3_000})
-      caller = Task.async(fn -> list(api) end)
+    test "while a call is in flight, its caller and other processes keep answering", %{api: api} do
+      FakeAPI.put_droplets(api, droplets(3))
+      {:ok, request} = LibclusterDroplet.list_request(api_url: FakeAPI.url(api), token: @token)
+      # Suspended, the server holds the request unanswered until resumed: the
+      # call stays in flight for as long as the test likes.
+      :sys.suspend(api)
+      test = self()
+
+      caller =
+        spawn_link(fn ->
+          ref = make_ref()
+          # The NIF returns at once; the answer will come as a message.
+          :ok = Native.list_droplets(request, ref)
+          send(test, :call_returned)
+          caller_loop(test, ref)
+        end)
+
+      # A call that waited for the server would not return while it holds
+      # the request: this would time out.
+      assert_receive :call_returned, 10_000
+      TestCluster.await(fn -> held_requests(api) == 1 end)
       echo = spawn_link(fn -> echo_loop() end)
 
-      latencies =
-        for _ <- 1..100 do
-          started = System.monotonic_time(:microsecond)
-          send(echo, {:ping, self()})
-          assert_receive :pong, 1_000
-          Process.sleep(20)
-          System.monotonic_time(:microsecond) - started - 20_000
-        end
+      # With the request in flight, the caller itself and another process
+      # both complete 100 round trips.
+      for _ <- 1..100, pid <- [caller, echo] do
+        send(pid, {:ping, self()})
+        assert_receive {:pong, ^pid}, 10_000
+      end
 
-      assert {:ok, _} = Task.await(caller, 10_000)
-      # 100 round trips spread over the 3 s call; a blocked scheduler would stall one for seconds.
-      assert Enum.max(latencies) < 100_000, "slowest round trip: #{Enum.max(latencies)} µs"
+      # Still unanswered, so every round trip happened while it was in flight.
+      refute_received {:listing, _}
+      assert held_requests(api) == 1
+      :sys.resume(api)
+      assert_receive {:listing, {:ok, %Listing{droplets: [_, _, _]}}}, 10_000
     end
   end
 
@@ -220,8 +261,27 @@ defmodule LibclusterDroplet.NifApiTest do
   defp echo_loop do
     receive do
       {:ping, from} ->
-        send(from, :pong)
+        send(from, {:pong, self()})
         echo_loop()
     end
+  end
+
+  # Answers pings until its listing arrives, then hands the listing over.
+  defp caller_loop(test, ref) do
+    receive do
+      {:ping, from} ->
+        send(from, {:pong, self()})
+        caller_loop(test, ref)
+
+      {:droplet_nif_list, ^ref, result, info} ->
+        send(test, {:listing, Listing.from_nif(result, info)})
+    end
+  end
+
+  # How many requests the (suspended) server has received and not yet
+  # decided: each connection asks it what to answer with one call.
+  defp held_requests(api) do
+    {:messages, messages} = Process.info(api, :messages)
+    Enum.count(messages, &match?({:"$gen_call", _, {:request, _}}, &1))
   end
 end

@@ -17,7 +17,12 @@ defmodule LibclusterDroplet.Native do
   #   {:error, :timeout | :refused | :unreachable | :invalid_address |
   #   {:io, binary}}}]} in input order.
   #
-  # debug_panic(:nif | :list, ref): only in the MIX_ENV=test build of the NIF.
+  # Only in the MIX_ENV=test build of the NIF (native/droplet_nif/src/debug.rs
+  # and debug_panic in lib.rs):
+  #   debug_panic(:nif | :list, ref): panics on purpose.
+  #   debug_thread_times() :: {tid, now_ns, wait_ns}: the calling scheduler
+  #   thread's id, the monotonic clock, and the thread's run-queue wait so far.
+  #   debug_hold(:spin | :sleep, ms): holds the calling scheduler on purpose.
 
   @on_load :load_nif
 
@@ -49,4 +54,8 @@ defmodule LibclusterDroplet.Native do
     do: :erlang.nif_error(:nif_not_loaded)
 
   def debug_panic(_where, _ref), do: :erlang.nif_error(:nif_not_loaded)
+
+  def debug_thread_times, do: :erlang.nif_error(:nif_not_loaded)
+
+  def debug_hold(_kind, _ms), do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -14,6 +14,8 @@ use droplet_core::Error;
 use rustler::env::OwnedEnv;
 use rustler::{Encoder, Env, Term, TermType};
 
+#[cfg(feature = "test-panic")]
+mod debug;
 mod decode;
 mod encode;
 
