@@ -66,12 +66,21 @@ defmodule Bench.Budget do
           Helper.num(r.requests_per_hour / single.requests_per_hour, 2) <> "×",
           Helper.int(r.throttled),
           r.join_median_ms && Helper.int(round(r.join_median_ms)),
-          r.join_max_ms && Helper.int(r.join_max_ms)
+          r.join_max_ms && Helper.int(r.join_max_ms),
+          "#{r.coordinating} of #{r.nodes}"
         ]
       end
 
     Helper.table(
-      ["scenario", "requests/h", "vs 1 node", "429s", "join p50 ms", "join max ms"],
+      [
+        "scenario",
+        "requests/h",
+        "vs 1 node",
+        "429s",
+        "join p50 ms",
+        "join max ms",
+        "coordinating"
+      ],
       rows
     )
 
@@ -131,7 +140,8 @@ defmodule Bench.Budget do
       other_throttled: 0,
       join_median_ms: nil,
       join_max_ms: nil,
-      joins: []
+      joins: [],
+      coordinating: 0
     }
 
     IO.puts("    #{inspect(Map.drop(result, [:name]))}")
@@ -181,10 +191,22 @@ defmodule Bench.Budget do
     try do
       other = start_other_client(api, Map.get(scenario, :other_per_hour))
       started = now()
-      Enum.each(member_nodes, &TestCluster.start_strategy(&1, :budget, config))
+      sups = Enum.map(member_nodes, &TestCluster.start_strategy(&1, :budget, config))
       duration = scenario.hours * @hour_ms
-      joins = measure_joins(api, joiner, joiner_node, member_nodes, config, started + duration)
+      strategies = Enum.zip(member_nodes, sups)
+      joins = measure_joins(api, joiner, joiner_node, strategies, config, started + duration)
       Process.sleep(max(started + duration - now(), 0))
+
+      # The setting took effect: how many strategies coordinate, read from
+      # their state at the end of the run.
+      coordinating =
+        member_nodes
+        |> Enum.zip(sups)
+        |> Enum.count(fn {node, sup} ->
+          pid = TestCluster.call(node, TestCluster.Remote, :strategy_pid, [sup])
+          TestCluster.call(node, :sys, :get_state, [pid]).coordination.enabled?
+        end)
+
       if other, do: Process.exit(other, :kill)
 
       ours = Enum.reject(FakeAPI.requests(api), &(&1.query["name"] == "other-client"))
@@ -200,7 +222,8 @@ defmodule Bench.Budget do
           |> Enum.count(&(&1.query["name"] == "other-client" and &1.status == 429)),
         join_median_ms: Helper.median(joins),
         join_max_ms: Enum.max(joins),
-        joins: joins
+        joins: joins,
+        coordinating: coordinating
       }
 
       IO.puts("    #{inspect(Map.drop(result, [:name]))}")
@@ -224,10 +247,17 @@ defmodule Bench.Budget do
     |> Enum.map(fn {:ok, node} -> node end)
   end
 
+  # Whether the strategy `member` runs under `sup` manages `node`.
+  defp manages?({member, sup}, node) do
+    pid = TestCluster.call(member, TestCluster.Remote, :strategy_pid, [sup])
+    node in TestCluster.call(member, :sys, :get_state, [pid]).managed
+  end
+
   # Spread over the run: a droplet appears with its node starting the
   # strategy; latency until it is connected to every member. Then it goes
   # away again (strategy stopped, droplet removed, disconnected everywhere).
-  defp measure_joins(api, joiner, joiner_node, members, config, deadline) do
+  defp measure_joins(api, joiner, joiner_node, strategies, config, deadline) do
+    members = Enum.map(strategies, &elem(&1, 0))
     gap = div(@hour_ms, @joins_per_hour)
     Process.sleep(gap)
 
@@ -237,13 +267,20 @@ defmodule Bench.Budget do
       sup = TestCluster.start_strategy(joiner_node, :budget, config)
       TestCluster.await(fn -> TestCluster.full_mesh?([joiner_node | members]) end, 30_000, 5)
       latency = now() - appeared
-      # Let the members' own polls see the droplet: a node they never saw in
-      # the API is not theirs to disconnect when it goes.
-      Process.sleep(3 * @interval)
+      # Let the members see the droplet in a listing: a node they never saw
+      # in the API is not theirs to remove when it goes. With the token
+      # starved by another client, that poll may be paced far away.
+      TestCluster.await(
+        fn -> Enum.all?(strategies, &manages?(&1, joiner_node.node)) end,
+        2 * @hour_ms,
+        20
+      )
 
       TestCluster.call(joiner_node, Supervisor, :stop, [sup])
       FakeAPI.remove_droplet(api, joiner["id"])
-      TestCluster.await(fn -> TestCluster.connected(joiner_node) == [] end, 30_000, 20)
+      # With the token starved by another client, the poller's next poll
+      # may be paced a scaled hour away: wait for it.
+      TestCluster.await(fn -> TestCluster.connected(joiner_node) == [] end, 2 * @hour_ms, 20)
       Process.sleep(gap)
       latency
     end)
