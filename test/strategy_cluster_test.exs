@@ -249,7 +249,9 @@ defmodule Cluster.Strategy.DropletClusterTest do
     listeners = for n <- [a, b], into: %{}, do: {n.node, listen(n.address, port)}
 
     # c's app is not up yet: its droplet is active but nothing answers on the port.
-    start_strategies([a, b], config(api, health_check: {:tcp, port: port, timeout: 200}))
+    # A closed port is refused at once; the timeout only has to spare the
+    # open ones on a busy machine.
+    start_strategies([a, b], config(api, health_check: {:tcp, port: port, timeout: 2_000}))
     await_mesh([a, b])
 
     assert holds_through(api, 4, fn ->
