@@ -282,7 +282,9 @@ defmodule Cluster.Strategy.DropletClusterTest do
     [sup_a, sup_b] =
       start_strategies(
         [a, b],
-        config(api, health_check: {:tcp, port: port, timeout: 200}, polling_interval: 1_000)
+        # A closed port is refused at once; the timeout only has to spare
+        # the open ones on a busy machine.
+        config(api, health_check: {:tcp, port: port, timeout: 2_000}, polling_interval: 1_000)
       )
 
     await_mesh([a, b])

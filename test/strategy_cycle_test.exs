@@ -29,7 +29,8 @@ defmodule Cluster.Strategy.DropletCycleTest do
         api_url: FakeAPI.url(api),
         polling_interval: @interval,
         max_backoff: 400,
-        api_timeout: 1_000,
+        # Ample on a busy machine: a timeout would be a failure of its own.
+        api_timeout: 5_000,
         max_requests_per_minute: 60_000
       ],
       extra
