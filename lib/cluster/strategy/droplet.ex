@@ -5,8 +5,9 @@ defmodule Cluster.Strategy.Droplet do
   It polls `GET /v2/droplets` (optionally filtered by tag or name), picks
   each active droplet's private or public, IPv4 or IPv6 address, optionally
   checks that a TCP port answers there, and connects to the nodes named
-  `basename@address`; nodes it manages whose droplet went away, stopped
-  being active, or kept failing the health check are removed.
+  `basename@address`; nodes it manages whose droplet went away or stopped
+  being active are removed, and a node that keeps failing the health check
+  is no longer managed.
 
       config :libcluster,
         topologies: [

@@ -14,7 +14,7 @@ defmodule Cluster.Strategy.Droplet.Config do
   | `:tag_name` | `nil` | only droplets with this tag |
   | `:name` | `nil` | only droplets with this exact (case-insensitive) name; not with `:tag_name` |
   | `:node_basename` | the droplet's name | node names are `basename@address` |
-  | `:health_check` | `nil` | `{:tcp, port: port, timeout: ms}` (timeout 500): connect only to nodes whose port answers |
+  | `:health_check` | `nil` | `{:tcp, port: port, timeout: ms}` (timeout 500): connect only to nodes whose port answers; a managed node that fails 3 probes in a row is no longer managed (never disconnected for it) |
   | `:polling_interval` | `5_000` | ms between polls |
   | `:api_url` | `"https://api.digitalocean.com"` | plain `http://` only for loopback hosts |
   | `:ca_file` | `nil` | PEM file of extra CAs to trust (TLS verification cannot be disabled) |
