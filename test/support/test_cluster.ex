@@ -268,6 +268,7 @@ defmodule LibclusterDroplet.TestCluster.Remote do
     :ok = :logger.add_handler(:droplet_test_warnings, __MODULE__, %{level: level})
     # Recorded, not printed: the test output stays the test runner's.
     _ = :logger.remove_handler(:default)
+    _ = Logger.remove_backend(:console)
     :ok
   end
 

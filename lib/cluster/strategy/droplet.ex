@@ -739,9 +739,11 @@ defmodule Cluster.Strategy.Droplet do
 
   # Without probe results nobody can be vouched for: keep membership as is.
   defp check_failed(reason, state) do
+    why = if reason == :timeout, do: "no answer in time", else: Error.format(reason)
+
     Log.warn(
       state.topology,
-      "health checks of a shared view failed: #{Error.format(reason)}; keeping the nodes as they are"
+      "health checks of a shared view failed: #{why}; keeping the nodes as they are"
     )
 
     next_share(%{disarm(state, :check_watchdog) | check: nil})
