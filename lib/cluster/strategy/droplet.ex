@@ -167,7 +167,10 @@ defmodule Cluster.Strategy.Droplet do
     * `connector`: connects in flight and per-node backoff;
     * `poll`: the API poll in flight, if any; `check`: the share being
       health-checked; `pending_share`: the newest share waiting for it;
-    * `view`: `{listed_at, seq}` of the last view applied;
+    * `view`: `{listed_at, seq}` of the last view applied (and
+      `view_applied_at`, when, in monotonic time); `selected`: the nodes
+      that view selected; `abandoned`: connects in flight to nodes no
+      longer wanted, watched in case they succeed anyway;
     * `timers`: the armed timer of each purpose;
     * `failures`, `not_before`, `next_poll_at`, `rate_limit`: API backoff
       and rate limits; `stretch`: the factor of `polling_interval` while
