@@ -782,10 +782,7 @@ defmodule Bench.Unreachable do
 
   defp black_hole(droplet, ctx) do
     {:ok, ip} = :inet.parse_address(String.to_charlist(droplet.address))
-    port = ctx.dist_port
-    {:ok, listener} = :gen_tcp.listen(port, ip: ip, backlog: 0, reuseaddr: true, active: false)
-    # Linux queues backlog + 1 connections: this one fills the queue.
-    {:ok, filler} = :gen_tcp.connect(ip, port, [active: false], 1_000)
+    sockets = TestCluster.black_hole(droplet.address, ctx.dist_port)
 
     health =
       case Peer.listen(droplet.address, ctx.health_port) do
@@ -793,7 +790,7 @@ defmodule Bench.Unreachable do
         error -> raise "cannot listen on #{droplet.address}:#{ctx.health_port}: #{inspect(error)}"
       end
 
-    %{address: droplet.address, ip: ip, sockets: [listener, filler], health: health}
+    %{address: droplet.address, ip: ip, sockets: sockets, health: health}
   end
 
   defp release(hole) do

@@ -188,7 +188,7 @@ defmodule LibclusterDroplet.ConsumerAppTest do
     hc_port = ctx.app.health_check_port || 4000
 
     for address <- holes do
-      ConsumerApp.black_hole!(address, TestCluster.dist_port())
+      TestCluster.black_hole(address, TestCluster.dist_port())
       ConsumerApp.open_port!(address, hc_port)
     end
 

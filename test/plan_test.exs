@@ -218,7 +218,8 @@ defmodule LibclusterDroplet.PlanTest do
             %{payload | seq: -1},
             %{payload | droplets: [{"a", nil}]},
             %{payload | from: "a@h"},
-            Map.delete(payload, :listed_at)
+            Map.delete(payload, :listed_at),
+            Map.delete(payload, :from)
           ] do
         assert Share.decode({tag, 2, :t, bad}) == {:error, :malformed}
       end

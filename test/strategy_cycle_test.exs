@@ -330,6 +330,45 @@ defmodule Cluster.Strategy.DropletCycleTest do
                "retry #{n} after #{next - before} ms, backoff floor #{floor} ms"
       end
     end
+
+    test "a connect abandoned when its droplet went away is watched: if it succeeds anyway, the node is removed" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(2))
+      spy = SpyMembership.start()
+      {:ok, gate} = Agent.start(fn -> :closed end)
+      gated = :"node-2@127.0.3.3"
+
+      mfas =
+        Keyword.put(SpyMembership.mfas(spy), :connect, {__MODULE__, :gated_connect, [spy, gate]})
+
+      ctx = start_local(api, [], spy: spy, mfas: mfas)
+
+      # node-2's connect hangs (like a slow handshake) while its droplet goes.
+      TestCluster.await(fn -> gated in Map.values(state(ctx.pid).connector.in_flight) end)
+      FakeAPI.remove_droplet(api, 2)
+      TestCluster.await(fn -> gated in Map.values(state(ctx.pid).abandoned) end)
+
+      capture_log(fn ->
+        Agent.update(gate, fn _ -> :open end)
+        TestCluster.await(fn -> {:disconnect, gated} in SpyMembership.events(spy) end)
+      end)
+
+      assert SpyMembership.connected(spy) == [:"node-1@127.0.3.2"]
+      assert state(ctx.pid).abandoned == %{}
+    end
+  end
+
+  @doc false
+  # Connects like the spy, but a connect to node-2 waits until `gate` opens.
+  def gated_connect(spy, gate, node) do
+    if node == :"node-2@127.0.3.3", do: await_gate(gate)
+    SpyMembership.connect(spy, node)
+  end
+
+  defp await_gate(gate) do
+    if Agent.get(gate, & &1) != :open do
+      Process.sleep(10)
+      await_gate(gate)
+    end
   end
 
   @doc false

@@ -81,7 +81,7 @@ defmodule LibclusterDroplet.Membership do
   not one it knows to drop. Returns the nodes it disconnected from.
   """
   @spec leave_cluster([node()]) :: [node()]
-  def leave_cluster(nodes \\ []) do
+  def leave_cluster(nodes) do
     left = if function_exported?(:global, :disconnect, 0), do: :global.disconnect(), else: []
     rest = for node <- Node.list(), node in nodes or left == [], Node.disconnect(node), do: node
     Enum.uniq(left ++ rest)

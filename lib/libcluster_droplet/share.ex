@@ -70,19 +70,12 @@ defmodule LibclusterDroplet.Share do
   @spec view(t()) :: {integer(), non_neg_integer()}
   def view(%__MODULE__{listed_at: listed_at, seq: seq}), do: {listed_at, seq}
 
+  @payload [:from, :fingerprint, :interval, :seq, :listed_at, :droplets]
+
   @doc "The wire form of a share."
   @spec encode(t()) :: tuple()
-  def encode(%__MODULE__{} = share) do
-    {@tag, @version, share.topology,
-     %{
-       from: share.from,
-       fingerprint: share.fingerprint,
-       interval: share.interval,
-       seq: share.seq,
-       listed_at: share.listed_at,
-       droplets: share.droplets
-     }}
-  end
+  def encode(%__MODULE__{} = share),
+    do: {@tag, @version, share.topology, share |> Map.from_struct() |> Map.take(@payload)}
 
   @doc """
   Reads a share, or tells why it cannot.
@@ -95,34 +88,9 @@ defmodule LibclusterDroplet.Share do
       {:error, {:unsupported_version, 1}}
   """
   @spec decode(term()) :: {:ok, t()} | {:error, error()}
-  def decode(
-        {@tag, @version, topology,
-         %{
-           from: from,
-           fingerprint: fingerprint,
-           interval: interval,
-           seq: seq,
-           listed_at: listed_at,
-           droplets: droplets
-         }}
-      )
-      when is_atom(topology) and is_atom(from) and is_integer(fingerprint) and
-             is_integer(interval) and interval > 0 and is_integer(seq) and seq >= 0 and
-             is_integer(listed_at) and is_list(droplets) do
-    if Enum.all?(droplets, &droplet?/1) do
-      {:ok,
-       %__MODULE__{
-         topology: topology,
-         from: from,
-         fingerprint: fingerprint,
-         interval: interval,
-         seq: seq,
-         listed_at: listed_at,
-         droplets: droplets
-       }}
-    else
-      {:error, :malformed}
-    end
+  def decode({@tag, @version, topology, %{} = payload}) when is_atom(topology) do
+    share = struct(__MODULE__, payload |> Map.take(@payload) |> Map.put(:topology, topology))
+    if valid?(share), do: {:ok, share}, else: {:error, :malformed}
   end
 
   def decode({@tag, @version, _topology, _payload}), do: {:error, :malformed}
@@ -159,10 +127,12 @@ defmodule LibclusterDroplet.Share do
   def sender({@tag, _topology, from, _fingerprint, _droplets}) when is_atom(from), do: from
   def sender(_message), do: nil
 
-  @doc "The topology a share of this version is addressed to, or `nil`."
-  @spec topology(term()) :: atom() | nil
-  def topology({@tag, @version, topology, _payload}) when is_atom(topology), do: topology
-  def topology(_message), do: nil
+  defp valid?(%__MODULE__{} = s) do
+    is_atom(s.from) and s.from != nil and is_integer(s.fingerprint) and is_integer(s.interval) and
+      s.interval > 0 and
+      is_integer(s.seq) and s.seq >= 0 and is_integer(s.listed_at) and is_list(s.droplets) and
+      Enum.all?(s.droplets, &droplet?/1)
+  end
 
   defp droplet?({name, address}) when is_binary(name) and is_binary(address), do: true
   defp droplet?(_), do: false

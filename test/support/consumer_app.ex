@@ -394,14 +394,11 @@ defmodule LibclusterDroplet.ConsumerApp do
   """
   @spec start_node(t(), String.t(), String.t(), String.t(), keyword()) :: TestCluster.t()
   def start_node(%__MODULE__{} = app, address, token, api_url, opts \\ []) do
-    {:ok, ip} = :inet.parse_address(String.to_charlist(address))
     name = basename(app)
 
     args =
       [~c"-setcookie", ~c"#{@cookie}"] ++
-        [~c"-start_epmd", ~c"false", ~c"-erl_epmd_port", ~c"#{TestCluster.dist_port()}"] ++
-        [~c"-kernel", ~c"inet_dist_use_interface", String.to_charlist(inspect(ip))] ++
-        [~c"-kernel", ~c"inet_dist_listen_options", ~c"[{reuseaddr,true}]"] ++
+        TestCluster.ipv4_dist_args(address) ++
         Enum.map(Keyword.get(opts, :args, []), &String.to_charlist/1) ++
         Enum.flat_map(app.code_paths, &[~c"-pa", String.to_charlist(&1)])
 
@@ -450,31 +447,6 @@ defmodule LibclusterDroplet.ConsumerApp do
   def strategy_answers(node, timeout \\ 1_000),
     do:
       TestCluster.call(node, __MODULE__.NodeAgent, :strategy_answers, [timeout], timeout + 5_000)
-
-  @doc """
-  A TCP listener at `address:port` whose accept queue is full, so the
-  kernel drops further SYNs: connecting there hangs like connecting to a
-  host behind a dropping firewall. Returns the sockets to keep open.
-  """
-  @spec black_hole!(String.t(), pos_integer()) :: [port()]
-  def black_hole!(address, port) do
-    {:ok, ip} = :inet.parse_address(String.to_charlist(address))
-    {:ok, listener} = :gen_tcp.listen(port, ip: ip, backlog: 0, reuseaddr: true)
-
-    # Fill the accept queue (backlog + 1 on Linux) without ever accepting.
-    fillers =
-      for _ <- 1..4,
-          match?({:ok, _}, result = :gen_tcp.connect(ip, port, [], 200)),
-          do: elem(result, 1)
-
-    case :gen_tcp.connect(ip, port, [], 300) do
-      {:error, :timeout} ->
-        [listener | fillers]
-
-      other ->
-        raise "#{address}:#{port} is not a black hole: a connect gave #{inspect(other)}"
-    end
-  end
 
   @doc """
   A TCP listener at `address:port` that accepts and closes every

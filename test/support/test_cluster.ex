@@ -79,22 +79,7 @@ defmodule LibclusterDroplet.TestCluster do
       if ipv6 do
         [~c"-proto_dist", ~c"inet6_tcp"]
       else
-        {:ok, ip} = :inet.parse_address(String.to_charlist(address))
-
-        [
-          ~c"-start_epmd",
-          ~c"false",
-          ~c"-erl_epmd_port",
-          ~c"#{dist_port()}",
-          ~c"-kernel",
-          ~c"inet_dist_use_interface",
-          String.to_charlist(inspect(ip)),
-          # Addresses restart at 127.1.0.2 in every run: without SO_REUSEADDR
-          # the last run's connections in TIME_WAIT make the bind fail.
-          ~c"-kernel",
-          ~c"inet_dist_listen_options",
-          ~c"[{reuseaddr,true}]"
-        ]
+        ipv4_dist_args(address)
       end
 
     code_paths = Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
@@ -134,6 +119,30 @@ defmodule LibclusterDroplet.TestCluster do
     # Linux queues backlog + 1 connections: this one fills the queue.
     {:ok, filler} = :gen_tcp.connect(ip, port, [active: false], 1_000)
     [listener, filler]
+  end
+
+  @doc """
+  The `erl` arguments of an IPv4 node at `address`: distribution on that
+  address only, on `dist_port/0`, without epmd.
+  """
+  @spec ipv4_dist_args(String.t()) :: [charlist()]
+  def ipv4_dist_args(address) do
+    {:ok, ip} = :inet.parse_address(String.to_charlist(address))
+
+    [
+      ~c"-start_epmd",
+      ~c"false",
+      ~c"-erl_epmd_port",
+      ~c"#{dist_port()}",
+      ~c"-kernel",
+      ~c"inet_dist_use_interface",
+      String.to_charlist(inspect(ip)),
+      # Addresses restart at 127.1.0.2 in every run: without SO_REUSEADDR
+      # the last run's connections in TIME_WAIT make the bind fail.
+      ~c"-kernel",
+      ~c"inet_dist_listen_options",
+      ~c"[{reuseaddr,true}]"
+    ]
   end
 
   @doc "Calls `m.f(a...)` on the node."

@@ -929,6 +929,11 @@ defmodule Cluster.Strategy.Droplet do
     disarm(%{state | removing: %{}}, :removals)
   end
 
+  # Nothing to remove and nothing being removed: the common view costs no
+  # list_nodes call here.
+  defp start_removals([], %{removing: removing} = state) when map_size(removing) == 0,
+    do: state
+
   defp start_removals(stale, state) do
     visible = MapSet.new(Node.list())
     connected = MapSet.new(list_nodes(state))
