@@ -20,7 +20,7 @@ defmodule LibclusterDroplet do
   that must stay responsive while a call is in flight.
   """
 
-  alias LibclusterDroplet.{Listing, Native}
+  alias LibclusterDroplet.{Listing, Native, Token}
 
   @default_api_url "https://api.digitalocean.com"
 
@@ -79,7 +79,9 @@ defmodule LibclusterDroplet do
 
   Options:
 
-    * `:token` (required) - a DigitalOcean API token with `droplet:read`.
+    * `:token` (required) - a DigitalOcean API token with `droplet:read`,
+      in any of the forms of `LibclusterDroplet.Token` (`{:system, "VAR"}`,
+      `{:file, path}`, `{m, f, a}`, a zero-arity function or a string).
     * `:api_url` - default `"#{@default_api_url}"`.
     * `:tag_name` / `:name` - filter by tag, or by exact (case-insensitive)
       droplet name. Not both.
@@ -122,29 +124,37 @@ defmodule LibclusterDroplet do
 
   @doc """
   Builds the NIF request map for `start_list_droplets/1` from the options of
-  `list_droplets/1`. The token may be a string or a zero-arity function
-  returning it.
+  `list_droplets/1`, reading the token from its source now. Returns
+  `{:error, {:token_unavailable, detail}}` when it cannot be read.
   """
-  @spec list_request(keyword()) :: {:ok, map()} | {:error, {:invalid_request, String.t()}}
+  @spec list_request(keyword()) ::
+          {:ok, map()} | {:error, {:invalid_request | :token_unavailable, String.t()}}
   def list_request(opts) do
+    with {:ok, opts} <- validate(opts),
+         {:ok, token} <- token(opts[:token]) do
+      {:ok,
+       %{
+         api_url: opts[:api_url],
+         token: token,
+         tag_name: opts[:tag_name],
+         name: opts[:name],
+         per_page: opts[:per_page],
+         ca_file: opts[:ca_file],
+         connect_timeout_ms: opts[:connect_timeout],
+         request_timeout_ms: opts[:request_timeout],
+         deadline_ms: opts[:deadline],
+         max_body_bytes: opts[:max_body_bytes],
+         max_pages: opts[:max_pages],
+         page_concurrency: opts[:page_concurrency],
+         select: opts[:network] && %{network: opts[:network], ipv6: opts[:ipv6] == true}
+       }}
+    end
+  end
+
+  defp validate(opts) do
     case Keyword.validate(opts, @list_keys) do
-      {:ok, opts} ->
-        {:ok,
-         %{
-           api_url: opts[:api_url],
-           token: reveal(opts[:token]),
-           tag_name: opts[:tag_name],
-           name: opts[:name],
-           per_page: opts[:per_page],
-           ca_file: opts[:ca_file],
-           connect_timeout_ms: opts[:connect_timeout],
-           request_timeout_ms: opts[:request_timeout],
-           deadline_ms: opts[:deadline],
-           max_body_bytes: opts[:max_body_bytes],
-           max_pages: opts[:max_pages],
-           page_concurrency: opts[:page_concurrency],
-           select: opts[:network] && %{network: opts[:network], ipv6: opts[:ipv6] == true}
-         }}
+      {:ok, _} = ok ->
+        ok
 
       {:error, unknown} ->
         # Keyword.validate!/2 would put the whole list, token included, in its message.
@@ -152,8 +162,18 @@ defmodule LibclusterDroplet do
     end
   end
 
-  defp reveal(fun) when is_function(fun, 0), do: fun.()
-  defp reveal(token), do: token
+  defp token(source) do
+    with {:ok, token} <- token_source(source),
+         {:ok, secret, _token} <- Token.fetch(token),
+         do: {:ok, secret}
+  end
+
+  defp token_source(source) do
+    case Token.new(source) do
+      {:ok, _} = ok -> ok
+      {:error, message} -> {:error, {:invalid_request, "token: " <> message}}
+    end
+  end
 
   @doc """
   TCP-connects to every address on `port` in parallel and returns, in input

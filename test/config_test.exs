@@ -31,7 +31,7 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
                ca_file: nil
              } = config
 
-      assert Config.token(config) == @token
+      assert {:ok, @token, _} = LibclusterDroplet.Token.fetch(config.token)
     end
 
     test "health_check timeout defaults to 500 ms" do
@@ -55,8 +55,15 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
                Config.new!(token: @token, api_url: "http://localhost:9")
     end
 
-    test "the token may be a zero-arity function" do
-      assert @token == Config.token(Config.new!(token: fn -> @token end))
+    test "the token may be a zero-arity function, {:system, var}, {:file, path} or an MFA" do
+      for source <- [
+            fn -> @token end,
+            {:system, "DIGITALOCEAN_TOKEN"},
+            {:file, "/run/secrets/do_token"},
+            {System, :get_env, ["DIGITALOCEAN_TOKEN"]}
+          ] do
+        assert %LibclusterDroplet.Token{} = Config.new!(token: source).token
+      end
     end
 
     test "inspect never shows the token" do
@@ -70,19 +77,27 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
   describe "each bad option names itself and what is accepted" do
     test "token" do
       assert message([]) ==
-               "missing required option :token: expected a DigitalOcean API token (a non-empty string)"
+               "missing required option :token: expected a DigitalOcean API token, such as {:system, \"DIGITALOCEAN_TOKEN\"}"
 
       assert message(token: "") ==
-               "invalid option :token: expected a non-empty string, got an empty one"
+               "invalid option :token: expected a non-empty token, got an empty string"
 
       assert message(token: "  ") ==
-               "invalid option :token: expected a non-empty string, got a blank one"
+               "invalid option :token: expected a non-empty token, got a blank string"
 
-      assert message(token: 123) ==
-               "invalid option :token: expected a non-empty string or a zero-arity function"
+      forms =
+        "expected a non-empty string, {:system, \"VAR\"}, {:file, \"/path\"}, " <>
+          "{module, function, args} or a zero-arity function"
 
-      assert message(token: String.to_atom(@token)) ==
-               "invalid option :token: expected a non-empty string or a zero-arity function"
+      assert message(token: 123) == "invalid option :token: " <> forms
+      assert message(token: String.to_atom(@token)) == "invalid option :token: " <> forms
+      assert message(token: {:env, @token}) == "invalid option :token: " <> forms
+
+      assert message(token: {:system, ""}) ==
+               "invalid option :token: expected {:system, name} to name an environment variable"
+
+      assert message(token: {:file, nil}) ==
+               "invalid option :token: expected {:file, path} to name a file"
     end
 
     test "tag_name and name together" do
@@ -209,7 +224,32 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
 
       assert message(token: @token, api_url: "https://user:pw@api.example.com") ==
                "invalid option :api_url: expected no credentials, query or fragment, " <>
-                 "got: \"https://user:pw@api.example.com\""
+                 "got: \"https://[REDACTED]@api.example.com\""
+    end
+
+    test "api_url errors never repeat credentials, a query, a fragment or a value that is no URL" do
+      for url <- [
+            "https://#{@token}@api.digitalocean.com",
+            "https://user:#{@token}@api.digitalocean.com/v2",
+            "https://api.digitalocean.com?token=#{@token}",
+            "https://api.digitalocean.com/#{"x"}##{@token}",
+            "http://#{@token}@api.digitalocean.com",
+            @token,
+            "https:#{@token}",
+            "ftp://#{@token}@example.com"
+          ] do
+        text = message(token: "t0ken-value", api_url: url)
+        assert text =~ "invalid option :api_url", text
+        refute text =~ String.slice(@token, 7, 20), text
+      end
+
+      assert message(token: @token, api_url: "https://api.digitalocean.com?token=x#f") ==
+               "invalid option :api_url: expected no credentials, query or fragment, " <>
+                 "got: \"https://api.digitalocean.com?[REDACTED]#[REDACTED]\""
+
+      assert message(token: @token, api_url: "dop_v1_abc") ==
+               "invalid option :api_url: expected an http(s) URL such as \"https://api.digitalocean.com\", " <>
+                 "got: a value that is not a URL (not shown: it may be a secret)"
     end
 
     test "ca_file" do

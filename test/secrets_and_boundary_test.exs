@@ -16,12 +16,15 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
     spy = SpyMembership.start()
 
     config =
-      [
-        token: @token,
-        api_url: FakeAPI.url(api),
-        polling_interval: 100,
-        max_requests_per_minute: 60_000
-      ] ++ extra
+      Keyword.merge(
+        [
+          token: @token,
+          api_url: FakeAPI.url(api),
+          polling_interval: 100,
+          max_requests_per_minute: 60_000
+        ],
+        extra
+      )
 
     pid =
       start_supervised!(
@@ -121,6 +124,96 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
 
       assert {:error, {:invalid_request, _}} =
                LibclusterDroplet.list_droplets(token: @token, insecure: true)
+    end
+  end
+
+  describe "token sources" do
+    setup do
+      dir = Path.join(System.tmp_dir!(), "secrets_token_#{System.unique_integer([:positive])}")
+      File.mkdir_p!(dir)
+      on_exit(fn -> File.rm_rf!(dir) end)
+      {:ok, path: Path.join(dir, "do_token")}
+    end
+
+    test "{:file, path}: missing is its own poll failure, nothing is sent, membership stays; " <>
+           "written, it is used",
+         %{path: path} do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets())
+
+      log =
+        capture_log(fn ->
+          {pid, spy} = start_strategy(api, token: {:file, path}, max_backoff: 200)
+          TestCluster.await(fn -> :sys.get_state(pid).failures >= 2 end)
+          assert FakeAPI.request_count(api) == 0
+          assert SpyMembership.connected(spy) == []
+
+          File.write!(path, @token <> "\n")
+          TestCluster.await(fn -> length(SpyMembership.connected(spy)) == 2 end)
+
+          # Gone again: polls fail, the two nodes stay, nobody is disconnected.
+          File.rm!(path)
+          failed = :sys.get_state(pid).failures
+          TestCluster.await(fn -> :sys.get_state(pid).failures >= failed + 2 end)
+          assert length(SpyMembership.connected(spy)) == 2
+          refute Enum.any?(SpyMembership.events(spy), &match?({:disconnect, _}, &1))
+        end)
+
+      assert log =~
+               "DigitalOcean API poll failed (token_unavailable): the DigitalOcean API token could not be read: " <>
+                 "the token file #{path} cannot be read: no such file or directory; keeping the 0 nodes as they are"
+
+      assert log =~ "keeping the 2 nodes as they are"
+      refute log =~ @token
+    end
+
+    test "{:system, var}: a token rotated in the environment is used from the next poll on" do
+      var = "LIBCLUSTER_DROPLET_SECRETS_TEST_TOKEN"
+      System.put_env(var, @token)
+      on_exit(fn -> System.delete_env(var) end)
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets())
+      rotated = String.replace(@token, "SECRET", "ROTATE")
+
+      log =
+        capture_log(fn ->
+          {pid, spy} = start_strategy(api, token: {:system, var}, max_backoff: 200)
+          TestCluster.await(fn -> length(SpyMembership.connected(spy)) == 2 end)
+
+          FakeAPI.set_token(api, rotated)
+          TestCluster.await(fn -> :sys.get_state(pid).failures >= 1 end)
+          System.put_env(var, rotated)
+          TestCluster.await(fn -> :sys.get_state(pid).failures == 0 end)
+          assert length(SpyMembership.connected(spy)) == 2
+        end)
+
+      assert log =~ "(unauthorized)"
+      assert log =~ "(token from the environment variable #{var})"
+      refute log =~ @token
+      refute log =~ rotated
+    end
+
+    test "{:file, path}: after a 401 the file is read again, even when its size and time did not change",
+         %{path: path} do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets())
+      File.write!(path, @token)
+      {:ok, %File.Stat{mtime: mtime}} = File.stat(path, time: :posix)
+      rotated = String.replace(@token, "SECRET", "ROTATE")
+
+      capture_log(fn ->
+        {pid, spy} = start_strategy(api, token: {:file, path}, max_backoff: 200)
+        TestCluster.await(fn -> length(SpyMembership.connected(spy)) == 2 end)
+
+        # Rotated in place: same size, same inode, and the time put back.
+        File.write!(path, rotated)
+        File.touch!(path, mtime)
+        FakeAPI.set_token(api, rotated)
+
+        TestCluster.await(fn ->
+          FakeAPI.requests(api) |> Enum.any?(&(&1.status == 401))
+        end)
+
+        TestCluster.await(fn -> :sys.get_state(pid).failures == 0 end)
+        assert List.last(FakeAPI.requests(api)).status == 200
+      end)
     end
   end
 

@@ -27,6 +27,7 @@ defmodule LibclusterDroplet.Error do
   | `{:invalid_request, detail}` | the arguments given to the NIF were malformed |
   | `{:spawn, detail}` | the NIF could not start its worker thread |
   | `{:panic, detail}` | a bug in the NIF, caught before it could reach the VM |
+  | `{:token_unavailable, detail}` | the token could not be read from its source (see `LibclusterDroplet.Token`) |
 
   No reason and no message ever contains the API token.
   """
@@ -55,6 +56,7 @@ defmodule LibclusterDroplet.Error do
           | {:invalid_request, String.t()}
           | {:spawn, String.t()}
           | {:panic, String.t()}
+          | {:token_unavailable, String.t()}
 
   @type t :: %__MODULE__{reason: reason() | term()}
 
@@ -133,5 +135,9 @@ defmodule LibclusterDroplet.Error do
   def format({:invalid_request, detail}), do: "invalid request: #{detail}"
   def format({:spawn, detail}), do: "the NIF could not start a thread: #{detail}"
   def format({:panic, detail}), do: "the NIF hit a bug and recovered: #{detail}"
+
+  def format({:token_unavailable, detail}),
+    do: "the DigitalOcean API token could not be read: #{detail}"
+
   def format(other), do: "unexpected error: #{inspect(other)}"
 end

@@ -416,6 +416,11 @@ defmodule LibclusterDroplet.FakeAPI do
   @spec request_count(api) :: non_neg_integer
   def request_count(api), do: GenServer.call(api, :request_count)
 
+  @doc "Makes `token` the one valid bearer token from now on (a rotation: the old one gets 401)."
+  @spec set_token(api, String.t()) :: :ok
+  def set_token(api, token) when is_binary(token) and token != "",
+    do: GenServer.call(api, {:set_token, token})
+
   @doc "Empties the request log (the rate limit windows are kept)."
   @spec reset_requests(api) :: :ok
   def reset_requests(api), do: GenServer.call(api, :reset_requests)
@@ -712,6 +717,7 @@ defmodule LibclusterDroplet.FakeAPI do
   def handle_call(:clear_faults, _from, state), do: {:reply, :ok, %{state | faults: []}}
   def handle_call(:requests, _from, state), do: {:reply, state.log, state}
   def handle_call(:request_count, _from, state), do: {:reply, state.count, state}
+  def handle_call({:set_token, token}, _from, state), do: {:reply, :ok, %{state | token: token}}
   def handle_call(:reset_requests, _from, state), do: {:reply, :ok, %{state | log: [], count: 0}}
 
   def handle_call({:set_rate_limit, opts}, _from, state) do

@@ -13,7 +13,7 @@ defmodule Cluster.Strategy.Droplet do
         topologies: [
           droplets: [
             strategy: Cluster.Strategy.Droplet,
-            config: [token: System.fetch_env!("DIGITALOCEAN_TOKEN"), tag_name: "web", node_basename: "app"]
+            config: [token: {:system, "DIGITALOCEAN_TOKEN"}, tag_name: "web", node_basename: "app"]
           ]
         ]
 
@@ -25,7 +25,7 @@ defmodule Cluster.Strategy.Droplet do
   disconnect and list functions:
 
       children = [
-        {Cluster.Strategy.Droplet, topology: :droplets, config: [token: token, tag_name: "web"]}
+        {Cluster.Strategy.Droplet, topology: :droplets, config: [token: {:file, "/run/secrets/do_token"}, tag_name: "web"]}
       ]
 
   ## The cycle
@@ -113,7 +113,8 @@ defmodule Cluster.Strategy.Droplet do
     Removal,
     Schedule,
     Share,
-    Telemetry
+    Telemetry,
+    Token
   }
 
   @libcluster? Code.ensure_loaded?(Cluster.Strategy)
@@ -487,19 +488,6 @@ defmodule Cluster.Strategy.Droplet do
     config = state.config
     deadline = config.api_timeout * 3
 
-    {:ok, request} =
-      LibclusterDroplet.list_request(
-        api_url: config.api_url,
-        token: config.token,
-        tag_name: config.tag_name,
-        name: config.name,
-        network: config.network,
-        ipv6: config.ipv6,
-        ca_file: config.ca_file,
-        request_timeout: config.api_timeout,
-        deadline: deadline
-      )
-
     poll = %{
       stage: :listing,
       ref: nil,
@@ -510,6 +498,32 @@ defmodule Cluster.Strategy.Droplet do
     coordination = %{state.coordination | last_api_poll_at: now()}
     state = %{state | poll: poll, not_before: nil, coordination: coordination}
 
+    case Token.fetch(config.token) do
+      {:ok, secret, token} ->
+        list(secret, deadline, put_in(state.config.token, token))
+
+      {:error, reason} ->
+        poll_failed(reason, nil, state)
+    end
+  end
+
+  # The secret is only passed on: it never enters the state.
+  defp list(secret, deadline, state) do
+    config = state.config
+
+    {:ok, request} =
+      LibclusterDroplet.list_request(
+        api_url: config.api_url,
+        token: secret,
+        tag_name: config.tag_name,
+        name: config.name,
+        network: config.network,
+        ipv6: config.ipv6,
+        ca_file: config.ca_file,
+        request_timeout: config.api_timeout,
+        deadline: deadline
+      )
+
     case LibclusterDroplet.start_list_droplets(request) do
       {:ok, ref} ->
         Telemetry.execute(
@@ -519,7 +533,7 @@ defmodule Cluster.Strategy.Droplet do
         )
 
         state = arm(state, :poll_watchdog, deadline + @watchdog_grace)
-        %{state | poll: %{poll | ref: ref}}
+        %{state | poll: %{state.poll | ref: ref}}
 
       {:error, reason} ->
         poll_failed(reason, nil, state)
@@ -612,9 +626,16 @@ defmodule Cluster.Strategy.Droplet do
 
     Log.warn(
       state.topology,
-      "DigitalOcean API poll failed (#{Error.class(reason)}): #{Error.format(reason)}; " <>
+      "DigitalOcean API poll failed (#{Error.class(reason)}): #{Error.format(reason)}#{token_source(reason, config)}; " <>
         "keeping the #{MapSet.size(state.managed)} nodes as they are, next poll in #{delay} ms"
     )
+
+    # A rejected token may have been rotated into its file without changing
+    # the file's size or time: the next poll reads it again.
+    state =
+      if reason == :unauthorized,
+        do: put_in(state.config.token, Token.forget(config.token)),
+        else: state
 
     Telemetry.execute(
       [:libcluster_droplet, :poll, :error],
@@ -634,6 +655,9 @@ defmodule Cluster.Strategy.Droplet do
     |> arm(:tick, delay)
     |> persist()
   end
+
+  defp token_source(:unauthorized, config), do: " (token from #{Token.describe(config.token)})"
+  defp token_source(_reason, _config), do: ""
 
   ## Shares
 

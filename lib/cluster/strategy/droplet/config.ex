@@ -8,7 +8,7 @@ defmodule Cluster.Strategy.Droplet.Config do
 
   | option | default | |
   | --- | --- | --- |
-  | `:token` | required | DigitalOcean API token (scope `droplet:read`, plus `tag:read` with `:tag_name`); a string, or a zero-arity function returning one |
+  | `:token` | required | DigitalOcean API token (scope `droplet:read`, plus `tag:read` with `:tag_name`): `{:system, "VAR"}` (read at each poll), `{:file, path}` (re-read when it changes and after a 401), `{module, function, args}`, a zero-arity function, or the token as a string (see `LibclusterDroplet.Token`) |
   | `:network` | `:private` | `:private` or `:public`: which of the droplet's addresses nodes are reached on |
   | `:ipv6` | `false` | use the droplet's IPv6 address (public only: DigitalOcean has no private IPv6) |
   | `:tag_name` | `nil` | only droplets with this tag |
@@ -24,8 +24,11 @@ defmodule Cluster.Strategy.Droplet.Config do
   | `:require_listed` | `true` | join only when this node's own name (`basename@address`) is among the selected droplets, and leave the cluster when it no longer is; `false` for a node that is deliberately not a droplet |
   | `:max_requests_per_minute` | `125` | polls are spaced so this strategy sends at most this many API requests a minute (DigitalOcean allows 250 per token) |
 
-  The token is kept inside a closure, so neither `inspect/1`, crash reports
-  nor `:sys.get_state/1` can print it.
+  The token is read when each poll starts (`LibclusterDroplet.Token`) and
+  only ever held in closures, so neither `inspect/1`, crash reports nor
+  `:sys.get_state/1` can print it. A literal string token also sits in
+  the topology's config, which libcluster's supervisor keeps in its child
+  specs; the `{:system, _}` and `{:file, _}` forms keep it out of there.
   """
 
   @default_api_url "https://api.digitalocean.com"
@@ -52,7 +55,7 @@ defmodule Cluster.Strategy.Droplet.Config do
   @type health_check :: {:tcp, port: 1..65_535, timeout: pos_integer()}
 
   @type t :: %__MODULE__{
-          token: (() -> String.t()),
+          token: LibclusterDroplet.Token.t(),
           network: :private | :public,
           ipv6: boolean(),
           tag_name: String.t() | nil,
@@ -148,10 +151,6 @@ defmodule Cluster.Strategy.Droplet.Config do
     )
   end
 
-  @doc "The token: the only place it is taken out of its closure."
-  @spec token(t()) :: String.t()
-  def token(%__MODULE__{token: fun}), do: fun.()
-
   defp check_combinations!(%__MODULE__{tag_name: tag, name: name}, _network_given?)
        when is_binary(tag) and is_binary(name) do
     fail(
@@ -177,25 +176,18 @@ defmodule Cluster.Strategy.Droplet.Config do
   defp check_combinations!(config, _network_given?), do: config
 
   defp token!(:error) do
-    fail("missing required option :token: expected a DigitalOcean API token (a non-empty string)")
+    fail(
+      "missing required option :token: expected a DigitalOcean API token, such as {:system, \"DIGITALOCEAN_TOKEN\"}"
+    )
   end
-
-  defp token!({:ok, token}) when is_binary(token) and byte_size(token) > 0 do
-    if String.trim(token) == "" do
-      fail("invalid option :token: expected a non-empty string, got a blank one")
-    end
-
-    fn -> token end
-  end
-
-  defp token!({:ok, fun}) when is_function(fun, 0), do: fun
 
   # The value is never printed: a malformed token may still be most of a secret.
-  defp token!({:ok, ""}),
-    do: fail("invalid option :token: expected a non-empty string, got an empty one")
-
-  defp token!({:ok, _}),
-    do: fail("invalid option :token: expected a non-empty string or a zero-arity function")
+  defp token!({:ok, source}) do
+    case LibclusterDroplet.Token.new(source) do
+      {:ok, token} -> token
+      {:error, message} -> fail("invalid option :token: " <> message)
+    end
+  end
 
   defp one_of!(opts, key, allowed, default) do
     value = Keyword.get(opts, key, default)
@@ -316,18 +308,18 @@ defmodule Cluster.Strategy.Droplet.Config do
     cond do
       uri.scheme not in ["http", "https"] or uri.host in [nil, ""] ->
         fail(
-          "invalid option :api_url: expected an http(s) URL such as #{inspect(@default_api_url)}, got: #{inspect(url)}"
+          "invalid option :api_url: expected an http(s) URL such as #{inspect(@default_api_url)}, got: #{shown_url(uri)}"
         )
 
       uri.userinfo != nil or uri.query != nil or uri.fragment != nil ->
         fail(
-          "invalid option :api_url: expected no credentials, query or fragment, got: #{inspect(url)}"
+          "invalid option :api_url: expected no credentials, query or fragment, got: #{shown_url(uri)}"
         )
 
       uri.scheme == "http" and not loopback?(uri.host) ->
         fail(
           "invalid option :api_url: plain http would send the token unencrypted; " <>
-            "http:// is only accepted for loopback hosts, got: #{inspect(url)}"
+            "http:// is only accepted for loopback hosts, got: #{shown_url(uri)}"
         )
 
       true ->
@@ -337,6 +329,31 @@ defmodule Cluster.Strategy.Droplet.Config do
 
   defp api_url!(other),
     do: fail("invalid option :api_url: expected a string, got: #{describe(other)}")
+
+  # A rejected URL is echoed without what may be a secret: the credentials,
+  # query and fragment (a token pasted there), or the whole value when it is
+  # not a URL at all (a token pasted in the wrong option).
+  defp shown_url(%URI{scheme: scheme, host: host} = uri)
+       when is_binary(scheme) and is_binary(host) and host != "" do
+    hidden = fn
+      nil -> nil
+      _ -> "[REDACTED]"
+    end
+
+    uri
+    |> Map.merge(%{
+      userinfo: hidden.(uri.userinfo),
+      query: hidden.(uri.query),
+      fragment: hidden.(uri.fragment)
+    })
+    |> URI.to_string()
+    |> inspect()
+  end
+
+  defp shown_url(%URI{scheme: scheme}) when is_binary(scheme),
+    do: "a #{inspect(scheme)} URL without a host (not shown: it may hold a secret)"
+
+  defp shown_url(_uri), do: "a value that is not a URL (not shown: it may be a secret)"
 
   defp loopback?(host) do
     host = host |> String.trim_leading("[") |> String.trim_trailing("]")

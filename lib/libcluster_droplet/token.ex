@@ -1,0 +1,226 @@
+defmodule LibclusterDroplet.Token do
+  @moduledoc """
+  Where the DigitalOcean API token comes from, and reading it when a poll
+  starts.
+
+  The `:token` option accepts:
+
+    * `{:system, "DIGITALOCEAN_TOKEN"}` - an environment variable, read when
+      each poll starts, so a rotated token is picked up without a restart;
+    * `{:file, "/run/secrets/digitalocean_token"}` - a file (a mounted secret,
+      a systemd credential), re-read when it changes (its modification
+      time, size or inode) and after every 401, so a token rotated into it is
+      picked up; surrounding whitespace, such as a trailing newline, is
+      dropped;
+    * `{module, function, args}` - called when each poll starts; it returns
+      the token;
+    * a zero-arity function, called when each poll starts;
+    * a string: the token itself. It then sits in the topology's config,
+      which libcluster's `Cluster.Supervisor` keeps in its child specs:
+      a supervisor report (SASL) can print it. Prefer the forms above.
+
+  With any form but a string, the token never sits in the application
+  environment, in child specs or in the strategy's state: it is read into
+  a closure just before a poll and passed to the NIF.
+
+  A token that cannot be read (variable unset, file missing, unreadable or
+  empty, a function raising or returning something else than a non-empty
+  string) fails that poll with `{:token_unavailable, detail}`; the strategy
+  keeps its membership and retries with its backoff. The detail names the
+  source, never a value.
+  """
+
+  @typedoc "The forms of the `:token` option."
+  @type source ::
+          String.t()
+          | (() -> String.t())
+          | {:system, String.t()}
+          | {:file, Path.t()}
+          | {module(), atom(), list()}
+
+  @typedoc """
+  A validated source, with what was last read from a file. The secret only
+  ever sits in closures, which `inspect/1` and crash reports show as
+  `#Function<…>`.
+  """
+  @opaque t :: %__MODULE__{
+            source:
+              {:literal, (() -> String.t())}
+              | {:function, (() -> term())}
+              | {:system, String.t()}
+              | {:file, Path.t()}
+              | {:mfa, {module(), atom(), list()}},
+            file: nil | {stat_key :: term(), (() -> String.t())}
+          }
+
+  @enforce_keys [:source]
+  defstruct source: nil, file: nil
+
+  @doc """
+  Validates a `:token` option. Returns `{:ok, token}` or `{:error, message}`;
+  the message never quotes the value.
+
+      iex> {:ok, _} = LibclusterDroplet.Token.new({:system, "DIGITALOCEAN_TOKEN"})
+      iex> LibclusterDroplet.Token.new({:system, ""})
+      {:error, "expected {:system, name} to name an environment variable"}
+  """
+  @spec new(term()) :: {:ok, t()} | {:error, String.t()}
+  def new(token) when is_binary(token) do
+    if String.trim(token) == "",
+      do:
+        {:error,
+         "expected a non-empty token, got #{if token == "", do: "an empty", else: "a blank"} string"},
+      else: {:ok, %__MODULE__{source: {:literal, fn -> token end}}}
+  end
+
+  def new(fun) when is_function(fun, 0), do: {:ok, %__MODULE__{source: {:function, fun}}}
+
+  def new({:system, var}) when is_binary(var) and var != "",
+    do: {:ok, %__MODULE__{source: {:system, var}}}
+
+  def new({:system, _}), do: {:error, "expected {:system, name} to name an environment variable"}
+
+  def new({:file, path}) when is_binary(path) and path != "",
+    do: {:ok, %__MODULE__{source: {:file, path}}}
+
+  def new({:file, _}), do: {:error, "expected {:file, path} to name a file"}
+
+  def new({m, f, a}) when is_atom(m) and is_atom(f) and is_list(a),
+    do: {:ok, %__MODULE__{source: {:mfa, {m, f, a}}}}
+
+  def new(_other) do
+    {:error,
+     "expected a non-empty string, {:system, \"VAR\"}, {:file, \"/path\"}, " <>
+       "{module, function, args} or a zero-arity function"}
+  end
+
+  @doc """
+  Reads the token now. Returns it with the source to keep for next time (a
+  file's content is kept until the file changes), or
+  `{:error, {:token_unavailable, detail}}`.
+  """
+  @spec fetch(t()) :: {:ok, String.t(), t()} | {:error, {:token_unavailable, String.t()}}
+  def fetch(%__MODULE__{source: {:literal, fun}} = token), do: {:ok, fun.(), token}
+
+  def fetch(%__MODULE__{source: {:function, fun}} = token),
+    do: call(fn -> fun.() end, "the :token function", token)
+
+  def fetch(%__MODULE__{source: {:mfa, {m, f, a}}} = token),
+    do: call(fn -> apply(m, f, a) end, "the :token function #{inspect({m, f, length(a)})}", token)
+
+  def fetch(%__MODULE__{source: {:system, var}} = token) do
+    case System.get_env(var) do
+      nil -> unavailable("the environment variable #{var} is not set")
+      value -> checked(String.trim(value), "the environment variable #{var}", token)
+    end
+  end
+
+  def fetch(%__MODULE__{source: {:file, path}} = token) do
+    with {:ok, key} <- stat_key(path) do
+      case token.file do
+        {^key, secret} -> {:ok, secret.(), token}
+        _ -> read_file(path, key, token)
+      end
+    end
+  end
+
+  @doc """
+  Forgets what was read from a file, so the next `fetch/1` reads it again
+  whatever its modification time says: called after the API rejected the
+  token (401), when a rotation may have kept the file's size and time.
+  """
+  @spec forget(t()) :: t()
+  def forget(%__MODULE__{} = token), do: %{token | file: nil}
+
+  @doc """
+  A description of the source that never includes the token, for logs.
+
+      iex> {:ok, t} = LibclusterDroplet.Token.new({:file, "/run/secrets/do"})
+      iex> LibclusterDroplet.Token.describe(t)
+      "the file /run/secrets/do"
+  """
+  @spec describe(t()) :: String.t()
+  def describe(%__MODULE__{source: {:literal, _}}), do: "a literal string"
+  def describe(%__MODULE__{source: {:function, _}}), do: "a function"
+  def describe(%__MODULE__{source: {:mfa, {m, f, a}}}), do: "#{inspect(m)}.#{f}/#{length(a)}"
+  def describe(%__MODULE__{source: {:system, var}}), do: "the environment variable #{var}"
+  def describe(%__MODULE__{source: {:file, path}}), do: "the file #{path}"
+
+  # Modification time, size and inode: a rotation that writes a new file or
+  # rewrites this one changes at least one of them, except a same-size
+  # rewrite within the same second, which the re-read after a 401 covers.
+  defp stat_key(path) do
+    case File.stat(path, time: :posix) do
+      {:ok, %File.Stat{type: :regular} = stat} ->
+        {:ok, {stat.mtime, stat.size, stat.inode, stat.major_device}}
+
+      {:ok, %File.Stat{type: type}} ->
+        unavailable("the token file #{path} is not a regular file (#{type})")
+
+      {:error, reason} ->
+        unavailable("the token file #{path} cannot be read: #{:file.format_error(reason)}")
+    end
+  end
+
+  # A token is a few dozen bytes; anything much larger is not one.
+  @max_file_bytes 64 * 1024
+
+  defp read_file(path, key, token) do
+    with {:ok, bytes} <- read_capped(path) do
+      case checked(String.trim(bytes), "the token file #{path}", token) do
+        {:ok, secret, token} -> {:ok, secret, %{token | file: {key, fn -> secret end}}}
+        error -> error
+      end
+    end
+  end
+
+  defp read_capped(path) do
+    case File.open(path, [:read, :binary], &IO.binread(&1, @max_file_bytes + 1)) do
+      {:ok, bytes} when is_binary(bytes) and byte_size(bytes) > @max_file_bytes ->
+        unavailable("the token file #{path} is larger than #{@max_file_bytes} bytes")
+
+      {:ok, bytes} when is_binary(bytes) ->
+        {:ok, bytes}
+
+      {:ok, :eof} ->
+        {:ok, ""}
+
+      {:ok, {:error, reason}} ->
+        unavailable("the token file #{path} cannot be read: #{:file.format_error(reason)}")
+
+      {:error, reason} ->
+        unavailable("the token file #{path} cannot be read: #{:file.format_error(reason)}")
+    end
+  end
+
+  # The function's exception is named, never its message or its value: either
+  # may hold the token.
+  defp call(fun, what, token) do
+    checked(fun.(), what, token)
+  rescue
+    error -> unavailable("#{what} raised #{inspect(error.__struct__)}")
+  catch
+    kind, _ -> unavailable("#{what} failed (#{kind})")
+  end
+
+  defp checked(value, what, token) when is_binary(value) do
+    cond do
+      value == "" -> unavailable("#{what} is empty")
+      String.valid?(value) and printable_token?(value) -> {:ok, value, token}
+      true -> unavailable("#{what} holds characters a token cannot have")
+    end
+  end
+
+  defp checked(_value, what, _token), do: unavailable("#{what} did not return a string")
+
+  # What an HTTP header can carry: printable ASCII, no spaces.
+  defp printable_token?(value),
+    do: value |> :binary.bin_to_list() |> Enum.all?(&(&1 in 0x21..0x7E))
+
+  defp unavailable(detail), do: {:error, {:token_unavailable, detail}}
+
+  defimpl Inspect do
+    def inspect(token, _opts),
+      do: "#LibclusterDroplet.Token<" <> LibclusterDroplet.Token.describe(token) <> ">"
+  end
+end
