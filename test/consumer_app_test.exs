@@ -144,6 +144,51 @@ defmodule LibclusterDroplet.ConsumerAppTest do
              TestCluster.call(removed, NodeAgent, :strategies, [])
   end
 
+  test "SASL reports on, under the real Cluster.Supervisor: a strategy that fails to start and " <>
+         "one that crashes print no token with the README's {:system, _} form",
+       ctx do
+    [bad_address, crash_address, literal_address] = TestCluster.allocate_addresses(3)
+    topology = ctx.app.topology
+
+    # A start failure: an invalid option deep-merged over the README's config.
+    bad_exs = write_runtime_exs(ctx, "polling_interval: -1")
+    bad = start_reporting_node(ctx, bad_address, runtime_exs: bad_exs, may_fail: true)
+    log = TestCluster.call(bad, NodeAgent, :log, [])
+
+    assert log =~
+             "Child #{inspect(topology)} of Supervisor ConsumerApp.ClusterSupervisor failed to start"
+
+    assert log =~ "invalid option :polling_interval"
+    assert log =~ "Start Call: Cluster.Strategy.Droplet.start_link("
+    assert log =~ ~s(token: {:system, "DIGITALOCEAN_TOKEN"})
+    refute log =~ @token
+
+    # A crash: the running strategy's state replaced by garbage, then its
+    # next tick. Its crash report prints its state and last message; the
+    # supervisor's report prints the child spec.
+    node = start_reporting_node(ctx, crash_address)
+    [{^topology, true, :worker, _}] = TestCluster.call(node, NodeAgent, :strategies, [])
+    TestCluster.call(node, NodeAgent, :crash_strategy, [topology])
+
+    TestCluster.await(fn ->
+      TestCluster.call(node, NodeAgent, :log, []) =~ "ClusterSupervisor terminated"
+    end)
+
+    log = TestCluster.call(node, NodeAgent, :log, [])
+    assert log =~ "terminating"
+
+    assert log =~
+             "Child #{inspect(topology)} of Supervisor ConsumerApp.ClusterSupervisor terminated"
+
+    refute log =~ @token
+
+    # The control: with a literal token in the config, the same report does
+    # print it, as the README warns; so the capture above would have seen it.
+    literal_exs = write_runtime_exs(ctx, "token: #{inspect(@token)}, polling_interval: -1")
+    literal = start_reporting_node(ctx, literal_address, runtime_exs: literal_exs, may_fail: true)
+    assert TestCluster.call(literal, NodeAgent, :log, []) =~ @token
+  end
+
   test "HTTP 500s for several polls: the mesh stays, nobody sees a nodedown", ctx do
     {nodes, _} = start_cluster(ctx, 3)
     failures = 6
@@ -331,6 +376,42 @@ defmodule LibclusterDroplet.ConsumerAppTest do
 
     # Stopped by the test's on_exit, even when started in a task.
     {id, node}
+  end
+
+  # A node of the consumer app with SASL reports on and its console log
+  # captured, stopped when the test ends.
+  defp start_reporting_node(ctx, address, opts \\ []) do
+    id = System.unique_integer([:positive])
+    :ok = FakeAPI.add_droplet(ctx.api, ConsumerApp.droplet(ctx.app, id, address))
+
+    node =
+      ConsumerApp.start_node(
+        ctx.app,
+        address,
+        @token,
+        ctx.url,
+        [log_level: :info, sasl_reports: true] ++ opts
+      )
+
+    on_exit(fn -> TestCluster.stop(node) end)
+    node
+  end
+
+  # The app's config/runtime.exs with `config_keys` deep-merged over its
+  # topology's config, in a file removed with the app's directory.
+  defp write_runtime_exs(ctx, config_keys) do
+    path =
+      Path.join(
+        Path.dirname(ctx.app.runtime_exs),
+        "runtime_#{System.unique_integer([:positive])}.exs"
+      )
+
+    File.write!(path, """
+    #{File.read!(ctx.app.runtime_exs)}
+    config :libcluster, topologies: [#{ctx.app.topology}: [config: [#{config_keys}]]]
+    """)
+
+    path
   end
 
   defp node_name(app, address), do: :"#{ConsumerApp.basename(app)}@#{address}"

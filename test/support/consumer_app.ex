@@ -389,7 +389,11 @@ defmodule LibclusterDroplet.ConsumerApp do
   API URL in its environment. Before its application starts, a recorder of
   every nodeup and nodedown (`:net_kernel.monitor_nodes(true, [:nodedown_reason])`)
   runs on it. Options: `:log_level` (default `:error`), `:args` extra `erl`
-  arguments.
+  arguments, `:sasl_reports` (default `false`: Logger's
+  `handle_sasl_reports`, and the console log goes to a buffer that
+  `NodeAgent.log/0` reads), `:runtime_exs` (another `config/runtime.exs`),
+  `:may_fail` (default `false`: return the node even when the application
+  did not start).
   Returns a `LibclusterDroplet.TestCluster` node, so its helpers apply.
   """
   @spec start_node(t(), String.t(), String.t(), String.t(), keyword()) :: TestCluster.t()
@@ -418,15 +422,22 @@ defmodule LibclusterDroplet.ConsumerApp do
 
     tc = %TestCluster{pid: pid, node: node, name: name, address: address, ipv6: false}
     level = Keyword.get(opts, :log_level, :error)
+    runtime_exs = Keyword.get(opts, :runtime_exs, app.runtime_exs)
+    sasl? = Keyword.get(opts, :sasl_reports, false)
 
     try do
       agent = __MODULE__.NodeAgent
       {^agent, binary, file} = :code.get_object_code(agent)
       {:module, ^agent} = TestCluster.call(tc, :code, :load_binary, [agent, file, binary])
 
-      case TestCluster.call(tc, agent, :boot, [app.runtime_exs, level], 60_000) do
-        {:ok, _apps} -> tc
-        other -> raise "consumer node #{node} did not start: #{inspect(other)}"
+      case TestCluster.call(tc, agent, :boot, [runtime_exs, level, sasl?], 60_000) do
+        {:ok, _apps} ->
+          tc
+
+        other ->
+          if Keyword.get(opts, :may_fail, false),
+            do: tc,
+            else: raise("consumer node #{node} did not start: #{inspect(other)}")
       end
     rescue
       error ->
@@ -487,10 +498,34 @@ defmodule LibclusterDroplet.ConsumerApp.NodeAgent do
   # the consumer application's own code depends on it.
 
   @recorder __MODULE__.Recorder
+  @log_device __MODULE__.LogDevice
 
-  def boot(runtime_exs, log_level) do
+  @doc false
+  # Everything the console logger printed since boot (a node booted with SASL reports).
+  def log do
+    :ok = Logger.flush()
+    {_input, output} = StringIO.contents(Process.whereis(@log_device))
+    output
+  end
+
+  def boot(runtime_exs, log_level, sasl_reports?) do
+    # Read by Logger when it starts: supervisor and crash reports are then
+    # printed, translated, like any log line (what `config :logger,
+    # handle_sasl_reports: true` does in a user's app).
+    # Loaded first, or loading would reset the setting to its default; and
+    # restarted if it runs already, so that it reads it.
+    _ = Application.stop(:logger)
+    _ = Application.load(:logger)
+    Application.put_env(:logger, :handle_sasl_reports, sasl_reports?)
     {:ok, _} = Application.ensure_all_started(:logger)
     :ok = Logger.configure(level: log_level)
+
+    if sasl_reports? do
+      {:ok, device} = StringIO.open("")
+      Process.register(device, @log_device)
+      :ok = Logger.configure_backend(:console, device: device)
+    end
+
     :ok = start_recorder()
     config = Config.Reader.read!(runtime_exs, env: :prod, target: :host)
     :ok = Application.put_all_env(config, persistent: true)
@@ -565,6 +600,18 @@ defmodule LibclusterDroplet.ConsumerApp.NodeAgent do
 
       {id, result, System.monotonic_time(:millisecond) - started}
     end
+  end
+
+  # Crashes the running strategy of `topology`: its state is made invalid,
+  # so its next message raises (its crash report prints state and message).
+  def crash_strategy(topology) do
+    {_, pid, _, _} =
+      ConsumerApp.ClusterSupervisor
+      |> Supervisor.which_children()
+      |> List.keyfind(topology, 0)
+
+    :sys.replace_state(pid, fn state -> %{state | managed: :not_a_mapset} end)
+    pid
   end
 
   def strategies do
