@@ -7,7 +7,8 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
 
   import ExUnit.CaptureLog
   alias Cluster.Strategy.Droplet.Config
-  alias LibclusterDroplet.{FakeAPI, Native, SpyMembership, TestCluster}
+  alias LibclusterDroplet.{ConsumerApp, FakeAPI, Native, SpyMembership, TestCluster}
+  alias LibclusterDroplet.TestCluster.Remote
 
   @token "dop_v1_SECRET_5e1f0c2b7a9d48e3b6c4a1f2e3d4c5b6a7980f1e2d3c4b5a69788796a5b4c3d2"
 
@@ -110,6 +111,85 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
       assert log =~ "unauthorized"
       assert log =~ "pagination_loop"
       refute log =~ @token
+    end
+
+    test "is in no debug line of a cluster: shares followed and applied, a leader taken over, " <>
+           "probes and connects failing, a share of another topology" do
+      {:ok, api} = FakeAPI.start_link(token: @token)
+      [addr_a, addr_b, refused, no_node] = TestCluster.allocate_addresses(4)
+      {:ok, listener} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
+      {:ok, port} = :inet.port(listener)
+      :gen_tcp.close(listener)
+
+      # The health-check port answers on both nodes and on a droplet with no
+      # node (its connect fails); nothing answers on `refused`.
+      listeners = for a <- [addr_a, addr_b, no_node], do: ConsumerApp.open_port!(a, port)
+
+      for {address, i} <- Enum.with_index([addr_a, addr_b, refused, no_node], 1) do
+        FakeAPI.add_droplet(api, FakeAPI.droplet(id: i, name: "d-#{i}", private_ip: address))
+      end
+
+      nodes =
+        for address <- [addr_a, addr_b] do
+          node = TestCluster.start_node("app", address, log_level: :debug)
+          on_exit(fn -> TestCluster.stop(node) end)
+          TestCluster.call(node, Application, :put_env, [:libcluster, :debug, true])
+          TestCluster.call(node, System, :put_env, ["DIGITALOCEAN_TOKEN", @token])
+          TestCluster.call(node, Remote, :capture_warnings, [:debug])
+          node
+        end
+
+      # Read from the environment: a literal token would sit in the child
+      # spec, which the supervisor's progress reports print at debug level.
+      config = [
+        token: {:system, "DIGITALOCEAN_TOKEN"},
+        api_url: FakeAPI.url(api),
+        node_basename: "app",
+        polling_interval: 200,
+        max_requests_per_minute: 60_000,
+        health_check: {:tcp, port: port, timeout: 500}
+      ]
+
+      sups = Map.new(nodes, &{&1.node, TestCluster.start_strategy(&1, :droplets, config)})
+      [a, b] = Enum.sort_by(nodes, & &1.node)
+      TestCluster.await(fn -> TestCluster.full_mesh?(nodes) end, 15_000)
+
+      logged = fn node -> TestCluster.call(node, Remote, :warnings, []) |> Enum.join("\n") end
+
+      TestCluster.await(fn -> logged.(b) =~ "applying 4 droplets shared by #{inspect(a.node)}" end)
+
+      # A share of another topology, then the leader's strategy stopping.
+      share = %LibclusterDroplet.Share{
+        topology: :other,
+        from: a.node,
+        fingerprint: 1,
+        interval: 200,
+        seq: 1,
+        listed_at: System.system_time(:millisecond),
+        droplets: []
+      }
+
+      name = LibclusterDroplet.Coordination.registered_name(:droplets)
+      TestCluster.call(b, :erlang, :send, [name, LibclusterDroplet.Share.encode(share)])
+      TestCluster.call(a, Supervisor, :stop, [sups[a.node]])
+      TestCluster.await(fn -> logged.(b) =~ "stopped polling; taking over" end)
+
+      log = logged.(a) <> "\n" <> logged.(b)
+
+      for line <- [
+            "found 4 droplets with 1 requests",
+            "following #{inspect(a.node)}, which polls the API for this cluster",
+            "applying 4 droplets shared by #{inspect(a.node)}",
+            "health check of :\"app@#{refused}\" failed: :refused",
+            "connecting to :\"app@#{no_node}\" failed",
+            "ignoring a share of topology :other from #{inspect(a.node)}",
+            "#{inspect(a.node)} stopped polling; taking over"
+          ] do
+        assert log =~ line
+      end
+
+      refute log =~ @token
+      Enum.each(listeners, &:gen_tcp.close/1)
     end
 
     test "is refused as part of an option error message" do
