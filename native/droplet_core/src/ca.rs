@@ -41,16 +41,22 @@ pub(crate) fn read_ca_file(path: &str, deadline: Option<Instant>) -> Result<Vec<
     let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
     check_regular_and_small(meta.is_file(), meta.len()).map_err(fail)?;
     let file = open_non_blocking(path).map_err(|e| fail(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
-    check_regular_and_small(meta.is_file(), meta.len()).map_err(fail)?;
+    let bytes = read_regular(file).map_err(fail)?;
+    check_deadline(deadline)?;
+    Ok(bytes)
+}
+
+/// The content of an opened file, if it is a regular one within the cap.
+fn read_regular(file: File) -> Result<Vec<u8>, String> {
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    check_regular_and_small(meta.is_file(), meta.len())?;
     // The size may change after the check: read one byte past the cap to
     // tell "exactly at the cap" from "over it".
     let mut bytes = Vec::new();
     file.take(MAX_CA_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| fail(e.to_string()))?;
-    check_regular_and_small(true, bytes.len() as u64).map_err(fail)?;
-    check_deadline(deadline)?;
+        .map_err(|e| e.to_string())?;
+    check_regular_and_small(true, bytes.len() as u64)?;
     Ok(bytes)
 }
 
@@ -180,6 +186,18 @@ pub(crate) mod tests {
             Ok(other) => panic!("{other:?}"),
             Err(_) => panic!("reading a FIFO as the CA file blocked"),
         }
+    }
+
+    #[test]
+    fn an_opened_file_is_checked_again() {
+        // What a FIFO swapped in between the path's check and the open
+        // would look like: opened without blocking, refused before reading.
+        let fifo = TempFile::fifo("ca_swapped.fifo");
+        let opened = open_non_blocking(fifo.path()).expect("non-blocking open");
+        assert_eq!(read_regular(opened), Err("not a regular file".into()));
+        let file = TempFile::new("ca_opened.pem", b"pem");
+        let opened = open_non_blocking(file.path()).expect("open");
+        assert_eq!(read_regular(opened), Ok(b"pem".to_vec()));
     }
 
     #[test]

@@ -290,6 +290,32 @@ fn any_failing_page_fails_the_listing() {
 }
 
 #[test]
+fn the_earliest_failing_page_wins_whatever_fails_first() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    // Page 3 fails late, page 4 early: page 3's error is the listing's.
+    let page_3_asked = Arc::new(AtomicBool::new(false));
+    let asked = page_3_asked.clone();
+    let fake = Fake::default()
+        .page(&p1(), page(&[1], Some(&pn(2)), Some(&pn(4)), 4))
+        .page(&pn(2), page(&[2], None, None, 4))
+        .on(&pn(3), move || {
+            asked.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(status(500))
+        })
+        .on(&pn(4), move || {
+            let waiting = Instant::now();
+            while !page_3_asked.load(Ordering::SeqCst) && waiting.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(status(404))
+        });
+    assert_eq!(run(&fake, &request()).0, Err(Error::HttpStatus(500)));
+}
+
+#[test]
 fn statuses_map_to_reasons() {
     let rl = |remaining, reset, retry_after| RateLimit {
         limit: Some(250),
@@ -1090,5 +1116,8 @@ fn the_ca_file_is_read_within_the_deadline() {
     let ca = TempFile::new("deadline_ca.pem", crate::ca::tests::TEST_CA.as_bytes());
     req.ca_file = Some(ca.path().into());
     req.deadline = Duration::ZERO;
+    assert_eq!(list_droplets(&req, &Stats::default()), Err(Error::Timeout));
+    // A missing file would be a CaFile error: the deadline comes first.
+    req.ca_file = Some("/nonexistent/deadline-ca.pem".into());
     assert_eq!(list_droplets(&req, &Stats::default()), Err(Error::Timeout));
 }
