@@ -40,6 +40,9 @@ pub enum Body {
     UntilClose(Vec<u8>),
     /// No response at all: the connection is closed once the request is read.
     Hangup,
+    /// Like `Full`, keep-alive and all, but the connection is then closed,
+    /// as a server's idle timeout would.
+    FullThenClose(Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -192,11 +195,11 @@ fn serve<S: Read + Write>(
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         let keep_going = match &reply.body {
-            Body::Full(b) => {
+            Body::Full(b) | Body::FullThenClose(b) => {
                 head.push_str(&format!("Content-Length: {}\r\n\r\n", b.len()));
                 let _ = stream.write_all(head.as_bytes());
                 let _ = stream.write_all(b);
-                true
+                matches!(reply.body, Body::Full(_))
             }
             Body::Truncated { full, sent } => {
                 head.push_str(&format!("Content-Length: {}\r\n\r\n", full.len()));

@@ -1006,6 +1006,27 @@ fn http_a_gap_longer_than_the_idle_age_makes_a_new_connection() {
 }
 
 #[test]
+fn http_a_kept_connection_the_server_closed_while_idle_is_not_used() {
+    // ureq checks an idle connection before reusing it: a close that has
+    // arrived costs a new connection, not a failed request.
+    let server = Server::start(|_| {
+        let mut r = Reply::json(Vec::new());
+        r.body = Body::FullThenClose(ALL.as_bytes().to_vec());
+        r
+    });
+    let req = local_request(&server);
+    assert!(list_droplets(&req, &Stats::default()).is_ok());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(list_droplets(&req, &Stats::default()).is_ok());
+    let connections: Vec<(usize, usize)> = server
+        .recorded()
+        .iter()
+        .map(|r| (r.connection, r.earlier_on_connection))
+        .collect();
+    assert_eq!(connections, [(1, 0), (2, 0)]);
+}
+
+#[test]
 fn http_a_kept_connection_the_server_closes_under_a_request_is_retried_once() {
     // The server answers the first request of a connection and hangs up on
     // any later one, as when its idle timeout races our next poll.
