@@ -70,7 +70,9 @@ defmodule LibclusterDroplet do
     deadline: 60_000,
     max_body_bytes: 16 * 1024 * 1024,
     max_pages: 1_000,
-    page_concurrency: 4
+    max_droplets: 10_000,
+    page_concurrency: 4,
+    keep_alive: 3_600_000
   ]
 
   @doc """
@@ -91,8 +93,23 @@ defmodule LibclusterDroplet do
       bundled Mozilla roots. TLS verification cannot be turned off.
     * `:per_page` - default 200 (the API's maximum).
     * `:connect_timeout`, `:request_timeout` (per HTTP request) and
-      `:deadline` (the whole listing), in milliseconds.
-    * `:max_body_bytes`, `:max_pages`, `:page_concurrency` - caps.
+      `:deadline` (the whole listing, reading `:ca_file` included), in
+      milliseconds.
+    * `:max_body_bytes` (default 16 MiB per response), `:max_pages`
+      (default 1,000) and `:page_concurrency` (default 4) - caps.
+    * `:max_droplets` - default 10,000: a listing with more droplets fails
+      with `{:too_many_droplets, max}`, as soon as page 1's `meta.total`
+      says so, or as the pages arrive.
+    * `:keep_alive` - how long, in milliseconds, an idle connection to the
+      API is kept for the next listing (default 3,600,000, an hour; 0 keeps
+      none). Make it at least the longest wait between two listings, or
+      each listing pays DNS, TCP and TLS again.
+
+  A page listing more droplets than `:per_page` fails the listing
+  (`{:inconsistent, _}`), as does a `meta.total` that changes while the
+  pages are fetched, twice in a row (a droplet deleted mid-listing shifts
+  the pages, and one would be missed): after the first change the listing
+  starts over.
   """
   @spec list_droplets(keyword()) ::
           {:ok, Listing.t()} | {:error, LibclusterDroplet.Error.reason()}
@@ -145,7 +162,9 @@ defmodule LibclusterDroplet do
          deadline_ms: opts[:deadline],
          max_body_bytes: opts[:max_body_bytes],
          max_pages: opts[:max_pages],
+         max_droplets: opts[:max_droplets],
          page_concurrency: opts[:page_concurrency],
+         keep_alive_ms: opts[:keep_alive],
          select: opts[:network] && %{network: opts[:network], ipv6: opts[:ipv6] == true}
        }}
     end

@@ -95,6 +95,54 @@ defmodule LibclusterDroplet.NifApiTest do
       assert seconds in 1..30
     end
 
+    test "more droplets than :max_droplets fail the listing after page 1", %{api: api} do
+      FakeAPI.put_droplets(api, droplets(450))
+      assert {:error, {:too_many_droplets, 449} = reason} = list(api, max_droplets: 449)
+      assert LibclusterDroplet.Error.format(reason) =~ "more than 449 droplets"
+      assert Enum.map(FakeAPI.requests(api), & &1.query["page"]) == ["1"]
+      assert {:ok, %Listing{droplets: droplets}} = list(api, max_droplets: 450)
+      assert length(droplets) == 450
+      assert {:error, {:invalid_request, _}} = list(api, max_droplets: 0)
+    end
+
+    test "a page with more droplets than per_page is inconsistent", %{api: api} do
+      FakeAPI.put_droplets(api, droplets(3))
+
+      FakeAPI.inject(
+        api,
+        {:json, %{"droplets" => FakeAPI.droplets(api), "meta" => %{"total" => 3}}}
+      )
+
+      assert {:error, {:inconsistent, detail}} = list(api, per_page: 2)
+      assert detail =~ "more droplets than the 2 asked for"
+    end
+
+    test ":keep_alive is the idle age of kept connections, in ms", %{api: api} do
+      FakeAPI.put_droplets(api, droplets(2))
+      {:ok, request} = LibclusterDroplet.list_request(api_url: FakeAPI.url(api), token: @token)
+      assert request.keep_alive_ms == 3_600_000
+      assert {:ok, %Listing{}} = list(api, keep_alive: 0)
+      assert {:ok, %Listing{}} = list(api, keep_alive: 86_400_000)
+      assert {:error, {:invalid_request, _}} = list(api, keep_alive: 86_400_001)
+      assert {:error, {:invalid_request, _}} = list(api, keep_alive: -1)
+    end
+
+    test "plain http is refused for a host that is not loopback" do
+      assert {:error, {:invalid_request, detail}} =
+               LibclusterDroplet.list_droplets(api_url: "http://10.1.2.3:4000", token: @token)
+
+      assert detail =~ "loopback"
+    end
+
+    test "a FIFO as :ca_file is refused at once", %{api: api} do
+      path = Path.join(System.tmp_dir!(), "fifo_ca_#{System.unique_integer([:positive])}.pem")
+      {_, 0} = System.cmd("mkfifo", [path])
+      on_exit(fn -> File.rm(path) end)
+
+      assert {:error, {:ca_file, detail}} = list(api, ca_file: path, deadline: 500)
+      assert detail =~ "not a regular file"
+    end
+
     test "a 500 in the middle of pagination fails the whole listing", %{api: api} do
       FakeAPI.put_droplets(api, droplets(450))
       FakeAPI.inject(api, {:status, 500}, page: 2)

@@ -192,6 +192,40 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
       Enum.each(listeners, &:gen_tcp.close/1)
     end
 
+    test "is not in the error of a body that reflects it into a field of the wrong type" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets())
+      half = div(byte_size(@token), 2)
+      <<head::binary-size(half), tail::binary>> = @token
+
+      # Padded so that a cut of the parser's message at 240 bytes would
+      # split the token; halves, which no redaction of the whole would catch.
+      bodies = [
+        ~s({"droplets":[{"id":"#{String.duplicate("p", 200)}#{@token}"}],"meta":{"total":1}}),
+        ~s({"droplets":[{"id":"#{String.duplicate("p", 190)}#{@token}"}],"meta":{"total":1}}),
+        ~s({"droplets":[],"meta":{"total":"#{head}"},"x":"#{tail}"}),
+        ~s({"droplets":[{"id":1,"name":"a","status":{"#{tail}":1}}],"meta":{"total":1}}),
+        ~s({"droplets":[#{@token}]})
+      ]
+
+      for body <- bodies do
+        FakeAPI.inject(api, {:raw, body})
+
+        assert {:error, {class, detail} = reason} =
+                 LibclusterDroplet.list_droplets(token: @token, api_url: FakeAPI.url(api))
+
+        assert class in [:unexpected_shape, :invalid_json]
+        assert detail =~ ~r/ at line \d+ column \d+$/
+
+        shown =
+          inspect(reason, limit: :infinity, printable_limit: :infinity) <>
+            LibclusterDroplet.Error.format(reason)
+
+        for start <- 0..(byte_size(@token) - 8) do
+          refute shown =~ binary_part(@token, start, 8)
+        end
+      end
+    end
+
     test "is refused as part of an option error message" do
       error = assert_raise ArgumentError, fn -> Config.new!(token: @token, tls_verify: false) end
       refute error.message =~ @token

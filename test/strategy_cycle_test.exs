@@ -138,6 +138,21 @@ defmodule Cluster.Strategy.DropletCycleTest do
       assert second.at_ms - first.at_ms >= div(stretched, 2) * @interval
     end
 
+    test "keep_alive: every listing asks the NIF to keep idle connections for the longest gap between polls" do
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(1))
+      %{pid: pid} = start_local(api, max_backoff: 60_000)
+      :erlang.trace_pattern({LibclusterDroplet, :start_list_droplets, 1}, true, [:local])
+      :erlang.trace(pid, true, [:call, {:tracer, self()}])
+
+      # The next poll's request (this map holds the token: only its keep-alive is shown).
+      assert_receive {:trace, ^pid, :call, {LibclusterDroplet, :start_list_droplets, [request]}},
+                     5_000
+
+      :erlang.trace(pid, false, [:call])
+      assert request.keep_alive_ms == LibclusterDroplet.Schedule.keep_alive(@interval, 60_000)
+      assert request.keep_alive_ms == 60_000
+    end
+
     test "coordinate: false: every node polls on its own" do
       {:ok, api} = FakeAPI.start_link(token: @token)
       prefix = "nc#{System.unique_integer([:positive])}"

@@ -15,14 +15,15 @@ defmodule LibclusterDroplet.Error do
   | `{:tls, detail}` | the server's certificate was not trusted |
   | `{:invalid_json, detail}` | the body is not JSON (HTML, truncated…) |
   | `{:unexpected_shape, detail}` | JSON, but not a droplets page |
-  | `{:inconsistent, detail}` | pages contradict each other or `meta.total` |
+  | `{:inconsistent, detail}` | pages contradict each other or `meta.total`: a page lists more droplets than `per_page`, or `meta.total` changed during the listing twice in a row |
   | `:foreign_link` | a pagination link points at another scheme, host or port |
   | `:foreign_redirect` | a redirect points at another scheme, host or port |
   | `:too_many_redirects` | more than 3 redirects |
   | `:pagination_loop` | a `next` link revisits a page |
   | `{:too_many_pages, max}` | more pages than the cap |
+  | `{:too_many_droplets, max}` | more droplets than the cap (`:max_droplets`) |
   | `{:body_too_large, limit}` | a response body over the size cap |
-  | `{:ca_file, detail}` | the CA file could not be read or parsed |
+  | `{:ca_file, detail}` | the CA file could not be read (not a regular file, over 1 MiB…) or parsed |
   | `:no_private_ipv6` | `network: :private` with `ipv6: true`: DigitalOcean has no private IPv6 |
   | `{:invalid_request, detail}` | the arguments given to the NIF were malformed |
   | `{:spawn, detail}` | the NIF could not start its worker thread |
@@ -50,6 +51,7 @@ defmodule LibclusterDroplet.Error do
           | :too_many_redirects
           | :pagination_loop
           | {:too_many_pages, pos_integer()}
+          | {:too_many_droplets, pos_integer()}
           | {:body_too_large, pos_integer()}
           | {:ca_file, String.t()}
           | :no_private_ipv6
@@ -81,6 +83,8 @@ defmodule LibclusterDroplet.Error do
 
       iex> LibclusterDroplet.Error.format({:http_status, 503})
       "the DigitalOcean API answered HTTP 503"
+      iex> LibclusterDroplet.Error.format({:too_many_droplets, 10_000})
+      "the listing has more than 10000 droplets (raise :max_droplets if that is expected)"
   """
   @spec format(term()) :: String.t()
   def format(:unauthorized),
@@ -126,6 +130,10 @@ defmodule LibclusterDroplet.Error do
     do: "the DigitalOcean API's next links loop back to a page already fetched"
 
   def format({:too_many_pages, max}), do: "the listing has more than #{max} pages"
+
+  def format({:too_many_droplets, max}),
+    do: "the listing has more than #{max} droplets (raise :max_droplets if that is expected)"
+
   def format({:body_too_large, limit}), do: "a response body exceeded the #{limit}-byte cap"
   def format({:ca_file, detail}), do: "the CA file could not be used: #{detail}"
 

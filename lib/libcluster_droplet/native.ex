@@ -7,8 +7,9 @@ defmodule LibclusterDroplet.Native do
   # list_droplets(request, ref) :: :ok | {:error, reason}
   #   request: %{api_url: binary, token: binary} plus optional tag_name, name,
   #   per_page, ca_file, connect_timeout_ms, request_timeout_ms, deadline_ms,
-  #   max_body_bytes, max_pages, page_concurrency, select
-  #   (nil | %{network: :private | :public, ipv6: boolean}).
+  #   max_body_bytes, max_pages, max_droplets, page_concurrency,
+  #   keep_alive_ms (the idle age of kept-alive connections, 0..86_400_000),
+  #   select (nil | %{network: :private | :public, ipv6: boolean}).
   #   Sends {:droplet_nif_list, ref, {:ok, %{droplets: [droplet], total: n}} |
   #   {:error, reason}, %{requests: n, elapsed_us: n, rate_limit: nil | map}}.
   #

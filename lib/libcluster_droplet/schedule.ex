@@ -68,6 +68,23 @@ defmodule LibclusterDroplet.Schedule do
   @max_stretch 64
 
   @doc """
+  How long the NIF keeps an idle connection to the API open: the longest
+  gap this schedule makes between two polls outside rate-limit waits, the
+  interval stretched the most or the backoff cap, whichever is longer, so
+  that a stretched or backed-off poll still rides on a kept-alive
+  connection instead of paying DNS, TCP and TLS again. Capped at a day,
+  the NIF's bound.
+
+      iex> LibclusterDroplet.Schedule.keep_alive(5_000, 60_000)
+      320000
+      iex> LibclusterDroplet.Schedule.keep_alive(1_000, 600_000)
+      600000
+  """
+  @spec keep_alive(pos_integer(), pos_integer()) :: pos_integer()
+  def keep_alive(interval, max_backoff),
+    do: min(max(interval * @max_stretch, max_backoff), 86_400_000)
+
+  @doc """
   The factor by which the polling interval is stretched after a response
   with `rate_limit`, when the previous one had `previous`.
 

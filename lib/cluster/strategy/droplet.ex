@@ -521,7 +521,8 @@ defmodule Cluster.Strategy.Droplet do
         ipv6: config.ipv6,
         ca_file: config.ca_file,
         request_timeout: config.api_timeout,
-        deadline: deadline
+        deadline: deadline,
+        keep_alive: Schedule.keep_alive(config.polling_interval, config.max_backoff)
       )
 
     case LibclusterDroplet.start_list_droplets(request) do

@@ -1,5 +1,6 @@
 //! Listing every droplet: the first page, then the rest concurrently, with
-//! the token kept on the API's own origin throughout.
+//! the token kept on the API's own origin throughout, and the listing's size
+//! bounded before and while it is fetched.
 //!
 //! The HTTP exchange itself sits behind [`Transport`] so pagination,
 //! redirects and status handling are tested without sockets.
@@ -10,14 +11,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use http::Uri;
+
 use crate::error::Error;
+use crate::http::{TransportConfig, UreqTransport};
 use crate::links::{
-    first_page_url, normalize_api_url, page_number, resolve_location, same_origin,
+    first_page_url, normalize_api_url, page_number, resolve_location, same_origin, same_origin_url,
     with_query_param, Filter,
 };
 use crate::model::{parse_page, Droplet, Page};
 use crate::pool;
 use crate::ratelimit::{RateLimit, Tracker};
+use crate::transport::Transport;
 
 pub const DEFAULT_PER_PAGE: u32 = 200;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5_000);
@@ -25,9 +30,18 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(15_000);
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(60_000);
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_PAGES: u32 = 1_000;
+/// Fifty full pages, and DigitalOcean's default droplet limit per account is
+/// far below it; a cluster larger than this raises the cap on purpose.
+pub const DEFAULT_MAX_DROPLETS: u64 = 10_000;
 pub const DEFAULT_PAGE_CONCURRENCY: usize = 4;
+/// An hour: the longest a strategy waits between polls with its default
+/// settings (a rate-limit reset is at most an hour away), so a poll never
+/// pays DNS, TCP and TLS again for a connection it could have kept.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(3_600);
 /// Redirects followed for one page before giving up.
 pub const MAX_REDIRECTS: u32 = 3;
+/// A listing whose `meta.total` changes under it is started over once.
+const LISTING_ATTEMPTS: u32 = 2;
 
 /// TLS handshakes and JSON parsing want more than a probe, far less than 2 MiB.
 const PAGE_STACK: usize = 512 * 1024;
@@ -43,10 +57,16 @@ pub struct ListRequest {
     pub ca_file: Option<String>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// The whole listing, CA file reading included. One too large to be
+    /// added to the current time (`Duration::MAX`) means no deadline.
     pub deadline: Duration,
     pub max_body_bytes: u64,
     pub max_pages: u32,
+    /// More droplets than this fail the listing with `TooManyDroplets`.
+    pub max_droplets: u64,
     pub page_concurrency: usize,
+    /// How long an idle connection is kept for the next listing.
+    pub keep_alive: Duration,
 }
 
 impl ListRequest {
@@ -62,8 +82,21 @@ impl ListRequest {
             deadline: DEFAULT_DEADLINE,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_pages: DEFAULT_MAX_PAGES,
+            max_droplets: DEFAULT_MAX_DROPLETS,
             page_concurrency: DEFAULT_PAGE_CONCURRENCY,
+            keep_alive: DEFAULT_KEEP_ALIVE,
         })
+    }
+
+    fn transport_config(&self) -> TransportConfig {
+        TransportConfig {
+            token: self.token.clone(),
+            ca_file: self.ca_file.clone(),
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            max_body_bytes: self.max_body_bytes,
+            keep_alive: self.keep_alive,
+        }
     }
 }
 
@@ -94,7 +127,9 @@ impl fmt::Debug for ListRequest {
             .field("deadline", &self.deadline)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_pages", &self.max_pages)
+            .field("max_droplets", &self.max_droplets)
             .field("page_concurrency", &self.page_concurrency)
+            .field("keep_alive", &self.keep_alive)
             .finish()
     }
 }
@@ -136,28 +171,20 @@ impl Stats {
     }
 }
 
-/// One HTTP response. `body` is read only for 2xx; its own error (truncated,
-/// too large) is kept apart so the exchange still counts as a request.
-#[derive(Debug)]
-pub struct Exchange {
-    pub status: u16,
-    pub location: Option<String>,
-    pub rate_limit: Option<RateLimit>,
-    pub body: Result<Vec<u8>, Error>,
-}
-
-pub trait Transport: Sync {
-    /// One authenticated GET of `url`, completed within `timeout`. `Err` only
-    /// when no response arrived.
-    fn get(&self, url: &str, timeout: Duration) -> Result<Exchange, Error>;
-}
-
 /// Lists every droplet over HTTP(S). Errors never carry the token.
 pub fn list_droplets(req: &ListRequest, stats: &Stats) -> Result<Listing, Error> {
     let started = Instant::now();
-    crate::http::UreqTransport::new(req)
-        .and_then(|t| list_with(&t, req, stats, started))
-        .map_err(|e| e.redact(&req.token))
+    let deadline = deadline_after(started, req.deadline);
+    let result = UreqTransport::new(&req.transport_config(), deadline).and_then(|transport| {
+        Lister {
+            transport: &transport,
+            req,
+            stats,
+            deadline,
+        }
+        .run()
+    });
+    sanitized(req, result)
 }
 
 /// [`list_droplets`] over any transport; `started` anchors the deadline.
@@ -171,96 +198,199 @@ pub fn list_with<T: Transport>(
         transport,
         req,
         stats,
-        deadline: started + req.deadline,
+        deadline: deadline_after(started, req.deadline),
     };
-    lister.run()
+    sanitized(req, lister.run())
+}
+
+/// The way out of the client for every listing error: scrubbed of the
+/// token, then cut to length (see [`Error::sanitize`]).
+fn sanitized(req: &ListRequest, result: Result<Listing, Error>) -> Result<Listing, Error> {
+    result.map_err(|e| e.sanitize(&req.token))
+}
+
+/// `None`, no deadline, when `budget` is too large to be represented: only
+/// direct users of this crate can ask for that (the NIF caps it at an hour),
+/// and `Duration::MAX` can only mean "no limit".
+fn deadline_after(started: Instant, budget: Duration) -> Option<Instant> {
+    started.checked_add(budget)
+}
+
+/// A page as the listing uses it: its links checked to be on the API's
+/// origin, and parsed.
+struct Fetched {
+    droplets: Vec<Droplet>,
+    total: u64,
+    next: Option<Uri>,
+    /// The page number of the `last` link.
+    last_page: Option<u64>,
+}
+
+/// Why an attempt at the listing stopped: an error, or `meta.total`
+/// changing under it, which is worth one more attempt.
+enum Halt {
+    Failed(Error),
+    TotalChanged { first: u64, now: u64 },
+}
+
+impl From<Error> for Halt {
+    fn from(e: Error) -> Halt {
+        Halt::Failed(e)
+    }
 }
 
 struct Lister<'a, T> {
     transport: &'a T,
     req: &'a ListRequest,
     stats: &'a Stats,
-    deadline: Instant,
+    deadline: Option<Instant>,
 }
 
 impl<T: Transport> Lister<'_, T> {
+    /// Offset pagination shifts under deletions: a droplet deleted while
+    /// the pages are fetched moves another one from a page not yet fetched
+    /// to one already fetched, which the listing then misses, and a missed
+    /// droplet is a node disconnected. Every page carries `meta.total`, so a
+    /// change shows; the listing is then started over once, and fails if
+    /// it changes again.
     fn run(&self) -> Result<Listing, Error> {
+        let mut attempt = 1;
+        loop {
+            match self.attempt() {
+                Ok(listing) => return Ok(listing),
+                Err(Halt::Failed(e)) => return Err(e),
+                Err(Halt::TotalChanged { first, now }) if attempt >= LISTING_ATTEMPTS => {
+                    return Err(Error::Inconsistent(format!(
+                        "meta.total changed from {first} to {now} during the listing, \
+                         {attempt} times in a row"
+                    )));
+                }
+                Err(Halt::TotalChanged { .. }) => attempt += 1,
+            }
+        }
+    }
+
+    fn attempt(&self) -> Result<Listing, Halt> {
         let first_url = first_page_url(&self.req.api_url, self.req.per_page, &self.req.filter);
         let first = self.fetch_page(&first_url)?;
-        let total = first.meta.total;
+        let total = first.total;
         if first.droplets.is_empty() && total > 0 {
             return Err(Error::Inconsistent(format!(
                 "page 1 lists no droplets but meta.total is {total}"
-            )));
+            ))
+            .into());
         }
-        let Some(next) = first.links.pages.next.clone() else {
+        if total > self.req.max_droplets {
+            return Err(Error::TooManyDroplets(self.req.max_droplets).into());
+        }
+        let counted = AtomicU64::new(first.droplets.len() as u64);
+        let Some(next) = first.next.clone() else {
             return Ok(finish(vec![first], total));
         };
+        let page_count = page_count(&first);
+        let first_len = first.droplets.len() as u64;
         let mut visited: HashSet<String> = HashSet::from([first_url]);
         let mut pages = vec![first];
 
-        if let Some(last) = pages.first().and_then(page_count) {
+        if let Some(last) = page_count {
             if last > u64::from(self.req.max_pages) {
-                return Err(Error::TooManyPages(self.req.max_pages));
+                return Err(Error::TooManyPages(self.req.max_pages).into());
             }
-            let urls: Vec<String> = (2..=last)
-                .map(|p| with_query_param(&next, "page", &p.to_string()))
-                .collect();
-            visited.extend(urls.iter().cloned());
-            pages.extend(self.fetch_concurrently(&urls)?);
+            if fewest_droplets(last, first_len) > self.req.max_droplets {
+                return Err(Error::TooManyDroplets(self.req.max_droplets).into());
+            }
+            visited.extend((2..=last).map(|n| page_url(&next, n)));
+            pages.extend(self.fetch_concurrently(&next, last, total, &counted)?);
         }
 
-        // The API grew while we listed, or gave no page count: walk the rest.
-        while let Some(next) = pages.last().and_then(|p| p.links.pages.next.clone()) {
+        // The last page still links further, or page 1 gave no page count:
+        // walk the rest.
+        while let Some(next) = pages
+            .last()
+            .and_then(|p| p.next.as_ref())
+            .map(Uri::to_string)
+        {
             if !visited.insert(next.clone()) {
-                return Err(Error::PaginationLoop);
+                return Err(Error::PaginationLoop.into());
             }
             if pages.len() >= self.req.max_pages as usize {
-                return Err(Error::TooManyPages(self.req.max_pages));
+                return Err(Error::TooManyPages(self.req.max_pages).into());
             }
-            pages.push(self.fetch_page(&next)?);
+            let page = self.fetch_page(&next)?;
+            pages.push(self.admit(page, total, &counted)?);
         }
         Ok(finish(pages, total))
     }
 
-    /// Pages `urls` at most `page_concurrency` at a time, all or nothing. On
-    /// a failure no new page is started, and the earliest page's error wins
+    /// Pages 2..=`last` (built from the `next` link), at most
+    /// `page_concurrency` at a time, all or nothing. The first failure
+    /// stops new pages from starting, and the earliest page's failure wins
     /// so the outcome does not depend on thread timing more than necessary.
-    fn fetch_concurrently(&self, urls: &[String]) -> Result<Vec<Page>, Error> {
+    fn fetch_concurrently(
+        &self,
+        next: &Uri,
+        last: u64,
+        total: u64,
+        counted: &AtomicU64,
+    ) -> Result<Vec<Fetched>, Halt> {
+        let count = usize::try_from(last.saturating_sub(1)).unwrap_or(usize::MAX);
         let stop = AtomicBool::new(false);
+        let halted: Mutex<Option<(usize, Halt)>> = Mutex::new(None);
         let results = pool::run_indexed(
             "droplet_page",
-            urls.len(),
+            count,
             self.req.page_concurrency,
             PAGE_STACK,
             &stop,
             |i| {
-                let result = match urls.get(i) {
-                    Some(url) => self.fetch_page(url),
-                    None => Err(Error::Inconsistent("page index out of range".into())),
-                };
-                if result.is_err() {
-                    stop.store(true, Ordering::Relaxed);
+                let url = page_url(next, i as u64 + 2);
+                let page = self
+                    .fetch_page(&url)
+                    .map_err(Halt::from)
+                    .and_then(|page| self.admit(page, total, counted));
+                match page {
+                    Ok(page) => Some(page),
+                    Err(halt) => {
+                        let mut slot = halted.lock().unwrap_or_else(|e| e.into_inner());
+                        match slot.as_ref() {
+                            Some((earliest, _)) if *earliest < i => {}
+                            _ => *slot = Some((i, halt)),
+                        }
+                        stop.store(true, Ordering::Relaxed);
+                        None
+                    }
                 }
-                result
             },
         );
-        let mut pages = Vec::with_capacity(urls.len());
-        for slot in results {
-            match slot {
-                Some(Ok(page)) => pages.push(page),
-                Some(Err(e)) => return Err(e),
-                None => {}
-            }
+        if let Some((_, halt)) = halted.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(halt);
         }
-        if pages.len() != urls.len() {
-            return Err(Error::Inconsistent("a page was skipped".into()));
+        // `stop` is only ever set along with `halted`: with no halt, every
+        // page ran and returned one.
+        Ok(results.into_iter().flatten().flatten().collect())
+    }
+
+    /// Takes a page after page 1 into the listing: same `meta.total` as page
+    /// 1, and the droplets so far within `max_droplets`.
+    fn admit(&self, page: Fetched, total: u64, counted: &AtomicU64) -> Result<Fetched, Halt> {
+        if page.total != total {
+            return Err(Halt::TotalChanged {
+                first: total,
+                now: page.total,
+            });
         }
-        Ok(pages)
+        let len = page.droplets.len() as u64;
+        let so_far = counted
+            .fetch_add(len, Ordering::Relaxed)
+            .saturating_add(len);
+        if so_far > self.req.max_droplets {
+            return Err(Error::TooManyDroplets(self.req.max_droplets).into());
+        }
+        Ok(page)
     }
 
     /// One page, following same-origin redirects, its links checked.
-    fn fetch_page(&self, url: &str) -> Result<Page, Error> {
+    fn fetch_page(&self, url: &str) -> Result<Fetched, Error> {
         let mut current = url.to_string();
         let mut hops = 0;
         loop {
@@ -269,9 +399,8 @@ impl<T: Transport> Lister<'_, T> {
             self.stats.record(exchange.rate_limit);
             match exchange.status {
                 200..=299 => {
-                    let page = parse_page(&exchange.body?)?;
-                    self.check_links(&page)?;
-                    return Ok(page);
+                    let max_droplets = usize::try_from(self.req.per_page).unwrap_or(usize::MAX);
+                    return self.checked(parse_page(&exchange.body?, max_droplets)?);
                 }
                 status @ 300..=399 => {
                     let Some(location) = exchange.location else {
@@ -301,37 +430,60 @@ impl<T: Transport> Lister<'_, T> {
 
     /// Pagination links are followed with the token attached, so they must
     /// stay on the API's origin; checked before anything is sent to them.
-    fn check_links(&self, page: &Page) -> Result<(), Error> {
-        let links = &page.links.pages;
-        for link in [&links.next, &links.last].into_iter().flatten() {
-            if !same_origin(&self.req.api_url, link) {
-                return Err(Error::ForeignLink);
-            }
-        }
-        Ok(())
+    fn checked(&self, page: Page) -> Result<Fetched, Error> {
+        let on_origin =
+            |link: &str| same_origin_url(&self.req.api_url, link).ok_or(Error::ForeignLink);
+        let links = page.links.pages;
+        let next = links.next.as_deref().map(on_origin).transpose()?;
+        let last = links.last.as_deref().map(on_origin).transpose()?;
+        Ok(Fetched {
+            droplets: page.droplets,
+            total: page.meta.total,
+            next,
+            last_page: last.and_then(|uri| page_number(&uri.to_string())),
+        })
     }
 
+    /// Until the deadline, unbounded without one; `Timeout` once it passed.
     fn time_left(&self) -> Result<Duration, Error> {
-        self.deadline
+        let Some(deadline) = self.deadline else {
+            return Ok(Duration::MAX);
+        };
+        deadline
             .checked_duration_since(Instant::now())
             .filter(|left| !left.is_zero())
             .ok_or(Error::Timeout)
     }
 }
 
+/// Page `n` of the listing: the `next` link with its `page` set to `n`.
+fn page_url(next: &Uri, n: u64) -> String {
+    with_query_param(next, "page", &n.to_string())
+}
+
 /// How many pages there are, as far as page 1 tells: the `last` link's page
 /// number, else `meta.total` over the first page's size.
-fn page_count(first: &Page) -> Option<u64> {
-    if let Some(last) = first.links.pages.last.as_deref().and_then(page_number) {
+fn page_count(first: &Fetched) -> Option<u64> {
+    if let Some(last) = first.last_page {
         return Some(last);
     }
     let per_page = first.droplets.len() as u64;
-    (per_page > 0).then(|| first.meta.total.div_ceil(per_page))
+    (per_page > 0).then(|| first.total.div_ceil(per_page))
 }
 
-/// Concatenates pages, keeping the first droplet of each id: a droplet
-/// created mid-listing shifts the pages and shows up twice.
-fn finish(pages: Vec<Page>, total: u64) -> Listing {
+/// The fewest droplets a listing of `pages` pages holds when every page but
+/// the last is as full as page 1, as offset pagination fills them, and the
+/// last holds at least one.
+fn fewest_droplets(pages: u64, first_len: u64) -> u64 {
+    if pages <= 1 {
+        return first_len;
+    }
+    (pages - 1).saturating_mul(first_len).saturating_add(1)
+}
+
+/// Concatenates pages, keeping the first droplet of each id: pages that
+/// overlap (a droplet created mid-listing shifts them) list some twice.
+fn finish(pages: Vec<Fetched>, total: u64) -> Listing {
     let mut seen = HashSet::new();
     let droplets = pages
         .into_iter()

@@ -6,7 +6,7 @@ use std::fmt;
 
 /// Details end up in logs and in terms shown to operators: long ones are cut
 /// so a hostile server cannot flood a log line through an error message.
-const MAX_DETAIL_BYTES: usize = 240;
+pub const MAX_DETAIL_BYTES: usize = 240;
 
 const MIN_REDACTED_LEN: usize = 4;
 
@@ -28,6 +28,8 @@ pub enum Error {
     TooManyRedirects,
     PaginationLoop,
     TooManyPages(u32),
+    /// The cap on droplets per listing.
+    TooManyDroplets(u64),
     BodyTooLarge(u64),
     CaFile(String),
     InvalidRequest(String),
@@ -36,10 +38,12 @@ pub enum Error {
     Panic(String),
 }
 
-impl Error {
-    /// The detail text of the variants that carry one.
-    pub fn detail(&self) -> Option<&str> {
-        match self {
+/// The variants that carry a detail string, listed once: `detail` and
+/// `detail_mut` expand it, so a new variant cannot be redacted by one and
+/// missed by the other.
+macro_rules! detail_of {
+    ($error:expr) => {
+        match $error {
             Error::Transport(d)
             | Error::Tls(d)
             | Error::InvalidJson(d)
@@ -51,31 +55,41 @@ impl Error {
             | Error::Panic(d) => Some(d),
             _ => None,
         }
+    };
+}
+
+impl Error {
+    /// The detail text of the variants that carry one.
+    pub fn detail(&self) -> Option<&str> {
+        detail_of!(self).map(String::as_str)
     }
 
-    /// Defence in depth: no code path is meant to put the token in a detail,
-    /// but a server echoing it back inside a body that fails to parse could.
-    /// Every error leaving the client goes through here. Secrets shorter
-    /// than `MIN_REDACTED_LEN` are left alone: they would garble ordinary
-    /// words ("connec[REDACTED]ion") while protecting nothing, and real
+    fn detail_mut(&mut self) -> Option<&mut String> {
+        detail_of!(self)
+    }
+
+    /// Makes an error fit to leave the client: `secret` scrubbed from the
+    /// detail, then the detail cut to `MAX_DETAIL_BYTES`. In that order: a
+    /// cut first could split the secret and leave a piece of it that no
+    /// longer matches. Every listing error goes through here, once, as it
+    /// leaves the client; details are built uncut until then.
+    ///
+    /// Defence in depth: details are fixed text or text we chose to keep
+    /// (never the body, which a server could make echo the token), but a
+    /// URL or a TLS message could still carry it. Secrets shorter than
+    /// `MIN_REDACTED_LEN` are not scrubbed: they would garble ordinary words
+    /// ("connec[REDACTED]ion") while protecting nothing, and real
     /// DigitalOcean tokens are 71 characters long.
-    pub fn redact(self, secret: &str) -> Error {
-        if secret.len() < MIN_REDACTED_LEN || !self.detail().is_some_and(|d| d.contains(secret)) {
-            return self;
+    pub fn sanitize(mut self, secret: &str) -> Error {
+        if let Some(detail) = self.detail_mut() {
+            if secret.len() >= MIN_REDACTED_LEN && detail.contains(secret) {
+                *detail = detail.replace(secret, "[REDACTED]");
+            }
+            if detail.len() > MAX_DETAIL_BYTES {
+                *detail = short(std::mem::take(detail));
+            }
         }
-        let scrub = |d: String| d.replace(secret, "[REDACTED]");
-        match self {
-            Error::Transport(d) => Error::Transport(scrub(d)),
-            Error::Tls(d) => Error::Tls(scrub(d)),
-            Error::InvalidJson(d) => Error::InvalidJson(scrub(d)),
-            Error::UnexpectedShape(d) => Error::UnexpectedShape(scrub(d)),
-            Error::Inconsistent(d) => Error::Inconsistent(scrub(d)),
-            Error::CaFile(d) => Error::CaFile(scrub(d)),
-            Error::InvalidRequest(d) => Error::InvalidRequest(scrub(d)),
-            Error::Spawn(d) => Error::Spawn(scrub(d)),
-            Error::Panic(d) => Error::Panic(scrub(d)),
-            other => other,
-        }
+        self
     }
 }
 
@@ -124,6 +138,7 @@ impl fmt::Display for Error {
             Error::TooManyRedirects => f.write_str("too many redirects"),
             Error::PaginationLoop => f.write_str("pagination links loop"),
             Error::TooManyPages(max) => write!(f, "more than {max} pages"),
+            Error::TooManyDroplets(max) => write!(f, "more than {max} droplets"),
             Error::BodyTooLarge(limit) => write!(f, "response body over {limit} bytes"),
             Error::CaFile(d) => write!(f, "CA file: {d}"),
             Error::InvalidRequest(d) => write!(f, "invalid request: {d}"),
@@ -150,22 +165,54 @@ mod tests {
     }
 
     #[test]
-    fn redact_scrubs_the_secret_from_details_only() {
-        let e = Error::InvalidJson("saw sekret-token here".into()).redact("sekret-token");
+    fn sanitize_scrubs_the_secret_from_details_only() {
+        let e = Error::InvalidJson("saw sekret-token here".into()).sanitize("sekret-token");
         assert_eq!(e, Error::InvalidJson("saw [REDACTED] here".into()));
-        assert_eq!(Error::Timeout.redact("x"), Error::Timeout);
+        assert_eq!(Error::Timeout.sanitize("x"), Error::Timeout);
         assert_eq!(
-            Error::Tls("fine".into()).redact(""),
+            Error::Tls("fine".into()).sanitize(""),
             Error::Tls("fine".into())
         );
         assert_eq!(
-            Error::Transport("connection refused".into()).redact("t"),
+            Error::Transport("connection refused".into()).sanitize("t"),
             Error::Transport("connection refused".into())
         );
         assert_eq!(
-            Error::Transport("echo: abcd".into()).redact("abcd"),
+            Error::Transport("echo: abcd".into()).sanitize("abcd"),
             Error::Transport("echo: [REDACTED]".into())
         );
+    }
+
+    #[test]
+    fn every_detail_variant_is_sanitized() {
+        let secret = "sekret-token";
+        let text = || format!("a {secret} b");
+        for e in [
+            Error::Transport(text()),
+            Error::Tls(text()),
+            Error::InvalidJson(text()),
+            Error::UnexpectedShape(text()),
+            Error::Inconsistent(text()),
+            Error::CaFile(text()),
+            Error::InvalidRequest(text()),
+            Error::Spawn(text()),
+            Error::Panic(text()),
+        ] {
+            let clean = e.clone().sanitize(secret);
+            assert_eq!(clean.detail(), Some("a [REDACTED] b"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn sanitize_redacts_before_it_cuts() {
+        // The secret straddles the cut: cutting first would leave its head.
+        let secret = "dop_v1_0123456789abcdef0123456789abcdef";
+        let detail = format!("{}{secret}{}", "x".repeat(220), "y".repeat(100));
+        let clean = Error::UnexpectedShape(detail).sanitize(secret);
+        let shown = clean.detail().unwrap_or_default();
+        assert!(shown.len() <= MAX_DETAIL_BYTES, "{}", shown.len());
+        assert!(!shown.contains(&secret[..8]), "{shown}");
+        assert!(shown.ends_with("..."), "{shown}");
     }
 
     #[test]

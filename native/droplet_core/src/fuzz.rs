@@ -7,8 +7,8 @@
 //! to run longer and `DROPLET_FUZZ_SEED` to explore other sequences.
 
 use crate::links::{
-    normalize_api_url, page_number, query_param, resolve_location, same_origin, with_query_param,
-    Origin,
+    normalize_api_url, page_number, parse_url, query_param, resolve_location, same_origin,
+    with_query_param, Origin,
 };
 use crate::model::tests::{ALL, TAGGED};
 use crate::model::{parse_page, Status};
@@ -236,7 +236,7 @@ fn exercise(doc: &[u8]) -> bool {
         Selector::new(Network::Public, false),
         Selector::new(Network::Public, true),
     ];
-    let parsed = parse_page(doc);
+    let parsed = parse_page(doc, 200);
     if let Ok(page) = &parsed {
         for d in &page.droplets {
             for sel in selectors.iter().flatten() {
@@ -248,6 +248,7 @@ fn exercise(doc: &[u8]) -> bool {
                         &d.networks.v4
                     };
                     assert!(family.iter().any(|a| a.ip_address == addr));
+                    assert!(addr.parse::<std::net::IpAddr>().is_ok(), "{addr}");
                 }
             }
         }
@@ -270,7 +271,10 @@ fn exercise_url(s: &str) {
     let _ = normalize_api_url(&s);
     let _ = query_param(&s, "page");
     let _ = page_number(&s);
-    let _ = with_query_param(&s, "page", "3");
+    if let Some(uri) = parse_url(&s) {
+        let _ = with_query_param(&uri, "page", "3");
+        assert!(Origin::parse(&s).is_some());
+    }
     let _ = resolve_location(base, &s);
     let _ = resolve_location(&s, "/x");
     let _ = resolve_location(&s, &s);
@@ -316,6 +320,6 @@ fn mutated_inputs_never_panic() {
 #[test]
 fn the_examples_survive_every_single_truncation() {
     for end in 0..TAGGED.len() {
-        assert!(parse_page(&TAGGED.as_bytes()[..end]).is_err());
+        assert!(parse_page(&TAGGED.as_bytes()[..end], 200).is_err());
     }
 }

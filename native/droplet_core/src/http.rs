@@ -1,29 +1,59 @@
 //! The real transport: one GET with ureq, no redirects followed (the caller
-//! decides where the token may go), TLS always verified.
+//! decides where the token may go), TLS always verified, connections kept
+//! alive between listings.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+use ureq::tls::{RootCerts, TlsConfig};
 use ureq::Agent;
 
-use crate::api::{Exchange, ListRequest, Transport};
-use crate::error::{short, Error};
+use crate::ca::roots_with_extra_ca;
+use crate::error::Error;
 use crate::ratelimit::RateLimit;
+use crate::transport::{Exchange, Transport};
+
+/// What the transport needs to know, apart from the listing logic's own
+/// settings.
+#[derive(Clone)]
+pub struct TransportConfig {
+    pub token: String,
+    pub ca_file: Option<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_body_bytes: u64,
+    /// How long an idle connection is kept for the next request.
+    pub keep_alive: Duration,
+}
+
+impl fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportConfig")
+            .field("token", &"[REDACTED]")
+            .field("ca_file", &self.ca_file)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("keep_alive", &self.keep_alive)
+            .finish()
+    }
+}
 
 /// Agents are reused across listings so polls ride on kept-alive connections
 /// and resumed TLS sessions. The timeouts are part of the key because ureq
 /// only caches its TLS configuration (and with it the session store) for
 /// agent-level settings: per-request overrides would rebuild it every time.
+/// The idle age is an agent setting too.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct AgentKey {
     ca_file: Option<String>,
     connect_timeout: Duration,
     request_timeout: Duration,
+    keep_alive: Duration,
 }
 
 static AGENTS: Lazy<Mutex<HashMap<AgentKey, Agent>>> = Lazy::new(|| Mutex::new(HashMap::new()));
@@ -32,14 +62,15 @@ static AGENTS: Lazy<Mutex<HashMap<AgentKey, Agent>>> = Lazy::new(|| Mutex::new(H
 /// against a caller cycling through CA files forever.
 const MAX_AGENTS: usize = 32;
 
-fn agent_for(key: AgentKey) -> Result<Agent, Error> {
+/// `deadline`: reading a CA file for a new agent counts against it.
+fn agent_for(key: AgentKey, deadline: Option<Instant>) -> Result<Agent, Error> {
     // A poisoned lock only means another listing panicked mid-insert; the map
     // itself is still a valid cache.
     if let Some(agent) = AGENTS.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(agent.clone());
     }
     // Built outside the lock: reading a CA file must not stall other callers.
-    let agent = build_agent(&key)?;
+    let agent = build_agent(&key, deadline)?;
     let mut agents = AGENTS.lock().unwrap_or_else(|e| e.into_inner());
     if agents.len() >= MAX_AGENTS && !agents.contains_key(&key) {
         agents.clear();
@@ -47,10 +78,10 @@ fn agent_for(key: AgentKey) -> Result<Agent, Error> {
     Ok(agents.entry(key).or_insert(agent).clone())
 }
 
-fn build_agent(key: &AgentKey) -> Result<Agent, Error> {
+fn build_agent(key: &AgentKey, deadline: Option<Instant>) -> Result<Agent, Error> {
     let roots = match &key.ca_file {
         None => RootCerts::WebPki,
-        Some(path) => RootCerts::new_with_certs(&roots_with_extra_ca(path)?),
+        Some(path) => RootCerts::new_with_certs(&roots_with_extra_ca(path, deadline)?),
     };
     let config = Agent::config_builder()
         .http_status_as_error(false)
@@ -58,47 +89,12 @@ fn build_agent(key: &AgentKey) -> Result<Agent, Error> {
         .timeout_connect(Some(key.connect_timeout))
         .timeout_global(Some(key.request_timeout))
         .max_idle_connections_per_host(8)
+        .max_idle_age(key.keep_alive)
         .user_agent(format!("libcluster_droplet/{}", crate::VERSION))
         .accept("application/json")
         .tls_config(TlsConfig::builder().root_certs(roots).build())
         .build();
     Ok(config.new_agent())
-}
-
-/// Mozilla's roots plus every certificate of the PEM file at `path`.
-fn roots_with_extra_ca(path: &str) -> Result<Vec<Certificate<'static>>, Error> {
-    let pem = std::fs::read(path).map_err(|e| Error::CaFile(short(format!("{path}: {e}"))))?;
-    let extra = parse_ca_pem(&pem).map_err(|d| Error::CaFile(short(format!("{path}: {d}"))))?;
-    let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
-        .iter()
-        .map(|c| Certificate::from_der(c.as_ref()))
-        .collect();
-    roots.extend(extra);
-    Ok(roots)
-}
-
-/// Every certificate in a PEM bundle, each checked to be a usable trust
-/// anchor now: rustls would otherwise skip a broken one silently and the
-/// failure would surface later as a puzzling certificate error.
-pub(crate) fn parse_ca_pem(pem: &[u8]) -> Result<Vec<Certificate<'static>>, String> {
-    let mut certs = Vec::new();
-    for item in ureq::tls::parse_pem(pem) {
-        match item {
-            Ok(PemItem::Certificate(cert)) => {
-                let mut probe = rustls::RootCertStore::empty();
-                probe
-                    .add(rustls::pki_types::CertificateDer::from(cert.der()))
-                    .map_err(|e| format!("certificate {} is unusable: {e}", certs.len() + 1))?;
-                certs.push(cert);
-            }
-            Ok(_) => {}
-            Err(e) => return Err(format!("not valid PEM: {e}")),
-        }
-    }
-    if certs.is_empty() {
-        return Err("no PEM certificate found".into());
-    }
-    Ok(certs)
 }
 
 pub struct UreqTransport {
@@ -121,31 +117,42 @@ impl fmt::Debug for UreqTransport {
 }
 
 impl UreqTransport {
-    pub fn new(req: &ListRequest) -> Result<UreqTransport, Error> {
-        let agent = agent_for(AgentKey {
-            ca_file: req.ca_file.clone(),
-            connect_timeout: req.connect_timeout,
-            request_timeout: req.request_timeout,
-        })?;
+    /// `deadline`: the listing's, if any; building a new agent reads the CA
+    /// file, which must not outlast it.
+    pub fn new(
+        config: &TransportConfig,
+        deadline: Option<Instant>,
+    ) -> Result<UreqTransport, Error> {
+        let agent = agent_for(
+            AgentKey {
+                ca_file: config.ca_file.clone(),
+                connect_timeout: config.connect_timeout,
+                request_timeout: config.request_timeout,
+                keep_alive: config.keep_alive,
+            },
+            deadline,
+        )?;
         Ok(UreqTransport {
             agent,
-            authorization: format!("Bearer {}", req.token),
-            connect_timeout: req.connect_timeout,
-            request_timeout: req.request_timeout,
-            max_body: req.max_body_bytes,
+            authorization: format!("Bearer {}", config.token),
+            connect_timeout: config.connect_timeout,
+            request_timeout: config.request_timeout,
+            max_body: config.max_body_bytes,
         })
     }
-}
 
-impl Transport for UreqTransport {
-    fn get(&self, url: &str, timeout: Duration) -> Result<Exchange, Error> {
+    fn call(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
         let request = self
             .agent
             .get(url)
             .header("Authorization", self.authorization.as_str());
         // Only near the listing's deadline does a request get a shorter
         // budget than the agent's; see `AgentKey` for why that is rare.
-        let result = if timeout < self.request_timeout {
+        if timeout < self.request_timeout {
             request
                 .config()
                 .timeout_global(Some(timeout))
@@ -154,8 +161,48 @@ impl Transport for UreqTransport {
                 .call()
         } else {
             request.call()
-        };
-        let mut response = result.map_err(|e| classify(e, false))?;
+        }
+    }
+
+    /// One GET, retried once when the connection closed before any response
+    /// came. ureq probes an idle connection before reusing it and drops it
+    /// if the server's close has already arrived, but it does not retry
+    /// when the server closes the connection while the request is on its
+    /// way (an idle timeout racing the next poll); nor does it retry at all.
+    /// A GET is safe to repeat, and the closed connection is not returned to
+    /// the pool, so the retry takes another idle connection only if it
+    /// passes the same probe, otherwise a new one. Kept alive for long, as
+    /// between polls, this race is what a reused connection risks.
+    fn call_retrying_closed(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let started = Instant::now();
+        match self.call(url, timeout) {
+            Err(e) if closed_before_response(&e) => {
+                let left = timeout.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    return Err(e);
+                }
+                self.call(url, left)
+            }
+            other => other,
+        }
+    }
+}
+
+/// The peer closed (or reset) the connection before a response arrived.
+fn closed_before_response(e: &ureq::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(e, ureq::Error::Io(io) if matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe))
+}
+
+impl Transport for UreqTransport {
+    fn get(&self, url: &str, timeout: Duration) -> Result<Exchange, Error> {
+        let mut response = self
+            .call_retrying_closed(url, timeout)
+            .map_err(|e| classify(e, false))?;
         let status = response.status().as_u16();
         let headers = response.headers();
         let location = headers
@@ -199,21 +246,50 @@ fn read_body(body: &mut ureq::Body, limit: u64) -> Result<Vec<u8>, Error> {
 
 /// Maps ureq's errors onto ours. `in_body`: the status line and headers had
 /// arrived, so a connection dropping now means a truncated document.
+///
+/// Details are fixed text or ureq's own variant names wherever ureq's
+/// message could quote the server (a header, a URL from a link): those are
+/// the server's words, which it could make echo the token. TLS messages are
+/// kept, for the certificate names they give; like every detail they are
+/// scrubbed of the token and cut to length as the error leaves the client.
 pub(crate) fn classify(e: ureq::Error, in_body: bool) -> Error {
     match e {
         ureq::Error::Timeout(_) => Error::Timeout,
         ureq::Error::BodyExceedsLimit(n) => Error::BodyTooLarge(n),
         ureq::Error::Io(io) => classify_io(&io, in_body),
-        ureq::Error::Rustls(e) => Error::Tls(short(e.to_string())),
-        ureq::Error::Tls(msg) => Error::Tls(short(msg)),
-        ureq::Error::Pem(e) => Error::Tls(short(format!("PEM: {e:?}"))),
+        ureq::Error::Rustls(e) => Error::Tls(e.to_string()),
+        ureq::Error::Tls(msg) => Error::Tls(msg.to_string()),
+        ureq::Error::Pem(_) => Error::Tls("a PEM certificate could not be read".into()),
         ureq::Error::HostNotFound => Error::Transport("host not found".into()),
         ureq::Error::ConnectionFailed => Error::Transport("connection failed".into()),
-        ureq::Error::Protocol(p) if in_body => {
-            Error::InvalidJson(short(format!("malformed or truncated body: {p}")))
+        ureq::Error::Protocol(p) if in_body => Error::InvalidJson(format!(
+            "malformed or truncated body ({})",
+            variant_name(&format!("{p:?}"))
+        )),
+        ureq::Error::Protocol(p) => Error::Transport(format!(
+            "malformed HTTP response ({})",
+            variant_name(&format!("{p:?}"))
+        )),
+        ureq::Error::LargeResponseHeader(_, max) => {
+            Error::Transport(format!("response headers over {max} bytes"))
         }
-        ureq::Error::Protocol(p) => Error::Transport(short(format!("HTTP protocol error: {p}"))),
-        other => Error::Transport(short(other.to_string())),
+        other => Error::Transport(format!(
+            "HTTP client error ({})",
+            variant_name(&format!("{other:?}"))
+        )),
+    }
+}
+
+/// The variant name at the head of a derived `Debug` output
+/// (`BadHeader("...")` gives `BadHeader`): a fixed identifier of the
+/// library's, never the data it carries.
+fn variant_name(debug: &str) -> &str {
+    let end = debug
+        .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .unwrap_or(debug.len());
+    match debug.get(..end) {
+        Some(name) if !name.is_empty() => name,
+        _ => "unknown",
     }
 }
 
@@ -221,7 +297,7 @@ fn classify_io(e: &io::Error, in_body: bool) -> Error {
     // rustls reports handshake and certificate failures as I/O errors
     // carrying a rustls::Error; that inner error is what tells TLS apart.
     if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        return Error::Tls(short(tls.to_string()));
+        return Error::Tls(tls.to_string());
     }
     use io::ErrorKind::*;
     match e.kind() {
@@ -230,7 +306,7 @@ fn classify_io(e: &io::Error, in_body: bool) -> Error {
             Error::InvalidJson("body truncated: the connection closed early".into())
         }
         ConnectionReset | ConnectionAborted | BrokenPipe if in_body => {
-            Error::InvalidJson(short(format!("body truncated: {e}")))
+            Error::InvalidJson("body truncated: the connection was reset".into())
         }
         ConnectionRefused => Error::Transport("connection refused".into()),
         ConnectionReset => Error::Transport("connection reset".into()),
@@ -238,33 +314,26 @@ fn classify_io(e: &io::Error, in_body: bool) -> Error {
             Error::Transport("the server closed the connection".into())
         }
         HostUnreachable | NetworkUnreachable => Error::Transport("host unreachable".into()),
-        _ => Error::Transport(short(e.to_string())),
+        // An OS error's text is the OS's; any other could be a library's
+        // wrapping of who knows what, so only its kind is told.
+        _ if e.raw_os_error().is_some() => Error::Transport(e.to_string()),
+        kind => Error::Transport(kind.to_string()),
     }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    pub(crate) const TEST_CA: &str = include_str!("../testdata/ca.pem");
-    const TEST_LEAF: &str = include_str!("../testdata/server.pem");
-
-    #[test]
-    fn pem_bundles_parse_all_certificates() {
-        let bundle = format!("{TEST_CA}\n{TEST_LEAF}");
-        assert_eq!(parse_ca_pem(bundle.as_bytes()).map(|c| c.len()), Ok(2));
-        assert_eq!(parse_ca_pem(TEST_CA.as_bytes()).map(|c| c.len()), Ok(1));
-    }
-
-    #[test]
-    fn bad_pem_is_refused() {
-        assert!(parse_ca_pem(b"").is_err());
-        assert!(parse_ca_pem(b"just text").is_err());
-        assert!(parse_ca_pem(include_bytes!("../testdata/server.key")).is_err());
-        let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        assert!(parse_ca_pem(garbage.as_bytes()).is_err());
-        let bad_base64 = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
-        assert!(parse_ca_pem(bad_base64.as_bytes()).is_err());
+    fn config(token: &str) -> TransportConfig {
+        TransportConfig {
+            token: token.into(),
+            ca_file: None,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            max_body_bytes: 1_000,
+            keep_alive: Duration::from_secs(60),
+        }
     }
 
     #[test]
@@ -295,6 +364,68 @@ pub(crate) mod tests {
             classify(ureq::Error::BodyExceedsLimit(9), true),
             Error::BodyTooLarge(9)
         );
+        let os = io::Error::from_raw_os_error(97);
+        assert!(matches!(
+            classify(ureq::Error::Io(os), false),
+            Error::Transport(d) if d.contains("os error 97")
+        ));
+    }
+
+    #[test]
+    fn server_text_in_client_errors_is_not_repeated() {
+        let echoed = "https://api.example.test/v2?x=ECHOED-SERVER-TEXT";
+        for e in [
+            ureq::Error::BadUri(echoed.into()),
+            ureq::Error::RequireHttpsOnly(echoed.into()),
+            ureq::Error::ConnectProxyFailed(echoed.into()),
+            ureq::Error::Io(io::Error::other(echoed)),
+            ureq::Error::Io(io::Error::new(io::ErrorKind::InvalidData, echoed)),
+        ] {
+            let classified = classify(e, false);
+            let shown = format!("{classified:?} {classified}");
+            assert!(!shown.contains("ECHOED"), "{shown}");
+        }
+        assert_eq!(
+            classify(ureq::Error::BadUri(echoed.into()), false),
+            Error::Transport("HTTP client error (BadUri)".into())
+        );
+        assert_eq!(
+            classify(ureq::Error::LargeResponseHeader(70_000, 65_536), false),
+            Error::Transport("response headers over 65536 bytes".into())
+        );
+    }
+
+    #[test]
+    fn variant_names_come_from_debug_output() {
+        assert_eq!(variant_name(r#"BadHeader("x: secret")"#), "BadHeader");
+        assert_eq!(variant_name("HostNotFound"), "HostNotFound");
+        assert_eq!(variant_name("Timeout(Global)"), "Timeout");
+        assert_eq!(variant_name("Struct { a: 1 }"), "Struct");
+        assert_eq!(variant_name("(\"x\")"), "unknown");
+        assert_eq!(variant_name(""), "unknown");
+    }
+
+    #[test]
+    fn only_a_closed_connection_is_retried() {
+        use io::ErrorKind::*;
+        for kind in [
+            UnexpectedEof,
+            ConnectionReset,
+            ConnectionAborted,
+            BrokenPipe,
+        ] {
+            assert!(closed_before_response(&ureq::Error::Io(io::Error::from(
+                kind
+            ))));
+        }
+        for e in [
+            ureq::Error::Io(io::Error::from(ConnectionRefused)),
+            ureq::Error::Io(io::Error::from(TimedOut)),
+            ureq::Error::HostNotFound,
+            ureq::Error::ConnectionFailed,
+        ] {
+            assert!(!closed_before_response(&e), "{e:?}");
+        }
     }
 
     #[test]
@@ -303,16 +434,20 @@ pub(crate) mod tests {
             ca_file: Some("/nonexistent/droplet-ca.pem".into()),
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(1),
         };
-        assert!(matches!(agent_for(key), Err(Error::CaFile(d)) if d.contains("/nonexistent")));
+        assert!(
+            matches!(agent_for(key, None), Err(Error::CaFile(d)) if d.contains("/nonexistent"))
+        );
     }
 
     #[test]
-    fn the_transport_debug_hides_the_token() {
-        let mut req = ListRequest::new("http://127.0.0.1:9", "sekret-token-123").expect("valid");
-        req.ca_file = None;
-        let t = UreqTransport::new(&req).expect("agent");
-        let shown = format!("{t:?}");
-        assert!(!shown.contains("sekret"), "{shown}");
+    fn debug_output_hides_the_token() {
+        let config = config("sekret-token-123");
+        let t = UreqTransport::new(&config, None).expect("agent");
+        for shown in [format!("{t:?}"), format!("{config:?}")] {
+            assert!(!shown.contains("sekret"), "{shown}");
+            assert!(shown.contains("REDACTED"), "{shown}");
+        }
     }
 }

@@ -3,11 +3,14 @@
 //!
 //! - [`model`]: the droplet listing as DigitalOcean sends it.
 //! - [`select`]: which address of a droplet to connect to.
-//! - [`api`]: listing all droplets (pagination, redirects, limits), over the
-//!   ureq transport in `http`.
+//! - [`api`]: listing all droplets (pagination, redirects, limits), over a
+//!   [`transport::Transport`]; the real one is ureq's, in `http`, which
+//!   reads the extra CA with `ca`.
+//! - [`links`]: origins, query parameters and redirect targets.
 //! - [`probe`]: parallel TCP connect probes.
 
 pub mod api;
+mod ca;
 pub mod error;
 mod http;
 pub mod links;
@@ -16,9 +19,12 @@ mod pool;
 pub mod probe;
 pub mod ratelimit;
 pub mod select;
+pub mod transport;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod testfs;
 #[cfg(test)]
 mod testserver;
 

@@ -1,6 +1,14 @@
-//! URL handling without a URL crate: only what the client needs, namely the
-//! origin of a URL (to keep the token on the API's own host), the `page`
-//! query parameter, and building the first page's URL.
+//! URL handling on the `http` crate's `Uri`, the parser ureq connects with,
+//! so "which host is this" is answered the same way here as by the request:
+//! the origin of a URL (to keep the token on the API's own host), the
+//! `page` query parameter, the first page's URL and redirect targets.
+//!
+//! `Uri` is lenient where an origin check cannot be (ports like `99999`,
+//! text after `[::1]`, userinfo), so [`parse_url`] adds those checks on top.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use http::uri::{Authority, Uri};
 
 use crate::error::Error;
 
@@ -14,55 +22,71 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// `None` for anything that is not a plain `http`/`https` URL. Userinfo
-    /// (`user@host`) is refused: a link smuggling credentials is not one
-    /// DigitalOcean would send, and it makes "which host" ambiguous.
+    /// `None` for anything that is not a plain `http`/`https` URL (see
+    /// [`parse_url`]).
     pub fn parse(url: &str) -> Option<Origin> {
-        let (scheme, rest) = url.split_once("://")?;
-        let scheme = scheme.to_ascii_lowercase();
+        Origin::of(&parse_url(url)?)
+    }
+
+    /// The origin of a URL `parse_url` accepted.
+    fn of(uri: &Uri) -> Option<Origin> {
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
         let default_port = match scheme.as_str() {
             "http" => 80,
             "https" => 443,
             _ => return None,
         };
-        let authority = rest.get(..authority_end(rest)).unwrap_or(rest);
-        if authority.contains('@') || authority.chars().any(|c| c.is_whitespace()) {
-            return None;
-        }
-        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (inside, after) = bracketed.split_once(']')?;
-            let port = match after {
-                "" => None,
-                _ => Some(after.strip_prefix(':')?),
-            };
-            (format!("[{inside}]"), port)
-        } else {
-            match authority.split_once(':') {
-                Some((h, p)) => (h.to_string(), Some(p)),
-                None => (authority.to_string(), None),
-            }
-        };
-        if host.is_empty() || host == "[]" {
-            return None;
-        }
-        let port = match port {
-            None | Some("") => default_port,
-            Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
-            Some(_) => return None,
-        };
+        let authority = uri.authority()?;
+        let port = explicit_port(authority)?.unwrap_or(default_port);
         Some(Origin {
             scheme,
-            host: host.to_ascii_lowercase(),
+            host: authority.host().to_ascii_lowercase(),
             port,
         })
     }
 }
 
-/// Where the authority of `after_scheme` (the text after `://`) ends.
-fn authority_end(after_scheme: &str) -> usize {
-    after_scheme
-        .find(['/', '?', '#'])
-        .unwrap_or(after_scheme.len())
+/// An absolute `http`/`https` URL with a host, as `Uri` parses it, and
+/// stricter than `Uri` where it matters for an origin: userinfo
+/// (`user@host`) is refused, since a link smuggling credentials is not one
+/// DigitalOcean would send and it makes "which host" ambiguous; a port must
+/// be empty or a number that fits; a bracketed host must be an IPv6
+/// address. Fragments are dropped, as `Uri` does and as HTTP never sends.
+pub fn parse_url(url: &str) -> Option<Uri> {
+    let uri: Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') || !valid_host(authority.host()) {
+        return None;
+    }
+    explicit_port(authority)?;
+    Some(uri)
+}
+
+fn valid_host(host: &str) -> bool {
+    match host.strip_prefix('[') {
+        Some(bracketed) => bracketed
+            .strip_suffix(']')
+            .is_some_and(|inside| inside.parse::<Ipv6Addr>().is_ok()),
+        None => !host.is_empty(),
+    }
+}
+
+/// `Some(None)` without a port (or with an empty one, `host:`),
+/// `Some(Some(port))` with a valid one, `None` when what follows the host is
+/// not `:digits` fitting in a `u16` (`Uri` accepts `h:99999`, `[::1]x`).
+fn explicit_port(authority: &Authority) -> Option<Option<u16>> {
+    let after_host = authority.as_str().strip_prefix(authority.host())?;
+    match after_host.strip_prefix(':') {
+        None if after_host.is_empty() => Some(None),
+        None => None,
+        Some("") => Some(None),
+        Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => digits.parse().ok().map(Some),
+        Some(_) => None,
+    }
 }
 
 /// Both URLs parse and name the same scheme, host and port.
@@ -70,38 +94,69 @@ pub fn same_origin(a: &str, b: &str) -> bool {
     matches!((Origin::parse(a), Origin::parse(b)), (Some(x), Some(y)) if x == y)
 }
 
+/// `link` parsed, when it is on `api_url`'s origin; `None` otherwise.
+pub fn same_origin_url(api_url: &str, link: &str) -> Option<Uri> {
+    let uri = parse_url(link)?;
+    (Origin::parse(api_url)? == Origin::of(&uri)?).then_some(uri)
+}
+
 /// Checks and canonicalises the configured API base: an `http(s)` URL with a
 /// host, an optional path prefix, no query or fragment, no trailing `/`.
+/// Plain `http` only for a loopback host, as the strategy's configuration
+/// requires: anywhere else it would send the token unencrypted.
 pub fn normalize_api_url(raw: &str) -> Result<String, Error> {
     let invalid = |why: &str| Error::InvalidRequest(format!("api_url {why}"));
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid("must not contain whitespace"));
     }
-    let (scheme, rest) = raw
-        .split_once("://")
-        .ok_or_else(|| invalid("must start with http:// or https://"))?;
-    let scheme = scheme.to_ascii_lowercase();
-    if scheme != "http" && scheme != "https" {
+    let scheme_ok = raw.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
+    });
+    if !scheme_ok {
         return Err(invalid("must start with http:// or https://"));
     }
-    if rest.contains(['?', '#']) {
+    // Checked on the raw text: `Uri` drops a fragment silently.
+    if raw.contains(['?', '#']) {
         return Err(invalid("must not have a query or fragment"));
     }
-    let url = format!("{scheme}://{}", rest.trim_end_matches('/'));
-    if Origin::parse(&url).is_none() {
-        return Err(invalid("must name a host (and a valid port, if any)"));
+    let uri =
+        parse_url(raw).ok_or_else(|| invalid("must name a host (and a valid port, if any)"))?;
+    let origin = Origin::of(&uri).ok_or_else(|| invalid("must name a host"))?;
+    if origin.scheme == "http" && !is_loopback(&origin.host) {
+        return Err(invalid(
+            "must use https://: plain http:// would send the token unencrypted \
+             and is only accepted for loopback hosts",
+        ));
     }
-    Ok(url)
+    let authority = uri.authority().map_or("", Authority::as_str);
+    Ok(format!(
+        "{}://{authority}{}",
+        origin.scheme,
+        uri.path().trim_end_matches('/')
+    ))
+}
+
+/// 127.0.0.0/8, `[::1]` or `localhost`, as the Elixir configuration checks.
+pub fn is_loopback(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match bare.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(IpAddr::V6(ip)) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 /// The raw value of the first `name` parameter in the URL's query.
-pub fn query_param<'u>(url: &'u str, name: &str) -> Option<&'u str> {
-    let (_, query) = split_query(url);
-    query?
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let uri: Uri = url.parse().ok()?;
+    uri.query()?
         .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .map(|(_, v)| v.to_string())
 }
 
 /// The `page` parameter of a pagination link, as a page number.
@@ -109,13 +164,17 @@ pub fn page_number(url: &str) -> Option<u64> {
     query_param(url, "page")?.parse().ok()
 }
 
-/// `url` with its `name` parameter set to `value` (appended when absent,
-/// later duplicates dropped) and without fragment.
-pub fn with_query_param(url: &str, name: &str, value: &str) -> String {
-    let (base, query) = split_query(url);
+/// `uri` with its `name` parameter set to `value` (appended when absent,
+/// later duplicates dropped). Takes a parsed URL so it cannot fail.
+pub fn with_query_param(uri: &Uri, name: &str, value: &str) -> String {
     let mut pairs: Vec<String> = Vec::new();
     let mut replaced = false;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let key = pair.split_once('=').map_or(pair, |(k, _)| k);
         if key == name {
             if !replaced {
@@ -129,15 +188,14 @@ pub fn with_query_param(url: &str, name: &str, value: &str) -> String {
     if !replaced {
         pairs.push(format!("{name}={value}"));
     }
-    format!("{base}?{}", pairs.join("&"))
+    format!("{}?{}", without_query(uri), pairs.join("&"))
 }
 
-/// Splits off the query (without `?`), dropping any fragment.
-fn split_query(url: &str) -> (&str, Option<&str>) {
-    let without_fragment = url.split_once('#').map_or(url, |(u, _)| u);
-    match without_fragment.split_once('?') {
-        Some((base, q)) => (base, Some(q)),
-        None => (without_fragment, None),
+/// `scheme://authority/path` of `uri`, or just its path when relative.
+fn without_query(uri: &Uri) -> String {
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => format!("{scheme}://{authority}{}", uri.path()),
+        _ => uri.path().to_string(),
     }
 }
 
@@ -179,38 +237,40 @@ pub fn first_page_url(api_url: &str, per_page: u32, filter: &Filter) -> String {
     url
 }
 
-/// Resolves a `Location` header against the URL that answered with it.
-/// `None` when it cannot be understood; the caller treats that as foreign.
+/// Resolves a `Location` header against the URL that answered with it
+/// (RFC 3986 reference forms, without dot-segment removal). `None` when
+/// either cannot be understood, or the result is not a URL `parse_url`
+/// accepts; the caller treats that as foreign.
 pub fn resolve_location(base: &str, location: &str) -> Option<String> {
     let location = location.trim();
     if location.is_empty() {
         return None;
     }
-    let (base_scheme, base_rest) = base.split_once("://")?;
-    let base_origin_len = base_scheme.len() + 3 + authority_end(base_rest);
-    let base_origin = base.get(..base_origin_len)?;
-    if has_scheme(location) {
-        Some(location.to_string())
+    let base = parse_url(base)?;
+    let scheme = base.scheme_str()?;
+    let origin = format!("{scheme}://{}", base.authority()?);
+    let resolved = if has_scheme(location) {
+        location.to_string()
     } else if location.starts_with("//") {
-        Some(format!("{base_scheme}:{location}"))
+        format!("{scheme}:{location}")
     } else if location.starts_with('/') {
-        Some(format!("{base_origin}{location}"))
+        format!("{origin}{location}")
+    } else if location.starts_with('?') {
+        format!("{origin}{}{location}", base.path())
     } else {
-        let (base_no_query, _) = split_query(base);
-        if location.starts_with('?') {
-            return Some(format!("{base_no_query}{location}"));
-        }
-        let path = base_no_query.get(base_origin_len..).unwrap_or("");
+        let path = base.path();
         let dir = path.rfind('/').and_then(|i| path.get(..=i)).unwrap_or("/");
-        Some(format!("{base_origin}{dir}{location}"))
-    }
+        format!("{origin}{dir}{location}")
+    };
+    parse_url(&resolved).map(|uri| uri.to_string())
 }
 
+/// RFC 3986: a scheme is a letter then letters, digits, `+`, `-` or `.`,
+/// before the first `:`. A relative reference cannot look like one.
 fn has_scheme(s: &str) -> bool {
     match s.split_once(':') {
         Some((scheme, _)) => {
-            !scheme.is_empty()
-                && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
                 && scheme
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
@@ -266,9 +326,24 @@ mod tests {
             "http://[::1]x/",
             "http://[]/",
             "http://h h/",
+            // Refused by the stricter checks on top of `Uri`:
+            "http://[fe80::1%25eth0]/",
+            "http://[not-v6]/",
+            "http://h\\evil.example/",
+            "http://h%2fevil/",
+            "mailto:x@y",
+            "//h/x",
         ] {
             assert_eq!(Origin::parse(url), None, "{url}");
+            assert!(parse_url(url).is_none(), "{url}");
         }
+    }
+
+    #[test]
+    fn an_empty_port_is_the_default_port() {
+        assert_eq!(Origin::parse("https://h:/x"), origin("https", "h", 443));
+        assert_eq!(Origin::parse("http://h:0/"), origin("http", "h", 0));
+        assert_eq!(Origin::parse("http://[::1]:/"), origin("http", "[::1]", 80));
     }
 
     #[test]
@@ -329,15 +404,71 @@ mod tests {
     }
 
     #[test]
+    fn plain_http_is_only_for_loopback_hosts() {
+        for ok in [
+            "http://127.0.0.1:4000",
+            "http://127.5.6.7",
+            "http://[::1]:4000/api",
+            "http://localhost:4000",
+            "http://LocalHost",
+            "https://10.0.0.1",
+            "https://api.digitalocean.com",
+        ] {
+            assert!(normalize_api_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://api.digitalocean.com",
+            "HTTP://api.digitalocean.com/v2",
+            "http://10.0.0.1:4000",
+            "http://128.0.0.1",
+            "http://[::2]",
+            "http://[::ffff:127.0.0.1]",
+            "http://127.0.0.1.evil.example",
+            "http://localhost.evil.example",
+            "http://0.0.0.0",
+        ] {
+            match normalize_api_url(bad) {
+                Err(Error::InvalidRequest(d)) => assert!(d.contains("https://"), "{d}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "127.0.0.1",
+            "127.255.0.9",
+            "[::1]",
+            "::1",
+            "localhost",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["126.0.0.1", "[::2]", "localhost.", "example.com", "", "[]"] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
     fn query_params_are_read_and_substituted() {
         let next = "https://api.digitalocean.com/v2/droplets?page=2&per_page=200&tag_name=web";
-        assert_eq!(query_param(next, "per_page"), Some("200"));
+        assert_eq!(query_param(next, "per_page").as_deref(), Some("200"));
         assert_eq!(query_param(next, "nope"), None);
         assert_eq!(page_number(next), Some(2));
         assert_eq!(page_number("https://h/v2?page=x"), None);
         assert_eq!(page_number("https://h/v2?page=99999999999999999999"), None);
         assert_eq!(page_number("https://h/v2#page=3"), None);
-        assert_eq!(query_param("https://h/?flag&page=3", "flag"), Some(""));
+        assert_eq!(
+            query_param("https://h/?flag&page=3", "flag").as_deref(),
+            Some("")
+        );
+        assert_eq!(query_param("not a url?page=3", "page"), None);
+        let with_query_param = |url: &str, name: &str, value: &str| {
+            let uri = parse_url(url).expect("test URL parses");
+            super::with_query_param(&uri, name, value)
+        };
         assert_eq!(
             with_query_param(next, "page", "7"),
             "https://api.digitalocean.com/v2/droplets?page=7&per_page=200&tag_name=web"
@@ -402,5 +533,38 @@ mod tests {
         );
         assert_eq!(resolve_location(base, "  "), None);
         assert_eq!(resolve_location("not a url", "/x"), None);
+    }
+
+    #[test]
+    fn locations_the_parser_refuses_resolve_to_nothing() {
+        let base = "https://h/v2/droplets?page=1";
+        for location in [
+            "https://h/a b",
+            "/a b",
+            "https://u@h/x",
+            "https://h:99999/x",
+            "//[::1/x",
+            "mailto:x@y",
+            "ftp://h/x",
+        ] {
+            assert_eq!(resolve_location(base, location), None, "{location}");
+        }
+        // `Uri` takes a backslash in a path as a path character: the host
+        // stays the same, whatever a browser would make of it.
+        let odd = resolve_location(base, "\\\\evil.example/x");
+        assert_eq!(odd.as_deref(), Some("https://h/v2/\\\\evil.example/x"));
+        assert!(odd.is_some_and(|u| same_origin(base, &u)));
+    }
+
+    #[test]
+    fn same_origin_urls_come_back_parsed() {
+        let api = "https://api.example.test";
+        let link = "https://API.example.test:443/v2/droplets?page=2";
+        assert_eq!(
+            same_origin_url(api, link).map(|u| u.to_string()),
+            Some(link.to_string())
+        );
+        assert!(same_origin_url(api, "https://evil.example/v2").is_none());
+        assert!(same_origin_url("not a url", link).is_none());
     }
 }

@@ -2,16 +2,21 @@
 //! needs. Parsing is strict about those fields (a droplet we cannot address
 //! must not silently vanish from the cluster) and ignores everything else.
 
-use serde::{Deserialize, Deserializer};
+use std::cell::Cell;
+use std::fmt;
 
-use crate::error::{short, Error};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+use crate::error::Error;
+
+/// One page. Not `Deserialize`: it is read through [`parse_page`], which caps
+/// the number of droplets while parsing.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
     pub droplets: Vec<Droplet>,
     /// DigitalOcean always sends `links`; a missing one is read as "single
     /// page", which is what it would say anyway.
-    #[serde(default)]
     pub links: Links,
     pub meta: Meta,
 }
@@ -115,18 +120,156 @@ fn region_slug<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Err
     Ok(Option::<Region>::deserialize(d)?.map(|r| r.slug))
 }
 
-/// Parses one page body. Syntax errors and truncation are `InvalidJson`;
-/// well-formed JSON of the wrong shape is `UnexpectedShape`.
-pub fn parse_page(body: &[u8]) -> Result<Page, Error> {
-    serde_json::from_slice(body).map_err(|e| json_error(&e))
+/// Parses one page body holding at most `max_droplets` droplets (the
+/// `per_page` asked for). Syntax errors and truncation are `InvalidJson`;
+/// well-formed JSON of the wrong shape is `UnexpectedShape`; more droplets
+/// than asked for is `Inconsistent`, and parsing stops at the first one too
+/// many: a 16 MiB body of tiny droplets would otherwise become hundreds of
+/// thousands of structs, several times its size.
+pub fn parse_page(body: &[u8], max_droplets: usize) -> Result<Page, Error> {
+    let overflow = Cell::new(false);
+    let seed = PageSeed {
+        max_droplets,
+        overflow: &overflow,
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let page = seed
+        .deserialize(&mut de)
+        .and_then(|page| de.end().map(|()| page));
+    page.map_err(|e| {
+        if overflow.get() {
+            Error::Inconsistent(format!(
+                "a page lists more droplets than the {max_droplets} asked for (per_page)"
+            ))
+        } else {
+            json_error(&e)
+        }
+    })
 }
 
+/// The error of a body that failed to parse. Only serde's category and
+/// position: its message quotes the offending value, which the server chose
+/// and which could be anything, the token included (a server echoing the
+/// request into a field of the wrong type).
 pub(crate) fn json_error(e: &serde_json::Error) -> Error {
     use serde_json::error::Category;
-    let detail = short(e.to_string());
+    let at = format!("at line {} column {}", e.line(), e.column());
     match e.classify() {
-        Category::Data => Error::UnexpectedShape(detail),
-        Category::Io | Category::Syntax | Category::Eof => Error::InvalidJson(detail),
+        Category::Data => {
+            Error::UnexpectedShape(format!("a missing field or a value of the wrong type {at}"))
+        }
+        Category::Syntax => Error::InvalidJson(format!("syntax error {at}")),
+        Category::Eof => Error::InvalidJson(format!("unexpected end of input {at}")),
+        Category::Io => Error::InvalidJson("the body could not be read".into()),
+    }
+}
+
+/// Reads the top-level object by hand so `droplets` can be read with a cap;
+/// the other fields keep their derived `Deserialize`. Unknown fields are
+/// skipped, duplicated ones refused, as the derive would.
+struct PageSeed<'a> {
+    max_droplets: usize,
+    overflow: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
+    type Value = Page;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Page, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PageSeed<'_> {
+    type Value = Page;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a droplets page")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Page, A::Error> {
+        let mut droplets = None;
+        let mut links = None;
+        let mut meta = None;
+        while let Some(key) = map.next_key::<PageField>()? {
+            match key {
+                PageField::Droplets if droplets.is_some() => {
+                    return Err(de::Error::duplicate_field("droplets"))
+                }
+                PageField::Droplets => {
+                    droplets = Some(map.next_value_seed(CappedDroplets {
+                        max: self.max_droplets,
+                        overflow: self.overflow,
+                    })?)
+                }
+                PageField::Links if links.is_some() => {
+                    return Err(de::Error::duplicate_field("links"))
+                }
+                PageField::Links => links = Some(map.next_value()?),
+                PageField::Meta if meta.is_some() => {
+                    return Err(de::Error::duplicate_field("meta"))
+                }
+                PageField::Meta => meta = Some(map.next_value()?),
+                PageField::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Page {
+            droplets: droplets.ok_or_else(|| de::Error::missing_field("droplets"))?,
+            links: links.unwrap_or_default(),
+            meta: meta.ok_or_else(|| de::Error::missing_field("meta"))?,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum PageField {
+    Droplets,
+    Links,
+    Meta,
+    #[serde(other)]
+    Other,
+}
+
+/// The `droplets` array, refused at its `max + 1`-th element.
+struct CappedDroplets<'a> {
+    max: usize,
+    overflow: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for CappedDroplets<'_> {
+    type Value = Vec<Droplet>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Droplet>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CappedDroplets<'_> {
+    type Value = Vec<Droplet>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of droplets")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Droplet>, A::Error> {
+        // Never trust the document for the allocation: grow as elements come.
+        let mut droplets = Vec::with_capacity(self.max.min(256));
+        while droplets.len() < self.max {
+            match seq.next_element::<Droplet>()? {
+                Some(droplet) => droplets.push(droplet),
+                None => return Ok(droplets),
+            }
+        }
+        // Full: one more element of any kind is one too many, and is not
+        // built to find that out.
+        if seq.next_element::<IgnoredAny>()?.is_some() {
+            self.overflow.set(true);
+            return Err(de::Error::custom("more droplets than per_page"));
+        }
+        Ok(droplets)
     }
 }
 
@@ -143,9 +286,14 @@ pub(crate) mod tests {
         "/../../../shared/digitalocean-api/list_droplets_tagged.json"
     ));
 
+    /// Pages as the client asks for them: up to 200 droplets.
+    pub fn parse(body: &[u8]) -> Result<Page, Error> {
+        parse_page(body, 200)
+    }
+
     #[test]
     fn parses_the_all_droplets_example() {
-        let page = parse_page(ALL.as_bytes()).expect("example parses");
+        let page = parse(ALL.as_bytes()).expect("example parses");
         assert_eq!(page.meta.total, 3);
         assert_eq!(page.links, Links::default());
         let ids: Vec<u64> = page.droplets.iter().map(|d| d.id).collect();
@@ -197,7 +345,7 @@ pub(crate) mod tests {
 
     #[test]
     fn parses_the_tagged_example() {
-        let page = parse_page(TAGGED.as_bytes()).expect("example parses");
+        let page = parse(TAGGED.as_bytes()).expect("example parses");
         assert_eq!(page.meta.total, 2);
         let ids: Vec<u64> = page.droplets.iter().map(|d| d.id).collect();
         assert_eq!(ids, [3164444, 3164459]);
@@ -218,18 +366,17 @@ pub(crate) mod tests {
 
     #[test]
     fn optional_fields_default() {
-        let page = parse_page(droplet_json("").as_bytes()).expect("minimal droplet");
+        let page = parse(droplet_json("").as_bytes()).expect("minimal droplet");
         let d = &page.droplets[0];
         assert!(d.tags.is_empty());
         assert_eq!(d.region, None);
         assert_eq!(d.vpc_uuid, None);
-        let page =
-            parse_page(droplet_json(r#","region":null,"vpc_uuid":null,"tags":[]"#).as_bytes())
-                .expect("nulls");
+        let page = parse(droplet_json(r#","region":null,"vpc_uuid":null,"tags":[]"#).as_bytes())
+            .expect("nulls");
         assert_eq!(page.droplets[0].region, None);
         let no_links = r#"{"droplets":[],"meta":{"total":0}}"#;
         assert_eq!(
-            parse_page(no_links.as_bytes()).map(|p| p.links),
+            parse(no_links.as_bytes()).map(|p| p.links),
             Ok(Links::default())
         );
     }
@@ -238,7 +385,7 @@ pub(crate) mod tests {
     fn unknown_status_and_type_are_kept() {
         let body = r#"{"droplets":[{"id":1,"name":"a","status":"migrating",
             "networks":{"v4":[{"ip_address":"1.2.3.4","type":"anchor"}]}}],"meta":{"total":1}}"#;
-        let page = parse_page(body.as_bytes()).expect("parses");
+        let page = parse(body.as_bytes()).expect("parses");
         let d = &page.droplets[0];
         assert_eq!(d.status, Status::Other("migrating".into()));
         assert_eq!(d.networks.v4[0].kind, AddressType::Other("anchor".into()));
@@ -252,14 +399,14 @@ pub(crate) mod tests {
     }
 
     fn assert_shape(body: &str) {
-        match parse_page(body.as_bytes()) {
+        match parse(body.as_bytes()) {
             Err(Error::UnexpectedShape(_)) => {}
             other => panic!("{body}: expected UnexpectedShape, got {other:?}"),
         }
     }
 
     fn assert_json(body: &[u8]) {
-        match parse_page(body) {
+        match parse(body) {
             Err(Error::InvalidJson(_)) => {}
             other => panic!("expected InvalidJson, got {other:?}"),
         }
@@ -300,7 +447,7 @@ pub(crate) mod tests {
     fn the_largest_id_is_accepted() {
         let body = droplet_json("").replace(r#""id":1"#, r#""id":18446744073709551615"#);
         assert_eq!(
-            parse_page(body.as_bytes()).map(|p| p.droplets[0].id),
+            parse(body.as_bytes()).map(|p| p.droplets[0].id),
             Ok(u64::MAX)
         );
     }
@@ -316,9 +463,8 @@ pub(crate) mod tests {
         let at = bad_utf8.iter().position(|&b| b == b'a').unwrap_or(0);
         bad_utf8[at] = 0xff;
         assert_json(&bad_utf8);
-        // serde reads structs from arrays too, so this fails as a shape
-        // error before the recursion limit; either way it is an error.
-        assert!(parse_page(&vec![b'['; 10_000]).is_err());
+        // A page is an object: an array fails at its first byte.
+        assert_shape(&"[".repeat(10_000));
         assert_json(&vec![b'{'; 10_000]);
         let deep = format!(
             "{{\"droplets\":[],\"meta\":{{\"total\":0}},\"x\":{}{}}}",
@@ -326,18 +472,100 @@ pub(crate) mod tests {
             "]".repeat(10_000)
         );
         // Unknown fields are skipped without recursion: valid, and no crash.
-        assert_eq!(parse_page(deep.as_bytes()).map(|p| p.droplets.len()), Ok(0));
+        assert_eq!(parse(deep.as_bytes()).map(|p| p.droplets.len()), Ok(0));
         let deep_known = droplet_json(&format!(r#","tags":{}"#, "[".repeat(10_000)));
-        assert!(parse_page(deep_known.as_bytes()).is_err());
+        assert!(parse(deep_known.as_bytes()).is_err());
     }
 
     #[test]
-    fn overlong_details_are_cut() {
-        let long_name = "x".repeat(10_000);
-        let body = droplet_json("").replace(r#""id":1"#, &format!(r#""id":"{long_name}""#));
-        match parse_page(body.as_bytes()) {
-            Err(e) => assert!(e.detail().is_some_and(|d| d.len() <= 240)),
-            Ok(_) => panic!("string id accepted"),
+    fn errors_give_a_position_but_never_quote_the_body() {
+        let echoed = "dop_v1_c0ffee0123456789abcdefECHOED";
+        for body in [
+            droplet_json("").replace(r#""id":1"#, &format!(r#""id":"{echoed}""#)),
+            droplet_json("").replace(r#""active""#, &format!(r#"{{"{echoed}":1}}"#)),
+            droplet_json(&format!(r#","tags":[{{"{echoed}":1}}]"#)),
+            format!(r#"{{"droplets":[],"meta":{{"total":"{echoed}"}}}}"#),
+            format!(r#"{{"droplets":[],"meta":{{"total":0}}}} {echoed}"#),
+            format!(r#"{{"droplets":[{echoed}],"meta":{{"total":0}}}}"#),
+        ] {
+            let e = parse(body.as_bytes()).expect_err(&body);
+            for shown in [e.to_string(), format!("{e:?}")] {
+                assert!(!shown.contains("ECHOED"), "{shown}");
+                assert!(!shown.contains("c0ffee"), "{shown}");
+            }
+            assert!(e.detail().is_some_and(|d| d.contains(" at line ")), "{e:?}");
         }
+        assert_eq!(
+            parse(br#"{"droplets":{},"meta":{"total":0}}"#),
+            Err(Error::UnexpectedShape(
+                "a missing field or a value of the wrong type at line 1 column 12".into()
+            ))
+        );
+        assert_eq!(
+            parse(b"{\"droplets\": ["),
+            Err(Error::InvalidJson(
+                "unexpected end of input at line 1 column 14".into()
+            ))
+        );
+    }
+
+    fn droplets_json(n: usize) -> String {
+        let one = r#"{"id":1,"name":"a","status":"active","networks":{}}"#;
+        format!(
+            r#"{{"droplets":[{}],"meta":{{"total":{n}}}}}"#,
+            vec![one; n].join(",")
+        )
+    }
+
+    #[test]
+    fn a_page_with_more_droplets_than_per_page_is_refused() {
+        assert_eq!(
+            parse_page(droplets_json(3).as_bytes(), 3).map(|p| p.droplets.len()),
+            Ok(3)
+        );
+        assert_eq!(
+            parse_page(droplets_json(4).as_bytes(), 3),
+            Err(Error::Inconsistent(
+                "a page lists more droplets than the 3 asked for (per_page)".into()
+            ))
+        );
+        // The element one too many is not even parsed as a droplet.
+        let extra_garbage = droplets_json(1).replace("}]", r#"},{"x":[1,2]}]"#);
+        assert!(matches!(
+            parse_page(extra_garbage.as_bytes(), 1),
+            Err(Error::Inconsistent(_))
+        ));
+        assert_eq!(
+            parse_page(extra_garbage.as_bytes(), 2).map(|p| p.droplets.len()),
+            Err(Error::UnexpectedShape(
+                "a missing field or a value of the wrong type at line 1 column 76".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn the_top_level_object_is_read_like_the_derive_would() {
+        let dup = r#"{"droplets":[],"droplets":[],"meta":{"total":0}}"#;
+        assert!(matches!(
+            parse(dup.as_bytes()),
+            Err(Error::UnexpectedShape(_))
+        ));
+        let dup = r#"{"droplets":[],"meta":{"total":0},"meta":{"total":0}}"#;
+        assert!(matches!(
+            parse(dup.as_bytes()),
+            Err(Error::UnexpectedShape(_))
+        ));
+        let dup = r#"{"droplets":[],"links":{},"links":{},"meta":{"total":0}}"#;
+        assert!(matches!(
+            parse(dup.as_bytes()),
+            Err(Error::UnexpectedShape(_))
+        ));
+        let nulls = r#"{"droplets":[],"links":null,"meta":{"total":0}}"#;
+        assert!(matches!(
+            parse(nulls.as_bytes()),
+            Err(Error::UnexpectedShape(_))
+        ));
+        let extra = r#"{"x":{"droplets":1},"droplets":[],"meta":{"total":2},"y":[]}"#;
+        assert_eq!(parse(extra.as_bytes()).map(|p| p.meta.total), Ok(2));
     }
 }

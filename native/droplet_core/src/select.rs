@@ -1,5 +1,7 @@
 //! Which address of a droplet the cluster connects to.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
 use crate::error::Error;
 use crate::model::{AddressType, Droplet, NetAddress, Status};
 
@@ -26,24 +28,23 @@ impl Selector {
         Ok(Selector { network, ipv6 })
     }
 
-    pub fn network(&self) -> Network {
-        self.network
-    }
-
     pub fn ipv6(&self) -> bool {
         self.ipv6
     }
 
-    /// The first address of the wanted type, for active droplets only: a new
-    /// or stopped droplet has no node to connect to.
+    /// The first address of the wanted type that is an address of the
+    /// wanted family, for active droplets only: a new or stopped droplet has
+    /// no node to connect to. The address becomes part of a node name, so
+    /// an entry that does not parse (or sits in the wrong list) is passed
+    /// over for the next one rather than trusted.
     pub fn select<'d>(&self, droplet: &'d Droplet) -> Option<&'d str> {
         if droplet.status != Status::Active {
             return None;
         }
-        let family: &[NetAddress] = if self.ipv6 {
-            &droplet.networks.v6
+        let (family, parses): (&[NetAddress], fn(&str) -> bool) = if self.ipv6 {
+            (&droplet.networks.v6, |a| a.parse::<Ipv6Addr>().is_ok())
         } else {
-            &droplet.networks.v4
+            (&droplet.networks.v4, |a| a.parse::<Ipv4Addr>().is_ok())
         };
         let wanted = match self.network {
             Network::Private => AddressType::Private,
@@ -51,8 +52,9 @@ impl Selector {
         };
         family
             .iter()
-            .find(|a| a.kind == wanted)
+            .filter(|a| a.kind == wanted)
             .map(|a| a.ip_address.as_str())
+            .find(|a| parses(a))
     }
 }
 
@@ -151,8 +153,36 @@ mod tests {
     }
 
     #[test]
+    fn addresses_that_do_not_parse_or_are_of_the_other_family_are_skipped() {
+        let d = droplet(
+            Status::Active,
+            vec![
+                addr("", AddressType::Private),
+                addr("10.0.0.1 ", AddressType::Private),
+                addr("10.0.0.256", AddressType::Private),
+                addr("010.0.0.1", AddressType::Private),
+                addr("evil@host", AddressType::Private),
+                addr("fd00::1", AddressType::Private),
+                addr("10.0.0.9", AddressType::Private),
+                addr("203.0.113.1/24", AddressType::Public),
+                addr("2001:db8::5", AddressType::Public),
+            ],
+            vec![
+                addr("10.0.0.1", AddressType::Public),
+                addr("[2001:db8::1]", AddressType::Public),
+                addr("2001:db8::1%eth0", AddressType::Public),
+                addr("2001:db8::2", AddressType::Public),
+            ],
+        );
+        let pick = |n, v6| Selector::new(n, v6).map(|s| s.select(&d).map(str::to_owned));
+        assert_eq!(pick(Network::Private, false), Ok(Some("10.0.0.9".into())));
+        assert_eq!(pick(Network::Public, false), Ok(None));
+        assert_eq!(pick(Network::Public, true), Ok(Some("2001:db8::2".into())));
+    }
+
+    #[test]
     fn selects_from_the_example_page() {
-        let page = parse_page(ALL.as_bytes()).expect("example parses");
+        let page = parse_page(ALL.as_bytes(), 200).expect("example parses");
         let private = Selector::new(Network::Private, false).expect("valid");
         let public6 = Selector::new(Network::Public, true).expect("valid");
         let got: Vec<Option<&str>> = page.droplets.iter().map(|d| private.select(d)).collect();

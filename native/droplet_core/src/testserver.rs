@@ -1,6 +1,7 @@
 //! A tiny HTTP/1.1 responder on 127.0.0.1 for the client's tests: enough to
-//! answer GETs with keep-alive, record what was asked, and misbehave on
-//! purpose (truncate, stall, oversize). Optionally speaks TLS.
+//! answer GETs with keep-alive, record what was asked (and on which
+//! connection), and misbehave on purpose (truncate, stall, oversize, hang
+//! up). Optionally speaks TLS.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,6 +13,10 @@ use std::time::Duration;
 pub struct Recorded {
     pub target: String,
     pub headers: Vec<(String, String)>,
+    /// Which accepted connection it came on, from 1.
+    pub connection: usize,
+    /// Requests served on that connection before this one.
+    pub earlier_on_connection: usize,
 }
 
 impl Recorded {
@@ -33,6 +38,11 @@ pub enum Body {
     },
     /// No Content-Length: the body ends when the connection closes.
     UntilClose(Vec<u8>),
+    /// No response at all: the connection is closed once the request is read.
+    Hangup,
+    /// Like `Full`, keep-alive and all, but the connection is then closed,
+    /// as a server's idle timeout would.
+    FullThenClose(Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -110,19 +120,24 @@ impl Server {
         let (reqs, conns) = (requests.clone(), connections.clone());
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Ok(mut c) = conns.lock() {
-                    *c += 1;
-                }
+                let connection = match conns.lock() {
+                    Ok(mut c) => {
+                        *c += 1;
+                        *c
+                    }
+                    Err(_) => 0,
+                };
                 let (handler, reqs, tls) = (handler.clone(), reqs.clone(), tls.clone());
                 thread::spawn(move || {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                     match tls {
-                        None => serve(stream, &*handler, &reqs),
+                        None => serve(stream, connection, &*handler, &reqs),
                         Some(cfg) => {
                             let Ok(conn) = rustls::ServerConnection::new(cfg) else {
                                 return;
                             };
-                            serve(rustls::StreamOwned::new(conn, stream), &*handler, &reqs);
+                            let stream = rustls::StreamOwned::new(conn, stream);
+                            serve(stream, connection, &*handler, &reqs);
                         }
                     }
                 });
@@ -136,9 +151,14 @@ impl Server {
     }
 }
 
-fn serve<S: Read + Write>(stream: S, handler: &Handler, reqs: &Mutex<Vec<Recorded>>) {
+fn serve<S: Read + Write>(
+    stream: S,
+    connection: usize,
+    handler: &Handler,
+    reqs: &Mutex<Vec<Recorded>>,
+) {
     let mut reader = BufReader::new(stream);
-    loop {
+    for earlier_on_connection in 0.. {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
@@ -158,7 +178,12 @@ fn serve<S: Read + Write>(stream: S, handler: &Handler, reqs: &Mutex<Vec<Recorde
                 headers.push((k.trim().to_string(), v.trim().to_string()));
             }
         }
-        let recorded = Recorded { target, headers };
+        let recorded = Recorded {
+            target,
+            headers,
+            connection,
+            earlier_on_connection,
+        };
         if let Ok(mut r) = reqs.lock() {
             r.push(recorded.clone());
         }
@@ -170,11 +195,11 @@ fn serve<S: Read + Write>(stream: S, handler: &Handler, reqs: &Mutex<Vec<Recorde
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         let keep_going = match &reply.body {
-            Body::Full(b) => {
+            Body::Full(b) | Body::FullThenClose(b) => {
                 head.push_str(&format!("Content-Length: {}\r\n\r\n", b.len()));
                 let _ = stream.write_all(head.as_bytes());
                 let _ = stream.write_all(b);
-                true
+                matches!(reply.body, Body::Full(_))
             }
             Body::Truncated { full, sent } => {
                 head.push_str(&format!("Content-Length: {}\r\n\r\n", full.len()));
@@ -188,6 +213,7 @@ fn serve<S: Read + Write>(stream: S, handler: &Handler, reqs: &Mutex<Vec<Recorde
                 let _ = stream.write_all(b);
                 false
             }
+            Body::Hangup => false,
         };
         let _ = stream.flush();
         if !keep_going {

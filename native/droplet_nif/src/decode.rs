@@ -64,6 +64,9 @@ fn opt_int(map: Term, key: Atom, name: &str, min: u64, max: u64) -> Result<Optio
 }
 
 const HOUR_MS: u64 = 3_600_000;
+/// The idle age of a kept-alive connection may be longer than any other
+/// duration here: it must cover the longest wait between two polls.
+const DAY_MS: u64 = 24 * HOUR_MS;
 
 pub fn list_args(term: Term) -> Result<ListArgs, Error> {
     if term.get_type() != TermType::Map {
@@ -124,8 +127,14 @@ pub fn list_args(term: Term) -> Result<ListArgs, Error> {
     if let Some(n) = opt_int(term, atoms::max_pages(), "max_pages", 1, 1_000_000)? {
         request.max_pages = n as u32;
     }
+    if let Some(n) = opt_int(term, atoms::max_droplets(), "max_droplets", 1, 10_000_000)? {
+        request.max_droplets = n;
+    }
     if let Some(n) = opt_int(term, atoms::page_concurrency(), "page_concurrency", 1, 64)? {
         request.page_concurrency = n as usize;
+    }
+    if let Some(n) = opt_int(term, atoms::keep_alive_ms(), "keep_alive_ms", 0, DAY_MS)? {
+        request.keep_alive = ms(n);
     }
     let select = field(term, atoms::select()).map(select_arg).transpose()?;
     Ok(ListArgs { request, select })

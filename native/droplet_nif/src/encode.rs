@@ -35,6 +35,7 @@ pub fn reason<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
         Error::TooManyRedirects => atoms::too_many_redirects().encode(env),
         Error::PaginationLoop => atoms::pagination_loop().encode(env),
         Error::TooManyPages(max) => (atoms::too_many_pages(), max).encode(env),
+        Error::TooManyDroplets(max) => (atoms::too_many_droplets(), max).encode(env),
         Error::BodyTooLarge(limit) => (atoms::body_too_large(), limit).encode(env),
         Error::CaFile(d) => (atoms::ca_file(), d.as_str()).encode(env),
         Error::InvalidRequest(d) => (atoms::invalid_request(), d.as_str()).encode(env),

@@ -26,7 +26,7 @@ mod atoms {
         // request keys
         api_url, token, tag_name, name, per_page, ca_file, connect_timeout_ms,
         request_timeout_ms, deadline_ms, max_body_bytes, max_pages,
-        page_concurrency, select, network, ipv6,
+        max_droplets, page_concurrency, keep_alive_ms, select, network, ipv6,
         // results
         droplets, total, requests, elapsed_us, rate_limit, limit, remaining,
         reset, retry_after, id, status, tags, region, vpc_uuid, v4, v6, address,
@@ -35,7 +35,7 @@ mod atoms {
         unauthorized, forbidden, rate_limited, http_status, timeout, transport,
         tls, invalid_json, unexpected_shape, inconsistent, foreign_link,
         foreign_redirect, too_many_redirects, pagination_loop, too_many_pages,
-        body_too_large, invalid_request, no_private_ipv6, spawn, panic,
+        too_many_droplets, body_too_large, invalid_request, no_private_ipv6, spawn, panic,
         refused, unreachable, invalid_address, io,
         // debug_panic
         nif, list,

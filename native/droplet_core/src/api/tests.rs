@@ -1,6 +1,9 @@
 use super::*;
+use crate::links::parse_url;
 use crate::model::tests::ALL;
+use crate::testfs::TempFile;
 use crate::testserver::{self, Body, Reply, Server};
+use crate::transport::Exchange;
 use std::collections::HashMap;
 
 const API: &str = "https://api.example.test";
@@ -174,9 +177,10 @@ fn the_page_param_is_substituted_in_the_next_link() {
 }
 
 #[test]
-fn a_listing_that_grew_is_walked_by_next_links() {
+fn a_last_page_that_links_further_is_walked() {
+    // Page 1 counts two pages; page 2 still has a next link.
     let fake = Fake::default()
-        .page(&p1(), page(&[1], Some(&pn(2)), Some(&pn(2)), 2))
+        .page(&p1(), page(&[1], Some(&pn(2)), Some(&pn(2)), 3))
         .page(&pn(2), page(&[2], Some(&pn(3)), Some(&pn(3)), 3))
         .page(&pn(3), page(&[3], None, None, 3));
     let (result, stats) = run(&fake, &request());
@@ -259,12 +263,10 @@ fn foreign_links_are_refused_before_any_request() {
     }
     // Default ports are the same origin.
     let explicit = "https://API.example.test:443/v2/droplets?page=2";
+    let explicit_page_2 = with_query_param(&parse_url(explicit).expect("parses"), "page", "2");
     let fake = Fake::default()
         .page(&p1(), page(&[1], Some(explicit), None, 2))
-        .page(
-            &with_query_param(explicit, "page", "2"),
-            page(&[2], None, None, 2),
-        );
+        .page(&explicit_page_2, page(&[2], None, None, 2));
     assert_eq!(run(&fake, &request()).0.map(|l| ids(&l)), Ok(vec![1, 2]));
 }
 
@@ -285,6 +287,32 @@ fn any_failing_page_fails_the_listing() {
         run(&fake, &request()).0,
         Err(Error::InvalidJson(_))
     ));
+}
+
+#[test]
+fn the_earliest_failing_page_wins_whatever_fails_first() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    // Page 3 fails late, page 4 early: page 3's error is the listing's.
+    let page_3_asked = Arc::new(AtomicBool::new(false));
+    let asked = page_3_asked.clone();
+    let fake = Fake::default()
+        .page(&p1(), page(&[1], Some(&pn(2)), Some(&pn(4)), 4))
+        .page(&pn(2), page(&[2], None, None, 4))
+        .on(&pn(3), move || {
+            asked.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(status(500))
+        })
+        .on(&pn(4), move || {
+            let waiting = Instant::now();
+            while !page_3_asked.load(Ordering::SeqCst) && waiting.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(status(404))
+        });
+    assert_eq!(run(&fake, &request()).0, Err(Error::HttpStatus(500)));
 }
 
 #[test]
@@ -488,6 +516,188 @@ fn requests_are_validated() {
         ListRequest::new("https://h/api/", "t").map(|r| r.api_url),
         Ok("https://h/api".into())
     );
+    assert!(matches!(
+        ListRequest::new("http://api.digitalocean.com", "t"),
+        Err(Error::InvalidRequest(d)) if d.contains("loopback")
+    ));
+}
+
+// ---- Caps on the listing's size --------------------------------------------
+
+#[test]
+fn a_page_with_more_droplets_than_per_page_fails_the_listing() {
+    let mut req = request();
+    req.per_page = 2;
+    let first = format!("{API}/v2/droplets?per_page=2&page=1");
+    let fake = Fake::default().page(&first, page(&[1, 2, 3], None, None, 3));
+    assert_eq!(
+        run(&fake, &req).0,
+        Err(Error::Inconsistent(
+            "a page lists more droplets than the 2 asked for (per_page)".into()
+        ))
+    );
+    let fake = Fake::default().page(&first, page(&[1, 2], None, None, 2));
+    assert_eq!(run(&fake, &req).0.map(|l| ids(&l)), Ok(vec![1, 2]));
+}
+
+#[test]
+fn a_total_over_max_droplets_fails_after_page_1() {
+    let mut req = request();
+    req.max_droplets = 3;
+    let fake = Fake::default()
+        .page(&p1(), page(&[1, 2], Some(&pn(2)), Some(&pn(2)), 4))
+        .page(&pn(2), page(&[3, 4], None, None, 4));
+    let (result, stats) = run(&fake, &req);
+    assert_eq!(result, Err(Error::TooManyDroplets(3)));
+    assert_eq!(stats.requests(), 1);
+
+    // Exactly at the cap is fine.
+    req.max_droplets = 4;
+    assert_eq!(run(&fake, &req).0.map(|l| l.droplets.len()), Ok(4));
+}
+
+#[test]
+fn a_page_count_implying_more_than_max_droplets_fails_after_page_1() {
+    // meta.total claims 5, but 4 pages as full as page 1 hold at least 7.
+    let mut req = request();
+    req.max_droplets = 5;
+    let fake = Fake::default().page(&p1(), page(&[1, 2], Some(&pn(2)), Some(&pn(4)), 5));
+    let (result, stats) = run(&fake, &req);
+    assert_eq!(result, Err(Error::TooManyDroplets(5)));
+    assert_eq!(stats.requests(), 1);
+}
+
+#[test]
+fn droplets_are_counted_as_pages_arrive() {
+    // Each page is within per_page and the total within the cap, but the
+    // pages hold more than the total says.
+    let mut req = request();
+    req.max_droplets = 5;
+    req.page_concurrency = 1;
+    let fake = Fake::default()
+        .page(&p1(), page(&[1, 2], Some(&pn(2)), Some(&pn(3)), 5))
+        .page(&pn(2), page(&[3, 4], Some(&pn(3)), Some(&pn(3)), 5))
+        .page(&pn(3), page(&[5, 6], None, None, 5));
+    assert_eq!(run(&fake, &req).0, Err(Error::TooManyDroplets(5)));
+
+    // Walking next links without any page count, too.
+    let mut fake = Fake::default().page(&p1(), page(&[], Some(&pn(2)), None, 0));
+    for n in 2..=10 {
+        fake = fake.page(&pn(n), page(&[n], Some(&pn(n + 1)), None, 0));
+    }
+    req.max_droplets = 3;
+    let (result, stats) = run(&fake, &req);
+    assert_eq!(result, Err(Error::TooManyDroplets(3)));
+    assert_eq!(stats.requests(), 5);
+}
+
+#[test]
+fn fewest_droplets_follows_offset_pagination() {
+    assert_eq!(fewest_droplets(0, 200), 200);
+    assert_eq!(fewest_droplets(1, 200), 200);
+    assert_eq!(fewest_droplets(2, 200), 201);
+    assert_eq!(fewest_droplets(3, 2), 5);
+    assert_eq!(fewest_droplets(u64::MAX, u64::MAX), u64::MAX);
+}
+
+// ---- meta.total consistency --------------------------------------------------
+
+/// A route answering `bodies` in turn, then the last one forever.
+fn in_turn(bodies: Vec<String>) -> impl Fn() -> Result<Exchange, Error> + Send + Sync {
+    let next = Mutex::new(0usize);
+    move || {
+        let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
+        let body = bodies
+            .get(*n)
+            .or(bodies.last())
+            .cloned()
+            .unwrap_or_default();
+        *n += 1;
+        Ok(ok(&body))
+    }
+}
+
+#[test]
+fn a_total_changing_mid_listing_restarts_the_listing_once() {
+    // Droplet 2 was deleted after page 1 was read: page 2 (now holding
+    // droplet 4 only, droplet 3 having moved to page 1) says total 3.
+    let fake = Fake::default()
+        .on(
+            &p1(),
+            in_turn(vec![
+                page(&[1, 2], Some(&pn(2)), Some(&pn(2)), 4),
+                page(&[1, 3], Some(&pn(2)), Some(&pn(2)), 3),
+            ]),
+        )
+        .page(&pn(2), page(&[4], None, None, 3));
+    let (result, stats) = run(&fake, &request());
+    assert_eq!(result.map(|l| (ids(&l), l.total)), Ok((vec![1, 3, 4], 3)));
+    assert_eq!(stats.requests(), 4);
+    assert_eq!(fake.calls(), [p1(), pn(2), p1(), pn(2)]);
+}
+
+#[test]
+fn a_total_changing_twice_is_inconsistent() {
+    let fake = Fake::default()
+        .on(
+            &p1(),
+            in_turn(vec![
+                page(&[1, 2], Some(&pn(2)), Some(&pn(2)), 4),
+                page(&[1, 3], Some(&pn(2)), Some(&pn(2)), 3),
+            ]),
+        )
+        .on(
+            &pn(2),
+            in_turn(vec![page(&[4], None, None, 3), page(&[4], None, None, 2)]),
+        );
+    let (result, stats) = run(&fake, &request());
+    assert_eq!(
+        result,
+        Err(Error::Inconsistent(
+            "meta.total changed from 3 to 2 during the listing, 2 times in a row".into()
+        ))
+    );
+    assert_eq!(stats.requests(), 4);
+}
+
+#[test]
+fn a_total_changing_on_a_walked_page_counts_too() {
+    let fake = Fake::default()
+        .page(&p1(), page(&[], Some(&pn(2)), None, 0))
+        .page(&pn(2), page(&[7], None, None, 1));
+    let (result, stats) = run(&fake, &request());
+    assert!(matches!(result, Err(Error::Inconsistent(_))), "{result:?}");
+    assert_eq!(stats.requests(), 4);
+}
+
+// ---- Deadlines and errors leaving the client ----------------------------------
+
+#[test]
+fn a_deadline_too_far_to_represent_means_none() {
+    let mut req = request();
+    req.deadline = Duration::MAX;
+    let fake = Fake::default().page(&p1(), ALL.to_string());
+    assert_eq!(run(&fake, &req).0.map(|l| l.total), Ok(3));
+    assert_eq!(deadline_after(Instant::now(), Duration::MAX), None);
+    let now = Instant::now();
+    assert_eq!(
+        deadline_after(now, Duration::from_secs(1)),
+        Some(now + Duration::from_secs(1))
+    );
+}
+
+#[test]
+fn errors_are_sanitized_as_they_leave_list_with() {
+    // The token straddles the 240-byte cut.
+    let detail = format!("{}{TOKEN}{}", "x".repeat(230), "y".repeat(50));
+    let fake = Fake::default().on(&p1(), move || Err(Error::Transport(detail.clone())));
+    match run(&fake, &request()).0 {
+        Err(Error::Transport(d)) => {
+            assert!(d.len() <= crate::error::MAX_DETAIL_BYTES, "{}", d.len());
+            assert!(!d.contains(&TOKEN[..8]), "{d}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 // ---- Against a real socket -------------------------------------------------
@@ -723,13 +933,138 @@ fn http_garbage_response_is_transport() {
     assert!(matches!(result, Err(Error::Transport(_))), "{result:?}");
 }
 
-// ---- TLS -------------------------------------------------------------------
-
-fn temp_file(name: &str, content: &[u8]) -> String {
-    let path = std::env::temp_dir().join(format!("droplet_core_{}_{name}", std::process::id()));
-    std::fs::write(&path, content).expect("write temp file");
-    path.to_string_lossy().into_owned()
+/// No piece of `secret` of 8 characters or more appears in `shown`.
+fn assert_no_piece_of(secret: &str, shown: &str) {
+    for start in 0..=secret.len().saturating_sub(8) {
+        let piece = &secret[start..start + 8];
+        assert!(!shown.contains(piece), "{piece:?} of the token in {shown}");
+    }
 }
+
+#[test]
+fn http_a_body_reflecting_the_token_never_brings_it_back() {
+    let token = "dop_v1_5e1f0c2b7a9d48e3b6c4a1f2e3d4c5b6a7980f1e2d3c4b5a69788796a5b4c3d2";
+    let bodies = |bearer: &str| {
+        let half = bearer.len() / 2;
+        let (head, tail) = (&bearer[..half], &bearer[half..]);
+        vec![
+            // A wrong type, at offsets where a 240-byte cut of serde's
+            // message would split the token.
+            format!(
+                r#"{{"droplets":[{{"id":"{}{bearer}"}}],"meta":{{"total":1}}}}"#,
+                "p".repeat(200)
+            ),
+            format!(
+                r#"{{"droplets":[{{"id":"{}{bearer}"}}],"meta":{{"total":1}}}}"#,
+                "p".repeat(190)
+            ),
+            format!(r#"{{"droplets":[],"meta":{{"total":"{bearer}"}}}}"#),
+            // Halves, which no redaction of the whole token would catch.
+            format!(r#"{{"droplets":[],"meta":{{"total":"{head}"}},"x":"{tail}"}}"#),
+            format!(
+                r#"{{"droplets":[{{"id":1,"name":"a","status":{{"{tail}":1}}}}],"meta":{{"total":1}}}}"#
+            ),
+            // Malformed JSON around it.
+            format!(r#"{{"droplets":[{bearer}]}}"#),
+            format!(r#"{{"droplets":[],"meta":{{"total":0}}}}{bearer}"#),
+        ]
+    };
+    let count = bodies("").len();
+    for n in 0..count {
+        let server = Server::start(move |r| {
+            let bearer = r.header("authorization").unwrap_or("").to_string();
+            Reply::json(bodies(&bearer).swap_remove(n))
+        });
+        let mut req = ListRequest::new(&server.url(), token).expect("valid");
+        req.request_timeout = Duration::from_secs(5);
+        let e = list_droplets(&req, &Stats::default()).expect_err("body refused");
+        assert_no_piece_of(token, &format!("{e} {e:?}"));
+    }
+}
+
+#[test]
+fn http_two_listings_within_the_idle_age_share_one_connection() {
+    let server = Server::start(|_| Reply::json(ALL));
+    let mut req = local_request(&server);
+    req.keep_alive = Duration::from_secs(60);
+    assert!(list_droplets(&req, &Stats::default()).is_ok());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(list_droplets(&req, &Stats::default()).is_ok());
+    assert_eq!(server.connection_count(), 1);
+    assert_eq!(server.recorded().len(), 2);
+}
+
+#[test]
+fn http_a_gap_longer_than_the_idle_age_makes_a_new_connection() {
+    let server = Server::start(|_| Reply::json(ALL));
+    let mut req = local_request(&server);
+    req.keep_alive = Duration::from_millis(50);
+    assert!(list_droplets(&req, &Stats::default()).is_ok());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(list_droplets(&req, &Stats::default()).is_ok());
+    assert_eq!(server.connection_count(), 2);
+}
+
+#[test]
+fn http_a_kept_connection_the_server_closed_while_idle_is_not_used() {
+    // ureq checks an idle connection before reusing it: a close that has
+    // arrived costs a new connection, not a failed request.
+    let server = Server::start(|_| {
+        let mut r = Reply::json(Vec::new());
+        r.body = Body::FullThenClose(ALL.as_bytes().to_vec());
+        r
+    });
+    let req = local_request(&server);
+    assert!(list_droplets(&req, &Stats::default()).is_ok());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(list_droplets(&req, &Stats::default()).is_ok());
+    let connections: Vec<(usize, usize)> = server
+        .recorded()
+        .iter()
+        .map(|r| (r.connection, r.earlier_on_connection))
+        .collect();
+    assert_eq!(connections, [(1, 0), (2, 0)]);
+}
+
+#[test]
+fn http_a_kept_connection_the_server_closes_under_a_request_is_retried_once() {
+    // The server answers the first request of a connection and hangs up on
+    // any later one, as when its idle timeout races our next poll.
+    let server = Server::start(|r| {
+        if r.earlier_on_connection == 0 {
+            Reply::json(ALL)
+        } else {
+            let mut hangup = Reply::status(200);
+            hangup.body = Body::Hangup;
+            hangup
+        }
+    });
+    let req = local_request(&server);
+    assert!(list_droplets(&req, &Stats::default()).is_ok());
+    let stats = Stats::default();
+    assert_eq!(list_droplets(&req, &stats).map(|l| l.droplets.len()), Ok(3));
+    assert_eq!(stats.requests(), 1);
+    let connections: Vec<(usize, usize)> = server
+        .recorded()
+        .iter()
+        .map(|r| (r.connection, r.earlier_on_connection))
+        .collect();
+    assert_eq!(connections, [(1, 0), (1, 1), (2, 0)]);
+
+    // Only once: a server hanging up on every request fails the listing.
+    let server = Server::start(|_| {
+        let mut hangup = Reply::status(200);
+        hangup.body = Body::Hangup;
+        hangup
+    });
+    assert_eq!(
+        list_droplets(&local_request(&server), &Stats::default()),
+        Err(Error::Transport("the server closed the connection".into()))
+    );
+    assert_eq!(server.recorded().len(), 2);
+}
+
+// ---- TLS -------------------------------------------------------------------
 
 #[test]
 fn tls_with_an_unknown_issuer_is_a_tls_error() {
@@ -747,9 +1082,9 @@ fn tls_with_an_unknown_issuer_is_a_tls_error() {
 #[test]
 fn tls_with_the_extra_ca_succeeds() {
     let server = Server::start_tls(|_| Reply::json(ALL));
-    let ca = temp_file("ca.pem", crate::http::tests::TEST_CA.as_bytes());
+    let ca = TempFile::new("ca.pem", crate::ca::tests::TEST_CA.as_bytes());
     let mut req = ListRequest::new(&server.https_url(), TOKEN).expect("valid");
-    req.ca_file = Some(ca);
+    req.ca_file = Some(ca.path().into());
     let stats = Stats::default();
     let listing = list_droplets(&req, &stats).expect("listing over TLS");
     assert_eq!(ids(&listing), [3164444, 3164459, 3164412]);
@@ -761,7 +1096,8 @@ fn tls_with_the_extra_ca_succeeds() {
 #[test]
 fn bad_ca_files_are_ca_file_errors() {
     let mut req = request();
-    req.ca_file = Some(temp_file("garbage.pem", b"not a certificate"));
+    let garbage = TempFile::new("garbage.pem", b"not a certificate");
+    req.ca_file = Some(garbage.path().into());
     assert!(matches!(
         list_droplets(&req, &Stats::default()),
         Err(Error::CaFile(_))
@@ -771,4 +1107,38 @@ fn bad_ca_files_are_ca_file_errors() {
         list_droplets(&req, &Stats::default()),
         Err(Error::CaFile(_))
     ));
+}
+
+#[test]
+fn a_fifo_as_ca_file_fails_at_once_within_the_deadline() {
+    let fifo = TempFile::fifo("ca.fifo");
+    let mut req = request();
+    req.ca_file = Some(fifo.path().into());
+    req.deadline = Duration::from_millis(500);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let _ = tx.send((list_droplets(&req, &Stats::default()), started.elapsed()));
+    });
+    match rx.recv_timeout(Duration::from_secs(3)) {
+        Ok((Err(Error::CaFile(d)), took)) => {
+            assert!(d.ends_with("not a regular file"), "{d}");
+            assert!(took < Duration::from_millis(500), "{took:?}");
+        }
+        Ok(other) => panic!("{other:?}"),
+        Err(_) => panic!("a FIFO as the CA file blocked the listing"),
+    }
+}
+
+#[test]
+fn the_ca_file_is_read_within_the_deadline() {
+    let mut req = request();
+    // Not cached: no agent was built for this file.
+    let ca = TempFile::new("deadline_ca.pem", crate::ca::tests::TEST_CA.as_bytes());
+    req.ca_file = Some(ca.path().into());
+    req.deadline = Duration::ZERO;
+    assert_eq!(list_droplets(&req, &Stats::default()), Err(Error::Timeout));
+    // A missing file would be a CaFile error: the deadline comes first.
+    req.ca_file = Some("/nonexistent/deadline-ca.pem".into());
+    assert_eq!(list_droplets(&req, &Stats::default()), Err(Error::Timeout));
 }
