@@ -61,6 +61,7 @@ defmodule LibclusterDroplet do
     api_url: @default_api_url,
     tag_name: nil,
     name: nil,
+    gpus: false,
     network: nil,
     ipv6: false,
     ca_file: nil,
@@ -86,7 +87,16 @@ defmodule LibclusterDroplet do
       `{:file, path}`, `{m, f, a}`, a zero-arity function or a string).
     * `:api_url` - default `"#{@default_api_url}"`.
     * `:tag_name` / `:name` - filter by tag, or by exact (case-insensitive)
-      droplet name. Not both.
+      droplet name. Not both. `:tag_name` may be a list: droplets carrying
+      any of the tags, one listing per tag (the API takes one tag at a
+      time), merged with each droplet once. Filtering by tag needs the
+      token's `tag:read` scope.
+    * `:gpus` - `false` (the default: the API leaves GPU droplets out),
+      `true` (GPU droplets too, one more listing, `type=gpus`) or `:only`
+      (only GPU droplets). The API cannot take a tag together with `type`,
+      so with `:tag_name` the GPU listing lists every GPU droplet and keeps
+      those carrying one of the tags; one listed without its `tags` fails
+      the listing with `:tags_unknown` (the token lacks `tag:read`).
     * `:network` (`:private` or `:public`) and `:ipv6` (default `false`) - when
       `:network` is given, each droplet's `:address` is the one selected.
     * `:ca_file` - a PEM file of extra CA certificates to trust, on top of the
@@ -104,6 +114,11 @@ defmodule LibclusterDroplet do
       API is kept for the next listing (default 3,600,000, an hour; 0 keeps
       none). Make it at least the longest wait between two listings, or
       each listing pays DNS, TCP and TLS again.
+
+  Several listings (tags, GPU droplets) are made one after the other
+  within the one `:deadline`, all or nothing: the first failure fails the
+  whole; `requests` counts them all and `total` is the sum of their
+  `meta.total`.
 
   A page listing more droplets than `:per_page` fails the listing
   (`{:inconsistent, _}`), as does a `meta.total` that changes while the
@@ -155,6 +170,7 @@ defmodule LibclusterDroplet do
          token: token,
          tag_name: opts[:tag_name],
          name: opts[:name],
+         gpus: opts[:gpus],
          per_page: opts[:per_page],
          ca_file: opts[:ca_file],
          connect_timeout_ms: opts[:connect_timeout],

@@ -5,7 +5,7 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
 
   @prefix "Cluster.Strategy.Droplet: "
   @token "dop_v1_SECRET_CONFIG_TOKEN"
-  @known "[:token, :network, :ipv6, :tag_name, :name, :node_basename, :health_check, :polling_interval, " <>
+  @known "[:token, :network, :ipv6, :tag_name, :name, :gpus, :vpc, :regions, :node_basename, :health_check, :polling_interval, " <>
            ":api_url, :ca_file, :api_timeout, :max_backoff, :max_requests_per_minute, :coordinate, " <>
            ":require_listed]"
 
@@ -24,6 +24,9 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
                ipv6: false,
                tag_name: nil,
                name: nil,
+               gpus: false,
+               vpc: nil,
+               regions: nil,
                node_basename: nil,
                health_check: nil,
                polling_interval: 5_000,
@@ -197,11 +200,57 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
     end
 
     test "filters" do
-      assert message(token: @token, tag_name: "") ==
-               "invalid option :tag_name: expected a non-empty string or nil, got: \"\""
+      for bad <- ["", [], ["web", ""], [:web], :web] do
+        assert message(token: @token, tag_name: bad) ==
+                 "invalid option :tag_name: expected a non-empty string, a non-empty list of them, or nil, " <>
+                   "got: #{inspect(bad)}"
+      end
+
+      assert message(token: @token, tag_name: ["web", "db"], name: "web-1") ==
+               "invalid options :tag_name and :name: the DigitalOcean API filters by one or the other, not both; " <>
+                 "got tag_name: [\"web\", \"db\"] and name: \"web-1\""
 
       assert message(token: @token, name: :web) ==
                "invalid option :name: expected a non-empty string or nil, got: :web"
+
+      for bad <- [nil, "true", :all, 1] do
+        assert message(token: @token, gpus: bad) ==
+                 "invalid option :gpus: expected one of [false, true, :only], got: #{inspect(bad)}"
+      end
+
+      for bad <- ["default-nyc3", "760e09ef-dc84-11e8-981e", :other, ""] do
+        assert message(token: @token, vpc: bad) ==
+                 "invalid option :vpc: expected nil, :self or a VPC's UUID " <>
+                   "(such as \"760e09ef-dc84-11e8-981e-3cfdfeaae000\"), got: #{inspect(bad)}"
+      end
+
+      for bad <- [[], "nyc3", ["NYC3"], ["nyc3", ""], [:nyc3]] do
+        assert message(token: @token, regions: bad) ==
+                 "invalid option :regions: expected nil or a non-empty list of region slugs " <>
+                   "(such as [\"nyc3\", \"sfo3\"]), got: #{inspect(bad)}"
+      end
+    end
+
+    test "several tags, GPU droplets, a VPC and regions are accepted" do
+      config =
+        Config.new!(
+          token: @token,
+          tag_name: ["web", "db", "web"],
+          gpus: :only,
+          vpc: "760E09EF-DC84-11E8-981E-3CFDFEAAE000",
+          regions: ["nyc3", "sfo3", "nyc3"]
+        )
+
+      # Repeats dropped; the UUID in the API's lower case.
+      assert %Config{
+               tag_name: ["web", "db"],
+               gpus: :only,
+               vpc: "760e09ef-dc84-11e8-981e-3cfdfeaae000",
+               regions: ["nyc3", "sfo3"]
+             } = config
+
+      assert %Config{gpus: true, vpc: :self, tag_name: "web"} =
+               Config.new!(token: @token, gpus: true, vpc: :self, tag_name: "web")
     end
 
     test "node_basename must be usable as a node name" do
@@ -259,6 +308,52 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
 
     test "a config that is not a keyword list is not printed" do
       assert message(%{token: @token}) == "expected the topology's config: to be a keyword list"
+    end
+  end
+
+  describe "fingerprint/1" do
+    defp fingerprint(opts), do: Config.fingerprint(Config.new!([token: @token] ++ opts))
+
+    test "every selection option changes it" do
+      base = fingerprint(tag_name: "web")
+
+      for opts <- [
+            [tag_name: "db"],
+            [tag_name: ["web", "db"]],
+            [tag_name: "web", gpus: true],
+            [tag_name: "web", gpus: :only],
+            [tag_name: "web", vpc: :self],
+            [tag_name: "web", vpc: "760e09ef-dc84-11e8-981e-3cfdfeaae000"],
+            [tag_name: "web", regions: ["nyc3"]],
+            [tag_name: "web", regions: ["nyc3", "sfo3"]],
+            [name: "web"],
+            [tag_name: "web", network: :public],
+            [tag_name: "web", node_basename: "app"]
+          ] do
+        refute fingerprint(opts) == base, inspect(opts)
+      end
+
+      assert fingerprint(tag_name: "web", regions: ["nyc3"]) !=
+               fingerprint(tag_name: "web", regions: ["sfo3"])
+
+      assert fingerprint(vpc: :self) != fingerprint(vpc: "760e09ef-dc84-11e8-981e-3cfdfeaae000")
+    end
+
+    test "order and repeats of tags and regions, and options outside selection, do not" do
+      assert fingerprint(tag_name: ["web", "db"]) == fingerprint(tag_name: ["db", "web", "db"])
+      assert fingerprint(tag_name: ["web"]) == fingerprint(tag_name: "web")
+
+      assert fingerprint(regions: ["nyc3", "sfo3"]) ==
+               fingerprint(regions: ["sfo3", "nyc3", "sfo3"])
+
+      assert fingerprint(tag_name: "web", polling_interval: 1) == fingerprint(tag_name: "web")
+    end
+
+    test "a config without the newer options hashes as before they existed" do
+      config = Config.new!(token: @token, tag_name: "web", node_basename: "app")
+
+      assert Config.fingerprint(config) ==
+               :erlang.phash2({config.api_url, "web", nil, :private, false, "app"})
     end
   end
 end

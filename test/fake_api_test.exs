@@ -206,22 +206,59 @@ defmodule LibclusterDroplet.FakeAPITest do
       assert api |> get!("/v2/droplets?name=node") |> ids() == []
     end
 
-    test "tag_name cannot be combined with name or type" do
+    test "tag_name cannot be combined with name or type: a 422 with a DigitalOcean error body" do
       api = start_api(droplets: nodes(2, fn _ -> ["a"] end))
 
-      for q <- ["tag_name=a&name=node-1", "tag_name=a&type=droplets"] do
+      for q <- ["tag_name=a&name=node-1", "tag_name=a&type=droplets", "tag_name=a&type=gpus"] do
         resp = get!(api, "/v2/droplets?" <> q)
-        assert resp.status == 422
-        assert %{"id" => "unprocessable_entity"} = json(resp)
+        assert resp.status == 422, q
+
+        assert %{"id" => "unprocessable_entity", "message" => message, "request_id" => _} =
+                 json(resp)
+
+        assert message =~ "tag_name cannot be combined"
       end
     end
 
-    test "GPU droplets are listed only with type=gpus" do
-      gpu = FakeAPI.droplet(id: 99, name: "gpu", size_slug: "gpu-h100x1-80gb")
-      api = start_api(droplets: nodes(2) ++ [gpu])
+    test "GPU droplets carry gpu_info and are listed only with type=gpus, which lists only them" do
+      gpu = FakeAPI.droplet(id: 99, name: "gpu", gpu: true, tags: ["a"])
+      api = start_api(droplets: nodes(2, fn _ -> ["a"] end) ++ [gpu])
+      assert %{"gpu_info" => %{"count" => 1, "model" => _}, "size_slug" => "gpu-" <> _} = gpu
+      refute Map.has_key?(FakeAPI.droplet(id: 1, name: "a"), "gpu_info")
+
       assert api |> get!("/v2/droplets") |> ids() == [1, 2]
+      assert api |> get!("/v2/droplets?type=droplets") |> ids() == [1, 2]
+      assert api |> get!("/v2/droplets?tag_name=a") |> ids() == [1, 2]
       assert api |> get!("/v2/droplets?type=gpus") |> ids() == [99]
       assert get!(api, "/v2/droplets?type=other").status == 400
+
+      # The kind is gpu_info's to say, not the size slug's.
+      plain = FakeAPI.droplet(id: 98, name: "plain", size_slug: "gpu-x")
+      FakeAPI.add_droplet(api, plain)
+      assert api |> get!("/v2/droplets?type=gpus") |> ids() == [99]
+    end
+
+    test "name goes with type: the spec does not forbid it" do
+      gpus = [
+        FakeAPI.droplet(id: 99, name: "g", gpu: true),
+        FakeAPI.droplet(id: 98, name: "h", gpu: true)
+      ]
+
+      api = start_api(droplets: [FakeAPI.droplet(id: 1, name: "g") | gpus])
+      resp = get!(api, "/v2/droplets?name=G&type=gpus&per_page=1")
+      assert ids(resp) == [99]
+      assert json(resp)["links"]["pages"] == %{}
+      assert api |> get!("/v2/droplets?name=g") |> ids() == [1]
+    end
+
+    test "a 403 fault may carry the message naming the missing scope" do
+      api = start_api(droplets: nodes(1))
+      FakeAPI.inject(api, {:status, 403, "You are missing the required scope: vpc:read"})
+      resp = get!(api, "/v2/droplets")
+      assert resp.status == 403
+
+      assert %{"id" => "forbidden", "message" => "You are missing the required scope: vpc:read"} =
+               json(resp)
     end
   end
 
@@ -740,6 +777,13 @@ defmodule LibclusterDroplet.FakeAPITest do
 
       assert {d["status"], d["vpc_uuid"], d["size_slug"], d["size"]["slug"]} ==
                {"off", "v", "gpu-x", "gpu-x"}
+    end
+
+    test "vpc_uuid: nil and tags: nil leave the fields out, as for a token without their scopes" do
+      d = FakeAPI.droplet(id: 1, name: "a", vpc_uuid: nil, tags: nil)
+      refute Map.has_key?(d, "vpc_uuid")
+      refute Map.has_key?(d, "tags")
+      assert %{"vpc_uuid" => _, "tags" => []} = FakeAPI.droplet(id: 1, name: "a")
     end
 
     test "non-loopback addresses and missing fields raise" do

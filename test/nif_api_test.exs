@@ -82,6 +82,138 @@ defmodule LibclusterDroplet.NifApiTest do
       assert {:error, {:invalid_request, _}} = list(api, tag_name: "web", name: "node-1")
     end
 
+    test "a list of tags: one listing per tag, merged, each droplet once", %{api: api} do
+      tagged =
+        for {droplet, i} <- Enum.with_index(droplets(5), 1),
+            do:
+              Map.put(
+                droplet,
+                "tags",
+                Enum.at([["web"], ["web", "db"], ["db"], ["x"], []], i - 1)
+              )
+
+      FakeAPI.put_droplets(api, tagged)
+
+      assert {:ok, %Listing{droplets: found, requests: 2, total: 4}} =
+               list(api, tag_name: ["web", "db"])
+
+      assert Enum.map(found, & &1.name) == ["node-1", "node-2", "node-3"]
+      assert Enum.map(FakeAPI.requests(api), & &1.query["tag_name"]) == ["web", "db"]
+
+      # A single tag, in a list or not, is one listing.
+      assert {:ok, %Listing{requests: 1}} = list(api, tag_name: ["web"])
+      assert {:ok, %Listing{requests: 1}} = list(api, tag_name: ["web", "web"])
+
+      for bad <- [[], ["web", ""], ["web", :db], ["web" | "db"], 7] do
+        assert {:error, {:invalid_request, _}} = list(api, tag_name: bad), inspect(bad)
+      end
+    end
+
+    test "gpus: true lists GPU droplets too, tags checked on them here", %{api: api} do
+      gpus = [
+        FakeAPI.droplet(
+          id: 2_001,
+          name: "gpu-web",
+          gpu: true,
+          tags: ["web"],
+          private_ip: "127.0.9.1"
+        ),
+        FakeAPI.droplet(
+          id: 2_002,
+          name: "gpu-db",
+          gpu: true,
+          tags: ["db"],
+          private_ip: "127.0.9.2"
+        )
+      ]
+
+      FakeAPI.put_droplets(api, droplets(2) ++ gpus)
+
+      assert {:ok, %Listing{droplets: found, requests: 1}} = list(api)
+      assert Enum.map(found, & &1.name) == ["node-1", "node-2"]
+
+      assert {:ok, %Listing{droplets: found, requests: 2}} = list(api, gpus: true)
+      assert Enum.map(found, & &1.name) == ["node-1", "node-2", "gpu-web", "gpu-db"]
+
+      FakeAPI.reset_requests(api)
+
+      assert {:ok, %Listing{droplets: found, requests: 2}} =
+               list(api, gpus: true, tag_name: "web")
+
+      assert Enum.map(found, & &1.name) == ["node-1", "node-2", "gpu-web"]
+
+      # The GPU listing asks for type=gpus and no tag (the API refuses both).
+      assert [%{"tag_name" => "web"} = q1, %{"type" => "gpus"} = q2] =
+               Enum.map(FakeAPI.requests(api), & &1.query)
+
+      refute Map.has_key?(q1, "type")
+      refute Map.has_key?(q2, "tag_name")
+      assert Enum.all?(FakeAPI.requests(api), &(&1.status == 200))
+    end
+
+    test "gpus: :only lists GPU droplets alone; name is sent with type", %{api: api} do
+      gpu =
+        FakeAPI.droplet(
+          id: 2_001,
+          name: "gpu-1",
+          gpu: true,
+          tags: ["web"],
+          private_ip: "127.0.9.1"
+        )
+
+      FakeAPI.put_droplets(api, droplets(2) ++ [gpu])
+
+      assert {:ok, %Listing{droplets: [%{name: "gpu-1"}], requests: 1}} = list(api, gpus: :only)
+
+      assert {:ok, %Listing{droplets: [%{name: "gpu-1"}], requests: 1}} =
+               list(api, gpus: :only, name: "GPU-1")
+
+      assert {:ok, %Listing{droplets: [], requests: 1}} = list(api, gpus: :only, name: "node-1")
+
+      assert Enum.map(FakeAPI.requests(api), &Map.take(&1.query, ["type", "name"])) == [
+               %{"type" => "gpus"},
+               %{"type" => "gpus", "name" => "GPU-1"},
+               %{"type" => "gpus", "name" => "node-1"}
+             ]
+
+      assert {:error, {:invalid_request, _}} = list(api, gpus: :maybe)
+    end
+
+    test "GPU droplets listed without their tags cannot be checked against tag_name", %{api: api} do
+      gpu =
+        FakeAPI.droplet(id: 2_001, name: "gpu-1", gpu: true, tags: nil, private_ip: "127.0.9.1")
+
+      FakeAPI.put_droplets(api, [gpu])
+
+      assert {:error, :tags_unknown = reason} = list(api, gpus: :only, tag_name: "web")
+      assert LibclusterDroplet.Error.format(reason) =~ "needs the tag:read scope"
+      # No tag to check: the missing tags do not matter.
+      assert {:ok, %Listing{droplets: [%{name: "gpu-1", tags: []}]}} = list(api, gpus: :only)
+    end
+
+    test "several listings are all or nothing, and every request counts", %{api: api} do
+      FakeAPI.put_droplets(api, droplets(2))
+      # The first listing passes, the second (the GPU one) is refused.
+      FakeAPI.set_rate_limit(api, per_minute: 1, minute_ms: 60_000)
+
+      assert {:error, {:rate_limited, _}} = list(api, gpus: true)
+      assert Enum.map(FakeAPI.requests(api), & &1.status) == [200, 429]
+    end
+
+    test "a 403 names the scope its message names, and nothing else of it", %{api: api} do
+      FakeAPI.put_droplets(api, droplets(1))
+      FakeAPI.inject(api, {:status, 403, "You are missing the required scope: tag:read"})
+      assert {:error, {:forbidden, "tag:read"} = reason} = list(api, tag_name: "web")
+
+      assert LibclusterDroplet.Error.format(reason) ==
+               "the DigitalOcean API refused the request (403 Forbidden): the token lacks the tag:read scope"
+
+      FakeAPI.inject(api, {:status, 403, "No. <script>#{@token}</script> Go away: Admin:read"})
+      assert {:error, :forbidden} = list(api)
+      FakeAPI.inject(api, {:status, 403})
+      assert {:error, :forbidden} = list(api)
+    end
+
     test "a wrong token is :unauthorized", %{api: api} do
       assert {:error, :unauthorized} =
                LibclusterDroplet.list_droplets(api_url: FakeAPI.url(api), token: "wrong")

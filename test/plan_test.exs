@@ -49,6 +49,121 @@ defmodule LibclusterDroplet.PlanTest do
     end
   end
 
+  describe "filter/3" do
+    @vpc_a "760e09ef-dc84-11e8-981e-3cfdfeaae000"
+    @vpc_b "5a4981aa-9653-4bd1-bef5-d6bff52042e4"
+
+    defp d(name, address, region, vpc),
+      do: %{name: name, address: address, region: region, vpc_uuid: vpc}
+
+    defp names(droplets), do: Enum.map(droplets, & &1.name)
+    defp why(excluded), do: Enum.map(excluded, fn {d, reasons} -> {d.name, reasons} end)
+
+    defp listing do
+      [
+        d("self", "10.0.0.1", "nyc3", @vpc_a),
+        d("a-sfo", "10.0.0.2", "sfo3", @vpc_a),
+        d("b-nyc", "10.0.1.3", "nyc3", @vpc_b),
+        d("b-ams", "10.0.1.4", "ams3", @vpc_b),
+        d("off", nil, nil, @vpc_a)
+      ]
+    end
+
+    test "without regions or vpc every droplet is kept, uninspected" do
+      # Not even a vpc_uuid is needed.
+      listing = [%{name: "x", address: "10.0.0.9"}]
+      assert Plan.filter(listing, %{regions: nil, vpc: nil}, @self) == {:ok, listing, []}
+    end
+
+    test "regions keep droplets in one of them; the others are outside, with their region" do
+      assert {:ok, kept, excluded} =
+               Plan.filter(listing(), %{regions: ["nyc3", "sfo3"], vpc: nil}, @self)
+
+      assert names(kept) == ["self", "a-sfo", "b-nyc"]
+      assert why(excluded) == [{"b-ams", [{:region, "ams3"}]}, {"off", [{:region, nil}]}]
+    end
+
+    test "a VPC's UUID keeps the droplets in it, compared in lower case" do
+      listing = [d("upper", "10.0.0.5", "nyc3", String.upcase(@vpc_a)) | listing()]
+
+      assert {:ok, kept, excluded} = Plan.filter(listing, %{regions: nil, vpc: @vpc_a}, @self)
+      assert names(kept) == ["upper", "self", "a-sfo", "off"]
+      assert why(excluded) == [{"b-nyc", [{:vpc, @vpc_b}]}, {"b-ams", [{:vpc, @vpc_b}]}]
+    end
+
+    test "vpc: :self is the VPC of the droplet at this node's address" do
+      assert {:ok, kept, _} =
+               Plan.filter(listing(), %{regions: nil, vpc: :self}, :"self@10.0.0.1")
+
+      assert names(kept) == ["self", "a-sfo", "off"]
+
+      # Whatever this node's basename: the address finds its droplet.
+      assert {:ok, kept, _} = Plan.filter(listing(), %{regions: nil, vpc: :self}, :"app@10.0.1.4")
+      assert names(kept) == ["b-nyc", "b-ams"]
+    end
+
+    test "a droplet outside both says so twice" do
+      assert {:ok, ["self"], excluded} =
+               listing()
+               |> Plan.filter(%{regions: ["nyc3"], vpc: :self}, :"self@10.0.0.1")
+               |> then(fn {:ok, kept, excluded} -> {:ok, names(kept), excluded} end)
+
+      assert why(excluded) == [
+               {"a-sfo", [{:region, "sfo3"}]},
+               {"b-nyc", [{:vpc, @vpc_b}]},
+               {"b-ams", [{:region, "ams3"}, {:vpc, @vpc_b}]},
+               {"off", [{:region, nil}]}
+             ]
+    end
+
+    test "droplets listed without vpc_uuid: the VPC cannot be told, the filter fails" do
+      listing = [d("self", "10.0.0.1", "nyc3", nil), d("a", "10.0.0.2", "nyc3", @vpc_a)]
+
+      for vpc <- [:self, @vpc_a] do
+        assert Plan.filter(listing, %{regions: nil, vpc: vpc}, :"self@10.0.0.1") ==
+                 {:error, {:vpc_unknown, "1 of the 2 listed droplets came without vpc_uuid"}}
+      end
+
+      # Without a VPC asked for, nothing needs it.
+      assert {:ok, _, []} = Plan.filter(listing, %{regions: ["nyc3"], vpc: nil}, :"self@10.0.0.1")
+    end
+
+    test "vpc: :self with this node's droplet not listed, or listed in two VPCs, fails" do
+      assert Plan.filter(listing(), %{regions: nil, vpc: :self}, :"self@10.0.0.99") ==
+               {:error,
+                {:vpc_unknown,
+                 "this node's droplet (address 10.0.0.99) is not among the listed droplets, so its VPC is unknown"}}
+
+      assert {:error, {:vpc_unknown, _}} =
+               Plan.filter(listing(), %{regions: nil, vpc: :self}, :nonode@nohost)
+
+      # Two VPCs may use the same private range.
+      twin = d("twin", "10.0.0.1", "nyc3", @vpc_b)
+
+      assert Plan.filter([twin | listing()], %{regions: nil, vpc: :self}, :"self@10.0.0.1") ==
+               {:error,
+                {:vpc_unknown,
+                 "listed droplets in 2 different VPCs have this node's address 10.0.0.1"}}
+
+      # The same droplet twice is one VPC.
+      assert {:ok, _, _} =
+               Plan.filter(
+                 [hd(listing()) | listing()],
+                 %{regions: nil, vpc: :self},
+                 :"self@10.0.0.1"
+               )
+    end
+
+    test "an empty listing with a UUID is fine; vpc_unknown is formatted naming the scope" do
+      assert Plan.filter([], %{regions: ["nyc3"], vpc: @vpc_a}, @self) == {:ok, [], []}
+
+      assert LibclusterDroplet.Error.format(
+               {:vpc_unknown, "1 of the 2 listed droplets came without vpc_uuid"}
+             ) =~
+               "needs the token's vpc:read scope"
+    end
+  end
+
   describe "decide/5" do
     @a :"a@10.0.0.2"
     @b :"b@10.0.0.3"

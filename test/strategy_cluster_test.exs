@@ -46,7 +46,7 @@ defmodule Cluster.Strategy.DropletClusterTest do
   # Starts `n` nodes named "<prefix>-<i>" on fresh addresses and adds their
   # droplets to the API. Options: :status, :tags, :network (which address is
   # the node's: :private or :public), :basename (node name part, default the
-  # droplet name).
+  # droplet name), and the droplet's :region, :vpc_uuid and :gpu.
   defp droplets(api, prefix, n, opts \\ []) do
     network = Keyword.get(opts, :network, :private)
     offset = Keyword.get(opts, :offset, 0)
@@ -68,7 +68,10 @@ defmodule Cluster.Strategy.DropletClusterTest do
           status: Keyword.get(opts, :status, "active"),
           tags: Keyword.get(opts, :tags, ["web"]),
           private_ip: private_ip,
-          public_ip: public_ip
+          public_ip: public_ip,
+          region: Keyword.get(opts, :region, "nyc3"),
+          vpc_uuid: Keyword.get(opts, :vpc_uuid, "760e09ef-dc84-11e8-981e-3cfdfeaae000"),
+          gpu: Keyword.get(opts, :gpu, false)
         )
 
       FakeAPI.add_droplet(api, droplet)
@@ -166,6 +169,75 @@ defmodule Cluster.Strategy.DropletClusterTest do
            end)
 
     assert Enum.all?(FakeAPI.requests(api), &(&1.query["tag_name"] in ["web", "worker"]))
+  end
+
+  # Waits until the API has logged `more` requests from now on: a property
+  # checked afterwards held over those polls, proven by the API's own count
+  # rather than the clock.
+  defp after_requests(api, more) do
+    count = FakeAPI.request_count(api)
+    TestCluster.await(fn -> FakeAPI.request_count(api) >= count + more end, 20_000)
+  end
+
+  test "vpc: :self: droplets of two VPCs sharing a tag cluster only within their own VPC", %{
+    api: api,
+    prefix: prefix
+  } do
+    vpc_a = "760e09ef-dc84-11e8-981e-3cfdfeaae000"
+    vpc_b = "5a4981aa-9653-4bd1-bef5-d6bff52042e4"
+    in_a = api |> droplets(prefix, 3, vpc_uuid: vpc_a) |> nodes()
+    # Upper case: the API's UUIDs are compared whatever their case.
+    in_b = api |> droplets(prefix, 2, vpc_uuid: String.upcase(vpc_b), offset: 3) |> nodes()
+
+    sups = start_strategies(in_a ++ in_b, config(api, tag_name: "web", vpc: :self))
+    await_mesh(in_a)
+    await_mesh(in_b)
+    # Each strategy listed every droplet, both VPCs, again and again.
+    after_requests(api, 2 * length(sups))
+
+    for n <- in_a,
+        do: assert(TestCluster.connected(n) == Enum.sort(Enum.map(in_a -- [n], & &1.node)))
+
+    for n <- in_b,
+        do: assert(TestCluster.connected(n) == Enum.sort(Enum.map(in_b -- [n], & &1.node)))
+
+    for {n, sup} <- Enum.zip(in_a ++ in_b, sups) do
+      own = if n in in_a, do: in_a, else: in_b
+      assert Enum.sort(managed_by(n, sup)) == Enum.sort(Enum.map(own -- [n], & &1.node))
+    end
+
+    assert Enum.all?(FakeAPI.requests(api), &(&1.query["tag_name"] == "web"))
+  end
+
+  test "several tags, regions and GPU droplets: exactly the droplets meant cluster", %{
+    api: api,
+    prefix: prefix
+  } do
+    web = api |> droplets(prefix, 2, tags: ["web"], region: "nyc3") |> nodes()
+    [api_node] = api |> droplets(prefix, 1, tags: ["api"], region: "sfo3", offset: 2) |> nodes()
+    [gpu] = api |> droplets(prefix, 1, tags: ["web"], gpu: true, offset: 3) |> nodes()
+    # Outside the filters: another region, another tag.
+    [far] = api |> droplets(prefix, 1, tags: ["web"], region: "ams3", offset: 4) |> nodes()
+    [db] = api |> droplets(prefix, 1, tags: ["db"], offset: 5) |> nodes()
+
+    meant = web ++ [api_node, gpu]
+    outside = [far, db]
+
+    config = config(api, tag_name: ["web", "api"], regions: ["nyc3", "sfo3"], gpus: true)
+    start_strategies(meant ++ outside, config)
+    await_mesh(meant)
+    after_requests(api, 3 * length(meant ++ outside))
+
+    assert Enum.all?(outside, &(TestCluster.connected(&1) == []))
+    assert TestCluster.full_mesh?(meant)
+    for n <- meant, o <- outside, do: refute(o.node in TestCluster.connected(n))
+
+    # Three listings per poll, as the API allows them: one per tag, and the
+    # GPU droplets (type=gpus, never with tag_name).
+    queries = FakeAPI.requests(api) |> Enum.map(&Map.take(&1.query, ["tag_name", "type"]))
+
+    assert Enum.uniq(queries) |> Enum.sort() ==
+             Enum.sort([%{"tag_name" => "web"}, %{"tag_name" => "api"}, %{"type" => "gpus"}])
   end
 
   test "name picks one droplet", %{api: api, prefix: prefix} do

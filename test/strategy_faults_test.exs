@@ -122,6 +122,8 @@ defmodule Cluster.Strategy.DropletFaultsTest do
     {"HTTP 503", {:status, 503}, [:http_status]},
     {"HTTP 401", {:status, 401}, [:unauthorized]},
     {"HTTP 403", {:status, 403}, [:forbidden]},
+    {"HTTP 403 naming the missing scope",
+     {:status, 403, "You are missing the required scope: droplet:read"}, [:forbidden]},
     {"HTTP 404", {:status, 404}, [:http_status]},
     {"HTTP 429", {:status, 429}, [:rate_limited]},
     {"a server slower than the timeout", {:slow, 10_000}, [:timeout], 1, api_timeout: 2_000},
@@ -166,6 +168,55 @@ defmodule Cluster.Strategy.DropletFaultsTest do
         div(failed_requests(api), @requests_per_poll)
       )
     end
+  end
+
+  test "a 403 naming the scope says which scope the token lacks, and nothing else it said" do
+    {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(3))
+    ctx = start_strategy(api)
+    message = "You are missing the required scope: droplet:read (request by #{@token})"
+
+    log =
+      ride_out(
+        ctx,
+        fn -> FakeAPI.inject(api, {:status, 403, message}, times: :infinity) end,
+        fn ->
+          FakeAPI.clear_faults(api)
+        end
+      )
+
+    assert [line | _] = warnings(log, ctx.topology)
+
+    assert line =~
+             "(forbidden): the DigitalOcean API refused the request (403 Forbidden): " <>
+               "the token lacks the droplet:read scope;"
+
+    refute log =~ "request by"
+    refute log =~ @token
+  end
+
+  test "droplets listed without vpc_uuid fail the poll when :vpc is set, naming the vpc:read scope" do
+    vpc = "760e09ef-dc84-11e8-981e-3cfdfeaae000"
+    {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets(3))
+    ctx = start_strategy(api, vpc: vpc)
+    FakeAPI.reset_requests(api)
+    without_vpc = &Map.delete(&1, "vpc_uuid")
+
+    log =
+      ride_out(
+        ctx,
+        fn -> for i <- 1..3, do: FakeAPI.update_droplet(api, i, without_vpc) end,
+        fn -> for i <- 1..3, do: FakeAPI.update_droplet(api, i, %{"vpc_uuid" => vpc}) end
+      )
+
+    # Every listing went through; each one the filter could not be applied
+    # to is a failed poll with its warning, membership untouched.
+    assert_one_warning_per_failure(log, ctx, [:vpc_unknown], nil)
+    lines = warnings(log, ctx.topology)
+    assert length(lines) >= 3
+
+    assert hd(lines) =~
+             "(vpc_unknown): the vpc option cannot be applied: 3 of the 3 listed droplets came without vpc_uuid " <>
+               "(it needs the token's vpc:read scope"
   end
 
   test "JSON of the wrong shape: networks missing, ids as strings" do

@@ -8,6 +8,7 @@ defmodule LibclusterDroplet.Error do
   | --- | --- |
   | `:unauthorized` | 401: the token is wrong or revoked |
   | `:forbidden` | 403: the token lacks the `droplet:read` (or `tag:read`) scope |
+  | `{:forbidden, scope}` | 403 whose message names the missing scope, e.g. `"tag:read"`: only a word of the shape `resource:read\|create\|update\|delete` is ever kept from it |
   | `{:rate_limited, seconds \\| nil}` | 429: wait `seconds` before the next request |
   | `{:http_status, code}` | any other non-2xx status |
   | `:timeout` | connect, request or whole-listing deadline passed |
@@ -25,6 +26,8 @@ defmodule LibclusterDroplet.Error do
   | `{:body_too_large, limit}` | a response body over the size cap |
   | `{:ca_file, detail}` | the CA file could not be read (not a regular file, over 1 MiB…) or parsed |
   | `:no_private_ipv6` | `network: :private` with `ipv6: true`: DigitalOcean has no private IPv6 |
+  | `:tags_unknown` | `gpus: true` or `:only` with `tag_name`: the GPU listing's tags are checked by the client, and a droplet came without its `tags` (the token lacks `tag:read`) |
+  | `{:vpc_unknown, detail}` | the strategy's `vpc` option could not be applied: droplets came without `vpc_uuid` (the token lacks `vpc:read`), or, with `vpc: :self`, this node's droplet is not among the listed ones |
   | `{:invalid_request, detail}` | the arguments given to the NIF were malformed |
   | `{:spawn, detail}` | the NIF could not start its worker thread |
   | `{:panic, detail}` | a bug in the NIF, caught before it could reach the VM |
@@ -38,6 +41,7 @@ defmodule LibclusterDroplet.Error do
   @type reason ::
           :unauthorized
           | :forbidden
+          | {:forbidden, String.t()}
           | {:rate_limited, non_neg_integer() | nil}
           | {:http_status, pos_integer()}
           | :timeout
@@ -55,6 +59,8 @@ defmodule LibclusterDroplet.Error do
           | {:body_too_large, pos_integer()}
           | {:ca_file, String.t()}
           | :no_private_ipv6
+          | :tags_unknown
+          | {:vpc_unknown, String.t()}
           | {:invalid_request, String.t()}
           | {:spawn, String.t()}
           | {:panic, String.t()}
@@ -93,6 +99,10 @@ defmodule LibclusterDroplet.Error do
   def format(:forbidden),
     do:
       "the DigitalOcean API refused the request (403 Forbidden): the token needs the droplet:read scope (and tag:read to filter by tag)"
+
+  def format({:forbidden, scope}),
+    do:
+      "the DigitalOcean API refused the request (403 Forbidden): the token lacks the #{scope} scope"
 
   def format({:rate_limited, nil}), do: "the DigitalOcean API rate limit was hit (429)"
 
@@ -139,6 +149,16 @@ defmodule LibclusterDroplet.Error do
 
   def format(:no_private_ipv6),
     do: "network: :private with ipv6: true selects nothing: DigitalOcean has no private IPv6"
+
+  def format(:tags_unknown),
+    do:
+      "GPU droplets were listed without their tags, so tag_name cannot be checked on them: " <>
+        "the token needs the tag:read scope"
+
+  def format({:vpc_unknown, detail}),
+    do:
+      "the vpc option cannot be applied: #{detail} (it needs the token's vpc:read scope, " <>
+        "and vpc: :self needs this node's droplet among the listed ones)"
 
   def format({:invalid_request, detail}), do: "invalid request: #{detail}"
   def format({:spawn, detail}), do: "the NIF could not start a thread: #{detail}"

@@ -4,8 +4,9 @@ defmodule LibclusterDroplet.Listing do
 
     * `:droplets` - the droplets of every page, deduplicated by id, in API order
       (see `t:LibclusterDroplet.droplet/0`).
-    * `:total` - the API's `meta.total`.
-    * `:requests` - HTTP requests the listing made.
+    * `:total` - the API's `meta.total`; with several listings (a list of
+      tags, GPU droplets), the sum of theirs.
+    * `:requests` - HTTP requests the listing made, every listing counted.
     * `:rate_limit` - the rate-limit headers of the response with the fewest
       requests remaining, or `nil` if the API sent none.
     * `:elapsed_us` - wall time of the whole listing.

@@ -19,9 +19,11 @@ defmodule LibclusterDroplet.FakeAPI do
       to 200; a non-integer or a value below 1 is a 400 `bad_request`),
       `page` (1-based, default 1, same validation), `tag_name` (droplets
       whose `tags` contain it), `name` (exact, case-insensitive), `type`
-      (`droplets`, the default, lists droplets whose `size_slug` does not
-      start with `gpu-`; `gpus` lists only those that do; anything else is a
-      400). `tag_name` with `name` or `type` is a 422 `unprocessable_entity`.
+      (`droplets`, the default, lists the droplets without a `gpu_info`
+      object; `gpus` lists only GPU droplets, those with one; anything else
+      is a 400). `tag_name` with `name` or `type` is a 422 with the body
+      `{"id": "unprocessable_entity", "message": ..., "request_id": ...}`;
+      `name` with `type` is accepted.
     * The body is `{"droplets": [...], "links": {"pages": {...}},
       "meta": {"total": N}}`. `links.pages` holds absolute URLs built from
       `url/1` that keep `per_page` and the filters: `first` and `prev` when
@@ -86,7 +88,8 @@ defmodule LibclusterDroplet.FakeAPI do
   A fault for `inject/3`; what the client sees:
 
     * `{:status, code}` (400..599): that status with a DigitalOcean error body
-      `{"id", "message", "request_id"}`: 400 `bad_request`, 401
+      `{"id", "message", "request_id"}`; `{:status, code, message}` the same
+      with that `message` (e.g. a 403 naming the missing scope): 400 `bad_request`, 401
       `unauthorized`, 403 `forbidden`, 404 `not_found`, 422
       `unprocessable_entity`, 429 `too_many_requests` (with `retry-after: 1`),
       500 `server_error`, 502/503/504 `service_unavailable`, others `error`.
@@ -117,6 +120,7 @@ defmodule LibclusterDroplet.FakeAPI do
   """
   @type fault ::
           {:status, 400..599}
+          | {:status, 400..599, String.t()}
           | {:slow, non_neg_integer}
           | :html
           | :truncated
@@ -154,6 +158,14 @@ defmodule LibclusterDroplet.FakeAPI do
   @template_path Path.expand("../../../shared/digitalocean-api/list_droplets_all.json", __DIR__)
   @external_resource @template_path
   @template @template_path |> File.read!() |> JSON.decode!() |> Map.fetch!("droplets") |> hd()
+
+  # The GPU fields of DigitalOcean's spec: a GPU droplet carries gpu_info.
+  @gpu_size_slug "gpu-h100x1-80gb"
+  @gpu_info %{
+    "count" => 1,
+    "vram" => %{"amount" => 80, "unit" => "gib"},
+    "model" => "nvidia_h100"
+  }
 
   @max_per_page 200
   @default_per_page 20
@@ -245,11 +257,15 @@ defmodule LibclusterDroplet.FakeAPI do
     * `:name` (required) - a string;
     * `:status` - default `"active"` (the API uses `new`, `active`, `off`,
       `archive`);
-    * `:tags` - a list of strings, default `[]`;
+    * `:tags` - a list of strings, default `[]`; `nil` leaves `tags` out,
+      as the API does for a token without `tag:read`;
     * `:region` - the region slug, default `"nyc3"`;
-    * `:size_slug` - default `"s-1vcpu-1gb"`; a `gpu-` prefix makes it a GPU
-      droplet (listed only with `type=gpus`);
-    * `:vpc_uuid` - default the example's;
+    * `:gpu` - `true` makes it a GPU droplet, carrying a `gpu_info` object
+      (listed only with `type=gpus`), default `false`;
+    * `:size_slug` - default `"s-1vcpu-1gb"`, `"gpu-h100x1-80gb"` for a GPU
+      droplet;
+    * `:vpc_uuid` - default the example's; `nil` leaves `vpc_uuid` out, as
+      the API does for a token without `vpc:read`;
     * `:private_ip` - the private IPv4 address, or `nil` for none; by default
       a loopback address derived from the id (`127.x.y.z`, `z` in 1..254,
       distinct for ids below 16,646,144);
@@ -273,7 +289,8 @@ defmodule LibclusterDroplet.FakeAPI do
         status: "active",
         tags: [],
         region: "nyc3",
-        size_slug: @template["size_slug"],
+        gpu: false,
+        size_slug: nil,
         vpc_uuid: @template["vpc_uuid"],
         private_ip: :derived,
         public_ip: nil,
@@ -289,12 +306,20 @@ defmodule LibclusterDroplet.FakeAPI do
     unless is_binary(name),
       do: raise(ArgumentError, "droplet :name must be a string, got: #{inspect(name)}")
 
-    unless is_list(opts[:tags]) and Enum.all?(opts[:tags], &is_binary/1),
-      do: raise(ArgumentError, "droplet :tags must be a list of strings")
+    unless opts[:tags] == nil or (is_list(opts[:tags]) and Enum.all?(opts[:tags], &is_binary/1)),
+      do: raise(ArgumentError, "droplet :tags must be a list of strings or nil")
 
-    for key <- [:status, :region, :size_slug] do
-      unless is_binary(opts[key]), do: raise(ArgumentError, "droplet #{key} must be a string")
+    unless is_boolean(opts[:gpu]), do: raise(ArgumentError, "droplet :gpu must be a boolean")
+
+    size_slug =
+      opts[:size_slug] || if(opts[:gpu], do: @gpu_size_slug, else: @template["size_slug"])
+
+    for {key, value} <- [status: opts[:status], region: opts[:region], size_slug: size_slug] do
+      unless is_binary(value), do: raise(ArgumentError, "droplet #{key} must be a string")
     end
+
+    unless opts[:vpc_uuid] == nil or is_binary(opts[:vpc_uuid]),
+      do: raise(ArgumentError, "droplet :vpc_uuid must be a string or nil")
 
     private_ip = if opts[:private_ip] == :derived, do: derived_ip(id), else: opts[:private_ip]
     public_ip = opts[:public_ip]
@@ -336,12 +361,15 @@ defmodule LibclusterDroplet.FakeAPI do
         "status" => opts[:status],
         "tags" => opts[:tags],
         "region" => region,
-        "size_slug" => opts[:size_slug],
-        "size" => %{@template["size"] | "slug" => opts[:size_slug]},
+        "size_slug" => size_slug,
+        "size" => %{@template["size"] | "slug" => size_slug},
         "vpc_uuid" => opts[:vpc_uuid],
         "networks" => %{"v4" => v4, "v6" => v6},
         "features" => features
     }
+    |> Map.merge(if opts[:gpu], do: %{"gpu_info" => @gpu_info}, else: %{})
+    # A field the token may not see is left out, not null, as the API does.
+    |> Map.reject(fn {key, value} -> key in ["tags", "vpc_uuid"] and value == nil end)
   end
 
   @doc """
@@ -494,10 +522,9 @@ defmodule LibclusterDroplet.FakeAPI do
 
     name = droplet["name"]
     tags = droplet["tags"]
-    size = droplet["size_slug"]
 
     {droplet["id"], JSON.encode!(droplet), if(is_binary(name), do: String.downcase(name)),
-     if(is_list(tags), do: tags, else: []), is_binary(size) and String.starts_with?(size, "gpu-")}
+     if(is_list(tags), do: tags, else: []), is_map(droplet["gpu_info"])}
   end
 
   defp prepare!(other),
@@ -535,6 +562,11 @@ defmodule LibclusterDroplet.FakeAPI do
 
   # Validated and, where it helps, pre-encoded in the caller.
   defp compile_fault!({:status, code} = f) when is_integer(code) and code in 400..599, do: f
+
+  defp compile_fault!({:status, code, message} = f)
+       when is_integer(code) and code in 400..599 and is_binary(message),
+       do: f
+
   defp compile_fault!({:slow, ms} = f) when is_integer(ms) and ms >= 0, do: f
   defp compile_fault!({:foreign_next, url} = f) when is_binary(url), do: f
   defp compile_fault!({:redirect, url} = f) when is_binary(url), do: f
@@ -860,6 +892,8 @@ defmodule LibclusterDroplet.FakeAPI do
     error(status, id, message, extra_headers)
   end
 
+  defp error_id(status), do: @error_ids |> Map.get(status, {"error", nil}) |> elem(0)
+
   defp error(status, id, message, extra_headers \\ []) do
     body =
       object([
@@ -903,6 +937,7 @@ defmodule LibclusterDroplet.FakeAPI do
     case fault do
       {:status, 429} -> {error(429, [{"retry-after", "1"}]), state}
       {:status, code} -> {error(code), state}
+      {:status, code, message} -> {error(code, error_id(code), message), state}
       :html -> {response(200, html_page(), [], "text/html"), state}
       {:redirect, url} -> {response(302, "", [{"location", url}]), state}
       {:json, json} -> {response(200, json), state}

@@ -2,7 +2,9 @@ defmodule Cluster.Strategy.Droplet do
   @moduledoc """
   A libcluster strategy that forms a cluster out of DigitalOcean droplets.
 
-  It polls `GET /v2/droplets` (optionally filtered by tag or name), picks
+  It polls `GET /v2/droplets` (optionally filtered by tags or name, GPU
+  droplets included or alone; droplets outside the `:regions` or `:vpc`
+  asked for set apart by `LibclusterDroplet.Plan.filter/3`), picks
   each active droplet's private or public, IPv4 or IPv6 address, optionally
   checks that a TCP port answers there, and connects to the nodes named
   `basename@address`; nodes it manages whose droplet went away or stopped
@@ -517,6 +519,7 @@ defmodule Cluster.Strategy.Droplet do
         token: secret,
         tag_name: config.tag_name,
         name: config.name,
+        gpus: config.gpus,
         network: config.network,
         ipv6: config.ipv6,
         ca_file: config.ca_file,
@@ -541,13 +544,32 @@ defmodule Cluster.Strategy.Droplet do
     end
   end
 
+  # The client-side filters first: a listing they cannot be applied to
+  # (a VPC unknown) fails the poll like an API error, membership untouched.
   defp listed(%Listing{} = listing, state) do
     Log.debug(state.topology, fn ->
       "found #{length(listing.droplets)} droplets with #{listing.requests} requests"
     end)
 
+    case Plan.filter(listing.droplets, state.config, Node.self()) do
+      {:ok, kept, excluded} ->
+        filtered(listing, kept, excluded, state)
+
+      {:error, reason} ->
+        poll_failed(reason, listing.rate_limit, state)
+    end
+  end
+
+  defp filtered(listing, kept, excluded, state) do
+    if excluded != [] do
+      Log.debug(state.topology, fn ->
+        "#{length(excluded)} listed droplets are outside the regions or VPC asked for"
+      end)
+    end
+
     stretch = Schedule.stretch(state.stretch, state.rate_limit, listing.rate_limit)
-    {selection, state} = select(listing.droplets, state)
+    {selection, state} = select(kept, state)
+    selection = %{selection | excluded: excluded}
     view = {state.poll.listed_at, state.polls + 1}
     state = %{state | rate_limit: listing.rate_limit, stretch: stretch}
     state = enable_coordination(state)
@@ -555,7 +577,7 @@ defmodule Cluster.Strategy.Droplet do
     # poller's silence by it.
     delay = next_delay(listing, state)
     # Followers start their own health checks while this node runs its own.
-    share(listing, selection, view, delay, state)
+    share(kept, selection, view, delay, state)
 
     poll =
       Map.merge(state.poll, %{listing: listing, selection: selection, view: view, delay: delay})
@@ -663,8 +685,8 @@ defmodule Cluster.Strategy.Droplet do
   ## Shares
 
   # The leader tells the strategy on every connected node it selected or
-  # manages what it found: only names and addresses.
-  defp share(listing, selection, {listed_at, seq}, delay, state) do
+  # manages what it found within the filters: only names and addresses.
+  defp share(droplets, selection, {listed_at, seq}, delay, state) do
     c = state.coordination
     unlisted? = require_listed?(state) and not selection.self_listed?
 
@@ -677,7 +699,7 @@ defmodule Cluster.Strategy.Droplet do
           interval: delay,
           seq: seq,
           listed_at: listed_at,
-          droplets: for(%{address: a, name: n} when is_binary(a) <- listing.droplets, do: {n, a})
+          droplets: for(%{address: a, name: n} when is_binary(a) <- droplets, do: {n, a})
         })
 
       targets = MapSet.union(state.managed, MapSet.new(selection.candidates, &elem(&1, 0)))

@@ -14,14 +14,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::Uri;
 
 use crate::error::Error;
+use crate::filters::{queries, Gpus, ListFilter, Query};
 use crate::http::{TransportConfig, UreqTransport};
 use crate::links::{
     first_page_url, normalize_api_url, page_number, resolve_location, same_origin, same_origin_url,
-    with_query_param, Filter,
+    with_query_param,
 };
 use crate::model::{parse_page, Droplet, Page};
 use crate::pool;
 use crate::ratelimit::{RateLimit, Tracker};
+use crate::scope::missing_scope;
 use crate::transport::Transport;
 
 pub const DEFAULT_PER_PAGE: u32 = 200;
@@ -52,7 +54,10 @@ const PAGE_STACK: usize = 512 * 1024;
 pub struct ListRequest {
     pub api_url: String,
     pub token: String,
-    pub filter: Filter,
+    /// Tags or a name; several tags, and GPU droplets, take a listing each
+    /// (see [`crate::filters`]).
+    pub filter: ListFilter,
+    pub gpus: Gpus,
     pub per_page: u32,
     pub ca_file: Option<String>,
     pub connect_timeout: Duration,
@@ -74,7 +79,8 @@ impl ListRequest {
         Ok(ListRequest {
             api_url: normalize_api_url(api_url)?,
             token: validate_token(token)?,
-            filter: Filter::None,
+            filter: ListFilter::All,
+            gpus: Gpus::Exclude,
             per_page: DEFAULT_PER_PAGE,
             ca_file: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -120,6 +126,7 @@ impl fmt::Debug for ListRequest {
             .field("api_url", &self.api_url)
             .field("token", &"[REDACTED]")
             .field("filter", &self.filter)
+            .field("gpus", &self.gpus)
             .field("per_page", &self.per_page)
             .field("ca_file", &self.ca_file)
             .field("connect_timeout", &self.connect_timeout)
@@ -136,9 +143,10 @@ impl fmt::Debug for ListRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listing {
-    /// Unique by id, in the order the API listed them.
+    /// Unique by id, in the order the API listed them (listing after
+    /// listing, when there are several).
     pub droplets: Vec<Droplet>,
-    /// `meta.total` of the first page.
+    /// `meta.total` of the first page; with several listings, their sum.
     pub total: u64,
 }
 
@@ -182,7 +190,7 @@ pub fn list_droplets(req: &ListRequest, stats: &Stats) -> Result<Listing, Error>
             stats,
             deadline,
         }
-        .run()
+        .run_all()
     });
     sanitized(req, result)
 }
@@ -200,7 +208,7 @@ pub fn list_with<T: Transport>(
         stats,
         deadline: deadline_after(started, req.deadline),
     };
-    sanitized(req, lister.run())
+    sanitized(req, lister.run_all())
 }
 
 /// The way out of the client for every listing error: scrubbed of the
@@ -247,16 +255,43 @@ struct Lister<'a, T> {
 }
 
 impl<T: Transport> Lister<'_, T> {
+    /// Every listing the filters need (one, unless several tags or GPU
+    /// droplets are asked for), one after the other, all or nothing: the
+    /// first that fails fails the whole. Their droplets are merged, each id
+    /// once (a droplet carrying two of the tags is listed twice), and the
+    /// merged count held to `max_droplets` too. The deadline and the
+    /// request count cover them all.
+    fn run_all(&self) -> Result<Listing, Error> {
+        let mut seen = HashSet::new();
+        let mut droplets = Vec::new();
+        let mut total: u64 = 0;
+        for query in queries(&self.req.filter, self.req.gpus)? {
+            let listing = self.run(&query)?;
+            total = total.saturating_add(listing.total);
+            for droplet in listing.droplets {
+                if query.keeps(&droplet)? && seen.insert(droplet.id) {
+                    droplets.push(droplet);
+                }
+            }
+            if droplets.len() as u64 > self.req.max_droplets {
+                return Err(Error::TooManyDroplets(self.req.max_droplets));
+            }
+        }
+        Ok(Listing { droplets, total })
+    }
+
+    /// One listing: every page of `query`.
+    ///
     /// Offset pagination shifts under deletions: a droplet deleted while
     /// the pages are fetched moves another one from a page not yet fetched
     /// to one already fetched, which the listing then misses, and a missed
     /// droplet is a node disconnected. Every page carries `meta.total`, so a
     /// change shows; the listing is then started over once, and fails if
     /// it changes again.
-    fn run(&self) -> Result<Listing, Error> {
+    fn run(&self, query: &Query) -> Result<Listing, Error> {
         let mut attempt = 1;
         loop {
-            match self.attempt() {
+            match self.attempt(query) {
                 Ok(listing) => return Ok(listing),
                 Err(Halt::Failed(e)) => return Err(e),
                 Err(Halt::TotalChanged { first, now }) if attempt >= LISTING_ATTEMPTS => {
@@ -270,8 +305,13 @@ impl<T: Transport> Lister<'_, T> {
         }
     }
 
-    fn attempt(&self) -> Result<Listing, Halt> {
-        let first_url = first_page_url(&self.req.api_url, self.req.per_page, &self.req.filter);
+    fn attempt(&self, query: &Query) -> Result<Listing, Halt> {
+        let first_url = first_page_url(
+            &self.req.api_url,
+            self.req.per_page,
+            &query.filter,
+            query.kind,
+        );
         let first = self.fetch_page(&first_url)?;
         let total = first.total;
         if first.droplets.is_empty() && total > 0 {
@@ -416,7 +456,10 @@ impl<T: Transport> Lister<'_, T> {
                     current = target;
                 }
                 401 => return Err(Error::Unauthorized),
-                403 => return Err(Error::Forbidden),
+                403 => {
+                    let body = exchange.body.as_deref().unwrap_or_default();
+                    return Err(Error::Forbidden(missing_scope(body)));
+                }
                 429 => {
                     let wait = exchange
                         .rate_limit

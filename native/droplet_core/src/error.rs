@@ -13,7 +13,9 @@ const MIN_REDACTED_LEN: usize = 4;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     Unauthorized,
-    Forbidden,
+    /// The scope the 403 named, when it named one (see [`crate::scope`]):
+    /// only ever a word of scope shape, never other text of the server's.
+    Forbidden(Option<String>),
     /// Seconds to wait before retrying, when the server said so.
     RateLimited(Option<u64>),
     HttpStatus(u16),
@@ -34,6 +36,9 @@ pub enum Error {
     CaFile(String),
     InvalidRequest(String),
     NoPrivateIpv6,
+    /// Tags had to be checked here (a GPU listing with `tag_name`) on a
+    /// droplet listed without its `tags`: the token lacks `tag:read`.
+    TagsUnknown,
     Spawn(String),
     Panic(String),
 }
@@ -81,6 +86,13 @@ impl Error {
     /// ("connec[REDACTED]ion") while protecting nothing, and real
     /// DigitalOcean tokens are 71 characters long.
     pub fn sanitize(mut self, secret: &str) -> Error {
+        // A scope is a short word of fixed shape; one that holds the secret
+        // is dropped rather than redacted into something that is no scope.
+        if let Error::Forbidden(Some(scope)) = &self {
+            if secret.len() >= MIN_REDACTED_LEN && scope.contains(secret) {
+                return Error::Forbidden(None);
+            }
+        }
         if let Some(detail) = self.detail_mut() {
             if secret.len() >= MIN_REDACTED_LEN && detail.contains(secret) {
                 *detail = detail.replace(secret, "[REDACTED]");
@@ -123,7 +135,8 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Unauthorized => f.write_str("the API rejected the token (401)"),
-            Error::Forbidden => f.write_str("the token lacks a required scope (403)"),
+            Error::Forbidden(None) => f.write_str("the token lacks a required scope (403)"),
+            Error::Forbidden(Some(scope)) => write!(f, "the token lacks the {scope} scope (403)"),
             Error::RateLimited(Some(s)) => write!(f, "rate limited, retry in {s} s"),
             Error::RateLimited(None) => f.write_str("rate limited"),
             Error::HttpStatus(code) => write!(f, "unexpected HTTP status {code}"),
@@ -143,6 +156,9 @@ impl fmt::Display for Error {
             Error::CaFile(d) => write!(f, "CA file: {d}"),
             Error::InvalidRequest(d) => write!(f, "invalid request: {d}"),
             Error::NoPrivateIpv6 => f.write_str("DigitalOcean has no private IPv6 addresses"),
+            Error::TagsUnknown => f.write_str(
+                "droplets were listed without their tags, so tag_name cannot be checked (tag:read)",
+            ),
             Error::Spawn(d) => write!(f, "could not spawn a thread: {d}"),
             Error::Panic(d) => write!(f, "panic: {d}"),
         }
@@ -213,6 +229,22 @@ mod tests {
         assert!(shown.len() <= MAX_DETAIL_BYTES, "{}", shown.len());
         assert!(!shown.contains(&secret[..8]), "{shown}");
         assert!(shown.ends_with("..."), "{shown}");
+    }
+
+    #[test]
+    fn a_scope_holding_the_secret_is_dropped() {
+        let named = Error::Forbidden(Some("vpc:read".into()));
+        assert_eq!(named.clone().sanitize("dop_v1_sekret"), named);
+        assert_eq!(
+            Error::Forbidden(Some("sekret:read".into())).sanitize("sekret"),
+            Error::Forbidden(None)
+        );
+        // Too short to be a token: "vpc" is left alone, as in details.
+        assert_eq!(named.clone().sanitize("vpc"), named);
+        assert_eq!(
+            named.to_string(),
+            "the token lacks the vpc:read scope (403)"
+        );
     }
 
     #[test]

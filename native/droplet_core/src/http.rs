@@ -15,6 +15,7 @@ use ureq::Agent;
 use crate::ca::roots_with_extra_ca;
 use crate::error::Error;
 use crate::ratelimit::RateLimit;
+use crate::scope::MAX_FORBIDDEN_BODY;
 use crate::transport::{Exchange, Transport};
 
 /// What the transport needs to know, apart from the listing logic's own
@@ -216,9 +217,15 @@ impl Transport for UreqTransport {
         );
         let body = if (200..300).contains(&status) {
             read_body(response.body_mut(), self.max_body)
+        } else if status == 403 {
+            // A 403 may name the missing scope. Its body is read up to a
+            // small cap; one that cannot be read names nothing, and the 403
+            // stands as it is.
+            Ok(read_body(response.body_mut(), MAX_FORBIDDEN_BODY).unwrap_or_default())
         } else {
-            // Error and redirect bodies are not needed; dropping the response
-            // closes the connection rather than draining an unknown amount.
+            // Other error and redirect bodies are not needed; dropping the
+            // response closes the connection rather than draining an
+            // unknown amount.
             Ok(Vec::new())
         };
         Ok(Exchange {

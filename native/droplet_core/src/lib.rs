@@ -6,18 +6,22 @@
 //! - [`api`]: listing all droplets (pagination, redirects, limits), over a
 //!   [`transport::Transport`]; the real one is ureq's, in `http`, which
 //!   reads the extra CA with `ca`.
+//! - [`filters`]: the caller's filters as the listings the API accepts.
 //! - [`links`]: origins, query parameters and redirect targets.
+//! - [`scope`]: the token scope a 403 names.
 //! - [`probe`]: parallel TCP connect probes.
 
 pub mod api;
 mod ca;
 pub mod error;
+pub mod filters;
 mod http;
 pub mod links;
 pub mod model;
 mod pool;
 pub mod probe;
 pub mod ratelimit;
+pub mod scope;
 pub mod select;
 pub mod transport;
 

@@ -212,7 +212,7 @@ pub fn encode_query_value(value: &str) -> String {
     out
 }
 
-/// A server-side filter of the listing. DigitalOcean refuses both at once.
+/// A server-side filter of one listing. DigitalOcean refuses both at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Filter {
     None,
@@ -220,8 +220,17 @@ pub enum Filter {
     Name(String),
 }
 
-/// `GET <api>/v2/droplets?per_page=N&page=1[&tag_name=..|&name=..]`.
-pub fn first_page_url(api_url: &str, per_page: u32, filter: &Filter) -> String {
+/// The `type` of droplets one listing asks for: the API lists GPU droplets
+/// only with `type=gpus`, and then only them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// No `type` parameter: the API's default, every droplet but GPU ones.
+    Droplets,
+    Gpus,
+}
+
+/// `GET <api>/v2/droplets?per_page=N&page=1[&tag_name=..|&name=..][&type=gpus]`.
+pub fn first_page_url(api_url: &str, per_page: u32, filter: &Filter, kind: Kind) -> String {
     let mut url = format!("{api_url}/v2/droplets?per_page={per_page}&page=1");
     match filter {
         Filter::None => {}
@@ -233,6 +242,9 @@ pub fn first_page_url(api_url: &str, per_page: u32, filter: &Filter) -> String {
             url.push_str("&name=");
             url.push_str(&encode_query_value(name));
         }
+    }
+    if kind == Kind::Gpus {
+        url.push_str("&type=gpus");
     }
     url
 }
@@ -491,16 +503,34 @@ mod tests {
     fn first_page_urls_encode_filters() {
         let api = "https://api.digitalocean.com";
         assert_eq!(
-            first_page_url(api, 200, &Filter::None),
+            first_page_url(api, 200, &Filter::None, Kind::Droplets),
             "https://api.digitalocean.com/v2/droplets?per_page=200&page=1"
         );
         assert_eq!(
-            first_page_url(api, 20, &Filter::Tag("env:prod & web".into())),
+            first_page_url(
+                api,
+                20,
+                &Filter::Tag("env:prod & web".into()),
+                Kind::Droplets
+            ),
             "https://api.digitalocean.com/v2/droplets?per_page=20&page=1&tag_name=env%3Aprod%20%26%20web"
         );
         assert_eq!(
-            first_page_url("http://h/p", 1, &Filter::Name("nöde-1.x_y~".into())),
+            first_page_url(
+                "http://h/p",
+                1,
+                &Filter::Name("nöde-1.x_y~".into()),
+                Kind::Droplets
+            ),
             "http://h/p/v2/droplets?per_page=1&page=1&name=n%C3%B6de-1.x_y~"
+        );
+        assert_eq!(
+            first_page_url(api, 200, &Filter::None, Kind::Gpus),
+            "https://api.digitalocean.com/v2/droplets?per_page=200&page=1&type=gpus"
+        );
+        assert_eq!(
+            first_page_url(api, 200, &Filter::Name("g".into()), Kind::Gpus),
+            "https://api.digitalocean.com/v2/droplets?per_page=200&page=1&name=g&type=gpus"
         );
     }
 

@@ -45,13 +45,22 @@ pub struct Droplet {
     pub id: u64,
     pub name: String,
     pub status: Status,
+    /// `None` when the droplet came without `tags`, as it does for a token
+    /// lacking the `tag:read` scope: not the same as carrying no tag.
     #[serde(default)]
-    pub tags: Vec<String>,
+    pub tags: Option<Vec<String>>,
     #[serde(default, deserialize_with = "region_slug")]
     pub region: Option<String>,
     #[serde(default)]
     pub vpc_uuid: Option<String>,
     pub networks: Networks,
+}
+
+impl Droplet {
+    /// The droplet's tags; none when they were not listed.
+    pub fn tags(&self) -> &[String] {
+        self.tags.as_deref().unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -306,7 +315,7 @@ pub(crate) mod tests {
 
         let d = &page.droplets[0];
         assert_eq!(d.status, Status::Active);
-        assert_eq!(d.tags, ["web", "env:prod"]);
+        assert_eq!(d.tags(), ["web", "env:prod"]);
         assert_eq!(d.region.as_deref(), Some("nyc3"));
         assert_eq!(
             d.vpc_uuid.as_deref(),
@@ -334,7 +343,7 @@ pub(crate) mod tests {
         );
 
         let stage = &page.droplets[2];
-        assert_eq!(stage.tags, ["env:stage"]);
+        assert_eq!(stage.tags(), ["env:stage"]);
         assert_eq!(
             stage.vpc_uuid.as_deref(),
             Some("5a4981aa-9653-4bd1-bef5-d6bff52042e4")
@@ -351,7 +360,7 @@ pub(crate) mod tests {
         assert_eq!(ids, [3164444, 3164459]);
         let assets = &page.droplets[1];
         assert_eq!(assets.name, "assets.example.com");
-        assert_eq!(assets.tags, ["storage", "env:prod"]);
+        assert_eq!(assets.tags(), ["storage", "env:prod"]);
         assert_eq!(assets.networks.v4[0].ip_address, "10.128.192.138");
         assert_eq!(assets.networks.v4[1].ip_address, "162.243.0.4");
         assert_eq!(assets.region.as_deref(), Some("nyc3"));
@@ -368,12 +377,15 @@ pub(crate) mod tests {
     fn optional_fields_default() {
         let page = parse(droplet_json("").as_bytes()).expect("minimal droplet");
         let d = &page.droplets[0];
-        assert!(d.tags.is_empty());
+        assert_eq!(d.tags, None);
+        assert!(d.tags().is_empty());
         assert_eq!(d.region, None);
         assert_eq!(d.vpc_uuid, None);
         let page = parse(droplet_json(r#","region":null,"vpc_uuid":null,"tags":[]"#).as_bytes())
             .expect("nulls");
         assert_eq!(page.droplets[0].region, None);
+        // Listed without tags is not the same as listed with none.
+        assert_eq!(page.droplets[0].tags, Some(vec![]));
         let no_links = r#"{"droplets":[],"meta":{"total":0}}"#;
         assert_eq!(
             parse(no_links.as_bytes()).map(|p| p.links),

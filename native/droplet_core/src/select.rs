@@ -75,7 +75,7 @@ mod tests {
             id: 1,
             name: "n".into(),
             status,
-            tags: vec![],
+            tags: None,
             region: None,
             vpc_uuid: None,
             networks: Networks { v4, v6 },

@@ -7,8 +7,11 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::ratelimit::RateLimit;
 
-/// One HTTP response. `body` is read only for 2xx; its own error (truncated,
-/// too large) is kept apart so the exchange still counts as a request.
+/// One HTTP response. `body` is read for 2xx, and for a 403 up to
+/// [`MAX_FORBIDDEN_BODY`](crate::scope::MAX_FORBIDDEN_BODY) bytes (it may
+/// name the missing scope); otherwise it is empty. Its own error
+/// (truncated, too large) is kept apart so the exchange still counts as a
+/// request.
 #[derive(Debug)]
 pub struct Exchange {
     pub status: u16,

@@ -3,7 +3,7 @@
 //! becomes `{:invalid_request, detail}`, and no detail quotes a value.
 
 use droplet_core::api::ListRequest;
-use droplet_core::links::Filter;
+use droplet_core::filters::{Gpus, ListFilter};
 use droplet_core::select::Network;
 use droplet_core::Error;
 use rustler::{Atom, Binary, Term, TermType};
@@ -80,17 +80,22 @@ pub fn list_args(term: Term) -> Result<ListArgs, Error> {
         .and_then(|t| non_empty(t, "token"))?;
     let mut request = ListRequest::new(&api_url, &token)?;
 
-    let tag = field(term, atoms::tag_name())
-        .map(|t| non_empty(t, "tag_name"))
-        .transpose()?;
+    let tags = field(term, atoms::tag_name()).map(tag_names).transpose()?;
     let name = field(term, atoms::name())
         .map(|t| non_empty(t, "name"))
         .transpose()?;
-    request.filter = match (tag, name) {
+    request.filter = match (tags, name) {
         (Some(_), Some(_)) => return Err(invalid("tag_name and name cannot both be set")),
-        (Some(tag), None) => Filter::Tag(tag),
-        (None, Some(name)) => Filter::Name(name),
-        (None, None) => Filter::None,
+        (Some(tags), None) => ListFilter::Tags(tags),
+        (None, Some(name)) => ListFilter::Name(name),
+        (None, None) => ListFilter::All,
+    };
+    request.gpus = match field(term, atoms::gpus()).map(|t| t.decode::<Atom>()) {
+        None => Gpus::Exclude,
+        Some(Ok(a)) if a == atoms::false_() => Gpus::Exclude,
+        Some(Ok(a)) if a == atoms::true_() => Gpus::Include,
+        Some(Ok(a)) if a == atoms::only() => Gpus::Only,
+        Some(_) => return Err(invalid("gpus must be false, true or :only")),
     };
     request.ca_file = field(term, atoms::ca_file())
         .map(|t| non_empty(t, "ca_file"))
@@ -138,6 +143,23 @@ pub fn list_args(term: Term) -> Result<ListArgs, Error> {
     }
     let select = field(term, atoms::select()).map(select_arg).transpose()?;
     Ok(ListArgs { request, select })
+}
+
+/// One tag (a binary) or several (a non-empty proper list of binaries).
+fn tag_names(term: Term) -> Result<Vec<String>, Error> {
+    if term.get_type() == TermType::Binary {
+        return Ok(vec![non_empty(term, "tag_name")?]);
+    }
+    let bad = || invalid("tag_name must be a binary or a non-empty list of binaries");
+    // list_length refuses improper lists, which the iterator would cut short.
+    let len = term.list_length().map_err(|_| bad())?;
+    if len == 0 {
+        return Err(bad());
+    }
+    term.into_list_iterator()
+        .map_err(|_| bad())?
+        .map(|t| non_empty(t, "each tag_name"))
+        .collect()
 }
 
 fn select_arg(term: Term) -> Result<(Network, bool), Error> {

@@ -21,7 +21,8 @@ fn map<'a>(env: Env<'a>, keys: &[rustler::Atom], values: &[Term<'a>]) -> Term<'a
 pub fn reason<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
     match e {
         Error::Unauthorized => atoms::unauthorized().encode(env),
-        Error::Forbidden => atoms::forbidden().encode(env),
+        Error::Forbidden(None) => atoms::forbidden().encode(env),
+        Error::Forbidden(Some(scope)) => (atoms::forbidden(), scope.as_str()).encode(env),
         Error::RateLimited(s) => (atoms::rate_limited(), s).encode(env),
         Error::HttpStatus(code) => (atoms::http_status(), code).encode(env),
         Error::Timeout => atoms::timeout().encode(env),
@@ -40,6 +41,7 @@ pub fn reason<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
         Error::CaFile(d) => (atoms::ca_file(), d.as_str()).encode(env),
         Error::InvalidRequest(d) => (atoms::invalid_request(), d.as_str()).encode(env),
         Error::NoPrivateIpv6 => atoms::no_private_ipv6().encode(env),
+        Error::TagsUnknown => atoms::tags_unknown().encode(env),
         Error::Spawn(d) => (atoms::spawn(), d.as_str()).encode(env),
         Error::Panic(d) => (atoms::panic(), d.as_str()).encode(env),
     }
@@ -93,7 +95,7 @@ fn droplet<'a>(env: Env<'a>, d: &Droplet, select: Option<&Selector>) -> Term<'a>
             d.id.encode(env),
             d.name.as_str().encode(env),
             status(env, &d.status),
-            d.tags.encode(env),
+            d.tags().encode(env),
             d.region.as_deref().encode(env),
             d.vpc_uuid.as_deref().encode(env),
             addresses(env, &d.networks.v4),

@@ -6,23 +6,31 @@ defmodule Cluster.Strategy.Droplet.Config do
   and raises an `ArgumentError` that names the option and what it accepts.
   The options, their defaults and meaning:
 
-  | option | default | |
-  | --- | --- | --- |
-  | `:token` | required | DigitalOcean API token (scope `droplet:read`, plus `tag:read` with `:tag_name`): `{:system, "VAR"}` (read at each poll), `{:file, path}` (re-read when it changes and after a 401), `{module, function, args}`, a zero-arity function, or the token as a string (see `LibclusterDroplet.Token`) |
-  | `:network` | `:private` | `:private` or `:public`: which of the droplet's addresses nodes are reached on |
-  | `:ipv6` | `false` | use the droplet's IPv6 address (public only: DigitalOcean has no private IPv6) |
-  | `:tag_name` | `nil` | only droplets with this tag |
-  | `:name` | `nil` | only droplets with this exact (case-insensitive) name; not with `:tag_name` |
-  | `:node_basename` | the droplet's name | node names are `basename@address` |
-  | `:health_check` | `nil` | `{:tcp, port: port, timeout: ms}` (timeout 500): connect only to nodes whose port answers; a managed node that fails 3 probes in a row is no longer managed (never disconnected for it) |
-  | `:polling_interval` | `5_000` | ms between polls |
-  | `:api_url` | `"https://api.digitalocean.com"` | plain `http://` only for loopback hosts |
-  | `:ca_file` | `nil` | PEM file of extra CAs to trust (TLS verification cannot be disabled) |
-  | `:api_timeout` | `10_000` | ms allowed per HTTP request; a whole listing gets three times that |
-  | `:max_backoff` | `60_000` | ms: cap of the exponential backoff after failed polls |
-  | `:coordinate` | `true` | once connected, let one node poll for the cluster and share its results (see `LibclusterDroplet.Coordination`); `false`: every node polls on its own |
-  | `:require_listed` | `true` | join only when this node's own name (`basename@address`) is among the selected droplets, and leave the cluster when it no longer is; `false` for a node that is deliberately not a droplet |
-  | `:max_requests_per_minute` | `125` | polls are spaced so this strategy sends at most this many API requests a minute (DigitalOcean allows 250 per token) |
+  | option | default | token scope | |
+  | --- | --- | --- | --- |
+  | `:token` | required | `droplet:read`, always | DigitalOcean API token: `{:system, "VAR"}` (read at each poll), `{:file, path}` (re-read when it changes and after a 401), `{module, function, args}`, a zero-arity function, or the token as a string (see `LibclusterDroplet.Token`) |
+  | `:network` | `:private` | | `:private` or `:public`: which of the droplet's addresses nodes are reached on |
+  | `:ipv6` | `false` | | use the droplet's IPv6 address (public only: DigitalOcean has no private IPv6) |
+  | `:tag_name` | `nil` | `tag:read` | only droplets with this tag, or with any of a list of tags (one listing per tag) |
+  | `:name` | `nil` | | only droplets with this exact (case-insensitive) name; not with `:tag_name` |
+  | `:gpus` | `false` | | `false`: no GPU droplets (the API lists them only when asked); `true`: GPU droplets too (one more listing); `:only`: only GPU droplets |
+  | `:vpc` | `nil` | `vpc:read` | `nil`: any VPC; a VPC's UUID: only droplets in it; `:self`: only droplets in this node's own VPC (found through this node's droplet in the listing) |
+  | `:regions` | `nil` | | `nil`: any region; a list of region slugs (`["nyc3", "sfo3"]`): only droplets in one of them |
+  | `:node_basename` | the droplet's name | | node names are `basename@address` |
+  | `:health_check` | `nil` | | `{:tcp, port: port, timeout: ms}` (timeout 500): connect only to nodes whose port answers; a managed node that fails 3 probes in a row is no longer managed (never disconnected for it) |
+  | `:polling_interval` | `5_000` | | ms between polls |
+  | `:api_url` | `"https://api.digitalocean.com"` | | plain `http://` only for loopback hosts |
+  | `:ca_file` | `nil` | | PEM file of extra CAs to trust (TLS verification cannot be disabled) |
+  | `:api_timeout` | `10_000` | | ms allowed per HTTP request; a whole poll gets three times that, all its listings included |
+  | `:max_backoff` | `60_000` | | ms: cap of the exponential backoff after failed polls |
+  | `:coordinate` | `true` | | once connected, let one node poll for the cluster and share its results (see `LibclusterDroplet.Coordination`); `false`: every node polls on its own |
+  | `:require_listed` | `true` | | join only when this node's own name (`basename@address`) is among the selected droplets, and leave the cluster when it no longer is; `false` for a node that is deliberately not a droplet |
+  | `:max_requests_per_minute` | `125` | | polls are spaced so this strategy sends at most this many API requests a minute (DigitalOcean allows 250 per token) |
+
+  `:tag_name`, `:name` and `:gpus` are sent to the API; `:regions` and
+  `:vpc` are applied here, to the listed droplets, as is `:tag_name` on
+  the GPU listing (the API takes no tag together with `type=gpus`). See
+  `LibclusterDroplet.Plan.filter/3`.
 
   The token is read when each poll starts (`LibclusterDroplet.Token`) and
   only ever held in closures, so neither `inspect/1`, crash reports nor
@@ -41,6 +49,9 @@ defmodule Cluster.Strategy.Droplet.Config do
             ipv6: false,
             tag_name: nil,
             name: nil,
+            gpus: false,
+            vpc: nil,
+            regions: nil,
             node_basename: nil,
             health_check: nil,
             polling_interval: 5_000,
@@ -58,8 +69,11 @@ defmodule Cluster.Strategy.Droplet.Config do
           token: LibclusterDroplet.Token.t(),
           network: :private | :public,
           ipv6: boolean(),
-          tag_name: String.t() | nil,
+          tag_name: String.t() | [String.t(), ...] | nil,
           name: String.t() | nil,
+          gpus: boolean() | :only,
+          vpc: :self | String.t() | nil,
+          regions: [String.t(), ...] | nil,
           node_basename: String.t() | nil,
           health_check: health_check() | nil,
           polling_interval: pos_integer(),
@@ -78,6 +92,9 @@ defmodule Cluster.Strategy.Droplet.Config do
     :ipv6,
     :tag_name,
     :name,
+    :gpus,
+    :vpc,
+    :regions,
     :node_basename,
     :health_check,
     :polling_interval,
@@ -120,8 +137,11 @@ defmodule Cluster.Strategy.Droplet.Config do
       token: token!(Keyword.fetch(opts, :token)),
       network: one_of!(opts, :network, [:private, :public], defaults.network),
       ipv6: boolean!(opts, :ipv6, defaults.ipv6),
-      tag_name: optional_string!(opts, :tag_name),
+      tag_name: tag_name!(Keyword.get(opts, :tag_name)),
       name: optional_string!(opts, :name),
+      gpus: one_of!(opts, :gpus, [false, true, :only], defaults.gpus),
+      vpc: vpc!(Keyword.get(opts, :vpc)),
+      regions: regions!(Keyword.get(opts, :regions)),
       node_basename: basename!(opts),
       health_check: health_check!(Keyword.get(opts, :health_check)),
       polling_interval: pos_integer!(opts, :polling_interval, defaults.polling_interval),
@@ -140,19 +160,31 @@ defmodule Cluster.Strategy.Droplet.Config do
 
   @doc """
   A hash of the options that decide which nodes are selected: API URL,
-  filters, network, IP version and basename. Strategies follow each
-  other's shares, and adopt stored membership, only under the same one.
+  filters (tags, name, GPU droplets, VPC, regions), network, IP version
+  and basename. Strategies follow each other's shares, and adopt stored
+  membership, only under the same one. The order of tags and regions does
+  not matter, nor does one tag given as a list; a config without `:gpus`,
+  `:vpc` and `:regions` hashes as it did before they existed, so nodes of
+  an older release still follow each other's shares during an upgrade.
   """
   @spec fingerprint(t()) :: non_neg_integer()
   def fingerprint(%__MODULE__{} = config) do
-    :erlang.phash2(
-      {config.api_url, config.tag_name, config.name, config.network, config.ipv6,
-       config.node_basename}
-    )
+    base =
+      {config.api_url, fingerprint_tags(config.tag_name), config.name, config.network,
+       config.ipv6, config.node_basename}
+
+    case {config.gpus, config.vpc, config.regions} do
+      {false, nil, nil} -> :erlang.phash2(base)
+      {gpus, vpc, regions} -> :erlang.phash2({base, gpus, vpc, regions && Enum.sort(regions)})
+    end
   end
 
+  defp fingerprint_tags([tag]), do: tag
+  defp fingerprint_tags(tags) when is_list(tags), do: Enum.sort(tags)
+  defp fingerprint_tags(tag), do: tag
+
   defp check_combinations!(%__MODULE__{tag_name: tag, name: name}, _network_given?)
-       when is_binary(tag) and is_binary(name) do
+       when tag != nil and is_binary(name) do
     fail(
       "invalid options :tag_name and :name: the DigitalOcean API filters by one or the other, not both; " <>
         "got tag_name: #{inspect(tag)} and name: #{inspect(name)}"
@@ -223,6 +255,67 @@ defmodule Cluster.Strategy.Droplet.Config do
           "invalid option #{inspect(key)}: expected a non-empty string or nil, got: #{describe(other)}"
         )
     end
+  end
+
+  defp tag_name!(nil), do: nil
+  defp tag_name!(tag) when is_binary(tag) and byte_size(tag) > 0, do: tag
+
+  defp tag_name!([_ | _] = tags) do
+    if Enum.all?(tags, &(is_binary(&1) and byte_size(&1) > 0)),
+      do: Enum.uniq(tags),
+      else: tag_name_fail(tags)
+  end
+
+  defp tag_name!(other), do: tag_name_fail(other)
+
+  defp tag_name_fail(other) do
+    fail(
+      "invalid option :tag_name: expected a non-empty string, a non-empty list of them, or nil, " <>
+        "got: #{describe(other)}"
+    )
+  end
+
+  # VPC UUIDs are compared as the API writes them, in lower case; a VPC's
+  # name given by mistake would match no droplet and is refused here.
+  @uuid ~r/\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\z/
+
+  defp vpc!(nil), do: nil
+  defp vpc!(:self), do: :self
+
+  defp vpc!(uuid) when is_binary(uuid) do
+    lower = String.downcase(uuid)
+
+    if Regex.match?(@uuid, lower),
+      do: lower,
+      else: vpc_fail(uuid)
+  end
+
+  defp vpc!(other), do: vpc_fail(other)
+
+  defp vpc_fail(other) do
+    fail(
+      "invalid option :vpc: expected nil, :self or a VPC's UUID " <>
+        "(such as \"760e09ef-dc84-11e8-981e-3cfdfeaae000\"), got: #{describe(other)}"
+    )
+  end
+
+  @region ~r/\A[a-z0-9]+\z/
+
+  defp regions!(nil), do: nil
+
+  defp regions!([_ | _] = regions) do
+    if Enum.all?(regions, &(is_binary(&1) and Regex.match?(@region, &1))),
+      do: Enum.uniq(regions),
+      else: regions_fail(regions)
+  end
+
+  defp regions!(other), do: regions_fail(other)
+
+  defp regions_fail(other) do
+    fail(
+      "invalid option :regions: expected nil or a non-empty list of region slugs " <>
+        "(such as [\"nyc3\", \"sfo3\"]), got: #{describe(other)}"
+    )
   end
 
   defp basename!(opts) do

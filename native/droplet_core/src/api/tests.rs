@@ -1,6 +1,7 @@
 use super::*;
 use crate::links::parse_url;
 use crate::model::tests::ALL;
+use crate::scope::MAX_FORBIDDEN_BODY;
 use crate::testfs::TempFile;
 use crate::testserver::{self, Body, Reply, Server};
 use crate::transport::Exchange;
@@ -162,7 +163,7 @@ fn the_page_param_is_substituted_in_the_next_link() {
     // The next link carries the filter; pages 2.. must keep it.
     let next = format!("{API}/v2/droplets?tag_name=web&page=2&per_page=1");
     let mut req = request();
-    req.filter = Filter::Tag("web".into());
+    req.filter = ListFilter::Tags(vec!["web".into()]);
     req.per_page = 1;
     let first = format!("{API}/v2/droplets?per_page=1&page=1&tag_name=web");
     let fake = Fake::default()
@@ -326,7 +327,21 @@ fn statuses_map_to_reasons() {
     let far = unix_now() + 1_000;
     let cases: Vec<(Exchange, Error)> = vec![
         (status(401), Error::Unauthorized),
-        (status(403), Error::Forbidden),
+        (status(403), Error::Forbidden(None)),
+        (
+            Exchange {
+                body: Ok(br#"{"id":"forbidden","message":"You are missing the required scope: vpc:read"}"#.to_vec()),
+                ..status(403)
+            },
+            Error::Forbidden(Some("vpc:read".into())),
+        ),
+        (
+            Exchange {
+                body: Ok(br#"{"id":"forbidden","message":"Denied for dop_v1_sekret0123456789"}"#.to_vec()),
+                ..status(403)
+            },
+            Error::Forbidden(None),
+        ),
         (status(500), Error::HttpStatus(500)),
         (status(404), Error::HttpStatus(404)),
         (status(302), Error::HttpStatus(302)),
@@ -700,6 +715,175 @@ fn errors_are_sanitized_as_they_leave_list_with() {
     }
 }
 
+// ---- Several listings: tags, GPU droplets -----------------------------------
+
+fn tagged(id: u64, tags: Option<&[&str]>) -> String {
+    let tags = match tags {
+        Some(t) => format!(
+            r#","tags":[{}]"#,
+            t.iter()
+                .map(|t| format!("\"{t}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        None => String::new(),
+    };
+    format!(
+        r#"{{"id":{id},"name":"node-{id}","status":"active"{tags},
+            "networks":{{"v4":[{{"ip_address":"10.0.0.{id}","type":"private"}}],"v6":[]}}}}"#
+    )
+}
+
+fn single_page(droplets: &[String]) -> String {
+    format!(
+        r#"{{"droplets":[{}],"links":{{}},"meta":{{"total":{}}}}}"#,
+        droplets.join(","),
+        droplets.len()
+    )
+}
+
+fn tag_p1(tag: &str) -> String {
+    format!("{API}/v2/droplets?per_page=200&page=1&tag_name={tag}")
+}
+
+fn gpu_p1() -> String {
+    format!("{API}/v2/droplets?per_page=200&page=1&type=gpus")
+}
+
+fn with_filter(filter: ListFilter, gpus: Gpus) -> ListRequest {
+    let mut req = request();
+    req.filter = filter;
+    req.gpus = gpus;
+    req
+}
+
+fn tag_list(tags: &[&str]) -> ListFilter {
+    ListFilter::Tags(tags.iter().map(|t| t.to_string()).collect())
+}
+
+#[test]
+fn several_tags_are_one_listing_each_merged_by_id() {
+    let fake = Fake::default()
+        .page(
+            &tag_p1("web"),
+            single_page(&[tagged(1, Some(&["web"])), tagged(2, Some(&["web", "db"]))]),
+        )
+        .page(
+            &tag_p1("db"),
+            single_page(&[tagged(2, Some(&["web", "db"])), tagged(3, Some(&["db"]))]),
+        );
+    let (result, stats) = run(&fake, &with_filter(tag_list(&["web", "db"]), Gpus::Exclude));
+    let listing = result.expect("listing");
+    assert_eq!(ids(&listing), [1, 2, 3]);
+    assert_eq!(listing.total, 4, "the sum of both listings' meta.total");
+    assert_eq!(stats.requests(), 2);
+    assert_eq!(fake.calls(), [tag_p1("web"), tag_p1("db")]);
+}
+
+#[test]
+fn gpu_droplets_are_one_more_listing_their_tags_checked_here() {
+    let fake = Fake::default()
+        .page(&tag_p1("web"), single_page(&[tagged(1, Some(&["web"]))]))
+        .page(
+            &gpu_p1(),
+            single_page(&[
+                tagged(10, Some(&["web"])),
+                tagged(11, Some(&["db"])),
+                tagged(12, Some(&[])),
+            ]),
+        );
+    let (result, stats) = run(&fake, &with_filter(tag_list(&["web"]), Gpus::Include));
+    assert_eq!(result.map(|l| ids(&l)), Ok(vec![1, 10]));
+    assert_eq!(stats.requests(), 2);
+    // The GPU listing never sends tag_name, which the API refuses with type.
+    assert_eq!(fake.calls(), [tag_p1("web"), gpu_p1()]);
+}
+
+#[test]
+fn gpus_only_lists_only_gpu_droplets() {
+    let fake = Fake::default().page(&gpu_p1(), single_page(&[tagged(10, Some(&["web"]))]));
+    let (result, stats) = run(&fake, &with_filter(ListFilter::All, Gpus::Only));
+    assert_eq!(result.map(|l| ids(&l)), Ok(vec![10]));
+    assert_eq!(stats.requests(), 1);
+    assert_eq!(fake.calls(), [gpu_p1()]);
+
+    let by_name = format!("{API}/v2/droplets?per_page=200&page=1&name=g&type=gpus");
+    let fake = Fake::default().page(&by_name, single_page(&[tagged(10, None)]));
+    let (result, _) = run(
+        &fake,
+        &with_filter(ListFilter::Name("g".into()), Gpus::Only),
+    );
+    assert_eq!(result.map(|l| ids(&l)), Ok(vec![10]));
+}
+
+#[test]
+fn one_failing_listing_fails_them_all_and_every_request_counts() {
+    // The second listing fails: nothing of the first is returned.
+    let fake = Fake::default()
+        .page(&tag_p1("web"), single_page(&[tagged(1, Some(&["web"]))]))
+        .on(&tag_p1("db"), || Ok(status(500)));
+    let (result, stats) = run(&fake, &with_filter(tag_list(&["web", "db"]), Gpus::Include));
+    assert_eq!(result, Err(Error::HttpStatus(500)));
+    assert_eq!(stats.requests(), 2);
+    // The GPU listing, after the failed one, is never made.
+    assert_eq!(fake.calls(), [tag_p1("web"), tag_p1("db")]);
+
+    let fake = Fake::default()
+        .page(&p1(), single_page(&[tagged(1, None)]))
+        .on(&gpu_p1(), || Ok(status(503)));
+    let (result, stats) = run(&fake, &with_filter(ListFilter::All, Gpus::Include));
+    assert_eq!(result, Err(Error::HttpStatus(503)));
+    assert_eq!(stats.requests(), 2);
+}
+
+#[test]
+fn one_deadline_covers_every_listing() {
+    // The first listing outlasts the deadline: the second is never asked.
+    let fake = Fake::default()
+        .on(&tag_p1("web"), || {
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(ok(&single_page(&[tagged(1, Some(&["web"]))])))
+        })
+        .page(&tag_p1("db"), single_page(&[tagged(2, Some(&["db"]))]));
+    let mut req = with_filter(tag_list(&["web", "db"]), Gpus::Exclude);
+    req.deadline = Duration::from_millis(50);
+    let (result, stats) = run(&fake, &req);
+    assert_eq!(result, Err(Error::Timeout));
+    assert_eq!(stats.requests(), 1);
+    assert_eq!(fake.calls(), [tag_p1("web")]);
+}
+
+#[test]
+fn gpu_droplets_listed_without_tags_cannot_be_checked() {
+    let fake = Fake::default().page(
+        &gpu_p1(),
+        single_page(&[tagged(10, Some(&["web"])), tagged(11, None)]),
+    );
+    let (result, _) = run(&fake, &with_filter(tag_list(&["web"]), Gpus::Only));
+    assert_eq!(result, Err(Error::TagsUnknown));
+    // Without tags to check, a listing without tags is fine.
+    let (result, _) = run(&fake, &with_filter(ListFilter::All, Gpus::Only));
+    assert_eq!(result.map(|l| ids(&l)), Ok(vec![10, 11]));
+}
+
+#[test]
+fn the_merged_listing_is_held_to_max_droplets() {
+    let fake = Fake::default()
+        .page(
+            &tag_p1("a"),
+            single_page(&[tagged(1, Some(&["a"])), tagged(2, Some(&["a"]))]),
+        )
+        .page(
+            &tag_p1("b"),
+            single_page(&[tagged(2, Some(&["a", "b"])), tagged(3, Some(&["b"]))]),
+        );
+    let mut req = with_filter(tag_list(&["a", "b"]), Gpus::Exclude);
+    req.max_droplets = 3;
+    assert_eq!(run(&fake, &req).0.map(|l| ids(&l)), Ok(vec![1, 2, 3]));
+    req.max_droplets = 2;
+    assert_eq!(run(&fake, &req).0, Err(Error::TooManyDroplets(2)));
+}
+
 // ---- Against a real socket -------------------------------------------------
 
 fn local_request(server: &Server) -> ListRequest {
@@ -732,7 +916,7 @@ fn http_three_pages_with_headers() {
     });
     let mut req = local_request(&server);
     req.per_page = 2;
-    req.filter = Filter::Name("node one".into());
+    req.filter = ListFilter::Name("node one".into());
     let stats = Stats::default();
     let listing = list_droplets(&req, &stats).expect("listing");
     assert_eq!(ids(&listing), [1, 2, 3, 4, 5]);
@@ -754,6 +938,37 @@ fn http_three_pages_with_headers() {
     assert!(recorded
         .iter()
         .all(|r| r.header("authorization") == Some(bearer.as_str())));
+}
+
+#[test]
+fn http_403_names_the_scope_its_small_body_names() {
+    let forbidden = |body: Vec<u8>| {
+        move |_: &testserver::Recorded| {
+            let mut r = Reply::status(403);
+            r.body = Body::Full(body.clone());
+            r
+        }
+    };
+    let named =
+        br#"{"id":"forbidden","message":"You are missing the required scope: vpc:read"}"#.to_vec();
+    let server = Server::start(forbidden(named.clone()));
+    let stats = Stats::default();
+    assert_eq!(
+        list_droplets(&local_request(&server), &stats),
+        Err(Error::Forbidden(Some("vpc:read".into())))
+    );
+    assert_eq!(stats.requests(), 1);
+
+    // Over the cap, the body is not read: a plain 403.
+    let mut padded = named[..named.len() - 1].to_vec();
+    padded.extend_from_slice(br#","padding":""#);
+    padded.resize(MAX_FORBIDDEN_BODY as usize + 10, b'x');
+    padded.extend_from_slice(br#""}"#);
+    let server = Server::start(forbidden(padded));
+    assert_eq!(
+        list_droplets(&local_request(&server), &Stats::default()),
+        Err(Error::Forbidden(None))
+    );
 }
 
 #[test]

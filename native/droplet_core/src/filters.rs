@@ -1,0 +1,254 @@
+//! What a listing asks the API for: the caller's filters turned into the
+//! requests DigitalOcean accepts, and the part of them it cannot do itself.
+//!
+//! `GET /v2/droplets` takes one `tag_name`, never together with `name` or
+//! `type`, and leaves GPU droplets out unless `type=gpus`, which lists only
+//! them. So several tags are several listings, GPU droplets are one more,
+//! and a GPU listing cannot be narrowed by tag on the server: its tags are
+//! checked here, on each droplet's `tags`.
+
+use crate::error::Error;
+use crate::links::{Filter, Kind};
+use crate::model::Droplet;
+
+/// Which droplets a listing covers, before the API's limits are applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListFilter {
+    All,
+    /// Droplets carrying any of these tags (at least one).
+    Tags(Vec<String>),
+    /// Droplets with this exact, case-insensitive name.
+    Name(String),
+}
+
+/// GPU droplets: left out (the API's default), listed too, or listed alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gpus {
+    Exclude,
+    Include,
+    Only,
+}
+
+/// One listing the API is asked for, and the tags its droplets must carry
+/// that the API could not be asked to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub filter: Filter,
+    pub kind: Kind,
+    /// `Some(tags)`: keep only droplets carrying one of them.
+    pub tags_here: Option<Vec<String>>,
+}
+
+impl Query {
+    fn server(filter: Filter, kind: Kind) -> Query {
+        Query {
+            filter,
+            kind,
+            tags_here: None,
+        }
+    }
+
+    /// Whether `droplet` passes the checks made here. A droplet listed
+    /// without its `tags` (a token lacking `tag:read`) cannot be checked:
+    /// passing it would cluster droplets of any tag, dropping it would
+    /// quietly cluster none, so the listing fails instead.
+    pub fn keeps(&self, droplet: &Droplet) -> Result<bool, Error> {
+        let Some(wanted) = &self.tags_here else {
+            return Ok(true);
+        };
+        let Some(tags) = &droplet.tags else {
+            return Err(Error::TagsUnknown);
+        };
+        Ok(tags.iter().any(|t| wanted.contains(t)))
+    }
+}
+
+/// The listings that together cover `filter` and `gpus`, in the order they
+/// are made: the ordinary ones, one per tag, then the GPU one.
+///
+/// - several tags: one listing per distinct tag;
+/// - GPU droplets with tags: one listing of every GPU droplet, narrowed to
+///   the tags here (`tag_name` cannot go with `type`);
+/// - GPU droplets by name: `name` with `type=gpus` (the API does not forbid
+///   that pair).
+pub fn queries(filter: &ListFilter, gpus: Gpus) -> Result<Vec<Query>, Error> {
+    let (ordinary, gpu) = match filter {
+        ListFilter::All => (
+            vec![Query::server(Filter::None, Kind::Droplets)],
+            Query::server(Filter::None, Kind::Gpus),
+        ),
+        ListFilter::Name(name) => (
+            vec![Query::server(Filter::Name(name.clone()), Kind::Droplets)],
+            Query::server(Filter::Name(name.clone()), Kind::Gpus),
+        ),
+        ListFilter::Tags(tags) => {
+            let tags = distinct(tags);
+            if tags.is_empty() {
+                return Err(Error::InvalidRequest(
+                    "tag_name must name at least one tag".into(),
+                ));
+            }
+            let ordinary = tags
+                .iter()
+                .map(|t| Query::server(Filter::Tag(t.clone()), Kind::Droplets))
+                .collect();
+            let gpu = Query {
+                filter: Filter::None,
+                kind: Kind::Gpus,
+                tags_here: Some(tags),
+            };
+            (ordinary, gpu)
+        }
+    };
+    Ok(match gpus {
+        Gpus::Exclude => ordinary,
+        Gpus::Include => ordinary.into_iter().chain([gpu]).collect(),
+        Gpus::Only => vec![gpu],
+    })
+}
+
+/// The tags in their first order, each once: a repeated tag would list the
+/// same droplets twice for nothing.
+fn distinct(tags: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for t in tags {
+        if !out.contains(t) {
+            out.push(t.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Networks, Status};
+
+    fn tags(list: &[&str]) -> ListFilter {
+        ListFilter::Tags(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn droplet(tags: Option<&[&str]>) -> Droplet {
+        Droplet {
+            id: 1,
+            name: "n".into(),
+            status: Status::Active,
+            tags: tags.map(|t| t.iter().map(|s| s.to_string()).collect()),
+            region: None,
+            vpc_uuid: None,
+            networks: Networks {
+                v4: vec![],
+                v6: vec![],
+            },
+        }
+    }
+
+    fn plain(filter: Filter, kind: Kind) -> Query {
+        Query::server(filter, kind)
+    }
+
+    #[test]
+    fn without_gpus_one_listing_per_filter() {
+        assert_eq!(
+            queries(&ListFilter::All, Gpus::Exclude),
+            Ok(vec![plain(Filter::None, Kind::Droplets)])
+        );
+        assert_eq!(
+            queries(&ListFilter::Name("a".into()), Gpus::Exclude),
+            Ok(vec![plain(Filter::Name("a".into()), Kind::Droplets)])
+        );
+        assert_eq!(
+            queries(&tags(&["web"]), Gpus::Exclude),
+            Ok(vec![plain(Filter::Tag("web".into()), Kind::Droplets)])
+        );
+    }
+
+    #[test]
+    fn several_tags_are_one_listing_each_repeats_dropped() {
+        assert_eq!(
+            queries(&tags(&["web", "db", "web"]), Gpus::Exclude),
+            Ok(vec![
+                plain(Filter::Tag("web".into()), Kind::Droplets),
+                plain(Filter::Tag("db".into()), Kind::Droplets),
+            ])
+        );
+    }
+
+    #[test]
+    fn gpus_add_one_listing_and_tags_are_checked_here_on_it() {
+        assert_eq!(
+            queries(&ListFilter::All, Gpus::Include),
+            Ok(vec![
+                plain(Filter::None, Kind::Droplets),
+                plain(Filter::None, Kind::Gpus)
+            ])
+        );
+        assert_eq!(
+            queries(&ListFilter::Name("a".into()), Gpus::Include),
+            Ok(vec![
+                plain(Filter::Name("a".into()), Kind::Droplets),
+                plain(Filter::Name("a".into()), Kind::Gpus)
+            ])
+        );
+        let gpu = Query {
+            filter: Filter::None,
+            kind: Kind::Gpus,
+            tags_here: Some(vec!["web".into(), "db".into()]),
+        };
+        assert_eq!(
+            queries(&tags(&["web", "db"]), Gpus::Include),
+            Ok(vec![
+                plain(Filter::Tag("web".into()), Kind::Droplets),
+                plain(Filter::Tag("db".into()), Kind::Droplets),
+                gpu.clone(),
+            ])
+        );
+        assert_eq!(queries(&tags(&["web", "db"]), Gpus::Only), Ok(vec![gpu]));
+        assert_eq!(
+            queries(&ListFilter::All, Gpus::Only),
+            Ok(vec![plain(Filter::None, Kind::Gpus)])
+        );
+    }
+
+    #[test]
+    fn no_query_ever_sends_a_tag_with_a_type() {
+        for filter in [
+            ListFilter::All,
+            ListFilter::Name("a".into()),
+            tags(&["x", "y"]),
+        ] {
+            for gpus in [Gpus::Exclude, Gpus::Include, Gpus::Only] {
+                for q in queries(&filter, gpus).unwrap_or_default() {
+                    assert!(
+                        !(q.kind == Kind::Gpus && matches!(q.filter, Filter::Tag(_))),
+                        "{q:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_tag_list_is_refused() {
+        assert!(matches!(
+            queries(&tags(&[]), Gpus::Include),
+            Err(Error::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn tags_checked_here_keep_droplets_with_any_of_them() {
+        let q = Query {
+            filter: Filter::None,
+            kind: Kind::Gpus,
+            tags_here: Some(vec!["web".into(), "db".into()]),
+        };
+        assert_eq!(q.keeps(&droplet(Some(&["x", "db"]))), Ok(true));
+        assert_eq!(q.keeps(&droplet(Some(&["x"]))), Ok(false));
+        assert_eq!(q.keeps(&droplet(Some(&[]))), Ok(false));
+        assert_eq!(q.keeps(&droplet(None)), Err(Error::TagsUnknown));
+        // Nothing checked here: anything passes, tags listed or not.
+        let server = plain(Filter::Tag("web".into()), Kind::Droplets);
+        assert_eq!(server.keeps(&droplet(None)), Ok(true));
+    }
+}
