@@ -8,7 +8,7 @@ defmodule LibclusterDroplet.Error do
   | --- | --- |
   | `:unauthorized` | 401: the token is wrong or revoked |
   | `:forbidden` | 403: the token lacks the `droplet:read` (or `tag:read`) scope |
-  | `{:forbidden, scope}` | 403 whose message names the missing scope, e.g. `"tag:read"`: only a word of the shape `resource:read\|create\|update\|delete` is ever kept from it |
+  | `{:forbidden, scope}` | 403 whose message names the missing scope, e.g. `"tag:read"`: only a word of the shape `resource:read\\|create\\|update\\|delete` is ever kept from it |
   | `{:rate_limited, seconds \\| nil}` | 429: wait `seconds` before the next request |
   | `{:http_status, code}` | any other non-2xx status |
   | `:timeout` | connect, request or whole-listing deadline passed |
