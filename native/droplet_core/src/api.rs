@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::cancel::Cancel;
 use crate::error::Error;
 use crate::links::{
     first_page_url, normalize_api_url, page_number, resolve_location, same_origin,
@@ -47,6 +48,9 @@ pub struct ListRequest {
     pub max_body_bytes: u64,
     pub max_pages: u32,
     pub page_concurrency: usize,
+    /// Once set, no further request is sent (page or redirect) and the
+    /// listing ends with `Err(Cancelled)`.
+    pub cancel: Cancel,
 }
 
 impl ListRequest {
@@ -63,6 +67,7 @@ impl ListRequest {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_pages: DEFAULT_MAX_PAGES,
             page_concurrency: DEFAULT_PAGE_CONCURRENCY,
+            cancel: Cancel::new(),
         })
     }
 }
@@ -95,6 +100,7 @@ impl fmt::Debug for ListRequest {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_pages", &self.max_pages)
             .field("page_concurrency", &self.page_concurrency)
+            .field("cancel", &self.cancel)
             .finish()
     }
 }
@@ -223,9 +229,10 @@ impl<T: Transport> Lister<'_, T> {
         Ok(finish(pages, total))
     }
 
-    /// Pages `urls` at most `page_concurrency` at a time, all or nothing. On
-    /// a failure no new page is started, and the earliest page's error wins
-    /// so the outcome does not depend on thread timing more than necessary.
+    /// Pages `urls` at most `page_concurrency` at a time (this thread
+    /// included), all or nothing. On a failure or a cancel no new page is
+    /// started, and the earliest page's error wins so the outcome does not
+    /// depend on thread timing more than necessary.
     fn fetch_concurrently(&self, urls: &[String]) -> Result<Vec<Page>, Error> {
         let stop = AtomicBool::new(false);
         let results = pool::run_indexed(
@@ -233,7 +240,7 @@ impl<T: Transport> Lister<'_, T> {
             urls.len(),
             self.req.page_concurrency,
             PAGE_STACK,
-            &stop,
+            || stop.load(Ordering::Relaxed) || self.req.cancel.is_cancelled(),
             |i| {
                 let result = match urls.get(i) {
                     Some(url) => self.fetch_page(url),
@@ -253,6 +260,9 @@ impl<T: Transport> Lister<'_, T> {
                 None => {}
             }
         }
+        if pages.len() != urls.len() && self.req.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
         if pages.len() != urls.len() {
             return Err(Error::Inconsistent("a page was skipped".into()));
         }
@@ -264,6 +274,9 @@ impl<T: Transport> Lister<'_, T> {
         let mut current = url.to_string();
         let mut hops = 0;
         loop {
+            if self.req.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
             let timeout = self.time_left()?.min(self.req.request_timeout);
             let exchange = self.transport.get(&current, timeout)?;
             self.stats.record(exchange.rate_limit);

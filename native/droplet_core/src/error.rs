@@ -34,6 +34,10 @@ pub enum Error {
     NoPrivateIpv6,
     Spawn(String),
     Panic(String),
+    /// Every call slot of the NIF's thread budget is taken.
+    Busy,
+    /// The caller cancelled the call, or went away.
+    Cancelled,
 }
 
 impl Error {
@@ -130,6 +134,12 @@ impl fmt::Display for Error {
             Error::NoPrivateIpv6 => f.write_str("DigitalOcean has no private IPv6 addresses"),
             Error::Spawn(d) => write!(f, "could not spawn a thread: {d}"),
             Error::Panic(d) => write!(f, "panic: {d}"),
+            Error::Busy => write!(
+                f,
+                "more than {} NIF calls in flight",
+                crate::budget::MAX_CALLS
+            ),
+            Error::Cancelled => f.write_str("cancelled"),
         }
     }
 }

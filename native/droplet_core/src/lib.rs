@@ -6,8 +6,12 @@
 //! - [`api`]: listing all droplets (pagination, redirects, limits), over the
 //!   ureq transport in `http`.
 //! - [`probe`]: parallel TCP connect probes.
+//! - [`budget`]: the process-wide bound on the NIF's threads, and
+//!   [`cancel`]: stopping a call whose caller is gone.
 
 pub mod api;
+pub mod budget;
+pub mod cancel;
 pub mod error;
 mod http;
 pub mod links;
