@@ -27,6 +27,8 @@ defmodule LibclusterDroplet.Error do
   | `{:invalid_request, detail}` | the arguments given to the NIF were malformed |
   | `{:spawn, detail}` | the NIF could not start its worker thread |
   | `{:panic, detail}` | a bug in the NIF, caught before it could reach the VM |
+  | `:busy` | 64 NIF calls were already in flight in this VM; nothing was started |
+  | `:cancelled` | the call was cancelled (`LibclusterDroplet.cancel/1`) or its caller dropped it |
 
   No reason and no message ever contains the API token.
   """
@@ -55,6 +57,8 @@ defmodule LibclusterDroplet.Error do
           | {:invalid_request, String.t()}
           | {:spawn, String.t()}
           | {:panic, String.t()}
+          | :busy
+          | :cancelled
 
   @type t :: %__MODULE__{reason: reason() | term()}
 
@@ -133,5 +137,11 @@ defmodule LibclusterDroplet.Error do
   def format({:invalid_request, detail}), do: "invalid request: #{detail}"
   def format({:spawn, detail}), do: "the NIF could not start a thread: #{detail}"
   def format({:panic, detail}), do: "the NIF hit a bug and recovered: #{detail}"
+
+  def format(:busy),
+    do:
+      "the NIF already has 64 calls in flight in this VM, its limit; nothing was started: retry later"
+
+  def format(:cancelled), do: "the call was cancelled before it finished"
   def format(other), do: "unexpected error: #{inspect(other)}"
 end
