@@ -85,7 +85,7 @@ mod tests {
 
     const API: &str = "https://api.example.test";
 
-    fn page_body(id: u64, next: Option<String>, last: Option<String>) -> Vec<u8> {
+    fn page_body(id: u64, next: Option<String>, last: Option<String>, total: u64) -> Vec<u8> {
         let link = |name: &str, url: Option<String>| {
             url.map(|u| format!(r#""{name}":"{u}""#))
                 .unwrap_or_default()
@@ -98,7 +98,7 @@ mod tests {
         format!(
             r#"{{"droplets":[{{"id":{id},"name":"n{id}","status":"active","tags":[],
                 "networks":{{"v4":[],"v6":[]}}}}],
-                "links":{{"pages":{{{links}}}}},"meta":{{"total":1000}}}}"#
+                "links":{{"pages":{{{links}}}}},"meta":{{"total":{total}}}}}"#
         )
         .into_bytes()
     }
@@ -107,14 +107,17 @@ mod tests {
         format!("{API}/v2/droplets?page={n}&per_page=200")
     }
 
-    /// Serves an endless chain of pages (or, with `redirects`, a chain of
-    /// redirects), and cancels the listing once `cancel_after` requests
-    /// have been answered.
+    /// Serves an endless chain of pages of one droplet each (or, with
+    /// `redirects`, a chain of redirects), and cancels the listing once
+    /// `cancel_after` requests have been answered. Page 1 says how many
+    /// pages follow through `meta.total` (1: none, so the listing walks the
+    /// `next` links one by one) or, `with_last`, a `last` link.
     struct Chain {
         cancel: Cancel,
         cancel_after: usize,
         redirects: bool,
         with_last: bool,
+        total: u64,
         asked: Mutex<Vec<String>>,
     }
 
@@ -125,6 +128,7 @@ mod tests {
                 cancel_after,
                 redirects: false,
                 with_last: false,
+                total: 1,
                 asked: Mutex::new(Vec::new()),
             }
         }
@@ -136,14 +140,15 @@ mod tests {
 
     impl Transport for Chain {
         fn get(&self, url: &str, _timeout: Duration) -> Result<Exchange, Error> {
+            // Cancelled under the lock, so every later request sees it.
             let n = {
                 let mut asked = self.asked.lock().map_err(|_| Error::Timeout)?;
                 asked.push(url.to_string());
+                if asked.len() >= self.cancel_after {
+                    self.cancel.cancel();
+                }
                 asked.len()
             };
-            if n >= self.cancel_after {
-                self.cancel.cancel();
-            }
             let exchange = if self.redirects && n > 1 {
                 Exchange {
                     status: 302,
@@ -157,7 +162,12 @@ mod tests {
                     status: 200,
                     location: None,
                     rate_limit: None,
-                    body: Ok(page_body(n as u64, Some(page_url(n as u64 + 1)), last)),
+                    body: Ok(page_body(
+                        n as u64,
+                        Some(page_url(n as u64 + 1)),
+                        last,
+                        self.total,
+                    )),
                 }
             };
             Ok(exchange)
@@ -172,9 +182,21 @@ mod tests {
 
     #[test]
     fn a_cancelled_listing_requests_no_further_page() {
+        // Walking `next` links one at a time.
         let cancel = Cancel::new();
         let chain = Chain::new(&cancel, 3);
         let req = cancellable_request(&cancel);
+        let result = list_with(&chain, &req, &Stats::default(), Instant::now());
+        assert_eq!(result, Err(Error::Cancelled));
+        assert_eq!(chain.asked(), 3);
+
+        // Pages 2..1000 known from page 1, fetched by the listing thread
+        // alone.
+        let cancel = Cancel::new();
+        let mut chain = Chain::new(&cancel, 3);
+        chain.total = 1_000;
+        let mut req = cancellable_request(&cancel);
+        req.page_concurrency = 1;
         let result = list_with(&chain, &req, &Stats::default(), Instant::now());
         assert_eq!(result, Err(Error::Cancelled));
         assert_eq!(chain.asked(), 3);
