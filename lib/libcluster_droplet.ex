@@ -18,7 +18,8 @@ defmodule LibclusterDroplet do
   with a message, so a slow API never occupies an Erlang scheduler. The
   `start_*` functions expose that directly for callers, such as the strategy,
   that must stay responsive while a call is in flight; they return a
-  `LibclusterDroplet.Call`, which also cancels the call when its caller dies.
+  `LibclusterDroplet.Call`, and a call whose caller dies or drops it is
+  cancelled.
 
   All calls share one thread budget per VM: at most 64 calls in flight
   (another is refused at once with `{:error, :busy}`), each on a thread of
@@ -196,7 +197,7 @@ defmodule LibclusterDroplet do
   are pending at once, fewer when the NIF's thread budget is short, so `n`
   unreachable addresses cost about `ceil(n / concurrency)` timeouts. At most
   10,000 addresses per call (`{:error, {:invalid_request, _}}` beyond); an
-  address over 64 bytes is `{:error, :invalid_address}` unread.
+  address over 64 bytes is `{:error, :invalid_address}`.
   """
   @spec probe([address()], 1..65_535, keyword()) ::
           [{address(), probe_result()}] | {:error, term()}

@@ -39,14 +39,9 @@ defmodule LibclusterDroplet.NifBudgetTest do
     {:ok, hole: hole, port: port}
   end
 
-  # The VM's live threads named by the NIF (droplet_list, droplet_page,
-  # droplet_probe), read from the kernel: what really runs, whatever the
-  # budget's own accounting says.
-  defp nif_threads do
-    "/proc/self/task/*/comm"
-    |> Path.wildcard()
-    |> Enum.count(&match?({:ok, "droplet_" <> _}, File.read(&1)))
-  end
+  # Read from the kernel: what really runs, whatever the budget's own
+  # accounting says.
+  defp nif_threads, do: TestCluster.Remote.nif_threads()
 
   defp free_port do
     {:ok, l} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
@@ -404,6 +399,9 @@ defmodule LibclusterDroplet.NifBudgetTest do
       TestCluster.await(fn -> match?(%{poll: %{stage: :probing}}, :sys.get_state(pid)) end)
       assert %{poll: %{call: %Call{concurrency: 1}}} = :sys.get_state(pid)
       TestCluster.await(fn -> nif_threads() == 1 end)
+      # Held here too: dropped by the strategy, garbage collection alone
+      # would cancel it sooner or later.
+      %{poll: %{call: call}} = :sys.get_state(pid)
 
       # The watchdog fires now rather than in 45 s.
       {ref, _timer} = :sys.get_state(pid).timers.poll_watchdog
@@ -416,6 +414,7 @@ defmodule LibclusterDroplet.NifBudgetTest do
       # The probe in flight ends by its 2 s timeout; the 19 others never start.
       TestCluster.await(fn -> nif_threads() == 0 end, 20_000)
       assert :sys.get_state(pid).poll == nil
+      LibclusterDroplet.cancel(call)
       Native.debug_release(held)
     end
   end
