@@ -230,9 +230,10 @@ impl<T: Transport> Lister<'_, T> {
     }
 
     /// Pages `urls` at most `page_concurrency` at a time (this thread
-    /// included), all or nothing. On a failure or a cancel no new page is
-    /// started, and the earliest page's error wins so the outcome does not
-    /// depend on thread timing more than necessary.
+    /// included), all or nothing. On a failure no new page is started, and
+    /// the earliest page's error wins so the outcome does not depend on
+    /// thread timing more than necessary. A cancel is such a failure: the
+    /// next page each thread takes ends at once with `Err(Cancelled)`.
     fn fetch_concurrently(&self, urls: &[String]) -> Result<Vec<Page>, Error> {
         let stop = AtomicBool::new(false);
         let results = pool::run_indexed(
@@ -240,7 +241,7 @@ impl<T: Transport> Lister<'_, T> {
             urls.len(),
             self.req.page_concurrency,
             PAGE_STACK,
-            || stop.load(Ordering::Relaxed) || self.req.cancel.is_cancelled(),
+            || stop.load(Ordering::Relaxed),
             |i| {
                 let result = match urls.get(i) {
                     Some(url) => self.fetch_page(url),
@@ -259,9 +260,6 @@ impl<T: Transport> Lister<'_, T> {
                 Some(Err(e)) => return Err(e),
                 None => {}
             }
-        }
-        if pages.len() != urls.len() && self.req.cancel.is_cancelled() {
-            return Err(Error::Cancelled);
         }
         if pages.len() != urls.len() {
             return Err(Error::Inconsistent("a page was skipped".into()));
