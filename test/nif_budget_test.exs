@@ -23,6 +23,8 @@ defmodule LibclusterDroplet.NifBudgetTest do
 
   @moduletag timeout: 180_000
 
+  doctest LibclusterDroplet.Call
+
   @token "dop_v1_budget_test_token_0123456789"
   @max_calls 64
   @max_helpers 1_024
