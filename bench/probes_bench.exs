@@ -20,9 +20,9 @@ defmodule Bench.Probes do
   @timeout 500
   @sizes [10, 1_000, 5_000, 10_000]
   @headline_size 1_000
-  # The default of probe/3, and the NIF's cap on threads.
+  # The default of probe/3, and the most one call runs at once.
   @default_concurrency 512
-  @concurrencies [@default_concurrency, 1_024]
+  @concurrencies [@default_concurrency]
   @runs 5
   @sequential_size 100
   @issue_sequential_s 5.1
@@ -71,7 +71,7 @@ defmodule Bench.Probes do
           "its 1,000 black holes outnumber the default concurrency)",
       mix: "per 20 targets 2 black holes, 9 open, 9 refused (10% / 45% / 45%), interleaved",
       timeout: "#{@timeout} ms per probe",
-      concurrency: "#{@default_concurrency} (probe/3's default) and 1,024 (the NIF's cap)",
+      concurrency: "#{@default_concurrency} (probe/3's default and the NIF's cap per call)",
       runs: "1 warm-up + #{@runs} runs each, medians",
       baseline:
         "#{@sequential_size} targets (#{div(@sequential_size, 10)} black holes) probed one " <>
@@ -79,7 +79,8 @@ defmodule Bench.Probes do
       "open files":
         "soft limit #{limit.soft}, hard #{limit.hard}; #{Helper.int(largest)} targets need about " <>
           "#{Helper.int(fds_needed(largest))} (a listener per open target, a listener and a " <>
-          "filler per black hole, up to 1,024 probe sockets, #{@fd_spare} spare)" <>
+          "filler per black hole, up to #{Helper.int(Enum.max(@concurrencies))} probe sockets, " <>
+          "#{@fd_spare} spare)" <>
           skipped_note(skipped)
     ]
   end
@@ -191,7 +192,7 @@ defmodule Bench.Probes do
   # Every target must answer as its kind says before anything is measured.
   defp verify!(setup) do
     addresses = Enum.map(setup.targets, & &1.address)
-    results = LibclusterDroplet.probe(addresses, setup.port, timeout: 200, concurrency: 1_024)
+    results = LibclusterDroplet.probe(addresses, setup.port, timeout: 200)
     wrong = mismatches(Enum.map(results, &outcome/1), setup.targets)
     if wrong != %{}, do: raise("targets not answering as their kind: #{inspect(wrong)}")
   end
@@ -384,7 +385,7 @@ defmodule Bench.Probes do
              the threads not stuck on a black hole work through meanwhile.
     So the number of targets matters little while the black holes fit within the concurrency
     (one wave); once they outnumber it, a second timeout is paid (10,000 targets: 1,000 black
-    holes > 512), and a higher concurrency (1,024) brings it back to one wave.
+    holes > 512, the most one call runs at once under the NIF's thread budget).
     "beyond" grows with the fast targets: each is a TCP handshake on loopback whose two ends
     both run on this machine's cores (the VM accepting the open ones), next to the probe
     threads; against real droplets the far end is another machine.\

@@ -17,10 +17,18 @@ defmodule LibclusterDroplet do
   Each call runs on a thread of the NIF's own and answers the calling process
   with a message, so a slow API never occupies an Erlang scheduler. The
   `start_*` functions expose that directly for callers, such as the strategy,
-  that must stay responsive while a call is in flight.
+  that must stay responsive while a call is in flight; they return a
+  `LibclusterDroplet.Call`, and a call whose caller dies or drops it is
+  cancelled.
+
+  All calls share one thread budget per VM: at most 64 calls in flight
+  (another is refused at once with `{:error, :busy}`), each on a thread of
+  its own, and 1,024 helper threads among them. A call gets the helpers it
+  asks for if they are free, else fewer, down to none, and then runs that
+  much less in parallel (see `LibclusterDroplet.Call`'s `:concurrency`).
   """
 
-  alias LibclusterDroplet.{Listing, Native, Token}
+  alias LibclusterDroplet.{Call, Listing, Native, Token}
 
   @default_api_url "https://api.digitalocean.com"
 
@@ -56,6 +64,12 @@ defmodule LibclusterDroplet do
           {:ok, connect_us :: non_neg_integer()}
           | {:error, :timeout | :refused | :unreachable | :invalid_address | {:io, String.t()}}
 
+  # The NIF's own default for a listing's deadline, used when `nil` is given.
+  @default_deadline 60_000
+  # Beyond the listing's own deadline, which the NIF enforces: only a lost
+  # reply could run into it.
+  @reply_grace 5_000
+
   @list_keys [
     :token,
     api_url: @default_api_url,
@@ -68,7 +82,7 @@ defmodule LibclusterDroplet do
     per_page: 200,
     connect_timeout: 5_000,
     request_timeout: 15_000,
-    deadline: 60_000,
+    deadline: @default_deadline,
     max_body_bytes: 16 * 1024 * 1024,
     max_pages: 1_000,
     max_droplets: 10_000,
@@ -105,8 +119,10 @@ defmodule LibclusterDroplet do
     * `:connect_timeout`, `:request_timeout` (per HTTP request) and
       `:deadline` (the whole listing, reading `:ca_file` included), in
       milliseconds.
-    * `:max_body_bytes` (default 16 MiB per response), `:max_pages`
-      (default 1,000) and `:page_concurrency` (default 4) - caps.
+    * `:max_body_bytes` (default 16 MiB per response) and `:max_pages`
+      (default 1,000) - caps.
+    * `:page_concurrency` - pages fetched at once after the first (default
+      4, at most 64), fewer when the NIF's thread budget is short.
     * `:max_droplets` - default 10,000: a listing with more droplets fails
       with `{:too_many_droplets, max}`, as soon as page 1's `meta.total`
       says so, or as the pages arrive.
@@ -130,28 +146,62 @@ defmodule LibclusterDroplet do
           {:ok, Listing.t()} | {:error, LibclusterDroplet.Error.reason()}
   def list_droplets(opts) when is_list(opts) do
     with {:ok, request} <- list_request(opts),
-         {:ok, ref} <- start_list_droplets(request) do
+         {:ok, call} <- start_list_droplets(request) do
+      await_list(call, (request.deadline_ms || @default_deadline) + @reply_grace)
+    end
+  end
+
+  @doc false
+  # Waits at most `wait` ms for a started listing's answer; `{:error,
+  # :timeout}` (and the call cancelled) when none came.
+  @spec await_list(Call.t(), non_neg_integer()) ::
+          {:ok, Listing.t()} | {:error, LibclusterDroplet.Error.reason()}
+  def await_list(%Call{ref: ref} = call, wait) do
+    result =
       receive do
         {:droplet_nif_list, ^ref, result, info} -> Listing.from_nif(result, info)
+      after
+        wait -> {:error, :timeout}
       end
-    end
+
+    # Referenced after the answer, so the handle cannot be garbage
+    # collected (which cancels the call) while this process waits.
+    cancel(call)
+    result
   end
 
   @doc """
   Starts a listing from a ready NIF request map (see `list_request/1`) and
-  returns at once. The caller later receives
-  `{:droplet_nif_list, ref, result, info}`; `Listing.from_nif/2` turns the
-  last two into `{:ok, listing}` or `{:error, reason}`. The NIF always
-  answers, within the request's deadline.
+  returns `{:ok, call}` at once (see `LibclusterDroplet.Call`; its
+  `:concurrency` is the page concurrency granted). The caller later receives
+  `{:droplet_nif_list, call.ref, result, info}`; `Listing.from_nif/2` turns
+  the last two into `{:ok, listing}` or `{:error, reason}`. The NIF always
+  answers, within the request's deadline. `{:error, :busy}` when 64 calls
+  are already in flight.
   """
-  @spec start_list_droplets(map()) :: {:ok, reference()} | {:error, term()}
+  @spec start_list_droplets(map()) :: {:ok, Call.t()} | {:error, term()}
   def start_list_droplets(request) when is_map(request) do
     ref = make_ref()
 
     case Native.list_droplets(request, ref) do
-      :ok -> {:ok, ref}
-      {:error, _} = error -> error
+      {:ok, handle, concurrency} ->
+        {:ok, %Call{ref: ref, handle: handle, concurrency: concurrency}}
+
+      {:error, _} = error ->
+        error
     end
+  end
+
+  @doc """
+  Cancels a call started by `start_list_droplets/1` or `start_probe/3`: no
+  new probe or page starts, the ones in flight end by their own timeouts,
+  and the answer still comes, as `{:error, :cancelled}` unless every item
+  had already run. Cancelling a finished call does nothing. Dropping the
+  call (or dying) has the same effect, once the handle is garbage collected.
+  """
+  @spec cancel(Call.t()) :: :ok
+  def cancel(%Call{handle: handle}) do
+    :ok = Native.cancel(handle)
   end
 
   @doc """
@@ -215,38 +265,54 @@ defmodule LibclusterDroplet do
   order, `{address, {:ok, connect_us}}` or `{address, {:error, reason}}`.
 
   Options: `:timeout` per connection in ms (default 500), `:concurrency`
-  (default 512): at most that many connections are pending at once, so
-  `n` unreachable addresses cost about `ceil(n / concurrency)` timeouts.
+  (default 512, also the most one call runs): at most that many connections
+  are pending at once, fewer when the NIF's thread budget is short, so `n`
+  unreachable addresses cost about `ceil(n / concurrency)` timeouts. At most
+  10,000 addresses per call (`{:error, {:invalid_request, _}}` beyond); an
+  address over 64 bytes is `{:error, :invalid_address}`.
   """
   @spec probe([address()], 1..65_535, keyword()) ::
           [{address(), probe_result()}] | {:error, term()}
   def probe(addresses, port, opts \\ []) do
     timeout = Keyword.get(opts, :timeout, 500)
-    waves = div(length(addresses), Keyword.get(opts, :concurrency, 512)) + 1
 
-    with {:ok, ref} <- start_probe(addresses, port, opts) do
-      receive do
-        {:droplet_nif_probe, ^ref, results} -> results
-      after
-        # The NIF enforces the timeout itself; this only guards against a lost message.
-        timeout * waves + 5_000 -> {:error, :timeout}
-      end
+    with {:ok, %Call{ref: ref} = call} <- start_probe(addresses, port, opts) do
+      waves = Call.waves(call, length(addresses))
+
+      result =
+        receive do
+          {:droplet_nif_probe, ^ref, results} -> results
+        after
+          # The NIF enforces the timeout itself; this only guards against a lost message.
+          timeout * waves + 5_000 -> {:error, :timeout}
+        end
+
+      # Stops the probes of an answer given up on; and keeps the handle
+      # referenced, so it cannot be garbage collected while this waits.
+      cancel(call)
+      result
     end
   end
 
   @doc """
-  Starts the probes of `probe/3` and returns at once; the caller later
-  receives `{:droplet_nif_probe, ref, results}`.
+  Starts the probes of `probe/3` and returns `{:ok, call}` at once (see
+  `LibclusterDroplet.Call`; its `:concurrency` is the concurrency granted);
+  the caller later receives `{:droplet_nif_probe, call.ref, results}`, or
+  `{:droplet_nif_probe, call.ref, {:error, reason}}`. `{:error, :busy}` when
+  64 calls are already in flight.
   """
-  @spec start_probe([address()], 1..65_535, keyword()) :: {:ok, reference()} | {:error, term()}
+  @spec start_probe([address()], 1..65_535, keyword()) :: {:ok, Call.t()} | {:error, term()}
   def start_probe(addresses, port, opts \\ []) do
     ref = make_ref()
     timeout = Keyword.get(opts, :timeout, 500)
     concurrency = Keyword.get(opts, :concurrency, 512)
 
     case Native.probe(addresses, port, timeout, concurrency, ref) do
-      :ok -> {:ok, ref}
-      {:error, _} = error -> error
+      {:ok, handle, concurrency} ->
+        {:ok, %Call{ref: ref, handle: handle, concurrency: concurrency}}
+
+      {:error, _} = error ->
+        error
     end
   end
 end

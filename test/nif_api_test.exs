@@ -350,9 +350,9 @@ defmodule LibclusterDroplet.NifApiTest do
         spawn_link(fn ->
           ref = make_ref()
           # The NIF returns at once; the answer will come as a message.
-          :ok = Native.list_droplets(request, ref)
+          {:ok, handle, _page_concurrency} = Native.list_droplets(request, ref)
           send(test, :call_returned)
-          caller_loop(test, ref)
+          caller_loop(test, ref, handle)
         end)
 
       # A call that waited for the server would not return while it holds
@@ -449,14 +449,16 @@ defmodule LibclusterDroplet.NifApiTest do
   end
 
   # Answers pings until its listing arrives, then hands the listing over.
-  defp caller_loop(test, ref) do
+  # Holds the call's handle meanwhile: dropped, it would cancel the call.
+  defp caller_loop(test, ref, handle) do
     receive do
       {:ping, from} ->
         send(from, {:pong, self()})
-        caller_loop(test, ref)
+        caller_loop(test, ref, handle)
 
       {:droplet_nif_list, ^ref, result, info} ->
         send(test, {:listing, Listing.from_nif(result, info)})
+        :ok = Native.cancel(handle)
     end
   end
 

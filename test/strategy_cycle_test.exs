@@ -454,6 +454,64 @@ defmodule Cluster.Strategy.DropletCycleTest do
            )
   end
 
+  test "a share check given up by its watchdog is cancelled: its probes stop" do
+    {:ok, api} = FakeAPI.start_link(token: @token)
+    [address, x] = TestCluster.allocate_addresses(2)
+    name = "cx#{System.unique_integer([:positive])}"
+    FakeAPI.add_droplet(api, FakeAPI.droplet(id: 1, name: name, private_ip: address))
+    node = TestCluster.start_node(name, address, log_level: :warning)
+    on_exit(fn -> TestCluster.stop(node) end)
+    spy = TestCluster.call(node, SpyMembership, :start, [])
+    port = 20_000 + rem(System.unique_integer([:positive]), 20_000)
+    sockets = TestCluster.black_hole(x, port)
+    on_exit(fn -> Enum.each(sockets, &:gen_tcp.close/1) end)
+
+    # Polls once, then not for a minute: nothing but the watchdog's own
+    # cancel can stop the check below.
+    config =
+      config(api, polling_interval: 60_000, health_check: {:tcp, port: port, timeout: 2_000})
+
+    sup = TestCluster.start_strategy(node, :t, config, SpyMembership.mfas(spy))
+    pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
+    get = fn -> TestCluster.call(node, :sys, :get_state, [pid]) end
+    TestCluster.await(fn -> get.().polls >= 1 end)
+    threads = fn -> TestCluster.call(node, Remote, :nif_threads, []) end
+    TestCluster.await(fn -> threads.() == 0 end)
+
+    # With no helper thread free on that node, the check probes 20 black
+    # holes one at a time: 40 s, and a watchdog of 45 s.
+    {holder, 1_024} = TestCluster.call(node, Remote, :hold_helpers, [])
+    later = System.system_time(:millisecond) + 600_000
+
+    share =
+      Share.encode(%Share{
+        topology: :t,
+        from: :"0-leader@127.0.0.1",
+        fingerprint: get.().coordination.fingerprint,
+        interval: 60_000,
+        seq: 1,
+        listed_at: later,
+        droplets: [{name, address} | for(i <- 1..20, do: {"x#{i}", x})]
+      })
+
+    TestCluster.call(node, :erlang, :send, [Coordination.registered_name(:t), share])
+    TestCluster.await(fn -> match?(%{check: %{view: {^later, 1}}}, get.()) end)
+    TestCluster.await(fn -> threads.() == 1 end)
+
+    # Held here too: dropped by the strategy, garbage collection alone
+    # would cancel it sooner or later.
+    call_holder = TestCluster.call(node, Remote, :hold_check_call, [pid])
+    # The watchdog fires now rather than in 45 s.
+    {ref, _timer} = get.().timers.check_watchdog
+    TestCluster.call(node, :erlang, :send, [pid, {:droplet_timer, :check_watchdog, ref}])
+    TestCluster.await(fn -> get.().check == nil end)
+
+    # The probe in flight ends by its 2 s timeout; the 19 others never start.
+    TestCluster.await(fn -> threads.() == 0 end, 20_000)
+    TestCluster.call(node, :erlang, :send, [call_holder, :release])
+    TestCluster.call(node, Remote, :release_helpers, [holder])
+  end
+
   describe "shares" do
     setup do
       {:ok, api} = FakeAPI.start_link(token: @token)

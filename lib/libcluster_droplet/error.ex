@@ -32,6 +32,8 @@ defmodule LibclusterDroplet.Error do
   | `{:spawn, detail}` | the NIF could not start its worker thread |
   | `{:panic, detail}` | a bug in the NIF, caught before it could reach the VM |
   | `{:token_unavailable, detail}` | the token could not be read from its source (see `LibclusterDroplet.Token`) |
+  | `:busy` | 64 NIF calls were already in flight in this VM; nothing was started |
+  | `:cancelled` | the call was cancelled (`LibclusterDroplet.cancel/1`) or its caller dropped it |
 
   No reason and no message ever contains the API token.
   """
@@ -65,6 +67,8 @@ defmodule LibclusterDroplet.Error do
           | {:spawn, String.t()}
           | {:panic, String.t()}
           | {:token_unavailable, String.t()}
+          | :busy
+          | :cancelled
 
   @type t :: %__MODULE__{reason: reason() | term()}
 
@@ -167,5 +171,10 @@ defmodule LibclusterDroplet.Error do
   def format({:token_unavailable, detail}),
     do: "the DigitalOcean API token could not be read: #{detail}"
 
+  def format(:busy),
+    do:
+      "the NIF already has 64 calls in flight in this VM, its limit; nothing was started: retry later"
+
+  def format(:cancelled), do: "the call was cancelled before it finished"
   def format(other), do: "unexpected error: #{inspect(other)}"
 end

@@ -5,33 +5,35 @@ defmodule LibclusterDroplet.HealthCheck do
   turned into a verdict per node for `LibclusterDroplet.Plan.decide/5`.
   """
 
+  alias LibclusterDroplet.Call
   alias LibclusterDroplet.Plan.Selection
 
-  # Probes pending at once; more candidates than this take several waves.
+  # Probes pending at once, if the NIF's thread budget has them free; more
+  # candidates than the call gets take several waves.
   @concurrency 512
 
   @doc """
   Starts probing `selection`'s candidates, or returns `:unchecked` when no
-  health check is configured or there is nobody to check. `{:ok, ref,
-  wait}` gives the ref of the NIF's answer and how long to wait for it
-  before giving up (`grace` ms beyond the probes' own timeouts).
+  health check is configured or there is nobody to check. `{:ok, call,
+  wait}` gives the call in flight (its `ref` is the answer's) and how long
+  to wait for it before giving up: the probes' own timeouts, one per wave
+  of the concurrency the call was granted, plus `grace` ms.
   """
   @spec start(
           Selection.t(),
           Cluster.Strategy.Droplet.Config.health_check() | nil,
           non_neg_integer()
         ) ::
-          :unchecked | {:ok, reference(), pos_integer()} | {:error, term()}
+          :unchecked | {:ok, Call.t(), pos_integer()} | {:error, term()}
   def start(%Selection{candidates: candidates}, {:tcp, port: port, timeout: timeout}, grace)
       when candidates != [] do
     addresses = Enum.map(candidates, &elem(&1, 1))
-    waves = div(length(addresses) - 1, @concurrency) + 1
 
     case LibclusterDroplet.start_probe(addresses, port,
            timeout: timeout,
            concurrency: @concurrency
          ) do
-      {:ok, ref} -> {:ok, ref, timeout * waves + grace}
+      {:ok, call} -> {:ok, call, timeout * Call.waves(call, length(addresses)) + grace}
       {:error, _} = error -> error
     end
   end

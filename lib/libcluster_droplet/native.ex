@@ -4,19 +4,32 @@ defmodule LibclusterDroplet.Native do
   # Calls that do network I/O return at once and answer with a message from a
   # thread of the NIF's own, so no Erlang scheduler ever waits on the network.
   #
-  # list_droplets(request, ref) :: :ok | {:error, reason}
+  # Those calls return {:ok, handle, concurrency} or {:error, reason}: reason
+  # :busy when 64 calls are in flight already. `handle` is a resource; once
+  # it is garbage collected, or given to cancel/1, the call starts no new
+  # probe or page and answers {:error, :cancelled} (unless every item had
+  # already run). `concurrency` is the number of items the call runs at once:
+  # at most the one asked for (probes: capped at 512), its coordinator thread
+  # plus the helper threads it got from a VM-wide pool of 1,024; at least 1.
+  #
+  # list_droplets(request, ref) :: {:ok, handle, page_concurrency} | {:error, reason}
   #   request: %{api_url: binary, token: binary} plus optional tag_name, name,
   #   per_page, ca_file, connect_timeout_ms, request_timeout_ms, deadline_ms,
-  #   max_body_bytes, max_pages, max_droplets, page_concurrency,
+  #   max_body_bytes, max_pages, max_droplets, page_concurrency (1..64),
   #   keep_alive_ms (the idle age of kept-alive connections, 0..86_400_000),
   #   select (nil | %{network: :private | :public, ipv6: boolean}).
   #   Sends {:droplet_nif_list, ref, {:ok, %{droplets: [droplet], total: n}} |
   #   {:error, reason}, %{requests: n, elapsed_us: n, rate_limit: nil | map}}.
   #
-  # probe(addresses, port, timeout_ms, concurrency, ref) :: :ok | {:error, reason}
-  #   Sends {:droplet_nif_probe, ref, [{address, {:ok, connect_us} |
-  #   {:error, :timeout | :refused | :unreachable | :invalid_address |
-  #   {:io, binary}}}]} in input order.
+  # probe(addresses, port, timeout_ms, concurrency, ref) :: {:ok, handle, concurrency} | {:error, reason}
+  #   addresses: a proper list of at most 10,000 binaries, else
+  #   {:error, {:invalid_request, _}}; one over 64 bytes is that target's
+  #   :invalid_address. Sends {:droplet_nif_probe, ref, [{address,
+  #   {:ok, connect_us} | {:error, :timeout | :refused | :unreachable |
+  #   :invalid_address | {:io, binary}}}] | {:error, reason}}, in input order,
+  #   each address the very binary passed in.
+  #
+  # cancel(handle) :: :ok | {:error, {:invalid_request, _}}
   #
   # Only in the MIX_ENV=test build of the NIF (native/droplet_nif/src/debug.rs
   # and debug_panic in lib.rs):
@@ -24,6 +37,11 @@ defmodule LibclusterDroplet.Native do
   #   debug_thread_times() :: {tid, now_ns, wait_ns}: the calling scheduler
   #   thread's id, the monotonic clock, and the thread's run-queue wait so far.
   #   debug_hold(:spin | :sleep, ms): holds the calling scheduler on purpose.
+  #   debug_budget() :: {calls_in_flight, helpers_in_use}: the thread budget.
+  #   debug_admit(helpers) :: {:ok, held, granted} | {:error, :busy}: takes a
+  #   call slot and up to `helpers` helper permits, as a call would, without
+  #   running anything; debug_release(held) :: :ok gives them back (so does
+  #   garbage collecting `held`).
 
   @on_load :load_nif
 
@@ -54,9 +72,17 @@ defmodule LibclusterDroplet.Native do
   def probe(_addresses, _port, _timeout_ms, _concurrency, _ref),
     do: :erlang.nif_error(:nif_not_loaded)
 
+  def cancel(_handle), do: :erlang.nif_error(:nif_not_loaded)
+
   def debug_panic(_where, _ref), do: :erlang.nif_error(:nif_not_loaded)
 
   def debug_thread_times, do: :erlang.nif_error(:nif_not_loaded)
 
   def debug_hold(_kind, _ms), do: :erlang.nif_error(:nif_not_loaded)
+
+  def debug_budget, do: :erlang.nif_error(:nif_not_loaded)
+
+  def debug_admit(_helpers), do: :erlang.nif_error(:nif_not_loaded)
+
+  def debug_release(_held), do: :erlang.nif_error(:nif_not_loaded)
 end

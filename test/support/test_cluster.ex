@@ -341,6 +341,54 @@ defmodule LibclusterDroplet.TestCluster.Remote do
   def lose_check_reply(pid), do: :sys.replace_state(pid, &put_in(&1.check.ref, make_ref()))
 
   @doc false
+  # Takes every helper permit of this node's NIF thread budget, held by a
+  # process of its own until `release_helpers/1`: calls then run one item
+  # at a time.
+  def hold_helpers do
+    test = self()
+
+    holder =
+      spawn(fn ->
+        {:ok, held, granted} = LibclusterDroplet.Native.debug_admit(1_024)
+        send(test, {:granted, granted})
+
+        receive do
+          :release -> LibclusterDroplet.Native.debug_release(held)
+        end
+      end)
+
+    receive do
+      {:granted, granted} -> {holder, granted}
+    end
+  end
+
+  @doc false
+  def release_helpers(holder), do: send(holder, :release)
+
+  @doc false
+  # A process holding the NIF call in flight of strategy `pid`'s check
+  # until told to stop: while it does, garbage collection cannot cancel the
+  # call, only the strategy's own cancel can.
+  def hold_check_call(pid) do
+    %{check: %{call: %LibclusterDroplet.Call{} = call}} = :sys.get_state(pid)
+
+    spawn(fn ->
+      receive do
+        :release -> LibclusterDroplet.cancel(call)
+      end
+    end)
+  end
+
+  @doc false
+  # This VM's live threads named by the NIF (droplet_list, droplet_page,
+  # droplet_probe), as the kernel lists them.
+  def nif_threads do
+    "/proc/self/task/*/comm"
+    |> Path.wildcard()
+    |> Enum.count(&match?({:ok, "droplet_" <> _}, File.read(&1)))
+  end
+
+  @doc false
   def nodedowns do
     send(__MODULE__.Nodedowns, {:get, self()})
 

@@ -42,10 +42,11 @@ defmodule Cluster.Strategy.Droplet do
     * **an API poll**: `:listing` (NIF thread) → `:probing` (NIF thread,
       with `:health_check`) → apply. Its watchdog (`:poll_watchdog`)
       covers both stages: a lost reply fails the poll instead of stalling
-      it;
+      it, and cancels the NIF call it gave up on;
     * **a share check**: a leader's share, health-checked like a listing
-      (watchdog `:check_watchdog`) and then applied. A share arriving
-      meanwhile waits as the next one (only the newest is kept).
+      (watchdog `:check_watchdog`, which also cancels the probes it gives
+      up on) and then applied. A share arriving meanwhile waits as the
+      next one (only the newest is kept).
 
   Applying a view (`LibclusterDroplet.Plan`) yields the desired set; views
   are ordered by the time their listing started, so an older one never
@@ -169,7 +170,9 @@ defmodule Cluster.Strategy.Droplet do
     * `strikes`: consecutive failed probes of managed nodes;
     * `connector`: connects in flight and per-node backoff;
     * `poll`: the API poll in flight, if any; `check`: the share being
-      health-checked; `pending_share`: the newest share waiting for it;
+      health-checked; each holds its NIF call (`LibclusterDroplet.Call`),
+      which runs for as long as it is held; `pending_share`: the newest
+      share waiting for it;
     * `view`: `{listed_at, seq}` of the last view applied (and
       `view_applied_at`, when, in monotonic time); `selected`: the nodes
       that view selected; `abandoned`: connects in flight to nodes no
@@ -493,6 +496,7 @@ defmodule Cluster.Strategy.Droplet do
     poll = %{
       stage: :listing,
       ref: nil,
+      call: nil,
       started: System.monotonic_time(),
       listed_at: System.system_time(:millisecond)
     }
@@ -529,7 +533,7 @@ defmodule Cluster.Strategy.Droplet do
       )
 
     case LibclusterDroplet.start_list_droplets(request) do
-      {:ok, ref} ->
+      {:ok, call} ->
         Telemetry.execute(
           [:libcluster_droplet, :poll, :start],
           %{system_time: System.system_time()},
@@ -537,7 +541,7 @@ defmodule Cluster.Strategy.Droplet do
         )
 
         state = arm(state, :poll_watchdog, deadline + @watchdog_grace)
-        %{state | poll: %{state.poll | ref: ref}}
+        %{state | poll: %{state.poll | ref: call.ref, call: call}}
 
       {:error, reason} ->
         poll_failed(reason, nil, state)
@@ -586,8 +590,9 @@ defmodule Cluster.Strategy.Droplet do
       :unchecked ->
         api_probed(:unchecked, %{state | poll: poll})
 
-      {:ok, ref, wait} ->
-        arm(%{state | poll: %{poll | stage: :probing, ref: ref}}, :poll_watchdog, wait)
+      {:ok, call, wait} ->
+        poll = %{poll | stage: :probing, ref: call.ref, call: call}
+        arm(%{state | poll: poll}, :poll_watchdog, wait)
 
       {:error, reason} ->
         poll_failed(reason, nil, %{state | poll: poll})
@@ -639,6 +644,8 @@ defmodule Cluster.Strategy.Droplet do
   end
 
   defp poll_failed(reason, rate_limit, state) do
+    # A poll given up by its watchdog must not keep probing or paging.
+    cancel_call(state.poll)
     failures = state.failures + 1
     config = state.config
     unix_now = System.system_time(:millisecond)
@@ -769,8 +776,8 @@ defmodule Cluster.Strategy.Droplet do
       :unchecked ->
         state |> apply_view(selection, :unchecked, view) |> persist()
 
-      {:ok, ref, wait} ->
-        check = %{ref: ref, selection: selection, view: view, from: share.from}
+      {:ok, call, wait} ->
+        check = %{ref: call.ref, call: call, selection: selection, view: view, from: share.from}
         arm(%{state | check: check}, :check_watchdog, wait)
 
       {:error, reason} ->
@@ -789,6 +796,9 @@ defmodule Cluster.Strategy.Droplet do
 
   # Without probe results nobody can be vouched for: keep membership as is.
   defp check_failed(reason, state) do
+    # A check given up by its watchdog must not keep probing.
+    cancel_call(state.check)
+
     why = if reason == :timeout, do: "no answer in time", else: Error.format(reason)
 
     Log.warn(
@@ -798,6 +808,11 @@ defmodule Cluster.Strategy.Droplet do
 
     next_share(%{disarm(state, :check_watchdog) | check: nil})
   end
+
+  # Cancelling a call that has finished does nothing, so this is safe on
+  # every failure path, whether the call answered or was given up.
+  defp cancel_call(%{call: %LibclusterDroplet.Call{} = call}), do: LibclusterDroplet.cancel(call)
+  defp cancel_call(_poll_or_check), do: :ok
 
   defp newest(share, nil), do: share
 

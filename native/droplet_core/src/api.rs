@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::Uri;
 
+use crate::cancel::Cancel;
 use crate::error::Error;
 use crate::filters::{queries, Gpus, ListFilter, Query};
 use crate::http::{TransportConfig, UreqTransport};
@@ -72,6 +73,9 @@ pub struct ListRequest {
     pub page_concurrency: usize,
     /// How long an idle connection is kept for the next listing.
     pub keep_alive: Duration,
+    /// Once set, no further request is sent (page or redirect) and the
+    /// listing ends with `Err(Cancelled)`.
+    pub cancel: Cancel,
 }
 
 impl ListRequest {
@@ -91,6 +95,7 @@ impl ListRequest {
             max_droplets: DEFAULT_MAX_DROPLETS,
             page_concurrency: DEFAULT_PAGE_CONCURRENCY,
             keep_alive: DEFAULT_KEEP_ALIVE,
+            cancel: Cancel::new(),
         })
     }
 
@@ -137,6 +142,7 @@ impl fmt::Debug for ListRequest {
             .field("max_droplets", &self.max_droplets)
             .field("page_concurrency", &self.page_concurrency)
             .field("keep_alive", &self.keep_alive)
+            .field("cancel", &self.cancel)
             .finish()
     }
 }
@@ -366,6 +372,8 @@ impl<T: Transport> Lister<'_, T> {
     /// `page_concurrency` at a time, all or nothing. The first failure
     /// stops new pages from starting, and the earliest page's failure wins
     /// so the outcome does not depend on thread timing more than necessary.
+    /// A cancel is such a failure: the next page each thread takes ends at
+    /// once with `Err(Cancelled)`.
     fn fetch_concurrently(
         &self,
         next: &Uri,
@@ -381,7 +389,7 @@ impl<T: Transport> Lister<'_, T> {
             count,
             self.req.page_concurrency,
             PAGE_STACK,
-            &stop,
+            || stop.load(Ordering::Relaxed),
             |i| {
                 let url = page_url(next, i as u64 + 2);
                 let page = self
@@ -434,6 +442,9 @@ impl<T: Transport> Lister<'_, T> {
         let mut current = url.to_string();
         let mut hops = 0;
         loop {
+            if self.req.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
             let timeout = self.time_left()?.min(self.req.request_timeout);
             let exchange = self.transport.get(&current, timeout)?;
             self.stats.record(exchange.rate_limit);

@@ -41,6 +41,10 @@ pub enum Error {
     TagsUnknown,
     Spawn(String),
     Panic(String),
+    /// Every call slot of the NIF's thread budget is taken.
+    Busy,
+    /// The caller cancelled the call, or went away.
+    Cancelled,
 }
 
 /// The variants that carry a detail string, listed once: `detail` and
@@ -161,6 +165,12 @@ impl fmt::Display for Error {
             ),
             Error::Spawn(d) => write!(f, "could not spawn a thread: {d}"),
             Error::Panic(d) => write!(f, "panic: {d}"),
+            Error::Busy => write!(
+                f,
+                "more than {} NIF calls in flight",
+                crate::budget::MAX_CALLS
+            ),
+            Error::Cancelled => f.write_str("cancelled"),
         }
     }
 }

@@ -10,9 +10,13 @@
 //! - [`links`]: origins, query parameters and redirect targets.
 //! - [`scope`]: the token scope a 403 names.
 //! - [`probe`]: parallel TCP connect probes.
+//! - [`budget`]: the process-wide bound on the NIF's threads, and
+//!   [`cancel`]: stopping a call whose caller is gone.
 
 pub mod api;
+pub mod budget;
 mod ca;
+pub mod cancel;
 pub mod error;
 pub mod filters;
 mod http;

@@ -1,22 +1,32 @@
 //! TCP reachability probes: can we open a connection to each candidate node
 //! before asking the VM to connect to it? Black-holed hosts cost a full
 //! timeout each, so probes run in parallel and the whole batch costs about
-//! one timeout instead of their sum.
+//! one timeout per wave of `concurrency` probes instead of their sum.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use crate::error::short;
+use crate::cancel::Cancel;
+use crate::error::{short, Error};
 use crate::pool;
 
 /// A thread that only calls `connect` needs little stack; hundreds of them
 /// at the default 2 MiB would reserve needless address space.
 const PROBE_STACK: usize = 64 * 1024;
 
-/// Upper bound on probe threads, whatever the caller asks for.
-pub const MAX_CONCURRENCY: usize = 1024;
+/// Upper bound on the probes of one call pending at once, whatever the
+/// caller asks for: half the NIF's helper threads (`budget::MAX_HELPERS`),
+/// so one call never takes them all.
+pub const MAX_CONCURRENCY: usize = 512;
+
+/// Targets per call. The NIF checks the list's length on the caller's
+/// scheduler, so the list must be short enough to walk there at once.
+pub const MAX_TARGETS: usize = 10_000;
+
+/// Longer than any IP literal (an IPv6 address with an embedded IPv4 one,
+/// in brackets, is 47 bytes): a longer target is invalid before it is read.
+pub const MAX_ADDRESS_BYTES: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeError {
@@ -32,6 +42,9 @@ pub type ProbeResult = Result<Duration, ProbeError>;
 /// An IP literal, v4 or v6, optionally in brackets. Never a host name: a
 /// probe must not depend on (or wait for) DNS.
 pub fn parse_target(raw: &[u8]) -> Option<IpAddr> {
+    if raw.len() > MAX_ADDRESS_BYTES {
+        return None;
+    }
     let text = std::str::from_utf8(raw).ok()?;
     let text = text
         .strip_prefix('[')
@@ -61,29 +74,38 @@ pub fn probe_one(ip: IpAddr, port: u16, timeout: Duration) -> ProbeResult {
     }
 }
 
-/// Probes every target on `port`, results in input order.
+/// The helper threads worth asking the budget for: one probe per thread,
+/// never more threads than targets, and the calling thread probes too.
+pub fn helpers_wanted(targets: usize, concurrency: usize) -> usize {
+    concurrency
+        .min(MAX_CONCURRENCY)
+        .min(targets)
+        .saturating_sub(1)
+}
+
+/// Probes every target on `port`, at most `concurrency` at once (the calling
+/// thread included), results in input order. Once `cancel` is set no new
+/// probe starts, and the call ends with `Err(Cancelled)` as soon as the
+/// probes in flight have.
 pub fn probe_all<T: AsRef<[u8]> + Sync>(
     targets: &[T],
     port: u16,
     timeout: Duration,
     concurrency: usize,
-) -> Vec<ProbeResult> {
-    let never = AtomicBool::new(false);
-    let concurrency = concurrency.clamp(1, MAX_CONCURRENCY);
-    pool::run_indexed(
+    cancel: &Cancel,
+) -> Result<Vec<ProbeResult>, Error> {
+    pool::run_all(
         "droplet_probe",
         targets.len(),
-        concurrency,
+        concurrency.clamp(1, MAX_CONCURRENCY),
         PROBE_STACK,
-        &never,
+        || cancel.is_cancelled(),
         |i| match targets.get(i).and_then(|t| parse_target(t.as_ref())) {
             Some(ip) => probe_one(ip, port, timeout),
             None => Err(ProbeError::InvalidAddress),
         },
     )
-    .into_iter()
-    .map(|r| r.unwrap_or_else(|| Err(ProbeError::Io("probe not run".into()))))
-    .collect()
+    .ok_or(Error::Cancelled)
 }
 
 #[cfg(test)]
@@ -91,12 +113,27 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
+    /// `probe_all` of a call nobody cancels.
+    fn probe(
+        targets: &[impl AsRef<[u8]> + Sync],
+        port: u16,
+        timeout: Duration,
+        concurrency: usize,
+    ) -> Vec<ProbeResult> {
+        probe_all(targets, port, timeout, concurrency, &Cancel::new()).expect("not cancelled")
+    }
+
     #[test]
     fn targets_are_ip_literals_only() {
         assert_eq!(parse_target(b"10.0.0.1"), Some("10.0.0.1".parse().unwrap()));
         assert_eq!(parse_target(b"::1"), Some("::1".parse().unwrap()));
         assert_eq!(parse_target(b"[::1]"), Some("::1".parse().unwrap()));
+        let longest = b"[0000:0000:0000:0000:0000:ffff:255.255.255.255]";
+        assert!(longest.len() <= MAX_ADDRESS_BYTES);
+        assert!(parse_target(longest).is_some());
+        let oversize = [b' '; MAX_ADDRESS_BYTES + 1];
         for bad in [
+            &oversize[..],
             &b"localhost"[..],
             b"",
             b"10.0.0.256",
@@ -134,13 +171,13 @@ mod tests {
             l.local_addr().expect("addr").port()
         };
         let timeout = Duration::from_secs(2);
-        let r = probe_all(&["127.0.0.1", "[127.0.0.1]", "nope"], open_port, timeout, 4);
+        let r = probe(&["127.0.0.1", "[127.0.0.1]", "nope"], open_port, timeout, 4);
         assert!(matches!(r[0], Ok(d) if d < timeout));
         assert!(r[1].is_ok());
         assert_eq!(r[2], Err(ProbeError::InvalidAddress));
-        let r = probe_all(&["127.0.0.1"], closed_port, timeout, 4);
+        let r = probe(&["127.0.0.1"], closed_port, timeout, 4);
         assert_eq!(r, [Err(ProbeError::Refused)]);
-        assert!(probe_all::<&str>(&[], open_port, timeout, 4).is_empty());
+        assert!(probe(&[] as &[&str], open_port, timeout, 4).is_empty());
     }
 
     /// A listener whose accept queue is full: Linux then drops further SYNs,
@@ -175,7 +212,7 @@ mod tests {
         let n = 40;
         let targets = vec!["127.0.0.1"; n];
         let started = Instant::now();
-        let results = probe_all(&targets, port, timeout, n);
+        let results = probe(&targets, port, timeout, n);
         let elapsed = started.elapsed();
         let timeouts = results
             .iter()
@@ -203,7 +240,7 @@ mod tests {
             .collect();
         let timeout = Duration::from_millis(400);
         let started = Instant::now();
-        let results = probe_all(&targets, hole, timeout, 200);
+        let results = probe(&targets, hole, timeout, 200);
         let elapsed = started.elapsed();
         assert_eq!(results.len(), 1000);
         let timeouts = results
@@ -217,5 +254,47 @@ mod tests {
         assert!(timeouts >= 95, "{timeouts} timeouts");
         assert_eq!(refused, 900);
         assert!(elapsed < timeout * 3, "took {elapsed:?}");
+    }
+
+    #[test]
+    fn helpers_wanted_counts_the_calling_thread_and_the_caps() {
+        assert_eq!(helpers_wanted(0, 512), 0);
+        assert_eq!(helpers_wanted(1, 512), 0);
+        assert_eq!(helpers_wanted(10, 4), 3);
+        assert_eq!(helpers_wanted(10, 512), 9);
+        assert_eq!(helpers_wanted(5_000, 1_000_000), MAX_CONCURRENCY - 1);
+        assert_eq!(helpers_wanted(5_000, 0), 0);
+    }
+
+    #[test]
+    fn a_cancelled_call_starts_no_new_probe() {
+        let (_listener, _fillers, port) = black_hole();
+        let timeout = Duration::from_millis(300);
+        // 60 black holes two at a time would take 30 timeouts (9 s).
+        let targets = vec!["127.0.0.1"; 60];
+        let cancel = Cancel::new();
+        let canceller = {
+            let cancel = cancel.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                cancel.cancel();
+            })
+        };
+        let started = Instant::now();
+        let result = probe_all(&targets, port, timeout, 2, &cancel);
+        let elapsed = started.elapsed();
+        canceller.join().expect("canceller");
+        assert_eq!(result, Err(Error::Cancelled));
+        // The two probes in flight end at their timeout; generous for a
+        // busy machine, and far below the 9 s of the whole batch.
+        assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
+    }
+
+    #[test]
+    fn a_call_cancelled_before_it_starts_probes_nothing() {
+        let cancel = Cancel::new();
+        cancel.cancel();
+        let result = probe_all(&["127.0.0.1"; 5], 9, Duration::from_secs(30), 1, &cancel);
+        assert_eq!(result, Err(Error::Cancelled));
     }
 }

@@ -1,21 +1,61 @@
 //! Test builds only (the `test-panic` feature, compiled in for MIX_ENV=test):
 //! NIFs that let the Elixir tests measure how long a NIF call holds the
 //! scheduler thread it runs on, net of the time the OS kept that thread
-//! off a CPU. Linux only: they read `/proc/thread-self/schedstat`.
+//! off a CPU (Linux only: they read `/proc/thread-self/schedstat`), and
+//! NIFs that read and take the thread budget's permits.
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::hint::black_box;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rustler::{Atom, Encoder, Env, Term};
+use droplet_core::budget::{self, Admission};
+use rustler::{Atom, Encoder, Env, ResourceArc, Term};
 
 mod atoms {
     rustler::atoms! { error, ok, spin, sleep }
+}
+
+/// `debug_budget() :: {calls_in_flight, helpers_in_use}`: the global budget's
+/// accounting right now.
+#[rustler::nif]
+fn debug_budget() -> (usize, usize) {
+    let budget = budget::global();
+    (budget.calls_in_flight(), budget.helpers_in_use())
+}
+
+/// A call slot and helper permits taken from the budget by a test, held
+/// until `debug_release/1` or until the handle is garbage collected.
+struct HeldAdmission(Mutex<Option<Admission<'static>>>);
+
+#[rustler::resource_impl]
+impl rustler::Resource for HeldAdmission {}
+
+/// `debug_admit(helpers) :: {:ok, held, granted} | {:error, :busy}`: admits
+/// a call that runs nothing, exactly as a real call would be admitted, so a
+/// test can fill the budget without starting threads.
+#[rustler::nif]
+fn debug_admit(env: Env, helpers: usize) -> Term {
+    match budget::global().admit(helpers) {
+        Ok(admission) => {
+            let granted = admission.helpers();
+            let held = ResourceArc::new(HeldAdmission(Mutex::new(Some(admission))));
+            (atoms::ok(), held, granted).encode(env)
+        }
+        Err(e) => crate::encode::error(env, &e),
+    }
+}
+
+/// `debug_release(held) :: :ok`: gives back what `debug_admit/1` took.
+#[rustler::nif]
+fn debug_release(held: ResourceArc<HeldAdmission>) -> Atom {
+    let mut slot = held.0.lock().unwrap_or_else(|e| e.into_inner());
+    slot.take();
+    atoms::ok()
 }
 
 /// Monotonic nanoseconds since the first call in this VM.

@@ -4,6 +4,7 @@
 
 use droplet_core::api::ListRequest;
 use droplet_core::filters::{Gpus, ListFilter};
+use droplet_core::probe::MAX_TARGETS;
 use droplet_core::select::Network;
 use droplet_core::Error;
 use rustler::{Atom, Binary, Term, TermType};
@@ -180,9 +181,9 @@ fn select_arg(term: Term) -> Result<(Network, bool), Error> {
 }
 
 pub struct ProbeArgs {
-    /// Raw bytes: a non-UTF-8 address is that target's `:invalid_address`,
-    /// not a reason to refuse the whole batch.
-    pub addresses: Vec<Vec<u8>>,
+    /// How many addresses the list holds; the addresses themselves are read
+    /// on the call's own thread (`address_bytes`), off the scheduler.
+    pub targets: usize,
     pub port: u16,
     pub timeout: Duration,
     pub concurrency: usize,
@@ -194,25 +195,51 @@ pub fn probe_args(
     timeout_ms: Term,
     concurrency: Term,
 ) -> Result<ProbeArgs, Error> {
-    let not_a_list = || invalid("addresses must be a list of binaries");
-    // list_length refuses improper lists, which the iterator would cut short.
-    addresses.list_length().map_err(|_| not_a_list())?;
-    let list = addresses.into_list_iterator().map_err(|_| not_a_list())?;
-    let addresses = list
-        .map(|t| {
-            t.decode::<Binary>()
-                .map(|b| b.as_slice().to_vec())
-                .map_err(|_| not_a_list())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let targets = address_count(addresses)?;
     let port = int_in(port, "port", 1, 65_535)? as u16;
     let timeout = Duration::from_millis(int_in(timeout_ms, "timeout_ms", 1, HOUR_MS)?);
-    // Any positive concurrency is accepted; the core caps the thread count.
+    // Any positive concurrency is accepted; the core caps it.
     let concurrency = int_in(concurrency, "concurrency", 1, i64::MAX as u64)?;
     Ok(ProbeArgs {
-        addresses,
+        targets,
         port,
         timeout,
         concurrency: usize::try_from(concurrency).unwrap_or(usize::MAX),
     })
+}
+
+/// The length of a proper list of at most `MAX_TARGETS` binaries. This runs
+/// on the caller's scheduler, so it stops at the first cell past the cap
+/// instead of walking a list of any length, and reads no binary's bytes.
+fn address_count(list: Term) -> Result<usize, Error> {
+    let not_a_list = || invalid("addresses must be a list of binaries");
+    let mut rest = list;
+    let mut count = 0;
+    while !rest.is_empty_list() {
+        // Fails on a non-list, including the tail of an improper list.
+        let (head, tail) = rest.list_get_cell().map_err(|_| not_a_list())?;
+        if count == MAX_TARGETS {
+            return Err(invalid(format!(
+                "addresses must number at most {MAX_TARGETS}"
+            )));
+        }
+        if !head.is_binary() {
+            return Err(not_a_list());
+        }
+        count += 1;
+        rest = tail;
+    }
+    Ok(count)
+}
+
+/// The bytes of each address of a list `address_count` accepted, borrowed
+/// from the term, never copied. Raw bytes: a non-UTF-8 or oversized address
+/// is that target's `:invalid_address`, not a reason to refuse the batch.
+pub fn address_bytes<'a>(list: Term<'a>) -> Vec<&'a [u8]> {
+    match list.into_list_iterator() {
+        Ok(items) => items
+            .map(|t| t.decode::<Binary>().map_or(&[][..], |b| b.as_slice()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }

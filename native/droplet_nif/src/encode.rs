@@ -44,6 +44,8 @@ pub fn reason<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
         Error::TagsUnknown => atoms::tags_unknown().encode(env),
         Error::Spawn(d) => (atoms::spawn(), d.as_str()).encode(env),
         Error::Panic(d) => (atoms::panic(), d.as_str()).encode(env),
+        Error::Busy => atoms::busy().encode(env),
+        Error::Cancelled => atoms::cancelled().encode(env),
     }
 }
 
@@ -169,15 +171,21 @@ fn probe_outcome<'a>(env: Env<'a>, r: &ProbeResult) -> Term<'a> {
     }
 }
 
-/// `[{address, outcome}]`, addresses echoed back byte for byte.
-pub fn probe_results<'a>(env: Env<'a>, addresses: &[Vec<u8>], results: &[ProbeResult]) -> Term<'a> {
-    let items: Vec<Term<'a>> = addresses
-        .iter()
-        .zip(results)
-        .map(|(addr, r)| {
-            let addr: rustler::Binary = rustler::NewBinary::from_slice(env, addr).into();
-            (addr, probe_outcome(env, r)).encode(env)
-        })
-        .collect();
-    items.encode(env)
+/// `[{address, outcome}]`, each address the very term the caller passed.
+/// `addresses` is the list `results` came from, one item per target.
+pub fn probe_results<'a>(env: Env<'a>, addresses: Term<'a>, results: &[ProbeResult]) -> Term<'a> {
+    match addresses.into_list_iterator() {
+        Ok(addresses) => {
+            let items: Vec<Term<'a>> = addresses
+                .zip(results)
+                .map(|(addr, r)| (addr, probe_outcome(env, r)).encode(env))
+                .collect();
+            items.encode(env)
+        }
+        // The NIF checked it was a list before starting the call.
+        Err(_) => error(
+            env,
+            &Error::InvalidRequest("addresses must be a list of binaries".into()),
+        ),
+    }
 }

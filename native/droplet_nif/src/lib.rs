@@ -8,11 +8,14 @@ use std::thread;
 use std::time::Instant;
 
 use droplet_core::api::{list_droplets as core_list, Listing, Stats};
+use droplet_core::budget::{self, Admission};
+use droplet_core::cancel::{Cancel, CancelOnDrop};
 use droplet_core::error::{panic_detail, short};
+use droplet_core::probe;
 use droplet_core::select::Selector;
 use droplet_core::Error;
-use rustler::env::OwnedEnv;
-use rustler::{Encoder, Env, Term, TermType};
+use rustler::env::{OwnedEnv, SavedTerm};
+use rustler::{Encoder, Env, LocalPid, ResourceArc, Term, TermType};
 
 #[cfg(feature = "test-panic")]
 mod debug;
@@ -37,7 +40,7 @@ mod atoms {
         tls, invalid_json, unexpected_shape, inconsistent, foreign_link,
         foreign_redirect, too_many_redirects, pagination_loop, too_many_pages,
         too_many_droplets, body_too_large, invalid_request, no_private_ipv6, spawn, panic,
-        tags_unknown,
+        tags_unknown, busy, cancelled,
         refused, unreachable, invalid_address, io,
         // debug_panic
         nif, list,
@@ -47,7 +50,7 @@ mod atoms {
 /// The listing thread parses pages and runs TLS handshakes; page workers
 /// have their own stacks, so this one needs no more than a modest size.
 const LIST_STACK: usize = 1024 * 1024;
-/// The probe coordinator only waits for its pool.
+/// The probe coordinator probes too, and only calls `connect`.
 const PROBE_STACK: usize = 256 * 1024;
 
 #[rustler::nif]
@@ -55,52 +58,118 @@ fn nif_version() -> &'static str {
     droplet_core::VERSION
 }
 
-/// Runs `work` on a new thread and sends `encode(env, ref, outcome)` to the
-/// calling process. Both steps run under `catch_unwind`: a panic in `work`
-/// becomes `Err(Panic)`, and a panic while encoding is retried once as an
-/// encoded `Err(Panic)` so the caller still hears back.
-fn spawn_reply<R, W, E>(
-    env: Env,
-    reference: Term,
-    thread_name: &str,
-    stack_size: usize,
-    work: W,
-    encode: E,
-) -> Result<(), Error>
-where
-    R: 'static,
-    W: FnOnce() -> Result<R, Error> + Send + 'static,
-    E: for<'a> Fn(Env<'a>, Term<'a>, Result<R, Error>) -> Term<'a> + Send + 'static,
-{
-    let pid = env.pid();
-    let mut owned = OwnedEnv::new();
-    let saved_ref = owned.save(reference);
-    thread::Builder::new()
-        .name(thread_name.to_string())
-        .stack_size(stack_size)
-        .spawn(move || {
-            let outcome = catch_unwind(AssertUnwindSafe(work))
-                .unwrap_or_else(|payload| Err(Error::Panic(panic_detail(payload.as_ref()))));
-            let first = catch_unwind(AssertUnwindSafe(|| {
-                owned.send_and_clear(&pid, |env| encode(env, saved_ref.load(env), outcome))
-            }));
-            if first.is_err() {
-                let retry = Err(Error::Panic("encoding the result panicked".into()));
-                let _ = catch_unwind(AssertUnwindSafe(|| {
-                    owned.send_and_clear(&pid, |env| encode(env, saved_ref.load(env), retry))
-                }));
-            }
-            // A failed send means the caller is gone; nobody is left to tell.
-        })
-        .map(|_detached| ())
-        .map_err(|e| Error::Spawn(short(e.to_string())))
+/// The caller's handle on one call in flight. When it is dropped (its
+/// process died, or let go of it) the call is cancelled. The call's threads
+/// hold only the `Cancel` inside it, never the handle: a handle its own
+/// threads kept alive would never be dropped.
+struct CallHandle(CancelOnDrop);
+
+#[rustler::resource_impl]
+impl rustler::Resource for CallHandle {}
+
+/// Where a call's answer goes: the caller's pid and ref, the ref saved in
+/// the process-independent env the answer will be built in.
+struct Reply {
+    pid: LocalPid,
+    owned: OwnedEnv,
+    reference: SavedTerm,
 }
 
-fn ok_or_error<'a>(env: Env<'a>, result: Result<(), Error>) -> Term<'a> {
-    match result {
-        Ok(()) => atoms::ok().encode(env),
-        Err(e) => encode::error(env, &e),
+impl Reply {
+    fn new(env: Env, reference: Term) -> Reply {
+        let owned = OwnedEnv::new();
+        let reference = owned.save(reference);
+        Reply {
+            pid: env.pid(),
+            owned,
+            reference,
+        }
     }
+
+    /// Copies `term` into the reply's env, where the call's own thread can
+    /// read it and the answer can quote it.
+    fn keep(&self, term: Term) -> SavedTerm {
+        self.owned.save(term)
+    }
+
+    /// Sends `encode(env, ref, outcome)`, under `catch_unwind`: a panic
+    /// while encoding is retried once as an encoded `Err(Panic)`, so the
+    /// caller still hears back.
+    fn send<R, E>(self, outcome: Result<R, Error>, encode: E)
+    where
+        E: for<'a> Fn(Env<'a>, Term<'a>, Result<R, Error>) -> Term<'a>,
+    {
+        let Reply {
+            pid,
+            mut owned,
+            reference,
+        } = self;
+        let first = catch_unwind(AssertUnwindSafe(|| {
+            owned.send_and_clear(&pid, |env| encode(env, reference.load(env), outcome))
+        }));
+        if first.is_err() {
+            let retry = Err(Error::Panic("encoding the result panicked".into()));
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                owned.send_and_clear(&pid, |env| encode(env, reference.load(env), retry))
+            }));
+        }
+        // A failed send means the caller is gone; nobody is left to tell.
+    }
+}
+
+/// The coordinator thread of one kind of call.
+struct Coordinator {
+    name: &'static str,
+    stack_size: usize,
+}
+
+const LIST_THREAD: Coordinator = Coordinator {
+    name: "droplet_list",
+    stack_size: LIST_STACK,
+};
+const PROBE_THREAD: Coordinator = Coordinator {
+    name: "droplet_probe",
+    stack_size: PROBE_STACK,
+};
+
+/// Spawns the call's coordinator thread, which runs `work` under
+/// `catch_unwind` and sends the caller its answer; returns
+/// `{:ok, handle, concurrency}` at once. Spawning is the only thing done
+/// here on the caller's scheduler. If it fails, the admission and the
+/// reply env are dropped with the thread's closure, so nothing leaks.
+fn start_call<'a, R, W, E>(
+    env: Env<'a>,
+    reply: Reply,
+    coordinator: Coordinator,
+    admission: Admission<'static>,
+    cancel: Cancel,
+    work: W,
+    encode: E,
+) -> Result<Term<'a>, Error>
+where
+    R: 'static,
+    W: FnOnce(&OwnedEnv) -> Result<R, Error> + Send + 'static,
+    E: for<'b> Fn(Env<'b>, Term<'b>, Result<R, Error>) -> Term<'b> + Send + 'static,
+{
+    let concurrency = admission.concurrency();
+    let handle = ResourceArc::new(CallHandle(CancelOnDrop::new(cancel)));
+    thread::Builder::new()
+        .name(coordinator.name.to_string())
+        .stack_size(coordinator.stack_size)
+        .spawn(move || {
+            let outcome = catch_unwind(AssertUnwindSafe(|| work(&reply.owned)))
+                .unwrap_or_else(|payload| Err(Error::Panic(panic_detail(payload.as_ref()))));
+            reply.send(outcome, encode);
+            // Released only now: the call slot covers this thread's whole
+            // life, answer included, so the budget bounds live threads.
+            drop(admission);
+        })
+        .map_err(|e| Error::Spawn(short(e.to_string())))?;
+    Ok((atoms::ok(), handle, concurrency).encode(env))
+}
+
+fn started_or_error<'a>(env: Env<'a>, started: Result<Term<'a>, Error>) -> Term<'a> {
+    started.unwrap_or_else(|e| encode::error(env, &e))
 }
 
 fn require_ref(reference: Term) -> Result<(), Error> {
@@ -115,19 +184,26 @@ type ListOutcome = (Listing, Option<Selector>);
 
 /// The listing thread, shared by real listings and `debug_panic(:list)` so
 /// the panic path tested is the one real listings take.
-fn spawn_list<W>(env: Env, reference: Term, work: W) -> Result<(), Error>
+fn start_list<'a, W>(
+    env: Env<'a>,
+    reference: Term<'a>,
+    admission: Admission<'static>,
+    cancel: Cancel,
+    work: W,
+) -> Result<Term<'a>, Error>
 where
     W: FnOnce(&Stats) -> Result<ListOutcome, Error> + Send + 'static,
 {
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
     let for_work = stats.clone();
-    spawn_reply(
+    start_call(
         env,
-        reference,
-        "droplet_list",
-        LIST_STACK,
-        move || work(&for_work),
+        Reply::new(env, reference),
+        LIST_THREAD,
+        admission,
+        cancel,
+        move |_owned| work(&for_work),
         move |env, reference, outcome| {
             let result = match &outcome {
                 Ok((listing, select)) => encode::listing(env, listing, select.as_ref()),
@@ -139,14 +215,19 @@ where
     )
 }
 
-/// `list_droplets(request, ref) :: :ok | {:error, reason}`; the result comes
-/// as `{:droplet_nif_list, ref, result, info}`.
+/// `list_droplets(request, ref) :: {:ok, handle, page_concurrency} | {:error, reason}`;
+/// the result comes as `{:droplet_nif_list, ref, result, info}`.
+/// `page_concurrency` is what the budget granted: at most the request's.
 #[rustler::nif]
 fn list_droplets<'a>(env: Env<'a>, request: Term<'a>, reference: Term<'a>) -> Term<'a> {
     let started = require_ref(reference)
         .and_then(|()| decode::list_args(request))
-        .and_then(|args| {
-            spawn_list(env, reference, move |stats| {
+        .and_then(|mut args| {
+            let wanted = args.request.page_concurrency.saturating_sub(1);
+            let admission = budget::global().admit(wanted)?;
+            args.request.page_concurrency = admission.concurrency();
+            let cancel = args.request.cancel.clone();
+            start_list(env, reference, admission, cancel, move |stats| {
                 let select = args
                     .select
                     .map(|(network, ipv6)| Selector::new(network, ipv6))
@@ -155,11 +236,12 @@ fn list_droplets<'a>(env: Env<'a>, request: Term<'a>, reference: Term<'a>) -> Te
                 Ok((listing, select))
             })
         });
-    ok_or_error(env, started)
+    started_or_error(env, started)
 }
 
-/// `probe(addresses, port, timeout_ms, concurrency, ref) :: :ok | {:error, reason}`;
+/// `probe(addresses, port, timeout_ms, concurrency, ref) :: {:ok, handle, concurrency} | {:error, reason}`;
 /// the results come as `{:droplet_nif_probe, ref, [{address, outcome}]}`.
+/// `concurrency` is what the budget granted: at most the one asked for.
 #[rustler::nif]
 fn probe<'a>(
     env: Env<'a>,
@@ -171,32 +253,66 @@ fn probe<'a>(
 ) -> Term<'a> {
     let started = require_ref(reference)
         .and_then(|()| decode::probe_args(addresses, port, timeout_ms, concurrency))
-        .and_then(|args| {
-            let args = Arc::new(args);
-            let for_work = args.clone();
-            spawn_reply(
-                env,
-                reference,
-                "droplet_probe",
-                PROBE_STACK,
-                move || {
-                    Ok(droplet_core::probe::probe_all(
-                        &for_work.addresses,
-                        for_work.port,
-                        for_work.timeout,
-                        for_work.concurrency,
-                    ))
-                },
-                move |env, reference, outcome| {
-                    let results = match &outcome {
-                        Ok(results) => encode::probe_results(env, &args.addresses, results),
-                        Err(e) => encode::error(env, e),
-                    };
-                    (atoms::droplet_nif_probe(), reference, results).encode(env)
-                },
-            )
-        });
-    ok_or_error(env, started)
+        .and_then(|args| start_probe(env, reference, addresses, args));
+    started_or_error(env, started)
+}
+
+fn start_probe<'a>(
+    env: Env<'a>,
+    reference: Term<'a>,
+    addresses: Term<'a>,
+    args: decode::ProbeArgs,
+) -> Result<Term<'a>, Error> {
+    let wanted = probe::helpers_wanted(args.targets, args.concurrency);
+    let admission = budget::global().admit(wanted)?;
+    let concurrency = admission.concurrency();
+    let cancel = Cancel::new();
+    let reply = Reply::new(env, reference);
+    // Copied, not decoded, on the scheduler: the list was checked short,
+    // and each address is either a heap binary of at most 64 bytes or an
+    // off-heap one, whose copy is a reference. The coordinator reads the
+    // bytes, and the answer quotes these very terms.
+    let kept = reply.keep(addresses);
+    let for_answer = kept.clone();
+    let for_work = cancel.clone();
+    start_call(
+        env,
+        reply,
+        PROBE_THREAD,
+        admission,
+        cancel,
+        move |owned| {
+            owned.run(|env| {
+                let targets = decode::address_bytes(kept.load(env));
+                probe::probe_all(&targets, args.port, args.timeout, concurrency, &for_work)
+            })
+        },
+        move |env, reference, outcome| {
+            let results = match &outcome {
+                Ok(results) => encode::probe_results(env, for_answer.load(env), results),
+                Err(e) => encode::error(env, e),
+            };
+            (atoms::droplet_nif_probe(), reference, results).encode(env)
+        },
+    )
+}
+
+/// `cancel(handle) :: :ok | {:error, {:invalid_request, _}}`: no new work
+/// item of that call starts; the items in flight end by their own timeouts
+/// and the caller is answered `{:error, :cancelled}`, unless the call had
+/// already finished them all. Cancelling a finished call does nothing.
+#[rustler::nif]
+fn cancel<'a>(env: Env<'a>, handle: Term<'a>) -> Term<'a> {
+    match handle.decode::<ResourceArc<CallHandle>>() {
+        Ok(handle) => {
+            handle.0.cancel();
+            atoms::ok().encode(env)
+        }
+        Err(_) => encode::error(
+            env,
+            &Error::InvalidRequest("handle must be a call's handle".into()),
+        ),
+    }
 }
 
 /// Test builds only: `debug_panic(:nif, ref)` panics in the NIF itself
@@ -216,11 +332,12 @@ fn debug_panic<'a>(env: Env<'a>, place: Term<'a>, reference: Term<'a>) -> Term<'
         );
     }
     let started = require_ref(reference).and_then(|()| {
-        spawn_list(env, reference, |_stats| {
+        let admission = budget::global().admit(0)?;
+        start_list(env, reference, admission, Cancel::new(), |_stats| {
             panic!("debug_panic: panicking inside the listing thread on purpose")
         })
     });
-    ok_or_error(env, started)
+    started_or_error(env, started)
 }
 
 rustler::init!("Elixir.LibclusterDroplet.Native");
