@@ -126,7 +126,12 @@ defmodule LibclusterDroplet.NifBuildTest do
     end
 
     test "is written as mix format writes it and read back as data, never evaluated" do
-      dir = Path.join(System.tmp_dir!(), "nif_build_test_#{System.unique_integer([:positive])}")
+      dir =
+        Path.join(
+          System.tmp_dir!(),
+          "nif_build_test_#{System.pid()}_#{System.unique_integer([:positive])}"
+        )
+
       File.mkdir_p!(dir)
       on_exit(fn -> File.rm_rf!(dir) end)
       path = Path.join(dir, "checksum.exs")

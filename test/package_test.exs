@@ -38,7 +38,7 @@ defmodule LibclusterDroplet.PackageTest do
     tmp =
       Path.join(
         System.tmp_dir!(),
-        "libcluster_droplet_package_#{System.unique_integer([:positive])}"
+        "libcluster_droplet_package_#{System.pid()}_#{System.unique_integer([:positive])}"
       )
 
     on_exit(fn -> File.rm_rf!(tmp) end)
