@@ -1,3 +1,8 @@
 [
-  inputs: ["{mix,.formatter}.exs", "{config,lib,test,bench,demo}/**/*.{ex,exs}"]
+  inputs: [
+    "{mix,.formatter}.exs",
+    "mix/*.exs",
+    "checksum-*.exs",
+    "{config,lib,test,bench,demo}/**/*.{ex,exs}"
+  ]
 ]

@@ -1,142 +1,39 @@
-defmodule Mix.Tasks.Compile.DropletNif do
-  @moduledoc """
-  Builds the `droplet_nif` Rust crate with cargo (release profile) and puts
-  the shared library at `priv/native/libdroplet_nif.so` inside the
-  application's build directory, where `LibclusterDroplet.Native` loads it.
-
-  It lives in `mix.exs` because the Hex registry (and so `rustler`'s mix
-  package and `elixir_make`) is out of reach, and a compiler defined here is
-  available both in this repository and when this project is a dependency.
-
-  Cargo is only invoked when a Rust source, a `Cargo.toml`, `Cargo.lock` or
-  the feature set changed since the library was last installed, so a second
-  `mix compile` costs a few `stat` calls. Set `CARGO` to choose the cargo
-  binary; otherwise it is looked up on the `PATH`.
-  """
-  use Mix.Task.Compiler
-
-  @crate "droplet_nif"
-  @root __DIR__
-
-  @impl true
-  def run(_args) do
-    so = installed_library()
-    stamp = stamp_path()
-    features = features()
-
-    if stale?(so, stamp, features) do
-      build!(features)
-      install!(so)
-      File.write!(stamp, Enum.join(features, ","))
-      {:ok, []}
-    else
-      {:noop, []}
-    end
-  end
-
-  @impl true
-  def clean do
-    File.rm(installed_library())
-    File.rm(stamp_path())
-    :ok
-  end
-
-  @doc false
-  def installed_library,
-    do: Path.join([Mix.Project.app_path(), "priv", "native", "lib#{@crate}.so"])
-
-  defp stamp_path, do: Path.join(Mix.Project.app_path(), ".#{@crate}.features")
-
-  # The panic-on-purpose NIF exists only in the test build of this project.
-  defp features do
-    if Mix.env() == :test and Mix.Project.config()[:app] == :libcluster_droplet,
-      do: ["test-panic"],
-      else: []
-  end
-
-  defp stale?(so, stamp, features) do
-    sources =
-      Path.wildcard(Path.join(@root, "native/*/src/**/*.rs")) ++
-        Path.wildcard(Path.join(@root, "native/*/Cargo.toml")) ++
-        Enum.filter(
-          [Path.join(@root, "Cargo.toml"), Path.join(@root, "Cargo.lock")],
-          &File.exists?/1
-        )
-
-    File.read(stamp) != {:ok, Enum.join(features, ",")} or Mix.Utils.stale?(sources, [so])
-  end
-
-  defp build!(features) do
-    cargo = cargo!()
-
-    args =
-      ["build", "--release", "--manifest-path", Path.join(@root, "Cargo.toml"), "-p", @crate] ++
-        Enum.flat_map(features, &["--features", "#{@crate}/#{&1}"])
-
-    Mix.shell().info("Compiling NIF #{@crate} with cargo (release)")
-
-    case System.cmd(cargo, args, into: IO.stream(:stdio, :line), stderr_to_stdout: true, cd: @root) do
-      {_, 0} ->
-        :ok
-
-      {_, status} ->
-        Mix.raise(
-          "cargo build of the #{@crate} NIF failed (exit status #{status}); see its output above"
-        )
-    end
-  end
-
-  defp cargo! do
-    case System.get_env("CARGO") || System.find_executable("cargo") do
-      nil ->
-        Mix.raise("""
-        cargo was not found on the PATH.
-
-        libcluster_droplet compiles a Rust NIF and needs a Rust toolchain:
-        install it from https://rustup.rs (or your OS packages), make sure
-        `cargo` is on the PATH (or set CARGO=/path/to/cargo), then run
-        `mix compile` again.
-        """)
-
-      cargo ->
-        cargo
-    end
-  end
-
-  defp install!(so) do
-    built = Path.join([target_dir(), "release", built_name()])
-
-    unless File.exists?(built) do
-      Mix.raise("cargo finished but #{built} does not exist")
-    end
-
-    File.mkdir_p!(Path.dirname(so))
-    # Copy then rename: a VM that has the old library mapped keeps its inode.
-    tmp = so <> ".tmp"
-    File.cp!(built, tmp)
-    File.rename!(tmp, so)
-  end
-
-  defp target_dir do
-    case System.get_env("CARGO_TARGET_DIR") do
-      nil -> Path.join(@root, "target")
-      dir -> Path.expand(dir, @root)
-    end
-  end
-
-  defp built_name do
-    case :os.type() do
-      {:unix, :darwin} -> "lib#{@crate}.dylib"
-      {:win32, _} -> "#{@crate}.dll"
-      _ -> "lib#{@crate}.so"
-    end
-  end
-end
+# The NIF's compiler (`Mix.Tasks.Compile.DropletNif`), the precompiled-NIF
+# lookup and the `libcluster_droplet.precompile` task live in
+# mix/droplet_nif.exs: they run before lib/ is compiled, in this repository
+# and when this project is a dependency, so they cannot live in lib/.
+Code.require_file("mix/droplet_nif.exs", __DIR__)
 
 defmodule LibclusterDroplet.MixProject do
   use Mix.Project
 
-  @version "0.1.0"
+  @version "2.0.0"
+
+  # What a build needs, and nothing else (no target/, no tests): Hex takes
+  # directories recursively. test/package_test.exs builds a consumer
+  # against a copy of exactly these files.
+  @files [
+    "lib",
+    "mix",
+    "native/droplet_core/src",
+    "native/droplet_core/Cargo.toml",
+    "native/droplet_nif/src",
+    "native/droplet_nif/Cargo.toml",
+    "Cargo.toml",
+    "Cargo.lock",
+    "checksum-Elixir.LibclusterDroplet.Native.exs",
+    "mix.exs",
+    ".formatter.exs",
+    "README.md",
+    "LICENSE",
+    "CHANGELOG.md"
+  ]
+
+  # libcluster and telemetry as the published package declares them.
+  @hex_optional_deps [
+    {:libcluster, "~> 3.3", optional: true},
+    {:telemetry, "~> 0.4 or ~> 1.0", optional: true}
+  ]
 
   def project do
     [
@@ -146,14 +43,99 @@ defmodule LibclusterDroplet.MixProject do
       start_permanent: Mix.env() == :prod,
       compilers: [:droplet_nif] ++ Mix.compilers(),
       elixirc_paths: elixirc_paths(Mix.env()),
-      deps: [],
+      deps: deps(),
       description: "libcluster strategy for DigitalOcean Droplets, with a Rust NIF core",
-      docs: [main: "readme"]
+      package: package(),
+      source_url: source_url(),
+      docs: [main: "readme", extras: ["README.md", "CHANGELOG.md"]]
     ]
   end
 
   def application do
     [extra_applications: [:logger] ++ support_applications(Mix.env())]
+  end
+
+  defp package do
+    [
+      licenses: ["MIT"],
+      links: %{"GitHub" => source_url(), "Changelog" => source_url() <> "/blob/main/CHANGELOG.md"},
+      files: @files
+    ]
+  end
+
+  defp source_url,
+    do: "https://github.com/#{LibclusterDroplet.NifBuild.github_owner()}/libcluster_droplet"
+
+  @doc false
+  def package_files, do: @files
+
+  @doc false
+  def hex_optional_deps, do: @hex_optional_deps
+
+  # libcluster and telemetry are optional dependencies: the strategy works
+  # without them, and when the application has them, libcluster must be
+  # compiled first (`@behaviour Cluster.Strategy` is only declared when it
+  # is loaded) and Mix must know this app depends on both (or the
+  # consumer's build warns that it "does not depend on :libcluster").
+  # Declaring them always would make this repository fetch them from Hex,
+  # which its own builds and CI cannot reach. So:
+  #
+  #   * built as someone's dependency: each of them that the project
+  #     loading this one declares is declared here with the same source
+  #     (a Hex requirement, a path, a git repository) and `optional: true`.
+  #     Mix then orders and converges them without fetching anything, with
+  #     no `override: true` needed even for path or git dependencies; the
+  #     ones that project lacks are left out, as optional ones would be.
+  #   * published (`mix hex.build`/`hex.publish`, or
+  #     LIBCLUSTER_DROPLET_PUBLISH=1 for `mix deps.get` before publishing):
+  #     the Hex requirements of @hex_optional_deps, so the package's
+  #     metadata lists both as optional dependencies.
+  #   * otherwise (this repository's own compile and tests): none.
+  defp deps do
+    cond do
+      dependency?() -> mirrored_optional_deps()
+      publishing?() -> @hex_optional_deps
+      true -> []
+    end
+  end
+
+  # While Mix loads this file as a dependency, the project on top of its
+  # stack is the one that depends on this one.
+  defp dependency?, do: Mix.Project.get() not in [nil, __MODULE__]
+
+  defp publishing? do
+    System.get_env("LIBCLUSTER_DROPLET_PUBLISH") in ["1", "true"] or
+      match?(["hex." <> _ | _], System.argv())
+  end
+
+  defp mirrored_optional_deps do
+    parent_deps = Mix.Project.config()[:deps] || []
+    parent_dir = Path.dirname(Mix.Project.project_file() || "mix.exs")
+
+    for {app, _, _} <- @hex_optional_deps,
+        spec = Enum.find(parent_deps, &(elem(&1, 0) == app)),
+        do: mirror(spec, parent_dir)
+  end
+
+  @doc false
+  # The parent's declaration of a dependency as an optional one of ours:
+  # the same requirement and source, paths made absolute (they were
+  # relative to the parent), the parent's own choices (override, only,
+  # runtime...) dropped.
+  def mirror({app, req}, _dir) when is_binary(req), do: {app, req, optional: true}
+  def mirror({app, opts}, dir) when is_list(opts), do: {app, mirror_opts(app, opts, dir)}
+  def mirror({app, req, opts}, dir), do: {app, req, mirror_opts(app, opts, dir)}
+
+  defp mirror_opts(app, opts, dir) do
+    opts =
+      cond do
+        opts[:path] -> Keyword.put(opts, :path, Path.expand(opts[:path], dir))
+        opts[:in_umbrella] -> Keyword.put(opts, :path, Path.expand("../#{app}", dir))
+        true -> opts
+      end
+
+    Keyword.drop(opts, [:in_umbrella, :override, :only, :targets, :runtime, :optional, :env]) ++
+      [optional: true]
   end
 
   # The fake DigitalOcean API in test/support serves HTTPS with certificates

@@ -54,6 +54,7 @@ defmodule LibclusterDroplet.ConsumerApp do
           node_basename: String.t() | nil,
           network: :private | :public,
           health_check_port: pos_integer() | nil,
+          compile_output: String.t(),
           compile_ms: non_neg_integer()
         }
 
@@ -68,6 +69,7 @@ defmodule LibclusterDroplet.ConsumerApp do
     :node_basename,
     :network,
     :health_check_port,
+    :compile_output,
     :compile_ms
   ]
 
@@ -98,13 +100,21 @@ defmodule LibclusterDroplet.ConsumerApp do
   @doc """
   Builds and compiles the consumer application. Options: `:root` (this
   project, required), `:vendor` (default `vendor_dir(root)`), `:polling_interval`
-  (default 300 ms).
+  (default 300 ms), `:env` (the environment of `mix compile`, see
+  `mix_env/1`; by default the NIF is built from source, in
+  `shared_target_dir(root)`).
   """
   @spec build!(keyword()) :: t()
   def build!(opts) do
     root = Keyword.fetch!(opts, :root)
     vendor = Keyword.get(opts, :vendor, vendor_dir(root))
     interval = Keyword.get(opts, :polling_interval, 300)
+
+    env =
+      Keyword.get(opts, :env, [
+        {"CARGO_TARGET_DIR", shared_target_dir(root)},
+        {"LIBCLUSTER_DROPLET_BUILD", "1"}
+      ])
 
     tmp =
       Path.join(
@@ -115,7 +125,7 @@ defmodule LibclusterDroplet.ConsumerApp do
     File.mkdir_p!(tmp)
 
     try do
-      do_build!(tmp, root, vendor, interval)
+      do_build!(tmp, root, vendor, interval, env)
     rescue
       error ->
         File.rm_rf(tmp)
@@ -123,7 +133,7 @@ defmodule LibclusterDroplet.ConsumerApp do
     end
   end
 
-  defp do_build!(tmp, root, vendor, interval) do
+  defp do_build!(tmp, root, vendor, interval, env) do
     # The vendor folder is read-only in CI, and Mix may write into path deps.
     File.mkdir_p!(Path.join(tmp, "vendor"))
 
@@ -152,7 +162,7 @@ defmodule LibclusterDroplet.ConsumerApp do
     end
 
     started = System.monotonic_time(:millisecond)
-    {out, status} = mix(dir, ["compile"])
+    {out, status} = mix(dir, ["compile"], env)
 
     if status != 0 do
       raise "compiling the consumer application in #{dir} failed (#{status}):\n#{out}"
@@ -173,6 +183,7 @@ defmodule LibclusterDroplet.ConsumerApp do
         code_paths: code_paths,
         runtime_exs: Path.join(dir, "config/runtime.exs"),
         readme_block: readme_block,
+        compile_output: out,
         compile_ms: System.monotonic_time(:millisecond) - started
       })
     )
@@ -185,16 +196,34 @@ defmodule LibclusterDroplet.ConsumerApp do
     :ok
   end
 
-  defp mix(dir, args) do
-    # Nothing of the outer `mix test` may leak into the consumer's build.
-    env =
-      [{"MIX_ENV", "prod"}] ++
-        Enum.map(
-          ~w(MIX_TARGET MIX_EXS MIX_BUILD_PATH MIX_BUILD_ROOT MIX_DEPS_PATH MIX_LOCKFILE),
-          &{&1, nil}
-        )
+  @doc """
+  Where cargo builds the NIF for consumer projects that depend on the
+  project at `root` itself (`CARGO_TARGET_DIR`): one directory for all of
+  them, so only the first build of a `mix test` run compiles the crates.
+  """
+  @spec shared_target_dir(Path.t()) :: Path.t()
+  def shared_target_dir(root), do: Path.join(root, "_build/test_consumers_native")
 
-    System.cmd("mix", args, cd: dir, env: env, stderr_to_stdout: true)
+  @doc """
+  The environment of a consumer's `mix` command: `MIX_ENV=prod`, nothing of
+  the outer `mix test` (Mix's own variables, the NIF build's variables,
+  proxies, `CARGO`), then `extra`.
+  """
+  @spec mix_env([{String.t(), String.t() | nil}]) :: [{String.t(), String.t() | nil}]
+  def mix_env(extra) do
+    cleared = ~w(MIX_TARGET MIX_EXS MIX_BUILD_PATH MIX_BUILD_ROOT MIX_DEPS_PATH MIX_LOCKFILE
+         CARGO CARGO_TARGET_DIR LIBCLUSTER_DROPLET_BUILD LIBCLUSTER_DROPLET_BASE_URL
+         LIBCLUSTER_DROPLET_NIF_PATH LIBCLUSTER_DROPLET_CACHE_DIR LIBCLUSTER_DROPLET_TARGET
+         LIBCLUSTER_DROPLET_PUBLISH HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy
+         no_proxy)
+
+    defaults = [{"MIX_ENV", "prod"} | Enum.map(cleared, &{&1, nil})]
+    extra_keys = Enum.map(extra, &elem(&1, 0))
+    Enum.reject(defaults, &(elem(&1, 0) in extra_keys)) ++ extra
+  end
+
+  defp mix(dir, args, env) do
+    System.cmd("mix", args, cd: dir, env: mix_env(env), stderr_to_stdout: true)
   end
 
   defp make_writable!(path) do
