@@ -536,9 +536,15 @@ defmodule Cluster.Strategy.Droplet do
   end
 
   # explain/2's call: a copy of what the strategy knows, nothing slow. The
-  # diagnosis happens in the caller.
+  # diagnosis happens in the caller. A node may be connected before its
+  # connect task's answer arrives: it is noted as connected from now.
   @impl true
-  def handle_call(:explain_facts, _from, state), do: {:reply, {:ok, facts(state)}, state}
+  def handle_call(:explain_facts, _from, state) do
+    connected = list_nodes(state)
+    state = note_connected(state, MapSet.new(connected))
+    {:reply, {:ok, facts(state, connected)}, state}
+  end
+
   def handle_call(_request, _from, state), do: {:reply, {:error, :unknown_call}, state}
 
   @impl true
@@ -1063,6 +1069,12 @@ defmodule Cluster.Strategy.Droplet do
     end
   end
 
+  # Since when each managed node is connected, for explain/2.
+  defp note_connected(state, connected) do
+    managed = MapSet.intersection(state.managed, connected)
+    %{state | watch: NodeWatch.connected(state.watch, managed, System.system_time(:millisecond))}
+  end
+
   defp last_view(source, {listed_at, _seq}) do
     {from, droplets} =
       case source do
@@ -1275,12 +1287,7 @@ defmodule Cluster.Strategy.Droplet do
 
   defp dispatch_connects(state) do
     connected = MapSet.new(list_nodes(state))
-    unix_now = System.system_time(:millisecond)
-
-    watch =
-      NodeWatch.connected(state.watch, MapSet.intersection(state.managed, connected), unix_now)
-
-    state = %{state | watch: watch}
+    state = note_connected(state, connected)
     wanted = Enum.sort(state.managed)
     {nodes, connector} = Connector.next(state.connector, wanted, connected, now())
 
@@ -1434,7 +1441,7 @@ defmodule Cluster.Strategy.Droplet do
       do: :persistent_term.erase(explain_key(topology))
   end
 
-  defp facts(state) do
+  defp facts(state, connected) do
     mono_now = now()
     unix_now = System.system_time(:millisecond)
     to_unix = fn mono -> mono && unix_now - (mono_now - mono) end
@@ -1466,7 +1473,7 @@ defmodule Cluster.Strategy.Droplet do
         end),
       in_flight: Map.values(state.connector.in_flight),
       managed: MapSet.to_list(state.managed),
-      connected: list_nodes(state),
+      connected: connected,
       since: state.watch.since,
       polls: state.polls,
       last_poll_at: state.last_poll_at,
