@@ -107,6 +107,19 @@ defmodule LibclusterDroplet.ExplainTest do
       assert text =~ "11 droplets: 1 outside filters, 1 not active"
     end
 
+    test "a managed node failing its first probes is still connecting, not left out" do
+      facts =
+        facts([{"web-3", :active, "10.0.0.3", []}, {"web-2", :active, "10.0.0.2", []}],
+          probes: %{:"app@10.0.0.3" => probe({:error, :refused}, 1)},
+          managed: [:"app@10.0.0.3"],
+          connects: %{:"app@10.0.0.3" => %{count: 1, reason: false, retry_at: 0}}
+        )
+
+      assert [%Entry{stage: :this_node}, %Entry{stage: :connect_failed}] = Explain.entries(facts)
+      # Unmanaged (three strikes, or never passed): left out by its health check.
+      assert [_, %Entry{stage: :health_failed}] = Explain.entries(%{facts | managed: []})
+    end
+
     test "a node that must be listed and is not: every candidate is not joining" do
       facts = facts([{"web-1", :active, "10.0.0.3", []}], managed: [])
       assert [%Entry{stage: :not_joining}] = Explain.entries(facts)
@@ -366,6 +379,43 @@ defmodule LibclusterDroplet.ExplainTest do
                "no Cluster.Strategy.Droplet runs topology :no_such_topology on :nonode@nohost"
     end
 
+    test "what it keeps per node is bounded by the view: a droplet gone is forgotten" do
+      droplets = [
+        FakeAPI.droplet(id: 1, name: "node-1", private_ip: "127.0.9.12"),
+        FakeAPI.droplet(id: 2, name: "node-2", private_ip: "127.0.9.13")
+      ]
+
+      {:ok, api} = FakeAPI.start_link(token: @token, droplets: droplets)
+      topology = :"explain_#{System.unique_integer([:positive])}"
+      spy = SpyMembership.start()
+
+      config = [
+        token: @token,
+        api_url: FakeAPI.url(api),
+        polling_interval: 100,
+        max_requests_per_minute: 60_000,
+        # Nothing listens there: both fail their probes.
+        health_check: {:tcp, port: TestCluster.free_port(), timeout: 2_000}
+      ]
+
+      pid =
+        start_supervised!(
+          {Cluster.Strategy.Droplet,
+           [topology: topology, config: config] ++ SpyMembership.mfas(spy)}
+        )
+
+      TestCluster.await(fn -> map_size(:sys.get_state(pid).watch.probes) == 2 end)
+      FakeAPI.remove_droplet(api, 2)
+
+      TestCluster.await(fn ->
+        Map.keys(:sys.get_state(pid).watch.probes) == [:"node-1@127.0.9.12"]
+      end)
+
+      {:ok, report} = Cluster.Strategy.Droplet.explain(topology, print: false)
+      assert Map.keys(report.facts.probes) == [:"node-1@127.0.9.12"]
+      assert [%Entry{name: "node-1", stage: :health_failed}] = report.entries
+    end
+
     test "found by its topology, printed as a table by default, and the token never shows" do
       droplets = [
         FakeAPI.droplet(id: 1, name: "node-1", private_ip: "127.0.9.2"),
@@ -396,6 +446,8 @@ defmodule LibclusterDroplet.ExplainTest do
         capture_io(fn ->
           assert {:ok, %Report{} = report} = Cluster.Strategy.Droplet.explain(topology)
           assert Enum.map(report.entries, & &1.stage) == [:connected, :connected, :not_active]
+          refute Map.has_key?(report.facts.config, :token)
+          refute inspect(report.facts, limit: :infinity, printable_limit: :infinity) =~ @token
         end)
 
       assert out =~ ~r/DROPLET\s+STATUS\s+ADDRESS\s+NODE\s+STAGE\s+DETAIL/

@@ -143,6 +143,13 @@ defmodule Mix.Tasks.LibclusterDroplet.ExplainTest do
       run_task([])
     end
 
+    # This machine has no VPC of its own: vpc: :self shows every VPC.
+    FakeAPI.set_token(api, @token)
+    Application.put_env(:libcluster, :topologies, one: topology(api, vpc: :self))
+    out = run_task(["--epmd-port", "#{TestCluster.free_port()}"])
+    assert out =~ "vpc: :self is each node's own VPC: from here, every VPC is shown"
+    assert out =~ ~r/m-1\s+active\s+127.0.10.2/
+
     Application.put_env(:libcluster, :topologies, [])
     assert_raise Mix.Error, ~r/no Cluster.Strategy.Droplet topology/, fn -> run_task([]) end
     assert_raise Mix.Error, ~r/usage: mix libcluster_droplet.explain/, fn -> run_task(["x"]) end
