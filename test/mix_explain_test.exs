@@ -81,7 +81,7 @@ defmodule Mix.Tasks.LibclusterDroplet.ExplainTest do
       run_task(["--dist-port", "#{dist}", "--epmd-port", "#{closed_epmd}", "--timeout", "5000"])
 
     assert out =~ "libcluster_droplet: topology :droplets, listed from this machine"
-    assert out =~ "listed 6 droplets with 1 requests, 4 selected; nothing connects from here"
+    assert out =~ "listed 6 droplets with 1 request, 4 selected; nothing connects from here"
 
     row = fn name -> out |> String.split("\n") |> Enum.find(&(&1 =~ ~r/^  #{name}\s/)) end
 

@@ -23,7 +23,7 @@ defmodule LibclusterDroplet.Explain do
   | `:this_node` | the droplet of this very node |
   | `:not_joining` | selected, but this node is not among the selected droplets, so it joins no one |
   | `:health_failed` | its `:health_check` port did not answer: the reason and the time it took |
-  | `:pending` | selected, not yet checked or connected |
+  | `:pending` | selected, its connect not started yet |
   | `:connecting` | a connect is in flight |
   | `:connect_failed` | connects failed: the reason, how many in a row, and what the diagnosis found |
   | `:connected` | connected, since when |
@@ -609,9 +609,11 @@ defmodule LibclusterDroplet.Explain do
         {:share, from} -> "the share from #{inspect(from)}"
       end
 
+    applied =
+      if facts.mode == :offline, do: "", else: ", applied #{ago(facts.now, view.applied_at)}"
+
     {:info,
-     "#{length(view.droplets)} droplets in #{from} of #{timestamp(view.listed_at)}, " <>
-       "applied #{ago(facts.now, view.applied_at)}"}
+     "#{length(view.droplets)} droplets in #{from} of #{timestamp(view.listed_at)}#{applied}"}
   end
 
   ## Rendering
@@ -732,7 +734,11 @@ defmodule LibclusterDroplet.Explain do
 
   def detail(%Entry{stage: :pending} = e, facts),
     do:
-      join([probe_note(e, facts), "selected; not connected yet (connects start at the next poll)"])
+      join([
+        probe_note(e, facts),
+        "selected; its connect has not started yet " <>
+          "(at most #{LibclusterDroplet.Connector.max_in_flight()} run at once)"
+      ])
 
   def detail(%Entry{stage: :connecting} = e, facts),
     do: join([probe_note(e, facts), "a connect is in flight", finding_text(e)])

@@ -149,7 +149,8 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
       notes =
         [
           {:info,
-           "listed #{length(listing.droplets)} droplets with #{listing.requests} requests, " <>
+           "listed #{length(listing.droplets)} droplets with #{listing.requests} " <>
+             "request#{if listing.requests == 1, do: "", else: "s"}, " <>
              "#{length(selection.candidates)} selected; nothing connects from here, and the cookie is not checked"}
         ] ++
           if config.vpc == :self,
