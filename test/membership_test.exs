@@ -125,6 +125,25 @@ defmodule LibclusterDroplet.MembershipTest do
     """)
   end
 
+  # A spy connect that refuses the nodes of `refused`.
+  def refusing_connect(spy, refused, node) do
+    if node in refused, do: false, else: SpyMembership.connect(spy, node)
+  end
+
+  # The poll stop events' stage counts, oldest first, until one matches `fun`.
+  defp await_counts(fun, seen \\ []) do
+    receive do
+      {:telemetry, [:libcluster_droplet, :poll, :stop], measurements, _metadata} ->
+        counts = Map.take(measurements, [:listed, :selected, :healthy, :connected])
+
+        if fun.(counts),
+          do: Enum.reverse([counts | seen]),
+          else: await_counts(fun, [counts | seen])
+    after
+      10_000 -> flunk("no matching poll stop event; saw #{inspect(Enum.reverse(seen))}")
+    end
+  end
+
   describe "telemetry" do
     setup do
       on_exit(fn ->
@@ -190,6 +209,57 @@ defmodule LibclusterDroplet.MembershipTest do
         assert_receive {:telemetry, [:libcluster_droplet, :poll, :error], %{duration: _},
                         %{topology: :telemetry_t, reason: :http_status, failures: 1}},
                        5_000
+      end)
+    end
+
+    test "a poll's stop event counts the droplets at each stage: listed, selected, healthy, connected" do
+      :persistent_term.put({__MODULE__, :pid}, self())
+      define_telemetry_stand_in()
+      token = "telemetry-token"
+      port = LibclusterDroplet.TestCluster.free_port()
+      # Two nodes answer the health check; one does not; one droplet is in another region.
+      for a <- ["127.0.6.12", "127.0.6.13"], do: LibclusterDroplet.TestCluster.open_port(a, port)
+
+      droplets = [
+        FakeAPI.droplet(id: 1, name: "s-1", private_ip: "127.0.6.12"),
+        FakeAPI.droplet(id: 2, name: "s-2", private_ip: "127.0.6.13"),
+        FakeAPI.droplet(id: 3, name: "s-3", private_ip: "127.0.6.14"),
+        FakeAPI.droplet(id: 4, name: "s-4", private_ip: "127.0.6.15", region: "ams3")
+      ]
+
+      {:ok, api} = FakeAPI.start_link(token: token, droplets: droplets)
+      spy = SpyMembership.start()
+      # Healthy, listed, and never connected: what users alert on.
+      refused = [:"s-2@127.0.6.13"]
+
+      config = [
+        token: token,
+        api_url: FakeAPI.url(api),
+        polling_interval: 100,
+        max_requests_per_minute: 60_000,
+        regions: ["nyc3"],
+        health_check: {:tcp, port: port, timeout: 2_000}
+      ]
+
+      mfas = [
+        connect: {__MODULE__, :refusing_connect, [spy, refused]},
+        disconnect: {SpyMembership, :disconnect, [spy]},
+        list_nodes: {SpyMembership, :list_nodes, [spy]}
+      ]
+
+      capture_log(fn ->
+        start_supervised!(
+          {Cluster.Strategy.Droplet, [topology: :counts_t, config: config] ++ mfas}
+        )
+
+        # The first poll's connects finish after it ends; a later one sees s-1 connected.
+        counts = await_counts(&(&1.connected == 1))
+        assert List.last(counts) == %{listed: 4, selected: 3, healthy: 2, connected: 1}
+        assert Enum.all?(counts, &(&1.listed == 4 and &1.selected == 3 and &1.healthy == 2))
+        # s-2 stays healthy and unconnected, poll after poll.
+        assert await_counts(fn _ -> true end) == [
+                 %{listed: 4, selected: 3, healthy: 2, connected: 1}
+               ]
       end)
     end
   end

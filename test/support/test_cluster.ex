@@ -69,18 +69,26 @@ defmodule LibclusterDroplet.TestCluster do
 
   Options: `:ipv6` (address must then be `"::1"`), `:log_level` for the
   node's Logger (default `:error`; `:info` shows libcluster's connect lines),
-  `:args` extra `erl` arguments (e.g. `["-kernel", "net_setuptime", "60"]`).
+  `:args` extra `erl` arguments (e.g. `["-kernel", "net_setuptime", "60"]`),
+  `:cookie` (default the one all test nodes share), `:env` (`[{"VAR",
+  "value"}]` for the node's OS process, e.g. `ERL_EPMD_PORT`), and `:epmd`
+  (`true`: the node registers with the epmd at `ERL_EPMD_PORT`, see
+  `start_epmd/1`, on a port of its own, instead of the shared port).
   """
   @spec start_node(String.t(), String.t(), keyword()) :: t()
   def start_node(name, address, opts \\ []) do
     ipv6 = Keyword.get(opts, :ipv6, false)
 
     dist_args =
-      if ipv6 do
-        [~c"-proto_dist", ~c"inet6_tcp"]
-      else
-        ipv4_dist_args(address)
+      cond do
+        ipv6 -> [~c"-proto_dist", ~c"inet6_tcp"]
+        Keyword.get(opts, :epmd, false) -> epmd_dist_args(address)
+        true -> ipv4_dist_args(address)
       end
+
+    env =
+      for {var, value} <- Keyword.get(opts, :env, []),
+          do: {String.to_charlist(var), String.to_charlist(value)}
 
     code_paths = Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
 
@@ -91,8 +99,9 @@ defmodule LibclusterDroplet.TestCluster do
         longnames: true,
         connection: :standard_io,
         wait_boot: 30_000,
+        env: env,
         args:
-          [~c"-setcookie", ~c"#{@cookie}"] ++
+          [~c"-setcookie", String.to_charlist(Keyword.get(opts, :cookie, @cookie))] ++
             dist_args ++
             Enum.map(Keyword.get(opts, :args, []), &String.to_charlist/1) ++ code_paths
       })
@@ -143,6 +152,101 @@ defmodule LibclusterDroplet.TestCluster do
       ~c"inet_dist_listen_options",
       ~c"[{reuseaddr,true}]"
     ]
+  end
+
+  # Distribution on `address` only, on a port of the kernel's choosing,
+  # registered with the (test's) epmd at ERL_EPMD_PORT; never one it starts.
+  defp epmd_dist_args(address) do
+    {:ok, ip} = :inet.parse_address(String.to_charlist(address))
+
+    [
+      ~c"-start_epmd",
+      ~c"false",
+      ~c"-kernel",
+      ~c"inet_dist_use_interface",
+      String.to_charlist(inspect(ip)),
+      ~c"-kernel",
+      ~c"inet_dist_listen_options",
+      ~c"[{reuseaddr,true}]"
+    ]
+  end
+
+  @doc """
+  Starts an epmd of the test's own, on a free port, listening only on
+  `addresses` (and 127.0.0.1, which epmd always adds), so that nodes
+  started with `ERL_EPMD_PORT` set to that port register there and never
+  with the machine's epmd (`port`: a port chosen beforehand, so that nodes
+  booted before it are not registered with it). Returns the port;
+  `stop_epmd/1` kills it.
+  """
+  @spec start_epmd([String.t()], :inet.port_number()) :: :inet.port_number()
+  def start_epmd(addresses, port \\ free_port()) do
+    epmd = System.find_executable("epmd") || raise "epmd is not on the PATH"
+
+    {_, 0} =
+      System.cmd(epmd, [
+        "-daemon",
+        "-relaxed_command_check",
+        "-port",
+        "#{port}",
+        "-address",
+        Enum.join(["127.0.0.1" | addresses], ",")
+      ])
+
+    await(fn ->
+      case :gen_tcp.connect({127, 0, 0, 1}, port, [], 1_000) do
+        {:ok, socket} ->
+          :gen_tcp.close(socket)
+          true
+
+        {:error, _} ->
+          false
+      end
+    end)
+
+    port
+  end
+
+  @doc "Kills the epmd `start_epmd/1` started on `port` (and only that one)."
+  @spec stop_epmd(:inet.port_number()) :: :ok
+  def stop_epmd(port) do
+    System.cmd(System.find_executable("epmd"), ["-port", "#{port}", "-kill"],
+      stderr_to_stdout: true
+    )
+
+    :ok
+  end
+
+  @doc """
+  Opens `address:port` as a service would: a listener that accepts every
+  connection and closes it, so that health probes keep passing however
+  many arrive. It ends with the calling process.
+  """
+  @spec open_port(String.t(), :inet.port_number()) :: pid()
+  def open_port(address, port) do
+    {:ok, ip} = :inet.parse_address(String.to_charlist(address))
+    {:ok, listener} = :gen_tcp.listen(port, ip: ip, reuseaddr: true, active: false)
+
+    acceptor =
+      spawn_link(fn ->
+        Stream.repeatedly(fn -> :gen_tcp.accept(listener) end)
+        |> Enum.each(fn
+          {:ok, socket} -> :gen_tcp.close(socket)
+          {:error, _} -> exit(:normal)
+        end)
+      end)
+
+    :ok = :gen_tcp.controlling_process(listener, acceptor)
+    acceptor
+  end
+
+  @doc "A TCP port free on loopback right now."
+  @spec free_port() :: :inet.port_number()
+  def free_port do
+    {:ok, l} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
+    {:ok, port} = :inet.port(l)
+    :gen_tcp.close(l)
+    port
   end
 
   @doc "Calls `m.f(a...)` on the node."

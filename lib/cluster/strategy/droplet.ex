@@ -80,12 +80,26 @@ defmodule Cluster.Strategy.Droplet do
   being removed and the backoff survive a restart of the strategy
   (`LibclusterDroplet.ManagedStore`).
 
+  ## When nodes don't connect
+
+  `explain/2` tells, droplet by droplet, where each one stopped (outside
+  the filters, not active, no address, an unusable name, the health check,
+  the connect, with a diagnosis of what answers at its address) and checks
+  this node itself; `mix libcluster_droplet.explain` does the same from a
+  developer's machine. At the default log level, a node that keeps failing
+  its health check or its connects is logged once, with a warning, after
+  #{LibclusterDroplet.NodeWatch.warn_after()} failures in a row, and once
+  more, with an info line, when it recovers.
+
   ## Telemetry
 
   When `:telemetry` is loaded, besides libcluster's `[:libcluster,
   :connect_node | :disconnect_node, :ok | :error]`, the strategy emits
   `[:libcluster_droplet, :poll, :start]` (`%{system_time: t}`),
-  `[:libcluster_droplet, :poll, :stop]` (`%{duration: native, requests: n}`,
+  `[:libcluster_droplet, :poll, :stop]` (`%{duration: native, requests: n,
+  listed: n, selected: n, healthy: n, connected: n}`: droplets listed,
+  nodes selected other than this one, of those the ones passing the health
+  check (all without one) and the ones connected when the poll ends;
   metadata `topology`, `droplets`, `nodes`) and
   `[:libcluster_droplet, :poll, :error]` (`%{duration: native}`, metadata
   `topology`, `reason` (the error class), `failures`).
@@ -107,11 +121,13 @@ defmodule Cluster.Strategy.Droplet do
     Connector,
     Coordination,
     Error,
+    Explain,
     HealthCheck,
     Listing,
     Log,
     ManagedStore,
     Membership,
+    NodeWatch,
     Plan,
     Removal,
     Schedule,
@@ -159,7 +175,11 @@ defmodule Cluster.Strategy.Droplet do
             stretch: 1,
             listed?: nil,
             warned: MapSet.new(),
-            coordination: %Coordination{}
+            coordination: %Coordination{},
+            last_view: nil,
+            watch: %NodeWatch{},
+            last_poll_at: nil,
+            last_error: nil
 
   @typedoc """
   The strategy's state.
@@ -183,7 +203,13 @@ defmodule Cluster.Strategy.Droplet do
       the token's budget keeps falling (`LibclusterDroplet.Schedule.stretch/3`);
     * `polls`: successful API polls; `listed?`: whether this node was
       among the selected droplets in the last view;
-    * `coordination`: who polls for the cluster.
+    * `coordination`: who polls for the cluster;
+    * for `explain/2`: `last_view`, the droplets of the last view applied
+      (compact, bounded by the listing), where it came from and when;
+      `watch`, each node's last health probe and since when it is
+      connected (`LibclusterDroplet.NodeWatch`, bounded by the view's
+      nodes); `last_poll_at`, the Unix time of the last successful API
+      poll; `last_error`, the class and message of the last failed one.
   """
   @type t :: %__MODULE__{
           topology: atom(),
@@ -213,7 +239,18 @@ defmodule Cluster.Strategy.Droplet do
           stretch: pos_integer(),
           listed?: boolean() | nil,
           warned: MapSet.t(term()),
-          coordination: Coordination.t()
+          coordination: Coordination.t(),
+          last_view:
+            %{
+              source: :listing | {:share, node()},
+              listed_at: integer(),
+              applied_at: integer(),
+              droplets: [Explain.droplet()]
+            }
+            | nil,
+          watch: NodeWatch.t(),
+          last_poll_at: integer() | nil,
+          last_error: {atom(), String.t()} | nil
         }
 
   @doc """
@@ -258,6 +295,89 @@ defmodule Cluster.Strategy.Droplet do
     GenServer.start_link(__MODULE__, state, gen_opts)
   end
 
+  @doc """
+  Explains, droplet by droplet, why this node is or is not connected to
+  each node of the topology's last view, and checks this node itself.
+  Run it on a node (in IEx, or `bin/app rpc "Cluster.Strategy.Droplet.explain(:droplets)"`).
+
+  `topology` is the topology's name (the strategy is found by it, under
+  libcluster's `Cluster.Supervisor` or not) or the strategy's pid. Returns
+  `{:ok, report}` (a `LibclusterDroplet.Explain.Report`: one entry per
+  droplet of the last listing or share applied, with the stage where it
+  stopped, see `LibclusterDroplet.Explain`), and prints it as a table
+  unless `print: false`; `format_explanation/1` renders a report.
+  `{:error, :not_running}` when no strategy runs that topology on this
+  node, `{:error, {:no_answer, timeout}}` when it did not answer in time.
+
+  The strategy only hands over what it knows (a call bounded by `:timeout`,
+  default 5,000 ms); the rest runs in the caller, so the strategy never
+  waits for it. Nodes whose connects failed or are in flight are diagnosed
+  over the network (`LibclusterDroplet.Explain.Diagnosis`): which names
+  epmd lists at the address, and which node answers at the distribution
+  port, each step bounded by `:probe_timeout` (default 1,000 ms), at most
+  `:max_diagnosed` nodes (default 128), 32 at a time. `:epmd_port` and
+  `:dist_port` override the ports asked (by default this VM's `-epmd_port`,
+  which `ERL_EPMD_PORT` sets, or 4369; and the port this node connects to).
+  Nothing connects: the handshake is stopped before the cookie is sent.
+  """
+  @spec explain(atom() | pid(), keyword()) ::
+          {:ok, Explain.Report.t()} | {:error, :not_running | {:no_answer, timeout()}}
+  def explain(topology, opts \\ []) do
+    result =
+      with {:ok, pid} <- whereis(topology),
+           {:ok, facts} <- explain_facts(pid, Keyword.get(opts, :timeout, 5_000)) do
+        report =
+          %{facts | longnames?: longnames?()}
+          |> Explain.report()
+          |> Explain.Diagnosis.run(opts)
+
+        {:ok, report}
+      end
+
+    if Keyword.get(opts, :print, true) do
+      case result do
+        {:ok, report} -> IO.puts(format_explanation(report))
+        {:error, reason} -> IO.puts(describe_explain_error(topology, reason))
+      end
+    end
+
+    result
+  end
+
+  @doc "Renders a report of `explain/2` as text: the checks, a table of the droplets, a summary."
+  @spec format_explanation(Explain.Report.t()) :: String.t()
+  def format_explanation(%Explain.Report{} = report), do: Explain.format(report)
+
+  defp whereis(pid) when is_pid(pid), do: {:ok, pid}
+
+  defp whereis(topology) when is_atom(topology) do
+    case :persistent_term.get(explain_key(topology), nil) do
+      pid when is_pid(pid) -> if Process.alive?(pid), do: {:ok, pid}, else: {:error, :not_running}
+      nil -> {:error, :not_running}
+    end
+  end
+
+  defp explain_facts(pid, timeout) do
+    GenServer.call(pid, :explain_facts, timeout)
+  catch
+    :exit, {:timeout, _} -> {:error, {:no_answer, timeout}}
+    :exit, _ -> {:error, :not_running}
+  end
+
+  defp longnames? do
+    case :net_kernel.longnames() do
+      longnames when is_boolean(longnames) -> longnames
+      _ -> nil
+    end
+  end
+
+  defp describe_explain_error(topology, :not_running),
+    do:
+      "no Cluster.Strategy.Droplet runs topology #{inspect(topology)} on #{inspect(Node.self())}"
+
+  defp describe_explain_error(topology, {:no_answer, timeout}),
+    do: "the strategy of topology #{inspect(topology)} did not answer within #{timeout} ms"
+
   defp new_state!(fields) do
     mfa = fn key, default ->
       case Map.get(fields, key) do
@@ -288,6 +408,7 @@ defmodule Cluster.Strategy.Droplet do
     # erases the stored membership; a crash or a kill leaves it for the
     # next incarnation.
     Process.flag(:trap_exit, true)
+    register_explain(state.topology)
     {:ok, tasks} = Task.Supervisor.start_link()
     key = ManagedStore.key(state.topology, Config.fingerprint(state.config))
     stored = ManagedStore.load(key)
@@ -349,6 +470,7 @@ defmodule Cluster.Strategy.Droplet do
         {:noreply, poll_failed(reason, nil, state)}
 
       results ->
+        state = note_probes(state, state.poll, results)
         {:noreply, api_probed(HealthCheck.verdicts(state.poll.selection, results), state)}
     end
   end
@@ -361,6 +483,7 @@ defmodule Cluster.Strategy.Droplet do
         {:noreply, check_failed(reason, state)}
 
       results ->
+        state = note_probes(state, state.check, results)
         {:noreply, share_probed(HealthCheck.verdicts(state.check.selection, results), state)}
     end
   end
@@ -411,8 +534,21 @@ defmodule Cluster.Strategy.Droplet do
     if reason in [:normal, :shutdown] or match?({:shutdown, _}, reason),
       do: ManagedStore.erase(state.store_key)
 
+    unregister_explain(state.topology)
     :ok
   end
+
+  # explain/2's call: a copy of what the strategy knows, nothing slow. The
+  # diagnosis happens in the caller. A node may be connected before its
+  # connect task's answer arrives: it is noted as connected from now.
+  @impl true
+  def handle_call(:explain_facts, _from, state) do
+    connected = list_nodes(state)
+    state = note_connected(state, MapSet.new(connected))
+    {:reply, {:ok, facts(state, connected)}, state}
+  end
+
+  def handle_call(_request, _from, state), do: {:reply, {:error, :unknown_call}, state}
 
   @impl true
   def format_status(:terminate, [_pdict, state]), do: redact(state)
@@ -426,7 +562,9 @@ defmodule Cluster.Strategy.Droplet do
       | poll: state.poll && Map.take(state.poll, [:stage, :started, :listed_at]),
         check: state.check && Map.take(state.check, [:from, :view]),
         pending_share: state.pending_share && Share.view(state.pending_share),
-        warned: MapSet.size(state.warned)
+        warned: MapSet.size(state.warned),
+        last_view:
+          state.last_view && %{state.last_view | droplets: length(state.last_view.droplets)}
     }
   end
 
@@ -584,7 +722,14 @@ defmodule Cluster.Strategy.Droplet do
     share(kept, selection, view, delay, state)
 
     poll =
-      Map.merge(state.poll, %{listing: listing, selection: selection, view: view, delay: delay})
+      Map.merge(state.poll, %{
+        listing: listing,
+        selection: selection,
+        view: view,
+        delay: delay,
+        seen: Explain.listed(kept, excluded),
+        probed_at: System.monotonic_time()
+      })
 
     case probe(selection, state) do
       :unchecked ->
@@ -603,11 +748,14 @@ defmodule Cluster.Strategy.Droplet do
     %{listing: listing, selection: selection, view: view, started: started, delay: delay} =
       state.poll
 
-    state = apply_view(state, selection, health, view, started)
+    state = apply_view(state, selection, health, view, {:listing, started, state.poll.seen})
 
     Telemetry.execute(
       [:libcluster_droplet, :poll, :stop],
-      %{duration: System.monotonic_time() - started, requests: listing.requests},
+      Map.merge(
+        %{duration: System.monotonic_time() - started, requests: listing.requests},
+        stage_counts(listing, selection, health, state)
+      ),
       %{
         topology: state.topology,
         droplets: length(listing.droplets),
@@ -621,6 +769,7 @@ defmodule Cluster.Strategy.Droplet do
       state
       | poll: nil,
         failures: 0,
+        last_poll_at: unix_now,
         polls: state.polls + 1,
         not_before: Schedule.not_before(listing.rate_limit, nil, unix_now),
         # Not stored after a success: replacing a persistent term on every
@@ -666,6 +815,8 @@ defmodule Cluster.Strategy.Droplet do
       if reason == :unauthorized,
         do: put_in(state.config.token, Token.forget(config.token)),
         else: state
+
+    state = %{state | last_error: Explain.error_summary(reason)}
 
     Telemetry.execute(
       [:libcluster_droplet, :poll, :error],
@@ -771,13 +922,24 @@ defmodule Cluster.Strategy.Droplet do
 
     {selection, state} = select(share.droplets, state)
     view = Share.view(share)
+    source = {:share, share.from, Explain.shared(share.droplets)}
+    probed_at = System.monotonic_time()
 
     case probe(selection, state) do
       :unchecked ->
-        state |> apply_view(selection, :unchecked, view) |> persist()
+        state |> apply_view(selection, :unchecked, view, source) |> persist()
 
       {:ok, call, wait} ->
-        check = %{ref: call.ref, call: call, selection: selection, view: view, from: share.from}
+        check = %{
+          ref: call.ref,
+          call: call,
+          selection: selection,
+          view: view,
+          from: share.from,
+          source: source,
+          probed_at: probed_at
+        }
+
         arm(%{state | check: check}, :check_watchdog, wait)
 
       {:error, reason} ->
@@ -786,10 +948,10 @@ defmodule Cluster.Strategy.Droplet do
   end
 
   defp share_probed(health, state) do
-    %{selection: selection, view: view} = state.check
+    %{selection: selection, view: view, source: source} = state.check
 
     %{state | check: nil}
-    |> apply_view(selection, health, view)
+    |> apply_view(selection, health, view, source)
     |> persist()
     |> next_share()
   end
@@ -874,10 +1036,13 @@ defmodule Cluster.Strategy.Droplet do
   defp probe(selection, state),
     do: HealthCheck.start(selection, state.config.health_check, @watchdog_grace)
 
-  # `own_started` is the monotonic start of this node's own API poll (nil
-  # for a share): a poll started after the last view was applied is newer
-  # whatever the clocks say.
-  defp apply_view(state, selection, health, view, own_started \\ nil) do
+  # `source` is `{:listing, started, droplets}` for this node's own API
+  # poll, started at the monotonic `started` (a poll started after the last
+  # view was applied is newer whatever the clocks say), or `{:share, from,
+  # droplets}`; `droplets`, the view's droplets as explain/2 shows them.
+  defp apply_view(state, selection, health, view, source) do
+    own_started = with {:listing, started, _} <- source, do: started, else: (_ -> nil)
+
     if Share.newer?(view, state.view) or
          (own_started != nil and own_started > state.view_applied_at) do
       require_listed? = require_listed?(state)
@@ -896,7 +1061,9 @@ defmodule Cluster.Strategy.Droplet do
           view_applied_at: System.monotonic_time(),
           managed: desired,
           strikes: strikes,
-          selected: selected
+          selected: selected,
+          last_view: last_view(source, view),
+          watch: NodeWatch.keep(state.watch, selected)
       }
 
       state = note_listed(not unlisted?, selection, state)
@@ -916,6 +1083,89 @@ defmodule Cluster.Strategy.Droplet do
       Log.debug(state.topology, fn -> "ignoring a view older than the one applied" end)
       state
     end
+  end
+
+  # Since when each managed node is connected, for explain/2.
+  defp note_connected(state, connected) do
+    managed = MapSet.intersection(state.managed, connected)
+    %{state | watch: NodeWatch.connected(state.watch, managed, System.system_time(:millisecond))}
+  end
+
+  defp last_view(source, {listed_at, _seq}) do
+    {from, droplets} =
+      case source do
+        {:listing, _started, droplets} -> {:listing, droplets}
+        {:share, from, droplets} -> {{:share, from}, droplets}
+      end
+
+    %{
+      source: from,
+      listed_at: listed_at,
+      applied_at: System.system_time(:millisecond),
+      droplets: droplets
+    }
+  end
+
+  # Each node's probe, timed, kept for explain/2; a node failing
+  # NodeWatch.warn_after() probes in a row is logged once, and once more
+  # when it passes again.
+  defp note_probes(state, phase, results) do
+    {:tcp, opts} = state.config.health_check
+    started = Map.get(phase, :probed_at, System.monotonic_time())
+    batch_us = System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
+    unix_now = System.system_time(:millisecond)
+
+    {watch, events} =
+      NodeWatch.probed(
+        state.watch,
+        phase.selection.candidates,
+        results,
+        unix_now,
+        batch_us / 1000,
+        opts[:timeout]
+      )
+
+    Enum.each(events, fn
+      {:failing, node, probe} ->
+        {:error, reason} = probe.result
+
+        Log.warn(
+          state.topology,
+          "#{inspect(node)} has failed its health check on port #{opts[:port]} for #{probe.failed} polls in a row: " <>
+            "#{Explain.describe_probe_error(reason)}; this node does not connect to it until it passes " <>
+            "(Cluster.Strategy.Droplet.explain(#{inspect(state.topology)}) shows every droplet's stage)"
+        )
+
+      {:recovered, node, _probe} ->
+        Log.info(
+          state.topology,
+          "#{inspect(node)} passes its health check on port #{opts[:port]} again"
+        )
+    end)
+
+    %{state | watch: watch}
+  end
+
+  # The poll's counts per stage, for alerting on "listed but not connected":
+  # droplets listed, nodes selected (this node aside), healthy (all of them
+  # without a health check), and connected when the poll ends (the connects
+  # it starts finish later).
+  defp stage_counts(listing, selection, health, state) do
+    selected = Enum.map(selection.candidates, &elem(&1, 0))
+    connected = MapSet.new(list_nodes(state))
+
+    healthy =
+      case health do
+        :unchecked -> length(selected)
+        health -> Enum.count(selected, &(Map.get(health, &1) == :ok))
+      end
+
+    %{
+      listed: length(listing.droplets),
+      selected: length(selected),
+      healthy: healthy,
+      connected: Enum.count(selected, &MapSet.member?(connected, &1))
+    }
   end
 
   defp log_failed_probes(:unchecked, _state), do: :ok
@@ -1053,6 +1303,7 @@ defmodule Cluster.Strategy.Droplet do
 
   defp dispatch_connects(state) do
     connected = MapSet.new(list_nodes(state))
+    state = note_connected(state, connected)
     wanted = Enum.sort(state.managed)
     {nodes, connector} = Connector.next(state.connector, wanted, connected, now())
 
@@ -1084,8 +1335,11 @@ defmodule Cluster.Strategy.Droplet do
     max_backoff = state.config.max_backoff
     backoff = &Schedule.backoff(interval, &1, max_backoff)
     outcome = if outcome == :ok, do: :ok, else: normalize_outcome(outcome)
+    node = Map.get(state.connector.in_flight, ref)
+    previous = get_in(state.connector.failures, [node, :count]) || 0
     {node, failure, connector} = Connector.finished(state.connector, ref, outcome, now(), backoff)
     state = %{state | connector: connector}
+    log_connect_streak(state, node, previous, failure)
 
     if failure do
       Log.debug(state.topology, fn ->
@@ -1095,6 +1349,33 @@ defmodule Cluster.Strategy.Droplet do
     end
 
     dispatch_connects(state)
+  end
+
+  # One warning when a node has failed its connects NodeWatch.warn_after()
+  # times in a row, one info line when it connects again: never a line per
+  # attempt at the default level.
+  defp log_connect_streak(state, node, previous, failure) do
+    outcome = if failure, do: {:error, failure.count}, else: :ok
+
+    case NodeWatch.connect_event(previous, outcome) do
+      :failing ->
+        Log.warn(
+          state.topology,
+          "connecting to #{inspect(node)} has failed #{failure.count} times in a row " <>
+            "(#{Explain.describe_connect_error(failure.reason)}); retrying with backoff, " <>
+            "next attempt in #{max(failure.retry_at - now(), 0)} ms; " <>
+            "Cluster.Strategy.Droplet.explain(#{inspect(state.topology)}) diagnoses why"
+        )
+
+      :recovered ->
+        Log.info(
+          state.topology,
+          "connected to #{inspect(node)} after #{previous} failed attempts"
+        )
+
+      nil ->
+        :ok
+    end
   end
 
   defp normalize_outcome({:error, _} = error), do: error
@@ -1160,6 +1441,62 @@ defmodule Cluster.Strategy.Droplet do
 
         %{state | coordination: coordination}
     end
+  end
+
+  ## Explain
+
+  # explain/2 finds a strategy by its topology, under libcluster or not: a
+  # persistent term per topology, written when the strategy starts (a new
+  # key costs no global scan; replacing it after a restart costs one).
+  defp explain_key(topology), do: {__MODULE__, :explain, topology}
+
+  defp register_explain(topology), do: :persistent_term.put(explain_key(topology), self())
+
+  defp unregister_explain(topology) do
+    if :persistent_term.get(explain_key(topology), nil) == self(),
+      do: :persistent_term.erase(explain_key(topology))
+  end
+
+  defp facts(state, connected) do
+    mono_now = now()
+    unix_now = System.system_time(:millisecond)
+    to_unix = fn mono -> mono && unix_now - (mono_now - mono) end
+    c = state.coordination
+
+    polling =
+      cond do
+        c.enabled? and Coordination.following?(c, mono_now, state.config.polling_interval) ->
+          {:follows, c.leader, to_unix.(c.leader_seen_at)}
+
+        c.enabled? and Node.list() != [] ->
+          :leads
+
+        true ->
+          :alone
+      end
+
+    %Explain.Facts{
+      topology: state.topology,
+      self: Node.self(),
+      now: unix_now,
+      alive?: Node.alive?(),
+      config: Explain.config_facts(state.config),
+      view: state.last_view,
+      probes: state.watch.probes,
+      connects:
+        Map.new(state.connector.failures, fn {n, f} ->
+          {n, %{f | retry_at: to_unix.(f.retry_at)}}
+        end),
+      in_flight: Map.values(state.connector.in_flight),
+      managed: MapSet.to_list(state.managed),
+      connected: connected,
+      since: state.watch.since,
+      polls: state.polls,
+      last_poll_at: state.last_poll_at,
+      failures: state.failures,
+      last_error: state.last_error,
+      polling: polling
+    }
   end
 
   ## Helpers

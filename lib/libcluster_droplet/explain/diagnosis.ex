@@ -1,0 +1,299 @@
+defmodule LibclusterDroplet.Explain.Diagnosis do
+  @moduledoc """
+  The network side of explain: what answers at the address of a node that
+  does not connect. Runs in the caller of `Cluster.Strategy.Droplet.explain/2`
+  (or in `mix libcluster_droplet.explain`), never on the strategy process,
+  every step bounded by a short timeout. It never connects: nothing here
+  joins the cluster.
+
+  For each node it asks
+
+    1. **epmd** at the address (the port of this VM's `-epmd_port`, which
+       `ERL_EPMD_PORT` sets, or `:epmd_port`; 4369 by default) which node
+       names run there. This is epmd's `NAMES` request, made here rather
+       than with `:erl_epmd.names/1`, which has no timeout (an address
+       that drops packets would hold it for minutes) and can only ask the
+       port this VM was started with;
+    2. **the distribution port** (`:dist_port`; else the port this node
+       itself connects to without epmd, `-erl_epmd_port`; else the one epmd
+       lists for the expected name; else a pinned `inet_dist_listen_min`
+       equal to `inet_dist_listen_max`) for the start of a handshake: it
+       sends the name of a hidden node, `libcluster_droplet_explain@host`,
+       reads the status and the challenge, which carries the answering
+       node's own name, and closes before answering it. The cookie is never
+       sent nor checked, and the other node sees a handshake that did not
+       complete.
+
+  `LibclusterDroplet.Explain.conclude/3` turns these into a finding.
+  """
+
+  import Bitwise
+
+  alias LibclusterDroplet.Explain
+  alias LibclusterDroplet.Explain.Report
+
+  @default_timeout 1_000
+  @concurrency 32
+  @max_diagnosed 128
+  # DFLAG_PUBLISHED: without it the connection would be a visible one.
+  @published 0x1
+  # OTP 25's default distribution flags, for a release without
+  # :erts_internal.get_dflags/0.
+  @otp25_flags 55_966_662_588
+
+  @typedoc """
+  Options: `:probe_timeout` (ms per connection and per answer, default
+  #{@default_timeout}), `:epmd_port`, `:dist_port`, `:max_diagnosed`
+  (default #{@max_diagnosed}: nodes beyond it are not diagnosed).
+  """
+  @type opts :: [
+          probe_timeout: pos_integer(),
+          epmd_port: :inet.port_number(),
+          dist_port: :inet.port_number(),
+          max_diagnosed: pos_integer()
+        ]
+
+  @doc """
+  Diagnoses the report's entries that need it (`LibclusterDroplet.Explain.to_diagnose/1`),
+  #{@concurrency} at a time, and puts the findings in.
+  """
+  @spec run(Report.t(), opts()) :: Report.t()
+  def run(%Report{} = report, opts \\ []) do
+    max = Keyword.get(opts, :max_diagnosed, @max_diagnosed)
+    timeout = Keyword.get(opts, :probe_timeout, @default_timeout)
+    all = Explain.to_diagnose(report)
+    {diagnosed, skipped} = Enum.split(all, max)
+
+    findings =
+      diagnosed
+      |> Task.async_stream(
+        fn e ->
+          {e.node,
+           Explain.conclude(e.node, probe(e.node, e.address, opts), e.stage == :connect_failed)}
+        end,
+        max_concurrency: @concurrency,
+        # Each step is bounded by the timeout; this only guards against a hang.
+        timeout: 5 * timeout + 1_000,
+        on_timeout: :kill_task,
+        ordered: false
+      )
+      |> Enum.flat_map(fn
+        {:ok, found} -> [found]
+        {:exit, _} -> []
+      end)
+      |> Map.new()
+
+    report = Explain.put_findings(report, findings)
+
+    if skipped == [],
+      do: report,
+      else: %{
+        report
+        | checks:
+            report.checks ++
+              [
+                {:info,
+                 "diagnosed #{max} of the #{length(all)} nodes that did not connect (max_diagnosed)"}
+              ]
+      }
+  end
+
+  @doc """
+  Asks epmd and the distribution port at `address` about `node`; see the
+  module doc. Returns the raw answers for `LibclusterDroplet.Explain.conclude/3`.
+  """
+  @spec probe(node(), String.t(), opts()) :: Explain.probes()
+  def probe(node, address, opts \\ []) do
+    timeout = Keyword.get(opts, :probe_timeout, @default_timeout)
+    [basename | _] = node |> Atom.to_string() |> String.split("@", parts: 2)
+    epmd_port = epmd_port(opts)
+
+    case :inet.parse_strict_address(String.to_charlist(address)) do
+      {:ok, ip} ->
+        epmd = epmd_names(ip, epmd_port, timeout)
+        dist_port = dist_port(opts, basename, epmd)
+        dist = if dist_port, do: handshake(ip, dist_port, timeout, explain_name())
+        %{epmd_port: epmd_port, epmd: epmd, dist_port: dist_port, dist: dist}
+
+      {:error, _} ->
+        %{epmd_port: epmd_port, epmd: {:error, :invalid_address}, dist_port: nil, dist: nil}
+    end
+  end
+
+  @doc """
+  The epmd port asked: `:epmd_port`, else this VM's `-epmd_port` (which
+  `ERL_EPMD_PORT` sets at boot), else `ERL_EPMD_PORT`, else 4369.
+  """
+  @spec epmd_port(opts()) :: :inet.port_number()
+  def epmd_port(opts \\ []) do
+    Keyword.get(opts, :epmd_port) || init_port(:epmd_port) ||
+      port(System.get_env("ERL_EPMD_PORT")) || 4369
+  end
+
+  # What this node itself would connect to: the distribution port given, the
+  # one port of a node without epmd, the port epmd lists, a pinned port.
+  defp dist_port(opts, basename, epmd) do
+    listed =
+      with {:ok, names} <- epmd,
+           {_, port} <- List.keyfind(names, basename, 0),
+           do: port,
+           else: (_ -> nil)
+
+    Keyword.get(opts, :dist_port) || init_port(:erl_epmd_port) || listed || pinned_port()
+  end
+
+  defp pinned_port do
+    min = Application.get_env(:kernel, :inet_dist_listen_min)
+    if is_integer(min) and min == Application.get_env(:kernel, :inet_dist_listen_max), do: min
+  end
+
+  defp init_port(flag) do
+    case :init.get_argument(flag) do
+      {:ok, [[value | _] | _]} -> port(to_string(value))
+      _ -> nil
+    end
+  end
+
+  defp port(nil), do: nil
+
+  defp port(text) do
+    case Integer.parse(text) do
+      {port, ""} when port in 1..65_535 -> port
+      _ -> nil
+    end
+  end
+
+  @doc """
+  epmd's `NAMES` request at `ip`:`port`: `{:ok, [{name, port}]}`, or
+  `{:error, :refused | :timeout | :not_epmd | reason}`.
+  """
+  @spec epmd_names(:inet.ip_address(), :inet.port_number(), pos_integer()) ::
+          {:ok, [{String.t(), :inet.port_number()}]} | {:error, term()}
+  def epmd_names(ip, port, timeout) do
+    deadline = now() + timeout
+
+    case :gen_tcp.connect(ip, port, [family(ip), :binary, active: false, packet: :raw], timeout) do
+      {:ok, socket} ->
+        try do
+          with :ok <- :gen_tcp.send(socket, <<1::16, ?n>>),
+               {:ok, <<_epmd_port::32, text::binary>>} <- read_all(socket, deadline, "") do
+            {:ok, parse_names(text)}
+          else
+            {:ok, _short} -> {:error, :not_epmd}
+            {:error, _} = error -> error
+          end
+        after
+          :gen_tcp.close(socket)
+        end
+
+      {:error, reason} ->
+        {:error, socket_error(reason)}
+    end
+  end
+
+  # epmd answers and closes the connection.
+  defp read_all(socket, deadline, acc) do
+    case :gen_tcp.recv(socket, 0, max(deadline - now(), 0)) do
+      {:ok, data} -> read_all(socket, deadline, acc <> data)
+      {:error, :closed} -> {:ok, acc}
+      {:error, reason} -> {:error, socket_error(reason)}
+    end
+  end
+
+  defp parse_names(text) do
+    for line <- String.split(text, "\n"),
+        [_, name, port] <- [Regex.run(~r/\Aname (\S+) at port (\d+)\z/, line)],
+        do: {name, String.to_integer(port)}
+  end
+
+  @doc """
+  Starts a distribution handshake with `ip`:`port` as the hidden node
+  `from`, and stops before the cookie matters: `{:node, name}` (the
+  answering node's name, from its challenge), `{:status, status}` (it
+  refused: `"not_allowed"`, `"nok"`…), or `{:error, :refused | :timeout}`
+  (nothing accepted the connection) or `{:error, :not_distribution}` (it
+  accepted, but did not answer as an Erlang node).
+  """
+  @spec handshake(:inet.ip_address(), :inet.port_number(), pos_integer(), String.t()) ::
+          {:node, String.t()} | {:status, String.t()} | {:error, term()}
+  def handshake(ip, port, timeout, from) do
+    options = [family(ip), :binary, active: false, packet: 2]
+
+    case :gen_tcp.connect(ip, port, options, timeout) do
+      {:ok, socket} ->
+        try do
+          send_name(socket, from)
+
+          case :gen_tcp.recv(socket, 0, timeout) do
+            {:ok, "s" <> status} when status in ["ok", "ok_simultaneous"] ->
+              challenge(socket, timeout)
+
+            {:ok, "s" <> status} ->
+              {:status, status}
+
+            _ ->
+              {:error, :not_distribution}
+          end
+        after
+          :gen_tcp.close(socket)
+        end
+
+      {:error, reason} ->
+        {:error, socket_error(reason)}
+    end
+  end
+
+  # The handshake's send_name, in the format of OTP 23 and later, with
+  # this VM's own distribution flags minus "published", and creation 0.
+  defp send_name(socket, from) do
+    :gen_tcp.send(socket, <<?N, flags()::64, 0::32, byte_size(from)::16, from::binary>>)
+  end
+
+  defp challenge(socket, timeout) do
+    case :gen_tcp.recv(socket, 0, timeout) do
+      {:ok,
+       <<?N, _flags::64, _challenge::32, _creation::32, len::16, name::binary-size(len),
+         _::binary>>} ->
+        {:node, name}
+
+      # A node older than OTP 23.
+      {:ok, <<?n, _version::16, _flags::32, _challenge::32, name::binary>>} ->
+        {:node, name}
+
+      _ ->
+        {:error, :not_distribution}
+    end
+  end
+
+  defp flags do
+    default =
+      try do
+        # Internal, but what this VM itself offers when it connects.
+        :erts_internal |> apply(:get_dflags, []) |> elem(1)
+      rescue
+        _ -> @otp25_flags
+      end
+
+    band(default, bnot(@published))
+  end
+
+  # A hidden node's name on this node's host; no such node ever connects.
+  defp explain_name do
+    host =
+      case Node.self() |> Atom.to_string() |> String.split("@", parts: 2) do
+        [_, host] when host != "nohost" -> host
+        _ -> "localhost"
+      end
+
+    "libcluster_droplet_explain@" <> host
+  end
+
+  defp family(ip) when tuple_size(ip) == 8, do: :inet6
+  defp family(_ip), do: :inet
+
+  defp socket_error(:econnrefused), do: :refused
+  defp socket_error(:timeout), do: :timeout
+  defp socket_error(other), do: other
+
+  defp now, do: System.monotonic_time(:millisecond)
+end
