@@ -657,17 +657,11 @@ defmodule Cluster.Strategy.Droplet do
 
     {:ok, request} =
       LibclusterDroplet.list_request(
-        api_url: config.api_url,
-        token: secret,
-        tag_name: config.tag_name,
-        name: config.name,
-        gpus: config.gpus,
-        network: config.network,
-        ipv6: config.ipv6,
-        ca_file: config.ca_file,
-        request_timeout: config.api_timeout,
-        deadline: deadline,
-        keep_alive: Schedule.keep_alive(config.polling_interval, config.max_backoff)
+        [
+          token: secret,
+          deadline: deadline,
+          keep_alive: Schedule.keep_alive(config.polling_interval, config.max_backoff)
+        ] ++ Config.list_options(config)
       )
 
     case LibclusterDroplet.start_list_droplets(request) do

@@ -114,16 +114,7 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
 
     with {:ok, listing} <-
            LibclusterDroplet.list_droplets(
-             token: token,
-             api_url: config.api_url,
-             tag_name: config.tag_name,
-             name: config.name,
-             gpus: config.gpus,
-             network: config.network,
-             ipv6: config.ipv6,
-             ca_file: config.ca_file,
-             request_timeout: config.api_timeout,
-             deadline: config.api_timeout * 3
+             [token: token, deadline: config.api_timeout * 3] ++ Config.list_options(config)
            ),
          # This machine has no droplet, so it has no VPC of its own.
          filters = if(config.vpc == :self, do: %{config | vpc: nil}, else: config),

@@ -159,6 +159,25 @@ defmodule Cluster.Strategy.Droplet.Config do
   end
 
   @doc """
+  The options of `LibclusterDroplet.list_droplets/1` this config asks for,
+  but the token, the deadline and the keep-alive: what to list and how to
+  reach the API, shared by the strategy and `mix libcluster_droplet.explain`.
+  """
+  @spec list_options(t()) :: keyword()
+  def list_options(%__MODULE__{} = config) do
+    [
+      api_url: config.api_url,
+      tag_name: config.tag_name,
+      name: config.name,
+      gpus: config.gpus,
+      network: config.network,
+      ipv6: config.ipv6,
+      ca_file: config.ca_file,
+      request_timeout: config.api_timeout
+    ]
+  end
+
+  @doc """
   A hash of the options that decide which nodes are selected: API URL,
   filters (tags, name, GPU droplets, VPC, regions), network, IP version
   and basename. Strategies follow each other's shares, and adopt stored
