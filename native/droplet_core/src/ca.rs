@@ -175,14 +175,12 @@ pub(crate) mod tests {
         // hanging it.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let started = Instant::now();
-            let _ = tx.send((read_ca_file(&path, None), started.elapsed()));
+            let _ = tx.send(read_ca_file(&path, None));
         });
-        match rx.recv_timeout(Duration::from_secs(3)) {
-            Ok((Err(Error::CaFile(d)), took)) => {
-                assert!(d.ends_with("not a regular file"), "{d}");
-                assert!(took < Duration::from_millis(500), "{took:?}");
-            }
+        // No writer ever opens the FIFO: a blocking open never returns, so
+        // the generous wait only turns that hang into a failure.
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Err(Error::CaFile(d))) => assert!(d.ends_with("not a regular file"), "{d}"),
             Ok(other) => panic!("{other:?}"),
             Err(_) => panic!("reading a FIFO as the CA file blocked"),
         }
