@@ -234,7 +234,7 @@ defmodule LibclusterDroplet.ConsumerAppTest do
 
     for address <- holes do
       TestCluster.black_hole(address, TestCluster.dist_port())
-      ConsumerApp.open_port!(address, hc_port)
+      TestCluster.open_port(address, hc_port)
     end
 
     listed = length(FakeAPI.requests(ctx.api))

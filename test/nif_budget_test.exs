@@ -34,7 +34,7 @@ defmodule LibclusterDroplet.NifBudgetTest do
     # flight) must be over: each test starts from an idle budget.
     TestCluster.await(fn -> Native.debug_budget() == {0, 0} end, 60_000)
     TestCluster.await(fn -> nif_threads() == 0 end, 10_000)
-    port = free_port()
+    port = TestCluster.free_port()
     [hole] = TestCluster.allocate_addresses(1)
     sockets = TestCluster.black_hole(hole, port)
     on_exit(fn -> Enum.each(sockets, &:gen_tcp.close/1) end)
@@ -44,13 +44,6 @@ defmodule LibclusterDroplet.NifBudgetTest do
   # Read from the kernel: what really runs, whatever the budget's own
   # accounting says.
   defp nif_threads, do: TestCluster.Remote.nif_threads()
-
-  defp free_port do
-    {:ok, l} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
-    {:ok, port} = :inet.port(l)
-    :gen_tcp.close(l)
-    port
-  end
 
   # Takes up to `helpers` helper permits (and a call slot) as a call would,
   # until released. Asserted here, not matched by the caller: a failed match

@@ -7,7 +7,7 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
 
   import ExUnit.CaptureLog
   alias Cluster.Strategy.Droplet.Config
-  alias LibclusterDroplet.{ConsumerApp, FakeAPI, Native, SpyMembership, TestCluster}
+  alias LibclusterDroplet.{FakeAPI, Native, SpyMembership, TestCluster}
   alias LibclusterDroplet.TestCluster.Remote
 
   @token "dop_v1_SECRET_5e1f0c2b7a9d48e3b6c4a1f2e3d4c5b6a7980f1e2d3c4b5a69788796a5b4c3d2"
@@ -123,7 +123,7 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
 
       # The health-check port answers on both nodes and on a droplet with no
       # node (its connect fails); nothing answers on `refused`.
-      listeners = for a <- [addr_a, addr_b, no_node], do: ConsumerApp.open_port!(a, port)
+      listeners = for a <- [addr_a, addr_b, no_node], do: TestCluster.open_port(a, port)
 
       for {address, i} <- Enum.with_index([addr_a, addr_b, refused, no_node], 1) do
         FakeAPI.add_droplet(api, FakeAPI.droplet(id: i, name: "d-#{i}", private_ip: address))

@@ -345,7 +345,7 @@ defmodule Cluster.Strategy.DropletClusterTest do
   test "a health check keeps out a node whose port is closed, lets it in once it opens, and stops managing it after 3 failed probes in a row, without a nodedown",
        %{api: api, prefix: prefix} do
     [a, b, c] = api |> droplets(prefix, 3) |> nodes()
-    port = free_port()
+    port = TestCluster.free_port()
     listeners = for n <- [a, b], into: %{}, do: {n.node, listen(n.address, port)}
 
     # c's app is not up yet: its droplet is active but nothing answers on the port.
@@ -407,7 +407,7 @@ defmodule Cluster.Strategy.DropletClusterTest do
     api: api,
     prefix: prefix
   } do
-    port = free_port()
+    port = TestCluster.free_port()
     # A connect to a hole stays pending for a minute: long enough that
     # everything below happens while all four are in flight.
     [a, b, c] = api |> droplets(prefix, 3, args: ["-kernel", "net_setuptime", "60"]) |> nodes()
@@ -706,13 +706,6 @@ defmodule Cluster.Strategy.DropletClusterTest do
   defp managed_by(node, sup) do
     pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
     TestCluster.call(node, :sys, :get_state, [pid]).managed
-  end
-
-  defp free_port do
-    {:ok, l} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
-    {:ok, port} = :inet.port(l)
-    :gen_tcp.close(l)
-    port
   end
 
   defp listen(address, port) do

@@ -399,16 +399,17 @@ defmodule Cluster.Strategy.DropletCycleTest do
     if node == :"node-2@127.0.3.3", do: false, else: SpyMembership.connect(spy, node)
   end
 
-  test "a share check that never answers is given up by its watchdog; the newest queued share is checked next" do
-    {:ok, api} = FakeAPI.start_link(token: @token)
+  # A node running the strategy with spy membership, its warnings captured.
+  # It polls once, then not for a minute; its health check's port drops
+  # SYNs at a second address `x`, so each probe of x takes its 2 s timeout.
+  defp start_checking_node(api, prefix) do
     [address, x] = TestCluster.allocate_addresses(2)
-    name = "wd#{System.unique_integer([:positive])}"
+    name = "#{prefix}#{System.unique_integer([:positive])}"
     FakeAPI.add_droplet(api, FakeAPI.droplet(id: 1, name: name, private_ip: address))
     node = TestCluster.start_node(name, address, log_level: :warning)
     on_exit(fn -> TestCluster.stop(node) end)
     TestCluster.call(node, Remote, :capture_warnings, [])
     spy = TestCluster.call(node, SpyMembership, :start, [])
-    # x's health port drops SYNs: each check of a share listing x takes 2 s.
     port = 20_000 + rem(System.unique_integer([:positive]), 20_000)
     sockets = TestCluster.black_hole(x, port)
     on_exit(fn -> Enum.each(sockets, &:gen_tcp.close/1) end)
@@ -420,6 +421,16 @@ defmodule Cluster.Strategy.DropletCycleTest do
     pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
     get = fn -> TestCluster.call(node, :sys, :get_state, [pid]) end
     TestCluster.await(fn -> get.().polls >= 1 end)
+    %{node: node, name: name, address: address, x: x, pid: pid, get: get}
+  end
+
+  test "a share check that never answers is given up by its watchdog; the newest queued share is checked next" do
+    {:ok, api} = FakeAPI.start_link(token: @token)
+
+    %{node: node, name: name, address: address, x: x, pid: pid, get: get} =
+      start_checking_node(api, "wd")
+
+    # x's health port drops SYNs: each check of a share listing x takes 2 s.
     FakeAPI.inject(api, {:status, 503}, times: :infinity)
     later = System.system_time(:millisecond) + 600_000
 
@@ -456,25 +467,11 @@ defmodule Cluster.Strategy.DropletCycleTest do
 
   test "a share check given up by its watchdog is cancelled: its probes stop" do
     {:ok, api} = FakeAPI.start_link(token: @token)
-    [address, x] = TestCluster.allocate_addresses(2)
-    name = "cx#{System.unique_integer([:positive])}"
-    FakeAPI.add_droplet(api, FakeAPI.droplet(id: 1, name: name, private_ip: address))
-    node = TestCluster.start_node(name, address, log_level: :warning)
-    on_exit(fn -> TestCluster.stop(node) end)
-    spy = TestCluster.call(node, SpyMembership, :start, [])
-    port = 20_000 + rem(System.unique_integer([:positive]), 20_000)
-    sockets = TestCluster.black_hole(x, port)
-    on_exit(fn -> Enum.each(sockets, &:gen_tcp.close/1) end)
-
     # Polls once, then not for a minute: nothing but the watchdog's own
     # cancel can stop the check below.
-    config =
-      config(api, polling_interval: 60_000, health_check: {:tcp, port: port, timeout: 2_000})
+    %{node: node, name: name, address: address, x: x, pid: pid, get: get} =
+      start_checking_node(api, "cx")
 
-    sup = TestCluster.start_strategy(node, :t, config, SpyMembership.mfas(spy))
-    pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
-    get = fn -> TestCluster.call(node, :sys, :get_state, [pid]) end
-    TestCluster.await(fn -> get.().polls >= 1 end)
     threads = fn -> TestCluster.call(node, Remote, :nif_threads, []) end
     TestCluster.await(fn -> threads.() == 0 end)
 

@@ -487,37 +487,6 @@ defmodule LibclusterDroplet.ConsumerApp do
   def strategy_answers(node, timeout \\ 1_000),
     do:
       TestCluster.call(node, __MODULE__.NodeAgent, :strategy_answers, [timeout], timeout + 5_000)
-
-  @doc """
-  A TCP listener at `address:port` that accepts and closes every
-  connection (an open port for the health check), served by a process
-  linked to the caller.
-  """
-  @spec open_port!(String.t(), pos_integer()) :: port()
-  def open_port!(address, port) do
-    {:ok, ip} = :inet.parse_address(String.to_charlist(address))
-
-    {:ok, listener} = :gen_tcp.listen(port, ip: ip, active: false, reuseaddr: true, backlog: 128)
-
-    acceptor =
-      spawn_link(fn ->
-        accept = fn accept ->
-          case :gen_tcp.accept(listener) do
-            {:ok, conn} ->
-              :gen_tcp.close(conn)
-              accept.(accept)
-
-            {:error, _} ->
-              :ok
-          end
-        end
-
-        accept.(accept)
-      end)
-
-    :ok = :gen_tcp.controlling_process(listener, acceptor)
-    listener
-  end
 end
 
 defmodule LibclusterDroplet.ConsumerApp.NodeAgent do

@@ -220,12 +220,14 @@ defmodule LibclusterDroplet.TestCluster do
   @doc """
   Opens `address:port` as a service would: a listener that accepts every
   connection and closes it, so that health probes keep passing however
-  many arrive. It ends with the calling process.
+  many arrive. It ends with the calling process, or when the returned
+  listener is closed.
   """
-  @spec open_port(String.t(), :inet.port_number()) :: pid()
+  @spec open_port(String.t(), :inet.port_number()) :: port()
   def open_port(address, port) do
     {:ok, ip} = :inet.parse_address(String.to_charlist(address))
-    {:ok, listener} = :gen_tcp.listen(port, ip: ip, reuseaddr: true, active: false)
+
+    {:ok, listener} = :gen_tcp.listen(port, ip: ip, reuseaddr: true, active: false, backlog: 128)
 
     acceptor =
       spawn_link(fn ->
@@ -237,7 +239,7 @@ defmodule LibclusterDroplet.TestCluster do
       end)
 
     :ok = :gen_tcp.controlling_process(listener, acceptor)
-    acceptor
+    listener
   end
 
   @doc "A TCP port free on loopback right now."

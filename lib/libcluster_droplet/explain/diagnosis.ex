@@ -172,16 +172,24 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
   def epmd_names(ip, port, timeout) do
     deadline = now() + timeout
 
-    case :gen_tcp.connect(ip, port, [family(ip), :binary, active: false, packet: :raw], timeout) do
+    with_connection(ip, port, [packet: :raw], timeout, fn socket ->
+      with :ok <- :gen_tcp.send(socket, <<1::16, ?n>>),
+           {:ok, <<_epmd_port::32, text::binary>>} <- read_all(socket, deadline, "") do
+        {:ok, parse_names(text)}
+      else
+        {:ok, _short} -> {:error, :not_epmd}
+        {:error, _} = error -> error
+      end
+    end)
+  end
+
+  # Runs `fun` on a connection to `ip`:`port`, closed afterwards;
+  # `{:error, reason}` when none could be made.
+  defp with_connection(ip, port, options, timeout, fun) do
+    case :gen_tcp.connect(ip, port, [family(ip), :binary, active: false] ++ options, timeout) do
       {:ok, socket} ->
         try do
-          with :ok <- :gen_tcp.send(socket, <<1::16, ?n>>),
-               {:ok, <<_epmd_port::32, text::binary>>} <- read_all(socket, deadline, "") do
-            {:ok, parse_names(text)}
-          else
-            {:ok, _short} -> {:error, :not_epmd}
-            {:error, _} = error -> error
-          end
+          fun.(socket)
         after
           :gen_tcp.close(socket)
         end
@@ -217,30 +225,20 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
   @spec handshake(:inet.ip_address(), :inet.port_number(), pos_integer(), String.t()) ::
           {:node, String.t()} | {:status, String.t()} | {:error, term()}
   def handshake(ip, port, timeout, from) do
-    options = [family(ip), :binary, active: false, packet: 2]
+    with_connection(ip, port, [packet: 2], timeout, fn socket ->
+      send_name(socket, from)
 
-    case :gen_tcp.connect(ip, port, options, timeout) do
-      {:ok, socket} ->
-        try do
-          send_name(socket, from)
+      case :gen_tcp.recv(socket, 0, timeout) do
+        {:ok, "s" <> status} when status in ["ok", "ok_simultaneous"] ->
+          challenge(socket, timeout)
 
-          case :gen_tcp.recv(socket, 0, timeout) do
-            {:ok, "s" <> status} when status in ["ok", "ok_simultaneous"] ->
-              challenge(socket, timeout)
+        {:ok, "s" <> status} ->
+          {:status, status}
 
-            {:ok, "s" <> status} ->
-              {:status, status}
-
-            _ ->
-              {:error, :not_distribution}
-          end
-        after
-          :gen_tcp.close(socket)
-        end
-
-      {:error, reason} ->
-        {:error, socket_error(reason)}
-    end
+        _ ->
+          {:error, :not_distribution}
+      end
+    end)
   end
 
   # The handshake's send_name, in the format of OTP 23 and later, with
