@@ -52,7 +52,10 @@ defmodule LibclusterDroplet.MixProject do
   end
 
   def application do
-    [extra_applications: [:logger] ++ support_applications(Mix.env())]
+    [
+      mod: {LibclusterDroplet.Application, []},
+      extra_applications: [:logger] ++ support_applications(Mix.env())
+    ]
   end
 
   defp package do
@@ -93,9 +96,10 @@ defmodule LibclusterDroplet.MixProject do
   #   * otherwise (this repository's own compile and tests): none.
   defp deps do
     cond do
-      dependency?() -> mirrored_optional_deps()
+      dependency?() -> mirrored_optional_deps() ++ [{:nimble_options, "~> 1.1"}]
       publishing?() -> @hex_optional_deps
-      true -> []
+      # Interim (lead's branch): the build branch's switch replaces this.
+      true -> [{:nimble_options, path: "../shared/vendor/nimble_options"}]
     end
   end
 

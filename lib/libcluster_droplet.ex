@@ -1,10 +1,10 @@
 defmodule LibclusterDroplet do
   @moduledoc """
   The DigitalOcean side of `Cluster.Strategy.Droplet`, usable on its own:
-  list droplets through the API and TCP-probe addresses, both done by the
+  list droplets through the API and check addresses, both done by the
   Rust NIF off the Erlang schedulers.
 
-      iex> LibclusterDroplet.list_droplets(token: token, tag_name: "web", network: :private)
+      iex> LibclusterDroplet.list_droplets(token: {:system, "DIGITALOCEAN_TOKEN"}, tag_name: "web")
       {:ok, %LibclusterDroplet.Listing{droplets: [%{name: "web-1", address: "10.0.0.2", ...}], ...}}
 
       iex> LibclusterDroplet.probe(["10.0.0.2", "10.0.0.3"], 4000, timeout: 500)
@@ -23,14 +23,17 @@ defmodule LibclusterDroplet do
 
   All calls share one thread budget per VM: at most 64 calls in flight
   (another is refused at once with `{:error, :busy}`), each on a thread of
-  its own, and 1,024 helper threads among them. A call gets the helpers it
-  asks for if they are free, else fewer, down to none, and then runs that
-  much less in parallel (see `LibclusterDroplet.Call`'s `:concurrency`).
+  its own, and 1,024 helper threads among them (see
+  `LibclusterDroplet.Call`'s `:concurrency`).
+
+  Listings respect the rate-limit floor of their API URL
+  (`LibclusterDroplet.Floor`): after a 429, one is refused with
+  `{:error, {:rate_limited, seconds}}` without sending anything until its
+  `retry-after` has passed.
   """
 
-  alias LibclusterDroplet.{Call, Listing, Native, Token}
-
-  @default_api_url "https://api.digitalocean.com"
+  alias Cluster.Strategy.Droplet.Config
+  alias LibclusterDroplet.{Call, Floor, Listing, Native, Token}
 
   @typedoc "An IPv4 or IPv6 address literal, e.g. `\"10.0.0.2\"` or `\"2604:a880::1\"`."
   @type address :: String.t()
@@ -64,61 +67,47 @@ defmodule LibclusterDroplet do
           {:ok, connect_us :: non_neg_integer()}
           | {:error, :timeout | :refused | :unreachable | :invalid_address | {:io, String.t()}}
 
-  # The NIF's own default for a listing's deadline, used when `nil` is given.
-  @default_deadline 60_000
   # Beyond the listing's own deadline, which the NIF enforces: only a lost
   # reply could run into it.
   @reply_grace 5_000
 
-  @list_keys [
-    :token,
-    api_url: @default_api_url,
-    tag_name: nil,
-    name: nil,
-    gpus: false,
-    network: nil,
-    ipv6: false,
-    ca_file: nil,
-    per_page: 200,
-    connect_timeout: 5_000,
-    request_timeout: 15_000,
-    deadline: @default_deadline,
-    max_body_bytes: 16 * 1024 * 1024,
-    max_pages: 1_000,
-    max_droplets: 10_000,
-    page_concurrency: 4,
-    keep_alive: 3_600_000
+  @listing_only [
+    per_page: [type: {:in, 1..200}, default: 200, type_doc: "an integer in 1..200"],
+    connect_timeout: [type: :pos_integer, default: 5_000, type_doc: "a positive integer (ms)"],
+    deadline: [
+      type: {:or, [:pos_integer, nil]},
+      default: nil,
+      type_doc: "a positive integer (ms), or nil for three times :api_timeout"
+    ],
+    max_body_bytes: [type: :pos_integer, default: 16 * 1024 * 1024, type_doc: "a positive integer"],
+    max_pages: [type: :pos_integer, default: 1_000, type_doc: "a positive integer"],
+    max_droplets: [type: :pos_integer, default: 10_000, type_doc: "a positive integer"],
+    page_concurrency: [type: {:in, 1..64}, default: 4, type_doc: "an integer in 1..64"],
+    keep_alive: [
+      type: {:in, 0..86_400_000},
+      default: 3_600_000,
+      type_doc: "an integer of ms in 0..86400000"
+    ]
   ]
+
+  @list_schema NimbleOptions.new!(Config.listing_schema() ++ @listing_only)
+  @list_type_docs Map.new(Config.listing_schema() ++ @listing_only, fn {k, spec} ->
+                    {k, spec[:type_doc]}
+                  end)
 
   @doc """
   Lists droplets, following every page, and returns `{:ok, listing}` or
   `{:error, reason}`. All or nothing: if one page fails, the listing fails.
 
-  Options:
+  Options shared with the strategy, with the same defaults (see
+  `Cluster.Strategy.Droplet.Config`): `:token` (required), `:api_url`,
+  `:tag_name`, `:name`, `:gpus`, `:network`, `:ipv6`, `:ca_file` and
+  `:api_timeout` (ms per HTTP request). Each droplet's `:address` is the
+  one `:network` and `:ipv6` select. Besides:
 
-    * `:token` (required) - a DigitalOcean API token with `droplet:read`,
-      in any of the forms of `LibclusterDroplet.Token` (`{:system, "VAR"}`,
-      `{:file, path}`, `{m, f, a}`, a zero-arity function or a string).
-    * `:api_url` - default `"#{@default_api_url}"`.
-    * `:tag_name` / `:name` - filter by tag, or by exact (case-insensitive)
-      droplet name. Not both. `:tag_name` may be a list: droplets carrying
-      any of the tags, one listing per tag (the API takes one tag at a
-      time), merged with each droplet once. Filtering by tag needs the
-      token's `tag:read` scope.
-    * `:gpus` - `false` (the default: the API leaves GPU droplets out),
-      `true` (GPU droplets too, one more listing, `type=gpus`) or `:only`
-      (only GPU droplets). The API cannot take a tag together with `type`,
-      so with `:tag_name` the GPU listing lists every GPU droplet and keeps
-      those carrying one of the tags; one listed without its `tags` fails
-      the listing with `:tags_unknown` (the token lacks `tag:read`).
-    * `:network` (`:private` or `:public`) and `:ipv6` (default `false`) - when
-      `:network` is given, each droplet's `:address` is the one selected.
-    * `:ca_file` - a PEM file of extra CA certificates to trust, on top of the
-      bundled Mozilla roots. TLS verification cannot be turned off.
     * `:per_page` - default 200 (the API's maximum).
-    * `:connect_timeout`, `:request_timeout` (per HTTP request) and
-      `:deadline` (the whole listing, reading `:ca_file` included), in
-      milliseconds.
+    * `:connect_timeout` (default 5,000) and `:deadline` (the whole listing,
+      reading `:ca_file` included; default three times `:api_timeout`), in ms.
     * `:max_body_bytes` (default 16 MiB per response) and `:max_pages`
       (default 1,000) - caps.
     * `:page_concurrency` - pages fetched at once after the first (default
@@ -126,40 +115,37 @@ defmodule LibclusterDroplet do
     * `:max_droplets` - default 10,000: a listing with more droplets fails
       with `{:too_many_droplets, max}`, as soon as page 1's `meta.total`
       says so, or as the pages arrive.
-    * `:keep_alive` - how long, in milliseconds, an idle connection to the
-      API is kept for the next listing (default 3,600,000, an hour; 0 keeps
-      none). Make it at least the longest wait between two listings, or
-      each listing pays DNS, TCP and TLS again.
+    * `:keep_alive` - how long, in ms, an idle connection to the API is
+      kept for the next listing (default an hour; 0 keeps none).
 
   Several listings (tags, GPU droplets) are made one after the other
-  within the one `:deadline`, all or nothing: the first failure fails the
-  whole; `requests` counts them all and `total` is the sum of their
-  `meta.total`.
+  within the one `:deadline`, all or nothing; `requests` counts them all
+  and `total` is the sum of their `meta.total`. A page listing more
+  droplets than `:per_page` fails the listing (`{:inconsistent, _}`), as
+  does a `meta.total` that changes while the pages are fetched, twice in a
+  row: after the first change the listing starts over.
 
-  A page listing more droplets than `:per_page` fails the listing
-  (`{:inconsistent, _}`), as does a `meta.total` that changes while the
-  pages are fetched, twice in a row (a droplet deleted mid-listing shifts
-  the pages, and one would be missed): after the first change the listing
-  starts over.
+  A bad option is `{:error, {:invalid_request, message}}`, the message
+  naming the option and never its value.
   """
   @spec list_droplets(keyword()) ::
           {:ok, Listing.t()} | {:error, LibclusterDroplet.Error.reason()}
-  def list_droplets(opts) when is_list(opts) do
+  def list_droplets(opts) do
     with {:ok, request} <- list_request(opts),
          {:ok, call} <- start_list_droplets(request) do
-      await_list(call, (request.deadline_ms || @default_deadline) + @reply_grace)
+      await_list(call, request.api_url, request.deadline_ms + @reply_grace)
     end
   end
 
   @doc false
   # Waits at most `wait` ms for a started listing's answer; `{:error,
   # :timeout}` (and the call cancelled) when none came.
-  @spec await_list(Call.t(), non_neg_integer()) ::
+  @spec await_list(Call.t(), String.t(), non_neg_integer()) ::
           {:ok, Listing.t()} | {:error, LibclusterDroplet.Error.reason()}
-  def await_list(%Call{ref: ref} = call, wait) do
+  def await_list(%Call{ref: ref} = call, api_url, wait) do
     result =
       receive do
-        {:droplet_nif_list, ^ref, result, info} -> Listing.from_nif(result, info)
+        {:droplet_nif_list, ^ref, result, info} -> listed(api_url, result, info)
       after
         wait -> {:error, :timeout}
       end
@@ -170,25 +156,43 @@ defmodule LibclusterDroplet do
     result
   end
 
+  @doc false
+  # A listing's answer as `{:ok, listing}` or `{:error, reason}`, the floor
+  # it sets for `api_url` raised: what every caller does with the message
+  # `{:droplet_nif_list, ref, result, info}`.
+  @spec listed(String.t(), term(), map()) :: {:ok, Listing.t()} | {:error, term()}
+  def listed(api_url, result, info) do
+    reason = with {:error, reason} <- result, do: reason, else: (_ -> nil)
+    now = System.system_time(:millisecond)
+    Floor.raise(api_url, Floor.after_response(Map.get(info, :rate_limit), reason, now))
+    Listing.from_nif(result, info)
+  end
+
   @doc """
   Starts a listing from a ready NIF request map (see `list_request/1`) and
   returns `{:ok, call}` at once (see `LibclusterDroplet.Call`; its
   `:concurrency` is the page concurrency granted). The caller later receives
-  `{:droplet_nif_list, call.ref, result, info}`; `Listing.from_nif/2` turns
-  the last two into `{:ok, listing}` or `{:error, reason}`. The NIF always
-  answers, within the request's deadline. `{:error, :busy}` when 64 calls
-  are already in flight.
+  `{:droplet_nif_list, call.ref, result, info}`, which `listed/3` reads.
+  The NIF always answers, within the request's deadline. `{:error, :busy}`
+  when 64 calls are already in flight; `{:error, {:rate_limited, seconds}}`,
+  with nothing sent, while the floor of its API URL holds.
   """
   @spec start_list_droplets(map()) :: {:ok, Call.t()} | {:error, term()}
-  def start_list_droplets(request) when is_map(request) do
-    ref = make_ref()
+  def start_list_droplets(%{api_url: api_url} = request) do
+    case Floor.wait(api_url) do
+      0 ->
+        ref = make_ref()
 
-    case Native.list_droplets(request, ref) do
-      {:ok, handle, concurrency} ->
-        {:ok, %Call{ref: ref, handle: handle, concurrency: concurrency}}
+        case Native.list_droplets(request, ref) do
+          {:ok, handle, concurrency} ->
+            {:ok, %Call{ref: ref, handle: handle, concurrency: concurrency}}
 
-      {:error, _} = error ->
-        error
+          {:error, _} = error ->
+            error
+        end
+
+      wait ->
+        {:error, {:rate_limited, div(wait + 999, 1000)}}
     end
   end
 
@@ -207,13 +211,14 @@ defmodule LibclusterDroplet do
   @doc """
   Builds the NIF request map for `start_list_droplets/1` from the options of
   `list_droplets/1`, reading the token from its source now. Returns
-  `{:error, {:token_unavailable, detail}}` when it cannot be read.
+  `{:error, {:token_unavailable, detail}}` when it cannot be read, and
+  `{:error, {:invalid_request, message}}` for a bad option.
   """
   @spec list_request(keyword()) ::
           {:ok, map()} | {:error, {:invalid_request | :token_unavailable, String.t()}}
   def list_request(opts) do
     with {:ok, opts} <- validate(opts),
-         {:ok, token} <- token(opts[:token]) do
+         {:ok, token, _source} <- Token.fetch(opts[:token]) do
       {:ok,
        %{
          api_url: opts[:api_url],
@@ -224,39 +229,27 @@ defmodule LibclusterDroplet do
          per_page: opts[:per_page],
          ca_file: opts[:ca_file],
          connect_timeout_ms: opts[:connect_timeout],
-         request_timeout_ms: opts[:request_timeout],
-         deadline_ms: opts[:deadline],
+         request_timeout_ms: opts[:api_timeout],
+         deadline_ms: opts[:deadline] || 3 * opts[:api_timeout],
          max_body_bytes: opts[:max_body_bytes],
          max_pages: opts[:max_pages],
          max_droplets: opts[:max_droplets],
          page_concurrency: opts[:page_concurrency],
          keep_alive_ms: opts[:keep_alive],
-         select: opts[:network] && %{network: opts[:network], ipv6: opts[:ipv6] == true}
+         select: %{network: opts[:network], ipv6: opts[:ipv6]}
        }}
     end
   end
 
   defp validate(opts) do
-    case Keyword.validate(opts, @list_keys) do
-      {:ok, _} = ok ->
-        ok
-
-      {:error, unknown} ->
-        # Keyword.validate!/2 would put the whole list, token included, in its message.
-        {:error, {:invalid_request, "unknown options #{inspect(unknown)}"}}
-    end
-  end
-
-  defp token(source) do
-    with {:ok, token} <- token_source(source),
-         {:ok, secret, _token} <- Token.fetch(token),
-         do: {:ok, secret}
-  end
-
-  defp token_source(source) do
-    case Token.new(source) do
-      {:ok, _} = ok -> ok
-      {:error, message} -> {:error, {:invalid_request, "token: " <> message}}
+    if is_list(opts) and Keyword.keyword?(opts) do
+      case Config.validate(opts, @list_schema, @list_type_docs) do
+        {:ok, opts} -> {:ok, opts}
+        {:error, message} -> {:error, {:invalid_request, message}}
+      end
+    else
+      # Not printed: it may hold the token.
+      {:error, {:invalid_request, "expected a keyword list of options (value not shown)"}}
     end
   end
 
@@ -303,9 +296,16 @@ defmodule LibclusterDroplet do
   """
   @spec start_probe([address()], 1..65_535, keyword()) :: {:ok, Call.t()} | {:error, term()}
   def start_probe(addresses, port, opts \\ []) do
+    check = %{kind: :tcp, port: port, timeout_ms: Keyword.get(opts, :timeout, 500)}
+    start_check(addresses, check, Keyword.get(opts, :concurrency, 512))
+  end
+
+  @doc false
+  # Starts a health check (`LibclusterDroplet.HealthCheck.c:native/1`'s
+  # map) of every address; answers like start_probe/3.
+  @spec start_check([address()], map(), pos_integer()) :: {:ok, Call.t()} | {:error, term()}
+  def start_check(addresses, %{kind: :tcp, port: port, timeout_ms: timeout}, concurrency) do
     ref = make_ref()
-    timeout = Keyword.get(opts, :timeout, 500)
-    concurrency = Keyword.get(opts, :concurrency, 512)
 
     case Native.probe(addresses, port, timeout, concurrency, ref) do
       {:ok, handle, concurrency} ->

@@ -22,6 +22,12 @@ defmodule LibclusterDroplet.Connector do
       not on every poll; a success forgets its failures.
     * A node no longer wanted is forgotten, and its connect in flight is
       handed back to be cancelled.
+    * A connect still running at its deadline (`start/4`) is given up as
+      `{:error, :timeout}` (a custom `connect` MFA may hang; without a
+      bound, #{@max_in_flight} hung ones would stop every connect).
+    * A connect that answered `true` for a node that is not connected
+      afterwards counts as failed (`{:error, :not_connected}`), with its
+      backoff, not as a success to retry at once.
   """
 
   defstruct in_flight: %{}, failures: %{}
@@ -31,8 +37,11 @@ defmodule LibclusterDroplet.Connector do
 
   @type failure :: %{count: pos_integer(), retry_at: integer(), reason: term()}
 
+  @typedoc "A connect in flight: its node, its task and when it is given up (ms)."
+  @type connect :: %{node: node(), pid: pid(), deadline: integer()}
+
   @type t :: %__MODULE__{
-          in_flight: %{reference() => node()},
+          in_flight: %{reference() => connect()},
           failures: %{node() => failure()}
         }
 
@@ -52,7 +61,7 @@ defmodule LibclusterDroplet.Connector do
   """
   @spec next(t(), [node()], MapSet.t(node()), integer()) :: {[node()], t()}
   def next(%__MODULE__{} = connector, wanted, connected, now) do
-    busy = MapSet.new(Map.values(connector.in_flight))
+    busy = MapSet.new(nodes(connector))
 
     {fresh, retries} =
       wanted
@@ -60,7 +69,7 @@ defmodule LibclusterDroplet.Connector do
       |> Enum.split_with(&(not Map.has_key?(connector.failures, &1)))
 
     due = Enum.filter(retries, &(connector.failures[&1].retry_at <= now))
-    retrying = Enum.count(Map.values(connector.in_flight), &Map.has_key?(connector.failures, &1))
+    retrying = Enum.count(nodes(connector), &Map.has_key?(connector.failures, &1))
     room = @max_in_flight - map_size(connector.in_flight)
     # Fresh nodes first; retries get what is left, within their own bound.
     fresh = Enum.take(fresh, max(room, 0))
@@ -68,10 +77,27 @@ defmodule LibclusterDroplet.Connector do
     {fresh ++ Enum.take(due, retry_room), connector}
   end
 
-  @doc "Records that a connect of `node` started as the task `ref`."
-  @spec started(t(), node(), reference()) :: t()
-  def started(%__MODULE__{} = connector, node, ref),
-    do: %{connector | in_flight: Map.put(connector.in_flight, ref, node)}
+  @doc "The nodes with a connect in flight."
+  @spec nodes(t()) :: [node()]
+  def nodes(%__MODULE__{in_flight: in_flight}), do: Enum.map(in_flight, fn {_, c} -> c.node end)
+
+  @doc "Records that a connect of `node` started as the task `ref` (`pid`), given up at `deadline`."
+  @spec started(t(), node(), reference(), pid(), integer()) :: t()
+  def started(%__MODULE__{} = connector, node, ref, pid, deadline),
+    do: %{
+      connector
+      | in_flight: Map.put(connector.in_flight, ref, %{node: node, pid: pid, deadline: deadline})
+    }
+
+  @doc "The connects in flight past their deadline at `now`: `{ref, pid}`."
+  @spec expired(t(), integer()) :: [{reference(), pid()}]
+  def expired(%__MODULE__{in_flight: in_flight}, now),
+    do: for({ref, %{deadline: d, pid: pid}} <- in_flight, d <= now, do: {ref, pid})
+
+  @doc "The earliest deadline of the connects in flight, or `nil`."
+  @spec next_deadline(t()) :: integer() | nil
+  def next_deadline(%__MODULE__{in_flight: in_flight}),
+    do: in_flight |> Enum.map(fn {_, c} -> c.deadline end) |> Enum.min(fn -> nil end)
 
   @doc "Whether `ref` is a connect this connector is waiting for."
   @spec in_flight?(t(), reference()) :: boolean()
@@ -90,7 +116,7 @@ defmodule LibclusterDroplet.Connector do
       {nil, _} ->
         {nil, nil, connector}
 
-      {node, in_flight} ->
+      {%{node: node}, in_flight} ->
         connector = %{connector | in_flight: in_flight}
 
         case outcome do
@@ -107,21 +133,21 @@ defmodule LibclusterDroplet.Connector do
 
   @doc """
   Forgets every node not in `wanted`: its failures, and its connect in
-  flight, whose task ref is returned so the caller can cancel it.
+  flight, returned as `{ref, node}` so the caller can watch it.
 
       iex> alias LibclusterDroplet.Connector
       iex> ref = make_ref()
-      iex> c = Connector.started(%Connector{}, :gone, ref)
-      iex> {[^ref], c} = Connector.forget(c, MapSet.new([:kept]))
+      iex> c = Connector.started(%Connector{}, :gone, ref, self(), 0)
+      iex> {[{^ref, :gone}], c} = Connector.forget(c, MapSet.new([:kept]))
       iex> c.in_flight
       %{}
   """
-  @spec forget(t(), MapSet.t(node())) :: {[reference()], t()}
+  @spec forget(t(), MapSet.t(node())) :: {[{reference(), node()}], t()}
   def forget(%__MODULE__{} = connector, wanted) do
     {cancel, keep} =
-      Enum.split_with(connector.in_flight, fn {_, n} -> not MapSet.member?(wanted, n) end)
+      Enum.split_with(connector.in_flight, fn {_, c} -> not MapSet.member?(wanted, c.node) end)
 
-    {Enum.map(cancel, &elem(&1, 0)),
+    {Enum.map(cancel, fn {ref, c} -> {ref, c.node} end),
      %{
        connector
        | in_flight: Map.new(keep),

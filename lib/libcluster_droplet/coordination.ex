@@ -55,6 +55,31 @@ defmodule LibclusterDroplet.Coordination do
   @spec registered_name(atom()) :: atom()
   def registered_name(topology), do: Module.concat(Cluster.Strategy.Droplet, topology)
 
+  @doc """
+  Turns coordination on for `topology` once distribution runs: registers
+  the calling strategy under `registered_name/1`. `{:ok, coordination}`
+  (unchanged when it cannot start yet), or `{:taken, name}` when another
+  process holds the name: the strategy then polls on its own.
+  """
+  @spec enable(t(), atom(), non_neg_integer()) :: {:ok, t()} | {:taken, atom()}
+  def enable(%__MODULE__{enabled?: true} = c, _topology, _fingerprint), do: {:ok, c}
+
+  def enable(%__MODULE__{} = c, topology, fingerprint) do
+    name = registered_name(topology)
+
+    cond do
+      not Node.alive?() ->
+        {:ok, c}
+
+      Process.whereis(name) not in [nil, self()] ->
+        {:taken, name}
+
+      true ->
+        if Process.whereis(name) == nil, do: Process.register(self(), name)
+        {:ok, %{c | enabled?: true, name: name, fingerprint: fingerprint}}
+    end
+  end
+
   @doc "Whether, at `now` (ms), a poll tick should call the API or rely on the leader."
   @spec tick(t(), integer(), pos_integer(), pos_integer()) :: :poll | :follow
   def tick(%__MODULE__{} = coordination, now, interval, cluster_size) do

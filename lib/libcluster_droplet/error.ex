@@ -34,6 +34,7 @@ defmodule LibclusterDroplet.Error do
   | `{:token_unavailable, detail}` | the token could not be read from its source (see `LibclusterDroplet.Token`) |
   | `:busy` | 64 NIF calls were already in flight in this VM; nothing was started |
   | `:cancelled` | the call was cancelled (`LibclusterDroplet.cancel/1`) or its caller dropped it |
+  | `{:token_in_option, option}` | an option's value holds the token, or a piece of it (the strategy checks its options each time it reads the token) |
 
   No reason and no message ever contains the API token.
   """
@@ -69,6 +70,7 @@ defmodule LibclusterDroplet.Error do
           | {:token_unavailable, String.t()}
           | :busy
           | :cancelled
+          | {:token_in_option, atom()}
 
   @type t :: %__MODULE__{reason: reason() | term()}
 
@@ -176,5 +178,12 @@ defmodule LibclusterDroplet.Error do
       "the NIF already has 64 calls in flight in this VM, its limit; nothing was started: retry later"
 
   def format(:cancelled), do: "the call was cancelled before it finished"
-  def format(other), do: "unexpected error: #{inspect(other)}"
+
+  def format({:token_in_option, option}),
+    do:
+      "the option #{inspect(option)} holds (part of) the API token; fix the topology's config " <>
+        "(the value is not shown)"
+
+  # Only the class: an unknown term may hold anything, the token included.
+  def format(other), do: "unexpected error (#{class(other)})"
 end

@@ -1,56 +1,136 @@
 defmodule LibclusterDroplet.HealthCheck do
   @moduledoc """
-  The `:health_check` of a view's candidates: one parallel TCP probe of
-  every candidate's address on a NIF thread (see `LibclusterDroplet.probe/3`),
-  turned into a verdict per node for `LibclusterDroplet.Plan.decide/5`.
+  The `:health_check` option: a check every selected node must pass before
+  this node connects to it, run on a NIF thread for all of a view's nodes
+  at once.
+
+  A kind of check is a module implementing this behaviour, named in
+  `@kinds`; the option is `{kind, opts}`, such as `{:tcp, port: 4000}`
+  (`LibclusterDroplet.HealthCheck.TCP`). The module owns its options
+  (validation, defaults), what the NIF is asked to run (`c:native/1`, one
+  map whose `:kind` the Rust probe dispatches on), its timeout and its
+  words in explain. Everything else (waves, watchdogs, verdicts, strikes)
+  is the same for every kind, here and in `LibclusterDroplet.Plan`.
   """
 
   alias LibclusterDroplet.Call
-  alias LibclusterDroplet.Plan.Selection
 
-  # Probes pending at once, if the NIF's thread budget has them free; more
-  # candidates than the call gets take several waves.
+  @typedoc "The `:health_check` option, validated: `{kind, opts}`."
+  @type t :: {atom(), keyword()}
+
+  @typedoc "A check's verdict on one node."
+  @type result :: :ok | {:error, term()}
+
+  @doc "Validates a kind's options; the message names the expected shape, never the value."
+  @callback validate(opts :: term()) :: {:ok, keyword()} | {:error, String.t()}
+
+  @doc "The check as the NIF runs it: a map with `:kind` and the kind's fields."
+  @callback native(opts :: keyword()) :: map()
+
+  @doc "How long one check may take, in ms."
+  @callback timeout(opts :: keyword()) :: pos_integer()
+
+  @doc "What is checked, in words (`\"port 4000\"`)."
+  @callback describe(opts :: keyword()) :: String.t()
+
+  @kinds [tcp: LibclusterDroplet.HealthCheck.TCP]
+
+  # Checks pending at once, if the NIF's thread budget has them free; more
+  # targets than the call gets take several waves.
   @concurrency 512
 
-  @doc """
-  Starts probing `selection`'s candidates, or returns `:unchecked` when no
-  health check is configured or there is nobody to check. `{:ok, call,
-  wait}` gives the call in flight (its `ref` is the answer's) and how long
-  to wait for it before giving up: the probes' own timeouts, one per wave
-  of the concurrency the call was granted, plus `grace` ms.
-  """
-  @spec start(
-          Selection.t(),
-          Cluster.Strategy.Droplet.Config.health_check() | nil,
-          non_neg_integer()
-        ) ::
-          :unchecked | {:ok, Call.t(), pos_integer()} | {:error, term()}
-  def start(%Selection{candidates: candidates}, {:tcp, port: port, timeout: timeout}, grace)
-      when candidates != [] do
-    addresses = Enum.map(candidates, &elem(&1, 1))
+  @doc false
+  # NimbleOptions' custom validator of `:health_check`.
+  @spec validate(term()) :: {:ok, t() | nil} | {:error, String.t()}
+  def validate(nil), do: {:ok, nil}
 
-    case LibclusterDroplet.start_probe(addresses, port,
-           timeout: timeout,
-           concurrency: @concurrency
-         ) do
-      {:ok, call} -> {:ok, call, timeout * Call.waves(call, length(addresses)) + grace}
-      {:error, _} = error -> error
+  def validate({kind, opts}) when is_atom(kind) and is_list(opts) do
+    with {:ok, module} <- module(kind),
+         {:ok, opts} <- module.validate(opts),
+         do: {:ok, {kind, opts}}
+  end
+
+  def validate(_other),
+    do: {:error, "expected nil or {kind, opts} such as {:tcp, port: 4000} (value not shown)"}
+
+  defp module(kind) do
+    case Keyword.fetch(@kinds, kind) do
+      {:ok, module} -> {:ok, module}
+      :error -> {:error, "unknown kind; the kinds are #{inspect(Keyword.keys(@kinds))}"}
     end
   end
 
-  def start(%Selection{}, _health_check, _grace), do: :unchecked
+  defp module!({kind, _opts}), do: Keyword.fetch!(@kinds, kind)
+
+  @doc "How long one check of `check` may take, in ms."
+  @spec timeout(t()) :: pos_integer()
+  def timeout({_kind, opts} = check), do: module!(check).timeout(opts)
+
+  @doc "What `check` checks, in words."
+  @spec describe(t()) :: String.t()
+  def describe({_kind, opts} = check), do: module!(check).describe(opts)
 
   @doc """
-  The verdict per node from the NIF's results, which come in candidate order.
+  Starts checking `targets` (`{node, address}`), or returns `:unchecked`
+  when there is no check or nobody to check. `{:ok, call, wait}` gives the
+  call in flight (its `ref` is the answer's) and how long to wait for it:
+  one timeout per wave of the concurrency the call was granted, plus
+  `grace` ms.
+  """
+  @spec start([{node(), String.t()}], t() | nil, non_neg_integer()) ::
+          :unchecked | {:ok, Call.t(), pos_integer()} | {:error, term()}
+  def start([_ | _] = targets, {_kind, opts} = check, grace) do
+    addresses = Enum.map(targets, &elem(&1, 1))
+    native = module!(check).native(opts)
 
-      iex> s = %LibclusterDroplet.Plan.Selection{candidates: [{:"a@h", "10.0.0.2"}, {:"b@h", "10.0.0.3"}]}
-      iex> LibclusterDroplet.HealthCheck.verdicts(s, [{"10.0.0.2", {:ok, 120}}, {"10.0.0.3", {:error, :refused}}])
+    with {:ok, call} <- LibclusterDroplet.start_check(addresses, native, @concurrency),
+         do: {:ok, call, timeout(check) * Call.waves(call, length(addresses)) + grace}
+  end
+
+  def start(_targets, _check, _grace), do: :unchecked
+
+  @doc """
+  Runs `check` on `targets` and waits for the results: what
+  `mix libcluster_droplet.explain` does. `{:ok, results, batch_ms}`, the
+  results as the NIF gives them, in target order.
+  """
+  @spec run([{node(), String.t()}], t() | nil) ::
+          {:ok, [{String.t(), term()}], number()} | :unchecked | {:error, term()}
+  def run(targets, check) do
+    started = System.monotonic_time()
+
+    case start(targets, check, 5_000) do
+      {:ok, %Call{ref: ref} = call, wait} ->
+        result =
+          receive do
+            {:droplet_nif_probe, ^ref, results} -> results
+          after
+            wait -> {:error, :timeout}
+          end
+
+        LibclusterDroplet.cancel(call)
+        ms = System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
+
+        case result do
+          {:error, _} = error -> error
+          results -> {:ok, results, ms / 1000}
+        end
+
+      other ->
+        other
+    end
+  end
+
+  @doc """
+  The verdict per node from the NIF's results, which come in target order.
+
+      iex> targets = [{:"a@h", "10.0.0.2"}, {:"b@h", "10.0.0.3"}]
+      iex> LibclusterDroplet.HealthCheck.results(targets, [{"10.0.0.2", {:ok, 120}}, {"10.0.0.3", {:error, :refused}}])
       %{"a@h": :ok, "b@h": {:error, :refused}}
   """
-  @spec verdicts(Selection.t(), [{String.t(), LibclusterDroplet.probe_result()}]) ::
-          %{node() => LibclusterDroplet.Plan.health()}
-  def verdicts(%Selection{candidates: candidates}, results) do
-    for {{node, _address}, {_, result}} <- Enum.zip(candidates, results), into: %{} do
+  @spec results([{node(), String.t()}], [{String.t(), term()}]) :: %{node() => result()}
+  def results(targets, results) do
+    for {{node, _address}, {_, result}} <- Enum.zip(targets, results), into: %{} do
       case result do
         {:ok, _us} -> {node, :ok}
         {:error, _} = error -> {node, error}

@@ -17,5 +17,59 @@ defmodule LibclusterDroplet.Log do
   def warn(topology, message), do: Logger.warning(prefix(topology) <> message)
   def error(topology, message), do: Logger.error(prefix(topology) <> message)
 
+  # A failed poll's warning: the class, the message, the token's source
+  # after a 401 (never the token), and what happens next.
+  def poll_failed(topology, reason, token, kept, delay) do
+    alias LibclusterDroplet.Error
+
+    source =
+      if reason == :unauthorized,
+        do: " (token from #{LibclusterDroplet.Token.describe(token)})",
+        else: ""
+
+    warn(
+      topology,
+      "DigitalOcean API poll failed (#{Error.class(reason)}): #{Error.format(reason)}#{source}; " <>
+        "keeping the #{kept} nodes as they are, next poll in #{delay} ms"
+    )
+  end
+
+  # A warning logged once per key: `warned` is the set of keys already
+  # warned about. prune/2 keeps it bounded: keys about a droplet name last
+  # while the name is listed, keys about a share's sender while it is
+  # connected.
+  def once(warned, topology, key, message_fun) do
+    if MapSet.member?(warned, key) do
+      warned
+    else
+      warn(topology, message_fun.())
+      MapSet.put(warned, key)
+    end
+  end
+
+  # The once-only warnings about droplets whose names make no node name.
+  def unusable(warned, topology, verdicts) do
+    Enum.reduce(verdicts, warned, fn
+      %{stage: :unusable_name, why: why} = v, warned ->
+        once(warned, topology, {:name, v.name}, fn ->
+          "skipping droplet #{inspect(v.name)}: " <>
+            LibclusterDroplet.Explain.Format.describe_unusable(why, v.address)
+        end)
+
+      _verdict, warned ->
+        warned
+    end)
+  end
+
+  def prune(warned, verdicts) do
+    names = MapSet.new(verdicts, & &1.name)
+    connected = MapSet.new(Node.list())
+
+    MapSet.filter(warned, fn
+      {:name, name} -> MapSet.member?(names, name)
+      {:share, sender, _} -> MapSet.member?(connected, sender)
+    end)
+  end
+
   defp prefix(topology), do: "[libcluster:#{topology}] "
 end

@@ -48,4 +48,18 @@ defmodule LibclusterDroplet.NodeName do
         {:ok, String.to_atom(basename <> "@" <> address)}
     end
   end
+
+  @doc """
+  The host part of a node name, `""` for a name without one.
+
+      iex> LibclusterDroplet.NodeName.host(:"app@10.0.0.2")
+      "10.0.0.2"
+  """
+  @spec host(node()) :: String.t()
+  def host(node) do
+    case node |> Atom.to_string() |> String.split("@", parts: 2) do
+      [_name, host] -> host
+      [_no_host] -> ""
+    end
+  end
 end

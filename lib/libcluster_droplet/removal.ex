@@ -1,53 +1,57 @@
 defmodule LibclusterDroplet.Removal do
   @leave_grace 5_000
-  @asks 2
+  @max_wait 60_000
+  @warn_after 2
 
   @moduledoc """
-  Pure decisions on removing managed nodes without costing healthy nodes
-  their connections.
+  Pure decisions on removing nodes no longer selected without costing
+  healthy nodes their connections.
 
-  Disconnecting a node from one side makes OTP's `global`
-  (`prevent_overlapping_partitions`, on by default since OTP 25) cut the
-  nodes that report the loss apart from the nodes still connected to it.
-  So a node no longer wanted that is connected through distribution is
-  first asked to leave by itself (`:global.disconnect/0` on it, see
-  `LibclusterDroplet.Membership.request_leave/1`), which removes it alone.
-  A node still connected #{@leave_grace} ms later is asked once more (while
-  a cluster is still settling, `global` may connect a node that just left
-  back to the others, and it then leaves again); only a node still
-  connected after #{@asks} requests, or one that only the `list_nodes` MFA
-  sees (a hidden node, a custom MFA), is disconnected with the
-  `disconnect` MFA. A disconnect that fails is retried at the next check
-  until it succeeds.
+  Disconnecting a node from one side never happens here. With OTP's
+  `prevent_overlapping_partitions` (on by default since OTP 25) the node
+  cut off reports the lost connection to every node it still sees, and
+  they drop their connections to the node that cut it off: a healthy node
+  would lose the cluster. So a node no longer wanted that is connected
+  through distribution is asked to leave by itself (`:global.disconnect/0`
+  on it, see `LibclusterDroplet.Membership.request_leave/1`), which removes
+  it alone. It is asked again while it stays connected, after
+  #{@leave_grace} ms, then twice as long each time up to #{div(@max_wait, 1000)} s (while a
+  cluster settles, `global` may connect a node that just left back to the
+  others). After #{@warn_after} requests the strategy warns, once: such a node runs
+  an OTP without `:global.disconnect/0` (before 25.1) or does not answer.
 
-  The state is a map from node to `%{since: ms, asked: non_neg_integer}`,
-  the number of times it was asked to leave.
+  A node that only the `list_nodes` MFA sees (a hidden node, or a custom
+  MFA) is no member of `global`'s cluster, so it is disconnected with the
+  `disconnect` MFA, retried until that succeeds.
+
+  The state is a map from node to `%{since: ms, asked: n}`: when it was
+  last asked (or its disconnect failed) and how many times it was asked.
   """
 
-  @typedoc "Nodes being removed: since when (ms) and how many times they were asked to leave."
+  @typedoc "Nodes being removed."
   @type removing :: %{node() => %{since: integer(), asked: non_neg_integer()}}
 
   @typedoc "What the strategy must do."
-  @type action :: {:ask_to_leave, node()} | {:disconnect, node(), asked :: boolean()}
+  @type action :: {:ask_to_leave, node()} | {:disconnect, node()} | {:still_connected, node()}
 
-  @doc "How long a node asked to leave may stay connected before it is asked again or disconnected."
+  @doc "How long a node asked to leave may stay connected before it is asked again."
   @spec leave_grace() :: pos_integer()
   def leave_grace, do: @leave_grace
 
-  @doc "How many times a node is asked to leave before it is disconnected."
-  @spec asks() :: pos_integer()
-  def asks, do: @asks
+  @doc "After how many requests a node still connected is warned about."
+  @spec warn_after() :: pos_integer()
+  def warn_after, do: @warn_after
 
   @doc """
   Starts removing the `stale` nodes: those `visible` through distribution
   are asked to leave; those only in `connected` (the `list_nodes` MFA's
-  view) are disconnected at once; the rest are already gone. Nodes in
-  `wanted` stop being removed.
+  view) are disconnected; the rest are gone already. Nodes in `wanted`
+  stop being removed.
 
       iex> alias LibclusterDroplet.Removal
       iex> {actions, removing} = Removal.start(%{}, [:a, :b, :c], MapSet.new([:a]), MapSet.new([:a, :b]), MapSet.new(), 0)
       iex> actions
-      [{:ask_to_leave, :a}, {:disconnect, :b, false}]
+      [{:ask_to_leave, :a}, {:disconnect, :b}]
       iex> Map.keys(removing)
       [:a, :b]
   """
@@ -58,20 +62,20 @@ defmodule LibclusterDroplet.Removal do
           MapSet.t(node()),
           MapSet.t(node()),
           integer()
-        ) ::
-          {[action()], removing()}
+        ) :: {[action()], removing()}
   def start(removing, stale, visible, connected, wanted, now) do
     removing = Map.reject(removing, fn {node, _} -> MapSet.member?(wanted, node) end)
 
     {actions, removing} =
-      Enum.reduce(stale, {[], removing}, fn node, {actions, removing} ->
+      stale
+      |> Enum.reject(&Map.has_key?(removing, &1))
+      |> Enum.reduce({[], removing}, fn node, {actions, removing} ->
         cond do
           MapSet.member?(visible, node) ->
             {[{:ask_to_leave, node} | actions], Map.put(removing, node, %{since: now, asked: 1})}
 
           MapSet.member?(connected, node) ->
-            {[{:disconnect, node, false} | actions],
-             Map.put(removing, node, %{since: now, asked: 0})}
+            {[{:disconnect, node} | actions], Map.put(removing, node, %{since: now, asked: 0})}
 
           true ->
             {actions, removing}
@@ -82,65 +86,63 @@ defmodule LibclusterDroplet.Removal do
   end
 
   @doc """
-  At a check: nodes no longer `connected` are done; nodes asked to leave
-  and still connected past the grace are asked again, up to #{@asks} times,
-  then disconnected; nodes whose disconnect failed are disconnected again.
+  At a check: nodes neither `visible` nor `connected` are done; a node
+  asked to leave and still visible is asked again once its wait is over
+  (and, at its #{@warn_after}th request, reported once); a node only
+  `connected` is disconnected again after `retry` ms.
 
       iex> alias LibclusterDroplet.Removal
-      iex> removing = %{a: %{since: 0, asked: 2}, b: %{since: 0, asked: 1}, c: %{since: 0, asked: 1}, d: %{since: 4_000, asked: 1}}
-      iex> {actions, removing} = Removal.due(removing, MapSet.new([:a, :c, :d]), 5_000)
-      iex> {actions, removing}
-      {[{:disconnect, :a, true}, {:ask_to_leave, :c}],
-       %{a: %{since: 0, asked: 2}, c: %{since: 5_000, asked: 2}, d: %{since: 4_000, asked: 1}}}
+      iex> removing = %{a: %{since: 0, asked: 1}, b: %{since: 4_000, asked: 1}, c: %{since: 0, asked: 1}}
+      iex> Removal.due(removing, MapSet.new([:a, :b]), MapSet.new([:a, :b]), 5_000, 60_000)
+      {[{:ask_to_leave, :a}, {:still_connected, :a}], %{a: %{since: 5_000, asked: 2}, b: %{since: 4_000, asked: 1}}}
   """
-  @spec due(removing(), MapSet.t(node()), integer()) :: {[action()], removing()}
-  def due(removing, connected, now) do
+  @spec due(removing(), MapSet.t(node()), MapSet.t(node()), integer(), pos_integer()) ::
+          {[action()], removing()}
+  def due(removing, visible, connected, now, retry) do
     removing
-    |> Enum.filter(fn {node, _} -> MapSet.member?(connected, node) end)
+    |> Enum.filter(fn {node, _} ->
+      MapSet.member?(visible, node) or MapSet.member?(connected, node)
+    end)
     |> Enum.sort()
-    |> Enum.reduce({[], %{}}, fn {node, info}, {actions, removing} ->
+    |> Enum.flat_map_reduce(%{}, fn {node, info}, acc ->
       cond do
-        info.asked > 0 and now - info.since < @leave_grace ->
-          {actions, Map.put(removing, node, info)}
+        now < info.since + wait(info, retry) ->
+          {[], Map.put(acc, node, info)}
 
-        info.asked > 0 and info.asked < @asks ->
-          {[{:ask_to_leave, node} | actions],
-           Map.put(removing, node, %{since: now, asked: info.asked + 1})}
+        MapSet.member?(visible, node) ->
+          asked = info.asked + 1
+          warn = if asked == @warn_after, do: [{:still_connected, node}], else: []
+          {[{:ask_to_leave, node} | warn], Map.put(acc, node, %{since: now, asked: asked})}
 
         true ->
-          {[{:disconnect, node, info.asked > 0} | actions], Map.put(removing, node, info)}
+          {[{:disconnect, node}], Map.put(acc, node, %{info | since: now})}
       end
     end)
-    |> then(fn {actions, removing} -> {Enum.reverse(actions), removing} end)
   end
 
   @doc """
   Records a disconnect's outcome: a success ends the node's removal; a
-  failure keeps it, to be retried at the next check.
+  failure keeps it, to be retried.
   """
   @spec disconnected(removing(), node(), :ok | :error) :: removing()
   def disconnected(removing, node, :ok), do: Map.delete(removing, node)
-
-  def disconnected(removing, node, :error) when is_map_key(removing, node),
-    do: Map.update!(removing, node, &%{&1 | asked: 0, since: 0})
-
   def disconnected(removing, _node, :error), do: removing
 
   @doc """
   When the next check is due, in ms from `now`, or `nil` when nothing is
-  being removed. Nodes asked to leave are checked when their grace ends;
-  failed disconnects are retried after `retry` ms.
+  being removed.
   """
   @spec next_check(removing(), integer(), pos_integer()) :: non_neg_integer() | nil
   def next_check(removing, _now, _retry) when map_size(removing) == 0, do: nil
 
   def next_check(removing, now, retry) do
-    removing
-    |> Map.values()
-    |> Enum.map(fn
-      %{asked: 0} -> retry
-      %{since: since} -> max(since + @leave_grace - now, 0)
-    end)
-    |> Enum.min()
+    removing |> Map.values() |> Enum.map(&max(&1.since + wait(&1, retry) - now, 0)) |> Enum.min()
   end
+
+  # A node asked n times waits leave_grace * 2^(n-1), at most @max_wait; a
+  # disconnect is retried after `retry`.
+  defp wait(%{asked: 0}, retry), do: retry
+
+  defp wait(%{asked: asked}, _retry),
+    do: min(@leave_grace * Integer.pow(2, min(asked - 1, 8)), @max_wait)
 end

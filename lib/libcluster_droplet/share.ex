@@ -1,47 +1,62 @@
 defmodule LibclusterDroplet.Share do
   @moduledoc """
-  The message a polling node sends to the strategy on every other node:
-  what its last listing selected, so that the others need not poll.
+  The message a polling node sends to the strategy on the other nodes:
+  its last listing's verdicts, so that they need not poll, and the
+  rate-limit floor it knows, so that none of them sends a request before it.
 
-  A share is versioned. On the wire it is
+  A share is versioned. Version 3, on the wire:
 
-      {:libcluster_droplet_share, 2, topology, %{from: node, fingerprint: integer,
-        interval: ms, seq: integer, listed_at: unix_ms, droplets: [{name, address}]}}
+      {:libcluster_droplet_share, 3, topology, %{from: node, fingerprint: integer,
+        interval: ms, seq: integer, listed_at: unix_ms, not_before: unix_ms | nil,
+        verdicts: [verdict] | nil}}
 
-  `listed_at` is the leader's clock when the listing started and `seq` its
-  count of polls; together they order views (see `newer?/2`), so a share
-  that arrives late never undoes a fresher view. `interval` is how long the
-  leader waits before its next poll (its `polling_interval`, stretched and
-  paced when the token's budget runs low): followers judge its silence by
-  it, not by their own interval.
+  where each verdict is `{id, name, status, address, stage, node, why}`
+  (see `LibclusterDroplet.Verdict`), every droplet of the listing, the
+  ones outside the filters included, so that a follower's explain answers
+  for each of them. `verdicts: nil` is a notice without a view: the
+  leader is alive, its next poll is `interval` away, and `not_before` is
+  the floor a 429 set.
 
-  `decode/1` accepts only what this version can read. Anything else tagged
-  `:libcluster_droplet_share` (another release during a rolling upgrade, a
-  corrupted term) is `{:error, reason}`: the strategy logs it once per
-  sender and ignores it, and membership never changes because of it.
+  `listed_at` (the leader's clock when the listing started) and `seq` (its
+  count of polls) order views (`newer?/2`), so a share that arrives late
+  never undoes a fresher view. `interval` is how long the leader waits
+  before its next poll: followers judge its silence by it.
+
+  During a rolling upgrade, a leader also sends each share in version 2,
+  the form of 2.0.0 (`droplets: [{name, address}]`, the droplets with an
+  address), which such nodes read, and this release reads version 2 from
+  them. Anything else tagged `:libcluster_droplet_share` is
+  `{:error, reason}`: the strategy logs it once per sender and ignores it;
+  membership never changes because of it.
   """
 
-  @version 2
+  alias LibclusterDroplet.Verdict
+
+  @version 3
   @tag :libcluster_droplet_share
 
-  @enforce_keys [:topology, :from, :fingerprint, :interval, :seq, :listed_at, :droplets]
-  defstruct @enforce_keys
+  @enforce_keys [:topology, :from, :fingerprint, :interval, :seq, :listed_at]
+  defstruct @enforce_keys ++ [version: @version, not_before: nil, verdicts: nil, droplets: nil]
 
-  @typedoc "A selected droplet as shared: its name and chosen address."
-  @type droplet :: {name :: String.t(), address :: String.t()}
-
+  @typedoc """
+  A share. `verdicts` (version 3) or `droplets` (`{name, address}`, from a
+  version 2 sender) holds its view; both are `nil` in a notice.
+  """
   @type t :: %__MODULE__{
+          version: 2 | 3,
           topology: atom(),
           from: node(),
           fingerprint: non_neg_integer(),
           interval: pos_integer(),
           seq: non_neg_integer(),
           listed_at: integer(),
-          droplets: [droplet()]
+          not_before: integer() | nil,
+          verdicts: [Verdict.t()] | nil,
+          droplets: [{String.t(), String.t()}] | nil
         }
 
-  @typedoc "Why a share could not be read: another protocol version (1 is the unversioned share of earlier releases), or a term of no known shape."
-  @type error :: {:unsupported_version, integer()} | :malformed
+  @typedoc "Why a share could not be read: another protocol version, or a term of no known shape."
+  @type error :: {:unsupported_version, term()} | :malformed
 
   @doc "The protocol version this release speaks."
   @spec version() :: pos_integer()
@@ -66,36 +81,119 @@ defmodule LibclusterDroplet.Share do
   def newer?(_view, nil), do: true
   def newer?(view, than), do: view > than
 
+  @doc """
+  A share from this node without a view yet: its `interval` (the wait
+  before the sender's next poll), the key of the sender's last view
+  (`nil` for none) and its floor.
+  """
+  @spec new(
+          atom(),
+          non_neg_integer(),
+          pos_integer(),
+          {integer(), non_neg_integer()} | nil,
+          integer() | nil
+        ) ::
+          t()
+  def new(topology, fingerprint, interval, key, not_before) do
+    {listed_at, seq} = key || {0, 0}
+
+    %__MODULE__{
+      topology: topology,
+      from: Node.self(),
+      fingerprint: fingerprint,
+      interval: interval,
+      seq: seq,
+      listed_at: listed_at,
+      not_before: not_before
+    }
+  end
+
+  @doc "The newer of two shares by their views (`pending` may be `nil`)."
+  @spec newest(t(), t() | nil) :: t()
+  def newest(share, nil), do: share
+
+  def newest(share, pending),
+    do: if(newer?(view(share), view(pending)), do: share, else: pending)
+
   @doc "The view key of a share."
   @spec view(t()) :: {integer(), non_neg_integer()}
   def view(%__MODULE__{listed_at: listed_at, seq: seq}), do: {listed_at, seq}
 
-  @payload [:from, :fingerprint, :interval, :seq, :listed_at, :droplets]
+  @doc """
+  The wire forms of a share: version 3, and for a share with a view, version
+  2 too, for nodes of the previous release.
+  """
+  @spec encode(t()) :: [tuple()]
+  def encode(%__MODULE__{} = share) do
+    v3 =
+      {@tag, @version, share.topology,
+       %{
+         from: share.from,
+         fingerprint: share.fingerprint,
+         interval: share.interval,
+         seq: share.seq,
+         listed_at: share.listed_at,
+         not_before: share.not_before,
+         verdicts: share.verdicts && Enum.map(share.verdicts, &verdict_to_wire/1)
+       }}
 
-  @doc "The wire form of a share."
-  @spec encode(t()) :: tuple()
-  def encode(%__MODULE__{} = share),
-    do: {@tag, @version, share.topology, share |> Map.from_struct() |> Map.take(@payload)}
+    [v3 | if(share.verdicts, do: [v2(share)], else: [])]
+  end
+
+  defp v2(share) do
+    droplets =
+      for %Verdict{stage: stage} = v <- share.verdicts,
+          stage not in [:outside_filters, :not_active, :no_address],
+          do: {v.name, v.address}
+
+    {@tag, 2, share.topology,
+     %{
+       from: share.from,
+       fingerprint: share.fingerprint,
+       interval: share.interval,
+       seq: share.seq,
+       listed_at: share.listed_at,
+       droplets: droplets
+     }}
+  end
+
+  defp verdict_to_wire(%Verdict{} = v),
+    do: {v.id, v.name, v.status, v.address, v.stage, v.node, v.why}
 
   @doc """
-  Reads a share, or tells why it cannot.
+  Reads a share, or tells why it cannot. `decode/2` also checks its
+  topology: a readable share of another one is `:other_topology`.
 
       iex> share = %LibclusterDroplet.Share{topology: :t, from: :"a@h", fingerprint: 1,
-      ...>   interval: 5_000, seq: 3, listed_at: 1_700_000_000_000, droplets: [{"a", "10.0.0.2"}]}
-      iex> LibclusterDroplet.Share.decode(LibclusterDroplet.Share.encode(share)) == {:ok, share}
+      ...>   interval: 5_000, seq: 3, listed_at: 1_700_000_000_000, verdicts: []}
+      iex> [v3, _v2] = LibclusterDroplet.Share.encode(share)
+      iex> LibclusterDroplet.Share.decode(v3) == {:ok, share}
       true
       iex> LibclusterDroplet.Share.decode({:libcluster_droplet_share, :t, :"a@h", 1, []})
       {:error, {:unsupported_version, 1}}
   """
   @spec decode(term()) :: {:ok, t()} | {:error, error()}
-  def decode({@tag, @version, topology, %{} = payload}) when is_atom(topology) do
-    share = struct(__MODULE__, payload |> Map.take(@payload) |> Map.put(:topology, topology))
-    if valid?(share), do: {:ok, share}, else: {:error, :malformed}
+  def decode({@tag, @version, topology, %{verdicts: verdicts} = payload})
+      when is_atom(topology) do
+    with {:ok, share} <- header(topology, payload, 3),
+         true <- valid_floor?(payload[:not_before]),
+         {:ok, verdicts} <- verdicts(verdicts) do
+      {:ok, %{share | not_before: payload[:not_before], verdicts: verdicts}}
+    else
+      _ -> {:error, :malformed}
+    end
   end
 
-  def decode({@tag, @version, _topology, _payload}), do: {:error, :malformed}
+  def decode({@tag, 2, topology, %{droplets: droplets} = payload}) when is_atom(topology) do
+    with {:ok, share} <- header(topology, payload, 2),
+         true <- is_list(droplets) and Enum.all?(droplets, &droplet?/1) do
+      {:ok, %{share | droplets: droplets}}
+    else
+      _ -> {:error, :malformed}
+    end
+  end
 
-  # The unversioned share of earlier releases.
+  # The unversioned share of releases before 2.0.0.
   def decode({@tag, topology, from, _fingerprint, droplets})
       when is_atom(topology) and is_atom(from) and is_list(droplets),
       do: {:error, {:unsupported_version, 1}}
@@ -105,19 +203,94 @@ defmodule LibclusterDroplet.Share do
 
   def decode(_message), do: {:error, :malformed}
 
+  defp header(topology, payload, version) do
+    share = %__MODULE__{
+      version: version,
+      topology: topology,
+      from: payload[:from],
+      fingerprint: payload[:fingerprint],
+      interval: payload[:interval],
+      seq: payload[:seq],
+      listed_at: payload[:listed_at]
+    }
+
+    if is_atom(share.from) and share.from != nil and is_integer(share.fingerprint) and
+         is_integer(share.interval) and share.interval > 0 and is_integer(share.seq) and
+         share.seq >= 0 and is_integer(share.listed_at),
+       do: {:ok, share},
+       else: :error
+  end
+
+  defp valid_floor?(not_before), do: is_nil(not_before) or is_integer(not_before)
+
+  defp verdicts(nil), do: {:ok, nil}
+
+  defp verdicts(list) when is_list(list) do
+    Enum.reduce_while(list, {:ok, []}, fn wire, {:ok, acc} ->
+      case verdict_from_wire(wire) do
+        {:ok, v} -> {:cont, {:ok, [v | acc]}}
+        :error -> {:halt, :error}
+      end
+    end)
+    |> case do
+      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      :error -> :error
+    end
+  end
+
+  defp verdicts(_other), do: :error
+
+  @stages Verdict.stages()
+
+  defp verdict_from_wire({id, name, status, address, stage, node, why})
+       when is_binary(name) and (is_binary(address) or is_nil(address)) and stage in @stages and
+              is_atom(node) and (is_integer(id) or is_nil(id)) and
+              (is_atom(status) or is_binary(status)) do
+    if stage in [:selected, :this_node, :duplicate] and not (is_binary(address) and node != nil),
+      do: :error,
+      else:
+        {:ok,
+         %Verdict{
+           id: id,
+           name: name,
+           status: status,
+           address: address,
+           stage: stage,
+           node: node,
+           why: why
+         }}
+  end
+
+  defp verdict_from_wire(_other), do: :error
+
+  defp droplet?({name, address}), do: is_binary(name) and is_binary(address)
+  defp droplet?(_), do: false
+
+  @doc false
+  @spec decode(term(), atom()) :: {:ok, t()} | :other_topology | {:error, error()}
+  def decode(message, topology) do
+    case decode(message) do
+      {:ok, %__MODULE__{topology: ^topology} = share} -> {:ok, share}
+      {:ok, %__MODULE__{}} -> :other_topology
+      error -> error
+    end
+  end
+
   @doc """
-  Sends an encoded share to the process registered as `name` on each of
-  `nodes`, never setting up a connection of its own (`:noconnect`).
+  Sends a share's wire forms to the process registered as `name` on each
+  of `nodes`, never setting up a connection of its own (`:noconnect`).
   """
-  @spec send(tuple(), atom(), [node()]) :: :ok
-  def send(message, name, nodes) do
-    Enum.each(nodes, &:erlang.send({name, &1}, message, [:noconnect]))
+  @spec send(t(), atom(), [node()]) :: :ok
+  def send(%__MODULE__{} = share, name, nodes) do
+    messages = encode(share)
+    for node <- nodes, message <- messages, do: :erlang.send({name, node}, message, [:noconnect])
+    :ok
   end
 
   @doc "Why a share could not be read, in words."
   @spec describe_error(error()) :: String.t()
   def describe_error({:unsupported_version, v}),
-    do: "protocol version #{inspect(v)}, this node speaks #{@version}"
+    do: "protocol version #{inspect(v)}, this node speaks #{@version} and 2"
 
   def describe_error(:malformed), do: "malformed"
 
@@ -126,14 +299,4 @@ defmodule LibclusterDroplet.Share do
   def sender({@tag, _version, _topology, %{from: from}}) when is_atom(from), do: from
   def sender({@tag, _topology, from, _fingerprint, _droplets}) when is_atom(from), do: from
   def sender(_message), do: nil
-
-  defp valid?(%__MODULE__{} = s) do
-    is_atom(s.from) and s.from != nil and is_integer(s.fingerprint) and is_integer(s.interval) and
-      s.interval > 0 and
-      is_integer(s.seq) and s.seq >= 0 and is_integer(s.listed_at) and is_list(s.droplets) and
-      Enum.all?(s.droplets, &droplet?/1)
-  end
-
-  defp droplet?({name, address}) when is_binary(name) and is_binary(address), do: true
-  defp droplet?(_), do: false
 end

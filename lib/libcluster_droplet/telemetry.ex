@@ -5,6 +5,45 @@ defmodule LibclusterDroplet.Telemetry do
 
   @compile {:no_warn_undefined, :telemetry}
 
+  # The poll's events: start, stop (with the counts per stage) and error.
+  def poll_start(topology),
+    do:
+      execute([:libcluster_droplet, :poll, :start], %{system_time: System.system_time()}, %{
+        topology: topology
+      })
+
+  def poll_stop(topology, started, counts, metadata),
+    do:
+      execute(
+        [:libcluster_droplet, :poll, :stop],
+        Map.put(counts, :duration, System.monotonic_time() - started),
+        Map.put(metadata, :topology, topology)
+      )
+
+  def poll_error(topology, started, class, failures),
+    do:
+      execute(
+        [:libcluster_droplet, :poll, :error],
+        %{duration: System.monotonic_time() - started},
+        %{topology: topology, reason: class, failures: failures}
+      )
+
+  # The poll stop event's counts per stage, for alerting on "listed but not
+  # connected": droplets listed, nodes selected (this one aside), of those
+  # the ones passing the health check and the ones `connected` now.
+  def stage_counts(listing, verdicts, connected) do
+    selected = for %{stage: :selected} = v <- verdicts, do: v
+    connected = MapSet.new(connected)
+
+    %{
+      requests: listing.requests,
+      listed: length(listing.droplets),
+      selected: length(selected),
+      healthy: Enum.count(selected, &(&1.health == :ok)),
+      connected: Enum.count(selected, &MapSet.member?(connected, &1.node))
+    }
+  end
+
   @spec execute([atom()], map(), map()) :: :ok
   def execute(event, measurements, metadata) do
     if Code.ensure_loaded?(:telemetry) do

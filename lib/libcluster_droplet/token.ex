@@ -94,6 +94,24 @@ defmodule LibclusterDroplet.Token do
        "{module, function, args} or a zero-arity function"}
   end
 
+  @doc false
+  # NimbleOptions' custom validator of `:token`.
+  @spec validate_option(term()) :: {:ok, t()} | {:error, String.t()}
+  def validate_option(%__MODULE__{} = token), do: {:ok, token}
+
+  def validate_option(source) do
+    case new(source) do
+      {:ok, token} -> {:ok, token}
+      {:error, message} -> {:error, message <> " (value not shown)"}
+    end
+  end
+
+  @doc false
+  # The token of a literal source, known without reading anything.
+  @spec literal(t()) :: {:ok, String.t()} | :error
+  def literal(%__MODULE__{source: {:literal, fun}}), do: {:ok, fun.()}
+  def literal(%__MODULE__{}), do: :error
+
   @doc """
   Reads the token now. Returns it with the source to keep for next time (a
   file's content is kept until the file changes), or

@@ -68,8 +68,8 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
       diagnosed
       |> Task.async_stream(
         fn e ->
-          {e.node,
-           Explain.conclude(e.node, probe(e.node, e.address, opts), e.stage == :connect_failed)}
+          %{node: node, address: address} = e.verdict
+          {node, Explain.conclude(node, probe(node, address, opts), e.stage == :connect_failed)}
         end,
         max_concurrency: @concurrency,
         # Each step is bounded by the timeout; this only guards against a hang.

@@ -33,7 +33,7 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
   use Mix.Task
 
   alias Cluster.Strategy.Droplet.Config
-  alias LibclusterDroplet.{Error, Explain, NodeWatch, Plan}
+  alias LibclusterDroplet.{Error, Explain, HealthCheck, NodeWatch, Pipeline}
 
   @switches [topology: :string, dist_port: :integer, epmd_port: :integer, timeout: :integer]
 
@@ -64,9 +64,9 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
       dist_port: opts[:dist_port]
     ]
 
-    case report(topology, config, raw[:token], Enum.reject(diagnosis, &(elem(&1, 1) == nil))) do
+    case report(topology, config, config.token, Enum.reject(diagnosis, &(elem(&1, 1) == nil))) do
       {:ok, report} ->
-        Mix.shell().info(Explain.format(report))
+        Mix.shell().info(Explain.Format.format(report))
 
       {:error, reason} ->
         Mix.raise(
@@ -107,79 +107,57 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
     end
   end
 
-  # One listing, the filters, the health probes, then the diagnosis: what a
-  # strategy would do, without connecting.
+  # One listing, the pipeline, the health checks, then the diagnosis: what
+  # a strategy does, without connecting. This machine is no node of the
+  # cluster: nothing is "this node", and vpc: :self cannot be applied.
   defp report(topology, config, token, diagnosis) do
     listed_at = System.system_time(:millisecond)
+    list_opts = [token: token, deadline: config.api_timeout * 3] ++ Config.list_options(config)
 
-    with {:ok, listing} <-
-           LibclusterDroplet.list_droplets(
-             [token: token, deadline: config.api_timeout * 3] ++ Config.list_options(config)
-           ),
-         # This machine has no droplet, so it has no VPC of its own.
-         filters = if(config.vpc == :self, do: %{config | vpc: nil}, else: config),
-         {:ok, kept, excluded} <- Plan.filter(listing.droplets, filters, Node.self()) do
-      selection = Plan.select(kept, config.node_basename, Node.self())
-      probes = probe(selection, config.health_check)
+    with {:ok, listing} <- LibclusterDroplet.list_droplets(list_opts),
+         {:ok, verdicts} <- Pipeline.from_listing(listing.droplets, config, nil) do
+      targets = Pipeline.targets(verdicts)
+      {verdicts, probes} = check(verdicts, targets, config.health_check)
+      requests = if listing.requests == 1, do: "1 request", else: "#{listing.requests} requests"
+
+      notes =
+        [
+          {:info,
+           "listed #{length(listing.droplets)} droplets with #{requests}, #{length(targets)} " <>
+             "selected; nothing connects from here, and the cookie is not checked"}
+        ] ++
+          if config.vpc == :self,
+            do: [{:info, "vpc: :self is each node's own VPC: from here, every VPC is shown"}],
+            else: []
 
       facts = %Explain.Facts{
         topology: topology,
         self: Node.self(),
         now: System.system_time(:millisecond),
         mode: :offline,
-        config: Explain.config_facts(config),
-        view: %{
-          source: :listing,
-          listed_at: listed_at,
-          applied_at: System.system_time(:millisecond),
-          droplets: Explain.listed(kept, excluded)
-        },
-        probes: probes
+        config: Explain.Facts.config(config),
+        view: %{source: :listing, listed_at: listed_at, applied_at: listed_at, verdicts: verdicts},
+        probes: probes,
+        notes: notes
       }
 
-      notes =
-        [
-          {:info,
-           "listed #{length(listing.droplets)} droplets with #{listing.requests} " <>
-             "request#{if listing.requests == 1, do: "", else: "s"}, " <>
-             "#{length(selection.candidates)} selected; nothing connects from here, and the cookie is not checked"}
-        ] ++
-          if config.vpc == :self,
-            do: [{:info, "vpc: :self is each node's own VPC: from here, every VPC is shown"}],
-            else: []
-
-      report = Explain.report(facts)
-
-      {:ok, Explain.Diagnosis.run(%{report | checks: notes ++ report.checks}, diagnosis)}
+      {:ok, Explain.Diagnosis.run(Explain.report(facts), diagnosis)}
     end
   end
 
-  defp probe(_selection, nil), do: %{}
+  defp check(verdicts, targets, health_check) do
+    case HealthCheck.run(targets, health_check) do
+      {:ok, results, batch_ms} ->
+        at = System.system_time(:millisecond)
+        timeout = HealthCheck.timeout(health_check)
+        {watch, _events} = NodeWatch.probed(%NodeWatch{}, targets, results, at, batch_ms, timeout)
+        {Pipeline.with_results(verdicts, results), watch.probes}
 
-  defp probe(selection, {:tcp, port: port, timeout: timeout}) do
-    started = System.monotonic_time()
+      :unchecked ->
+        {Pipeline.with_results(verdicts, :unchecked), %{}}
 
-    results =
-      LibclusterDroplet.probe(Enum.map(selection.candidates, &elem(&1, 1)), port, timeout: timeout)
-
-    batch_us = System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
-
-    case results do
       {:error, _} ->
-        %{}
-
-      results ->
-        {watch, _events} =
-          NodeWatch.probed(
-            %NodeWatch{},
-            selection.candidates,
-            results,
-            System.system_time(:millisecond),
-            batch_us / 1000,
-            timeout
-          )
-
-        watch.probes
+        {verdicts, %{}}
     end
   end
 end

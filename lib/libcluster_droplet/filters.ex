@@ -1,0 +1,218 @@
+defmodule LibclusterDroplet.Filters do
+  @moduledoc """
+  The client-side filters: the options that keep only some of the listed
+  droplets, applied here rather than by the API (which takes one `tag_name`
+  or one `name` at a time, and nothing else that clusters care about).
+
+  Each filter is declared once, as data, in `@filters`: its option, the
+  droplet field it reads, its option schema (validation and the doc line
+  of the generated option table) and the words explain uses for a droplet
+  outside it. `Cluster.Strategy.Droplet.Config` builds its schema and its
+  fingerprint from these declarations, `LibclusterDroplet.Pipeline` applies
+  them, and explain words them, so adding a filter is one entry here (with
+  its clauses of `outside/3` and `describe/2`), a test, and nothing else.
+  The NIF passes the declared fields through (`fields/0`).
+  """
+
+  @uuid ~r/\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\z/
+  @slug ~r/\A[a-z0-9]{1,32}\z/
+  @max_values 64
+
+  @filters [
+    regions: [
+      field: :region,
+      schema: [
+        type: {:custom, __MODULE__, :validate, [:regions]},
+        default: nil,
+        type_doc: "`nil` or a list of region slugs",
+        doc:
+          "only droplets in one of these regions (`[\"nyc3\", \"sfo3\"]`), at most " <>
+            "#{@max_values}; `nil`: any region."
+      ]
+    ],
+    vpc: [
+      field: :vpc_uuid,
+      scope: "vpc:read",
+      schema: [
+        type: {:custom, __MODULE__, :validate, [:vpc]},
+        default: nil,
+        type_doc: "`nil`, `:self` or a VPC's UUID",
+        doc:
+          "only droplets in this VPC, given by its UUID, or `:self`: this node's own VPC " <>
+            "(that of the listed droplet that has this node's address). Needs the token's " <>
+            "`vpc:read` scope: without it droplets come without `vpc_uuid`, and the poll " <>
+            "fails with `vpc_unknown` rather than guess. `nil`: any VPC."
+      ]
+    ]
+  ]
+
+  @typedoc "A filter's option name."
+  @type option :: atom()
+
+  @typedoc "Why a droplet is outside a filter: the option, and the droplet's value of its field."
+  @type outside :: {option(), term()}
+
+  @doc "The filters' option schemas, for `Cluster.Strategy.Droplet.Config`."
+  @spec schema() :: keyword()
+  def schema, do: for({option, spec} <- @filters, do: {option, spec[:schema]})
+
+  @doc "The filter options."
+  @spec options() :: [option()]
+  def options, do: Keyword.keys(@filters)
+
+  @doc "The droplet fields the filters read, which the listing must carry."
+  @spec fields() :: [atom()]
+  def fields, do: for({_option, spec} <- @filters, do: spec[:field])
+
+  @doc """
+  The filters a config sets, as `{option, value}` sorted by option: what
+  the fingerprint hashes and what explain shows.
+
+      iex> LibclusterDroplet.Filters.set(%{regions: ["nyc3"], vpc: nil})
+      [regions: ["nyc3"]]
+  """
+  @spec set(map()) :: [{option(), term()}]
+  def set(config) do
+    for {option, _spec} <- @filters,
+        value = Map.get(config, option),
+        value != nil,
+        do: {option, normalize(option, value)}
+  end
+
+  defp normalize(:regions, regions), do: Enum.sort(regions)
+  defp normalize(_option, value), do: value
+
+  @doc """
+  Resolves the filters a config sets against a listing, then splits the
+  droplets: `{:ok, [{droplet, outside}]}` in listing order, where `outside`
+  lists every filter the droplet is outside of (`[]` when it is kept).
+
+  `self` is this node's name (`vpc: :self` is the VPC of the listed
+  droplet whose address is its host part), or `nil` where there is no such
+  node (a developer's machine: `vpc: :self` is then not applied).
+  A filter that cannot be applied fails the whole: guessing would cluster
+  too much or nothing.
+
+      iex> alias LibclusterDroplet.Filters
+      iex> droplets = [
+      ...>   %{name: "a", address: "10.0.0.1", region: "nyc3", vpc_uuid: "v1"},
+      ...>   %{name: "b", address: "10.0.0.2", region: "sfo3", vpc_uuid: "v1"},
+      ...>   %{name: "c", address: "10.0.0.3", region: "nyc3", vpc_uuid: "v2"}
+      ...> ]
+      iex> {:ok, split} = Filters.apply(droplets, %{regions: ["nyc3"], vpc: :self}, :"app@10.0.0.1")
+      iex> Enum.map(split, fn {d, outside} -> {d.name, outside} end)
+      [{"a", []}, {"b", [regions: "sfo3"]}, {"c", [vpc: "v2"]}]
+      iex> Filters.apply(droplets, %{regions: nil, vpc: :self}, :"app@10.0.0.9")
+      {:error, {:vpc_unknown, "this node's droplet (address 10.0.0.9) is not among the listed droplets, so its VPC is unknown"}}
+  """
+  @spec apply([map()], map(), node() | nil) ::
+          {:ok, [{map(), [outside()]}]} | {:error, {atom(), String.t()}}
+  def apply(droplets, config, self) do
+    resolved =
+      Enum.reduce_while(set(config), {:ok, []}, fn {option, value}, {:ok, acc} ->
+        case resolve(option, value, droplets, self) do
+          {:ok, nil} -> {:cont, {:ok, acc}}
+          {:ok, value} -> {:cont, {:ok, [{option, value} | acc]}}
+          {:error, _} = error -> {:halt, error}
+        end
+      end)
+
+    with {:ok, filters} <- resolved do
+      filters = Enum.reverse(filters)
+
+      {:ok, Enum.map(droplets, &{&1, outside(&1, filters)})}
+    end
+  end
+
+  defp outside(droplet, filters) do
+    for {option, value} <- filters,
+        outside?(option, value, field_value(droplet, option)),
+        do: {option, field_value(droplet, option)}
+  end
+
+  defp field_value(droplet, option), do: Map.get(droplet, @filters[option][:field])
+
+  # A filter's value against a listing: `{:ok, nil}` when it does not apply.
+  defp resolve(:vpc, vpc, droplets, self) do
+    case Enum.count(droplets, &(not is_binary(&1[:vpc_uuid]))) do
+      0 -> own_vpc(vpc, droplets, self)
+      n -> vpc_unknown("#{n} of the #{length(droplets)} listed droplets came without vpc_uuid")
+    end
+  end
+
+  defp resolve(_option, value, _droplets, _self), do: {:ok, value}
+
+  defp own_vpc(:self, _droplets, nil), do: {:ok, nil}
+
+  # This node's droplet is found by its address; two VPCs may hold the same
+  # private range, so an address found in several VPCs names none.
+  defp own_vpc(:self, droplets, self) do
+    host = LibclusterDroplet.NodeName.host(self)
+
+    case droplets |> Enum.filter(&(&1[:address] == host)) |> Enum.map(& &1.vpc_uuid) do
+      [] ->
+        vpc_unknown(
+          "this node's droplet (address #{host}) is not among the listed droplets, so its VPC is unknown"
+        )
+
+      vpcs ->
+        case Enum.uniq(vpcs) do
+          [vpc] ->
+            {:ok, String.downcase(vpc)}
+
+          several ->
+            vpc_unknown(
+              "listed droplets in #{length(several)} different VPCs have this node's address #{host}"
+            )
+        end
+    end
+  end
+
+  defp own_vpc(uuid, _droplets, _self), do: {:ok, uuid}
+
+  defp vpc_unknown(detail), do: {:error, {:vpc_unknown, detail}}
+
+  # Whether a droplet whose field holds `field` is outside the filter.
+  defp outside?(:regions, regions, region), do: region not in regions
+  defp outside?(:vpc, vpc, uuid), do: not is_binary(uuid) or String.downcase(uuid) != vpc
+
+  @doc """
+  Why a droplet is outside a filter, in words.
+
+      iex> LibclusterDroplet.Filters.describe({:regions, "sfo3"})
+      "region sfo3 is not among :regions"
+  """
+  @spec describe(outside()) :: String.t()
+  def describe({:regions, nil}), do: "no region, and :regions is set"
+  def describe({:regions, slug}), do: "region #{slug} is not among :regions"
+  def describe({:vpc, nil}), do: "no VPC, and :vpc is set"
+  def describe({:vpc, uuid}), do: "VPC #{uuid} is not the :vpc asked for"
+
+  @doc false
+  # NimbleOptions' custom validator of each filter option. Messages name
+  # the expected shape, never the value: it may be a token pasted in the
+  # wrong place.
+  def validate(nil, _option), do: {:ok, nil}
+
+  def validate(:self, :vpc), do: {:ok, :self}
+
+  # UUIDs are compared as the API writes them, in lower case; a VPC's name
+  # given by mistake would match no droplet and is refused here.
+  def validate(uuid, :vpc) when is_binary(uuid) do
+    lower = String.downcase(uuid)
+    if Regex.match?(@uuid, lower), do: {:ok, lower}, else: invalid(:vpc)
+  end
+
+  def validate([_ | _] = regions, :regions) do
+    if length(regions) <= @max_values and Enum.all?(regions, &slug?/1),
+      do: {:ok, Enum.uniq(regions)},
+      else: invalid(:regions)
+  end
+
+  def validate(_value, option), do: invalid(option)
+
+  defp slug?(value), do: is_binary(value) and Regex.match?(@slug, value)
+
+  defp invalid(option),
+    do: {:error, "expected #{@filters[option][:schema][:type_doc]} (value not shown)"}
+end

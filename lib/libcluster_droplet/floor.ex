@@ -1,0 +1,78 @@
+defmodule LibclusterDroplet.Floor do
+  @moduledoc """
+  The rate-limit floor: after a 429, nothing is sent to the API before its
+  `retry-after` has passed, nor before `ratelimit-reset` once no request
+  remains.
+
+  There is one floor per API URL and VM, in `LibclusterDroplet.Store`, and
+  every path to the API goes through `wait/2` before it sends anything:
+  `LibclusterDroplet.start_list_droplets/1` itself (so `list_droplets/1`,
+  explain's and the mix task's listings too), and the strategy before it
+  starts a poll, whether a tick, a takeover or a restart asks for it. A
+  strategy restarted within a `retry-after` waits it out; a leader shares
+  its floor, so followers wait it out too.
+  """
+
+  alias LibclusterDroplet.Store
+
+  @doc """
+  How long to wait before the next request to `api_url`, in ms from `now`
+  (Unix ms): 0 when nothing holds it back.
+  """
+  @spec wait(String.t(), integer()) :: non_neg_integer()
+  def wait(api_url, now \\ System.system_time(:millisecond)) do
+    case Store.floor(api_url) do
+      nil -> 0
+      not_before -> max(not_before - now, 0)
+    end
+  end
+
+  @doc "The floor of `api_url` (Unix ms), or `nil` when none was ever set."
+  @spec not_before(String.t()) :: integer() | nil
+  def not_before(api_url), do: Store.floor(api_url)
+
+  @doc "Raises the floor of `api_url` to `not_before` (Unix ms; `nil` does nothing)."
+  @spec raise(String.t(), integer() | nil) :: :ok
+  def raise(_api_url, nil), do: :ok
+
+  def raise(api_url, not_before) when is_integer(not_before),
+    do: Store.raise_floor(api_url, not_before)
+
+  @doc """
+  The floor (Unix ms) a response sets, or `nil`:
+
+    * a 429 with a `retry-after` (in the reason or the headers) of `seconds`;
+    * any response with `remaining: 0`: `reset`, or a minute when it is missing.
+
+      iex> LibclusterDroplet.Floor.after_response(nil, {:rate_limited, 30}, 1_000)
+      31000
+      iex> LibclusterDroplet.Floor.after_response(%{remaining: 0, reset: 90, limit: 5000, retry_after: nil}, nil, 1_000)
+      90000
+      iex> LibclusterDroplet.Floor.after_response(%{remaining: 10, reset: 90, limit: 5000, retry_after: nil}, :timeout, 1_000)
+      nil
+  """
+  @spec after_response(LibclusterDroplet.rate_limit() | nil, term(), integer()) ::
+          integer() | nil
+  def after_response(rate_limit, reason, now) do
+    retry =
+      case reason do
+        {:rate_limited, seconds} when is_integer(seconds) -> now + seconds * 1000
+        _ -> nil
+      end
+
+    retry_header =
+      case rate_limit do
+        %{retry_after: seconds} when is_integer(seconds) -> now + seconds * 1000
+        _ -> nil
+      end
+
+    exhausted =
+      case rate_limit do
+        %{remaining: 0, reset: reset} when is_integer(reset) -> max(reset * 1000, now + 1000)
+        %{remaining: 0} -> now + 60_000
+        _ -> nil
+      end
+
+    [retry, retry_header, exhausted] |> Enum.reject(&is_nil/1) |> Enum.max(fn -> nil end)
+  end
+end
