@@ -265,7 +265,7 @@ defmodule LibclusterDroplet.CoordinationTest do
       state = strategy_state(node, sup)
       now = TestCluster.call(node, System, :monotonic_time, [:millisecond])
       due = state.coordination.last_api_poll_at + Coordination.safety_interval(@interval, size)
-      %{polls: state.polls, now: now, due: due}
+      %{polls: state.schedule.polls, now: now, due: due}
     end
 
     test "when the poller goes away, exactly one node takes over", %{api: api, prefix: prefix} do
@@ -319,7 +319,9 @@ defmodule LibclusterDroplet.CoordinationTest do
       [_ | followers] = started
 
       TestCluster.await(fn ->
-        Enum.all?(followers, fn {n, sup} -> strategy_state(n, sup).check != nil end)
+        Enum.all?(followers, fn {n, sup} ->
+          match?(%Cluster.Strategy.Droplet.ShareCheck{}, strategy_state(n, sup).phase)
+        end)
       end)
 
       started
@@ -330,7 +332,10 @@ defmodule LibclusterDroplet.CoordinationTest do
       prefix: prefix
     } do
       [{leader, _}, {successor, successor_sup} | _] = probing_cluster(api, prefix, 1..3)
-      assert strategy_state(successor, successor_sup).check != nil
+
+      assert %Cluster.Strategy.Droplet.ShareCheck{} =
+               strategy_state(successor, successor_sup).phase
+
       TestCluster.stop(leader)
 
       TestCluster.await(fn ->
@@ -351,7 +356,7 @@ defmodule LibclusterDroplet.CoordinationTest do
       # The poller is alive but shares nothing: after 2 × interval + 1 s each
       # follower polls itself (and fails too), its tick never lost.
       for {n, sup} <- followers do
-        TestCluster.await(fn -> strategy_state(n, sup).failures >= 1 end, 20_000)
+        TestCluster.await(fn -> strategy_state(n, sup).schedule.failures >= 1 end, 20_000)
         assert Map.has_key?(strategy_state(n, sup).timers, :tick)
       end
     end

@@ -258,10 +258,10 @@ defmodule Cluster.Strategy.DropletExplainClusterTest do
     # strategy answers and keeps polling.
     pid = TestCluster.call(app, :persistent_term, :get, [{Droplet, :explain, :droplets}])
     slow = Task.async(fn -> explain(app, probe_timeout: 4_000) end)
-    polls = TestCluster.call(app, :sys, :get_state, [pid]).polls
+    polls = TestCluster.call(app, :sys, :get_state, [pid]).schedule.polls
 
     TestCluster.await(fn ->
-      TestCluster.call(app, :sys, :get_state, [pid]).polls >= polls + 2
+      TestCluster.call(app, :sys, :get_state, [pid]).schedule.polls >= polls + 2
     end)
 
     assert Task.yield(slow, 0) == nil, "the diagnosis ended before the strategy answered"

@@ -404,11 +404,11 @@ defmodule LibclusterDroplet.ExplainTest do
            [topology: topology, config: config] ++ SpyMembership.mfas(spy)}
         )
 
-      TestCluster.await(fn -> map_size(:sys.get_state(pid).watch.probes) == 2 end)
+      TestCluster.await(fn -> map_size(:sys.get_state(pid).members.watch.probes) == 2 end)
       FakeAPI.remove_droplet(api, 2)
 
       TestCluster.await(fn ->
-        Map.keys(:sys.get_state(pid).watch.probes) == [:"node-1@127.0.9.12"]
+        Map.keys(:sys.get_state(pid).members.watch.probes) == [:"node-1@127.0.9.12"]
       end)
 
       {:ok, report} = Cluster.Strategy.Droplet.explain(topology, print: false)

@@ -403,24 +403,24 @@ defmodule LibclusterDroplet.NifBudgetTest do
            [topology: :budget_watchdog, config: config] ++ SpyMembership.mfas(spy)}
         )
 
-      TestCluster.await(fn -> match?(%{poll: %{stage: :probing}}, :sys.get_state(pid)) end)
-      assert %{poll: %{call: %Call{concurrency: 1}}} = :sys.get_state(pid)
+      TestCluster.await(fn -> match?(%{phase: %{stage: :probing}}, :sys.get_state(pid)) end)
+      assert %{phase: %{call: %Call{concurrency: 1}}} = :sys.get_state(pid)
       TestCluster.await(fn -> nif_threads() == 1 end)
       # Held here too: dropped by the strategy, garbage collection alone
       # would cancel it sooner or later.
-      %{poll: %{call: call}} = :sys.get_state(pid)
+      %{phase: %{call: call}} = :sys.get_state(pid)
 
       # The watchdog fires now rather than in 45 s.
-      {ref, _timer} = :sys.get_state(pid).timers.poll_watchdog
+      {ref, _timer} = :sys.get_state(pid).timers.watchdog
 
       capture_log(fn ->
         send(pid, {:droplet_timer, :poll_watchdog, ref})
-        TestCluster.await(fn -> :sys.get_state(pid).failures == 1 end)
+        TestCluster.await(fn -> :sys.get_state(pid).schedule.failures == 1 end)
       end)
 
       # The probe in flight ends by its 2 s timeout; the 19 others never start.
       TestCluster.await(fn -> nif_threads() == 0 end, 20_000)
-      assert :sys.get_state(pid).poll == nil
+      assert :sys.get_state(pid).phase == nil
       LibclusterDroplet.cancel(call)
       Native.debug_release(held)
     end

@@ -93,7 +93,7 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
             # Both faulty answers given (counted by the API, so no look at
             # the strategy can miss them), then a poll that succeeded.
             TestCluster.await(fn -> faulty_answers(api) >= 2 * i end, 10_000)
-            TestCluster.await(fn -> :sys.get_state(pid).failures == 0 end, 10_000)
+            TestCluster.await(fn -> :sys.get_state(pid).schedule.failures == 0 end, 10_000)
           end
 
           # A crash: the strategy's state replaced by garbage, then its next
@@ -257,7 +257,7 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
       log =
         capture_log(fn ->
           {pid, spy} = start_strategy(api, token: {:file, path}, max_backoff: 200)
-          TestCluster.await(fn -> :sys.get_state(pid).failures >= 2 end)
+          TestCluster.await(fn -> :sys.get_state(pid).schedule.failures >= 2 end)
           assert FakeAPI.request_count(api) == 0
           assert SpyMembership.connected(spy) == []
 
@@ -266,8 +266,8 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
 
           # Gone again: polls fail, the two nodes stay, nobody is disconnected.
           File.rm!(path)
-          failed = :sys.get_state(pid).failures
-          TestCluster.await(fn -> :sys.get_state(pid).failures >= failed + 2 end)
+          failed = :sys.get_state(pid).schedule.failures
+          TestCluster.await(fn -> :sys.get_state(pid).schedule.failures >= failed + 2 end)
           assert length(SpyMembership.connected(spy)) == 2
           refute Enum.any?(SpyMembership.events(spy), &match?({:disconnect, _}, &1))
         end)
@@ -293,9 +293,9 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
           TestCluster.await(fn -> length(SpyMembership.connected(spy)) == 2 end)
 
           FakeAPI.set_token(api, rotated)
-          TestCluster.await(fn -> :sys.get_state(pid).failures >= 1 end)
+          TestCluster.await(fn -> :sys.get_state(pid).schedule.failures >= 1 end)
           System.put_env(var, rotated)
-          TestCluster.await(fn -> :sys.get_state(pid).failures == 0 end)
+          TestCluster.await(fn -> :sys.get_state(pid).schedule.failures == 0 end)
           assert length(SpyMembership.connected(spy)) == 2
         end)
 
@@ -325,7 +325,7 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
           FakeAPI.requests(api) |> Enum.any?(&(&1.status == 401))
         end)
 
-        TestCluster.await(fn -> :sys.get_state(pid).failures == 0 end)
+        TestCluster.await(fn -> :sys.get_state(pid).schedule.failures == 0 end)
         assert List.last(FakeAPI.requests(api)).status == 200
       end)
     end

@@ -81,7 +81,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
         for _ <- 1..40 do
           Process.sleep(20)
           state = state(ctx.pid)
-          {Map.has_key?(state.timers, :tick), state.poll && state.poll.stage}
+          {Map.has_key?(state.timers, :tick), state.phase && Map.get(state.phase, :stage)}
         end
 
       assert Enum.all?(samples, &elem(&1, 0)), inspect(samples)
@@ -101,10 +101,10 @@ defmodule Cluster.Strategy.DropletCycleTest do
 
       capture_log(fn ->
         # The probe's reply will carry a ref the strategy no longer waits for.
-        TestCluster.await(fn -> match?(%{poll: %{stage: :probing}}, state(ctx.pid)) end, 10_000)
+        TestCluster.await(fn -> match?(%{phase: %{stage: :probing}}, state(ctx.pid)) end, 10_000)
 
-        :sys.replace_state(ctx.pid, fn state -> put_in(state.poll.ref, make_ref()) end)
-        TestCluster.await(fn -> state(ctx.pid).failures >= 1 end, 20_000)
+        :sys.replace_state(ctx.pid, fn state -> put_in(state.phase.call.ref, make_ref()) end)
+        TestCluster.await(fn -> state(ctx.pid).schedule.failures >= 1 end, 20_000)
       end)
       |> then(&assert(&1 =~ "poll failed (timeout)"))
 
@@ -124,8 +124,8 @@ defmodule Cluster.Strategy.DropletCycleTest do
 
       ctx = start_local(api)
       # Below a quarter (15) remaining, each poll lowers it: 2, 4...
-      TestCluster.await(fn -> state(ctx.pid).stretch >= 4 end, 30_000)
-      stretched = state(ctx.pid).stretch
+      TestCluster.await(fn -> state(ctx.pid).schedule.stretch >= 4 end, 30_000)
+      stretched = state(ctx.pid).schedule.stretch
 
       # The budget is back: the next response halves the factor, and with
       # plenty remaining nothing else slows polling, so the gap after that
@@ -248,7 +248,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
         # The fake API's 429 says retry-after: 1.
         FakeAPI.inject(api, {:status, 429})
         pid = Remote.strategy_pid(sup)
-        TestCluster.await(fn -> state(pid).failures >= 1 end, 10_000)
+        TestCluster.await(fn -> state(pid).schedule.failures >= 1 end, 10_000)
         Process.exit(pid, :kill)
         # Its successor starts where it left off, before its first poll.
         successor =
@@ -256,7 +256,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
             Remote.strategy_pid(sup) not in [nil, pid] and Remote.strategy_pid(sup)
           end)
 
-        assert state(successor).failures >= 1
+        assert state(successor).schedule.failures >= 1
 
         TestCluster.await(
           fn -> Enum.count(FakeAPI.requests(api), &(&1.status == 200)) >= 3 end,

@@ -60,7 +60,7 @@ defmodule Cluster.Strategy.DropletFaultsTest do
     %{topology: topology, spy: spy, pid: pid}
   end
 
-  defp failures(pid), do: :sys.get_state(pid).failures
+  defp failures(pid), do: :sys.get_state(pid).schedule.failures
 
   # Runs `fault_fun` with the cluster formed, waits for `polls` failed polls,
   # ends the fault with `heal_fun` and waits for a successful poll. Returns

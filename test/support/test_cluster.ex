@@ -444,7 +444,7 @@ defmodule LibclusterDroplet.TestCluster.Remote do
   @doc false
   # Makes the strategy lose the answer of its share check in flight: the
   # NIF's reply will carry a ref it no longer waits for.
-  def lose_check_reply(pid), do: :sys.replace_state(pid, &put_in(&1.check.ref, make_ref()))
+  def lose_check_reply(pid), do: :sys.replace_state(pid, &put_in(&1.phase.call.ref, make_ref()))
 
   @doc false
   # Takes every helper permit of this node's NIF thread budget, held by a
@@ -476,7 +476,7 @@ defmodule LibclusterDroplet.TestCluster.Remote do
   # until told to stop: while it does, garbage collection cannot cancel the
   # call, only the strategy's own cancel can.
   def hold_check_call(pid) do
-    %{check: %{call: %LibclusterDroplet.Call{} = call}} = :sys.get_state(pid)
+    %{phase: %{call: %LibclusterDroplet.Call{} = call}} = :sys.get_state(pid)
 
     spawn(fn ->
       receive do
