@@ -6,60 +6,103 @@ defmodule LibclusterDroplet.ExplainTest do
   use ExUnit.Case, async: true
 
   import ExUnit.CaptureIO
-  alias LibclusterDroplet.{Explain, FakeAPI, NodeWatch, SpyMembership, TestCluster}
-  alias LibclusterDroplet.Explain.{Diagnosis, Entry, Facts, Report}
+
+  alias LibclusterDroplet.{
+    Explain,
+    FakeAPI,
+    NodeWatch,
+    Pipeline,
+    SpyMembership,
+    TestCluster,
+    Verdict
+  }
+
+  alias LibclusterDroplet.Explain.{Checks, Diagnosis, Entry, Facts, Format, Report}
 
   doctest LibclusterDroplet.Explain
+  doctest LibclusterDroplet.Explain.Format
   doctest LibclusterDroplet.NodeWatch
 
   @self :"app@10.0.0.2"
+  @vpc_a "760e09ef-dc84-11e8-981e-3cfdfeaae000"
+  @vpc_b "5a4981aa-9653-4bd1-bef5-d6bff52042e4"
+  @config %{
+    node_basename: "app",
+    require_listed: true,
+    network: :private,
+    ipv6: false,
+    health_check: {:tcp, port: 4000, timeout: 500},
+    coordinate: true,
+    polling_interval: 5_000,
+    regions: ["nyc3"],
+    vpc: @vpc_a
+  }
 
+  # A droplet as listed: `{name, status, address}` or with its region and VPC.
+  defp droplet({name, status, address}), do: droplet({name, status, address, "nyc3", @vpc_a})
+
+  defp droplet({name, status, address, region, vpc}),
+    do: %{name: name, status: status, address: address, region: region, vpc_uuid: vpc}
+
+  # The facts of a view of `droplets`, their verdicts decided by the pipeline.
   defp facts(droplets, extra \\ []) do
-    struct!(
-      %Facts{
-        topology: :droplets,
-        self: @self,
-        now: 1_700_000_100_000,
-        alive?: true,
-        longnames?: true,
-        config: %{
-          node_basename: "app",
-          require_listed: true,
-          network: :private,
-          ipv6: false,
-          health_check: {:tcp, port: 4000, timeout: 500},
-          coordinate: true
+    facts =
+      struct!(
+        %Facts{
+          topology: :droplets,
+          self: @self,
+          now: 1_700_000_100_000,
+          alive?: true,
+          longnames?: true,
+          config: @config,
+          polls: 7,
+          last_poll_at: 1_700_000_099_000
         },
-        view: %{
+        extra
+      )
+
+    self = if facts.mode == :offline, do: nil, else: facts.self
+
+    {:ok, verdicts} = Pipeline.from_listing(Enum.map(droplets, &droplet/1), facts.config, self)
+
+    health = for {node, %{result: result}} <- facts.probes, into: %{}, do: {node, result}
+    verdicts = if health == %{}, do: verdicts, else: Pipeline.with_health(verdicts, health)
+    view(facts, verdicts)
+  end
+
+  defp view(facts, verdicts) do
+    %{
+      facts
+      | view: %{
           source: :listing,
           listed_at: 1_700_000_000_000,
           applied_at: 1_700_000_099_000,
-          droplets: droplets
-        },
-        polls: 7,
-        last_poll_at: 1_700_000_099_000
-      },
-      extra
-    )
+          verdicts: verdicts
+        }
+    }
   end
 
   defp probe(result, failed),
     do: %{result: result, took_ms: 500, exact?: true, at: 0, failed: failed, warned?: false}
 
-  describe "stages" do
+  defp names(entries), do: Enum.map(entries, &{&1.verdict.name, &1.stage})
+  defp checks(facts), do: Checks.checks(facts)
+  defp format(facts), do: Format.format(Explain.report(facts))
+
+  describe "entries" do
     test "every stage a droplet can stop at, in the order it goes through them" do
       droplets = [
-        {"a-self", :active, "10.0.0.2", []},
-        {"b-far", :active, "10.0.0.3", [{:region, "ams3"}, {:vpc, "v2"}]},
-        {"c-off", :off, nil, []},
-        {"d-nowhere", :active, nil, []},
-        {"e-conn", :active, "10.0.0.5", []},
-        {"f-dup", :active, "10.0.0.5", []},
-        {"g-sick", :active, "10.0.0.7", []},
-        {"h-fail", :active, "10.0.0.8", []},
-        {"i-flight", :active, "10.0.0.9", []},
-        {"j-new", :active, "10.0.0.10", []},
-        {"k-bad", :active, "not-an-ip", []}
+        {"a-self", :active, "10.0.0.2"},
+        {"b-far", :active, "10.0.0.3", "ams3", @vpc_b},
+        {"c-off", :off, nil},
+        {"d-nowhere", :active, nil},
+        {"e-conn", :active, "10.0.0.5"},
+        {"f-dup", :active, "10.0.0.5"},
+        {"g-sick", :active, "10.0.0.7"},
+        {"h-fail", :active, "10.0.0.8"},
+        {"i-flight", :active, "10.0.0.9"},
+        {"j-new", :active, "10.0.0.10"},
+        {"k-bad", :active, "not-an-ip"}
       ]
 
       facts =
@@ -77,7 +120,7 @@ defmodule LibclusterDroplet.ExplainTest do
 
       entries = Explain.entries(facts)
 
-      assert Enum.map(entries, &{&1.name, &1.stage}) == [
+      assert names(entries) == [
                {"a-self", :this_node},
                {"b-far", :outside_filters},
                {"c-off", :not_active},
@@ -91,10 +134,13 @@ defmodule LibclusterDroplet.ExplainTest do
                {"k-bad", :unusable_name}
              ]
 
-      text = Explain.format(Explain.report(facts))
-      assert text =~ "region ams3 is not among :regions; VPC v2 is not the :vpc asked for"
+      assert Enum.all?(entries, &(&1.stage in Explain.stages()))
+
+      text = format(facts)
+      assert text =~ "region ams3 is not among :regions; VPC #{@vpc_b} is not the :vpc asked for"
       assert text =~ "status off: only active droplets are selected"
       assert text =~ "no private IPv4 address"
+      assert text =~ "an earlier droplet of the listing has the same node name"
       assert text =~ "since 2023-11-14T22:14:00Z (1 min 0 s ago)"
       # Connected, failing one probe: kept until the strikes run out.
       assert text =~ "failed its last 1 health check(s) (connection refused)"
@@ -103,102 +149,326 @@ defmodule LibclusterDroplet.ExplainTest do
       assert text =~
                "3 connects failed in a row (net_kernel could not set up the connection), next attempt in 4.0 s"
 
+      assert text =~ "a connect is in flight"
+      assert text =~ "selected; its connect has not started yet (at most 64 run at once)"
       assert text =~ ~s("not-an-ip" is not an IP address)
-      assert text =~ "11 droplets: 1 outside filters, 1 not active"
+
+      assert Format.summary(Explain.report(facts)) ==
+               "11 droplets: 1 outside filters, 1 not active, 1 no address, 1 unusable name, " <>
+                 "1 duplicate, 1 this node, 1 health failed, 1 pending, 1 connecting, " <>
+                 "1 connect failed, 1 connected"
+    end
+
+    test "stages are the verdicts': none is decided again" do
+      # Verdicts the pipeline would not give for this listing: explain
+      # shows them as they are.
+      verdicts = [
+        %Verdict{
+          name: "web-1",
+          status: :active,
+          address: "10.0.0.3",
+          stage: :duplicate,
+          node: :"app@10.0.0.3"
+        },
+        %Verdict{
+          name: "web-2",
+          status: :active,
+          address: "10.0.0.4",
+          stage: :outside_filters,
+          why: [regions: "nyc3"]
+        },
+        %Verdict{
+          name: "web-3",
+          status: :off,
+          address: "10.0.0.5",
+          stage: :selected,
+          node: :"app@10.0.0.5"
+        },
+        %Verdict{
+          name: "web-4",
+          status: :active,
+          address: "10.0.0.2",
+          stage: :this_node,
+          node: :"x@10.0.0.2"
+        }
+      ]
+
+      facts = view(facts([]), verdicts)
+
+      assert names(Explain.entries(facts)) == [
+               {"web-1", :duplicate},
+               {"web-2", :outside_filters},
+               {"web-3", :pending},
+               {"web-4", :this_node}
+             ]
+
+      assert Enum.map(Explain.entries(facts), & &1.verdict) == verdicts
+      assert {:ok, "this node is among the selected droplets (2 in all)"} in checks(facts)
+    end
+
+    test "a selected node that failed its check in the verdict, without a probe on record" do
+      verdicts = [
+        %Verdict{
+          name: "web-3",
+          status: :active,
+          address: "10.0.0.3",
+          stage: :selected,
+          node: :"app@10.0.0.3",
+          health: {:error, :refused}
+        },
+        %Verdict{
+          name: "web-2",
+          status: :active,
+          address: "10.0.0.2",
+          stage: :this_node,
+          node: @self
+        }
+      ]
+
+      facts = view(facts([]), verdicts)
+      assert [%Entry{stage: :health_failed, probe: nil} = entry, _] = Explain.entries(facts)
+      assert Format.detail(entry, facts) == "failed its health check: connection refused"
     end
 
     test "a managed node failing its first probes is still connecting, not left out" do
       facts =
-        facts([{"web-3", :active, "10.0.0.3", []}, {"web-2", :active, "10.0.0.2", []}],
+        facts([{"web-3", :active, "10.0.0.3"}, {"web-2", :active, "10.0.0.2"}],
           probes: %{:"app@10.0.0.3" => probe({:error, :refused}, 1)},
           managed: [:"app@10.0.0.3"],
           connects: %{:"app@10.0.0.3" => %{count: 1, reason: false, retry_at: 0}}
         )
 
-      assert [%Entry{stage: :this_node}, %Entry{stage: :connect_failed}] = Explain.entries(facts)
+      assert [%Entry{stage: :connect_failed}, %Entry{stage: :this_node}] = Explain.entries(facts)
       # Unmanaged (three strikes, or never passed): left out by its health check.
-      assert [_, %Entry{stage: :health_failed}] = Explain.entries(%{facts | managed: []})
+      assert [%Entry{stage: :health_failed}, _] = Explain.entries(%{facts | managed: []})
     end
 
-    test "a node that must be listed and is not: every candidate is not joining" do
-      facts = facts([{"web-1", :active, "10.0.0.3", []}], managed: [])
+    test "a node that must be listed and is not: every selected node is not joining" do
+      facts = facts([{"web-1", :active, "10.0.0.3"}], managed: [])
       assert [%Entry{stage: :not_joining}] = Explain.entries(facts)
+
+      assert Format.format(Explain.report(facts)) =~
+               "this node is not among the selected droplets, so it connects to no one"
 
       facts = put_in(facts.config.require_listed, false)
       assert [%Entry{stage: :pending}] = Explain.entries(facts)
+
+      # Without distribution nothing says it must be listed.
+      assert [%Entry{stage: :pending}] =
+               Explain.entries(%{facts([{"web-1", :active, "10.0.0.3"}]) | alive?: false})
     end
 
-    test "offline: healthy candidates are candidates, failing ones failed; nothing is this node" do
+    test "offline: healthy nodes are candidates, failing ones failed; nothing is this node" do
       facts =
-        facts([{"web-1", :active, "10.0.0.3", []}, {"web-2", :active, "10.0.0.4", []}],
+        facts(
+          [
+            {"web-1", :active, "10.0.0.3"},
+            {"web-2", :active, "10.0.0.4"},
+            {"app", :active, "10.0.0.2"}
+          ],
           mode: :offline,
           self: :nonode@nohost,
           probes: %{:"app@10.0.0.4" => probe({:error, :refused}, 1)}
         )
 
-      assert Enum.map(Explain.entries(facts), & &1.stage) == [:candidate, :health_failed]
-      assert Explain.to_diagnose(Explain.report(facts)) |> Enum.map(& &1.name) == ["web-1"]
+      assert Enum.map(Explain.entries(facts), & &1.stage) == [
+               :candidate,
+               :health_failed,
+               :candidate
+             ]
+
+      assert Explain.to_diagnose(Explain.report(facts)) |> Enum.map(& &1.verdict.name) == [
+               "web-1",
+               "app"
+             ]
+
+      assert Explain.report(facts).checks == [
+               {:info, "3 droplets in the API listing of 2023-11-14T22:13:20Z"}
+             ]
+
+      assert format(facts) =~ "listed from this machine"
     end
 
     test "without a view there are no entries, and the checks say so" do
-      report = Explain.report(facts([], view: nil, last_poll_at: nil, polls: 0))
+      report = Explain.report(%{facts([], last_poll_at: nil, polls: 0) | view: nil})
       assert report.entries == []
       assert {:info, "no API poll has succeeded yet on this node"} in report.checks
-      assert Explain.format(report) =~ "(no droplets in the last view)"
+
+      assert {:info, "no view yet: whether this node is among the selected droplets is not known"} in report.checks
+
+      assert Format.format(report) =~ "(no droplets in the last view)"
+      assert Format.summary(report) == "0 droplets"
+    end
+
+    test "put_findings/2 puts each finding into its node's entry" do
+      facts =
+        facts([{"web-3", :active, "10.0.0.3"}, {"web-2", :active, "10.0.0.2"}],
+          managed: [:"app@10.0.0.3"],
+          in_flight: [:"app@10.0.0.3"]
+        )
+
+      report = Explain.report(facts)
+      assert [%Entry{stage: :connecting}] = Explain.to_diagnose(report)
+      report = Explain.put_findings(report, %{:"app@10.0.0.3" => {:not_registered, []}})
+      assert [%Entry{finding: {:not_registered, []}}, %Entry{finding: nil}] = report.entries
+      assert Format.format(report) =~ "epmd at 10.0.0.3 answers but lists no node"
+    end
+
+    test "a follower's view: the share's verdicts, those outside the filters included" do
+      {:ok, leader} =
+        Pipeline.from_listing(
+          Enum.map(
+            [
+              {"web-1", :active, "10.0.0.1"},
+              {"sfo", :active, "10.0.0.9", "sfo3", @vpc_a},
+              {"web-2", :active, "10.0.0.2"}
+            ],
+            &droplet/1
+          ),
+          @config,
+          :"app@10.0.0.1"
+        )
+
+      share = %LibclusterDroplet.Share{
+        topology: :droplets,
+        from: :"app@10.0.0.1",
+        fingerprint: 1,
+        interval: 5_000,
+        seq: 1,
+        listed_at: 1_700_000_000_000,
+        verdicts: leader
+      }
+
+      verdicts = Pipeline.from_share(share, "app", @self)
+
+      facts = %{
+        view(facts([]), verdicts)
+        | view: %{view(facts([]), verdicts).view | source: {:share, :"app@10.0.0.1"}}
+      }
+
+      assert names(Explain.entries(facts)) == [
+               {"web-1", :pending},
+               {"sfo", :outside_filters},
+               {"web-2", :this_node}
+             ]
+
+      text = format(facts)
+      assert text =~ "region sfo3 is not among :regions"
+      assert text =~ ~s(3 droplets in the share from :"app@10.0.0.1" of 2023-11-14T22:13:20Z)
     end
   end
 
   describe "checks of this node" do
     test "distribution: not started, short names, long names" do
-      [{level, text} | _] = Explain.checks(facts([], alive?: false, self: :nonode@nohost))
+      [{level, text} | _] = checks(facts([], alive?: false, self: :nonode@nohost))
       assert level == :warning and text =~ "distribution is not started"
       # Not alive: whether it is listed does not matter.
-      refute Enum.any?(
-               Explain.checks(facts([], alive?: false)),
-               fn {_, t} -> t =~ "selected droplets" end
-             )
+      refute Enum.any?(checks(facts([], alive?: false)), fn {_, t} -> t =~ "selected droplets" end)
 
-      [{:warning, text} | _] = Explain.checks(facts([], longnames?: false, self: :app@web1))
+      [{:warning, text} | _] = checks(facts([], longnames?: false, self: :app@web1))
       assert text =~ "short names"
 
-      [{:ok, text} | _] = Explain.checks(facts([]))
+      [{:ok, text} | _] = checks(facts([]))
       assert text =~ "long names"
     end
 
-    test "not listed: the names the strategy computes, at most five" do
-      droplets = for i <- 3..9, do: {"web-#{i}", :active, "10.0.0.#{i}", []}
-      checks = Explain.checks(facts(droplets))
+    test "misnamed: the name its own droplet needs, found by its address, then up to 4 others" do
+      droplets = [
+        {"web-2", :active, "10.0.0.2"} | for(i <- 3..9, do: {"web-#{i}", :active, "10.0.0.#{i}"})
+      ]
+
+      facts = facts(droplets, self: :"wrong@10.0.0.2")
 
       assert {:warning, text} =
-               Enum.find(checks, fn {_, t} -> t =~ "is not among the 7 selected droplets" end)
-
-      assert text =~ ~s(:"app@10.0.0.3", :"app@10.0.0.4")
-      assert text =~ ~s(:"app@10.0.0.7")
-      refute text =~ ~s(:"app@10.0.0.8")
-    end
-
-    test "failing polls, and who polls" do
-      facts = facts([], failures: 3, last_error: {:http_status, "HTTP 503"})
-
-      assert {:warning, text} =
-               Enum.find(Explain.checks(facts), fn {_, t} -> t =~ "API polls failed" end)
+               Enum.find(checks(facts), fn {_, t} ->
+                 t =~ "is not among the 8 selected droplets"
+               end)
 
       assert text =~
-               "the last 3 API polls failed (http_status: HTTP 503); the last success was 1.0 s ago"
+               ~s(this node :"wrong@10.0.0.2" is not among the 8 selected droplets, so it joins no one; ) <>
+                 ~s(its droplet, found by its address, is named :"app@10.0.0.2"; ) <>
+                 ~s(others are :"app@10.0.0.3", :"app@10.0.0.4", :"app@10.0.0.5", :"app@10.0.0.6": ) <>
+                 "fix RELEASE_NODE (basename@ the droplet's private IPv4 address) or :node_basename"
+
+      refute text =~ ~s(:"app@10.0.0.7")
+    end
+
+    test "misnamed, and no droplet at its address: up to 4 of the names the strategy computes" do
+      droplets = for i <- 3..9, do: {"web-#{i}", :active, "10.0.0.#{i}"}
+
+      {:warning, text} =
+        Enum.find(checks(facts(droplets)), fn {_, t} -> t =~ "selected droplets" end)
+
+      assert text =~
+               "no listed droplet has this node's address; the strategy computes names such as " <>
+                 ~s(:"app@10.0.0.3", :"app@10.0.0.4", :"app@10.0.0.5", :"app@10.0.0.6":)
+
+      refute text =~ ~s(:"app@10.0.0.7")
+
+      {:warning, text} = Enum.find(checks(facts([])), fn {_, t} -> t =~ "selected droplets" end)
+      assert text =~ "names such as none"
+    end
+
+    test "not listed, and require_listed: false: said, not warned" do
+      facts = put_in(facts([{"web-3", :active, "10.0.0.3"}]).config.require_listed, false)
+
+      assert {:info,
+              ~s(this node :"app@10.0.0.2" is not among the selected droplets; require_listed: false lets it join anyway)} in checks(
+               facts
+             )
+
+      refute Checks.unlisted?(facts)
+      assert Checks.unlisted?(put_in(facts.config.require_listed, true))
+      refute Checks.unlisted?(%{facts | mode: :offline})
+    end
+
+    test "failing polls, who polls, the floor, the nodes asked to leave" do
+      facts = facts([], failures: 3, last_error: {:http_status, "HTTP 503"})
+
+      assert {:warning, text} = Enum.find(checks(facts), fn {_, t} -> t =~ "API polls failed" end)
+
+      assert text ==
+               "the last 3 API polls failed (http_status: HTTP 503); the last success was 1.0 s ago; membership is kept as it is"
+
+      assert {:ok, "last successful API poll 1.0 s ago (7 in all)"} in checks(facts([]))
 
       follows = facts([], polling: {:follows, :"app@10.0.0.1", 1_700_000_099_500})
 
       assert {:info,
-              "this node follows :\"app@10.0.0.1\", which polls the API for the cluster (its last share arrived 500 ms ago)"} in Explain.checks(
+              "this node follows :\"app@10.0.0.1\", which polls the API for the cluster (its last share arrived 500 ms ago)"} in checks(
                follows
              )
 
-      alone = put_in(facts([]).config.coordinate, false)
+      assert {:info, "this node polls the API for the cluster and shares what it finds"} in checks(
+               facts([], polling: :leads)
+             )
 
-      assert {:info, "coordinate: false: this node polls the API on its own"} in Explain.checks(
-               alone
+      alone = put_in(facts([]).config.coordinate, false)
+      assert {:info, "coordinate: false: this node polls the API on its own"} in checks(alone)
+
+      assert {:info, "the API's rate limit holds every request back for 30.0 s more"} in checks(
+               facts([], not_before: 1_700_000_130_000)
+             )
+
+      refute Enum.any?(checks(facts([], not_before: 1_700_000_000_000)), fn {_, t} ->
+               t =~ "rate limit"
+             end)
+
+      assert {:info,
+              ~s[asked to leave, still connected: :"old@10.0.0.9" (their droplets are no longer selected)]} in checks(
+               facts([], removing: [:"old@10.0.0.9"])
              )
     end
+  end
+
+  test "Facts.config/1 keeps what shapes an explanation, never the token" do
+    config =
+      Cluster.Strategy.Droplet.Config.new!(token: "dop_v1_explain_facts_token", regions: ["nyc3"])
+
+    facts_config = Facts.config(config)
+    refute Map.has_key?(facts_config, :token)
+    assert %{regions: ["nyc3"], vpc: nil, node_basename: nil, require_listed: true} = facts_config
+    refute inspect(facts_config) =~ "explain_facts_token"
   end
 
   describe "conclusions" do
@@ -233,35 +503,49 @@ defmodule LibclusterDroplet.ExplainTest do
     end
 
     test "in words, with what to do" do
-      e = %Entry{node: @node, address: "10.0.0.3"}
+      v = %Verdict{
+        name: "web-3",
+        status: :active,
+        stage: :selected,
+        node: @node,
+        address: "10.0.0.3"
+      }
 
-      assert Explain.describe_finding({:other_node, "app@web-1", 9100}, e) =~
+      e = %Entry{verdict: v}
+      finding = &Format.describe_finding/2
+
+      assert finding.({:other_node, "app@web-1", 9100}, e) =~
                "runs `app@web-1` (it answered at 10.0.0.3:9100); the strategy expects `app@10.0.0.3`: " <>
                  "name the node after the droplet's address (RELEASE_NODE=app@10.0.0.3)"
 
       # A remote console's name is not the one to suggest.
-      assert Explain.describe_finding(
-               {:not_registered, [{"rem-1a2b-web", 9101}, {"web", 9100}]},
-               e
-             ) =~
+      assert finding.({:not_registered, [{"rem-1a2b-web", 9101}, {"web", 9100}]}, e) =~
                ~s(set node_basename: "web")
 
-      assert Explain.describe_finding({:not_registered, []}, e) =~ "lists no node"
+      assert finding.({:not_registered, []}, e) =~ "lists no node"
 
-      assert Explain.describe_finding({:dist_closed, 9100, :refused}, e) =~
+      assert finding.({:dist_closed, 9100, :refused}, e) =~
                "epmd lists the node at port 9100, but 10.0.0.3:9100 refused the connection"
 
-      assert Explain.describe_finding({:nothing_answers, {4369, :refused}, nil}, e) ==
+      assert finding.({:nothing_answers, {4369, :refused}, nil}, e) ==
                "nothing answers at 10.0.0.3: epmd port 4369 refused the connection; " <>
                  "the droplet is down, its release is not running, or a firewall drops these ports"
 
-      assert Explain.describe_finding({:answers, "app@::1", 9100}, %{e | address: "::1"}) =~
+      assert finding.({:answers, "app@::1", 9100}, %Entry{verdict: %{v | address: "::1"}}) =~
                "answers at [::1]:9100"
+
+      assert finding.({:cookie_mismatch, 9100}, e) =~ "most likely a cookie mismatch"
+
+      assert finding.({:refused, "not_allowed"}, e) =~
+               "refuses the handshake (status not_allowed)"
+
+      assert finding.({:busy, "nok"}, e) =~ "run explain again"
+      assert finding.({:not_distribution, 9100}, e) =~ "does not speak Erlang distribution"
     end
   end
 
   test "a report inspects as a summary" do
-    report = Explain.report(facts([{"web-1", :off, nil, []}]))
+    report = Explain.report(facts([{"web-1", :off, nil}]))
 
     assert inspect(report) ==
              "#LibclusterDroplet.Explain.Report<topology: :droplets, 1 droplets: 1 not active>"
@@ -334,7 +618,7 @@ defmodule LibclusterDroplet.ExplainTest do
     end
 
     test "at most max_diagnosed nodes are diagnosed, and the report says so" do
-      droplets = for i <- 2..4, do: {"web-#{i}", :active, "127.0.8.#{i}", []}
+      droplets = for i <- 2..4, do: {"web-#{i}", :active, "127.0.8.#{i}"}
       closed = TestCluster.free_port()
 
       report =
@@ -413,7 +697,7 @@ defmodule LibclusterDroplet.ExplainTest do
 
       {:ok, report} = Cluster.Strategy.Droplet.explain(topology, print: false)
       assert Map.keys(report.facts.probes) == [:"node-1@127.0.9.12"]
-      assert [%Entry{name: "node-1", stage: :health_failed}] = report.entries
+      assert [%Entry{verdict: %Verdict{name: "node-1"}, stage: :health_failed}] = report.entries
     end
 
     test "found by its topology, printed as a table by default, and the token never shows" do

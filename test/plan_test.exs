@@ -1,212 +1,69 @@
 defmodule LibclusterDroplet.PlanTest do
   @moduledoc false
-  # The pure decisions behind the cycle: selection, the desired set, probe
-  # strikes, connect bookkeeping and the share protocol.
+  # The pure decisions behind the cycle: the desired set and probe
+  # strikes (Plan), connect bookkeeping (Connector), removing nodes
+  # without cutting anyone off (Removal), and the health check's kinds.
   use ExUnit.Case, async: true
 
-  alias LibclusterDroplet.{Connector, Plan, Share}
-  alias LibclusterDroplet.Plan.Selection
+  alias LibclusterDroplet.{Connector, HealthCheck, Plan, Removal}
 
   doctest LibclusterDroplet.Plan
   doctest LibclusterDroplet.Connector
-  doctest LibclusterDroplet.Share
   doctest LibclusterDroplet.Removal
   doctest LibclusterDroplet.HealthCheck
 
-  @self :"app@10.0.0.1"
-
-  describe "select/3" do
-    test "names nodes basename@address, finds this node, drops unselected droplets" do
-      droplets = [
-        %{name: "web-1", address: "10.0.0.1"},
-        %{name: "web-2", address: "10.0.0.2"},
-        %{name: "web-3", address: nil},
-        %{name: "web-2-again", address: "10.0.0.2"}
-      ]
-
-      assert %Selection{candidates: [{:"app@10.0.0.2", "10.0.0.2"}], self_listed?: true} =
-               Plan.select(droplets, "app", @self)
-
-      # Without a basename the droplet's name is the node's.
-      assert %Selection{self_listed?: false, candidates: candidates} =
-               Plan.select(droplets, nil, @self)
-
-      assert Enum.map(candidates, &elem(&1, 0)) == [
-               :"web-1@10.0.0.1",
-               :"web-2@10.0.0.2",
-               :"web-2-again@10.0.0.2"
-             ]
-    end
-
-    test "unusable names are reported, not selected" do
-      s = Plan.select([{"example.com", "10.0.0.5"}, {"ok", "not-an-ip"}], nil, @self)
-      assert s.candidates == []
-
-      assert s.unusable == [
-               {"example.com", "example.com", "10.0.0.5", :invalid_basename},
-               {"ok", "ok", "not-an-ip", :invalid_address}
-             ]
-    end
-  end
-
-  describe "filter/3" do
-    @vpc_a "760e09ef-dc84-11e8-981e-3cfdfeaae000"
-    @vpc_b "5a4981aa-9653-4bd1-bef5-d6bff52042e4"
-
-    defp d(name, address, region, vpc),
-      do: %{name: name, address: address, region: region, vpc_uuid: vpc}
-
-    defp names(droplets), do: Enum.map(droplets, & &1.name)
-    defp why(excluded), do: Enum.map(excluded, fn {d, reasons} -> {d.name, reasons} end)
-
-    defp listing do
-      [
-        d("self", "10.0.0.1", "nyc3", @vpc_a),
-        d("a-sfo", "10.0.0.2", "sfo3", @vpc_a),
-        d("b-nyc", "10.0.1.3", "nyc3", @vpc_b),
-        d("b-ams", "10.0.1.4", "ams3", @vpc_b),
-        d("off", nil, nil, @vpc_a)
-      ]
-    end
-
-    test "without regions or vpc every droplet is kept, uninspected" do
-      # Not even a vpc_uuid is needed.
-      listing = [%{name: "x", address: "10.0.0.9"}]
-      assert Plan.filter(listing, %{regions: nil, vpc: nil}, @self) == {:ok, listing, []}
-    end
-
-    test "regions keep droplets in one of them; the others are outside, with their region" do
-      assert {:ok, kept, excluded} =
-               Plan.filter(listing(), %{regions: ["nyc3", "sfo3"], vpc: nil}, @self)
-
-      assert names(kept) == ["self", "a-sfo", "b-nyc"]
-      assert why(excluded) == [{"b-ams", [{:region, "ams3"}]}, {"off", [{:region, nil}]}]
-    end
-
-    test "a VPC's UUID keeps the droplets in it, compared in lower case" do
-      listing = [d("upper", "10.0.0.5", "nyc3", String.upcase(@vpc_a)) | listing()]
-
-      assert {:ok, kept, excluded} = Plan.filter(listing, %{regions: nil, vpc: @vpc_a}, @self)
-      assert names(kept) == ["upper", "self", "a-sfo", "off"]
-      assert why(excluded) == [{"b-nyc", [{:vpc, @vpc_b}]}, {"b-ams", [{:vpc, @vpc_b}]}]
-    end
-
-    test "vpc: :self is the VPC of the droplet at this node's address" do
-      assert {:ok, kept, _} =
-               Plan.filter(listing(), %{regions: nil, vpc: :self}, :"self@10.0.0.1")
-
-      assert names(kept) == ["self", "a-sfo", "off"]
-
-      # Whatever this node's basename: the address finds its droplet.
-      assert {:ok, kept, _} = Plan.filter(listing(), %{regions: nil, vpc: :self}, :"app@10.0.1.4")
-      assert names(kept) == ["b-nyc", "b-ams"]
-    end
-
-    test "a droplet outside both says so twice" do
-      assert {:ok, ["self"], excluded} =
-               listing()
-               |> Plan.filter(%{regions: ["nyc3"], vpc: :self}, :"self@10.0.0.1")
-               |> then(fn {:ok, kept, excluded} -> {:ok, names(kept), excluded} end)
-
-      assert why(excluded) == [
-               {"a-sfo", [{:region, "sfo3"}]},
-               {"b-nyc", [{:vpc, @vpc_b}]},
-               {"b-ams", [{:region, "ams3"}, {:vpc, @vpc_b}]},
-               {"off", [{:region, nil}]}
-             ]
-    end
-
-    test "droplets listed without vpc_uuid: the VPC cannot be told, the filter fails" do
-      listing = [d("self", "10.0.0.1", "nyc3", nil), d("a", "10.0.0.2", "nyc3", @vpc_a)]
-
-      for vpc <- [:self, @vpc_a] do
-        assert Plan.filter(listing, %{regions: nil, vpc: vpc}, :"self@10.0.0.1") ==
-                 {:error, {:vpc_unknown, "1 of the 2 listed droplets came without vpc_uuid"}}
-      end
-
-      # Without a VPC asked for, nothing needs it.
-      assert {:ok, _, []} = Plan.filter(listing, %{regions: ["nyc3"], vpc: nil}, :"self@10.0.0.1")
-    end
-
-    test "vpc: :self with this node's droplet not listed, or listed in two VPCs, fails" do
-      assert Plan.filter(listing(), %{regions: nil, vpc: :self}, :"self@10.0.0.99") ==
-               {:error,
-                {:vpc_unknown,
-                 "this node's droplet (address 10.0.0.99) is not among the listed droplets, so its VPC is unknown"}}
-
-      assert {:error, {:vpc_unknown, _}} =
-               Plan.filter(listing(), %{regions: nil, vpc: :self}, :nonode@nohost)
-
-      # Two VPCs may use the same private range.
-      twin = d("twin", "10.0.0.1", "nyc3", @vpc_b)
-
-      assert Plan.filter([twin | listing()], %{regions: nil, vpc: :self}, :"self@10.0.0.1") ==
-               {:error,
-                {:vpc_unknown,
-                 "listed droplets in 2 different VPCs have this node's address 10.0.0.1"}}
-
-      # The same droplet twice is one VPC.
-      assert {:ok, _, _} =
-               Plan.filter(
-                 [hd(listing()) | listing()],
-                 %{regions: nil, vpc: :self},
-                 :"self@10.0.0.1"
-               )
-    end
-
-    test "an empty listing with a UUID is fine; vpc_unknown is formatted naming the scope" do
-      assert Plan.filter([], %{regions: ["nyc3"], vpc: @vpc_a}, @self) == {:ok, [], []}
-
-      assert LibclusterDroplet.Error.format(
-               {:vpc_unknown, "1 of the 2 listed droplets came without vpc_uuid"}
-             ) =~
-               "needs the token's vpc:read scope"
-    end
-  end
-
-  describe "decide/5" do
+  describe "Plan.decide/5" do
     @a :"a@10.0.0.2"
     @b :"b@10.0.0.3"
-    @selection %Selection{candidates: [{@a, "10.0.0.2"}, {@b, "10.0.0.3"}], self_listed?: true}
+    @targets [@a, @b]
 
-    test "without a health check every candidate is wanted" do
-      assert {desired, %{}} = Plan.decide(@selection, :unchecked, MapSet.new(), %{}, true)
+    test "without a health check every target is wanted" do
+      assert {desired, %{}} = Plan.decide(@targets, :unchecked, MapSet.new(), %{}, false)
       assert Enum.sort(desired) == [@a, @b]
     end
 
-    test "a new node needs one passing probe" do
+    test "a new node needs one passing check; one without a result is not checked" do
       health = %{@a => :ok, @b => {:error, :timeout}}
-      assert {desired, %{}} = Plan.decide(@selection, health, MapSet.new(), %{}, true)
+      assert {desired, %{}} = Plan.decide(@targets, health, MapSet.new(), %{}, false)
+      assert MapSet.to_list(desired) == [@a]
+
+      assert {desired, %{}} = Plan.decide(@targets, %{@a => :ok}, MapSet.new(), %{}, false)
       assert MapSet.to_list(desired) == [@a]
     end
 
-    test "a managed node is dropped only on its third failed probe in a row" do
+    test "a managed node is dropped only on its third failed check in a row" do
       failing = %{@a => {:error, :refused}, @b => :ok}
       managed = MapSet.new([@a, @b])
 
-      {desired, strikes} = Plan.decide(@selection, failing, managed, %{}, true)
+      {desired, strikes} = Plan.decide(@targets, failing, managed, %{}, false)
       assert @a in desired and strikes == %{@a => 1}
-      {desired, strikes} = Plan.decide(@selection, failing, desired, strikes, true)
+      {desired, strikes} = Plan.decide(@targets, failing, desired, strikes, false)
       assert @a in desired and strikes == %{@a => 2}
-      {desired, strikes} = Plan.decide(@selection, failing, desired, strikes, true)
+      {desired, strikes} = Plan.decide(@targets, failing, desired, strikes, false)
       refute @a in desired
+      assert @b in desired
       assert strikes == %{}
       assert Plan.probe_strikes() == 3
     end
 
-    test "a passing probe resets the count" do
+    test "a passing check resets the count; strikes of nodes no longer targets are forgotten" do
       managed = MapSet.new([@a])
-      {_, strikes} = Plan.decide(@selection, %{@a => {:error, :timeout}}, managed, %{}, true)
-      {_, strikes} = Plan.decide(@selection, %{@a => :ok}, managed, strikes, true)
+      {_, strikes} = Plan.decide(@targets, %{@a => {:error, :timeout}}, managed, %{}, false)
+      assert strikes == %{@a => 1}
+      {_, strikes} = Plan.decide(@targets, %{@a => :ok}, managed, strikes, false)
+      assert strikes == %{}
+
+      {_, strikes} = Plan.decide([@b], %{@b => :ok}, managed, %{@a => 2}, false)
       assert strikes == %{}
     end
 
-    test "an unlisted node wants no one, unless it need not be listed" do
-      unlisted = %{@selection | self_listed?: false}
-      assert {desired, %{}} = Plan.decide(unlisted, :unchecked, MapSet.new([@a]), %{}, true)
+    test "a node that must be listed and is not wants no one" do
+      assert {desired, %{}} =
+               Plan.decide(@targets, :unchecked, MapSet.new([@a]), %{@a => 1}, true)
+
       assert MapSet.size(desired) == 0
-      assert {desired, _} = Plan.decide(unlisted, :unchecked, MapSet.new(), %{}, false)
-      assert MapSet.size(desired) == 2
+      assert {desired, %{}} = Plan.decide(@targets, %{@a => :ok}, MapSet.new([@a]), %{}, true)
+      assert MapSet.size(desired) == 0
     end
   end
 
@@ -215,50 +72,106 @@ defmodule LibclusterDroplet.PlanTest do
 
     test "a failed node waits out its backoff; a success forgets its failures" do
       ref = make_ref()
-      c = Connector.started(%Connector{}, :a, ref)
+      c = Connector.started(%Connector{}, :a, ref, self(), 30_000)
       assert {[], c} = Connector.next(c, [:a], MapSet.new(), 0)
+      assert Connector.in_flight?(c, ref)
 
-      {:a, %{count: 1, retry_at: 1_000}, c} =
+      {:a, %{count: 1, retry_at: 1_000, reason: false}, c} =
         Connector.finished(c, ref, {:error, false}, 0, &backoff/1)
 
+      refute Connector.in_flight?(c, ref)
       assert {[], _} = Connector.next(c, [:a], MapSet.new(), 999)
       assert {[:a], _} = Connector.next(c, [:a], MapSet.new(), 1_000)
 
       ref2 = make_ref()
-      c = Connector.started(c, :a, ref2)
+      c = Connector.started(c, :a, ref2, self(), 31_000)
 
       {:a, %{count: 2, retry_at: 3_000}, c} =
-        Connector.finished(c, ref2, {:error, false}, 1_000, &backoff/1)
+        Connector.finished(c, ref2, {:error, :not_connected}, 1_000, &backoff/1)
 
       ref3 = make_ref()
-      c = Connector.started(c, :a, ref3)
+      c = Connector.started(c, :a, ref3, self(), 33_000)
       {:a, nil, c} = Connector.finished(c, ref3, :ok, 3_000, &backoff/1)
       assert c.failures == %{}
+      assert c.in_flight == %{}
+    end
+
+    test "connected nodes are not started" do
+      assert {[:b], _} = Connector.next(%Connector{}, [:a, :b], MapSet.new([:a]), 0)
     end
 
     test "at most 64 in flight; retries never take the room of fresh nodes" do
       failed = for i <- 1..100, do: :"failed-#{i}@h"
-
-      c = %Connector{
-        failures: Map.new(failed, &{&1, %{count: 1, retry_at: 0, reason: false}})
-      }
-
+      c = %Connector{failures: Map.new(failed, &{&1, %{count: 1, retry_at: 0, reason: false}})}
       fresh = for i <- 1..100, do: :"fresh-#{i}@h"
       {start, _} = Connector.next(c, failed ++ fresh, MapSet.new(), 0)
       assert start == Enum.take(fresh, Connector.max_in_flight())
+      assert Connector.max_in_flight() == 64
 
       # Room left after fresh nodes goes to retries, at most 32 of them in flight.
       {start, _} = Connector.next(c, failed ++ Enum.take(fresh, 10), MapSet.new(), 0)
       assert Enum.count(start, &(&1 in fresh)) == 10
       assert Enum.count(start, &(&1 in failed)) == 32
 
-      busy = Enum.reduce(Enum.take(fresh, 60), c, &Connector.started(&2, &1, make_ref()))
+      busy =
+        Enum.reduce(Enum.take(fresh, 60), c, &Connector.started(&2, &1, make_ref(), self(), 0))
 
       {start, _} = Connector.next(busy, failed ++ Enum.drop(fresh, 60), MapSet.new(), 0)
       assert start == fresh |> Enum.drop(60) |> Enum.take(4)
 
-      {start, _} = Connector.next(c, failed, MapSet.new(), 0)
-      assert length(start) == 32
+      # Retries in flight count against their own bound.
+      retrying =
+        Enum.reduce(Enum.take(failed, 30), c, &Connector.started(&2, &1, make_ref(), self(), 0))
+
+      {start, _} = Connector.next(retrying, Enum.drop(failed, 30), MapSet.new(), 0)
+      assert length(start) == 2
+    end
+
+    test "deadlines: expired/2 hands back the connects past theirs, next_deadline/1 the earliest" do
+      assert Connector.next_deadline(%Connector{}) == nil
+      assert Connector.expired(%Connector{}, 1_000_000) == []
+
+      {r1, r2, r3} = {make_ref(), make_ref(), make_ref()}
+      p2 = spawn(fn -> :ok end)
+
+      c =
+        %Connector{}
+        |> Connector.started(:a, r1, self(), 5_000)
+        |> Connector.started(:b, r2, p2, 2_000)
+        |> Connector.started(:c, r3, self(), 9_000)
+
+      assert Connector.next_deadline(c) == 2_000
+      assert Connector.expired(c, 1_999) == []
+      assert Connector.expired(c, 2_000) == [{r2, p2}]
+      assert Enum.sort(Connector.expired(c, 5_000)) == Enum.sort([{r1, self()}, {r2, p2}])
+      assert Enum.sort(Connector.nodes(c)) == [:a, :b, :c]
+
+      # A connect given up is finished as a timeout, with its backoff.
+      {:b, %{count: 1, reason: :timeout, retry_at: 3_000}, c} =
+        Connector.finished(c, r2, {:error, :timeout}, 2_000, &backoff/1)
+
+      assert Connector.next_deadline(c) == 5_000
+      assert Enum.sort(Connector.nodes(c)) == [:a, :c]
+    end
+
+    test "forget/2: nodes no longer wanted, their failures and their connects in flight, as {ref, node}" do
+      {r1, r2} = {make_ref(), make_ref()}
+
+      c =
+        %Connector{
+          failures: %{
+            gone: %{count: 1, retry_at: 0, reason: false},
+            kept: %{count: 2, retry_at: 0, reason: false}
+          }
+        }
+        |> Connector.started(:gone, r1, self(), 0)
+        |> Connector.started(:kept, r2, self(), 0)
+
+      {cancel, c} = Connector.forget(c, MapSet.new([:kept]))
+      assert cancel == [{r1, :gone}]
+      assert Connector.nodes(c) == [:kept]
+      assert Map.keys(c.failures) == [:kept]
+      assert {[], ^c} = Connector.forget(c, MapSet.new([:kept]))
     end
 
     test "an unknown ref is ignored" do
@@ -268,85 +181,170 @@ defmodule LibclusterDroplet.PlanTest do
   end
 
   describe "Removal" do
-    alias LibclusterDroplet.Removal
+    @retry 250
 
-    test "a node asked to leave is asked again after the grace, then disconnected, and only if still there" do
+    # Checks `node` still connected at each due time until `until`, as the
+    # strategy does: the actions taken and the waits between requests.
+    defp run(removing, visible, connected, until) do
+      Stream.unfold({removing, 0, []}, fn
+        {_removing, now, _actions} when now > until ->
+          nil
+
+        {removing, now, actions} ->
+          {new, removing} = Removal.due(removing, visible, connected, now, @retry)
+          actions = actions ++ Enum.map(new, &{now, &1})
+          next = Removal.next_check(removing, now, @retry)
+          state = {removing, now + max(next || until + 1, 1), actions}
+          {state, state}
+      end)
+      |> Enum.to_list()
+      |> List.last()
+      |> elem(2)
+    end
+
+    test "a node visible through distribution is asked to leave, never disconnected from here" do
+      visible = MapSet.new([:a])
+
       {[{:ask_to_leave, :a}], removing} =
-        Removal.start(%{}, [:a], MapSet.new([:a]), MapSet.new([:a]), MapSet.new(), 0)
+        Removal.start(%{}, [:a], visible, MapSet.new([:a]), MapSet.new(), 0)
 
-      grace = Removal.leave_grace()
-      assert Removal.asks() == 2
-      assert Removal.next_check(removing, 0, 100) == grace
-      assert {[], ^removing} = Removal.due(removing, MapSet.new([:a]), grace - 1)
-      assert {[{:ask_to_leave, :a}], removing} = Removal.due(removing, MapSet.new([:a]), grace)
-      assert {[], _} = Removal.due(removing, MapSet.new([:a]), 2 * grace - 1)
-      assert {[{:disconnect, :a, true}], _} = Removal.due(removing, MapSet.new([:a]), 2 * grace)
-      # It left by itself: nothing to do, nothing left.
-      assert {[], %{}} = Removal.due(removing, MapSet.new(), 2 * grace)
+      actions = run(removing, visible, MapSet.new([:a]), 600_000)
+      kinds = actions |> Enum.map(fn {_, action} -> elem(action, 0) end) |> Enum.uniq()
+      assert kinds == [:ask_to_leave, :still_connected]
+
+      # A node that was only listed, then seen through distribution, is asked too.
+      removing = %{a: %{since: 0, asked: 0}}
+
+      assert {[{:ask_to_leave, :a}], %{a: %{asked: 1}}} =
+               Removal.due(removing, visible, MapSet.new([:a]), @retry, @retry)
     end
 
-    test "a failed disconnect is kept and retried at the next check" do
-      {[{:disconnect, :b, false}], removing} =
-        Removal.start(%{}, [:b], MapSet.new(), MapSet.new([:b]), MapSet.new(), 0)
+    test "asks back off: 5 s, 10 s, 20 s, 40 s, then every 60 s" do
+      {_, removing} = Removal.start(%{}, [:a], MapSet.new([:a]), MapSet.new(), MapSet.new(), 0)
+      actions = run(removing, MapSet.new([:a]), MapSet.new(), 300_000)
+      asks = for {at, {:ask_to_leave, :a}} <- actions, do: at
 
-      removing = Removal.disconnected(removing, :b, :error)
-      assert Removal.next_check(removing, 10, 250) == 250
-      assert {[{:disconnect, :b, false}], _} = Removal.due(removing, MapSet.new([:b]), 10)
-      assert Removal.disconnected(removing, :b, :ok) == %{}
-      assert Removal.next_check(%{}, 0, 250) == nil
+      assert asks == [5_000, 15_000, 35_000, 75_000, 135_000, 195_000, 255_000]
+      assert Removal.leave_grace() == 5_000
+      assert Removal.next_check(removing, 0, @retry) == 5_000
+      assert Removal.next_check(removing, 4_000, @retry) == 1_000
+      assert Removal.next_check(removing, 9_000, @retry) == 0
     end
 
-    test "a node wanted again is no longer removed" do
+    test "a node still connected is reported once, at its 2nd request" do
+      {_, removing} = Removal.start(%{}, [:a], MapSet.new([:a]), MapSet.new(), MapSet.new(), 0)
+      actions = run(removing, MapSet.new([:a]), MapSet.new(), 600_000)
+
+      assert [{5_000, {:still_connected, :a}}] =
+               Enum.filter(actions, &match?({_, {:still_connected, _}}, &1))
+
+      assert Removal.warn_after() == 2
+    end
+
+    test "a node only the list_nodes MFA sees (hidden) is disconnected, retried until it goes" do
+      connected = MapSet.new([:h])
+
+      {[{:disconnect, :h}], removing} =
+        Removal.start(%{}, [:h], MapSet.new(), connected, MapSet.new(), 0)
+
+      assert removing == %{h: %{since: 0, asked: 0}}
+      # A failed disconnect is kept, and retried after `retry`.
+      removing = Removal.disconnected(removing, :h, :error)
+      assert Removal.next_check(removing, 10, @retry) == @retry - 10
+      assert {[], ^removing} = Removal.due(removing, MapSet.new(), connected, @retry - 1, @retry)
+
+      assert {[{:disconnect, :h}], %{h: %{since: @retry, asked: 0}} = removing} =
+               Removal.due(removing, MapSet.new(), connected, @retry, @retry)
+
+      assert Removal.disconnected(removing, :h, :ok) == %{}
+      assert Removal.next_check(%{}, 0, @retry) == nil
+    end
+
+    test "a node gone from both views is done; nodes not connected at all are not removed" do
       {_, removing} =
         Removal.start(%{}, [:a], MapSet.new([:a]), MapSet.new([:a]), MapSet.new(), 0)
+
+      assert {[], %{}} = Removal.due(removing, MapSet.new(), MapSet.new(), 10_000, @retry)
+
+      assert {[], %{}} = Removal.start(%{}, [:gone], MapSet.new(), MapSet.new(), MapSet.new(), 0)
+    end
+
+    test "a node wanted again is no longer removed; one already being removed is not asked twice" do
+      {_, removing} =
+        Removal.start(%{}, [:a], MapSet.new([:a]), MapSet.new([:a]), MapSet.new(), 0)
+
+      assert {[], ^removing} =
+               Removal.start(removing, [:a], MapSet.new([:a]), MapSet.new([:a]), MapSet.new(), 1)
 
       assert {[], %{}} =
                Removal.start(removing, [], MapSet.new(), MapSet.new(), MapSet.new([:a]), 1)
     end
   end
 
-  describe "Share" do
-    test "views order by listing time, then by poll count" do
-      assert Share.newer?({2, 0}, {1, 9})
-      assert Share.newer?({1, 2}, {1, 1})
-      refute Share.newer?({1, 1}, {1, 1})
-      refute Share.newer?({0, 9}, {1, 0})
-      assert Share.newer?({0, 0}, nil)
-    end
+  describe "HealthCheck" do
+    test "validate/1: {kind, opts}, the kind's defaults, nil for none" do
+      assert HealthCheck.validate(nil) == {:ok, nil}
+      assert HealthCheck.validate({:tcp, port: 4000}) == {:ok, {:tcp, port: 4000, timeout: 500}}
 
-    test "only version 2 of the right shape decodes" do
-      good = %Share{
-        topology: :t,
-        from: :a@h,
-        fingerprint: 1,
-        interval: 100,
-        seq: 1,
-        listed_at: 5,
-        droplets: [{"a", "10.0.0.2"}]
-      }
-
-      assert {:ok, ^good} = good |> Share.encode() |> Share.decode()
-      {tag, 2, :t, payload} = Share.encode(good)
+      assert HealthCheck.validate({:tcp, [timeout: 50, port: 1]}) ==
+               {:ok, {:tcp, port: 1, timeout: 50}}
 
       for bad <- [
-            %{payload | interval: 0},
-            %{payload | seq: -1},
-            %{payload | droplets: [{"a", nil}]},
-            %{payload | from: "a@h"},
-            Map.delete(payload, :listed_at),
-            Map.delete(payload, :from)
+            {:tcp, port: 0},
+            {:tcp, port: 65_536},
+            {:tcp, []},
+            {:tcp, port: 1, timeout: 0},
+            {:tcp, port: 1, retries: 1},
+            {:tcp, [:port]}
           ] do
-        assert Share.decode({tag, 2, :t, bad}) == {:error, :malformed}
+        assert {:error, "expected {:tcp, port: 1..65535, timeout: ms}" <> _} =
+                 HealthCheck.validate(bad)
       end
 
-      assert Share.decode({tag, 3, :t, payload}) == {:error, {:unsupported_version, 3}}
-      assert Share.decode({tag}) == {:error, :malformed}
-      assert Share.decode({tag, :t, :b@h, 1, []}) == {:error, {:unsupported_version, 1}}
-      assert Share.decode({tag, "2", :t, payload}) == {:error, :malformed}
-      assert Share.sender({tag, 3, :t, payload}) == :a@h
-      assert Share.sender({tag, :t, :b@h, 1, []}) == :b@h
-      assert Share.share?({tag, 1})
-      refute Share.share?({:other, 1})
+      assert {:error, "unknown kind; the kinds are [:tcp]"} =
+               HealthCheck.validate({:http, port: 1})
+
+      assert {:error, "expected nil or {kind, opts}" <> _} = HealthCheck.validate(:tcp)
+    end
+
+    test "the kind owns its timeout, its words and what the NIF runs" do
+      {:ok, check} = HealthCheck.validate({:tcp, port: 4000, timeout: 250})
+      assert HealthCheck.timeout(check) == 250
+      assert HealthCheck.describe(check) == "port 4000"
+
+      assert LibclusterDroplet.HealthCheck.TCP.native(port: 4000, timeout: 250) ==
+               %{kind: :tcp, port: 4000, timeout_ms: 250}
+    end
+
+    test "no check or no targets: unchecked, nothing started" do
+      assert HealthCheck.start([], {:tcp, port: 1, timeout: 1}, 0) == :unchecked
+      assert HealthCheck.start([{:a@h, "127.0.0.1"}], nil, 0) == :unchecked
+      assert HealthCheck.run([{:a@h, "127.0.0.1"}], nil) == :unchecked
+    end
+
+    test "run/2 checks every target and answers in target order" do
+      {:ok, listen} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
+      {:ok, port} = :inet.port(listen)
+      targets = [{:"a@127.0.0.1", "127.0.0.1"}, {:b@h, "not-an-ip"}]
+
+      assert {:ok, [{"127.0.0.1", {:ok, _}}, {"not-an-ip", {:error, :invalid_address}}], ms} =
+               HealthCheck.run(targets, {:tcp, port: port, timeout: 5_000})
+
+      assert is_number(ms)
+      :gen_tcp.close(listen)
+    end
+
+    test "results/2: a verdict per node, from the NIF's results in target order" do
+      targets = [{:a, "10.0.0.2"}, {:b, "10.0.0.3"}, {:c, "10.0.0.3"}]
+
+      results = [
+        {"10.0.0.2", {:error, :timeout}},
+        {"10.0.0.3", {:ok, 7}},
+        {"10.0.0.3", {:error, :refused}}
+      ]
+
+      assert HealthCheck.results(targets, results) ==
+               %{a: {:error, :timeout}, b: :ok, c: {:error, :refused}}
     end
   end
 end

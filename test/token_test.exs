@@ -160,7 +160,108 @@ defmodule LibclusterDroplet.TokenTest do
     assert LibclusterDroplet.list_request(token: {:system, @var}) ==
              {:error, {:token_unavailable, "the environment variable #{@var} is not set"}}
 
-    assert {:error, {:invalid_request, "token: expected a non-empty string" <> _}} =
+    assert {:error,
+            {:invalid_request,
+             "invalid value for :token option: expected a non-empty string" <> _}} =
              LibclusterDroplet.list_request(token: 42)
+  end
+
+  describe "new/1 and literal/1" do
+    test "every form is accepted; a literal's token is known without reading anything" do
+      assert {:ok, @secret} = Token.literal(new!(@secret))
+
+      for source <- [
+            {:system, @var},
+            {:file, "/run/secrets/do"},
+            {System, :get_env, [@var]},
+            fn -> @secret end
+          ] do
+        assert Token.literal(new!(source)) == :error
+      end
+    end
+
+    test "validate_option/1 keeps a validated token; the message of a bad one shows no value" do
+      token = new!({:system, @var})
+      assert Token.validate_option(token) == {:ok, token}
+      assert {:error, message} = Token.validate_option(123)
+      assert message =~ "(value not shown)"
+    end
+
+    test "describe/1 names the source, never the token" do
+      assert Token.describe(new!(@secret)) == "a literal string"
+      assert Token.describe(new!(fn -> @secret end)) == "a function"
+      assert Token.describe(new!({System, :get_env, [@secret]})) == "System.get_env/1"
+      assert Token.describe(new!({:system, @var})) == "the environment variable #{@var}"
+    end
+  end
+
+  describe "Redact: the token's pieces" do
+    alias LibclusterDroplet.Redact
+
+    test "every 12-character window of the token is a piece; 11 characters are not" do
+      pieces = Redact.pieces(@secret)
+      assert Redact.window() == 12
+
+      for at <- 0..(byte_size(@secret) - 12) do
+        assert Redact.holds?("x " <> binary_part(@secret, at, 12) <> " y", pieces), "window #{at}"
+        refute Redact.holds?(binary_part(@secret, at, 11), pieces)
+      end
+
+      assert Redact.holds?("scope " <> @secret, pieces)
+      refute Redact.holds?("droplet:read tag:read", pieces)
+    end
+
+    test "a short token is one piece, searched whole; one under 4 characters is not searched" do
+      pieces = Redact.pieces("s3cr3t")
+      assert Redact.holds?("web-s3cr3t-1", pieces)
+      refute Redact.holds?("s3cr3", pieces)
+      assert Redact.pieces("abc") == nil
+      refute Redact.holds?("abc", nil)
+    end
+
+    test "token_shaped?/1: dop_v1_, doo_v1_ or dor_v1_ and 64 hex digits, in any case, anywhere" do
+      hex = String.duplicate("0a1B", 16)
+
+      for prefix <- ["dop_v1_", "doo_v1_", "dor_v1_", "DOP_V1_"] do
+        assert Redact.token_shaped?(prefix <> hex)
+        assert Redact.token_shaped?("https://x/" <> prefix <> hex <> "/y")
+      end
+
+      refute Redact.token_shaped?("dop_v1_" <> String.slice(hex, 0, 63))
+      refute Redact.token_shaped?("dox_v1_" <> hex)
+      refute Redact.token_shaped?("dop_v2_" <> hex)
+      refute Redact.token_shaped?("dop_v1_" <> String.duplicate("g", 64))
+      refute Redact.token_shaped?(@secret)
+    end
+  end
+
+  describe "TokenPieces.assert_no_piece/2, the tests' hostile search" do
+    import LibclusterDroplet.TokenPieces
+
+    # No 12-character window of it repeats.
+    @unique "dop_v1_" <> Base.encode16(:crypto.hash(:sha256, "token pieces"), case: :lower)
+
+    test "finds any 12-character piece, names its position, never shows the token" do
+      for at <- [0, 20, byte_size(@unique) - 12] do
+        text = "error: " <> binary_part(@unique, at, 12) <> "!"
+        error = assert_raise ExUnit.AssertionError, fn -> assert_no_piece(text, @unique) end
+        assert error.message == "the text holds the token's 12-character window at position #{at}"
+      end
+
+      # Any term, inspected in full.
+      error =
+        assert_raise ExUnit.AssertionError, fn ->
+          assert_no_piece(%{deep: [{:x, binary_part(@unique, 30, 14)}]}, @unique)
+        end
+
+      assert error.message =~ "at position 30"
+    end
+
+    test "11 characters, or nothing of it, pass" do
+      assert assert_no_piece("x" <> binary_part(@unique, 20, 11) <> "y", @unique) == :ok
+      assert assert_no_piece("nothing here", @unique) == :ok
+      # A short token is looked for whole.
+      assert_raise ExUnit.AssertionError, fn -> assert_no_piece("a s3cr3t b", "s3cr3t") end
+    end
   end
 end
