@@ -79,7 +79,11 @@ defmodule LibclusterDroplet do
       default: nil,
       type_doc: "a positive integer (ms), or nil for three times :api_timeout"
     ],
-    max_body_bytes: [type: :pos_integer, default: 16 * 1024 * 1024, type_doc: "a positive integer"],
+    max_body_bytes: [
+      type: :pos_integer,
+      default: 16 * 1024 * 1024,
+      type_doc: "a positive integer"
+    ],
     max_pages: [type: :pos_integer, default: 1_000, type_doc: "a positive integer"],
     max_droplets: [type: :pos_integer, default: 10_000, type_doc: "a positive integer"],
     page_concurrency: [type: {:in, 1..64}, default: 4, type_doc: "an integer in 1..64"],
@@ -211,14 +215,18 @@ defmodule LibclusterDroplet do
   @doc """
   Builds the NIF request map for `start_list_droplets/1` from the options of
   `list_droplets/1`, reading the token from its source now. Returns
-  `{:error, {:token_unavailable, detail}}` when it cannot be read, and
-  `{:error, {:invalid_request, message}}` for a bad option.
+  `{:error, {:token_unavailable, detail}}` when it cannot be read,
+  `{:error, {:token_in_option, option}}` when an option holds it (or a
+  piece of it: nothing is sent), and `{:error, {:invalid_request, message}}`
+  for a bad option.
   """
   @spec list_request(keyword()) ::
-          {:ok, map()} | {:error, {:invalid_request | :token_unavailable, String.t()}}
+          {:ok, map()}
+          | {:error, {:invalid_request | :token_unavailable | :token_in_option, term()}}
   def list_request(opts) do
     with {:ok, opts} <- validate(opts),
-         {:ok, token, _source} <- Token.fetch(opts[:token]) do
+         {:ok, token, _source} <- Token.fetch(opts[:token]),
+         :ok <- Config.check_secret(Map.new(opts), token) do
       {:ok,
        %{
          api_url: opts[:api_url],

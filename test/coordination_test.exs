@@ -174,15 +174,15 @@ defmodule LibclusterDroplet.CoordinationTest do
       # While the poller polls 16 more times, each follower polls at most
       # twice (its safety interval is 4 × 4 poller intervals, and both run
       # on the same clock, however slow the machine): counts, not a clock.
-      before = for {n, sup} <- started, do: strategy_state(n, sup).polls
+      before = for {n, sup} <- started, do: strategy_state(n, sup).schedule.polls
       [leader_before | _] = before
 
       TestCluster.await(
-        fn -> strategy_state(leader, leader_sup).polls >= leader_before + 16 end,
+        fn -> strategy_state(leader, leader_sup).schedule.polls >= leader_before + 16 end,
         60_000
       )
 
-      after_ = for {n, sup} <- started, do: strategy_state(n, sup).polls
+      after_ = for {n, sup} <- started, do: strategy_state(n, sup).schedule.polls
 
       for {{b, a}, {n, _}} <- Enum.zip(Enum.zip(tl(before), tl(after_)), followers) do
         assert a - b <= 2, "#{n.node} polled #{a - b} times while the poller polled 16"
@@ -194,7 +194,7 @@ defmodule LibclusterDroplet.CoordinationTest do
       [{_, sup}] = start([alone], api)
       # It follows no one, so every tick polls (Coordination.tick/4, unit
       # tested above): its polls keep coming.
-      TestCluster.await(fn -> strategy_state(alone, sup).polls >= 10 end, 30_000)
+      TestCluster.await(fn -> strategy_state(alone, sup).schedule.polls >= 10 end, 30_000)
       assert %Coordination{leader: nil} = strategy_state(alone, sup).coordination
     end
 
@@ -205,12 +205,12 @@ defmodule LibclusterDroplet.CoordinationTest do
       [{leader, _}, {second, second_sup} | _] = started = formed_cluster(api, prefix, 1..4)
       nodes = Enum.map(started, &elem(&1, 0))
 
-      polls = strategy_state(second, second_sup).polls
+      polls = strategy_state(second, second_sup).schedule.polls
       TestCluster.stop(leader)
       rest = nodes -- [leader]
 
       TestCluster.await(fn -> coordination(second, second_sup).leader == nil end)
-      TestCluster.await(fn -> strategy_state(second, second_sup).polls > polls end)
+      TestCluster.await(fn -> strategy_state(second, second_sup).schedule.polls > polls end)
       TestCluster.await(fn -> TestCluster.full_mesh?(rest) end)
     end
 
@@ -271,11 +271,13 @@ defmodule LibclusterDroplet.CoordinationTest do
     test "when the poller goes away, exactly one node takes over", %{api: api, prefix: prefix} do
       [{leader, _}, {successor, successor_sup} | others] = formed_cluster(api, prefix, 1..5)
       before = for {n, sup} <- others, into: %{}, do: {n.node, safety_due(n, sup, 5)}
-      successor_polls = strategy_state(successor, successor_sup).polls
+      successor_polls = strategy_state(successor, successor_sup).schedule.polls
 
       TestCluster.stop(leader)
 
-      TestCluster.await(fn -> strategy_state(successor, successor_sup).polls > successor_polls end)
+      TestCluster.await(fn ->
+        strategy_state(successor, successor_sup).schedule.polls > successor_polls
+      end)
 
       TestCluster.await(fn ->
         Enum.all?(others, fn {n, sup} ->
@@ -342,8 +344,8 @@ defmodule LibclusterDroplet.CoordinationTest do
         strategy_state(successor, successor_sup).coordination.leader == nil
       end)
 
-      polls = strategy_state(successor, successor_sup).polls
-      TestCluster.await(fn -> strategy_state(successor, successor_sup).polls > polls end)
+      polls = strategy_state(successor, successor_sup).schedule.polls
+      TestCluster.await(fn -> strategy_state(successor, successor_sup).schedule.polls > polls end)
     end
 
     test "followers busy checking shares still poll once the poller's polls fail", %{

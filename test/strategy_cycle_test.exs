@@ -6,7 +6,8 @@ defmodule Cluster.Strategy.DropletCycleTest do
   use ExUnit.Case, async: true
 
   import ExUnit.CaptureLog
-  alias LibclusterDroplet.{Coordination, FakeAPI, ManagedStore, Share, SpyMembership, TestCluster}
+  alias Cluster.Strategy.Droplet.ShareCheck
+  alias LibclusterDroplet.{Coordination, FakeAPI, Share, SpyMembership, Store, TestCluster}
   alias LibclusterDroplet.TestCluster.Remote
 
   @moduletag timeout: 120_000
@@ -56,6 +57,22 @@ defmodule Cluster.Strategy.DropletCycleTest do
   end
 
   defp state(pid), do: :sys.get_state(pid)
+
+  # A share's version 3 wire form, its verdicts made from `droplets` as its
+  # sender's pipeline would.
+  defp encode(%Share{droplets: droplets, from: from} = share) do
+    listed = for {name, address} <- droplets, do: %{name: name, status: :active, address: address}
+    {:ok, verdicts} = LibclusterDroplet.Pipeline.from_listing(listed, %{}, from)
+    [v3 | _] = Share.encode(%{share | droplets: nil, verdicts: verdicts})
+    v3
+  end
+
+  defp stored(topology) do
+    case :ets.lookup(Store, {:topology, topology}) do
+      [{_, entry}] -> entry
+      [] -> nil
+    end
+  end
 
   # A strategy with spy membership under a supervisor of its own, which
   # restarts it when it is killed. Returns {supervisor, spy}.
@@ -190,7 +207,8 @@ defmodule Cluster.Strategy.DropletCycleTest do
       assert Enum.all?(before, &(&1.coordination.enabled? == false))
       # Every node keeps polling the API itself: a follower would not.
       TestCluster.await(fn ->
-        Enum.zip(before, polls.()) |> Enum.all?(fn {a, b} -> b.polls >= a.polls + 3 end)
+        Enum.zip(before, polls.())
+        |> Enum.all?(fn {a, b} -> b.schedule.polls >= a.schedule.polls + 3 end)
       end)
 
       assert Enum.all?(polls.(), &(&1.coordination.leader == nil))
@@ -203,8 +221,8 @@ defmodule Cluster.Strategy.DropletCycleTest do
       {sup, spy} = start_restartable(api)
       pid = Remote.strategy_pid(sup)
       TestCluster.await(fn -> SpyMembership.connected(spy) == nodes(2) end)
-      key = state(pid).store_key
-      assert %ManagedStore{managed: managed} = :persistent_term.get(key)
+      topology = state(pid).topology
+      assert %Store.Entry{managed: managed} = stored(topology)
       assert Enum.sort(managed) == nodes(2)
 
       # Killed: the next incarnation adopts it.
@@ -213,12 +231,12 @@ defmodule Cluster.Strategy.DropletCycleTest do
         TestCluster.await(fn -> Remote.strategy_pid(sup) not in [nil, pid] end)
       end)
 
-      assert %ManagedStore{managed: ^managed} = :persistent_term.get(key)
-      assert state(Remote.strategy_pid(sup)).managed == managed
+      assert %Store.Entry{managed: ^managed} = stored(topology)
+      assert state(Remote.strategy_pid(sup)).members.managed == managed
 
       # Shut down normally: erased.
       :ok = Supervisor.stop(sup)
-      assert :persistent_term.get(key, nil) == nil
+      assert stored(topology) == nil
     end
 
     test "another configuration under the same topology starts afresh" do
@@ -226,16 +244,17 @@ defmodule Cluster.Strategy.DropletCycleTest do
       topology = :"reconf_#{System.unique_integer([:positive])}"
       ctx = start_local(api, [], topology: topology)
       TestCluster.await(fn -> SpyMembership.connected(ctx.spy) == nodes(2) end)
-      old_key = state(ctx.pid).store_key
-      Process.exit(ctx.pid, :kill)
+      assert %Store.Entry{managed: old, fingerprint: old_fingerprint} = entry = stored(topology)
+      assert MapSet.size(old) == 2
       stop_supervised(topology)
 
-      # The old entry survived the kill; a strategy with another tag must not adopt it.
-      :persistent_term.put(old_key, %ManagedStore{managed: MapSet.new(nodes(2))})
+      # As a killed strategy leaves it: a strategy with another tag must not adopt it.
+      :ets.insert(Store, {{:topology, topology}, entry})
       FakeAPI.inject(api, {:status, 503}, times: :infinity)
       ctx = start_local(api, [tag_name: "other"], topology: topology)
-      assert MapSet.size(state(ctx.pid).managed) == 0
-      assert :persistent_term.get(old_key, nil) == nil
+      assert MapSet.size(state(ctx.pid).members.managed) == 0
+      # Its own entry replaces the old one at its first (failed) poll.
+      TestCluster.await(fn -> stored(topology).fingerprint != old_fingerprint end)
     end
 
     test "retry-after and backoff are kept across a restart" do
@@ -300,7 +319,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
       assert Enum.count(SpyMembership.events(spy), &(&1 == {:disconnect, List.last(nodes(3))})) ==
                1
 
-      assert state(ctx.pid).removing == %{}
+      assert state(ctx.pid).members.removing == %{}
     end
 
     test "an unreachable node is retried on its own backoff, not on every poll" do
@@ -325,7 +344,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
           30_000
         )
 
-        assert state(ctx.pid).polls >= 4
+        assert state(ctx.pid).schedule.polls >= 4
         assert SpyMembership.connected(spy) == [:"node-1@127.0.3.2"]
       end)
 
@@ -358,9 +377,12 @@ defmodule Cluster.Strategy.DropletCycleTest do
       ctx = start_local(api, [], spy: spy, mfas: mfas)
 
       # node-2's connect hangs (like a slow handshake) while its droplet goes.
-      TestCluster.await(fn -> gated in Map.values(state(ctx.pid).connector.in_flight) end)
+      TestCluster.await(fn ->
+        gated in LibclusterDroplet.Connector.nodes(state(ctx.pid).members.connector)
+      end)
+
       FakeAPI.remove_droplet(api, 2)
-      TestCluster.await(fn -> gated in Map.values(state(ctx.pid).abandoned) end)
+      TestCluster.await(fn -> gated in Map.values(state(ctx.pid).members.abandoned) end)
 
       capture_log(fn ->
         Agent.update(gate, fn _ -> :open end)
@@ -368,7 +390,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
       end)
 
       assert SpyMembership.connected(spy) == [:"node-1@127.0.3.2"]
-      assert state(ctx.pid).abandoned == %{}
+      assert state(ctx.pid).members.abandoned == %{}
     end
   end
 
@@ -420,7 +442,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
     sup = TestCluster.start_strategy(node, :t, config, SpyMembership.mfas(spy))
     pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
     get = fn -> TestCluster.call(node, :sys, :get_state, [pid]) end
-    TestCluster.await(fn -> get.().polls >= 1 end)
+    TestCluster.await(fn -> get.().schedule.polls >= 1 end)
     %{node: node, name: name, address: address, x: x, pid: pid, get: get}
   end
 
@@ -435,7 +457,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
     later = System.system_time(:millisecond) + 600_000
 
     share = fn seq ->
-      Share.encode(%Share{
+      encode(%Share{
         topology: :t,
         from: :"0-leader@127.0.0.1",
         fingerprint: get.().coordination.fingerprint,
@@ -448,7 +470,10 @@ defmodule Cluster.Strategy.DropletCycleTest do
 
     send_share = &TestCluster.call(node, :erlang, :send, [Coordination.registered_name(:t), &1])
     send_share.(share.(1))
-    TestCluster.await(fn -> match?(%{check: %{view: {^later, 1}}}, get.()) end)
+
+    TestCluster.await(fn ->
+      match?(%{phase: %ShareCheck{share: %{listed_at: ^later, seq: 1}}}, get.())
+    end)
 
     # Queued while the first is checked: the newest is kept, whatever the order.
     send_share.(share.(3))
@@ -457,7 +482,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
 
     # The first check's answer is lost: only the watchdog can end it.
     TestCluster.call(node, Remote, :lose_check_reply, [pid])
-    TestCluster.await(fn -> get.().view == {later, 3} end, 30_000)
+    TestCluster.await(fn -> get.().view[:key] == {later, 3} end, 30_000)
 
     assert Enum.any?(
              TestCluster.call(node, Remote, :warnings, []),
@@ -481,7 +506,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
     later = System.system_time(:millisecond) + 600_000
 
     share =
-      Share.encode(%Share{
+      encode(%Share{
         topology: :t,
         from: :"0-leader@127.0.0.1",
         fingerprint: get.().coordination.fingerprint,
@@ -492,16 +517,20 @@ defmodule Cluster.Strategy.DropletCycleTest do
       })
 
     TestCluster.call(node, :erlang, :send, [Coordination.registered_name(:t), share])
-    TestCluster.await(fn -> match?(%{check: %{view: {^later, 1}}}, get.()) end)
+
+    TestCluster.await(fn ->
+      match?(%{phase: %ShareCheck{share: %{listed_at: ^later, seq: 1}}}, get.())
+    end)
+
     TestCluster.await(fn -> threads.() == 1 end)
 
     # Held here too: dropped by the strategy, garbage collection alone
     # would cancel it sooner or later.
     call_holder = TestCluster.call(node, Remote, :hold_check_call, [pid])
     # The watchdog fires now rather than in 45 s.
-    {ref, _timer} = get.().timers.check_watchdog
-    TestCluster.call(node, :erlang, :send, [pid, {:droplet_timer, :check_watchdog, ref}])
-    TestCluster.await(fn -> get.().check == nil end)
+    {ref, _timer} = get.().timers.watchdog
+    TestCluster.call(node, :erlang, :send, [pid, {:droplet_timer, :watchdog, ref}])
+    TestCluster.await(fn -> get.().phase == nil end)
 
     # The probe in flight ends by its 2 s timeout; the 19 others never start.
     TestCluster.await(fn -> threads.() == 0 end, 20_000)
@@ -530,7 +559,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
 
       pid = TestCluster.call(node, Remote, :strategy_pid, [sup])
       get = fn -> TestCluster.call(node, :sys, :get_state, [pid]) end
-      TestCluster.await(fn -> get.().polls >= 1 end)
+      TestCluster.await(fn -> get.().schedule.polls >= 1 end)
       # From now on only the shares below can change membership: the node's
       # own polls (when it takes over from the made-up leader) fail.
       FakeAPI.inject(api, {:status, 503}, times: :infinity)
@@ -565,7 +594,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
        y: {"y", y}}
     end
 
-    defp managed(ctx), do: ctx.get.().managed |> Enum.map(&to_string/1) |> Enum.sort()
+    defp managed(ctx), do: ctx.get.().members.managed |> Enum.map(&to_string/1) |> Enum.sort()
 
     test "a newer share is applied; an older one never undoes it", ctx do
       later = System.system_time(:millisecond) + 600_000
@@ -574,37 +603,29 @@ defmodule Cluster.Strategy.DropletCycleTest do
       x_node = :"x@#{x}"
       events = fn -> TestCluster.call(ctx.node, SpyMembership, :events, [ctx.spy]) end
 
-      ctx.send_share.(
-        Share.encode(ctx.share.(listed_at: later, droplets: [ctx.self_droplet, ctx.x]))
-      )
+      ctx.send_share.(encode(ctx.share.(listed_at: later, droplets: [ctx.self_droplet, ctx.x])))
 
       TestCluster.await(fn -> {:connect, x_node} in events.() end)
 
       # Older by time (though with a higher count), then older by count:
       # applying either would disconnect x.
       ctx.send_share.(
-        Share.encode(
-          ctx.share.(listed_at: later - 1, seq: 9, droplets: [ctx.self_droplet, ctx.y])
-        )
+        encode(ctx.share.(listed_at: later - 1, seq: 9, droplets: [ctx.self_droplet, ctx.y]))
       )
 
-      ctx.send_share.(
-        Share.encode(ctx.share.(listed_at: later, seq: 0, droplets: [ctx.self_droplet]))
-      )
+      ctx.send_share.(encode(ctx.share.(listed_at: later, seq: 0, droplets: [ctx.self_droplet])))
 
       # Newer: once it is in, the two before it were judged.
       ctx.send_share.(
-        Share.encode(
-          ctx.share.(listed_at: later, seq: 2, droplets: [ctx.self_droplet, ctx.x, ctx.y])
-        )
+        encode(ctx.share.(listed_at: later, seq: 2, droplets: [ctx.self_droplet, ctx.x, ctx.y]))
       )
 
-      TestCluster.await(fn -> ctx.get.().view == {later, 2} end)
+      TestCluster.await(fn -> ctx.get.().view[:key] == {later, 2} end)
       assert managed(ctx) == ["x@#{x}", "y@#{y}"]
       refute Enum.any?(events.(), &match?({:disconnect, _}, &1)), inspect(events.())
 
       ctx.send_share.(
-        Share.encode(ctx.share.(listed_at: later + 1, droplets: [ctx.self_droplet, ctx.y]))
+        encode(ctx.share.(listed_at: later + 1, droplets: [ctx.self_droplet, ctx.y]))
       )
 
       TestCluster.await(fn -> managed(ctx) == ["y@#{y}"] end)
@@ -616,9 +637,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
       later = System.system_time(:millisecond) + 600_000
       {_, x} = ctx.x
 
-      ctx.send_share.(
-        Share.encode(ctx.share.(listed_at: later, droplets: [ctx.self_droplet, ctx.x]))
-      )
+      ctx.send_share.(encode(ctx.share.(listed_at: later, droplets: [ctx.self_droplet, ctx.x])))
 
       TestCluster.await(fn -> managed(ctx) == ["x@#{x}"] end)
 
@@ -626,7 +645,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
         # The unversioned form of earlier releases.
         {:libcluster_droplet_share, :t, :"0-leader@127.0.0.1", 1, []},
         # A newer protocol.
-        {:libcluster_droplet_share, 3, :t, %{from: :"0-leader@127.0.0.1", droplets: []}},
+        {:libcluster_droplet_share, 4, :t, %{from: :"0-leader@127.0.0.1", droplets: []}},
         # Version 2, but not its shape.
         {:libcluster_droplet_share, 2, :t, %{from: :"0-leader@127.0.0.1", droplets: [:x]}}
       ]
@@ -634,17 +653,15 @@ defmodule Cluster.Strategy.DropletCycleTest do
       for _ <- 1..2, message <- unreadable, do: ctx.send_share.(message)
       # A share of another topology, otherwise valid and newer, is ignored too.
       ctx.send_share.(
-        Share.encode(
-          ctx.share.(topology: :other, listed_at: later + 5, droplets: [ctx.self_droplet])
-        )
+        encode(ctx.share.(topology: :other, listed_at: later + 5, droplets: [ctx.self_droplet]))
       )
 
       # Ordered after all of the above: once it is in, they were all handled.
       ctx.send_share.(
-        Share.encode(ctx.share.(listed_at: later + 1, droplets: [ctx.self_droplet, ctx.x]))
+        encode(ctx.share.(listed_at: later + 1, droplets: [ctx.self_droplet, ctx.x]))
       )
 
-      TestCluster.await(fn -> ctx.get.().view == {later + 1, 1} end)
+      TestCluster.await(fn -> ctx.get.().view[:key] == {later + 1, 1} end)
 
       assert managed(ctx) == ["x@#{x}"]
 
@@ -657,8 +674,8 @@ defmodule Cluster.Strategy.DropletCycleTest do
         Enum.filter(TestCluster.call(ctx.node, Remote, :warnings, []), &(&1 =~ "cannot read"))
 
       assert length(warnings) == 3, inspect(warnings)
-      assert Enum.any?(warnings, &(&1 =~ "protocol version 1, this node speaks 2"))
-      assert Enum.any?(warnings, &(&1 =~ "protocol version 3"))
+      assert Enum.any?(warnings, &(&1 =~ "protocol version 1, this node speaks 3 and 2"))
+      assert Enum.any?(warnings, &(&1 =~ "protocol version 4"))
       assert Enum.any?(warnings, &(&1 =~ "(malformed)"))
     end
   end

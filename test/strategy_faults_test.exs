@@ -499,7 +499,7 @@ defmodule Cluster.Strategy.DropletFaultsTest do
   # `sys` silently dropped this function when it returned a two-element tuple.
   def report_timers(
         %{last: last} = acc,
-        {:noreply, %{timers: %{tick: {_ref, timer}}, failures: failures}},
+        {:noreply, %{timers: %{tick: {_ref, timer}}, schedule: %{failures: failures}}},
         _name
       )
       when is_reference(timer) and timer != last do
@@ -512,7 +512,7 @@ defmodule Cluster.Strategy.DropletFaultsTest do
   @doc false
   # A `:sys` debug function for the strategy: sends the test
   # `{:failures, n}` each time its consecutive failures reach a new high.
-  def report_failures(%{max: max} = acc, {:noreply, %{failures: failures}}, _name)
+  def report_failures(%{max: max} = acc, {:noreply, %{schedule: %{failures: failures}}}, _name)
       when failures > max do
     send(acc.test, {:failures, failures})
     %{acc | max: failures}

@@ -173,21 +173,11 @@ defmodule LibclusterDroplet.Share do
       {:error, {:unsupported_version, 1}}
   """
   @spec decode(term()) :: {:ok, t()} | {:error, error()}
-  def decode({@tag, @version, topology, %{verdicts: verdicts} = payload})
-      when is_atom(topology) do
-    with {:ok, share} <- header(topology, payload, 3),
-         true <- valid_floor?(payload[:not_before]),
-         {:ok, verdicts} <- verdicts(verdicts) do
-      {:ok, %{share | not_before: payload[:not_before], verdicts: verdicts}}
-    else
-      _ -> {:error, :malformed}
-    end
-  end
-
-  def decode({@tag, 2, topology, %{droplets: droplets} = payload}) when is_atom(topology) do
-    with {:ok, share} <- header(topology, payload, 2),
-         true <- is_list(droplets) and Enum.all?(droplets, &droplet?/1) do
-      {:ok, %{share | droplets: droplets}}
+  def decode({@tag, version, topology, payload}) when version in [2, 3] do
+    with true <- is_atom(topology) and is_map(payload),
+         {:ok, share} <- header(topology, payload, version),
+         {:ok, share} <- view(share, payload) do
+      {:ok, share}
     else
       _ -> {:error, :malformed}
     end
@@ -221,24 +211,33 @@ defmodule LibclusterDroplet.Share do
        else: :error
   end
 
-  defp valid_floor?(not_before), do: is_nil(not_before) or is_integer(not_before)
+  defp view(%{version: 3} = share, %{verdicts: verdicts, not_before: not_before})
+       when is_nil(not_before) or is_integer(not_before) do
+    with {:ok, verdicts} <- each(verdicts, &verdict_from_wire/1),
+         do: {:ok, %{share | not_before: not_before, verdicts: verdicts}}
+  end
 
-  defp verdicts(nil), do: {:ok, nil}
+  defp view(%{version: 2} = share, %{droplets: droplets}) when droplets != nil do
+    with {:ok, droplets} <- each(droplets, &droplet/1), do: {:ok, %{share | droplets: droplets}}
+  end
 
-  defp verdicts(list) when is_list(list) do
-    Enum.reduce_while(list, {:ok, []}, fn wire, {:ok, acc} ->
-      case verdict_from_wire(wire) do
-        {:ok, v} -> {:cont, {:ok, [v | acc]}}
-        :error -> {:halt, :error}
-      end
-    end)
-    |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+  defp view(_share, _payload), do: :error
+
+  # Every element read by `read`, in order, or :error; nil (a notice) is
+  # kept. A list of any shape (improper too) is walked by hand: a share is
+  # outside input, and must never crash its reader.
+  defp each(nil, _read), do: {:ok, nil}
+  defp each(list, read), do: each(list, read, [])
+  defp each([], _read, acc), do: {:ok, Enum.reverse(acc)}
+
+  defp each([wire | rest], read, acc) do
+    case read.(wire) do
+      {:ok, value} -> each(rest, read, [value | acc])
       :error -> :error
     end
   end
 
-  defp verdicts(_other), do: :error
+  defp each(_improper, _read, _acc), do: :error
 
   @stages Verdict.stages()
 
@@ -246,7 +245,9 @@ defmodule LibclusterDroplet.Share do
        when is_binary(name) and (is_binary(address) or is_nil(address)) and stage in @stages and
               is_atom(node) and (is_integer(id) or is_nil(id)) and
               (is_atom(status) or is_binary(status)) do
-    if stage in [:selected, :this_node, :duplicate] and not (is_binary(address) and node != nil),
+    named? = is_binary(address) and node != nil
+
+    if (stage in [:selected, :this_node, :duplicate] and not named?) or not why?(stage, why),
       do: :error,
       else:
         {:ok,
@@ -263,8 +264,23 @@ defmodule LibclusterDroplet.Share do
 
   defp verdict_from_wire(_other), do: :error
 
-  defp droplet?({name, address}), do: is_binary(name) and is_binary(address)
-  defp droplet?(_), do: false
+  # What a stage may carry as its `why`, as LibclusterDroplet.Pipeline makes it.
+  defp why?(:outside_filters, why), do: match?({:ok, [_ | _]}, each(why, &outside/1))
+
+  defp why?(:unusable_name, {reason, base})
+       when reason in [:invalid_basename, :invalid_address] and is_binary(base),
+       do: true
+
+  defp why?(stage, nil) when stage not in [:outside_filters, :unusable_name], do: true
+  defp why?(_stage, _why), do: false
+
+  defp outside({option, _value} = outside) when is_atom(option),
+    do: if(option in LibclusterDroplet.Filters.options(), do: {:ok, outside}, else: :error)
+
+  defp outside(_other), do: :error
+
+  defp droplet({name, address} = d) when is_binary(name) and is_binary(address), do: {:ok, d}
+  defp droplet(_), do: :error
 
   @doc false
   @spec decode(term(), atom()) :: {:ok, t()} | :other_topology | {:error, error()}

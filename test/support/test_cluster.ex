@@ -415,8 +415,8 @@ defmodule LibclusterDroplet.TestCluster.Remote do
         |> Enum.each(fn event -> Agent.update(agent, &[event | &1]) end)
       end)
 
-    :erlang.trace_pattern({LibclusterDroplet, :start_probe, 3}, true, [:local])
-    :erlang.trace_pattern({Task.Supervisor, :async_nolink, 2}, true, [:local])
+    :erlang.trace_pattern({LibclusterDroplet, :start_check, 3}, true, [:local])
+    :erlang.trace_pattern({Task.Supervisor, :async_nolink, 4}, true, [:local])
     :erlang.trace(pid, true, [:send, :call, {:tracer, tracer}])
     :ok
   end
@@ -430,7 +430,7 @@ defmodule LibclusterDroplet.TestCluster.Remote do
       {:trace, _, :send, message, _to} when elem(message, 0) == :libcluster_droplet_share ->
         [:share]
 
-      {:trace, _, :call, {LibclusterDroplet, :start_probe, _}} ->
+      {:trace, _, :call, {LibclusterDroplet, :start_check, _}} ->
         [:probe]
 
       {:trace, _, :call, {Task.Supervisor, :async_nolink, _}} ->

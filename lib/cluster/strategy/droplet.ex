@@ -242,8 +242,12 @@ defmodule Cluster.Strategy.Droplet do
   # Cancelled, and its ref forgotten, so a message already delivered is ignored.
   defp disarm(state, purpose) do
     case Map.pop(state.timers, purpose) do
-      {nil, _} -> state
-      {{_ref, timer}, timers} -> Process.cancel_timer(timer) && %{state | timers: timers}
+      {nil, _} ->
+        state
+
+      {{_ref, timer}, timers} ->
+        Process.cancel_timer(timer)
+        %{state | timers: timers}
     end
   end
 

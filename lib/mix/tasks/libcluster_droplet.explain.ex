@@ -112,9 +112,13 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
   # cluster: nothing is "this node", and vpc: :self cannot be applied.
   defp report(topology, config, token, diagnosis) do
     listed_at = System.system_time(:millisecond)
-    list_opts = [token: token, deadline: config.api_timeout * 3] ++ Config.list_options(config)
+    list_opts = [deadline: config.api_timeout * 3] ++ Config.list_options(config)
 
-    with {:ok, listing} <- LibclusterDroplet.list_droplets(list_opts),
+    # Every option is checked against the token, as a strategy does:
+    # node names and filters are printed here.
+    with {:ok, secret, _source} <- LibclusterDroplet.Token.fetch(token),
+         :ok <- Config.check_secret(config, secret),
+         {:ok, listing} <- LibclusterDroplet.list_droplets([token: secret] ++ list_opts),
          {:ok, verdicts} <- Pipeline.from_listing(listing.droplets, config, nil) do
       targets = Pipeline.targets(verdicts)
       {verdicts, probes} = check(verdicts, targets, config.health_check)

@@ -280,9 +280,16 @@ defmodule Cluster.Strategy.Droplet.Config do
 
   # Not printed: it may hold the token.
   defp keyword(opts) do
-    if is_list(opts) and Keyword.keyword?(opts),
-      do: :ok,
-      else: {:error, "expected the topology's config: to be a keyword list (value not shown)"}
+    cond do
+      not (is_list(opts) and Keyword.keyword?(opts)) ->
+        {:error, "expected the topology's config: to be a keyword list (value not shown)"}
+
+      (repeated = Keyword.keys(opts) -- Enum.uniq(Keyword.keys(opts))) != [] ->
+        {:error, "option(s) #{inspect(Enum.uniq(repeated))} given more than once"}
+
+      true ->
+        :ok
+    end
   end
 
   defp combinations(%__MODULE__{tag_name: tag, name: name}) when tag != nil and name != nil,
@@ -333,8 +340,8 @@ defmodule Cluster.Strategy.Droplet.Config do
   any #{Redact.window()}-character piece of it. `{:error, {:token_in_option,
   option}}` names the first that does, never the value.
   """
-  @spec check_secret(t(), String.t()) :: :ok | {:error, {:token_in_option, atom()}}
-  def check_secret(%__MODULE__{} = config, secret) do
+  @spec check_secret(t() | map(), String.t()) :: :ok | {:error, {:token_in_option, atom()}}
+  def check_secret(config, secret) do
     pieces = Redact.pieces(secret)
 
     case Enum.find(@text_options, fn option ->
