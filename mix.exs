@@ -95,7 +95,7 @@ defmodule LibclusterDroplet.MixProject do
     cond do
       dependency?() -> mirrored_optional_deps()
       publishing?() -> @hex_optional_deps
-      true -> []
+      true -> [{:jason, path: "../shared/vendor/jason", only: [:dev, :test]}]
     end
   end
 
