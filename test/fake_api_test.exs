@@ -3,14 +3,17 @@ defmodule LibclusterDroplet.FakeAPITest do
   # paging, filters, errors, rate limits and pools, and the faults it injects.
   use ExUnit.Case, async: true
 
-  alias LibclusterDroplet.FakeAPI
+  alias LibclusterDroplet.{FakeAPI, TestCluster}
 
   doctest LibclusterDroplet.FakeAPI.Droplet
 
   @example Path.expand("../../shared/digitalocean-api/list_droplets_all.json", __DIR__)
 
   defp start_api(opts \\ []),
-    do: start_supervised!(Supervisor.child_spec({FakeAPI, opts}, id: make_ref()))
+    do:
+      start_supervised!(
+        Supervisor.child_spec({FakeAPI, opts}, id: make_ref(), restart: :temporary)
+      )
 
   defp nodes(n, tags \\ fn _ -> [] end),
     do: for(i <- 1..n//1, do: FakeAPI.droplet(id: i, name: "node-#{i}", tags: tags.(i)))
@@ -178,16 +181,17 @@ defmodule LibclusterDroplet.FakeAPITest do
 
     test "members are paged like droplets and carry DigitalOcean's member fields" do
       api = start_api()
-      id = FakeAPI.create_pool(api, name: "p", members: Enum.to_list(1..45))
+      id = FakeAPI.create_pool(api, name: "p", members: Enum.to_list(1..250))
       path = "/v2/droplets/autoscale/#{id}/members"
       first = get(api, path)
       assert ids(first) == Enum.to_list(1..20)
-      assert first.body["meta"] == %{"total" => 45}
+      assert first.body["meta"] == %{"total" => 250}
 
       assert first.body["links"]["pages"]["last"] ==
-               "#{FakeAPI.url(api)}#{path}?page=3&per_page=20"
+               "#{FakeAPI.url(api)}#{path}?page=13&per_page=20"
 
-      assert ids(get(api, path <> "?per_page=200")) == Enum.to_list(1..45)
+      assert ids(get(api, path <> "?per_page=1000")) == Enum.to_list(1..200)
+      assert ids(get(api, path <> "?per_page=200&page=2")) == Enum.to_list(201..250)
       assert %{status: 400} = get(api, path <> "?per_page=0")
 
       assert [
@@ -302,6 +306,18 @@ defmodule LibclusterDroplet.FakeAPITest do
       assert {"", :closed} = raw(api, "", 30_000)
     end
 
+    test "stopped, it closes every connection and frees its port" do
+      api = start_api(droplets: nodes(1))
+      port = URI.parse(FakeAPI.url(api)).port
+      {:ok, sock} = :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false])
+      :ok = :gen_tcp.send(sock, request("/v2/droplets", ["Authorization: Bearer test-token"]))
+      assert {:ok, "HTTP/1.1 200 OK" <> _} = :gen_tcp.recv(sock, 0, 10_000)
+      :ok = FakeAPI.stop(api)
+      assert {_, :closed} = read_all(sock, "", 30_000)
+      {:ok, again} = FakeAPI.start_link(port: port)
+      assert FakeAPI.url(again) == "http://127.0.0.1:#{port}"
+    end
+
     test "HTTPS with the CA of ca_file/1" do
       assert FakeAPI.ca_file(start_api()) == nil
       api = start_api(tls: true, droplets: nodes(1))
@@ -345,8 +361,8 @@ defmodule LibclusterDroplet.FakeAPITest do
       # Refused requests are not counted: the next 200 comes once the oldest left.
       :ok = FakeAPI.set_rate_limit(api, minute_ms: 300)
       Enum.each(1..2, fn _ -> get(api, "/v2/droplets") end)
-      ok = Stream.repeatedly(fn -> get(api, "/v2/droplets") end) |> Enum.find(&(&1.status == 200))
-      assert ok.headers["ratelimit-remaining"] == "4997"
+      TestCluster.await(fn -> get(api, "/v2/droplets").status == 200 end)
+      assert List.last(FakeAPI.requests(api)).headers["ratelimit-remaining"] == "4997"
       counted = api |> FakeAPI.requests() |> Enum.drop(3) |> Enum.filter(&(&1.status == 200))
       assert [a, _, c] = counted
       assert c.at_ms - a.at_ms >= 300
@@ -354,18 +370,25 @@ defmodule LibclusterDroplet.FakeAPITest do
 
     test "over the hour: a 429 with remaining 0, no retry-after, and the reset of the oldest request" do
       api = start_api(droplets: nodes(1), rate_limit: [per_hour: 2, hour_ms: 60_000])
-      first = get(api, "/v2/droplets")
-      [logged] = FakeAPI.requests(api)
-      reset = div(logged.unix_ms + 60_000 + 999, 1000)
-
-      assert {first.headers["ratelimit-remaining"], first.headers["ratelimit-reset"]} ==
-               {"1", "#{reset}"}
-
+      assert get(api, "/v2/droplets").headers["ratelimit-remaining"] == "1"
+      # Over a second apart, so the oldest request's expiry and the newest's
+      # are different whole seconds.
+      Process.sleep(1_100)
       assert get(api, "/v2/droplets").headers["ratelimit-remaining"] == "0"
       limited = get(api, "/v2/droplets")
       assert {limited.status, limited.headers["ratelimit-remaining"]} == {429, "0"}
-      assert limited.headers["ratelimit-reset"] in ["#{reset}", "#{reset + 1}"]
       refute Map.has_key?(limited.headers, "retry-after")
+
+      # Each reset is when the first request leaves the hour, in the Unix
+      # time of the answer: its unix_ms less the time since the first.
+      [oldest | _] = log = FakeAPI.requests(api)
+
+      for r <- log,
+          do:
+            assert(
+              r.headers["ratelimit-reset"] ==
+                "#{div(r.unix_ms - r.at_ms + oldest.at_ms + 60_999, 1000)}"
+            )
 
       :ok = FakeAPI.set_rate_limit(api, per_hour: 10)
       ok = get(api, "/v2/droplets")

@@ -166,20 +166,16 @@ defmodule LibclusterDroplet.FakeAPI do
     {:ok, sup} = Task.Supervisor.start_link()
 
     case HTTP.start(sup, self(), opts) do
-      {:ok, listen, url} ->
-        state = %{url: url, tls?: opts[:tls], listen: listen, sup: sup, token: opts[:token]}
+      {:ok, url} ->
+        # The listening socket and the connections' supervisor are linked
+        # to this process: they close and stop with it.
+        state = %{url: url, tls?: opts[:tls], token: opts[:token]}
         state = Map.merge(state, %{droplets: init.droplets, pools: [], members: %{}})
         {:ok, Map.merge(state, %{faults: [], log: [], count: 0, limits: init.limits, hits: []})}
 
       {:error, reason} ->
         {:stop, reason}
     end
-  end
-
-  @impl true
-  def terminate(_reason, state) do
-    Supervisor.stop(state.sup)
-    if state.tls?, do: :ssl.close(state.listen), else: :gen_tcp.close(state.listen)
   end
 
   # -------------------------------------------------------------- droplets

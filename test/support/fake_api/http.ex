@@ -25,7 +25,7 @@ defmodule LibclusterDroplet.FakeAPI.HTTP do
   @doc "The CA that signed the TLS certificate (the Rust tests' test CA)."
   def ca_file, do: Path.join(@testdata, "ca.pem")
 
-  @doc "Listens on 127.0.0.1 and starts accepting; returns `{:ok, listen, url}`."
+  @doc "Listens on 127.0.0.1 and starts accepting; returns `{:ok, url}`."
   def start(sup, server, opts) do
     mod = if opts[:tls], do: :ssl, else: :gen_tcp
     {:ok, _} = Application.ensure_all_started(if opts[:tls], do: :ssl, else: :kernel)
@@ -48,7 +48,7 @@ defmodule LibclusterDroplet.FakeAPI.HTTP do
       ctx = %{mod: mod, listen: listen, sup: sup, server: server, idle: opts[:keep_alive_timeout]}
       start_acceptor(ctx)
       scheme = if opts[:tls], do: "https", else: "http"
-      {:ok, listen, "#{scheme}://127.0.0.1:#{port}"}
+      {:ok, "#{scheme}://127.0.0.1:#{port}"}
     end
   end
 
