@@ -170,7 +170,10 @@ defmodule LibclusterDroplet.FakeAPI do
         # The listening socket and the connections' supervisor are linked
         # to this process: they close and stop with it.
         state = %{url: url, tls?: opts[:tls], token: opts[:token]}
-        state = Map.merge(state, %{droplets: init.droplets, pools: [], members: %{}})
+
+        state =
+          Map.merge(state, %{droplets: init.droplets, selected: %{}, pools: [], members: %{}})
+
         {:ok, Map.merge(state, %{faults: [], log: [], count: 0, limits: init.limits, hits: []})}
 
       {:error, reason} ->
@@ -444,7 +447,9 @@ defmodule LibclusterDroplet.FakeAPI do
 
   @impl true
   def handle_call({:change, fun}, _from, state) do
-    {:reply, :ok, fun.(state)}
+    new = fun.(state)
+    # (=== is immediate when the list is the same term.)
+    {:reply, :ok, if(new.droplets === state.droplets, do: new, else: %{new | selected: %{}})}
   rescue
     exception -> {:reply, {:raise, exception}, state}
   catch

@@ -37,6 +37,7 @@ defmodule LibclusterDroplet.FakeAPI.Answer do
 
         true ->
           {fault, state} = take_fault(state, req.path, query)
+          state = select_droplets(state, req.path, query)
           {respond(state, req, query, fault), fault, state}
       end
 
@@ -158,13 +159,30 @@ defmodule LibclusterDroplet.FakeAPI.Answer do
         pools =
           for p <- state.pools, q["name"] in [nil, p["name"]], do: render_pool(p, state.members)
 
-        paged(state, path, q, "autoscale_pools", pools, Map.take(q, ["name"]), edit)
+        paged(
+          state,
+          {path, Map.take(q, ["name"])},
+          q,
+          {"autoscale_pools", List.to_tuple(pools), & &1},
+          edit
+        )
 
       ["v2", "droplets", "autoscale", id | rest] when rest in [[], ["members"]] ->
         case {Enum.find(state.pools, &(&1["id"] == id)), rest} do
-          {nil, _} -> error(404)
-          {pool, []} -> json(%{"autoscale_pool" => render_pool(pool, state.members)}, edit)
-          {_, _} -> paged(state, path, q, "droplets", Map.get(state.members, id, []), [], edit)
+          {nil, _} ->
+            error(404)
+
+          {pool, []} ->
+            json(%{"autoscale_pool" => render_pool(pool, state.members)}, edit)
+
+          {_, _} ->
+            paged(
+              state,
+              {path, []},
+              q,
+              {"droplets", List.to_tuple(state.members[id]), & &1},
+              edit
+            )
         end
 
       _ ->
@@ -177,9 +195,32 @@ defmodule LibclusterDroplet.FakeAPI.Answer do
 
   defp route(_state, _req, _query, _edit), do: error(404)
 
+  # A client walks every page of a listing in turn: the droplets each filter
+  # selects are kept, as a tuple to slice, until the droplets change (see
+  # FakeAPI.handle_call/3). Bounded: ever-new names cannot grow it forever.
+  defp select_droplets(state, "/v2/droplets", {:ok, q}) do
+    {tag, name, type} = key = filter(q)
+
+    if Map.has_key?(state.selected, key) do
+      state
+    else
+      selected =
+        for d <- state.droplets,
+            d.gpu? == (type == "gpus") and tag in [nil | d.tags] and name in [nil, d.name],
+            do: d
+
+      kept = if map_size(state.selected) < 64, do: state.selected, else: %{}
+      %{state | selected: Map.put(kept, key, List.to_tuple(selected))}
+    end
+  end
+
+  defp select_droplets(state, _path, _query), do: state
+
+  defp filter(q),
+    do: {q["tag_name"], q["name"] && String.downcase(q["name"]), q["type"] || "droplets"}
+
   defp list_droplets(state, q, edit) do
-    type = Map.get(q, "type", "droplets")
-    name = q["name"] && String.downcase(q["name"])
+    {_, _, type} = key = filter(q)
 
     cond do
       Map.has_key?(q, "tag_name") and (Map.has_key?(q, "name") or Map.has_key?(q, "type")) ->
@@ -189,47 +230,25 @@ defmodule LibclusterDroplet.FakeAPI.Answer do
         error(400, "type must be droplets or gpus.")
 
       true ->
-        droplets =
-          for d <- state.droplets,
-              d.gpu? == (type == "gpus") and q["tag_name"] in [nil | d.tags] and
-                name in [nil, d.name],
-              do: if(edit, do: d.map, else: d.json)
-
-        paged(
-          state,
-          "/v2/droplets",
-          q,
-          "droplets",
-          droplets,
-          Map.take(q, ~w(tag_name name type)),
-          edit
-        )
+        params = Map.take(q, ~w(tag_name name type))
+        render = if edit, do: & &1.map, else: & &1.json
+        paged(state, {"/v2/droplets", params}, q, {"droplets", state.selected[key], render}, edit)
     end
   end
 
-  defp paged(state, path, q, key, items, params, edit) do
+  defp paged(state, {path, params}, q, {key, items, render}, edit) do
     with {:ok, per_page} <- positive(q, "per_page", 20), {:ok, page} <- positive(q, "page", 1) do
       per_page = min(per_page, 200)
-      total = length(items)
+      total = tuple_size(items)
       last = max(div(total + per_page - 1, per_page), 1)
-
-      link =
-        &"#{state.url}#{path}?#{URI.encode_query([page: &1, per_page: per_page] ++ Enum.sort(params))}"
-
-      earlier =
-        if page > 1, do: %{"first" => link.(1), "prev" => link.(min(page - 1, last))}, else: %{}
-
-      later = if page < last, do: %{"next" => link.(page + 1), "last" => link.(last)}, else: %{}
-      items = Enum.slice(items, (page - 1) * per_page, per_page)
-
-      json(
-        %{
-          key => items,
-          "links" => %{"pages" => Map.merge(earlier, later)},
-          "meta" => %{"total" => total}
-        },
-        edit
-      )
+      query = &URI.encode_query([page: &1, per_page: per_page] ++ Enum.sort(params))
+      link = &"#{state.url}#{path}?#{query.(&1)}"
+      earlier = if page > 1, do: %{"first" => link.(1), "prev" => link.(min(page - 1, last))}
+      later = if page < last, do: %{"next" => link.(page + 1), "last" => link.(last)}
+      from = (page - 1) * per_page
+      items = for i <- from..(min(from + per_page, total) - 1)//1, do: render.(elem(items, i))
+      pages = Map.merge(earlier || %{}, later || %{})
+      json(%{key => items, "links" => %{"pages" => pages}, "meta" => %{"total" => total}}, edit)
     end
   end
 

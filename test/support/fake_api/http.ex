@@ -41,7 +41,8 @@ defmodule LibclusterDroplet.FakeAPI.HTTP do
         else: []
 
     sock_opts =
-      [:binary, packet: :http_bin, active: false, reuseaddr: true, ip: {127, 0, 0, 1}] ++ tls
+      [:binary, packet: :http_bin, active: false, reuseaddr: true, ip: {127, 0, 0, 1}] ++
+        [nodelay: true, backlog: 1024] ++ tls
 
     with {:ok, listen} <- mod.listen(opts[:port], sock_opts),
          {:ok, {_, port}} <- sockname(mod, listen) do
