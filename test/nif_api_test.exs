@@ -290,7 +290,7 @@ defmodule LibclusterDroplet.NifApiTest do
             "http://127.0.0.1:#{port}/v2/droplets?page=2",
             "https://127.0.0.1:#{port}/v2/droplets?page=2"
           ] do
-        FakeAPI.inject(api, {:foreign_next, url})
+        FakeAPI.inject(api, {:edit, &put_in(&1, ["links", "pages", "next"], url)})
         assert {:error, :foreign_link} = list(api)
       end
 

@@ -78,13 +78,12 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
             {:status, 401},
             {:status, 500},
             {:slow, 1_000},
-            :html,
-            :truncated,
-            :reset,
-            :empty_with_total,
-            :next_loop,
+            {:raw, "<html><body>Bad Gateway</body></html>"},
+            {:raw, ~s({"droplets":[{"id":1,"name":"cut)},
+            {:edit, &Map.put(&1, "droplets", [])},
+            {:edit, &put_in(&1, ["links", "pages"], %{"next" => &2})},
             {:redirect, "http://127.0.0.9:1/v2/droplets"},
-            {:foreign_next, "http://127.0.0.9:1/v2/droplets?page=2"},
+            {:edit, &put_in(&1, ["links", "pages", "next"], "http://127.0.0.9:1/v2/droplets")},
             {:json, %{"droplets" => [%{"id" => "x"}]}}
           ]
 

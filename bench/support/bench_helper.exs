@@ -4,8 +4,6 @@ defmodule Bench.Helper do
   # medians, CPU and memory accounting read from /proc, tables, and the
   # machine-readable results under bench/results/.
 
-  alias LibclusterDroplet.FakeAPI.JSON
-
   @results_dir Path.expand("../results", __DIR__)
 
   # ------------------------------------------------------------------ machine
@@ -328,7 +326,7 @@ defmodule Bench.Helper do
         data
       )
 
-    File.write!(path, [JSON.encode!(line), ?\n], [:append])
+    File.write!(path, [Jason.encode!(line), ?\n], [:append])
     IO.puts("\nresults appended to #{Path.relative_to_cwd(path)}")
     path
   end

@@ -62,14 +62,19 @@ defmodule Bench.PollMemory do
 
   @doc """
   The first poll of `size` droplets in a fresh VM (this project's compiled
-  code, no Mix): started with `elixir`, it prints its figures as JSON.
+  code and Jason's, no Mix): started with `elixir`, it prints its figures as JSON.
   """
   def cold_run(size) do
-    ebin = Path.join(:code.lib_dir(:libcluster_droplet), "ebin")
+    paths =
+      for app <- [:libcluster_droplet, :jason], do: ["-pa", Path.join(:code.lib_dir(app), "ebin")]
+
     child = Path.join(__DIR__, "poll_memory_cold.exs")
-    {out, 0} = System.cmd(System.find_executable("elixir"), ["-pa", ebin, child, "#{size}"])
+
+    {out, 0} =
+      System.cmd(System.find_executable("elixir"), List.flatten(paths) ++ [child, "#{size}"])
+
     json = out |> String.split("\n", trim: true) |> List.last()
-    Map.new(LibclusterDroplet.FakeAPI.JSON.decode!(json), fn {k, v} -> {String.to_atom(k), v} end)
+    Map.new(Jason.decode!(json), fn {k, v} -> {String.to_atom(k), v} end)
   end
 
   @doc "The body of the child VM of `cold_run/1`."
@@ -77,6 +82,6 @@ defmodule Bench.PollMemory do
     api = FakeDroplets.start_api()
     FakeDroplets.put(api, size)
     result = run_once(FakeDroplets.list_opts(api))
-    IO.puts(LibclusterDroplet.FakeAPI.JSON.encode!(result))
+    IO.puts(Jason.encode!(result))
   end
 end

@@ -15,7 +15,13 @@ defmodule LibclusterDroplet.Soak do
 
   @token "dop_v1_soak_token"
 
-  @doc "Every fault of the reliability suite, in the order the soak cycles through them."
+  @doc """
+  Every fault of the reliability suite, in the order the soak cycles through
+  them: error statuses, a slow answer, HTML, cut JSON, wrong shapes, an empty
+  page with a total, a body over the size cap, a foreign redirect and next
+  link, a next link to the page itself. (Wire-level faults, resets and
+  truncated bodies, are the Rust tests' business.)
+  """
   @spec faults() :: [FakeAPI.fault()]
   def faults do
     [
@@ -26,16 +32,15 @@ defmodule LibclusterDroplet.Soak do
       {:status, 403},
       {:status, 404},
       {:slow, 600},
-      :reset,
-      :html,
-      :truncated,
+      {:raw, "<html><body><h1>502 Bad Gateway</h1></body></html>"},
+      {:raw, ~s({"droplets":[{"id":1,"name":"x)},
       {:json, %{"droplets" => "none", "links" => %{}, "meta" => %{"total" => 1}}},
       {:json, %{"droplets" => [%{"id" => "1", "name" => "x"}], "meta" => %{"total" => 1}}},
-      :empty_with_total,
-      {:huge, 17 * 1024 * 1024},
+      {:json, %{"droplets" => [], "links" => %{}, "meta" => %{"total" => 1}}},
+      {:raw, [~s({"droplets":[],"padding":"), :binary.copy("x", 17 * 1024 * 1024), ~s("})]},
       {:redirect, "http://127.0.0.99:9/v2/droplets"},
-      {:foreign_next, "http://127.0.0.99:9/v2/droplets?page=2"},
-      :next_loop,
+      {:edit, &put_in(&1, ["links", "pages"], %{"next" => "http://127.0.0.99:9/v2/droplets"})},
+      {:edit, fn page, url -> put_in(page, ["links", "pages"], %{"next" => url}) end},
       {:status, 429}
     ]
   end

@@ -555,3 +555,5 @@ fn unix_now() -> u64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wire_tests;
