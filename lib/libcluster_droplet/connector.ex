@@ -2,27 +2,26 @@ defmodule LibclusterDroplet.Connector do
   @max_in_flight 64
   @max_retries_in_flight 32
 
-  @moduledoc """
-  Bookkeeping of the connects a strategy runs off its own process.
-
-  A connect to an address that drops packets blocks its caller for
-  `net_setuptime` (7 s by default), so the strategy never connects itself:
-  each connect runs in a task of its own (one `connect_nodes/4` call per
-  node, so libcluster's log lines and telemetry stay) and answers with a
-  message. This module decides which wanted nodes to start and keeps their
-  state; it has no side effects.
-
-    * At most #{@max_in_flight} connects are in flight at once. Nodes never
-      tried before (or whose last connect succeeded) go first; of the
-      connects in flight, at most #{@max_retries_in_flight} retry a node whose last connect failed,
-      so fresh nodes always find room even while many unreachable droplets
-      are listed.
-    * A node whose connect failed is retried on its own backoff
-      (`LibclusterDroplet.Schedule.backoff/3` of its consecutive failures),
-      not on every poll; a success forgets its failures.
-    * A node no longer wanted is forgotten, and its connect in flight is
-      handed back to be cancelled.
-  """
+  @moduledoc false
+  # Bookkeeping of the connects a strategy runs off its own process.
+  #
+  # A connect to an address that drops packets blocks its caller for
+  # `net_setuptime` (7 s by default), so the strategy never connects itself:
+  # each connect runs in a task of its own (one `connect_nodes/4` call per
+  # node, so libcluster's log lines and telemetry stay) and answers with a
+  # message. This module decides which wanted nodes to start and keeps their
+  # state; it has no side effects.
+  #
+  #   * At most #{@max_in_flight} connects are in flight at once. Nodes never
+  #     tried before (or whose last connect succeeded) go first; of the
+  #     connects in flight, at most #{@max_retries_in_flight} retry a node whose last connect failed,
+  #     so fresh nodes always find room even while many unreachable droplets
+  #     are listed.
+  #   * A node whose connect failed is retried on its own backoff
+  #     (`LibclusterDroplet.Schedule.backoff/3` of its consecutive failures),
+  #     not on every poll; a success forgets its failures.
+  #   * A node no longer wanted is forgotten, and its connect in flight is
+  #     handed back to be cancelled.
 
   defstruct in_flight: %{}, failures: %{}
 

@@ -1,9 +1,8 @@
 defmodule LibclusterDroplet.HealthCheck do
-  @moduledoc """
-  The `:health_check` of a view's candidates: one parallel TCP probe of
-  every candidate's address on a NIF thread (see `LibclusterDroplet.probe/3`),
-  turned into a verdict per node for `LibclusterDroplet.Plan.decide/5`.
-  """
+  @moduledoc false
+  # The `:health_check` of a view's candidates: one parallel TCP probe of
+  # every candidate's address on a NIF thread (see `LibclusterDroplet.probe/3`),
+  # turned into a verdict per node for `LibclusterDroplet.Plan.decide/5`.
 
   alias LibclusterDroplet.Call
   alias LibclusterDroplet.Plan.Selection

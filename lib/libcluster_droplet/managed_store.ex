@@ -1,20 +1,19 @@
 defmodule LibclusterDroplet.ManagedStore do
-  @moduledoc """
-  What a strategy must not forget when it is restarted: the nodes it
-  manages, the nodes it is removing, and its API backoff (consecutive
-  failures, the rate-limit floor, the time of the next poll).
-
-  It lives in `:persistent_term` under a key made of the topology and the
-  fingerprint of the options that decide which nodes are selected, so a
-  strategy restarted with another configuration starts afresh instead of
-  adopting (and later disconnecting) nodes it never selected. Entries of
-  the same topology under another fingerprint are erased when a strategy
-  starts. A strategy that shuts down normally erases its entry; one that
-  crashes or is killed leaves it for its successor.
-
-  Writes happen only when something changed: replacing a persistent term
-  costs a scan of every process.
-  """
+  @moduledoc false
+  # What a strategy must not forget when it is restarted: the nodes it
+  # manages, the nodes it is removing, and its API backoff (consecutive
+  # failures, the rate-limit floor, the time of the next poll).
+  #
+  # It lives in `:persistent_term` under a key made of the topology and the
+  # fingerprint of the options that decide which nodes are selected, so a
+  # strategy restarted with another configuration starts afresh instead of
+  # adopting (and later disconnecting) nodes it never selected. Entries of
+  # the same topology under another fingerprint are erased when a strategy
+  # starts. A strategy that shuts down normally erases its entry; one that
+  # crashes or is killed leaves it for its successor.
+  #
+  # Writes happen only when something changed: replacing a persistent term
+  # costs a scan of every process.
 
   defstruct managed: MapSet.new(),
             removing: %{},

@@ -2,27 +2,26 @@ defmodule LibclusterDroplet.Removal do
   @leave_grace 5_000
   @asks 2
 
-  @moduledoc """
-  Pure decisions on removing managed nodes without costing healthy nodes
-  their connections.
-
-  Disconnecting a node from one side makes OTP's `global`
-  (`prevent_overlapping_partitions`, on by default since OTP 25) cut the
-  nodes that report the loss apart from the nodes still connected to it.
-  So a node no longer wanted that is connected through distribution is
-  first asked to leave by itself (`:global.disconnect/0` on it, see
-  `LibclusterDroplet.Membership.request_leave/1`), which removes it alone.
-  A node still connected #{@leave_grace} ms later is asked once more (while
-  a cluster is still settling, `global` may connect a node that just left
-  back to the others, and it then leaves again); only a node still
-  connected after #{@asks} requests, or one that only the `list_nodes` MFA
-  sees (a hidden node, a custom MFA), is disconnected with the
-  `disconnect` MFA. A disconnect that fails is retried at the next check
-  until it succeeds.
-
-  The state is a map from node to `%{since: ms, asked: non_neg_integer}`,
-  the number of times it was asked to leave.
-  """
+  @moduledoc false
+  # Pure decisions on removing managed nodes without costing healthy nodes
+  # their connections.
+  #
+  # Disconnecting a node from one side makes OTP's `global`
+  # (`prevent_overlapping_partitions`, on by default since OTP 25) cut the
+  # nodes that report the loss apart from the nodes still connected to it.
+  # So a node no longer wanted that is connected through distribution is
+  # first asked to leave by itself (`:global.disconnect/0` on it, see
+  # `LibclusterDroplet.Membership.request_leave/1`), which removes it alone.
+  # A node still connected #{@leave_grace} ms later is asked once more (while
+  # a cluster is still settling, `global` may connect a node that just left
+  # back to the others, and it then leaves again); only a node still
+  # connected after #{@asks} requests, or one that only the `list_nodes` MFA
+  # sees (a hidden node, a custom MFA), is disconnected with the
+  # `disconnect` MFA. A disconnect that fails is retried at the next check
+  # until it succeeds.
+  #
+  # The state is a map from node to `%{since: ms, asked: non_neg_integer}`,
+  # the number of times it was asked to leave.
 
   @typedoc "Nodes being removed: since when (ms) and how many times they were asked to leave."
   @type removing :: %{node() => %{since: integer(), asked: non_neg_integer()}}

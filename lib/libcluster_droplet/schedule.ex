@@ -1,18 +1,17 @@
 defmodule LibclusterDroplet.Schedule do
-  @moduledoc """
-  When the next poll may go out: pure functions, so the rules are unit
-  tested without clocks.
-
-    * **Success** returns to `polling_interval`, stretched when polls are
-      costly or the token's hourly budget runs low (see `pace/5`).
-    * **Failure** backs off exponentially with jitter:
-      `polling_interval * 2^failures`, capped at `max_backoff`, drawn
-      uniformly from its upper half, so a fleet that failed together does not
-      retry together.
-    * **Rate limits** are a floor: after a 429 nothing is sent before its
-      `retry-after` has passed, or before `ratelimit-reset` when
-      `ratelimit-remaining` is 0.
-  """
+  @moduledoc false
+  # When the next poll may go out: pure functions, so the rules are unit
+  # tested without clocks.
+  #
+  #   * **Success** returns to `polling_interval`, stretched when polls are
+  #     costly or the token's hourly budget runs low (see `pace/5`).
+  #   * **Failure** backs off exponentially with jitter:
+  #     `polling_interval * 2^failures`, capped at `max_backoff`, drawn
+  #     uniformly from its upper half, so a fleet that failed together does not
+  #     retry together.
+  #   * **Rate limits** are a floor: after a 429 nothing is sent before its
+  #     `retry-after` has passed, or before `ratelimit-reset` when
+  #     `ratelimit-remaining` is 0.
 
   @typedoc "Rate-limit headers as `LibclusterDroplet.rate_limit()`."
   @type rate_limit :: LibclusterDroplet.rate_limit() | nil

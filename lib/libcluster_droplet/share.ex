@@ -1,25 +1,24 @@
 defmodule LibclusterDroplet.Share do
-  @moduledoc """
-  The message a polling node sends to the strategy on every other node:
-  what its last listing selected, so that the others need not poll.
-
-  A share is versioned. On the wire it is
-
-      {:libcluster_droplet_share, 2, topology, %{from: node, fingerprint: integer,
-        interval: ms, seq: integer, listed_at: unix_ms, droplets: [{name, address}]}}
-
-  `listed_at` is the leader's clock when the listing started and `seq` its
-  count of polls; together they order views (see `newer?/2`), so a share
-  that arrives late never undoes a fresher view. `interval` is how long the
-  leader waits before its next poll (its `polling_interval`, stretched and
-  paced when the token's budget runs low): followers judge its silence by
-  it, not by their own interval.
-
-  `decode/1` accepts only what this version can read. Anything else tagged
-  `:libcluster_droplet_share` (another release during a rolling upgrade, a
-  corrupted term) is `{:error, reason}`: the strategy logs it once per
-  sender and ignores it, and membership never changes because of it.
-  """
+  @moduledoc false
+  # The message a polling node sends to the strategy on every other node:
+  # what its last listing selected, so that the others need not poll.
+  #
+  # A share is versioned. On the wire it is
+  #
+  #     {:libcluster_droplet_share, 2, topology, %{from: node, fingerprint: integer,
+  #       interval: ms, seq: integer, listed_at: unix_ms, droplets: [{name, address}]}}
+  #
+  # `listed_at` is the leader's clock when the listing started and `seq` its
+  # count of polls; together they order views (see `newer?/2`), so a share
+  # that arrives late never undoes a fresher view. `interval` is how long the
+  # leader waits before its next poll (its `polling_interval`, stretched and
+  # paced when the token's budget runs low): followers judge its silence by
+  # it, not by their own interval.
+  #
+  # `decode/1` accepts only what this version can read. Anything else tagged
+  # `:libcluster_droplet_share` (another release during a rolling upgrade, a
+  # corrupted term) is `{:error, reason}`: the strategy logs it once per
+  # sender and ignores it, and membership never changes because of it.
 
   @version 2
   @tag :libcluster_droplet_share
