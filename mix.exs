@@ -1,20 +1,14 @@
-# The NIF's compiler (`Mix.Tasks.Compile.DropletNif`), the precompiled-NIF
-# lookup and the `libcluster_droplet.precompile` task live in
-# mix/droplet_nif.exs: they run before lib/ is compiled, in this repository
-# and when this project is a dependency, so they cannot live in lib/.
-Code.require_file("mix/droplet_nif.exs", __DIR__)
-
 defmodule LibclusterDroplet.MixProject do
   use Mix.Project
 
   @version "2.0.0"
+  @source_url "https://github.com/libcluster-droplet/libcluster_droplet"
 
-  # What a build needs, and nothing else (no target/, no tests): Hex takes
-  # directories recursively. test/package_test.exs builds a consumer
-  # against a copy of exactly these files.
+  # What the Hex package holds, and nothing else (no target/, no tests):
+  # Hex takes directories recursively. test/package_test.exs builds a
+  # consumer against a copy of exactly these files.
   @files [
     "lib",
-    "mix",
     "native/droplet_core/src",
     "native/droplet_core/Cargo.toml",
     "native/droplet_nif/src",
@@ -29,10 +23,21 @@ defmodule LibclusterDroplet.MixProject do
     "CHANGELOG.md"
   ]
 
-  # libcluster and telemetry as the published package declares them.
-  @hex_optional_deps [
+  # The dependencies, as the Hex package declares them.
+  @deps [
+    {:rustler_precompiled, "~> 0.8"},
+    # Only for building the NIF from source (LIBCLUSTER_DROPLET_BUILD=1).
+    {:rustler, ">= 0.36.0", optional: true},
+    {:nimble_options, "~> 1.1"},
+    # The strategy runs without them; with them, it is a Cluster.Strategy
+    # and emits libcluster's telemetry events.
     {:libcluster, "~> 3.3", optional: true},
-    {:telemetry, "~> 0.4 or ~> 1.0", optional: true}
+    {:telemetry, "~> 0.4 or ~> 1.0", optional: true},
+    {:ex_doc, "~> 0.36", only: :dev, runtime: false},
+    # JSON for the tests' fake API. Not `only: :test`: libcluster and
+    # rustler need it in every environment, and Mix refuses an :only that
+    # disagrees with theirs; optional, so no user's build fetches it for us.
+    {:jason, "~> 1.4", optional: true}
   ]
 
   def project do
@@ -41,13 +46,12 @@ defmodule LibclusterDroplet.MixProject do
       version: @version,
       elixir: "~> 1.14",
       start_permanent: Mix.env() == :prod,
-      compilers: [:droplet_nif] ++ Mix.compilers(),
       elixirc_paths: elixirc_paths(Mix.env()),
       deps: deps(),
       description: "libcluster strategy for DigitalOcean Droplets, with a Rust NIF core",
       package: package(),
-      source_url: source_url(),
-      docs: [main: "readme", extras: ["README.md", "CHANGELOG.md"]]
+      source_url: @source_url,
+      docs: docs()
     ]
   end
 
@@ -58,92 +62,86 @@ defmodule LibclusterDroplet.MixProject do
     ]
   end
 
-  defp package do
-    [
-      licenses: ["MIT"],
-      links: %{"GitHub" => source_url(), "Changelog" => source_url() <> "/blob/main/CHANGELOG.md"},
-      files: @files
-    ]
+  # The one switch of this repository's own builds and CI: with
+  # LIBCLUSTER_DROPLET_VENDOR=DIR, each dependency above keeps its
+  # requirement (still checked against the version it finds) but comes
+  # from `DIR/<app>` instead of Hex, which those machines cannot reach. The
+  # Makefile sets it (CONTRIBUTING.md). `override: true` makes the folder
+  # win over the same package named by another dependency's mix.exs.
+  defp deps do
+    case System.get_env("LIBCLUSTER_DROPLET_VENDOR") do
+      vendor when vendor in [nil, ""] -> @deps
+      vendor -> Enum.map(@deps, &vendored(&1, Path.expand(vendor)))
+    end
   end
 
-  defp source_url,
-    do: "https://github.com/#{LibclusterDroplet.NifBuild.github_owner()}/libcluster_droplet"
+  defp vendored({app, requirement}, vendor), do: vendored({app, requirement, []}, vendor)
+
+  defp vendored({app, requirement, opts}, vendor),
+    do: {app, requirement, [path: Path.join(vendor, "#{app}"), override: true] ++ opts}
+
+  @doc false
+  def hex_deps, do: @deps
 
   @doc false
   def package_files, do: @files
 
-  @doc false
-  def hex_optional_deps, do: @hex_optional_deps
+  defp package do
+    [
+      licenses: ["MIT"],
+      links: %{"GitHub" => @source_url, "Changelog" => "#{@source_url}/blob/main/CHANGELOG.md"},
+      files: @files
+    ]
+  end
 
-  # libcluster and telemetry are optional dependencies: the strategy works
-  # without them, and when the application has them, libcluster must be
-  # compiled first (`@behaviour Cluster.Strategy` is only declared when it
-  # is loaded) and Mix must know this app depends on both (or the
-  # consumer's build warns that it "does not depend on :libcluster").
-  # Declaring them always would make this repository fetch them from Hex,
-  # which its own builds and CI cannot reach. So:
-  #
-  #   * built as someone's dependency: each of them that the project
-  #     loading this one declares is declared here with the same source
-  #     (a Hex requirement, a path, a git repository) and `optional: true`.
-  #     Mix then orders and converges them without fetching anything, with
-  #     no `override: true` needed even for path or git dependencies; the
-  #     ones that project lacks are left out, as optional ones would be.
-  #   * published (`mix hex.build`/`hex.publish`, or
-  #     LIBCLUSTER_DROPLET_PUBLISH=1 for `mix deps.get` before publishing):
-  #     the Hex requirements of @hex_optional_deps, so the package's
-  #     metadata lists both as optional dependencies.
-  #   * otherwise (this repository's own compile and tests): none.
-  defp deps do
-    cond do
-      dependency?() -> mirrored_optional_deps() ++ [{:nimble_options, "~> 1.1"}]
-      publishing?() -> @hex_optional_deps
-      # Interim (lead's branch): the build branch's switch replaces this.
-      true ->
-        [
-          {:nimble_options, path: "../shared/vendor/nimble_options"},
-          {:jason, path: "../shared/vendor/jason", only: [:dev, :test]}
+  @guides [
+    "guides/configuration.md",
+    "guides/how-it-works.md",
+    "guides/troubleshooting.md",
+    "guides/deployment.md",
+    "guides/reliability.md",
+    "guides/benchmarks.md"
+  ]
+
+  @doc false
+  def guides, do: @guides
+
+  defp docs do
+    [
+      main: "readme",
+      source_ref: "v#{@version}",
+      extras: ["README.md"] ++ @guides ++ ["CHANGELOG.md", "CONTRIBUTING.md"],
+      groups_for_extras: [Guides: @guides, Project: ["CHANGELOG.md", "CONTRIBUTING.md"]],
+      # The strategy's docs still name its internal modules; they are being
+      # rewritten around its NimbleOptions schema, which drops this line.
+      skip_undefined_reference_warnings_on: [
+        "Cluster.Strategy.Droplet",
+        "Cluster.Strategy.Droplet.Config"
+      ],
+      # test/support is compiled in :dev too (make demo, bench/), but is no
+      # part of the library.
+      filter_modules: fn module, _ ->
+        not String.contains?("#{module.module_info(:compile)[:source]}", "/test/support/")
+      end,
+      groups_for_modules: [
+        Strategy: [Cluster.Strategy.Droplet, ~r/^Cluster\.Strategy\.Droplet\./],
+        "DigitalOcean API": [
+          LibclusterDroplet,
+          LibclusterDroplet.Call,
+          LibclusterDroplet.Listing,
+          LibclusterDroplet.Error,
+          LibclusterDroplet.Token
+        ],
+        Explain: [~r/^LibclusterDroplet\.Explain/, Mix.Tasks.LibclusterDroplet.Explain],
+        # Documented because the public types of explain and the strategy
+        # name theirs.
+        Internals: [
+          LibclusterDroplet.Plan,
+          LibclusterDroplet.NodeWatch,
+          LibclusterDroplet.Membership
         ]
-    end
-  end
-
-  # While Mix loads this file as a dependency, the project on top of its
-  # stack is the one that depends on this one.
-  defp dependency?, do: Mix.Project.get() not in [nil, __MODULE__]
-
-  defp publishing? do
-    System.get_env("LIBCLUSTER_DROPLET_PUBLISH") in ["1", "true"] or
-      match?(["hex." <> _ | _], System.argv())
-  end
-
-  defp mirrored_optional_deps do
-    parent_deps = Mix.Project.config()[:deps] || []
-    parent_dir = Path.dirname(Mix.Project.project_file() || "mix.exs")
-
-    for {app, _, _} <- @hex_optional_deps,
-        spec = Enum.find(parent_deps, &(elem(&1, 0) == app)),
-        do: mirror(spec, parent_dir)
-  end
-
-  @doc false
-  # The parent's declaration of a dependency as an optional one of ours:
-  # the same requirement and source, paths made absolute (they were
-  # relative to the parent), the parent's own choices (override, only,
-  # runtime...) dropped.
-  def mirror({app, req}, _dir) when is_binary(req), do: {app, req, optional: true}
-  def mirror({app, opts}, dir) when is_list(opts), do: {app, mirror_opts(app, opts, dir)}
-  def mirror({app, req, opts}, dir), do: {app, req, mirror_opts(app, opts, dir)}
-
-  defp mirror_opts(app, opts, dir) do
-    opts =
-      cond do
-        opts[:path] -> Keyword.put(opts, :path, Path.expand(opts[:path], dir))
-        opts[:in_umbrella] -> Keyword.put(opts, :path, Path.expand("../#{app}", dir))
-        true -> opts
-      end
-
-    Keyword.drop(opts, [:in_umbrella, :override, :only, :targets, :runtime, :optional, :env]) ++
-      [optional: true]
+      ]
+    ]
   end
 
   # The fake DigitalOcean API in test/support serves HTTPS with certificates

@@ -1,8 +1,10 @@
 defmodule LibclusterDroplet.ConsumerAppTest do
   @moduledoc false
   # The strategy as a real user's application runs it: a throwaway Mix app
-  # (see LibclusterDroplet.ConsumerApp) with the real libcluster 3.5.0,
-  # jason and telemetry as path dependencies beside this project, whose
+  # (see LibclusterDroplet.ConsumerApp) with the real libcluster 3.5.0 and
+  # the other vendored Hex packages as path dependencies beside this
+  # project, which builds its NIF from source (LIBCLUSTER_DROPLET_BUILD=1,
+  # cargo on the PATH, rustler among the deps), and whose
   # config/runtime.exs is the README's "## Configuration" block (plus
   # test-only keys deep-merged on top), and whose application starts
   # libcluster's Cluster.Supervisor. Every node is its own OS process with
@@ -12,6 +14,7 @@ defmodule LibclusterDroplet.ConsumerAppTest do
 
   alias LibclusterDroplet.{ConsumerApp, FakeAPI, TestCluster}
   alias LibclusterDroplet.ConsumerApp.NodeAgent
+  alias LibclusterDroplet.Package.FileServer
 
   @root Path.expand("..", __DIR__)
   @vendor ConsumerApp.vendor_dir(@root)
@@ -28,18 +31,32 @@ defmodule LibclusterDroplet.ConsumerAppTest do
   @moduletag timeout: 600_000
 
   unless File.dir?(@vendor) do
-    @skip_reason "#{@vendor} is absent: the vendored libcluster 3.5.0, jason and telemetry " <>
-                   "are needed to build the consumer application"
+    @skip_reason "#{@vendor} is absent: the vendored Hex packages are needed to build " <>
+                   "the consumer application"
     IO.puts(:stderr, "#{inspect(__MODULE__)} skipped: #{@skip_reason}")
     @moduletag skip: @skip_reason
   end
 
   setup_all do
     if File.dir?(@vendor) do
-      app = ConsumerApp.build!(root: @root, vendor: @vendor, polling_interval: @interval)
+      # An artifact server that would record any download attempt.
+      server = start_supervised!(FileServer)
+
+      app =
+        ConsumerApp.build!(
+          root: @root,
+          vendor: @vendor,
+          polling_interval: @interval,
+          env: [
+            {"LIBCLUSTER_DROPLET_BUILD", "1"},
+            {"LIBCLUSTER_DROPLET_BASE_URL", FileServer.url(server)},
+            {"CARGO_TARGET_DIR", ConsumerApp.shared_target_dir(@root)}
+          ]
+        )
+
       on_exit(fn -> ConsumerApp.cleanup(app) end)
       note("consumer app compiled in #{app.compile_ms} ms")
-      %{app: app}
+      %{app: app, artifact_server: server}
     else
       :ok
     end
@@ -48,6 +65,15 @@ defmodule LibclusterDroplet.ConsumerAppTest do
   setup do
     api = start_supervised!({FakeAPI, token: @token})
     %{api: api, url: FakeAPI.url(api)}
+  end
+
+  test "LIBCLUSTER_DROPLET_BUILD=1 with cargo on the PATH: the NIF is built from source, " <>
+         "nothing is downloaded",
+       ctx do
+    assert ctx.app.compile_output =~ "Compiling crate droplet_nif in release mode"
+    assert FileServer.requests(ctx.artifact_server) == []
+    native = Path.join(ctx.app.dir, "_build/prod/lib/libcluster_droplet/priv/native")
+    assert File.ls!(native) == ["libdroplet_nif.so"]
   end
 
   test "mesh: three nodes running the consumer app form a full mesh", ctx do

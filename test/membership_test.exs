@@ -1,5 +1,5 @@
 defmodule LibclusterDroplet.MembershipTest do
-  # Not async: one test loads a stand-in :telemetry module for the whole VM.
+  # Not async: one test takes :telemetry out of the VM for a moment.
   use ExUnit.Case, async: false
 
   import ExUnit.CaptureLog
@@ -23,8 +23,10 @@ defmodule LibclusterDroplet.MembershipTest do
      {__MODULE__, :list_nodes, [connected]}}
   end
 
-  test "libcluster is not loaded here, so the fallback is used" do
-    refute Membership.libcluster?()
+  # libcluster is an optional dependency, loaded in this repository's own
+  # builds: the fallback, used by applications without it, is called directly.
+  test "libcluster is loaded here, so connect_nodes/4 and disconnect_nodes/4 use it" do
+    assert Membership.libcluster?()
   end
 
   describe "connect_nodes/4 without libcluster" do
@@ -34,7 +36,7 @@ defmodule LibclusterDroplet.MembershipTest do
       log =
         capture_log(fn ->
           assert :ok =
-                   Membership.connect_nodes(:web, connect, list, [
+                   Membership.fallback_connect(:web, connect, list, [
                      :"a@10.0.0.1",
                      :"b@10.0.0.2",
                      Node.self(),
@@ -55,7 +57,7 @@ defmodule LibclusterDroplet.MembershipTest do
       log =
         capture_log(fn ->
           assert {:error, [{:"a@10.0.0.1", false}, {:"b@10.0.0.2", :ignored}]} =
-                   Membership.connect_nodes(:web, connect, list, [:"a@10.0.0.1", :"b@10.0.0.2"])
+                   Membership.fallback_connect(:web, connect, list, [:"a@10.0.0.1", :"b@10.0.0.2"])
         end)
 
       assert log =~ ~s([libcluster:web] unable to connect to :"a@10.0.0.1")
@@ -66,7 +68,7 @@ defmodule LibclusterDroplet.MembershipTest do
       {_, _, list} = mfas()
 
       assert_raise ArgumentError, ~r/nope\/1 is undefined/, fn ->
-        Membership.connect_nodes(:web, {__MODULE__, :nope, []}, list, [:"a@10.0.0.1"])
+        Membership.fallback_connect(:web, {__MODULE__, :nope, []}, list, [:"a@10.0.0.1"])
       end
     end
   end
@@ -78,7 +80,7 @@ defmodule LibclusterDroplet.MembershipTest do
       log =
         capture_log(fn ->
           assert :ok =
-                   Membership.disconnect_nodes(:web, disconnect, list, [
+                   Membership.fallback_disconnect(:web, disconnect, list, [
                      :"a@10.0.0.1",
                      :"z@10.0.0.9",
                      Node.self()
@@ -104,7 +106,7 @@ defmodule LibclusterDroplet.MembershipTest do
       log =
         capture_log(fn ->
           assert {:error, [{:"c@10.0.0.3", {:error, :busy}}]} =
-                   Membership.disconnect_nodes(:web, disconnect, list, connected)
+                   Membership.fallback_disconnect(:web, disconnect, list, connected)
         end)
 
       assert log =~ "already disconnected"
@@ -113,17 +115,29 @@ defmodule LibclusterDroplet.MembershipTest do
     end
   end
 
-  # A :telemetry module that forwards every event to the test process.
-  defp define_telemetry_stand_in do
-    Code.compile_string("""
-    defmodule :telemetry do
-      def execute(event, measurements, metadata) do
-        send(:persistent_term.get({#{inspect(__MODULE__)}, :pid}), {:telemetry, event, measurements, metadata})
-        :ok
-      end
-    end
-    """)
+  @events [
+    [:libcluster, :connect_node, :ok],
+    [:libcluster, :connect_node, :error],
+    [:libcluster, :disconnect_node, :ok],
+    [:libcluster, :disconnect_node, :error],
+    [:libcluster_droplet, :poll, :start],
+    [:libcluster_droplet, :poll, :stop],
+    [:libcluster_droplet, :poll, :error]
+  ]
+
+  # Forwards every event of @events to the test process until the test ends.
+  defp attach_telemetry do
+    id = {__MODULE__, make_ref()}
+    pid = self()
+
+    :ok = :telemetry.attach_many(id, @events, &__MODULE__.forward_event/4, pid)
+
+    on_exit(fn -> :telemetry.detach(id) end)
   end
+
+  @doc false
+  def forward_event(event, measurements, metadata, pid),
+    do: send(pid, {:telemetry, event, measurements, metadata})
 
   # A spy connect that refuses the nodes of `refused`.
   def refusing_connect(spy, refused, node) do
@@ -145,26 +159,34 @@ defmodule LibclusterDroplet.MembershipTest do
   end
 
   describe "telemetry" do
-    setup do
-      on_exit(fn ->
-        :code.purge(:telemetry)
-        :code.delete(:telemetry)
-      end)
+    test "without :telemetry in the VM, nothing is emitted and nothing raises" do
+      ebin = :code.lib_dir(:telemetry, :ebin)
+      true = :code.del_path(ebin)
+      :code.purge(:telemetry)
+      true = :code.delete(:telemetry)
+
+      try do
+        refute Code.ensure_loaded?(:telemetry)
+        {connect, _, list} = mfas()
+
+        capture_log(fn ->
+          assert :ok = Membership.fallback_connect(:web, connect, list, [:"a@10.0.0.1"])
+        end)
+
+        assert_received {:connect, :"a@10.0.0.1"}
+      after
+        true = :code.add_patha(ebin)
+        {:module, :telemetry} = Code.ensure_loaded(:telemetry)
+      end
     end
 
-    test "events are emitted once :telemetry is loaded, in libcluster's shape" do
+    test "the fallback's events are libcluster's" do
+      attach_telemetry()
       {connect, disconnect, list} = mfas(%{:"b@10.0.0.2" => false}, [:"c@10.0.0.3"])
-      # Not loaded: nothing happens, nothing raises.
-      capture_log(fn -> Membership.connect_nodes(:web, connect, list, [:"a@10.0.0.1"]) end)
-
-      test_pid = self()
-      :persistent_term.put({__MODULE__, :pid}, test_pid)
-
-      define_telemetry_stand_in()
 
       capture_log(fn ->
-        Membership.connect_nodes(:web, connect, list, [:"a@10.0.0.1", :"b@10.0.0.2"])
-        Membership.disconnect_nodes(:web, disconnect, list, [:"c@10.0.0.3"])
+        Membership.fallback_connect(:web, connect, list, [:"a@10.0.0.1", :"b@10.0.0.2"])
+        Membership.fallback_disconnect(:web, disconnect, list, [:"c@10.0.0.3"])
       end)
 
       assert_received {:telemetry, [:libcluster, :connect_node, :ok], %{duration: d},
@@ -179,8 +201,7 @@ defmodule LibclusterDroplet.MembershipTest do
     end
 
     test "the strategy's poll events" do
-      :persistent_term.put({__MODULE__, :pid}, self())
-      define_telemetry_stand_in()
+      attach_telemetry()
 
       token = "telemetry-token"
       droplet = FakeAPI.droplet(id: 1, name: "t-1", private_ip: "127.0.6.2")
@@ -213,8 +234,7 @@ defmodule LibclusterDroplet.MembershipTest do
     end
 
     test "a poll's stop event counts the droplets at each stage: listed, selected, healthy, connected" do
-      :persistent_term.put({__MODULE__, :pid}, self())
-      define_telemetry_stand_in()
+      attach_telemetry()
       token = "telemetry-token"
       port = LibclusterDroplet.TestCluster.free_port()
       # Two nodes answer the health check; one does not; one droplet is in another region.

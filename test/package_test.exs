@@ -1,15 +1,13 @@
 defmodule LibclusterDroplet.PackageTest do
   @moduledoc false
   # The Hex package as a user gets it: exactly the files of mix.exs's
-  # `package[:files]`, copied to a temporary directory, as the dependency of
-  # throwaway consumer projects; and the precompiled NIF made from that copy
-  # by `mix libcluster_droplet.precompile`, served by a loopback HTTP
-  # server, found offline, tampered with, or missing.
-  #
-  # One cargo build serves the whole module: the first consumer builds the
-  # NIF from the copy in its own _build (where cargo builds by default), and
-  # every later build (the precompile task, the forced source builds) points
-  # CARGO_TARGET_DIR there, so cargo finds it fresh.
+  # `package[:files]`, copied to a temporary directory, where
+  # `mix libcluster_droplet.precompile` makes the precompiled NIF of this
+  # machine and records it in the copy's checksum file
+  # (LibclusterDroplet.Package.precompiled!/1). Throwaway consumer projects
+  # depend on that copy; RustlerPrecompiled installs the NIF, served by a
+  # loopback HTTP server, found in a prefilled cache, tampered with, or
+  # missing, and a forced source build meets a machine without cargo.
   use ExUnit.Case, async: true
 
   alias LibclusterDroplet.{ConsumerApp, FakeAPI, Package, TestCluster}
@@ -21,83 +19,21 @@ defmodule LibclusterDroplet.PackageTest do
   @root Path.expand("..", __DIR__)
   @vendor ConsumerApp.vendor_dir(@root)
   @version Mix.Project.config()[:version]
+  @checksum_file "checksum-Elixir.LibclusterDroplet.Native.exs"
   @token "dop_v1_package_test_token"
 
   unless File.dir?(@vendor) do
-    @skip_reason "#{@vendor} is absent: the vendored libcluster 3.5.0, jason and telemetry " <>
-                   "are needed to build the consumer projects"
+    @skip_reason "#{@vendor} is absent: the vendored Hex packages are needed to build " <>
+                   "the consumer projects"
     IO.puts(:stderr, "#{inspect(__MODULE__)} skipped: #{@skip_reason}")
     @moduletag skip: @skip_reason
   end
 
   setup_all do
-    if File.dir?(@vendor), do: build_package(), else: :ok
+    if File.dir?(@vendor), do: Package.precompiled!(@root), else: :ok
   end
 
-  defp build_package do
-    tmp =
-      Path.join(
-        System.tmp_dir!(),
-        "libcluster_droplet_package_#{System.pid()}_#{System.unique_integer([:positive])}"
-      )
-
-    on_exit(fn -> File.rm_rf!(tmp) end)
-
-    files = Package.files(@root, LibclusterDroplet.MixProject.package_files())
-    package = Package.copy!(@root, files, Path.join(tmp, "libcluster_droplet"))
-    vendor = Path.join(tmp, "vendor")
-
-    File.mkdir_p!(vendor)
-
-    for app <- ~w(libcluster jason telemetry) do
-      File.cp_r!(Path.join(@vendor, app), Path.join(vendor, app))
-    end
-
-    {_, 0} = System.cmd("chmod", ["-R", "u+w", vendor])
-
-    # The first consumer: the package listed before libcluster, built from
-    # source with cargo's default build directory.
-    first = Package.write_consumer!(Path.join(tmp, "first"), package, deps: {:vendored, vendor})
-    first_env = [{"LIBCLUSTER_DROPLET_BUILD", "1"}]
-    {compile_out, status} = Package.mix(first, ["compile"], first_env)
-    if status != 0, do: raise("the first consumer did not compile (#{status}):\n#{compile_out}")
-
-    target_dir = Path.join(first, "_build/prod/native/libcluster_droplet")
-
-    # The precompiled artifact, made from the package copy by its own task.
-    artifacts = Path.join(tmp, "artifacts")
-
-    {precompile_out, status} =
-      Package.mix(
-        package,
-        ["libcluster_droplet.precompile", "--output", artifacts],
-        [{"CARGO_TARGET_DIR", target_dir}]
-      )
-
-    if status != 0, do: raise("precompile failed (#{status}):\n#{precompile_out}")
-
-    {:ok, host} = LibclusterDroplet.NifBuild.target()
-    name = LibclusterDroplet.NifBuild.artifact_name(@version, host)
-    artifact = Path.join(artifacts, name)
-
-    %{
-      tmp: tmp,
-      files: files,
-      package: package,
-      vendor: vendor,
-      first: first,
-      first_env: first_env,
-      compile_out: compile_out,
-      target_dir: target_dir,
-      precompile_out: precompile_out,
-      host: host,
-      name: name,
-      artifact: artifact,
-      artifacts: artifacts
-    }
-  end
-
-  # A fresh directory for one consumer, inside the module's temporary one.
+  # A fresh directory for one consumer, inside the package's temporary one.
   defp new_dir(ctx, label),
     do: Path.join(ctx.tmp, "#{label}_#{System.unique_integer([:positive])}")
 
@@ -107,319 +43,348 @@ defmodule LibclusterDroplet.PackageTest do
     server
   end
 
-  # A base URL where nothing listens: any download attempt fails at once.
-  defp dead_url do
-    {:ok, listen} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
-    {:ok, port} = :inet.port(listen)
-    :gen_tcp.close(listen)
-    "http://127.0.0.1:#{port}"
+  # A consumer's environment: the vendor switch, a cache of its own, then `extra`.
+  defp env(ctx, extra) do
+    [
+      {"LIBCLUSTER_DROPLET_VENDOR", ctx.vendor},
+      {"RUSTLER_PRECOMPILED_GLOBAL_CACHE_PATH", new_dir(ctx, "cache")}
+    ]
+    |> Enum.reject(fn {key, _} -> List.keymember?(extra, key, 0) end)
+    |> Kernel.++(extra)
   end
 
-  defp run_check(dir, env) do
-    Package.mix(dir, ["run", "-e", "IO.puts(Consumer.check())"], env)
+  defp consumer!(ctx, label, opts \\ []),
+    do: Package.write_consumer!(new_dir(ctx, label), ctx.package, ctx.files, ctx.vendor, opts)
+
+  defp run_check(dir, env), do: Package.mix(dir, ["run", "-e", "IO.puts(Consumer.check())"], env)
+
+  defp tamper(data) do
+    <<head::binary-size(100), byte, rest::binary>> = data
+    <<head::binary, Bitwise.bxor(byte, 1), rest::binary>>
   end
 
   describe "the package's files" do
-    test "are enough to build: a consumer of a copy of exactly them compiles the NIF and calls it",
+    test "hold the sources, Cargo.lock and the checksum file, and no build output or tests",
          ctx do
-      # The copy holds what mix.exs lists, and the build added nothing to it
-      # (no target/, no _build/).
       assert "Cargo.lock" in ctx.files
-      assert "checksum-Elixir.LibclusterDroplet.Native.exs" in ctx.files
-      assert "mix/droplet_nif.exs" in ctx.files
-      refute Enum.any?(ctx.files, &String.starts_with?(&1, ["target/", "_build/", "test/"]))
+      assert @checksum_file in ctx.files
+      assert "native/droplet_nif/src/lib.rs" in ctx.files
+      assert "lib/libcluster_droplet/native.ex" in ctx.files
 
-      assert Package.tree(ctx.package) -- ["checksum-Elixir.LibclusterDroplet.Native.exs"] ==
-               ctx.files -- ["checksum-Elixir.LibclusterDroplet.Native.exs"]
+      refute Enum.any?(
+               ctx.files,
+               &String.starts_with?(&1, ["target/", "_build/", "test/", "deps/"])
+             )
 
-      assert ctx.compile_out =~ "Compiling NIF droplet_nif with cargo (release)"
-      assert File.regular?(Package.installed_nif(ctx.first))
-
-      assert {out, 0} = run_check(ctx.first, ctx.first_env)
-      assert out =~ "nif #{@version} probe ok"
+      refute Enum.any?(ctx.files, &String.contains?(&1, "testdata"))
+      # Building it wrote nothing into the copy but _build/, Rustler's
+      # priv/native and the checksum file's new line (no target/: cargo
+      # builds where it is told).
+      assert Enum.reject(
+               Package.tree(ctx.package),
+               &String.starts_with?(&1, ["_build/", "priv/"])
+             ) ==
+               ctx.files
     end
 
-    test "cargo builds in the consumer's _build, not in the dependency's directory", ctx do
+    test "build the NIF from source: the copy compiled it with cargo as a root project", ctx do
+      assert ctx.precompile_output =~ "Compiling crate droplet_nif in release mode"
       refute File.exists?(Path.join(ctx.package, "target"))
-      assert File.regular?(Path.join(ctx.target_dir, "release/libdroplet_nif.so"))
     end
+  end
 
-    test "libcluster is compiled first whatever the order of the consumer's deps, " <>
-           "and the build warns about nothing",
+  describe "mix libcluster_droplet.precompile" do
+    test "packs the library under RustlerPrecompiled's artifact name and records its sum",
          ctx do
-      # The consumer lists libcluster_droplet before libcluster.
-      mix_exs = File.read!(Path.join(ctx.first, "mix.exs"))
+      assert ctx.name =~
+               ~r/^libdroplet_nif-v#{Regex.escape(@version)}-nif-2\.16-(x86_64|aarch64)-(unknown-linux-gnu|unknown-linux-musl|apple-darwin)\.so\.tar\.gz$/
 
-      assert :binary.match(mix_exs, ":libcluster_droplet") <
-               :binary.match(mix_exs, "{:libcluster,")
+      data = File.read!(ctx.artifact)
+      {checksums, _} = Code.eval_file(Path.join(ctx.package, @checksum_file))
+      assert checksums == %{ctx.name => Package.sha256(data)}
+      assert ctx.precompile_output =~ Package.sha256(data)
 
-      order =
-        for [app] <- Regex.scan(~r/^==> (\w+)$/m, ctx.compile_out, capture: :all_but_first),
-            do: app
+      # One member, the library, named like the artifact without .tar.gz;
+      # the release profile (fat LTO, stripped) keeps it under 3 MB.
+      assert {:ok, [{member, <<0x7F, "ELF", _::binary>> = library}]} =
+               :erl_tar.extract({:binary, data}, [:compressed, :memory])
+
+      assert byte_size(library) < 3_000_000
+
+      assert List.to_string(member) == String.replace_suffix(ctx.name, ".tar.gz", "")
+
+      # Formatted as `mix format` writes it.
+      text = File.read!(Path.join(ctx.package, @checksum_file))
+      assert IO.iodata_to_binary([Code.format_string!(text), "\n"]) == text
+    end
+  end
+
+  describe "the precompiled NIF" do
+    test "LIBCLUSTER_DROPLET_BASE_URL: a consumer on a PATH without cargo downloads it, " <>
+           "checks it, caches it and loads it; libcluster compiles first; no warning",
+         ctx do
+      data = File.read!(ctx.artifact)
+      server = start_server!(%{"/mirror/#{ctx.name}" => data})
+      cache = new_dir(ctx, "cache")
+      dir = consumer!(ctx, "base_url")
+
+      env =
+        env(ctx, [
+          {"PATH", Package.path_without_cargo()},
+          # No trailing slash: the artifact's name is joined to the path all the same.
+          {"LIBCLUSTER_DROPLET_BASE_URL", FileServer.url(server) <> "/mirror"},
+          {"RUSTLER_PRECOMPILED_GLOBAL_CACHE_PATH", cache}
+        ])
+
+      assert {out, 0} = Package.mix(dir, ["compile"], env)
+      refute out =~ "Compiling crate"
+      refute out =~ ~r/warning/i, out
+      assert FileServer.requests(server) == ["GET /mirror/#{ctx.name} HTTP/1.1"]
+      assert File.read!(Path.join(cache, ctx.name)) == data
+      assert Package.installed_nifs(dir) == [String.replace_suffix(ctx.name, ".tar.gz", "")]
+
+      # The consumer lists libcluster_droplet before libcluster: the
+      # optional dependency is compiled first, so the behaviour is declared.
+      order = for [app] <- Regex.scan(~r/^==> (\w+)$/m, out, capture: :all_but_first), do: app
 
       assert Enum.find_index(order, &(&1 == "libcluster")) <
                Enum.find_index(order, &(&1 == "libcluster_droplet")),
              "compile order: #{inspect(order)}"
 
-      refute ctx.compile_out =~ ~r/warning/i, ctx.compile_out
-
       code =
-        "Cluster.Strategy.Droplet.module_info(:attributes) " <>
+        "IO.puts(Consumer.check()); IO.puts(Consumer.debug_nifs?()); " <>
+          "Cluster.Strategy.Droplet.module_info(:attributes) " <>
           "|> Keyword.get_values(:behaviour) |> List.flatten() |> IO.inspect()"
 
-      assert {out, 0} = Package.mix(ctx.first, ["run", "-e", code], ctx.first_env)
+      assert {out, 0} = Package.mix(dir, ["run", "-e", code], env)
+      assert out =~ "nif #{@version} probe ok\nfalse\n"
       assert out =~ "Cluster.Strategy]"
+      assert length(FileServer.requests(server)) == 1
     end
 
-    test "Cargo.lock is honoured: with a stale lock the build stops", ctx do
-      stale = Package.copy!(@root, ctx.files, new_dir(ctx, "stale_package"))
-      toml = Path.join(stale, "native/droplet_nif/Cargo.toml")
-
-      File.write!(
-        toml,
-        String.replace(
-          File.read!(toml),
-          ~s(version = "#{@version}"),
-          ~s(version = "#{@version}-stale")
-        )
-      )
-
-      dir = Package.write_consumer!(new_dir(ctx, "stale"), stale)
-
-      {out, status} =
-        Package.mix(dir, ["compile"], [
-          {"LIBCLUSTER_DROPLET_BUILD", "1"},
-          {"CARGO_TARGET_DIR", ctx.target_dir}
-        ])
-
-      assert status != 0
-      assert out =~ "--locked"
-      refute File.exists?(Package.installed_nif(dir))
-    end
-  end
-
-  describe "precompiled NIF" do
-    test "the precompile task packs the library and records its checksum", ctx do
-      data = File.read!(ctx.artifact)
-      sum = Package.sha256(data)
-
-      checksums =
-        LibclusterDroplet.NifBuild.read_checksums(
-          Path.join(ctx.package, "checksum-Elixir.LibclusterDroplet.Native.exs")
-        )
-
-      assert checksums == %{ctx.name => sum}
-
-      # One member, the library, named like the artifact without .tar.gz.
-      assert {:ok, [{member, library}]} =
-               :erl_tar.extract({:binary, data}, [:compressed, :memory])
-
-      assert List.to_string(member) == String.replace_suffix(ctx.name, ".tar.gz", "")
-      assert library == File.read!(Path.join(ctx.target_dir, "release/libdroplet_nif.so"))
-      assert ctx.precompile_out =~ sum
-    end
-
-    test "a consumer app on a PATH without cargo downloads it, checks it, caches it, " <>
-           "loads it, and its nodes cluster",
+    test "config :libcluster_droplet, :precompiled_base_url is the base URL without the env var",
          ctx do
-      data = File.read!(ctx.artifact)
-      server = start_server!(%{"/#{ctx.name}" => data})
-      cache = new_dir(ctx, "cache")
+      server = start_server!(%{"/from-config/#{ctx.name}" => File.read!(ctx.artifact)})
 
-      app =
-        ConsumerApp.build!(
-          root: ctx.package,
-          vendor: ctx.vendor,
-          env: [
-            {"PATH", Package.path_without_cargo()},
-            {"LIBCLUSTER_DROPLET_BASE_URL", FileServer.url(server)},
-            {"LIBCLUSTER_DROPLET_CACHE_DIR", cache}
-          ]
+      dir =
+        consumer!(ctx, "config_url",
+          config:
+            "config :libcluster_droplet, :precompiled_base_url, " <>
+              inspect(FileServer.url(server) <> "/from-config/") <> "\n"
         )
 
-      on_exit(fn -> ConsumerApp.cleanup(app) end)
-
-      assert app.compile_output =~ "Installed the precompiled NIF #{ctx.name}"
-      refute app.compile_output =~ "Compiling NIF"
-      assert FileServer.requests(server) == ["GET /#{ctx.name} HTTP/1.1"]
-      assert File.read!(Path.join(cache, ctx.name)) == data
-
-      # Two nodes of it find each other through the fake API and connect.
-      api = start_supervised!({FakeAPI, token: @token})
-      addresses = free_addresses(2, app.health_check_port || 4000)
-
-      nodes =
-        for address <- addresses do
-          :ok =
-            FakeAPI.add_droplet(
-              api,
-              ConsumerApp.droplet(app, System.unique_integer([:positive]), address)
-            )
-
-          node = ConsumerApp.start_node(app, address, @token, FakeAPI.url(api))
-          on_exit(fn -> TestCluster.stop(node) end)
-          node
-        end
-
-      TestCluster.await(fn -> TestCluster.full_mesh?(nodes) end, 60_000)
-
-      for node <- nodes do
-        assert TestCluster.call(node, LibclusterDroplet.Native, :nif_version, []) == @version
-      end
+      env = env(ctx, [{"PATH", Package.path_without_cargo()}])
+      assert {_, 0} = Package.mix(dir, ["compile"], env)
+      assert FileServer.requests(server) == ["GET /from-config/#{ctx.name} HTTP/1.1"]
+      assert {out, 0} = run_check(dir, env)
+      assert out =~ "nif #{@version} probe ok"
     end
 
-    test "a cached artifact is used without the network", ctx do
-      cache = new_dir(ctx, "cache")
+    test "offline: a cache prefilled at RUSTLER_PRECOMPILED_GLOBAL_CACHE_PATH needs no server " <>
+           "and no cargo",
+         ctx do
+      cache = new_dir(ctx, "prefilled")
       File.mkdir_p!(cache)
       File.cp!(ctx.artifact, Path.join(cache, ctx.name))
       server = start_server!(%{})
-      dir = Package.write_consumer!(new_dir(ctx, "cached"), ctx.package)
+      dir = consumer!(ctx, "offline")
 
-      env = [
-        {"PATH", Package.path_without_cargo()},
-        {"LIBCLUSTER_DROPLET_BASE_URL", FileServer.url(server)},
-        {"LIBCLUSTER_DROPLET_CACHE_DIR", cache}
-      ]
+      env =
+        env(ctx, [
+          {"PATH", Package.path_without_cargo()},
+          {"LIBCLUSTER_DROPLET_BASE_URL", FileServer.url(server)},
+          {"RUSTLER_PRECOMPILED_GLOBAL_CACHE_PATH", cache}
+        ])
 
-      assert {out, 0} = Package.mix(dir, ["compile"], env)
-      assert out =~ "Installed the precompiled NIF #{ctx.name}"
+      assert {_, 0} = Package.mix(dir, ["compile"], env)
       assert {out, 0} = run_check(dir, env)
       assert out =~ "nif #{@version} probe ok"
       assert FileServer.requests(server) == []
     end
 
-    test "a tampered artifact is refused, naming both sums; nothing is cached or installed",
+    test "a tampered artifact stops the build, naming both sums; it is neither installed " <>
+           "nor kept in the cache",
          ctx do
-      data = File.read!(ctx.artifact)
-      expected = Package.sha256(data)
-      <<head::binary-size(100), byte, rest::binary>> = data
-      tampered = <<head::binary, Bitwise.bxor(byte, 1), rest::binary>>
+      expected = Package.sha256(File.read!(ctx.artifact))
+      tampered = tamper(File.read!(ctx.artifact))
       actual = Package.sha256(tampered)
       server = start_server!(%{"/#{ctx.name}" => tampered})
       cache = new_dir(ctx, "cache")
+      dir = consumer!(ctx, "tampered")
 
-      # Downloaded.
-      dir = Package.write_consumer!(new_dir(ctx, "tampered"), ctx.package)
-
-      env = [
-        {"PATH", Package.path_without_cargo()},
-        {"LIBCLUSTER_DROPLET_BASE_URL", FileServer.url(server)},
-        {"LIBCLUSTER_DROPLET_CACHE_DIR", cache}
-      ]
+      env =
+        env(ctx, [
+          {"PATH", Package.path_without_cargo()},
+          {"LIBCLUSTER_DROPLET_BASE_URL", FileServer.url(server)},
+          {"RUSTLER_PRECOMPILED_GLOBAL_CACHE_PATH", cache}
+        ])
 
       {out, status} = Package.mix(dir, ["compile"], env)
       assert status != 0
-      assert out =~ "checksum mismatch for #{ctx.name}"
-      assert out =~ expected
-      assert out =~ actual
+      assert out =~ "the precompiled NIF #{ctx.name} does not match #{@checksum_file}"
+      assert out =~ "the checksum file says #{expected}, the file has #{actual}"
       assert FileServer.requests(server) == ["GET /#{ctx.name} HTTP/1.1"]
-      assert Package.tree(cache) == []
-      refute File.exists?(Package.installed_nif(dir))
+      refute File.exists?(Path.join(cache, ctx.name))
+      assert Package.installed_nifs(dir) == []
 
-      # From an offline path, even with cargo at hand: a mismatch never
-      # falls back to anything.
-      offline = new_dir(ctx, "tampered_offline")
-      File.mkdir_p!(offline)
-      File.write!(Path.join(offline, ctx.name), tampered)
-      dir = Package.write_consumer!(new_dir(ctx, "tampered"), ctx.package)
+      # Tampered in a prefilled cache: refused the same way, even with cargo
+      # at hand and rustler among the deps: a mismatch never falls back.
+      File.write!(Path.join(cache, ctx.name), tampered)
+      dir = consumer!(ctx, "tampered_cache", rustler: true)
+      env = List.keydelete(env, "PATH", 0)
 
-      {out, status} =
-        Package.mix(dir, ["compile"], [
-          {"LIBCLUSTER_DROPLET_NIF_PATH", offline},
-          {"LIBCLUSTER_DROPLET_CACHE_DIR", cache},
-          {"CARGO_TARGET_DIR", ctx.target_dir}
-        ])
-
+      {out, status} = Package.mix(dir, ["compile"], env)
       assert status != 0
-      assert out =~ "checksum mismatch for #{ctx.name}"
-      assert out =~ expected and out =~ actual
-      refute out =~ "Compiling NIF"
-      assert Package.tree(cache) == []
-      refute File.exists?(Package.installed_nif(dir))
+      assert out =~ "the checksum file says #{expected}, the file has #{actual}"
+      refute out =~ "Compiling crate"
+      refute File.exists?(Path.join(cache, ctx.name))
+      assert Package.installed_nifs(dir) == []
     end
 
-    test "without an artifact for the target and without cargo, the error lists the targets " <>
-           "that have one and says how to build from source",
+    test "a failed download names the URL, the base-URL settings, the offline cache, the " <>
+           "proxies and the source build",
          ctx do
       server = start_server!(%{})
-      dir = Package.write_consumer!(new_dir(ctx, "no_artifact"), ctx.package)
+      dir = consumer!(ctx, "not_served")
 
-      base_env = [
-        {"PATH", Package.path_without_cargo()},
-        {"LIBCLUSTER_DROPLET_BASE_URL", FileServer.url(server)},
-        {"LIBCLUSTER_DROPLET_CACHE_DIR", new_dir(ctx, "cache")}
-      ]
-
-      # A target the checksum file has no artifact for.
-      {out, status} =
-        Package.mix(dir, ["compile"], [
-          {"LIBCLUSTER_DROPLET_TARGET", "riscv64gc-unknown-linux-gnu"} | base_env
+      env =
+        env(ctx, [
+          {"PATH", Package.path_without_cargo()},
+          {"LIBCLUSTER_DROPLET_BASE_URL", FileServer.url(server)}
         ])
 
+      {out, status} = Package.mix(dir, ["compile"], env)
       assert status != 0
-      assert out =~ "no precompiled NIF for riscv64gc-unknown-linux-gnu"
-      assert_guidance(out, ctx.host)
-      assert FileServer.requests(server) == []
+      assert out =~ "couldn't fetch NIF from #{FileServer.url(server)}/#{ctx.name}"
 
-      # Listed, but the server does not have it.
-      {out, status} = Package.mix(dir, ["compile"], base_env)
-      assert status != 0
-      assert out =~ "HTTP 404"
-      assert_guidance(out, ctx.host)
-      assert FileServer.requests(server) == ["GET /#{ctx.name} HTTP/1.1"]
-      refute File.exists?(Package.installed_nif(dir))
+      for knob <-
+            ~w(LIBCLUSTER_DROPLET_BASE_URL :precompiled_base_url RUSTLER_PRECOMPILED_GLOBAL_CACHE_PATH
+               HTTPS_PROXY LIBCLUSTER_DROPLET_BUILD=1 https://rustup.rs),
+          do: assert(out =~ knob, knob)
+
+      assert Package.installed_nifs(dir) == []
     end
+  end
 
-    test "LIBCLUSTER_DROPLET_BUILD=1, or build_from_source in the config, builds with cargo " <>
-           "even though an artifact is served; CARGO_TARGET_DIR is honoured",
+  describe "LIBCLUSTER_DROPLET_BUILD=1" do
+    test "without cargo, the build stops, names the variable and says that unsetting it " <>
+           "installs this target's precompiled NIF",
          ctx do
       server = start_server!(%{"/#{ctx.name}" => File.read!(ctx.artifact)})
+      dir = consumer!(ctx, "forced_no_cargo", rustler: true)
 
-      env = [
-        {"LIBCLUSTER_DROPLET_BASE_URL", FileServer.url(server)},
-        {"LIBCLUSTER_DROPLET_CACHE_DIR", new_dir(ctx, "cache")},
-        {"CARGO_TARGET_DIR", ctx.target_dir}
-      ]
+      env =
+        env(ctx, [
+          {"PATH", Package.path_without_cargo()},
+          {"LIBCLUSTER_DROPLET_BASE_URL", FileServer.url(server)},
+          {"LIBCLUSTER_DROPLET_BUILD", "1"}
+        ])
 
-      by_env = Package.write_consumer!(new_dir(ctx, "forced_env"), ctx.package)
+      {out, status} = Package.mix(dir, ["compile"], env)
+      assert status != 0
+      assert out =~ "cargo is not on the PATH"
 
-      by_config =
-        Package.write_consumer!(new_dir(ctx, "forced_config"), ctx.package,
-          config: "config :libcluster_droplet, build_from_source: true\n"
-        )
+      assert out =~
+               "Unset LIBCLUSTER_DROPLET_BUILD to install the precompiled NIF of this target " <>
+                 "instead (#{ctx.name})"
 
-      for {dir, env} <- [{by_env, [{"LIBCLUSTER_DROPLET_BUILD", "1"} | env]}, {by_config, env}] do
-        assert {out, 0} = Package.mix(dir, ["compile"], env)
-        assert out =~ "Compiling NIF droplet_nif with cargo (release)"
-        refute out =~ "precompiled"
-        assert {out, 0} = run_check(dir, env)
-        assert out =~ "nif #{@version} probe ok"
-        refute File.exists?(Path.join(dir, "_build/prod/native"))
-      end
-
+      refute out =~ ":enoent"
       assert FileServer.requests(server) == []
+
+      # Unset, the same consumer installs it.
+      env = List.keydelete(env, "LIBCLUSTER_DROPLET_BUILD", 0)
+      assert {_, 0} = Package.mix(dir, ["compile"], env)
+      assert FileServer.requests(server) == ["GET /#{ctx.name} HTTP/1.1"]
     end
 
-    test "offline: LIBCLUSTER_DROPLET_NIF_PATH, a directory or the file, needs no server and " <>
-           "no cargo",
+    test "for a target without a precompiled NIF, the same stop says building from source is " <>
+           "the only way; without rustler among the deps it says to add it",
          ctx do
-      for nif_path <- [ctx.artifacts, ctx.artifact] do
-        dir = Package.write_consumer!(new_dir(ctx, "offline"), ctx.package)
-        cache = new_dir(ctx, "cache")
+      dir = consumer!(ctx, "forced_riscv", rustler: true)
 
-        env = [
+      # RustlerPrecompiled's variables for another target (as Nerves sets them).
+      env =
+        env(ctx, [
           {"PATH", Package.path_without_cargo()},
-          {"LIBCLUSTER_DROPLET_NIF_PATH", nif_path},
-          {"LIBCLUSTER_DROPLET_BASE_URL", dead_url()},
-          {"LIBCLUSTER_DROPLET_CACHE_DIR", cache}
-        ]
+          {"LIBCLUSTER_DROPLET_BUILD", "1"},
+          {"TARGET_ARCH", "riscv64"},
+          {"TARGET_OS", "linux"},
+          {"TARGET_ABI", "gnu"}
+        ])
 
-        assert {out, 0} = Package.mix(dir, ["compile"], env)
-        assert out =~ "Installed the precompiled NIF #{ctx.name}"
-        refute out =~ "downloading"
-        assert {out, 0} = run_check(dir, env)
-        assert out =~ "nif #{@version} probe ok"
+      {out, status} = Package.mix(dir, ["compile"], env)
+      assert status != 0
+      assert out =~ "LIBCLUSTER_DROPLET_BUILD=1"
+      assert out =~ "No precompiled NIF of libcluster_droplet #{@version} exists for this target"
+      refute out =~ "Unset LIBCLUSTER_DROPLET_BUILD"
+
+      dir = consumer!(ctx, "forced_no_rustler")
+      env = Enum.reject(env, fn {key, _} -> String.starts_with?(key, "TARGET_") end)
+      {out, status} = Package.mix(dir, ["compile"], env)
+      assert status != 0
+      assert out =~ "the :rustler package is not among the dependencies"
+      assert out =~ ~s({:rustler, ">= 0.36.0", runtime: false})
+    end
+
+    test "with cargo, it builds from source although an artifact is served; " <>
+           "CARGO_TARGET_DIR is honoured",
+         ctx do
+      server = start_server!(%{"/#{ctx.name}" => File.read!(ctx.artifact)})
+      dir = consumer!(ctx, "forced", rustler: true)
+
+      env =
+        env(ctx, [
+          {"LIBCLUSTER_DROPLET_BASE_URL", FileServer.url(server)},
+          {"LIBCLUSTER_DROPLET_BUILD", "1"},
+          {"CARGO_TARGET_DIR", ConsumerApp.shared_target_dir(@root)}
+        ])
+
+      assert {out, 0} = Package.mix(dir, ["compile"], env)
+      assert out =~ "Compiling crate droplet_nif in release mode"
+      assert Package.installed_nifs(dir) == ["libdroplet_nif.so"]
+      refute File.exists?(Path.join(dir, "_build/prod/lib/libcluster_droplet/native"))
+      code = "IO.puts(Consumer.check()); IO.puts(Consumer.debug_nifs?())"
+      assert {out, 0} = Package.mix(dir, ["run", "-e", code], env)
+      # The test-only NIFs are this repository's own, never a dependency's.
+      assert out =~ "nif #{@version} probe ok\nfalse\n"
+      assert FileServer.requests(server) == []
+    end
+  end
+
+  test "a consumer app on a PATH without cargo installs the NIF from the artifact server, " <>
+         "and its nodes cluster",
+       ctx do
+    server = start_server!(%{"/#{ctx.name}" => File.read!(ctx.artifact)})
+
+    app =
+      ConsumerApp.build!(
+        root: ctx.package,
+        vendor: ctx.vendor,
+        env: [
+          {"PATH", Package.path_without_cargo()},
+          {"LIBCLUSTER_DROPLET_BASE_URL", FileServer.url(server)}
+        ]
+      )
+
+    on_exit(fn -> ConsumerApp.cleanup(app) end)
+    refute app.compile_output =~ "Compiling crate"
+    assert FileServer.requests(server) == ["GET /#{ctx.name} HTTP/1.1"]
+
+    api = start_supervised!({FakeAPI, token: @token})
+
+    nodes =
+      for address <- free_addresses(2, app.health_check_port || 4000) do
+        id = System.unique_integer([:positive])
+        :ok = FakeAPI.add_droplet(api, ConsumerApp.droplet(app, id, address))
+        node = ConsumerApp.start_node(app, address, @token, FakeAPI.url(api))
+        on_exit(fn -> TestCluster.stop(node) end)
+        node
       end
+
+    TestCluster.await(fn -> TestCluster.full_mesh?(nodes) end, 60_000)
+
+    for node <- nodes do
+      assert TestCluster.call(node, LibclusterDroplet.Native, :nif_version, []) == @version
     end
   end
 
@@ -436,13 +401,5 @@ defmodule LibclusterDroplet.PackageTest do
       end
     end)
     |> Enum.take(n)
-  end
-
-  defp assert_guidance(out, host) do
-    assert out =~ "Precompiled NIFs of this version exist for these targets: #{host}."
-    assert out =~ "install it from https://rustup.rs"
-    assert out =~ "LIBCLUSTER_DROPLET_BUILD=1"
-    refute out =~ "stacktrace"
-    refute out =~ ~r/\(mix [\d.]+\) lib\//
   end
 end

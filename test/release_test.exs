@@ -1,9 +1,13 @@
 defmodule LibclusterDroplet.ReleaseTest do
   @moduledoc false
-  # The strategy in a `mix release`, deployed as the README's "## Releases"
-  # says: the consumer application (see LibclusterDroplet.ConsumerApp) is
-  # released with MIX_ENV=prod and the README's rel/env.sh.eex verbatim,
-  # and its nodes are started from `bin/consumer_app start`, each its own OS
+  # The strategy in a `mix release`, deployed as guides/deployment.md's
+  # "## Releases" says: the consumer application (see
+  # LibclusterDroplet.ConsumerApp), depending on a copy of exactly the
+  # package's files with its precompiled NIF (Package.precompiled!/1), is
+  # compiled and released with MIX_ENV=prod on a PATH without cargo,
+  # RustlerPrecompiled downloading the NIF from a loopback artifact server
+  # (LIBCLUSTER_DROPLET_BASE_URL), with the guide's rel/env.sh.eex verbatim;
+  # its nodes are started from `bin/consumer_app start`, each its own OS
   # process with the environment a droplet gives it. The droplet metadata
   # service the script asks for the node's address is a fake on the node's
   # own loopback address (DROPLET_METADATA_URL), so the script runs
@@ -13,14 +17,23 @@ defmodule LibclusterDroplet.ReleaseTest do
   # test-only distribution arguments (no epmd on a shared machine).
   use ExUnit.Case, async: false
 
-  alias LibclusterDroplet.{ConsumerApp, ConsumerRelease, FakeAPI, FakeMetadata, TestCluster}
+  alias LibclusterDroplet.{
+    ConsumerApp,
+    ConsumerRelease,
+    FakeAPI,
+    FakeMetadata,
+    Package,
+    TestCluster
+  }
+
   alias LibclusterDroplet.ConsumerRelease.Node, as: ReleaseNode
+  alias LibclusterDroplet.Package.FileServer
 
   @root Path.expand("..", __DIR__)
   @vendor ConsumerApp.vendor_dir(@root)
   @token "dop_v1_release_test_token"
   @metadata_path "/metadata/v1/interfaces/private/0/ipv4/address"
-  # The README's default, the only place the real service's address may appear.
+  # The guide's default, the only place the real service's address may appear.
   @metadata_default ~S(METADATA_URL="${DROPLET_METADATA_URL:-http://169.254.169.254}")
   # Generous: a release VM boots in seconds on an idle machine; a loaded
   # one may take many times that.
@@ -30,8 +43,8 @@ defmodule LibclusterDroplet.ReleaseTest do
   @moduletag timeout: 900_000
 
   unless File.dir?(@vendor) do
-    @skip_reason "#{@vendor} is absent: the vendored libcluster 3.5.0, jason and telemetry " <>
-                   "are needed to build the consumer application's release"
+    @skip_reason "#{@vendor} is absent: the vendored Hex packages are needed to build " <>
+                   "the consumer application's release"
     IO.puts(:stderr, "#{inspect(__MODULE__)} skipped: #{@skip_reason}")
     @moduletag skip: @skip_reason
   end
@@ -39,13 +52,27 @@ defmodule LibclusterDroplet.ReleaseTest do
   setup_all do
     if File.dir?(@vendor) do
       # Before anything runs the script: the real metadata service must be
-      # unreachable from here, whatever the README says.
-      env_sh = ConsumerRelease.readme_env_sh!(Path.join(@root, "README.md"))
-      assert_metadata_overridable!(env_sh)
+      # unreachable from here, whatever the guide says.
+      assert_metadata_overridable!(ConsumerRelease.env_sh!(@root))
 
-      rel = ConsumerRelease.build!(root: @root, vendor: @vendor, polling_interval: 300)
+      package = Package.precompiled!(@root)
+      server = start_supervised!(FileServer)
+      FileServer.put(server, "/#{package.name}", File.read!(package.artifact))
+
+      rel =
+        ConsumerRelease.build!(
+          root: package.package,
+          docs_root: @root,
+          vendor: package.vendor,
+          polling_interval: 300,
+          env: [
+            {"PATH", Package.path_without_cargo()},
+            {"LIBCLUSTER_DROPLET_BASE_URL", FileServer.url(server)}
+          ]
+        )
+
       on_exit(fn -> ConsumerRelease.cleanup(rel) end)
-      %{rel: rel}
+      %{rel: rel, package: package, server: server}
     else
       :ok
     end
@@ -57,13 +84,21 @@ defmodule LibclusterDroplet.ReleaseTest do
     %{api: api, url: FakeAPI.url(api), cookie: cookie}
   end
 
-  test "the release carries the NIF and the README's env.sh, and no build directory", %{rel: rel} do
+  test "the release carries the downloaded precompiled NIF and the guide's env.sh, and no " <>
+         "build directory",
+       %{rel: rel, package: package, server: server} do
+    # Installed by RustlerPrecompiled: downloaded once, no cargo anywhere.
+    assert FileServer.requests(server) == ["GET /#{package.name} HTTP/1.1"]
+    refute rel.app.compile_output =~ "Compiling crate"
+    library = String.replace_suffix(package.name, ".tar.gz", "")
     lib = Path.join(rel.root, "lib")
+    assert [so] = Path.wildcard(Path.join(lib, "libcluster_droplet-*/priv/native/#{library}"))
 
-    assert [so] =
-             Path.wildcard(Path.join(lib, "libcluster_droplet-*/priv/native/libdroplet_nif.so"))
+    {:ok, tarball} =
+      :erl_tar.extract(String.to_charlist(package.artifact), [:compressed, :memory])
 
-    assert <<0x7F, "ELF", _::binary>> = File.read!(so)
+    assert [{_, bytes}] = tarball
+    assert File.read!(so) == bytes
 
     paths = Path.wildcard(Path.join(rel.root, "**"), match_dot: true)
 
@@ -79,9 +114,9 @@ defmodule LibclusterDroplet.ReleaseTest do
     assert [dir] = Path.wildcard(Path.join(lib, "libcluster_droplet-*"))
     assert dir |> File.ls!() |> Enum.sort() == ["ebin", "priv"]
     assert File.ls!(Path.join(dir, "priv")) == ["native"]
-    assert File.ls!(Path.join(dir, "priv/native")) == ["libdroplet_nif.so"]
+    assert File.ls!(Path.join(dir, "priv/native")) == [library]
 
-    # The README's script, rendered as the release runs it, unchanged.
+    # The guide's script, rendered as the release runs it, unchanged.
     assert File.read!(Path.join(rel.root, "releases/0.1.0/env.sh")) == rel.env_sh
   end
 
@@ -91,7 +126,7 @@ defmodule LibclusterDroplet.ReleaseTest do
     names = Enum.map(nodes, & &1.name)
 
     # Each node is connected to exactly the two others, and is named as
-    # env.sh named it: the README's basename at the address its droplet's
+    # env.sh named it: the guide's basename at the address its droplet's
     # metadata service gave (`start_droplet/2` expects `app@address`).
     for node <- nodes do
       others = Enum.sort(names -- [node.name])
@@ -284,14 +319,14 @@ defmodule LibclusterDroplet.ReleaseTest do
 
   defp assert_metadata_overridable!(env_sh) do
     assert env_sh =~ @metadata_default,
-           "the README's env.sh.eex must read the metadata base URL from " <>
+           "the guide's env.sh.eex must read the metadata base URL from " <>
              "DROPLET_METADATA_URL, defaulting to the real service:\n#{env_sh}"
 
     refute env_sh |> String.replace(@metadata_default, "") |> String.contains?("169.254.169.254"),
-           "the README's env.sh.eex names the metadata service's address outside " <>
+           "the guide's env.sh.eex names the metadata service's address outside " <>
              "the DROPLET_METADATA_URL default; running it here could contact it:\n#{env_sh}"
 
     assert env_sh =~ ~S("${METADATA_URL}/metadata/v1/),
-           "the README's env.sh.eex must ask ${METADATA_URL} for its address:\n#{env_sh}"
+           "the guide's env.sh.eex must ask ${METADATA_URL} for its address:\n#{env_sh}"
   end
 end

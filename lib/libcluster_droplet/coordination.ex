@@ -1,30 +1,29 @@
 defmodule LibclusterDroplet.Coordination do
-  @moduledoc """
-  Keeps a cluster's API traffic that of one node, whatever the cluster size.
-
-  Once nodes are connected, only one of them polls the API at
-  `polling_interval`: the lowest-named node among those running the
-  strategy for the topology. After each successful poll it sends what it
-  found (each selected droplet's name and address) to the strategy on every
-  node it is connected to. A node that receives such a share from a node
-  with a lower name than its own follows it: it applies the share as if it
-  had polled (health checks and membership stay its own), and polls the API
-  itself only at a slow safety interval, `4 × (cluster size − 1) ×
-  polling_interval`, so that all followers together add at most a quarter
-  of the leader's requests.
-
-  A follower takes over within one interval when the poller goes away: it
-  monitors the leader's strategy process, and on its `DOWN` (the process or
-  its node died, or the connection dropped) the lowest-named of the
-  remaining nodes polls at once while the others wait for its share. A
-  leader that stops sharing without dying (its API calls failing, say) is
-  given up after `2 × polling_interval + 1 s`. A node connected to no one
-  never receives a share, so it polls at its own full rate until it joins.
-
-  Shares are only accepted from a node whose strategy has the same
-  fingerprint: API URL, filters, network, IP version and basename. This
-  module holds the decisions; the strategy does the messaging.
-  """
+  @moduledoc false
+  # Keeps a cluster's API traffic that of one node, whatever the cluster size.
+  #
+  # Once nodes are connected, only one of them polls the API at
+  # `polling_interval`: the lowest-named node among those running the
+  # strategy for the topology. After each successful poll it sends what it
+  # found (each selected droplet's name and address) to the strategy on every
+  # node it is connected to. A node that receives such a share from a node
+  # with a lower name than its own follows it: it applies the share as if it
+  # had polled (health checks and membership stay its own), and polls the API
+  # itself only at a slow safety interval, `4 × (cluster size − 1) ×
+  # polling_interval`, so that all followers together add at most a quarter
+  # of the leader's requests.
+  #
+  # A follower takes over within one interval when the poller goes away: it
+  # monitors the leader's strategy process, and on its `DOWN` (the process or
+  # its node died, or the connection dropped) the lowest-named of the
+  # remaining nodes polls at once while the others wait for its share. A
+  # leader that stops sharing without dying (its API calls failing, say) is
+  # given up after `2 × polling_interval + 1 s`. A node connected to no one
+  # never receives a share, so it polls at its own full rate until it joins.
+  #
+  # Shares are only accepted from a node whose strategy has the same
+  # fingerprint: API URL, filters, network, IP version and basename. This
+  # module holds the decisions; the strategy does the messaging.
 
   defstruct enabled?: false,
             name: nil,

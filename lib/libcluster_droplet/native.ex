@@ -1,16 +1,20 @@
 defmodule LibclusterDroplet.Native do
   @moduledoc false
-  # Stubs replaced by the Rust NIF `droplet_nif` when this module loads.
+  # The Rust NIF `droplet_nif`. RustlerPrecompiled installs it when this
+  # module compiles: the precompiled artifact of this version and target,
+  # checked against checksum-Elixir.LibclusterDroplet.Native.exs, or a cargo
+  # build through Rustler when asked to (LibclusterDroplet.Native.Build has
+  # the knobs and the error messages).
+  #
   # Calls that do network I/O return at once and answer with a message from a
   # thread of the NIF's own, so no Erlang scheduler ever waits on the network.
-  #
-  # Those calls return {:ok, handle, concurrency} or {:error, reason}: reason
-  # :busy when 64 calls are in flight already. `handle` is a resource; once
-  # it is garbage collected, or given to cancel/1, the call starts no new
-  # probe or page and answers {:error, :cancelled} (unless every item had
-  # already run). `concurrency` is the number of items the call runs at once:
-  # at most the one asked for (probes: capped at 512), its coordinator thread
-  # plus the helper threads it got from a VM-wide pool of 1,024; at least 1.
+  # They return {:ok, handle, concurrency} or {:error, reason}: reason :busy
+  # when 64 calls are in flight already. `handle` is a resource; once it is
+  # garbage collected, or given to cancel/1, the call starts no new probe or
+  # page and answers {:error, :cancelled} (unless every item had already
+  # run). `concurrency` is the number of items the call runs at once: at most
+  # the one asked for (probes: capped at 512), its coordinator thread plus
+  # the helper threads it got from a VM-wide pool of 1,024; at least 1.
   #
   # list_droplets(request, ref) :: {:ok, handle, page_concurrency} | {:error, reason}
   #   request: %{api_url: binary, token: binary} plus optional tag_name, name,
@@ -31,8 +35,9 @@ defmodule LibclusterDroplet.Native do
   #
   # cancel(handle) :: :ok | {:error, {:invalid_request, _}}
   #
-  # Only in the MIX_ENV=test build of the NIF (native/droplet_nif/src/debug.rs
-  # and debug_panic in lib.rs):
+  # Only in this repository's own builds of the NIF, for its tests (cargo
+  # feature test-panic: native/droplet_nif/src/debug.rs and debug_panic in
+  # lib.rs); never in a dependency's build or a precompiled artifact:
   #   debug_panic(:nif | :list, ref): panics on purpose.
   #   debug_thread_times() :: {tid, now_ns, wait_ns}: the calling scheduler
   #   thread's id, the monotonic clock, and the thread's run-queue wait so far.
@@ -43,26 +48,19 @@ defmodule LibclusterDroplet.Native do
   #   running anything; debug_release(held) :: :ok gives them back (so does
   #   garbage collecting `held`).
 
-  @on_load :load_nif
+  alias LibclusterDroplet.Native.Build
 
-  @doc false
-  def load_nif do
-    path = Application.app_dir(:libcluster_droplet, "priv/native/libdroplet_nif")
+  @options Build.options(
+             Mix.Project.config(),
+             Application.compile_env(:libcluster_droplet, :precompiled_base_url)
+           )
 
-    case :erlang.load_nif(String.to_charlist(path), 0) do
-      :ok ->
-        :ok
+  Build.check_source_build!(@options)
 
-      {:error, {reason, text}} ->
-        # Loading the module anyway keeps the application bootable; every NIF
-        # call then raises :nif_not_loaded, and this line says why.
-        :logger.error(
-          "libcluster_droplet: could not load its NIF from #{path}.so (#{reason}: #{text}); " <>
-            "rebuild with `mix compile`"
-        )
-
-        :ok
-    end
+  try do
+    use RustlerPrecompiled, @options
+  rescue
+    error in RuntimeError -> Build.explain!(error, @options)
   end
 
   def nif_version, do: :erlang.nif_error(:nif_not_loaded)

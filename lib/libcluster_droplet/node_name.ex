@@ -1,12 +1,11 @@
 defmodule LibclusterDroplet.NodeName do
-  @moduledoc """
-  Node names of the form `basename@address`.
-
-  Erlang refuses a node name whose part before `@` holds anything but ASCII
-  letters, digits, `_` and `-` (`example.com@10.0.0.2` is rejected at boot),
-  so a droplet whose name cannot be a basename is skipped with a warning, or
-  clustered through the `:node_basename` option.
-  """
+  @moduledoc false
+  # Node names of the form `basename@address`.
+  #
+  # Erlang refuses a node name whose part before `@` holds anything but ASCII
+  # letters, digits, `_` and `-` (`example.com@10.0.0.2` is rejected at boot),
+  # so a droplet whose name cannot be a basename is skipped with a warning, or
+  # clustered through the `:node_basename` option.
 
   @basename ~r/\A[A-Za-z0-9_-]{1,200}\z/
 

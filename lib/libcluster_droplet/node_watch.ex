@@ -13,7 +13,7 @@ defmodule LibclusterDroplet.NodeWatch do
     * **Connected since**: when the strategy first saw each managed node
       connected.
     * **Connect streaks**: `connect_event/2` says when a node's consecutive
-      connect failures (counted by `LibclusterDroplet.Connector`) deserve a
+      connect failures (counted by the connector, `lib/libcluster_droplet/connector.ex`) deserve a
       warning, and when its recovery deserves an info line.
 
   Pure. What it holds is bounded by the nodes of the last view: `keep/2`

@@ -1,7 +1,7 @@
 defmodule LibclusterDroplet.Telemetry do
   @moduledoc false
-  # `:telemetry` is not a dependency (the Hex registry is out of reach); events
-  # are emitted only when the host application has it loaded.
+  # `:telemetry` is an optional dependency: events are emitted only when the
+  # host application has it loaded.
 
   @compile {:no_warn_undefined, :telemetry}
 

@@ -3,11 +3,15 @@ defmodule LibclusterDroplet.ConsumerApp do
   A throwaway Mix application that uses this project the way a real user's
   application does, for `test/consumer_app_test.exs`.
 
-  `build!/1` writes it in a temporary directory beside copies of the
-  vendored libcluster 3.5.0, jason and telemetry (`../shared/vendor`, see
-  its README), all listed as path dependencies together with this project,
-  and compiles it with `mix compile` (`MIX_ENV=prod`). Its application
-  starts, as the README says,
+  `build!/1` writes it in a temporary directory beside a copy of exactly
+  the package's files of this project (as `deps/` holds it for a user:
+  Rustler and RustlerPrecompiled write the NIF into its `priv/native`)
+  and a copy of the vendored Hex packages (`../shared/vendor`, see its
+  README), all listed as path dependencies, as Hex would resolve them for
+  a user, and compiles it with `mix compile` (`MIX_ENV=prod`, and
+  `LIBCLUSTER_DROPLET_VENDOR` naming the same copy, so this project's
+  dependencies are those folders too). Its application starts, as the
+  README says,
 
       {Cluster.Supervisor, [Application.get_env(:libcluster, :topologies),
                             [name: ConsumerApp.ClusterSupervisor]]}
@@ -33,7 +37,10 @@ defmodule LibclusterDroplet.ConsumerApp do
   alias LibclusterDroplet.TestCluster
 
   @cookie "libcluster_droplet_consumer_app"
-  @vendored [:libcluster, :jason, :telemetry]
+  # What Hex would fetch for an application listing libcluster and
+  # libcluster_droplet; rustler and toml only for a build from source.
+  @vendored ~w(libcluster jason telemetry rustler_precompiled castore nimble_options)
+  @source_build_vendored ~w(rustler toml)
   @api_url_env "CONSUMER_APP_API_URL"
   @token_env "DIGITALOCEAN_TOKEN"
 
@@ -54,6 +61,7 @@ defmodule LibclusterDroplet.ConsumerApp do
           node_basename: String.t() | nil,
           network: :private | :public,
           health_check_port: pos_integer() | nil,
+          env: [{String.t(), String.t() | nil}],
           compile_output: String.t(),
           compile_ms: non_neg_integer()
         }
@@ -69,13 +77,23 @@ defmodule LibclusterDroplet.ConsumerApp do
     :node_basename,
     :network,
     :health_check_port,
+    :env,
     :compile_output,
     :compile_ms
   ]
 
-  @doc "Where the vendored Hex packages live for the project at `root`."
+  @doc """
+  Where the vendored Hex packages live for the project at `root`: the
+  folder `LIBCLUSTER_DROPLET_VENDOR` names (the Makefile's copy), else
+  `../shared/vendor`.
+  """
   @spec vendor_dir(Path.t()) :: Path.t()
-  def vendor_dir(root), do: Path.expand("../shared/vendor", root)
+  def vendor_dir(root) do
+    case System.get_env("LIBCLUSTER_DROPLET_VENDOR") do
+      dir when dir in [nil, ""] -> Path.expand("../shared/vendor", root)
+      dir -> dir
+    end
+  end
 
   @doc "The environment variable the test-only keys read the fake API's URL from."
   @spec api_url_env() :: String.t()
@@ -99,10 +117,14 @@ defmodule LibclusterDroplet.ConsumerApp do
 
   @doc """
   Builds and compiles the consumer application. Options: `:root` (this
-  project, required), `:vendor` (default `vendor_dir(root)`), `:polling_interval`
-  (default 300 ms), `:env` (the environment of `mix compile`, see
-  `mix_env/1`; by default the NIF is built from source, in
-  `shared_target_dir(root)`).
+  project or a copy of its package, required), `:vendor` (default
+  `vendor_dir(root)`), `:polling_interval` (default 300 ms), `:env` (the
+  environment of `mix compile` and `mix release`, see `mix_env/1`; by
+  default `LIBCLUSTER_DROPLET_BUILD=1`: the NIF is built from source, in
+  `shared_target_dir(root)`), `:rustler` (list rustler and toml among the
+  dependencies, as a source build needs; default: when
+  `LIBCLUSTER_DROPLET_BUILD` is set). RustlerPrecompiled's cache is a
+  directory of the consumer's own unless `:env` names one.
   """
   @spec build!(keyword()) :: t()
   def build!(opts) do
@@ -116,6 +138,8 @@ defmodule LibclusterDroplet.ConsumerApp do
         {"LIBCLUSTER_DROPLET_BUILD", "1"}
       ])
 
+    rustler? = Keyword.get(opts, :rustler, List.keymember?(env, "LIBCLUSTER_DROPLET_BUILD", 0))
+
     tmp =
       Path.join(
         System.tmp_dir!(),
@@ -125,7 +149,7 @@ defmodule LibclusterDroplet.ConsumerApp do
     File.mkdir_p!(tmp)
 
     try do
-      do_build!(tmp, root, vendor, interval, env)
+      do_build!(tmp, root, vendor, interval, env, rustler?)
     rescue
       error ->
         File.rm_rf(tmp)
@@ -133,23 +157,37 @@ defmodule LibclusterDroplet.ConsumerApp do
     end
   end
 
-  defp do_build!(tmp, root, vendor, interval, env) do
+  defp do_build!(tmp, root, vendor, interval, env, rustler?) do
     # The vendor folder is read-only in CI, and Mix may write into path deps.
-    File.mkdir_p!(Path.join(tmp, "vendor"))
+    vendored = @vendored ++ if(rustler?, do: @source_build_vendored, else: [])
+    copy = Path.join(tmp, "vendor")
+    File.mkdir_p!(copy)
 
-    for app <- @vendored do
-      dest = Path.join([tmp, "vendor", "#{app}"])
-      File.cp_r!(Path.join(vendor, "#{app}"), dest)
+    # Every package, so that this project's optional ones resolve too.
+    for app <- File.ls!(vendor), File.dir?(Path.join(vendor, app)) do
+      dest = Path.join(copy, app)
+      File.cp_r!(Path.join(vendor, app), dest)
       make_writable!(dest)
     end
 
+    env =
+      [
+        {"LIBCLUSTER_DROPLET_VENDOR", copy},
+        {"RUSTLER_PRECOMPILED_GLOBAL_CACHE_PATH", Path.join(tmp, "rustler_precompiled_cache")}
+      ]
+      |> Enum.reject(fn {key, _} -> List.keymember?(env, key, 0) end)
+      |> Kernel.++(env)
+
+    package = Path.join(tmp, "libcluster_droplet")
+    files = LibclusterDroplet.Package.files(root, LibclusterDroplet.MixProject.package_files())
+    LibclusterDroplet.Package.copy!(root, files, package)
     dir = Path.join(tmp, "consumer_app")
     readme_block = readme_config_block!(Path.join(root, "README.md"))
     info = readme_topology!(readme_block)
     port = info.health_check_port || 4000
 
     files = %{
-      "mix.exs" => mix_exs(Path.join(tmp, "vendor"), root),
+      "mix.exs" => mix_exs(copy, vendored, package),
       "lib/consumer_app/application.ex" => application_ex(),
       "lib/consumer_app/endpoint.ex" => endpoint_ex(),
       "config/runtime.exs" => runtime_exs(readme_block, info, interval, port)
@@ -183,6 +221,7 @@ defmodule LibclusterDroplet.ConsumerApp do
         code_paths: code_paths,
         runtime_exs: Path.join(dir, "config/runtime.exs"),
         readme_block: readme_block,
+        env: env,
         compile_output: out,
         compile_ms: System.monotonic_time(:millisecond) - started
       })
@@ -206,23 +245,31 @@ defmodule LibclusterDroplet.ConsumerApp do
 
   @doc """
   The environment of a consumer's `mix` command: `MIX_ENV=prod`, nothing of
-  the outer `mix test` (Mix's own variables, the NIF build's variables,
-  proxies, `CARGO`), then `extra`.
+  the outer `mix test` (Mix's own variables, the NIF build's and
+  RustlerPrecompiled's variables, proxies), `HTTPS_PROXY` at a closed
+  loopback port (a build that fell back to the default GitHub release URL
+  fails there instead of leaving the machine), then `extra`.
   """
   @spec mix_env([{String.t(), String.t() | nil}]) :: [{String.t(), String.t() | nil}]
   def mix_env(extra) do
     cleared = ~w(MIX_TARGET MIX_EXS MIX_BUILD_PATH MIX_BUILD_ROOT MIX_DEPS_PATH MIX_LOCKFILE
-         CARGO CARGO_TARGET_DIR LIBCLUSTER_DROPLET_BUILD LIBCLUSTER_DROPLET_BASE_URL
-         LIBCLUSTER_DROPLET_NIF_PATH LIBCLUSTER_DROPLET_CACHE_DIR LIBCLUSTER_DROPLET_TARGET
-         LIBCLUSTER_DROPLET_PUBLISH HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy
-         no_proxy)
+         CARGO_TARGET_DIR LIBCLUSTER_DROPLET_BUILD LIBCLUSTER_DROPLET_BASE_URL
+         LIBCLUSTER_DROPLET_VENDOR RUSTLER_PRECOMPILED_GLOBAL_CACHE_PATH
+         RUSTLER_PRECOMPILED_FORCE_BUILD_ALL MIX_XDG HEX_CACERTS_PATH TARGET_ARCH TARGET_VENDOR
+         TARGET_OS TARGET_ABI HTTP_PROXY NO_PROXY http_proxy https_proxy no_proxy)
 
-    defaults = [{"MIX_ENV", "prod"} | Enum.map(cleared, &{&1, nil})]
+    defaults =
+      [{"MIX_ENV", "prod"}, {"HTTPS_PROXY", "http://127.0.0.1:1"}] ++
+        Enum.map(cleared, &{&1, nil})
+
     extra_keys = Enum.map(extra, &elem(&1, 0))
     Enum.reject(defaults, &(elem(&1, 0) in extra_keys)) ++ extra
   end
 
-  defp mix(dir, args, env) do
+  @doc "Runs `mix args` in `dir` with `mix_env(env)`; returns `{output, status}`."
+  @spec mix(Path.t(), [String.t()], [{String.t(), String.t() | nil}]) ::
+          {String.t(), non_neg_integer()}
+  def mix(dir, args, env) do
     System.cmd("mix", args, cd: dir, env: mix_env(env), stderr_to_stdout: true)
   end
 
@@ -304,7 +351,14 @@ defmodule LibclusterDroplet.ConsumerApp do
     """
   end
 
-  defp mix_exs(vendor, root) do
+  defp mix_exs(vendor, vendored, package) do
+    # A build tool, as a user lists it: not part of the application.
+    vendored_deps =
+      Enum.map_join(vendored, ",\n", fn app ->
+        runtime = if app in @source_build_vendored, do: ", runtime: false", else: ""
+        "      {:#{app}, path: #{inspect(Path.join(vendor, app))}, override: true#{runtime}}"
+      end)
+
     """
     defmodule ConsumerApp.MixProject do
       use Mix.Project
@@ -325,10 +379,8 @@ defmodule LibclusterDroplet.ConsumerApp do
 
       defp deps do
         [
-          {:libcluster, path: #{inspect(Path.join(vendor, "libcluster"))}},
-          {:jason, path: #{inspect(Path.join(vendor, "jason"))}, override: true},
-          {:telemetry, path: #{inspect(Path.join(vendor, "telemetry"))}, override: true},
-          {:libcluster_droplet, path: #{inspect(root)}}
+    #{vendored_deps},
+          {:libcluster_droplet, path: #{inspect(package)}}
         ]
       end
     end

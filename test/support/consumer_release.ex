@@ -5,8 +5,9 @@ defmodule LibclusterDroplet.ConsumerRelease do
   it, for `test/release_test.exs`.
 
   `build!/1` compiles the consumer application (`MIX_ENV=prod`), writes the
-  README's `rel/env.sh.eex` (the first ```` ```sh ```` block under
-  "## Releases", verbatim) and runs `mix release`. Release nodes are then
+  deployment guide's `rel/env.sh.eex` (the first ```` ```sh ```` block under
+  "## Releases" in guides/deployment.md, verbatim) and runs `mix release`
+  with the same environment. Release nodes are then
   started from `bin/consumer_app start`, each its own OS process, with the
   environment a droplet gives it (`node_env/2`, `start_node/2`);
   `bin/consumer_app rpc` and `stop` run with that same environment
@@ -18,7 +19,7 @@ defmodule LibclusterDroplet.ConsumerRelease do
   `LibclusterDroplet.TestCluster`, every node listens on its own loopback
   address on one shared port (`DROPLET_TEST_DIST_PORT`) and no epmd runs,
   so that test runs on a shared machine never meet. That takes two things
-  the README does not ask of users:
+  the guide does not ask of users:
 
     * `ELIXIR_ERL_OPTIONS` holds `TestCluster.ipv4_dist_args/1` for the
       node's address (`-start_epmd false -erl_epmd_port PORT` and the
@@ -39,7 +40,7 @@ defmodule LibclusterDroplet.ConsumerRelease do
   @typedoc """
   A built release: the consumer application it came from, the release's
   root directory and its `bin/consumer_app`, `rel/env.sh.eex` as written (the
-  README's block) and how long `mix release` took.
+  guide's block) and how long `mix release` took.
   """
   @type t :: %__MODULE__{
           app: ConsumerApp.t(),
@@ -51,37 +52,38 @@ defmodule LibclusterDroplet.ConsumerRelease do
 
   defstruct [:app, :root, :bin, :env_sh, :release_ms]
 
-  @doc "The environment variable the README's `env.sh.eex` reads the metadata base URL from."
+  @doc "The environment variable the guide's `env.sh.eex` reads the metadata base URL from."
   @spec metadata_env() :: String.t()
   def metadata_env, do: @metadata_env
 
   @doc """
-  The README's `rel/env.sh.eex`: the first ```` ```sh ```` block under
-  "## Releases". Raises if the section or the block is missing.
+  The deployment guide's `rel/env.sh.eex`: the first ```` ```sh ```` block
+  under "## Releases" in `guides/deployment.md` of the project at `root`.
+  Raises if the section or the block is missing.
   """
-  @spec readme_env_sh!(Path.t()) :: String.t()
-  def readme_env_sh!(readme) do
-    text = File.read!(readme)
+  @spec env_sh!(Path.t()) :: String.t()
+  def env_sh!(root) do
+    guide = Path.join(root, "guides/deployment.md")
+    text = File.read!(guide)
 
     with [_, section] <- Regex.run(~r/^## Releases\n(.*?)(?=^## |\z)/ms, text),
          [_, code] <- Regex.run(~r/^```sh\n(.*?)^```/ms, section) do
       code
     else
-      _ -> raise "#{readme}: no ```sh block under \"## Releases\""
+      _ -> raise "#{guide}: no ```sh block under \"## Releases\""
     end
   end
 
   @doc """
   Builds the consumer application (see `ConsumerApp.build!/1`, same
-  options) and its release, with the README's `rel/env.sh.eex` and the
-  test-only `rel/remote.vm.args.eex`. Removes everything it wrote if it
-  fails.
+  options) and its release, with the deployment guide's `rel/env.sh.eex`
+  (`:docs_root`, default `:root`, holds `guides/`) and the test-only
+  `rel/remote.vm.args.eex`. Removes everything it wrote if it fails.
   """
   @spec build!(keyword()) :: t()
   def build!(opts) do
-    root = Keyword.fetch!(opts, :root)
-    env_sh = readme_env_sh!(Path.join(root, "README.md"))
-    app = ConsumerApp.build!(opts)
+    env_sh = env_sh!(Keyword.get_lazy(opts, :docs_root, fn -> Keyword.fetch!(opts, :root) end))
+    app = ConsumerApp.build!(Keyword.delete(opts, :docs_root))
 
     try do
       File.mkdir_p!(Path.join(app.dir, "rel"))
@@ -94,7 +96,7 @@ defmodule LibclusterDroplet.ConsumerRelease do
       """)
 
       started = System.monotonic_time(:millisecond)
-      {out, status} = mix(app.dir, ["release", "--overwrite"])
+      {out, status} = ConsumerApp.mix(app.dir, ["release", "--overwrite"], app.env)
 
       if status != 0,
         do: raise("mix release of the consumer application failed (#{status}):\n#{out}")
@@ -118,18 +120,6 @@ defmodule LibclusterDroplet.ConsumerRelease do
   @doc "Removes every directory the build wrote (the release is inside them)."
   @spec cleanup(t()) :: :ok
   def cleanup(%__MODULE__{app: app}), do: ConsumerApp.cleanup(app)
-
-  defp mix(dir, args) do
-    # Nothing of the outer `mix test` may leak into the consumer's build.
-    env =
-      [{"MIX_ENV", "prod"}] ++
-        Enum.map(
-          ~w(MIX_TARGET MIX_EXS MIX_BUILD_PATH MIX_BUILD_ROOT MIX_DEPS_PATH MIX_LOCKFILE),
-          &{&1, nil}
-        )
-
-    System.cmd("mix", args, cd: dir, env: env, stderr_to_stdout: true)
-  end
 
   @doc """
   The environment a droplet at `address` gives every `bin/consumer_app`

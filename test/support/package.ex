@@ -1,11 +1,29 @@
 defmodule LibclusterDroplet.Package do
   @moduledoc """
-  Helpers of `test/package_test.exs`: the Hex package's files as Hex would
-  take them, throwaway consumer projects depending on a copy of them, a
-  `PATH` without cargo, and a loopback HTTP server for NIF artifacts.
+  Helpers of the package and release tests: the Hex package's files as Hex
+  would take them, the precompiled NIF made from a copy of exactly them
+  (once per test run), throwaway consumer projects, a `PATH` without
+  cargo, and a loopback HTTP server for NIF artifacts.
   """
 
   alias LibclusterDroplet.ConsumerApp
+
+  @typedoc """
+  The package copy with its precompiled NIF (`precompiled!/1`): the
+  temporary directory holding everything, the package's files, the copy
+  of them (its checksum file now lists the artifact), the vendored
+  packages' copy, the artifact's name and path, and the precompile task's
+  output.
+  """
+  @type precompiled :: %{
+          tmp: Path.t(),
+          files: [String.t()],
+          package: Path.t(),
+          vendor: Path.t(),
+          name: String.t(),
+          artifact: Path.t(),
+          precompile_output: String.t()
+        }
 
   @doc """
   The package's files relative to `root`, as Hex expands the `files` of
@@ -44,6 +62,68 @@ defmodule LibclusterDroplet.Package do
   end
 
   @doc """
+  The package of the project at `root` with its precompiled NIF, made once
+  per test run whichever test asks first: exactly the package's files
+  copied to a temporary directory, where `MIX_ENV=prod mix
+  libcluster_droplet.precompile` builds the NIF from source (that copy is
+  the root project) and records it in the copy's checksum file. Removed
+  when the suite ends.
+  """
+  @spec precompiled!(Path.t()) :: precompiled()
+  def precompiled!(root) do
+    key = {__MODULE__, :precompiled}
+
+    :global.trans(
+      key,
+      fn ->
+        with nil <- :persistent_term.get(key, nil) do
+          built = build_precompiled!(root)
+          :persistent_term.put(key, built)
+          built
+        end
+      end,
+      [node()],
+      :infinity
+    )
+  end
+
+  defp build_precompiled!(root) do
+    tmp =
+      Path.join(
+        System.tmp_dir!(),
+        "libcluster_droplet_package_#{System.pid()}_#{System.unique_integer([:positive])}"
+      )
+
+    ExUnit.after_suite(fn _ -> File.rm_rf(tmp) end)
+    files = files(root, LibclusterDroplet.MixProject.package_files())
+    package = copy!(root, files, Path.join(tmp, "libcluster_droplet"))
+    vendor = Path.join(tmp, "vendor")
+    File.cp_r!(ConsumerApp.vendor_dir(root), vendor)
+    {_, 0} = System.cmd("chmod", ["-R", "u+w", vendor])
+    artifacts = Path.join(tmp, "artifacts")
+
+    {out, status} =
+      mix(package, ["libcluster_droplet.precompile", "--output", artifacts], [
+        {"LIBCLUSTER_DROPLET_VENDOR", vendor},
+        {"CARGO_TARGET_DIR", ConsumerApp.shared_target_dir(root)},
+        {"RUSTLER_PRECOMPILED_GLOBAL_CACHE_PATH", Path.join(tmp, "precompile_cache")}
+      ])
+
+    if status != 0, do: raise("precompile failed (#{status}):\n#{out}")
+    [artifact] = Path.wildcard(Path.join(artifacts, "*.so.tar.gz"))
+
+    %{
+      tmp: tmp,
+      files: files,
+      package: package,
+      vendor: vendor,
+      name: Path.basename(artifact),
+      artifact: artifact,
+      precompile_output: out
+    }
+  end
+
+  @doc """
   A `PATH` with only the directories of `elixir`, `erl`, `sh` and `env`;
   raises if cargo is in one of them.
   """
@@ -61,31 +141,35 @@ defmodule LibclusterDroplet.Package do
   end
 
   @doc """
-  Writes a consumer project in `dir` depending on the package at `package`.
-  Options: `:deps` (`:minimal`, only this project; `{:vendored, vendor}`,
-  this project listed before libcluster, jason and telemetry from `vendor`),
-  `:config` (the body of `config/config.exs`).
-  Its `Consumer.check/0` probes a port through the NIF and returns
-  `"nif <version> probe ok"`.
+  Writes a consumer project in `dir` depending on its own copy of exactly
+  `files` of the package at `root` (in `dir/deps_src`, as `deps/` holds it
+  for a user: the NIF is installed into its `priv/native`) and on every
+  package of `vendor` a user's application would list or Hex would fetch
+  (libcluster after libcluster_droplet, which must be compiled after it all
+  the same). Options: `:rustler` (list rustler and toml too, as a build
+  from source needs; default `false`), `:config` (the body of
+  `config/config.exs`). Its `Consumer.check/0` probes a port through the
+  NIF and returns `"nif <version> probe ok"`; `Consumer.debug_nifs?/0`
+  tells whether the NIF has this repository's test-only functions.
   """
-  @spec write_consumer!(Path.t(), Path.t(), keyword()) :: Path.t()
-  def write_consumer!(dir, package, opts \\ []) do
-    deps =
-      case Keyword.get(opts, :deps, :minimal) do
-        :minimal ->
-          "[{:libcluster_droplet, path: #{inspect(package)}}]"
+  @spec write_consumer!(Path.t(), Path.t(), [String.t()], Path.t(), keyword()) :: Path.t()
+  def write_consumer!(dir, root, files, vendor, opts \\ []) do
+    package = copy!(root, files, Path.join(dir, "deps_src/libcluster_droplet"))
 
-        {:vendored, vendor} ->
-          # libcluster_droplet first: it must be compiled after libcluster all the same.
-          """
-          [
-            {:libcluster_droplet, path: #{inspect(package)}},
-            {:libcluster, path: #{inspect(Path.join(vendor, "libcluster"))}},
-            {:jason, path: #{inspect(Path.join(vendor, "jason"))}, override: true},
-            {:telemetry, path: #{inspect(Path.join(vendor, "telemetry"))}, override: true}
-          ]
-          """
-      end
+    apps =
+      Enum.map(
+        ~w(libcluster jason telemetry rustler_precompiled castore nimble_options),
+        &{&1, ""}
+      ) ++
+        if(opts[:rustler],
+          do: [{"rustler", ", runtime: false"}, {"toml", ", runtime: false"}],
+          else: []
+        )
+
+    deps =
+      Enum.map_join(apps, ",\n", fn {app, runtime} ->
+        "{:#{app}, path: #{inspect(Path.join(vendor, app))}, override: true#{runtime}}"
+      end)
 
     File.mkdir_p!(Path.join(dir, "lib"))
 
@@ -94,10 +178,15 @@ defmodule LibclusterDroplet.Package do
       use Mix.Project
 
       def project do
-        [app: :consumer, version: "0.1.0", elixir: "~> 1.14", deps: #{deps}]
+        [app: :consumer, version: "0.1.0", elixir: "~> 1.14", deps: deps()]
       end
 
       def application, do: [extra_applications: [:logger]]
+
+      defp deps do
+        [{:libcluster_droplet, path: #{inspect(package)}},
+    #{deps}]
+      end
     end
     """)
 
@@ -114,6 +203,12 @@ defmodule LibclusterDroplet.Package do
         [{"127.0.0.1", {:ok, _}}] = LibclusterDroplet.probe(["127.0.0.1"], port, timeout: 5_000)
         "nif " <> LibclusterDroplet.Native.nif_version() <> " probe ok"
       end
+
+      def debug_nifs? do
+        match?({_, _}, LibclusterDroplet.Native.debug_budget())
+      rescue
+        ErlangError -> false
+      end
     end
     """)
 
@@ -123,14 +218,16 @@ defmodule LibclusterDroplet.Package do
   @doc "Runs `mix args` in `dir` with `ConsumerApp.mix_env(env)`."
   @spec mix(Path.t(), [String.t()], [{String.t(), String.t() | nil}]) ::
           {String.t(), non_neg_integer()}
-  def mix(dir, args, env \\ []) do
-    System.cmd("mix", args, cd: dir, env: ConsumerApp.mix_env(env), stderr_to_stdout: true)
-  end
+  def mix(dir, args, env \\ []), do: ConsumerApp.mix(dir, args, env)
 
-  @doc "The consumer's installed NIF (MIX_ENV=prod)."
-  @spec installed_nif(Path.t()) :: Path.t()
-  def installed_nif(dir),
-    do: Path.join(dir, "_build/prod/lib/libcluster_droplet/priv/native/libdroplet_nif.so")
+  @doc "The NIF libraries installed for a consumer's build (MIX_ENV=prod), by file name."
+  @spec installed_nifs(Path.t()) :: [String.t()]
+  def installed_nifs(dir) do
+    dir
+    |> Path.join("_build/prod/lib/libcluster_droplet/priv/native/*.so")
+    |> Path.wildcard()
+    |> Enum.map(&Path.basename/1)
+  end
 
   @doc "Regular files under `dir`, relative to it."
   @spec tree(Path.t()) :: [String.t()]

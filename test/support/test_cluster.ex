@@ -109,6 +109,10 @@ defmodule LibclusterDroplet.TestCluster do
     level = Keyword.get(opts, :log_level, :error)
     {:ok, _} = call(%__MODULE__{pid: pid}, Application, :ensure_all_started, [:logger])
     :ok = call(%__MODULE__{pid: pid}, Logger, :configure, [[level: level]])
+    # libcluster and telemetry, this project's optional dependencies, are on
+    # the code path, so the strategy uses them: telemetry runs, as it does
+    # in an application with libcluster.
+    {:ok, _} = call(%__MODULE__{pid: pid}, Application, :ensure_all_started, [:telemetry])
     :ok = call(%__MODULE__{pid: pid}, Application, :ensure_loaded, [:libcluster_droplet])
 
     %__MODULE__{pid: pid, node: node, name: name, address: address, ipv6: ipv6}

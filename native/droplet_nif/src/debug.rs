@@ -1,4 +1,4 @@
-//! Test builds only (the `test-panic` feature, compiled in for MIX_ENV=test):
+//! Test builds only (the `test-panic` feature, in the repository's own builds):
 //! NIFs that let the Elixir tests measure how long a NIF call holds the
 //! scheduler thread it runs on, net of the time the OS kept that thread
 //! off a CPU (Linux only: they read `/proc/thread-self/schedstat`), and
