@@ -19,8 +19,6 @@ defmodule LibclusterDroplet.NifBudgetTest do
     TestCluster
   }
 
-  alias LibclusterDroplet.Plan.Selection
-
   @moduletag timeout: 180_000
 
   doctest LibclusterDroplet.Call
@@ -194,16 +192,15 @@ defmodule LibclusterDroplet.NifBudgetTest do
   describe "waits follow the concurrency granted" do
     test "HealthCheck's watchdog wait counts the waves of the concurrency the call got",
          %{hole: hole, port: port} do
-      candidates = for i <- 1..3, do: {:"n#{i}@#{hole}", hole}
-      selection = %Selection{candidates: candidates}
+      targets = for i <- 1..3, do: {:"n#{i}@#{hole}", hole}
 
-      {:ok, call, wait} = HealthCheck.start(selection, {:tcp, port: port, timeout: 1_000}, 5_000)
+      {:ok, call, wait} = HealthCheck.start(targets, {:tcp, [port: port, timeout: 1_000]}, 5_000)
       assert {call.concurrency, wait} == {3, 1_000 + 5_000}
       LibclusterDroplet.cancel(call)
       await_finished(call)
 
       held = admit!(@max_helpers, @max_helpers)
-      {:ok, call, wait} = HealthCheck.start(selection, {:tcp, port: port, timeout: 1_000}, 5_000)
+      {:ok, call, wait} = HealthCheck.start(targets, {:tcp, [port: port, timeout: 1_000]}, 5_000)
       # One probe at a time: three timeouts in a row, not one.
       assert {call.concurrency, wait} == {1, 3 * 1_000 + 5_000}
       LibclusterDroplet.cancel(call)
@@ -229,7 +226,7 @@ defmodule LibclusterDroplet.NifBudgetTest do
       {:ok, probe} = LibclusterDroplet.start_probe([hole], port, timeout: 30_000)
       # A call whose answer can never come: a ref nothing will be sent to.
       lost = %{probe | ref: make_ref()}
-      assert LibclusterDroplet.await_list(lost, 300) == {:error, :timeout}
+      assert LibclusterDroplet.await_list(lost, "http://127.0.0.1:9", 300) == {:error, :timeout}
       # The wait gave up and cancelled the call: it answers at once.
       assert_receive {:droplet_nif_probe, ref, results}, 30_000
       assert ref == probe.ref
