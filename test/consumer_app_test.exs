@@ -184,7 +184,7 @@ defmodule LibclusterDroplet.ConsumerAppTest do
     assert log =~
              "Child #{inspect(topology)} of Supervisor ConsumerApp.ClusterSupervisor failed to start"
 
-    assert log =~ "invalid option :polling_interval"
+    assert log =~ "invalid value for :polling_interval option"
     assert log =~ "Start Call: Cluster.Strategy.Droplet.start_link("
     assert log =~ ~s(token: {:system, "DIGITALOCEAN_TOKEN"})
     refute log =~ @token

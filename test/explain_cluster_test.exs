@@ -74,7 +74,7 @@ defmodule Cluster.Strategy.DropletExplainClusterTest do
     report
   end
 
-  defp entry(report, name), do: Enum.find(report.entries, &(&1.name == name))
+  defp entry(report, name), do: Enum.find(report.entries, &(&1.verdict.name == name))
 
   # Explains again and again until the droplet `name` is at `stage`.
   defp await_stage(node, name, stage, opts \\ []) do
@@ -118,7 +118,7 @@ defmodule Cluster.Strategy.DropletExplainClusterTest do
 
     {report, e} = await_stage(app, "#{prefix}-web", :connect_failed)
 
-    assert e.node == :"app@#{web_address}"
+    assert e.verdict.node == :"app@#{web_address}"
     assert e.connect.count >= 1
     assert e.finding == {:not_registered, [{"web", web_port}]}
 
@@ -229,7 +229,7 @@ defmodule Cluster.Strategy.DropletExplainClusterTest do
     TestCluster.await(fn -> lines(app, recovered) != [] end)
     assert [info] = lines(app, recovered)
     assert info =~ ~r/connected to :"app@#{Regex.escape(h_address)}" after \d+ failed attempts/
-    assert h.node in TestCluster.connected(app)
+    assert h.verdict.node in TestCluster.connected(app)
   end
 
   test "a black-holed address: nothing answers, while the connect hangs and after it failed",
@@ -256,7 +256,11 @@ defmodule Cluster.Strategy.DropletExplainClusterTest do
     # The diagnosis runs in the caller: while it waits on the hole (at
     # least twice its 4 s timeout, whatever the machine's speed), the
     # strategy answers and keeps polling.
-    pid = TestCluster.call(app, :persistent_term, :get, [{Droplet, :explain, :droplets}])
+    pid =
+      TestCluster.call(app, :persistent_term, :get, [
+        {LibclusterDroplet.Explain, :strategy, :droplets}
+      ])
+
     slow = Task.async(fn -> explain(app, probe_timeout: 4_000) end)
     polls = TestCluster.call(app, :sys, :get_state, [pid]).schedule.polls
 

@@ -411,7 +411,7 @@ defmodule LibclusterDroplet.NifBudgetTest do
       {ref, _timer} = :sys.get_state(pid).timers.watchdog
 
       capture_log(fn ->
-        send(pid, {:droplet_timer, :poll_watchdog, ref})
+        send(pid, {:droplet_timer, :watchdog, ref})
         TestCluster.await(fn -> :sys.get_state(pid).schedule.failures == 1 end)
       end)
 

@@ -97,7 +97,7 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
 
           # A crash: the strategy's state replaced by garbage, then its next
           # tick. The crash report prints the last message and the state.
-          :sys.replace_state(pid, fn state -> %{state | managed: :not_a_mapset} end)
+          :sys.replace_state(pid, fn state -> %{state | members: :not_members} end)
           TestCluster.await(fn -> not Process.alive?(pid) end)
           # Restarted by its supervisor with the same config, it polls on.
           count = FakeAPI.request_count(api)

@@ -668,8 +668,9 @@ defmodule Cluster.Strategy.DropletClusterTest do
     TestCluster.call(c, :sys, :resume, [:rex])
     TestCluster.await(fn -> TestCluster.connected(c) == [] end, 30_000)
     assert TestCluster.full_mesh?([a, b])
-    assert TestCluster.call(a, Remote, :nodedowns, []) == [c.node]
-    assert TestCluster.call(b, Remote, :nodedowns, []) == [c.node]
+
+    for n <- [a, b],
+        do: TestCluster.await(fn -> TestCluster.call(n, Remote, :nodedowns, []) == [c.node] end)
   end
 
   describe "restarts" do

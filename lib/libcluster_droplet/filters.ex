@@ -204,14 +204,29 @@ defmodule LibclusterDroplet.Filters do
   end
 
   def validate([_ | _] = regions, :regions) do
-    if length(regions) <= @max_values and Enum.all?(regions, &slug?/1),
-      do: {:ok, Enum.uniq(regions)},
-      else: invalid(:regions)
+    case strings(regions, @max_values, &slug?/1) do
+      {:ok, regions} -> {:ok, regions}
+      :error -> invalid(:regions)
+    end
   end
 
   def validate(_value, option), do: invalid(option)
 
   defp slug?(value), do: is_binary(value) and Regex.match?(@slug, value)
+
+  @doc false
+  # A proper list of at most `max` values passing `valid?`, without repeats;
+  # walked by hand so that an improper list is refused, never a crash.
+  @spec strings(term(), pos_integer(), (term() -> boolean())) :: {:ok, list()} | :error
+  def strings(list, max, valid?), do: strings(list, max, valid?, [])
+
+  defp strings([], _max, _valid?, [_ | _] = acc), do: {:ok, acc |> Enum.reverse() |> Enum.uniq()}
+  defp strings([_ | _], 0, _valid?, _acc), do: :error
+
+  defp strings([value | rest], max, valid?, acc),
+    do: if(valid?.(value), do: strings(rest, max - 1, valid?, [value | acc]), else: :error)
+
+  defp strings(_other, _max, _valid?, _acc), do: :error
 
   defp invalid(option),
     do: {:error, "expected #{@filters[option][:schema][:type_doc]} (value not shown)"}

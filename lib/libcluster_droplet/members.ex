@@ -122,6 +122,12 @@ defmodule LibclusterDroplet.Members do
     {watch, events} =
       NodeWatch.probed(m.watch, targets, results, at, batch_ms, HealthCheck.timeout(check))
 
+    for {{node, _}, {_, {:error, reason}}} <- Enum.zip(targets, results) do
+      Log.debug(m.topology, fn ->
+        "health check of #{inspect(node)} failed: #{inspect(reason)}"
+      end)
+    end
+
     for {event, node, probe} <- events do
       what = HealthCheck.describe(check)
 
@@ -131,13 +137,13 @@ defmodule LibclusterDroplet.Members do
 
           Log.warn(
             m.topology,
-            "#{inspect(node)} has failed its health check (#{what}) for #{probe.failed} polls in a " <>
+            "#{inspect(node)} has failed its health check on #{what} for #{probe.failed} polls in a " <>
               "row: #{Format.describe_probe_error(reason)}; this node does not connect to it until it " <>
               "passes (Cluster.Strategy.Droplet.explain(#{inspect(m.topology)}) shows every stage)"
           )
 
         :recovered ->
-          Log.info(m.topology, "#{inspect(node)} passes its health check (#{what}) again")
+          Log.info(m.topology, "#{inspect(node)} passes its health check on #{what} again")
       end
     end
 

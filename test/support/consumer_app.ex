@@ -660,7 +660,7 @@ defmodule LibclusterDroplet.ConsumerApp.NodeAgent do
       |> Supervisor.which_children()
       |> List.keyfind(topology, 0)
 
-    :sys.replace_state(pid, fn state -> %{state | managed: :not_a_mapset} end)
+    :sys.replace_state(pid, fn state -> %{state | members: :not_members} end)
     pid
   end
 

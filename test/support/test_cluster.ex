@@ -543,3 +543,119 @@ defmodule LibclusterDroplet.TestCluster.Remote do
     }
   end
 end
+
+defmodule LibclusterDroplet.TestCluster.RemoteProbe do
+  @moduledoc false
+  # Runs inside test nodes (or this VM): edits a strategy's state, traces
+  # its listings and shares, records every telemetry event and every log
+  # event in full (SASL reports included), and stands in for the node's
+  # rex server.
+
+  @doc false
+  # Sets the field at the path `keys` (struct or map keys) of a strategy's state.
+  def put_state(pid, keys, value),
+    do: :sys.replace_state(pid, &put_in(&1, Enum.map(keys, fn k -> Access.key!(k) end), value))
+
+  @doc false
+  # Records, in order, each listing `pid` starts (`:list`) and each share it sends (`:share`).
+  def trace_listings_and_shares(pid) do
+    {:ok, agent} = Agent.start(fn -> [] end, name: __MODULE__.Trace)
+
+    tracer =
+      spawn(fn ->
+        Stream.repeatedly(fn -> receive do: (event -> event) end)
+        |> Enum.each(fn
+          {:trace, _, :call, {LibclusterDroplet, :start_list_droplets, _}} ->
+            Agent.update(agent, &[:list | &1])
+
+          {:trace, _, :send, message, _to} when elem(message, 0) == :libcluster_droplet_share ->
+            Agent.update(agent, &[:share | &1])
+
+          _ ->
+            :ok
+        end)
+      end)
+
+    :erlang.trace_pattern({LibclusterDroplet, :start_list_droplets, 1}, true, [:local])
+    :erlang.trace(pid, true, [:send, :call, {:tracer, tracer}])
+    :ok
+  end
+
+  @doc false
+  def listings_and_shares, do: Agent.get(__MODULE__.Trace, &Enum.reverse/1)
+
+  @doc false
+  # Records every telemetry event of `events` from now on.
+  def record_telemetry(events) do
+    {:ok, _} = Agent.start(fn -> [] end, name: __MODULE__.Telemetry)
+    :ok = :telemetry.attach_many("droplet-probe", events, &__MODULE__.telemetry_event/4, nil)
+  end
+
+  @doc false
+  def telemetry_event(event, measurements, metadata, _config),
+    do: Agent.update(__MODULE__.Telemetry, &[{event, measurements, metadata} | &1])
+
+  @doc false
+  def telemetry, do: Agent.get(__MODULE__.Telemetry, &Enum.reverse/1)
+
+  @doc false
+  # Records every log event from now on, at every level and of every domain
+  # (SASL's supervisor, progress and crash reports too): formatted by OTP,
+  # and the raw event inspected in full.
+  def capture_all_logs do
+    {:ok, _} = Agent.start(fn -> [] end, name: __MODULE__.Log)
+    :ok = :logger.add_handler(:droplet_probe_log, __MODULE__, %{level: :all})
+  end
+
+  @doc false
+  def logged, do: Agent.get(__MODULE__.Log, &Enum.reverse/1)
+
+  @doc false
+  # The :logger handler of capture_all_logs/0.
+  def log(event, _config) do
+    limits = %{single_line: false, chars_limit: :unlimited, max_size: :unlimited}
+    formatted = :logger_formatter.format(event, Map.merge(limits, %{depth: :unlimited}))
+    raw = inspect(event, limit: :infinity, printable_limit: :infinity)
+    Agent.update(__MODULE__.Log, &[IO.chardata_to_string(formatted) <> "\n" <> raw | &1])
+  end
+
+  @doc false
+  # Replaces this node's rex (the RPC server other nodes' requests to leave
+  # are cast to) by a process that counts them and carries none out until
+  # obey_rex/0.
+  def stub_rex do
+    Process.unregister(:rex)
+    Process.register(spawn(fn -> rex(0, false) end), :rex)
+    :ok
+  end
+
+  @doc false
+  def obey_rex, do: send(:rex, :obey)
+
+  @doc false
+  def rex_requests do
+    send(:rex, {:count, self()})
+
+    receive do
+      {:rex_count, count} -> count
+    end
+  end
+
+  defp rex(count, obey?) do
+    receive do
+      {:count, from} ->
+        send(from, {:rex_count, count})
+        rex(count, obey?)
+
+      :obey ->
+        rex(count, true)
+
+      {:"$gen_cast", {:cast, m, f, a, _group_leader}} ->
+        if obey?, do: spawn(m, f, a)
+        rex(count + 1, obey?)
+
+      _other ->
+        rex(count, obey?)
+    end
+  end
+end

@@ -495,6 +495,11 @@ defmodule Cluster.Strategy.Droplet do
 
   defp check_share(share, state) do
     verdicts = Pipeline.from_share(share, state.config.node_basename, Node.self())
+
+    Log.debug(state.topology, fn ->
+      "applying #{length(verdicts)} droplets shared by #{inspect(share.from)}"
+    end)
+
     check = %ShareCheck{share: share, verdicts: verdicts, call: nil, probed_at: nil}
     probe(Pipeline.targets(verdicts), check, warn_unusable(state, verdicts))
   end
@@ -523,7 +528,10 @@ defmodule Cluster.Strategy.Droplet do
     if state.coordination.leader_ref,
       do: Process.demonitor(state.coordination.leader_ref, [:flush])
 
-    Log.debug(state.topology, fn -> "following #{inspect(leader)}, which polls the API" end)
+    Log.debug(state.topology, fn ->
+      "following #{inspect(leader)}, which polls the API for this cluster"
+    end)
+
     %{c | leader_ref: Process.monitor({c.name, leader})}
   end
 

@@ -401,9 +401,10 @@ defmodule Cluster.Strategy.Droplet.Config do
   def validate_tags(tag) when is_binary(tag) and tag != "", do: {:ok, tag}
 
   def validate_tags([_ | _] = tags) do
-    if length(tags) <= Schema.max_tags() and Enum.all?(tags, &(is_binary(&1) and &1 != "")),
-      do: {:ok, Enum.uniq(tags)},
-      else: tags_error()
+    case Filters.strings(tags, Schema.max_tags(), &(is_binary(&1) and &1 != "")) do
+      {:ok, tags} -> {:ok, tags}
+      :error -> tags_error()
+    end
   end
 
   def validate_tags(_other), do: tags_error()
