@@ -64,7 +64,7 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
       dist_port: opts[:dist_port]
     ]
 
-    case report(topology, config, config.token, Enum.reject(diagnosis, &(elem(&1, 1) == nil))) do
+    case report(topology, config, Enum.reject(diagnosis, &(elem(&1, 1) == nil))) do
       {:ok, report} ->
         Mix.shell().info(Explain.Format.format(report))
 
@@ -110,13 +110,15 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
   # One listing, the pipeline, the health checks, then the diagnosis: what
   # a strategy does, without connecting. This machine is no node of the
   # cluster: nothing is "this node", and vpc: :self cannot be applied.
-  defp report(topology, config, token, diagnosis) do
+  @doc false
+  # The report the task prints, for `config` (a validated config).
+  def report(topology, config, diagnosis) do
     listed_at = System.system_time(:millisecond)
     list_opts = [deadline: config.api_timeout * 3] ++ Config.list_options(config)
 
     # Every option is checked against the token, as a strategy does:
     # node names and filters are printed here.
-    with {:ok, secret, _source} <- LibclusterDroplet.Token.fetch(token),
+    with {:ok, secret, _source} <- LibclusterDroplet.Token.fetch(config.token),
          :ok <- Config.check_secret(config, secret),
          {:ok, listing} <- LibclusterDroplet.list_droplets([token: secret] ++ list_opts),
          {:ok, verdicts} <- Pipeline.from_listing(listing.droplets, config, nil) do
