@@ -327,4 +327,30 @@ defmodule Cluster.Strategy.DropletExplainClusterTest do
     assert report.facts.polling == :leads
     assert {:info, _} = check(report, "this node polls the API for the cluster and shares")
   end
+
+  test "a follower explains the droplets the poller filtered out, with their reasons",
+       %{api: api, prefix: prefix} do
+    closed_epmd = TestCluster.free_port()
+    [a, b] = Enum.map(1..2, fn _ -> explainer(closed_epmd) end)
+    [first, second] = Enum.sort_by([a, b], & &1.node)
+    for n <- [a, b], do: add_droplet(api, "#{prefix}-#{n.address}", n.address)
+    [far] = TestCluster.allocate_addresses(1)
+    far_droplet = FakeAPI.droplet(id: 77, name: "#{prefix}-far", private_ip: far, region: "sfo3")
+    FakeAPI.add_droplet(api, far_droplet)
+    config = config(api, node_basename: "app", regions: ["nyc3"])
+    for n <- [a, b], do: TestCluster.start_strategy(n, :droplets, config)
+
+    # The follower never listed: it knows the sfo3 droplet from the share.
+    report =
+      TestCluster.await(fn ->
+        r = explain(second)
+        match?({:share, _}, r.facts.view.source) and r
+      end)
+
+    assert report.facts.polling |> elem(1) == first.node
+    e = entry(report, "#{prefix}-far")
+    assert e.stage == :outside_filters
+    assert e.verdict.why == [regions: "sfo3"]
+    assert Droplet.format_explanation(report) =~ "region sfo3 is not among :regions"
+  end
 end
