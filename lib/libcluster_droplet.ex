@@ -220,10 +220,10 @@ defmodule LibclusterDroplet do
   piece of it: nothing is sent), and `{:error, {:invalid_request, message}}`
   for a bad option.
   """
-  @spec list_request(keyword()) ::
+  @spec list_request(keyword(), Listing.pool() | nil) ::
           {:ok, map()}
           | {:error, {:invalid_request | :token_unavailable | :token_in_option, term()}}
-  def list_request(opts) do
+  def list_request(opts, pool \\ nil) do
     with {:ok, opts} <- validate(opts),
          {:ok, token, _source} <- Token.fetch(opts[:token]),
          :ok <- Config.check_secret(Map.new(opts), token) do
@@ -244,9 +244,25 @@ defmodule LibclusterDroplet do
          max_droplets: opts[:max_droplets],
          page_concurrency: opts[:page_concurrency],
          keep_alive_ms: opts[:keep_alive],
-         select: %{network: opts[:network], ipv6: opts[:ipv6]}
+         select: %{network: opts[:network], ipv6: opts[:ipv6]},
+         autoscale_pool: pool_request(opts[:autoscale_pool], pool)
        }}
     end
+  end
+
+  @uuid ~r/\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\z/i
+
+  # The pool to list: by its UUID or its name, or as resolved before
+  # (`pool`: its id, name and template tags), which spares the lookup.
+  defp pool_request(nil, _pool), do: nil
+
+  defp pool_request(_option, %{id: id, name: name, tags: tags}),
+    do: %{id: id, name: name, tags: tags}
+
+  defp pool_request(option, nil) do
+    if Regex.match?(@uuid, option),
+      do: %{id: String.downcase(option), name: nil, tags: nil},
+      else: %{id: nil, name: option, tags: nil}
   end
 
   defp validate(opts) do

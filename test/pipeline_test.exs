@@ -471,8 +471,8 @@ defmodule LibclusterDroplet.PipelineTest do
     end
 
     test "the declarations: options, the droplet fields they read, their schema" do
-      assert Filters.options() == [:regions, :vpc]
-      assert Filters.fields() == [:region, :vpc_uuid]
+      assert Filters.options() == [:autoscale_pool, :pool_health, :regions, :vpc]
+      assert Filters.fields() == [:pool, :pool, :region, :vpc_uuid]
       assert Keyword.keys(Filters.schema()) == Filters.options()
 
       for {_option, spec} <- Filters.schema() do

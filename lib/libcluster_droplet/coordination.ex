@@ -55,28 +55,44 @@ defmodule LibclusterDroplet.Coordination do
   def registered_name(topology), do: Module.concat(Cluster.Strategy.Droplet, topology)
 
   @doc """
-  Turns coordination on for `topology` once distribution runs: registers
-  the calling strategy under `registered_name/1`. `{:ok, coordination}`
-  (unchanged when it cannot start yet), or `{:taken, name}` when another
-  process holds the name: the strategy then polls on its own.
+  Turns coordination on for a topology's strategy (the calling process)
+  once distribution runs, by registering it under `registered_name/1`.
+  Returns the coordination and the config: with `coordinate: false`, or
+  when the name is taken (then with a warning), the config says
+  `coordinate: false` and the strategy polls on its own.
   """
-  @spec enable(t(), atom(), non_neg_integer()) :: {:ok, t()} | {:taken, atom()}
-  def enable(%__MODULE__{enabled?: true} = c, _topology, _fingerprint), do: {:ok, c}
+  @spec enable(t(), atom(), Cluster.Strategy.Droplet.Config.t()) ::
+          {t(), Cluster.Strategy.Droplet.Config.t()}
+  def enable(%__MODULE__{enabled?: true} = c, _topology, config), do: {c, config}
+  def enable(c, _topology, %{coordinate: false} = config), do: {c, config}
 
-  def enable(%__MODULE__{} = c, topology, fingerprint) do
+  def enable(%__MODULE__{} = c, topology, config) do
     name = registered_name(topology)
 
     cond do
       not Node.alive?() ->
-        {:ok, c}
+        {c, config}
 
       Process.whereis(name) not in [nil, self()] ->
-        {:taken, name}
+        LibclusterDroplet.Log.warn(
+          topology,
+          "#{inspect(name)} is taken; polling without coordination"
+        )
+
+        {c, %{config | coordinate: false}}
 
       true ->
         if Process.whereis(name) == nil, do: Process.register(self(), name)
-        {:ok, %{c | enabled?: true, name: name, fingerprint: fingerprint}}
+        fingerprint = Cluster.Strategy.Droplet.Config.fingerprint(config)
+        {%{c | enabled?: true, name: name, fingerprint: fingerprint}, config}
     end
+  end
+
+  @doc "Monitors the leader's strategy, instead of the previous one (`ref`)."
+  @spec monitor(t(), reference() | nil) :: t()
+  def monitor(%__MODULE__{leader: leader, name: name} = c, previous) do
+    if previous, do: Process.demonitor(previous, [:flush])
+    %{c | leader_ref: Process.monitor({name, leader})}
   end
 
   @doc "Whether, at `now` (ms), a poll tick should call the API or rely on the leader."

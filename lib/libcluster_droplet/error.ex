@@ -34,6 +34,7 @@ defmodule LibclusterDroplet.Error do
   | `{:token_unavailable, detail}` | the token could not be read from its source (see `LibclusterDroplet.Token`) |
   | `:busy` | 64 NIF calls were already in flight in this VM; nothing was started |
   | `:cancelled` | the call was cancelled (`LibclusterDroplet.cancel/1`) or its caller dropped it |
+  | `:pool_not_found` | the `:autoscale_pool` asked for does not exist (its name or UUID is wrong, or it was deleted) |
   | `{:token_in_option, option}` | an option's value holds the token, or a piece of it (the strategy checks its options each time it reads the token) |
 
   No reason and no message ever contains the API token.
@@ -71,6 +72,7 @@ defmodule LibclusterDroplet.Error do
           | :busy
           | :cancelled
           | {:token_in_option, atom()}
+          | :pool_not_found
 
   @type t :: %__MODULE__{reason: reason() | term()}
 
@@ -178,6 +180,9 @@ defmodule LibclusterDroplet.Error do
       "the NIF already has 64 calls in flight in this VM, its limit; nothing was started: retry later"
 
   def format(:cancelled), do: "the call was cancelled before it finished"
+
+  def format(:pool_not_found),
+    do: "no autoscale pool has that name or id (or the token cannot see it)"
 
   def format({:token_in_option, option}),
     do:

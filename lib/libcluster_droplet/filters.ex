@@ -19,6 +19,29 @@ defmodule LibclusterDroplet.Filters do
   @max_values 64
 
   @filters [
+    autoscale_pool: [
+      field: :pool,
+      schema: [
+        type: {:custom, __MODULE__, :validate, [:autoscale_pool]},
+        default: nil,
+        type_doc: "`nil`, or a pool's name or UUID",
+        doc:
+          "only the members of this Droplet Autoscale Pool whose status is `active` (see " <>
+            "the configuration guide for the requests it costs). Not with `:tag_name` or `:name`."
+      ]
+    ],
+    pool_health: [
+      field: :pool,
+      schema: [
+        type: {:custom, __MODULE__, :validate, [:pool_health]},
+        default: nil,
+        type_doc: "`nil` or a list of health statuses",
+        doc:
+          "with `:autoscale_pool`, only members whose `health_status` is one of these (such " <>
+            "as `[\"healthy\"]`). DigitalOcean does not list the values, so by default " <>
+            "nothing is gated on them."
+      ]
+    ],
     regions: [
       field: :region,
       schema: [
@@ -173,6 +196,9 @@ defmodule LibclusterDroplet.Filters do
   defp vpc_unknown(detail), do: {:error, {:vpc_unknown, detail}}
 
   # Whether a droplet whose field holds `field` is outside the filter.
+  defp outside?(:autoscale_pool, _pool, member), do: member == nil or member.status != "active"
+  defp outside?(:pool_health, _accepted, nil), do: false
+  defp outside?(:pool_health, accepted, member), do: member.health_status not in accepted
   defp outside?(:regions, regions, region), do: region not in regions
   defp outside?(:vpc, vpc, uuid), do: not is_binary(uuid) or String.downcase(uuid) != vpc
 
@@ -183,6 +209,14 @@ defmodule LibclusterDroplet.Filters do
       "region sfo3 is not among :regions"
   """
   @spec describe(outside()) :: String.t()
+  def describe({:autoscale_pool, nil}), do: "not in the pool"
+
+  def describe({:autoscale_pool, %{status: status}}),
+    do: "pool member with status #{status}: only active members are selected"
+
+  def describe({:pool_health, %{health_status: health}}),
+    do: "pool member with health #{health || "(none)"}, not among :pool_health"
+
   def describe({:regions, nil}), do: "no region, and :regions is set"
   def describe({:regions, slug}), do: "region #{slug} is not among :regions"
   def describe({:vpc, nil}), do: "no VPC, and :vpc is set"
@@ -207,6 +241,19 @@ defmodule LibclusterDroplet.Filters do
     case strings(regions, @max_values, &slug?/1) do
       {:ok, regions} -> {:ok, regions}
       :error -> invalid(:regions)
+    end
+  end
+
+  def validate(pool, :autoscale_pool) when is_binary(pool) do
+    if byte_size(pool) in 1..255 and String.printable?(pool) and pool == String.trim(pool),
+      do: {:ok, pool},
+      else: invalid(:autoscale_pool)
+  end
+
+  def validate([_ | _] = statuses, :pool_health) do
+    case strings(statuses, 16, &(is_binary(&1) and byte_size(&1) in 1..64)) do
+      {:ok, statuses} -> {:ok, statuses}
+      :error -> invalid(:pool_health)
     end
   end
 

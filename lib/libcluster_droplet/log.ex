@@ -18,20 +18,27 @@ defmodule LibclusterDroplet.Log do
   def error(topology, message), do: Logger.error(prefix(topology) <> message)
 
   # A failed poll's warning: the class, the message, the token's source
-  # after a 401 (never the token), and what happens next.
-  def poll_failed(topology, reason, token, kept, delay) do
+  # after a 401 (never the token), the pool when it is not found, and what
+  # happens next. An unknown pool is warned about once (until a poll
+  # succeeds), every other failure each time.
+  def poll_failed(warned, topology, reason, config, kept, delay) do
     alias LibclusterDroplet.Error
 
     source =
-      if reason == :unauthorized,
-        do: " (token from #{LibclusterDroplet.Token.describe(token)})",
-        else: ""
+      case reason do
+        :unauthorized -> " (token from #{LibclusterDroplet.Token.describe(config.token)})"
+        :pool_not_found -> " (autoscale_pool: #{inspect(config.autoscale_pool)})"
+        _ -> ""
+      end
 
-    warn(
-      topology,
+    message = fn ->
       "DigitalOcean API poll failed (#{Error.class(reason)}): #{Error.format(reason)}#{source}; " <>
         "keeping the #{kept} nodes as they are, next poll in #{delay} ms"
-    )
+    end
+
+    if reason == :pool_not_found,
+      do: once(warned, topology, {:pool, config.autoscale_pool}, message),
+      else: warn(topology, message.()) && warned
   end
 
   # A warning logged once per key: `warned` is the set of keys already
@@ -68,6 +75,7 @@ defmodule LibclusterDroplet.Log do
     MapSet.filter(warned, fn
       {:name, name} -> MapSet.member?(names, name)
       {:share, sender, _} -> MapSet.member?(connected, sender)
+      {:pool, _} -> false
     end)
   end
 

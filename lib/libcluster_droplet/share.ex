@@ -36,7 +36,8 @@ defmodule LibclusterDroplet.Share do
   @tag :libcluster_droplet_share
 
   @enforce_keys [:topology, :from, :fingerprint, :interval, :seq, :listed_at]
-  defstruct @enforce_keys ++ [version: @version, not_before: nil, verdicts: nil, droplets: nil]
+  defstruct @enforce_keys ++
+              [version: @version, not_before: nil, verdicts: nil, droplets: nil, pool: nil]
 
   @typedoc """
   A share. `verdicts` (version 3) or `droplets` (`{name, address}`, from a
@@ -134,7 +135,8 @@ defmodule LibclusterDroplet.Share do
          seq: share.seq,
          listed_at: share.listed_at,
          not_before: share.not_before,
-         verdicts: share.verdicts && Enum.map(share.verdicts, &verdict_to_wire/1)
+         verdicts: share.verdicts && Enum.map(share.verdicts, &verdict_to_wire/1),
+         pool: share.pool
        }}
 
     [v3 | if(share.verdicts, do: [v2(share)], else: [])]
@@ -211,10 +213,11 @@ defmodule LibclusterDroplet.Share do
        else: :error
   end
 
-  defp view(%{version: 3} = share, %{verdicts: verdicts, not_before: not_before})
+  defp view(%{version: 3} = share, %{verdicts: verdicts, not_before: not_before} = payload)
        when is_nil(not_before) or is_integer(not_before) do
     with {:ok, verdicts} <- each(verdicts, &verdict_from_wire/1),
-         do: {:ok, %{share | not_before: not_before, verdicts: verdicts}}
+         {:ok, pool} <- pool(payload[:pool]),
+         do: {:ok, %{share | not_before: not_before, verdicts: verdicts, pool: pool}}
   end
 
   defp view(%{version: 2} = share, %{droplets: droplets}) when droplets != nil do
@@ -222,6 +225,16 @@ defmodule LibclusterDroplet.Share do
   end
 
   defp view(_share, _payload), do: :error
+
+  # The leader's pool, for the explain of its followers (absent before 3).
+  defp pool(nil), do: {:ok, nil}
+
+  defp pool(%{id: id, name: name, tags: tags, members: members, active: active} = pool)
+       when is_binary(id) and is_binary(name) and is_list(tags) and is_integer(members) and
+              is_integer(active),
+       do: {:ok, Map.take(pool, [:id, :name, :tags, :members, :active])}
+
+  defp pool(_other), do: :error
 
   # Every element read by `read`, in order, or :error; nil (a notice) is
   # kept. A list of any shape (improper too) is walked by hand: a share is

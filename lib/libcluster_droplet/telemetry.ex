@@ -12,13 +12,17 @@ defmodule LibclusterDroplet.Telemetry do
         topology: topology
       })
 
-  def poll_stop(topology, started, counts, metadata),
-    do:
-      execute(
-        [:libcluster_droplet, :poll, :stop],
-        Map.put(counts, :duration, System.monotonic_time() - started),
-        Map.put(metadata, :topology, topology)
-      )
+  def poll_stop(topology, poll, verdicts, members) do
+    listing = poll.listing
+    counts = stage_counts(listing, verdicts, LibclusterDroplet.Members.connected(members))
+    nodes = MapSet.size(members.managed)
+
+    execute(
+      [:libcluster_droplet, :poll, :stop],
+      Map.put(counts, :duration, System.monotonic_time() - poll.started),
+      %{topology: topology, droplets: length(listing.droplets), nodes: nodes}
+    )
+  end
 
   def poll_error(topology, started, class, failures),
     do:
@@ -30,13 +34,18 @@ defmodule LibclusterDroplet.Telemetry do
 
   # The poll stop event's counts per stage, for alerting on "listed but not
   # connected": droplets listed, nodes selected (this one aside), of those
-  # the ones passing the health check and the ones `connected` now.
+  # the ones passing the health check and the ones `connected` now; with
+  # an autoscale pool, its members and its active members (0 without).
   def stage_counts(listing, verdicts, connected) do
     selected = for %{stage: :selected} = v <- verdicts, do: v
     connected = MapSet.new(connected)
 
+    pool = listing.pool || %{members: 0, active: 0}
+
     %{
       requests: listing.requests,
+      members: pool.members,
+      active_members: pool.active,
       listed: length(listing.droplets),
       selected: length(selected),
       healthy: Enum.count(selected, &(&1.health == :ok)),

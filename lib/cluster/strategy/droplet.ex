@@ -10,19 +10,14 @@ defmodule Cluster.Strategy.Droplet do
           ]
         ]
 
-  The options are those of `Cluster.Strategy.Droplet.Config`; the guides
-  tell how it all works. This module is only the process: timers, messages
-  and side effects. `LibclusterDroplet.Pipeline` decides each droplet's
-  verdict, `LibclusterDroplet.HealthCheck` checks the selected nodes,
-  `LibclusterDroplet.Members` connects and removes them, and
-  `LibclusterDroplet.Coordination` lets one node poll for the cluster.
-
-  A poll (`Cluster.Strategy.Droplet.Poll`) and a share being checked
-  (`Cluster.Strategy.Droplet.ShareCheck`) are its two phases; one runs at
-  a time, under one watchdog. Each timer message carries a ref, so a stale
-  one is ignored; a tick arms the next one first. Every path to the API
-  goes through `start_api_poll/1`, which honours the rate-limit floor
-  (`LibclusterDroplet.Floor`). Nothing it does waits on the network.
+  The options are `Cluster.Strategy.Droplet.Config`'s; the guides tell how
+  it all works. This module is only the process (timers, messages, side
+  effects); `LibclusterDroplet.Pipeline`, `LibclusterDroplet.HealthCheck`,
+  `LibclusterDroplet.Members` and `LibclusterDroplet.Coordination` decide.
+  Its phases, one at a time under one watchdog, are a poll
+  (`Cluster.Strategy.Droplet.Poll`) and a share being checked
+  (`Cluster.Strategy.Droplet.ShareCheck`). Every path to the API goes
+  through `start_api_poll/1`, which honours `LibclusterDroplet.Floor`.
   """
 
   use GenServer
@@ -38,6 +33,7 @@ defmodule Cluster.Strategy.Droplet do
     Log,
     Members,
     Pipeline,
+    Pool,
     Schedule,
     Share,
     Store,
@@ -62,14 +58,11 @@ defmodule Cluster.Strategy.Droplet do
             pending_share: nil,
             poll_due?: false,
             view: nil,
+            pool: nil,
             coordination: %Coordination{},
             warned: MapSet.new()
 
-  @typedoc """
-  The state: what waits for the phase in flight is the newest share and a
-  poll due; `view` is the last applied (`%{key, applied_at, at, source,
-  verdicts}`); `warned`, the keys of once-only warnings.
-  """
+  @typedoc "The state; `view` is the last applied, `warned` once-only warnings' keys."
   @type t :: %__MODULE__{}
 
   @doc "The child spec, as libcluster's `use Cluster.Strategy` would define it."
@@ -316,7 +309,8 @@ defmodule Cluster.Strategy.Droplet do
     with {:ok, secret, token} <- Token.fetch(config.token),
          state = put_in(state.config.token, token),
          :ok <- Config.check_secret(config, secret),
-         {:ok, request} <- LibclusterDroplet.list_request([token: secret] ++ fixed),
+         pool = Pool.cached(state.pool, now()),
+         {:ok, request} <- LibclusterDroplet.list_request([token: secret] ++ fixed, pool),
          {:ok, call} <- LibclusterDroplet.start_list_droplets(request) do
       Telemetry.poll_start(state.topology)
       arm(%{state | phase: %{poll | call: call}}, :watchdog, deadline + @watchdog_grace)
@@ -332,6 +326,7 @@ defmodule Cluster.Strategy.Droplet do
 
     now_ms = System.system_time(:millisecond)
     {delay, schedule} = Schedule.listed(state.schedule, listing, state.config, now_ms)
+    state = %{state | pool: Pool.listed(Pool.cached(state.pool, now()), listing.pool, now())}
     key = {poll.listed_at, state.schedule.polls + 1}
     poll = %{poll | listing: listing, verdicts: verdicts, key: key, delay: delay}
     state = coordinate(%{state | schedule: schedule, phase: poll})
@@ -362,11 +357,8 @@ defmodule Cluster.Strategy.Droplet do
     verdicts = Pipeline.with_results(poll.verdicts, results)
     # A node that took over while its poll was in flight shares now.
     state = if poll.shared?, do: state, else: share(state, poll)
-    state = apply_view(state, verdicts, poll.key, {:listing, poll.started})
-    listing = poll.listing
-    metadata = %{droplets: length(listing.droplets), nodes: MapSet.size(state.members.managed)}
-    counts = Telemetry.stage_counts(listing, verdicts, Members.connected(state.members))
-    Telemetry.poll_stop(state.topology, poll.started, counts, metadata)
+    state = apply_view(state, verdicts, poll.key, {:listing, poll.started}, poll.listing.pool)
+    Telemetry.poll_stop(state.topology, poll, verdicts, state.members)
     schedule = Schedule.succeeded(state.schedule, System.system_time(:millisecond))
 
     %{state | phase: nil, schedule: schedule}
@@ -379,7 +371,7 @@ defmodule Cluster.Strategy.Droplet do
     verdicts = Pipeline.with_results(check.verdicts, results)
 
     %{state | phase: nil}
-    |> apply_view(verdicts, Share.view(share), {:share, share.from})
+    |> apply_view(verdicts, Share.view(share), {:share, share.from}, share.pool)
     |> persist()
     |> next_phase()
   end
@@ -400,14 +392,16 @@ defmodule Cluster.Strategy.Droplet do
       Schedule.failed(state.schedule, reason, rate_limit, config, floor_wait, now_ms)
 
     kept = MapSet.size(state.members.managed)
-    Log.poll_failed(state.topology, reason, config.token, kept, delay)
-
+    warned = Log.poll_failed(state.warned, state.topology, reason, config, kept, delay)
     Telemetry.poll_error(state.topology, poll.started, Error.class(reason), schedule.failures)
     # A rejected token may have been rotated into its file without changing
-    # the file's size or time: the next poll reads it again.
+    # the file's size or time: the next poll reads it again. A pool not
+    # found is resolved again.
     token = if reason == :unauthorized, do: Token.forget(config.token), else: config.token
+    pool = if reason == :pool_not_found, do: nil, else: state.pool
+    state = %{state | config: %{config | token: token}, schedule: schedule, warned: warned}
 
-    %{state | config: %{config | token: token}, schedule: schedule, phase: nil}
+    %{state | phase: nil, pool: pool}
     |> disarm(:watchdog)
     |> arm(:tick, delay)
     |> notice(delay)
@@ -422,36 +416,32 @@ defmodule Cluster.Strategy.Droplet do
   ## Shares
 
   # The leader sends its verdicts, its next wait and its floor to the
-  # strategy on every connected node it selected or manages.
-  defp share(state, %Poll{key: {listed_at, seq}} = poll) do
+  # strategy on every connected node it selected or manages; after a failed
+  # poll, a notice without a view: it is alive, when it polls next, and the
+  # floor its followers must respect too.
+  defp share(state, %Poll{} = poll) do
     if leads?(state) and not unlisted?(state, poll.verdicts) do
-      share = %{share_of(state, poll.delay) | seq: seq, listed_at: listed_at}
-      send_share(state, %{share | verdicts: poll.verdicts})
+      send_share(state, poll.delay, poll.key, poll.verdicts, poll.listing.pool)
       %{state | phase: %{poll | shared?: true}}
     else
       state
     end
   end
 
-  defp share_of(state, delay) do
-    not_before = Floor.not_before(state.config.api_url)
-    Share.new(state.topology, state.coordination.fingerprint, delay, state.view[:key], not_before)
-  end
-
-  # After a failed poll, a leader tells its followers it is alive, when it
-  # polls next and the floor it must respect: they wait it out too.
   defp notice(state, delay) do
-    if leads?(state) and state.view != nil, do: send_share(state, share_of(state, delay))
+    if leads?(state) and state.view, do: send_share(state, delay, state.view.key, nil, nil)
     state
   end
 
   defp leads?(state),
     do: Coordination.leads?(state.coordination, now(), state.config.polling_interval)
 
-  defp send_share(state, share) do
+  defp send_share(state, delay, key, verdicts, pool) do
+    floor = Floor.not_before(state.config.api_url)
+    share = Share.new(state.topology, state.coordination.fingerprint, delay, key, floor)
     targets = MapSet.union(state.members.managed, state.members.selected)
     nodes = Enum.filter(Node.list(), &MapSet.member?(targets, &1))
-    Share.send(share, state.coordination.name, nodes)
+    Share.send(%{share | verdicts: verdicts, pool: pool}, state.coordination.name, nodes)
   end
 
   defp received_share(message, state) do
@@ -525,14 +515,11 @@ defmodule Cluster.Strategy.Droplet do
   defp next_phase(state), do: state
 
   defp monitor_leader(%Coordination{leader: leader} = c, state) do
-    if state.coordination.leader_ref,
-      do: Process.demonitor(state.coordination.leader_ref, [:flush])
-
     Log.debug(state.topology, fn ->
       "following #{inspect(leader)}, which polls the API for this cluster"
     end)
 
-    %{c | leader_ref: Process.monitor({c.name, leader})}
+    Coordination.monitor(c, state.coordination.leader_ref)
   end
 
   # Handled whatever is in flight: a poll in flight finishes as the
@@ -555,19 +542,9 @@ defmodule Cluster.Strategy.Droplet do
   end
 
   # Coordination needs distribution; it is set up as soon as it can be.
-  defp coordinate(%{config: %Config{coordinate: false}} = state), do: state
-
   defp coordinate(state) do
-    fingerprint = Config.fingerprint(state.config)
-
-    case Coordination.enable(state.coordination, state.topology, fingerprint) do
-      {:ok, c} ->
-        %{state | coordination: c}
-
-      {:taken, name} ->
-        Log.warn(state.topology, "#{inspect(name)} is taken; polling without coordination")
-        %{state | config: %{state.config | coordinate: false}}
-    end
+    {c, config} = Coordination.enable(state.coordination, state.topology, state.config)
+    %{state | coordination: c, config: config}
   end
 
   ## Views
@@ -575,7 +552,7 @@ defmodule Cluster.Strategy.Droplet do
   # `source` is `{:listing, started}` for this node's own poll, started at
   # the monotonic `started` (a poll started after the last view was
   # applied is newer whatever the clocks say), or `{:share, from}`.
-  defp apply_view(state, verdicts, key, source) do
+  defp apply_view(state, verdicts, key, source, pool) do
     own_started = with {:listing, started} <- source, do: started, else: (_ -> nil)
 
     if Share.newer?(key, state.view[:key]) or
@@ -583,7 +560,15 @@ defmodule Cluster.Strategy.Droplet do
       checked? = state.config.health_check != nil
       members = Members.apply_view(state.members, verdicts, checked?, unlisted?(state, verdicts))
       at = System.system_time(:millisecond)
-      view = %{key: key, applied_at: now(), at: at, source: source, verdicts: verdicts}
+
+      view = %{
+        key: key,
+        applied_at: now(),
+        at: at,
+        source: source,
+        verdicts: verdicts,
+        pool: pool
+      }
 
       arm_members(%{
         state

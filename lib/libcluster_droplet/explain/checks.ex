@@ -12,7 +12,8 @@ defmodule LibclusterDroplet.Explain.Checks do
 
   @doc "The checks, each `{:ok | :info | :warning, text}`."
   @spec checks(Facts.t()) :: [LibclusterDroplet.Explain.Report.check()]
-  def checks(%Facts{mode: :offline} = facts), do: [view(facts)]
+  def checks(%Facts{mode: :offline} = facts),
+    do: Enum.reject([view(facts), facts.view && pool(facts.view)], &is_nil/1)
 
   def checks(%Facts{} = facts) do
     # A node without distribution joins nothing whatever the listing says.
@@ -22,7 +23,7 @@ defmodule LibclusterDroplet.Explain.Checks do
       [distribution(facts)] ++
         listed ++
         [poll(facts), polling(facts), rate_floor(facts), removing(facts)] ++
-        if(facts.view, do: [view(facts)], else: []),
+        if(facts.view, do: [view(facts), pool(facts.view)], else: []),
       &is_nil/1
     )
   end
@@ -140,6 +141,20 @@ defmodule LibclusterDroplet.Explain.Checks do
     do:
       {:info,
        "asked to leave, still connected: #{names(nodes)} (their droplets are no longer selected)"}
+
+  defp pool(%{pool: %{tags: tags} = pool}) do
+    listed =
+      case tags do
+        [tag | _] -> "its droplets are listed by the template's tag #{inspect(tag)}"
+        [] -> "its template has no tag, so every droplet page is listed at each poll"
+      end
+
+    {:info,
+     "autoscale pool #{inspect(pool.name)} (#{pool.id}): #{pool.members} members, " <>
+       "#{pool.active} active; #{listed}"}
+  end
+
+  defp pool(_view), do: nil
 
   defp view(%Facts{view: nil}), do: {:info, "no listing"}
 

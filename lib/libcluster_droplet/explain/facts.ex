@@ -9,8 +9,8 @@ defmodule LibclusterDroplet.Explain.Facts do
       `:ipv6`, `:node_basename`, `:health_check`, `:require_listed`,
       `:coordinate`, `:polling_interval` and the filters);
     * `view`: the last view applied, `%{source: :listing | {:share, from},
-      listed_at:, applied_at:, verdicts: [LibclusterDroplet.Verdict.t()]}`,
-      or `nil`;
+      listed_at:, applied_at:, verdicts: [LibclusterDroplet.Verdict.t()],
+      pool: LibclusterDroplet.Listing.pool() | nil}`, or `nil`;
     * `probes`: each node's last health check (`t:LibclusterDroplet.NodeWatch.probe/0`);
     * `connects`: each node's consecutive connect failures,
       `%{count:, reason:, retry_at:}`;
@@ -102,7 +102,14 @@ defmodule LibclusterDroplet.Explain.Facts do
 
   defp view(view) do
     source = with {:listing, _started} <- view.source, do: :listing
-    %{source: source, listed_at: elem(view.key, 0), applied_at: view.at, verdicts: view.verdicts}
+
+    %{
+      source: source,
+      listed_at: elem(view.key, 0),
+      applied_at: view.at,
+      verdicts: view.verdicts,
+      pool: view.pool
+    }
   end
 
   defp polling(%Coordination{enabled?: true} = c, now, interval, to_unix) do

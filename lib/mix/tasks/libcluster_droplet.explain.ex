@@ -142,7 +142,13 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
         now: System.system_time(:millisecond),
         mode: :offline,
         config: Explain.Facts.config(config),
-        view: %{source: :listing, listed_at: listed_at, applied_at: listed_at, verdicts: verdicts},
+        view: %{
+          source: :listing,
+          listed_at: listed_at,
+          applied_at: listed_at,
+          verdicts: verdicts,
+          pool: listing.pool
+        },
         probes: probes,
         notes: notes
       }

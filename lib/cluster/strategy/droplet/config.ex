@@ -198,6 +198,8 @@ defmodule Cluster.Strategy.Droplet.Config do
           tag_name: String.t() | [String.t(), ...] | nil,
           name: String.t() | nil,
           gpus: boolean() | :only,
+          autoscale_pool: String.t() | nil,
+          pool_health: [String.t(), ...] | nil,
           regions: [String.t(), ...] | nil,
           vpc: :self | String.t() | nil,
           network: :private | :public,
@@ -296,6 +298,16 @@ defmodule Cluster.Strategy.Droplet.Config do
     do:
       {:error,
        "invalid options :tag_name and :name: the DigitalOcean API filters by one or the other, not both"}
+
+  defp combinations(%__MODULE__{autoscale_pool: pool, tag_name: tag, name: name})
+       when pool != nil and (tag != nil or name != nil),
+       do:
+         {:error,
+          "invalid options :autoscale_pool with :tag_name or :name: a pool selects its own " <>
+            "members (by its template's tag when it has one)"}
+
+  defp combinations(%__MODULE__{autoscale_pool: nil, pool_health: [_ | _]}),
+    do: {:error, "invalid option :pool_health: it needs :autoscale_pool"}
 
   defp combinations(%__MODULE__{network: :private, ipv6: true}),
     do:
