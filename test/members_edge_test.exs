@@ -92,7 +92,7 @@ defmodule LibclusterDroplet.MembersEdgeTest do
 
       # The fresh nodes connect; the hung tasks are gone.
       TestCluster.await(fn -> SpyMembership.connected(ctx.spy) == fine_nodes end)
-      assert Enum.all?(in_flight, &(not Process.alive?(&1.pid)))
+      TestCluster.await(fn -> Enum.all?(in_flight, &(not Process.alive?(&1.pid))) end)
 
       failures = state(ctx.pid).members.connector.failures
       assert map_size(failures) == Connector.max_in_flight()
@@ -167,6 +167,7 @@ defmodule LibclusterDroplet.MembersEdgeTest do
 
     FakeAPI.put_droplets(api, generation.(0))
     ctx = start_local(api, [])
+    TestCluster.await(fn -> state(ctx.pid).schedule.polls >= 1 end)
 
     log =
       capture_log(fn ->
@@ -220,6 +221,8 @@ defmodule LibclusterDroplet.MembersEdgeTest do
       # As in a release: the application owns the table the strategy's
       # membership outlives it in.
       {:ok, _} = TestCluster.call(a, Application, :ensure_all_started, [:libcluster_droplet])
+      # Its log recorded, out of the test's output (the kill below is logged).
+      TestCluster.call(a, Remote, :capture_warnings, [])
       sup = TestCluster.start_strategy(a, :droplets, config(api, polling_interval: 200))
       pid = TestCluster.call(a, Remote, :strategy_pid, [sup])
       TestCluster.await(fn -> b.node in TestCluster.connected(a) end)

@@ -198,6 +198,53 @@ defmodule LibclusterDroplet.RateFloorTest do
       end
     end
 
+    # A floor travels only from the leader to its followers today: this
+    # fails until a floor a follower's response sets reaches the leader too.
+    test "a 429 a follower draws (its safety poll) holds the leader too" do
+      {:ok, api} = FakeAPI.start_link(token: @token, rate_limit: @open)
+      url = FakeAPI.url(api)
+      # The leader polls every 2 s: room to slip the follower's poll in between.
+      [leader, follower] = cluster(api, 2, config: [polling_interval: 2_000])
+      no_safety_poll(follower)
+
+      # Right after one of the leader's polls...
+      count = FakeAPI.request_count(api)
+      TestCluster.await(fn -> FakeAPI.request_count(api) > count end)
+      FakeAPI.reset_requests(api)
+      answer_429(api)
+
+      # ...the follower's safety poll comes due (its tick, delivered with the
+      # ref it waits for, is taken up once nothing else is in flight) and
+      # draws the 429.
+      TestCluster.await(fn ->
+        TestCluster.call(follower.node, RemoteProbe, :put_state, [
+          follower.pid,
+          [:coordination, :last_api_poll_at],
+          -@never
+        ])
+
+        {ref, _} = state(follower).timers.tick
+
+        TestCluster.call(follower.node, :erlang, :send, [
+          follower.pid,
+          {:droplet_timer, :tick, ref}
+        ])
+
+        s = state(follower)
+        is_struct(s.phase, Cluster.Strategy.Droplet.Poll) or s.schedule.failures > 0
+      end)
+
+      limited = first_429(api)
+      TestCluster.await(fn -> state(follower).schedule.failures == 1 end)
+      assert remote_floor(follower, url) != nil
+      :ok = FakeAPI.set_rate_limit(api, @open)
+
+      # The leader's next poll waits for that floor as well.
+      await_200_after(api, limited)
+      assert_floor_held(FakeAPI.requests(api))
+      assert remote_floor(leader, url) >= remote_floor(follower, url)
+    end
+
     test "a paced wait is capped at 15 minutes, and the leader announces the capped wait" do
       # One listing per tag: each poll sends 10 requests.
       tags = for i <- 0..9, do: "t#{i}"

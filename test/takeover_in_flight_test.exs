@@ -16,6 +16,8 @@ defmodule LibclusterDroplet.TakeoverInFlightTest do
   # share, well after the follower's poll (3 s) ends.
   @interval 5_000
   @slow 3_000
+  # Larger than any monotonic time.
+  @never 1_000_000_000_000_000
 
   defp state(%{node: node, pid: pid}), do: TestCluster.call(node, :sys, :get_state, [pid])
 
@@ -57,24 +59,32 @@ defmodule LibclusterDroplet.TakeoverInFlightTest do
     members
   end
 
-  # Makes a follower poll now: its safety poll is made due, then its tick
-  # is delivered (with the ref it waits for). Returns the poll in flight.
-  defp poll_now(%{node: node, pid: pid} = member) do
-    TestCluster.await(fn ->
+  defp last_api_poll_at(%{node: node, pid: pid}, at),
+    do:
       TestCluster.call(node, RemoteProbe, :put_state, [
         pid,
         [:coordination, :last_api_poll_at],
-        -1_000_000_000_000_000
+        at
       ])
 
+  # Makes a follower poll now, traced: once no poll of its own is in flight
+  # (its safety poll, due every 4 × (size − 1) intervals, may be), its
+  # safety poll is made due and its tick delivered (with the ref it waits
+  # for). Returns its count of polls before this one.
+  defp poll_now(%{node: node, pid: pid} = member) do
+    last_api_poll_at(member, @never)
+    TestCluster.await(fn -> not match?(%{phase: %Poll{}}, state(member)) end, 20_000)
+    polls = state(member).schedule.polls
+    TestCluster.call(node, RemoteProbe, :trace_listings_and_shares, [pid])
+
+    TestCluster.await(fn ->
+      last_api_poll_at(member, -@never)
       {ref, _timer} = state(member).timers.tick
       TestCluster.call(node, :erlang, :send, [pid, {:droplet_timer, :tick, ref}])
-
-      case state(member) do
-        %{phase: %Poll{} = poll} -> poll
-        _ -> false
-      end
+      match?(%{phase: %Poll{}}, state(member))
     end)
+
+    polls
   end
 
   test "a leader DOWN while this node's own poll is in flight: it takes over, and shares when the poll ends" do
@@ -84,9 +94,7 @@ defmodule LibclusterDroplet.TakeoverInFlightTest do
 
     # Every listing now takes 3 s.
     FakeAPI.inject(api, {:slow, @slow}, times: :infinity)
-    TestCluster.call(successor.node, RemoteProbe, :trace_listings_and_shares, [successor.pid])
-    polls = state(successor).schedule.polls
-    %Poll{} = poll_now(successor)
+    polls = poll_now(successor)
 
     # The leader's strategy stops while the successor's listing is in flight.
     TestCluster.call(leader.node, Supervisor, :stop, [leader.sup])
@@ -100,7 +108,7 @@ defmodule LibclusterDroplet.TakeoverInFlightTest do
 
     # It shared that poll's view when it ended, before any other listing.
     assert [:list, :share | _] =
-             TestCluster.call(successor.node, RemoteProbe, :listings_and_shares, [])
+             TestCluster.call(successor.node, RemoteProbe, :listings_and_shares, [successor.pid])
 
     # The third node follows it.
     TestCluster.await(fn -> state(other).coordination.leader == successor.node.node end)
@@ -118,9 +126,7 @@ defmodule LibclusterDroplet.TakeoverInFlightTest do
     [leader, successor] = start_cluster(api, 2, check, port)
     assert Coordination.stale_after(@interval) > 2 * 2_000
 
-    TestCluster.call(successor.node, RemoteProbe, :trace_listings_and_shares, [successor.pid])
-    polls = state(successor).schedule.polls
-    poll_now(successor)
+    polls = poll_now(successor)
     TestCluster.await(fn -> match?(%{phase: %Poll{stage: :probing}}, state(successor)) end)
     TestCluster.call(leader.node, Supervisor, :stop, [leader.sup])
 
@@ -130,6 +136,6 @@ defmodule LibclusterDroplet.TakeoverInFlightTest do
     assert s.coordination.leader == nil
     # Listed while following, so not shared then: shared once probed.
     assert [:list, :share | _] =
-             TestCluster.call(successor.node, RemoteProbe, :listings_and_shares, [])
+             TestCluster.call(successor.node, RemoteProbe, :listings_and_shares, [successor.pid])
   end
 end

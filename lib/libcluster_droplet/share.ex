@@ -295,8 +295,31 @@ defmodule LibclusterDroplet.Share do
   defp droplet({name, address} = d) when is_binary(name) and is_binary(address), do: {:ok, d}
   defp droplet(_), do: :error
 
+  @doc """
+  A floor notice: any node whose response set a rate-limit floor tells the
+  strategies of its topology on the connected nodes, leaders included, so
+  none of them sends a request before it. Raise-only: receivers under the
+  same `fingerprint` raise their floor to `not_before`, whoever sent it.
+  """
+  @spec floor(atom(), non_neg_integer(), integer()) :: tuple()
+  def floor(topology, fingerprint, not_before),
+    do: {@tag, :floor, topology, %{fingerprint: fingerprint, not_before: not_before}}
+
   @doc false
-  @spec decode(term(), atom()) :: {:ok, t()} | :other_topology | {:error, error()}
+  @spec decode(term(), atom()) ::
+          {:ok, t()}
+          | {:floor, non_neg_integer(), integer()}
+          | :other_topology
+          | {:error, error()}
+  def decode(
+        {@tag, :floor, topology, %{fingerprint: fingerprint, not_before: not_before}},
+        topology
+      )
+      when is_integer(fingerprint) and is_integer(not_before),
+      do: {:floor, fingerprint, not_before}
+
+  def decode({@tag, :floor, _topology, _payload}, _topology_expected), do: :other_topology
+
   def decode(message, topology) do
     case decode(message) do
       {:ok, %__MODULE__{topology: ^topology} = share} -> {:ok, share}
@@ -309,9 +332,9 @@ defmodule LibclusterDroplet.Share do
   Sends a share's wire forms to the process registered as `name` on each
   of `nodes`, never setting up a connection of its own (`:noconnect`).
   """
-  @spec send(t(), atom(), [node()]) :: :ok
-  def send(%__MODULE__{} = share, name, nodes) do
-    messages = encode(share)
+  @spec send(t() | tuple(), atom(), [node()]) :: :ok
+  def send(share, name, nodes) do
+    messages = if is_struct(share, __MODULE__), do: encode(share), else: [share]
     for node <- nodes, message <- messages, do: :erlang.send({name, node}, message, [:noconnect])
     :ok
   end

@@ -113,7 +113,9 @@ defmodule LibclusterDroplet.TestCluster do
     # the code path, so the strategy uses them: telemetry runs, as it does
     # in an application with libcluster.
     {:ok, _} = call(%__MODULE__{pid: pid}, Application, :ensure_all_started, [:telemetry])
-    :ok = call(%__MODULE__{pid: pid}, Application, :ensure_loaded, [:libcluster_droplet])
+    # Started, as in a release: its Store outlives a strategy that crashes.
+    {:ok, _} =
+      call(%__MODULE__{pid: pid}, Application, :ensure_all_started, [:libcluster_droplet])
 
     %__MODULE__{pid: pid, node: node, name: name, address: address, ipv6: ipv6}
   end
@@ -557,32 +559,49 @@ defmodule LibclusterDroplet.TestCluster.RemoteProbe do
     do: :sys.replace_state(pid, &put_in(&1, Enum.map(keys, fn k -> Access.key!(k) end), value))
 
   @doc false
-  # Records, in order, each listing `pid` starts (`:list`) and each share it sends (`:share`).
+  # Records, in order, each listing `pid` starts (`:list`) and each share it
+  # sends (`:share`); listings_and_shares/1 reads them.
   def trace_listings_and_shares(pid) do
-    {:ok, agent} = Agent.start(fn -> [] end, name: __MODULE__.Trace)
-
-    tracer =
-      spawn(fn ->
-        Stream.repeatedly(fn -> receive do: (event -> event) end)
-        |> Enum.each(fn
-          {:trace, _, :call, {LibclusterDroplet, :start_list_droplets, _}} ->
-            Agent.update(agent, &[:list | &1])
-
-          {:trace, _, :send, message, _to} when elem(message, 0) == :libcluster_droplet_share ->
-            Agent.update(agent, &[:share | &1])
-
-          _ ->
-            :ok
-        end)
-      end)
-
+    tracer = spawn(fn -> trace_events([]) end)
+    Process.register(tracer, __MODULE__.Tracer)
     :erlang.trace_pattern({LibclusterDroplet, :start_list_droplets, 1}, true, [:local])
-    :erlang.trace(pid, true, [:send, :call, {:tracer, tracer}])
+    1 = :erlang.trace(pid, true, [:send, :call, {:tracer, tracer}])
     :ok
   end
 
   @doc false
-  def listings_and_shares, do: Agent.get(__MODULE__.Trace, &Enum.reverse/1)
+  # Every event `pid` caused so far, once all its trace messages have
+  # reached the tracer.
+  def listings_and_shares(pid) do
+    ref = :erlang.trace_delivered(pid)
+
+    receive do
+      {:trace_delivered, ^pid, ^ref} -> :ok
+    end
+
+    send(__MODULE__.Tracer, {:events, self()})
+
+    receive do
+      {:traced, events} -> events
+    end
+  end
+
+  defp trace_events(events) do
+    receive do
+      {:trace, _, :call, {LibclusterDroplet, :start_list_droplets, _}} ->
+        trace_events([:list | events])
+
+      {:trace, _, :send, message, _to} when elem(message, 0) == :libcluster_droplet_share ->
+        trace_events([:share | events])
+
+      {:events, from} ->
+        send(from, {:traced, Enum.reverse(events)})
+        trace_events(events)
+
+      _other ->
+        trace_events(events)
+    end
+  end
 
   @doc false
   # Records every telemetry event of `events` from now on.
@@ -605,6 +624,10 @@ defmodule LibclusterDroplet.TestCluster.RemoteProbe do
   def capture_all_logs do
     {:ok, _} = Agent.start(fn -> [] end, name: __MODULE__.Log)
     :ok = :logger.add_handler(:droplet_probe_log, __MODULE__, %{level: :all})
+    # Recorded, not printed: the test output stays the test runner's.
+    _ = :logger.remove_handler(:default)
+    _ = Logger.remove_backend(:console)
+    :ok
   end
 
   @doc false

@@ -306,7 +306,8 @@ defmodule Cluster.Strategy.Droplet do
     fixed = [deadline: deadline, keep_alive: keep_alive] ++ Config.list_options(config)
 
     # The secret is only passed on: it never enters the state.
-    with {:ok, secret, token} <- Token.fetch(config.token),
+    with :ok <- Config.withheld(config),
+         {:ok, secret, token} <- Token.fetch(config.token),
          state = put_in(state.config.token, token),
          :ok <- Config.check_secret(config, secret),
          pool = Pool.cached(state.pool, now()),
@@ -315,7 +316,11 @@ defmodule Cluster.Strategy.Droplet do
       Telemetry.poll_start(state.topology)
       arm(%{state | phase: %{poll | call: call}}, :watchdog, deadline + @watchdog_grace)
     else
-      {:error, reason} -> poll_failed(reason, nil, state)
+      {:error, {:token_in_option, option} = reason} ->
+        poll_failed(reason, nil, %{state | config: Config.withhold(state.config, option)})
+
+      {:error, reason} ->
+        poll_failed(reason, nil, state)
     end
   end
 
@@ -331,7 +336,7 @@ defmodule Cluster.Strategy.Droplet do
     poll = %{poll | listing: listing, verdicts: verdicts, key: key, delay: delay}
     state = coordinate(%{state | schedule: schedule, phase: poll})
     # Followers start their own checks while this node runs its own.
-    state = state |> warn_unusable(verdicts) |> share(poll)
+    state = state |> warn_unusable(verdicts) |> share(poll) |> send_floor()
     probe(Pipeline.targets(verdicts), state.phase, state)
   end
 
@@ -430,8 +435,20 @@ defmodule Cluster.Strategy.Droplet do
 
   defp notice(state, delay) do
     if leads?(state) and state.view, do: send_share(state, delay, state.view.key, nil, nil)
+    send_floor(state)
+  end
+
+  # A floor this node's response set holds every node of the topology.
+  defp send_floor(%{coordination: %{enabled?: true} = c} = state) do
+    if Floor.wait(state.config.api_url) > 0 do
+      at = Floor.not_before(state.config.api_url)
+      Share.send(Share.floor(state.topology, c.fingerprint, at), c.name, Node.list())
+    end
+
     state
   end
+
+  defp send_floor(state), do: state
 
   defp leads?(state),
     do: Coordination.leads?(state.coordination, now(), state.config.polling_interval)
@@ -448,6 +465,12 @@ defmodule Cluster.Strategy.Droplet do
     case Share.decode(message, state.topology) do
       {:ok, share} ->
         accept_share(share, state)
+
+      {:floor, fingerprint, not_before} ->
+        if fingerprint == state.coordination.fingerprint,
+          do: Floor.raise(state.config.api_url, not_before)
+
+        state
 
       :other_topology ->
         state

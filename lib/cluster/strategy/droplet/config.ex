@@ -364,6 +364,23 @@ defmodule Cluster.Strategy.Droplet.Config do
     end
   end
 
+  @doc """
+  The config with `option`'s value replaced by `:withheld`: an option found
+  holding the token is no longer kept, where inspect, `:sys` or a crash
+  report could show it; `withheld/1` names it so every poll fails on it.
+  """
+  @spec withhold(t(), atom()) :: t()
+  def withhold(config, option), do: Map.put(config, option, :withheld)
+
+  @doc false
+  @spec withheld(t()) :: :ok | {:error, {:token_in_option, atom()}}
+  def withheld(config) do
+    case Enum.find(@text_options, &(Map.get(config, &1) == :withheld)) do
+      nil -> :ok
+      option -> {:error, {:token_in_option, option}}
+    end
+  end
+
   defp texts(nil), do: []
   defp texts(text) when is_binary(text), do: [text]
   defp texts(list) when is_list(list), do: Enum.filter(list, &is_binary/1)
