@@ -83,9 +83,13 @@ defmodule LibclusterDroplet do
     connect_timeout: 5_000,
     request_timeout: 15_000,
     deadline: @default_deadline,
-    max_body_bytes: 16 * 1024 * 1024,
+    max_body_bytes: 4 * 1024 * 1024,
     max_pages: 1_000,
     max_droplets: 10_000,
+    max_listing_bytes: 32 * 1024 * 1024,
+    max_string_bytes: 1_024,
+    max_tags_per_droplet: 1_000,
+    max_addresses_per_droplet: 64,
     page_concurrency: 4,
     keep_alive: 3_600_000
   ]
@@ -119,13 +123,24 @@ defmodule LibclusterDroplet do
     * `:connect_timeout`, `:request_timeout` (per HTTP request) and
       `:deadline` (the whole listing, reading `:ca_file` included), in
       milliseconds.
-    * `:max_body_bytes` (default 16 MiB per response) and `:max_pages`
-      (default 1,000) - caps.
+    * `:max_body_bytes` (default 4 MiB per response, eight times a full
+      page of 200 droplets) and `:max_pages` (default 1,000) - caps.
     * `:page_concurrency` - pages fetched at once after the first (default
       4, at most 64), fewer when the NIF's thread budget is short.
     * `:max_droplets` - default 10,000: a listing with more droplets fails
       with `{:too_many_droplets, max}`, as soon as page 1's `meta.total`
       says so, or as the pages arrive.
+    * `:max_listing_bytes` (default 32 MiB), `:max_string_bytes` (default
+      1,024), `:max_tags_per_droplet` (default 1,000) and
+      `:max_addresses_per_droplet` (default 64, `networks.v4` and
+      `networks.v6` together) - what a listing may keep, checked while each
+      page is parsed: past one, the listing fails with
+      `{:listing_too_large, {bound, limit}}`, `bound` the option's name,
+      before anything past the bound is built. `:max_listing_bytes` counts
+      the bytes of every string kept (names, tags, region slugs, statuses,
+      VPC ids, addresses) plus 32 for each, and 64 per droplet: about 520
+      bytes for a typical droplet, so a listing's memory follows it, not
+      what the server sends. `:max_string_bytes` bounds each such string.
     * `:keep_alive` - how long, in milliseconds, an idle connection to the
       API is kept for the next listing (default 3,600,000, an hour; 0 keeps
       none). Make it at least the longest wait between two listings, or
@@ -229,6 +244,10 @@ defmodule LibclusterDroplet do
          max_body_bytes: opts[:max_body_bytes],
          max_pages: opts[:max_pages],
          max_droplets: opts[:max_droplets],
+         max_listing_bytes: opts[:max_listing_bytes],
+         max_string_bytes: opts[:max_string_bytes],
+         max_tags_per_droplet: opts[:max_tags_per_droplet],
+         max_addresses_per_droplet: opts[:max_addresses_per_droplet],
          page_concurrency: opts[:page_concurrency],
          keep_alive_ms: opts[:keep_alive],
          select: opts[:network] && %{network: opts[:network], ipv6: opts[:ipv6] == true}

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::Uri;
 
+use crate::bounds::{Limits, Tally};
 use crate::cancel::Cancel;
 use crate::error::Error;
 use crate::filters::{queries, Gpus, ListFilter, Query};
@@ -24,6 +25,7 @@ use crate::links::{
 use crate::model::{parse_page, Droplet, Page};
 use crate::pool;
 use crate::ratelimit::{RateLimit, Tracker};
+use crate::redact::Redactor;
 use crate::scope::missing_scope;
 use crate::transport::Transport;
 
@@ -31,7 +33,10 @@ pub const DEFAULT_PER_PAGE: u32 = 200;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5_000);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(15_000);
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(60_000);
-pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+/// Eight times a full page of 200 DigitalOcean droplets (about 500 KB):
+/// what one response may bring, and, times `page_concurrency`, what the
+/// responses in flight hold at once.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_PAGES: u32 = 1_000;
 /// Fifty full pages, and DigitalOcean's default droplet limit per account is
 /// far below it; a cluster larger than this raises the cap on purpose.
@@ -70,6 +75,8 @@ pub struct ListRequest {
     pub max_pages: u32,
     /// More droplets than this fail the listing with `TooManyDroplets`.
     pub max_droplets: u64,
+    /// What the droplets may hold, and the listing keep, in bytes.
+    pub limits: Limits,
     pub page_concurrency: usize,
     /// How long an idle connection is kept for the next listing.
     pub keep_alive: Duration,
@@ -93,6 +100,7 @@ impl ListRequest {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_pages: DEFAULT_MAX_PAGES,
             max_droplets: DEFAULT_MAX_DROPLETS,
+            limits: Limits::default(),
             page_concurrency: DEFAULT_PAGE_CONCURRENCY,
             keep_alive: DEFAULT_KEEP_ALIVE,
             cancel: Cancel::new(),
@@ -140,6 +148,7 @@ impl fmt::Debug for ListRequest {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_pages", &self.max_pages)
             .field("max_droplets", &self.max_droplets)
+            .field("limits", &self.limits)
             .field("page_concurrency", &self.page_concurrency)
             .field("keep_alive", &self.keep_alive)
             .field("cancel", &self.cancel)
@@ -195,6 +204,7 @@ pub fn list_droplets(req: &ListRequest, stats: &Stats) -> Result<Listing, Error>
             req,
             stats,
             deadline,
+            tally: Tally::new(req.limits),
         }
         .run_all()
     });
@@ -213,14 +223,23 @@ pub fn list_with<T: Transport>(
         req,
         stats,
         deadline: deadline_after(started, req.deadline),
+        tally: Tally::new(req.limits),
     };
     sanitized(req, lister.run_all())
 }
 
-/// The way out of the client for every listing error: scrubbed of the
-/// token, then cut to length (see [`Error::sanitize`]).
+/// The way out of the client: every error scrubbed of the token, then cut
+/// to length (see [`Error::sanitize`]), and every value of the droplets
+/// that came from the API scrubbed of it too (a droplet named after the
+/// token becomes an unusable name, never the token).
 fn sanitized(req: &ListRequest, result: Result<Listing, Error>) -> Result<Listing, Error> {
-    result.map_err(|e| e.sanitize(&req.token))
+    let redactor = Redactor::new(&req.token);
+    let mut listing = result.map_err(|e| e.sanitize(&req.token))?;
+    listing
+        .droplets
+        .iter_mut()
+        .for_each(|d| redactor.droplet(d));
+    Ok(listing)
 }
 
 /// `None`, no deadline, when `budget` is too large to be represented: only
@@ -258,6 +277,8 @@ struct Lister<'a, T> {
     req: &'a ListRequest,
     stats: &'a Stats,
     deadline: Option<Instant>,
+    /// What every page of every listing keeps, against `req.limits`.
+    tally: Tally,
 }
 
 impl<T: Transport> Lister<'_, T> {
@@ -296,6 +317,7 @@ impl<T: Transport> Lister<'_, T> {
     /// it changes again.
     fn run(&self, query: &Query) -> Result<Listing, Error> {
         let mut attempt = 1;
+        let kept_before = self.tally.kept();
         loop {
             match self.attempt(query) {
                 Ok(listing) => return Ok(listing),
@@ -306,7 +328,11 @@ impl<T: Transport> Lister<'_, T> {
                          {attempt} times in a row"
                     )));
                 }
-                Err(Halt::TotalChanged { .. }) => attempt += 1,
+                Err(Halt::TotalChanged { .. }) => {
+                    // The attempt's pages are dropped: what they kept is free.
+                    self.tally.reset_to(kept_before);
+                    attempt += 1;
+                }
             }
         }
     }
@@ -451,7 +477,7 @@ impl<T: Transport> Lister<'_, T> {
             match exchange.status {
                 200..=299 => {
                     let max_droplets = usize::try_from(self.req.per_page).unwrap_or(usize::MAX);
-                    return self.checked(parse_page(&exchange.body?, max_droplets)?);
+                    return self.checked(parse_page(&exchange.body?, max_droplets, &self.tally)?);
                 }
                 status @ 300..=399 => {
                     let Some(location) = exchange.location else {

@@ -4,11 +4,12 @@
 use std::any::Any;
 use std::fmt;
 
+use crate::bounds::Bound;
+use crate::redact::Redactor;
+
 /// Details end up in logs and in terms shown to operators: long ones are cut
 /// so a hostile server cannot flood a log line through an error message.
 pub const MAX_DETAIL_BYTES: usize = 240;
-
-const MIN_REDACTED_LEN: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
@@ -32,6 +33,8 @@ pub enum Error {
     TooManyPages(u32),
     /// The cap on droplets per listing.
     TooManyDroplets(u64),
+    /// A bound of [`crate::bounds::Limits`] passed, and its limit.
+    ListingTooLarge(Bound, u64),
     BodyTooLarge(u64),
     CaFile(String),
     InvalidRequest(String),
@@ -77,30 +80,28 @@ impl Error {
         detail_of!(self)
     }
 
-    /// Makes an error fit to leave the client: `secret` scrubbed from the
-    /// detail, then the detail cut to `MAX_DETAIL_BYTES`. In that order: a
-    /// cut first could split the secret and leave a piece of it that no
-    /// longer matches. Every listing error goes through here, once, as it
-    /// leaves the client; details are built uncut until then.
+    /// Makes an error fit to leave the client: every piece of `secret`
+    /// (see [`crate::redact`]) scrubbed from the detail, then the detail cut
+    /// to `MAX_DETAIL_BYTES`. In that order: a cut first could split a
+    /// piece and leave part of it that no longer matches. Every listing
+    /// error goes through here, once, as it leaves the client; details are
+    /// built uncut until then.
     ///
     /// Defence in depth: details are fixed text or text we chose to keep
     /// (never the body, which a server could make echo the token), but a
-    /// URL or a TLS message could still carry it. Secrets shorter than
-    /// `MIN_REDACTED_LEN` are not scrubbed: they would garble ordinary words
-    /// ("connec[REDACTED]ion") while protecting nothing, and real
-    /// DigitalOcean tokens are 71 characters long.
+    /// URL or a TLS message could still carry it.
     pub fn sanitize(mut self, secret: &str) -> Error {
-        // A scope is a short word of fixed shape; one that holds the secret
-        // is dropped rather than redacted into something that is no scope.
+        let redactor = Redactor::new(secret);
+        // A scope is a short word of fixed shape; one that holds a piece of
+        // the secret is dropped rather than redacted into something that
+        // is no scope.
         if let Error::Forbidden(Some(scope)) = &self {
-            if secret.len() >= MIN_REDACTED_LEN && scope.contains(secret) {
+            if redactor.finds(scope) {
                 return Error::Forbidden(None);
             }
         }
         if let Some(detail) = self.detail_mut() {
-            if secret.len() >= MIN_REDACTED_LEN && detail.contains(secret) {
-                *detail = detail.replace(secret, "[REDACTED]");
-            }
+            redactor.redact(detail);
             if detail.len() > MAX_DETAIL_BYTES {
                 *detail = short(std::mem::take(detail));
             }
@@ -156,6 +157,7 @@ impl fmt::Display for Error {
             Error::PaginationLoop => f.write_str("pagination links loop"),
             Error::TooManyPages(max) => write!(f, "more than {max} pages"),
             Error::TooManyDroplets(max) => write!(f, "more than {max} droplets"),
+            Error::ListingTooLarge(bound, limit) => write!(f, "listing over {bound:?} ({limit})"),
             Error::BodyTooLarge(limit) => write!(f, "response body over {limit} bytes"),
             Error::CaFile(d) => write!(f, "CA file: {d}"),
             Error::InvalidRequest(d) => write!(f, "invalid request: {d}"),
@@ -255,6 +257,24 @@ mod tests {
             named.to_string(),
             "the token lacks the vpc:read scope (403)"
         );
+    }
+
+    #[test]
+    fn no_piece_of_the_secret_survives_in_a_scope_or_a_detail() {
+        use crate::redact::tests::{assert_no_piece, TOKEN};
+        // The 403 of the issue: 22 characters of the token as a scope.
+        let scope = Error::Forbidden(Some("deadbeefcafebabefacade:read".into()));
+        assert_eq!(scope.sanitize(TOKEN), Error::Forbidden(None));
+        for start in 0..=TOKEN.len() - 12 {
+            let piece = &TOKEN[start..start + 12];
+            let scope = Error::Forbidden(Some(format!("{piece}:read")));
+            assert_eq!(scope.sanitize(TOKEN), Error::Forbidden(None), "{piece}");
+            let detail = Error::Tls(format!("certificate for {piece}.example"));
+            assert_no_piece(TOKEN, &format!("{:?}", detail.sanitize(TOKEN)));
+        }
+        // Eleven characters in a row are no piece.
+        let eleven = Error::Forbidden(Some(format!("{}:read", &TOKEN[7..18])));
+        assert_eq!(eleven.clone().sanitize(TOKEN), eleven);
     }
 
     #[test]

@@ -7,9 +7,15 @@
 //! and a GPU listing cannot be narrowed by tag on the server: its tags are
 //! checked here, on each droplet's `tags`.
 
+use std::collections::HashSet;
+
 use crate::error::Error;
 use crate::links::{Filter, Kind};
 use crate::model::Droplet;
+
+/// Tags a filter may name: each is a listing of its own, so more would
+/// spend the rate limit for nothing.
+pub const MAX_TAGS: usize = 64;
 
 /// Which droplets a listing covers, before the API's limits are applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +42,7 @@ pub struct Query {
     pub filter: Filter,
     pub kind: Kind,
     /// `Some(tags)`: keep only droplets carrying one of them.
-    pub tags_here: Option<Vec<String>>,
+    pub tags_here: Option<HashSet<String>>,
 }
 
 impl Query {
@@ -59,7 +65,7 @@ impl Query {
         let Some(tags) = &droplet.tags else {
             return Err(Error::TagsUnknown);
         };
-        Ok(tags.iter().any(|t| wanted.contains(t)))
+        Ok(tags.iter().any(|t| wanted.contains(t.as_str())))
     }
 }
 
@@ -82,12 +88,12 @@ pub fn queries(filter: &ListFilter, gpus: Gpus) -> Result<Vec<Query>, Error> {
             Query::server(Filter::Name(name.clone()), Kind::Gpus),
         ),
         ListFilter::Tags(tags) => {
-            let tags = distinct(tags);
-            if tags.is_empty() {
-                return Err(Error::InvalidRequest(
-                    "tag_name must name at least one tag".into(),
-                ));
+            if tags.is_empty() || tags.len() > MAX_TAGS {
+                return Err(Error::InvalidRequest(format!(
+                    "tag_name must name 1 to {MAX_TAGS} tags"
+                )));
             }
+            let tags = distinct(tags);
             let ordinary = tags
                 .iter()
                 .map(|t| Query::server(Filter::Tag(t.clone()), Kind::Droplets))
@@ -95,7 +101,7 @@ pub fn queries(filter: &ListFilter, gpus: Gpus) -> Result<Vec<Query>, Error> {
             let gpu = Query {
                 filter: Filter::None,
                 kind: Kind::Gpus,
-                tags_here: Some(tags),
+                tags_here: Some(tags.into_iter().collect()),
             };
             (ordinary, gpu)
         }
@@ -110,13 +116,11 @@ pub fn queries(filter: &ListFilter, gpus: Gpus) -> Result<Vec<Query>, Error> {
 /// The tags in their first order, each once: a repeated tag would list the
 /// same droplets twice for nothing.
 fn distinct(tags: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(tags.len());
-    for t in tags {
-        if !out.contains(t) {
-            out.push(t.clone());
-        }
-    }
-    out
+    let mut seen = HashSet::new();
+    tags.iter()
+        .filter(|t| seen.insert(t.as_str()))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -193,7 +197,7 @@ mod tests {
         let gpu = Query {
             filter: Filter::None,
             kind: Kind::Gpus,
-            tags_here: Some(vec!["web".into(), "db".into()]),
+            tags_here: Some(HashSet::from(["web".into(), "db".into()])),
         };
         assert_eq!(
             queries(&tags(&["web", "db"]), Gpus::Include),
@@ -229,11 +233,31 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_tag_list_is_refused() {
-        assert!(matches!(
-            queries(&tags(&[]), Gpus::Include),
-            Err(Error::InvalidRequest(_))
+    fn an_empty_or_overlong_tag_list_is_refused() {
+        let refused = Err(Error::InvalidRequest(
+            "tag_name must name 1 to 64 tags".into(),
         ));
+        assert_eq!(queries(&tags(&[]), Gpus::Include), refused);
+        let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
+        assert_eq!(
+            queries(&ListFilter::Tags(many.clone()), Gpus::Exclude),
+            refused
+        );
+        let most = ListFilter::Tags(many[..MAX_TAGS].to_vec());
+        assert_eq!(queries(&most, Gpus::Exclude).map(|q| q.len()), Ok(MAX_TAGS));
+        // Refused without a look at the tags: a million cost what 65 do.
+        let million = ListFilter::Tags(vec!["t".to_string(); 1_000_000]);
+        assert_eq!(queries(&million, Gpus::Include), refused);
+    }
+
+    #[test]
+    fn repeats_are_dropped_in_first_order() {
+        let t = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            distinct(&t(&["b", "a", "b", "c", "a"])),
+            t(&["b", "a", "c"])
+        );
+        assert_eq!(distinct(&t(&[])), t(&[]));
     }
 
     #[test]
@@ -241,7 +265,7 @@ mod tests {
         let q = Query {
             filter: Filter::None,
             kind: Kind::Gpus,
-            tags_here: Some(vec!["web".into(), "db".into()]),
+            tags_here: Some(HashSet::from(["web".into(), "db".into()])),
         };
         assert_eq!(q.keeps(&droplet(Some(&["x", "db"]))), Ok(true));
         assert_eq!(q.keeps(&droplet(Some(&["x"]))), Ok(false));

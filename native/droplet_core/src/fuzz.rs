@@ -236,7 +236,7 @@ fn exercise(doc: &[u8]) -> bool {
         Selector::new(Network::Public, false),
         Selector::new(Network::Public, true),
     ];
-    let parsed = parse_page(doc, 200);
+    let parsed = parse_page(doc, 200, &Default::default());
     if let Ok(page) = &parsed {
         for d in &page.droplets {
             for sel in selectors.iter().flatten() {
@@ -320,6 +320,6 @@ fn mutated_inputs_never_panic() {
 #[test]
 fn the_examples_survive_every_single_truncation() {
     for end in 0..TAGGED.len() {
-        assert!(parse_page(&TAGGED.as_bytes()[..end], 200).is_err());
+        assert!(parse_page(&TAGGED.as_bytes()[..end], 200, &Default::default()).is_err());
     }
 }

@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
 use ureq::tls::{RootCerts, TlsConfig};
+use ureq::unversioned::transport::DefaultConnector;
 use ureq::Agent;
 
 use crate::ca::roots_with_extra_ca;
 use crate::error::Error;
 use crate::ratelimit::RateLimit;
+use crate::resolve::{Backlog, PoolResolver};
 use crate::scope::MAX_FORBIDDEN_BODY;
 use crate::transport::{Exchange, Transport};
 
@@ -57,18 +59,63 @@ struct AgentKey {
     keep_alive: Duration,
 }
 
-static AGENTS: Lazy<Mutex<HashMap<AgentKey, Agent>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+/// A cached agent, with the identity its CA file had when it was read.
+type Cached = (Option<FileId>, Agent);
+
+static AGENTS: Lazy<Mutex<HashMap<AgentKey, Cached>>> = Lazy::new(|| Mutex::new(HashMap::new()));
 
 /// Distinct settings are few (one per strategy config); this only guards
 /// against a caller cycling through CA files forever.
 const MAX_AGENTS: usize = 32;
 
-/// `deadline`: reading a CA file for a new agent counts against it.
+/// What tells a file rewritten in place or replaced (a rotated CA) from
+/// the one read before: its inode, size and modification times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId([i64; 6]);
+
+#[cfg(unix)]
+fn file_id(path: &str) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    let (dev, ino, size) = (m.dev() as i64, m.ino() as i64, m.size() as i64);
+    Some(FileId([
+        dev,
+        ino,
+        size,
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime_nsec(),
+    ]))
+}
+
+#[cfg(not(unix))]
+fn file_id(path: &str) -> Option<FileId> {
+    let m = std::fs::metadata(path).ok()?;
+    let since = m
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(FileId([
+        m.len() as i64,
+        since.as_secs() as i64,
+        since.subsec_nanos().into(),
+        0,
+        0,
+        0,
+    ]))
+}
+
+/// `deadline`: reading a CA file for a new agent counts against it. A
+/// cached agent is reused only while its CA file is the one it read.
 fn agent_for(key: AgentKey, deadline: Option<Instant>) -> Result<Agent, Error> {
+    let id = key.ca_file.as_deref().and_then(file_id);
     // A poisoned lock only means another listing panicked mid-insert; the map
     // itself is still a valid cache.
-    if let Some(agent) = AGENTS.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return Ok(agent.clone());
+    if let Some((read, agent)) = AGENTS.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if *read == id {
+            return Ok(agent.clone());
+        }
     }
     // Built outside the lock: reading a CA file must not stall other callers.
     let agent = build_agent(&key, deadline)?;
@@ -76,7 +123,8 @@ fn agent_for(key: AgentKey, deadline: Option<Instant>) -> Result<Agent, Error> {
     if agents.len() >= MAX_AGENTS && !agents.contains_key(&key) {
         agents.clear();
     }
-    Ok(agents.entry(key).or_insert(agent).clone())
+    agents.insert(key, (id, agent.clone()));
+    Ok(agent)
 }
 
 fn build_agent(key: &AgentKey, deadline: Option<Instant>) -> Result<Agent, Error> {
@@ -95,7 +143,11 @@ fn build_agent(key: &AgentKey, deadline: Option<Instant>) -> Result<Agent, Error
         .accept("application/json")
         .tls_config(TlsConfig::builder().root_certs(roots).build())
         .build();
-    Ok(config.new_agent())
+    Ok(Agent::with_parts(
+        config,
+        DefaultConnector::default(),
+        PoolResolver,
+    ))
 }
 
 pub struct UreqTransport {
@@ -306,6 +358,9 @@ fn classify_io(e: &io::Error, in_body: bool) -> Error {
     if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         return Error::Tls(tls.to_string());
     }
+    if e.get_ref().is_some_and(|i| i.is::<Backlog>()) {
+        return Error::Transport(Backlog.to_string());
+    }
     use io::ErrorKind::*;
     match e.kind() {
         TimedOut | WouldBlock => Error::Timeout,
@@ -379,6 +434,15 @@ mod tests {
     }
 
     #[test]
+    fn a_dns_backlog_is_a_transport_error_that_says_so() {
+        let e = ureq::Error::Io(io::Error::other(Backlog));
+        assert_eq!(
+            classify(e, false),
+            Error::Transport("more than 64 DNS lookups waiting".into())
+        );
+    }
+
+    #[test]
     fn server_text_in_client_errors_is_not_repeated() {
         let echoed = "https://api.example.test/v2?x=ECHOED-SERVER-TEXT";
         for e in [
@@ -446,6 +510,44 @@ mod tests {
         assert!(
             matches!(agent_for(key, None), Err(Error::CaFile(d)) if d.contains("/nonexistent"))
         );
+    }
+
+    fn key(ca_file: Option<&str>, connect_ms: u64) -> AgentKey {
+        AgentKey {
+            ca_file: ca_file.map(str::to_owned),
+            connect_timeout: Duration::from_millis(connect_ms),
+            request_timeout: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn the_agent_cache_holds_at_most_its_bound() {
+        // Keys no other test uses: connect timeouts of 7,000,001 ms and up.
+        for i in 0..(MAX_AGENTS as u64 + 8) {
+            assert!(agent_for(key(None, 7_000_001 + i), None).is_ok());
+            let cached = AGENTS.lock().map(|a| a.len()).unwrap_or(usize::MAX);
+            assert!(cached <= MAX_AGENTS, "{cached} agents cached");
+        }
+    }
+
+    #[test]
+    fn a_ca_file_rewritten_or_replaced_has_another_identity() {
+        use crate::testfs::TempFile;
+        let ca = crate::ca::tests::TEST_CA.as_bytes();
+        let file = TempFile::new("identity.pem", ca);
+        let first = file_id(file.path()).expect("identity");
+        assert_eq!(file_id(file.path()), Some(first));
+        // The same size, rewritten in place.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(file.path(), ca).expect("rewrite");
+        let rewritten = file_id(file.path()).expect("identity");
+        assert_ne!(rewritten, first);
+        // Replaced by another file renamed over it.
+        let other = TempFile::new("identity_new.pem", ca);
+        std::fs::rename(other.path(), file.path()).expect("rename");
+        assert_ne!(file_id(file.path()), Some(rewritten));
+        assert_eq!(file_id("/nonexistent/droplet-ca.pem"), None);
     }
 
     #[test]

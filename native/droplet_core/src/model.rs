@@ -8,6 +8,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use crate::bounds::{self, Tally};
 use crate::error::Error;
 
 /// One page. Not `Deserialize`: it is read through [`parse_page`], which caps
@@ -43,16 +44,19 @@ pub struct Meta {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Droplet {
     pub id: u64,
+    #[serde(deserialize_with = "bounds::text")]
     pub name: String,
+    #[serde(deserialize_with = "status")]
     pub status: Status,
     /// `None` when the droplet came without `tags`, as it does for a token
     /// lacking the `tag:read` scope: not the same as carrying no tag.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounds::tags")]
     pub tags: Option<Vec<String>>,
     #[serde(default, deserialize_with = "region_slug")]
     pub region: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounds::opt_text")]
     pub vpc_uuid: Option<String>,
+    #[serde(deserialize_with = "bounds::droplet_networks")]
     pub networks: Networks,
 }
 
@@ -65,23 +69,23 @@ impl Droplet {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Networks {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounds::addresses")]
     pub v4: Vec<NetAddress>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounds::addresses")]
     pub v6: Vec<NetAddress>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct NetAddress {
+    #[serde(deserialize_with = "bounds::text")]
     pub ip_address: String,
-    #[serde(rename = "type")]
+    #[serde(rename = "type", deserialize_with = "address_type")]
     pub kind: AddressType,
 }
 
 /// Unknown statuses are kept verbatim: a new status must not make the whole
 /// listing fail, and only `Active` droplets are ever addressed anyway.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "String")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     New,
     Active,
@@ -102,8 +106,7 @@ impl From<String> for Status {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "String")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AddressType {
     Public,
     Private,
@@ -122,6 +125,7 @@ impl From<String> for AddressType {
 
 #[derive(Deserialize)]
 struct Region {
+    #[serde(deserialize_with = "bounds::text")]
     slug: String,
 }
 
@@ -129,22 +133,33 @@ fn region_slug<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Err
     Ok(Option::<Region>::deserialize(d)?.map(|r| r.slug))
 }
 
+fn status<'de, D: Deserializer<'de>>(d: D) -> Result<Status, D::Error> {
+    bounds::text(d).map(Status::from)
+}
+
+fn address_type<'de, D: Deserializer<'de>>(d: D) -> Result<AddressType, D::Error> {
+    bounds::text(d).map(AddressType::from)
+}
+
 /// Parses one page body holding at most `max_droplets` droplets (the
-/// `per_page` asked for). Syntax errors and truncation are `InvalidJson`;
-/// well-formed JSON of the wrong shape is `UnexpectedShape`; more droplets
-/// than asked for is `Inconsistent`, and parsing stops at the first one too
-/// many: a 16 MiB body of tiny droplets would otherwise become hundreds of
-/// thousands of structs, several times its size.
-pub fn parse_page(body: &[u8], max_droplets: usize) -> Result<Page, Error> {
+/// `per_page` asked for), within `tally`'s bounds, which stop it at the
+/// first value past one (`ListingTooLarge`). Syntax errors and truncation
+/// are `InvalidJson`; well-formed JSON of the wrong shape is
+/// `UnexpectedShape`; more droplets than asked for is `Inconsistent`, and
+/// parsing stops at the first one too many: a large body of tiny droplets
+/// would otherwise become hundreds of thousands of structs.
+pub fn parse_page(body: &[u8], max_droplets: usize, tally: &Tally) -> Result<Page, Error> {
     let overflow = Cell::new(false);
     let seed = PageSeed {
         max_droplets,
         overflow: &overflow,
     };
     let mut de = serde_json::Deserializer::from_slice(body);
-    let page = seed
-        .deserialize(&mut de)
-        .and_then(|page| de.end().map(|()| page));
+    let page = bounds::parse_with(tally, || {
+        seed.deserialize(&mut de)
+            .and_then(|page| de.end().map(|()| page))
+    })
+    .map_err(|bound| Error::ListingTooLarge(bound, tally.limits.limit(bound)))?;
     page.map_err(|e| {
         if overflow.get() {
             Error::Inconsistent(format!(
@@ -297,7 +312,7 @@ pub(crate) mod tests {
 
     /// Pages as the client asks for them: up to 200 droplets.
     pub fn parse(body: &[u8]) -> Result<Page, Error> {
-        parse_page(body, 200)
+        parse_page(body, 200, &Tally::default())
     }
 
     #[test]
@@ -532,11 +547,11 @@ pub(crate) mod tests {
     #[test]
     fn a_page_with_more_droplets_than_per_page_is_refused() {
         assert_eq!(
-            parse_page(droplets_json(3).as_bytes(), 3).map(|p| p.droplets.len()),
+            parse_page(droplets_json(3).as_bytes(), 3, &Tally::default()).map(|p| p.droplets.len()),
             Ok(3)
         );
         assert_eq!(
-            parse_page(droplets_json(4).as_bytes(), 3),
+            parse_page(droplets_json(4).as_bytes(), 3, &Tally::default()),
             Err(Error::Inconsistent(
                 "a page lists more droplets than the 3 asked for (per_page)".into()
             ))
@@ -544,11 +559,11 @@ pub(crate) mod tests {
         // The element one too many is not even parsed as a droplet.
         let extra_garbage = droplets_json(1).replace("}]", r#"},{"x":[1,2]}]"#);
         assert!(matches!(
-            parse_page(extra_garbage.as_bytes(), 1),
+            parse_page(extra_garbage.as_bytes(), 1, &Tally::default()),
             Err(Error::Inconsistent(_))
         ));
         assert_eq!(
-            parse_page(extra_garbage.as_bytes(), 2).map(|p| p.droplets.len()),
+            parse_page(extra_garbage.as_bytes(), 2, &Tally::default()).map(|p| p.droplets.len()),
             Err(Error::UnexpectedShape(
                 "a missing field or a value of the wrong type at line 1 column 76".into()
             ))

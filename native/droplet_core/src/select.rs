@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn selects_from_the_example_page() {
-        let page = parse_page(ALL.as_bytes(), 200).expect("example parses");
+        let page = parse_page(ALL.as_bytes(), 200, &Default::default()).expect("example parses");
         let private = Selector::new(Network::Private, false).expect("valid");
         let public6 = Selector::new(Network::Public, true).expect("valid");
         let got: Vec<Option<&str>> = page.droplets.iter().map(|d| private.select(d)).collect();

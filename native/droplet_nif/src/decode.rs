@@ -3,7 +3,7 @@
 //! becomes `{:invalid_request, detail}`, and no detail quotes a value.
 
 use droplet_core::api::ListRequest;
-use droplet_core::filters::{Gpus, ListFilter};
+use droplet_core::filters::{Gpus, ListFilter, MAX_TAGS};
 use droplet_core::probe::MAX_TARGETS;
 use droplet_core::select::Network;
 use droplet_core::Error;
@@ -33,10 +33,19 @@ fn is_nil(term: Term) -> bool {
     term.decode::<Atom>().is_ok_and(|a| a == atoms::nil())
 }
 
+/// Longer than any URL, path, token, name or tag the request may hold; a
+/// longer binary is refused before its bytes are read on the scheduler.
+pub const MAX_BINARY_BYTES: usize = 4096;
+
 fn utf8(term: Term, name: &str) -> Result<String, Error> {
     let bin = term
         .decode::<Binary>()
         .map_err(|_| invalid(format!("{name} must be a binary")))?;
+    if bin.len() > MAX_BINARY_BYTES {
+        return Err(invalid(format!(
+            "{name} must be at most {MAX_BINARY_BYTES} bytes"
+        )));
+    }
     std::str::from_utf8(bin.as_slice())
         .map(str::to_owned)
         .map_err(|_| invalid(format!("{name} must be valid UTF-8")))
@@ -142,25 +151,68 @@ pub fn list_args(term: Term) -> Result<ListArgs, Error> {
     if let Some(n) = opt_int(term, atoms::keep_alive_ms(), "keep_alive_ms", 0, DAY_MS)? {
         request.keep_alive = ms(n);
     }
+    let limits = &mut request.limits;
+    let max = |key, name| opt_int(term, key, name, 1, 1 << 40);
+    if let Some(n) = max(atoms::max_listing_bytes(), "max_listing_bytes")? {
+        limits.max_listing_bytes = n;
+    }
+    if let Some(n) = max(atoms::max_string_bytes(), "max_string_bytes")? {
+        limits.max_string_bytes = n as usize;
+    }
+    if let Some(n) = max(atoms::max_tags_per_droplet(), "max_tags_per_droplet")? {
+        limits.max_tags_per_droplet = n as usize;
+    }
+    if let Some(n) = max(
+        atoms::max_addresses_per_droplet(),
+        "max_addresses_per_droplet",
+    )? {
+        limits.max_addresses_per_droplet = n as usize;
+    }
     let select = field(term, atoms::select()).map(select_arg).transpose()?;
     Ok(ListArgs { request, select })
 }
 
-/// One tag (a binary) or several (a non-empty proper list of binaries).
+/// One tag (a binary) or several (a non-empty proper list of at most
+/// `MAX_TAGS` binaries).
 fn tag_names(term: Term) -> Result<Vec<String>, Error> {
     if term.get_type() == TermType::Binary {
         return Ok(vec![non_empty(term, "tag_name")?]);
     }
     let bad = || invalid("tag_name must be a binary or a non-empty list of binaries");
-    // list_length refuses improper lists, which the iterator would cut short.
-    let len = term.list_length().map_err(|_| bad())?;
-    if len == 0 {
+    let mut tags = Vec::new();
+    walk_list(term, MAX_TAGS, "tag_name", bad, |t| {
+        tags.push(non_empty(t, "each tag_name")?);
+        Ok(())
+    })?;
+    if tags.is_empty() {
         return Err(bad());
     }
-    term.into_list_iterator()
-        .map_err(|_| bad())?
-        .map(|t| non_empty(t, "each tag_name"))
-        .collect()
+    Ok(tags)
+}
+
+/// Calls `each` on the elements of a proper list of at most `max`. This
+/// runs on the caller's scheduler, so it stops at the first cell past the
+/// cap instead of walking a list of any length; `not_a_list` for anything
+/// else, an improper tail included.
+fn walk_list<'a>(
+    list: Term<'a>,
+    max: usize,
+    name: &str,
+    not_a_list: impl Fn() -> Error,
+    mut each: impl FnMut(Term<'a>) -> Result<(), Error>,
+) -> Result<usize, Error> {
+    let mut rest = list;
+    let mut count = 0;
+    while !rest.is_empty_list() {
+        let (head, tail) = rest.list_get_cell().map_err(|_| not_a_list())?;
+        if count == max {
+            return Err(invalid(format!("{name} must number at most {max}")));
+        }
+        each(head)?;
+        count += 1;
+        rest = tail;
+    }
+    Ok(count)
 }
 
 fn select_arg(term: Term) -> Result<(Network, bool), Error> {
@@ -208,28 +260,13 @@ pub fn probe_args(
     })
 }
 
-/// The length of a proper list of at most `MAX_TARGETS` binaries. This runs
-/// on the caller's scheduler, so it stops at the first cell past the cap
-/// instead of walking a list of any length, and reads no binary's bytes.
+/// The length of a proper list of at most `MAX_TARGETS` binaries, whose
+/// bytes are not read here.
 fn address_count(list: Term) -> Result<usize, Error> {
     let not_a_list = || invalid("addresses must be a list of binaries");
-    let mut rest = list;
-    let mut count = 0;
-    while !rest.is_empty_list() {
-        // Fails on a non-list, including the tail of an improper list.
-        let (head, tail) = rest.list_get_cell().map_err(|_| not_a_list())?;
-        if count == MAX_TARGETS {
-            return Err(invalid(format!(
-                "addresses must number at most {MAX_TARGETS}"
-            )));
-        }
-        if !head.is_binary() {
-            return Err(not_a_list());
-        }
-        count += 1;
-        rest = tail;
-    }
-    Ok(count)
+    walk_list(list, MAX_TARGETS, "addresses", not_a_list, |head| {
+        head.is_binary().then_some(()).ok_or_else(not_a_list)
+    })
 }
 
 /// The bytes of each address of a list `address_count` accepted, borrowed

@@ -1,6 +1,7 @@
 //! Rust results as the terms `LibclusterDroplet.Native` documents.
 
 use droplet_core::api::{Listing, Stats};
+use droplet_core::bounds::Bound;
 use droplet_core::model::{AddressType, Droplet, NetAddress, Status};
 use droplet_core::probe::{ProbeError, ProbeResult};
 use droplet_core::ratelimit::RateLimit;
@@ -37,6 +38,15 @@ pub fn reason<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
         Error::PaginationLoop => atoms::pagination_loop().encode(env),
         Error::TooManyPages(max) => (atoms::too_many_pages(), max).encode(env),
         Error::TooManyDroplets(max) => (atoms::too_many_droplets(), max).encode(env),
+        Error::ListingTooLarge(bound, limit) => {
+            let bound = match bound {
+                Bound::MaxListingBytes => atoms::max_listing_bytes(),
+                Bound::MaxStringBytes => atoms::max_string_bytes(),
+                Bound::MaxTagsPerDroplet => atoms::max_tags_per_droplet(),
+                Bound::MaxAddressesPerDroplet => atoms::max_addresses_per_droplet(),
+            };
+            (atoms::listing_too_large(), (bound, limit)).encode(env)
+        }
         Error::BodyTooLarge(limit) => (atoms::body_too_large(), limit).encode(env),
         Error::CaFile(d) => (atoms::ca_file(), d.as_str()).encode(env),
         Error::InvalidRequest(d) => (atoms::invalid_request(), d.as_str()).encode(env),

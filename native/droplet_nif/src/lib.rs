@@ -30,6 +30,8 @@ mod atoms {
         api_url, token, tag_name, name, per_page, ca_file, connect_timeout_ms,
         request_timeout_ms, deadline_ms, max_body_bytes, max_pages,
         max_droplets, page_concurrency, keep_alive_ms, select, network, ipv6,
+        max_listing_bytes, max_string_bytes, max_tags_per_droplet,
+        max_addresses_per_droplet,
         gpus, only, true_ = "true", false_ = "false",
         // results
         droplets, total, requests, elapsed_us, rate_limit, limit, remaining,
@@ -40,6 +42,7 @@ mod atoms {
         tls, invalid_json, unexpected_shape, inconsistent, foreign_link,
         foreign_redirect, too_many_redirects, pagination_loop, too_many_pages,
         too_many_droplets, body_too_large, invalid_request, no_private_ipv6, spawn, panic,
+        listing_too_large,
         tags_unknown, busy, cancelled,
         refused, unreachable, invalid_address, io,
         // debug_panic

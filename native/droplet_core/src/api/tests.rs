@@ -652,6 +652,43 @@ fn a_total_changing_mid_listing_restarts_the_listing_once() {
 }
 
 #[test]
+fn a_listing_started_over_counts_only_what_its_last_attempt_keeps() {
+    let attempt = [
+        page(&[1, 3], Some(&pn(2)), Some(&pn(2)), 3),
+        page(&[4], None, None, 3),
+    ];
+    let tally = crate::bounds::Tally::default();
+    for body in &attempt {
+        assert!(crate::model::parse_page(body.as_bytes(), 200, &tally).is_ok());
+    }
+    let fake = Fake::default()
+        .on(
+            &p1(),
+            in_turn(vec![
+                page(&[1, 2], Some(&pn(2)), Some(&pn(2)), 4),
+                attempt[0].clone(),
+            ]),
+        )
+        .page(&pn(2), attempt[1].clone());
+    // Room for the last attempt's droplets and not much more: the first
+    // attempt's, dropped when it started over, no longer count.
+    let mut req = request();
+    req.limits.max_listing_bytes = tally.kept() + 8;
+    assert_eq!(run(&fake, &req).0.map(|l| ids(&l)), Ok(vec![1, 3, 4]));
+    req.limits.max_listing_bytes = tally.kept() - 1;
+    let fake = Fake::default()
+        .page(&p1(), attempt[0].clone())
+        .page(&pn(2), attempt[1].clone());
+    assert_eq!(
+        run(&fake, &req).0,
+        Err(Error::ListingTooLarge(
+            crate::bounds::Bound::MaxListingBytes,
+            tally.kept() - 1
+        ))
+    );
+}
+
+#[test]
 fn a_total_changing_twice_is_inconsistent() {
     let fake = Fake::default()
         .on(
@@ -699,6 +736,34 @@ fn a_deadline_too_far_to_represent_means_none() {
         deadline_after(now, Duration::from_secs(1)),
         Some(now + Duration::from_secs(1))
     );
+}
+
+#[test]
+fn no_piece_of_the_token_comes_back_in_a_listed_value() {
+    use crate::redact::tests::{assert_no_piece, TOKEN};
+    let piece = |start: usize| &TOKEN[start..start + 12];
+    let droplet = format!(
+        r#"{{"id":1,"name":"{TOKEN}","status":"{}","tags":["{}","web","x{}x"],
+            "region":{{"slug":"{}"}},"vpc_uuid":"{}",
+            "networks":{{"v4":[{{"ip_address":"{}","type":"{}"}}],"v6":[]}}}}"#,
+        piece(1),
+        piece(7),
+        piece(30),
+        piece(20),
+        &TOKEN[10..60],
+        piece(40),
+        piece(59)
+    );
+    let mut req = ListRequest::new(API, TOKEN).expect("valid");
+    req.filter = ListFilter::Name("a".into());
+    let body = format!(r#"{{"droplets":[{droplet}],"meta":{{"total":1}}}}"#);
+    let fake = Fake::default().page(&format!("{}&name=a", p1()), body);
+    let listing = run(&fake, &req).0.expect("listing");
+    assert_no_piece(TOKEN, &format!("{listing:?}"));
+    let d = &listing.droplets[0];
+    assert_eq!(d.name, "[REDACTED]");
+    assert_eq!(d.tags(), ["[REDACTED]", "web", "x[REDACTED]x"]);
+    assert_eq!(d.status, crate::model::Status::Other("[REDACTED]".into()));
 }
 
 #[test]
@@ -1198,6 +1263,18 @@ fn http_a_body_reflecting_the_token_never_brings_it_back() {
 }
 
 #[test]
+fn http_a_host_name_is_resolved_on_the_process_pool() {
+    let server = Server::start(|_| Reply::json(ALL));
+    let mut req =
+        ListRequest::new(&format!("http://localhost:{}", server.port), TOKEN).expect("valid");
+    req.request_timeout = Duration::from_secs(5);
+    let listing = list_droplets(&req, &Stats::default()).expect("listing");
+    assert_eq!(ids(&listing), [3164444, 3164459, 3164412]);
+    let pool = crate::resolve::global().threads();
+    assert!((1..=crate::resolve::DNS_THREADS).contains(&pool), "{pool}");
+}
+
+#[test]
 fn http_two_listings_within_the_idle_age_share_one_connection() {
     let server = Server::start(|_| Reply::json(ALL));
     let mut req = local_request(&server);
@@ -1306,6 +1383,26 @@ fn tls_with_the_extra_ca_succeeds() {
     // Twice: the cached agent is reused.
     assert!(list_droplets(&req, &stats).is_ok());
     assert_eq!(stats.requests(), 2);
+}
+
+#[test]
+fn a_ca_file_rotated_in_place_is_read_again() {
+    let server = Server::start_tls(|_| Reply::json(ALL));
+    // First the server's own certificate, which is no CA of it: refused.
+    let leaf = include_bytes!("../../testdata/server.pem");
+    let ca = TempFile::new("rotated_ca.pem", leaf);
+    let mut req = ListRequest::new(&server.https_url(), TOKEN).expect("valid");
+    req.ca_file = Some(ca.path().into());
+    assert!(matches!(
+        list_droplets(&req, &Stats::default()),
+        Err(Error::Tls(_))
+    ));
+    // The right CA written over it, at the same path: trusted from the
+    // next listing on, without a restart.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(ca.path(), crate::ca::tests::TEST_CA).expect("rotate");
+    let listing = list_droplets(&req, &Stats::default()).expect("listing over TLS");
+    assert_eq!(ids(&listing), [3164444, 3164459, 3164412]);
 }
 
 #[test]
