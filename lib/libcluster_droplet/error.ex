@@ -159,12 +159,14 @@ defmodule LibclusterDroplet.Error do
     do: "the listing has more than #{max} droplets (raise :max_droplets if that is expected)"
 
   def format({:body_too_large, limit}),
-    do: "a response body exceeded the #{limit}-byte cap (raise :max_body_bytes if that is expected)"
+    do:
+      "a response body exceeded the #{limit}-byte cap (raise :max_body_bytes if that is expected)"
 
   def format({:listing_too_large, {bound, limit}}),
     do:
       "the listing went past #{inspect(bound)} (#{limit}): " <>
         "#{bound_meaning(bound)} (raise #{inspect(bound)} if that is expected)"
+
   def format({:ca_file, detail}), do: "the CA file could not be used: #{detail}"
 
   def format(:no_private_ipv6),
