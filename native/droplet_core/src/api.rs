@@ -23,7 +23,7 @@ use crate::links::{
     with_query_param,
 };
 use crate::model::{parse_page, Droplet, Page};
-use crate::pool;
+use crate::pool::{self, Helpers};
 use crate::ratelimit::{RateLimit, Tracker};
 use crate::redact::Redactor;
 use crate::scope::missing_scope;
@@ -194,8 +194,19 @@ impl Stats {
     }
 }
 
-/// Lists every droplet over HTTP(S). Errors never carry the token.
+/// Lists every droplet over HTTP(S), pages 2.. `page_concurrency` at a
+/// time. Errors never carry the token.
 pub fn list_droplets(req: &ListRequest, stats: &Stats) -> Result<Listing, Error> {
+    list_droplets_within(req, stats, &req.page_concurrency.saturating_sub(1))
+}
+
+/// [`list_droplets`] with page helper threads from `helpers` (a call's
+/// admission to the thread budget).
+pub fn list_droplets_within(
+    req: &ListRequest,
+    stats: &Stats,
+    helpers: &dyn Helpers,
+) -> Result<Listing, Error> {
     let started = Instant::now();
     let deadline = deadline_after(started, req.deadline);
     let result = UreqTransport::new(&req.transport_config(), deadline).and_then(|transport| {
@@ -205,6 +216,7 @@ pub fn list_droplets(req: &ListRequest, stats: &Stats) -> Result<Listing, Error>
             stats,
             deadline,
             tally: Tally::new(req.limits),
+            helpers,
         }
         .run_all()
     });
@@ -224,6 +236,7 @@ pub fn list_with<T: Transport>(
         stats,
         deadline: deadline_after(started, req.deadline),
         tally: Tally::new(req.limits),
+        helpers: &req.page_concurrency.saturating_sub(1),
     };
     sanitized(req, lister.run_all())
 }
@@ -279,6 +292,7 @@ struct Lister<'a, T> {
     deadline: Option<Instant>,
     /// What every page of every listing keeps, against `req.limits`.
     tally: Tally,
+    helpers: &'a dyn Helpers,
 }
 
 impl<T: Transport> Lister<'_, T> {
@@ -413,7 +427,7 @@ impl<T: Transport> Lister<'_, T> {
         let results = pool::run_indexed(
             "droplet_page",
             count,
-            self.req.page_concurrency,
+            self.helpers,
             PAGE_STACK,
             || stop.load(Ordering::Relaxed),
             |i| {

@@ -1,25 +1,104 @@
 //! A bounded pool of scoped threads working through `0..n` in any order.
 //! Shared by the page fetcher and the prober: both need "at most k at once,
 //! results by index, survive a failed spawn". The calling thread works
-//! through items too, so `k` items at once cost `k - 1` new threads, and a
-//! call granted no helper thread by the budget (`crate::budget`) still
-//! makes progress on its own.
+//! through items too, so a call granted no helper thread by the budget
+//! (`crate::budget`) still makes progress on its own; between items the
+//! pool asks its [`Helpers`] for more threads, or whether one should end.
 
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
+use std::sync::Mutex;
+use std::thread::{self, Scope};
 
-/// Runs `work(i)` for every `i` in `0..n` on the calling thread plus at most
-/// `concurrency - 1` helper threads, and returns the results by index. Once
+/// Where a pool's helper threads come from: a fixed number (`usize`), or a
+/// call's admission to the thread budget, which grows and sheds them.
+pub trait Helpers: Sync {
+    /// Helper threads to start with, at most `up_to`.
+    fn start(&self, up_to: usize) -> usize;
+    /// Helper threads to add now, at most `up_to`.
+    fn grow(&self, _up_to: usize) -> usize {
+        0
+    }
+    /// Whether one helper thread should end now, its item done.
+    fn shrink(&self) -> bool {
+        false
+    }
+    /// Helper threads granted that could not be spawned.
+    fn release(&self, _count: usize) {}
+}
+
+impl Helpers for usize {
+    fn start(&self, up_to: usize) -> usize {
+        (*self).min(up_to)
+    }
+}
+
+struct Run<'a, R, F, S> {
+    name: &'a str,
+    n: usize,
+    stack_size: usize,
+    helpers: &'a dyn Helpers,
+    stop: S,
+    work: F,
+    next: AtomicUsize,
+    done: Mutex<Vec<(usize, R)>>,
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+impl<'a, R: Send, F: Fn(usize) -> R + Sync, S: Fn() -> bool + Sync> Run<'a, R, F, S> {
+    fn spawn<'s>(&'s self, scope: &'s Scope<'s, '_>, count: usize) {
+        for _ in 0..count {
+            let helper = thread::Builder::new()
+                .name(self.name.to_string())
+                .stack_size(self.stack_size)
+                .spawn_scoped(scope, move || {
+                    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.work(scope, true)))
+                    {
+                        self.panic
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(payload);
+                    }
+                });
+            // Missing helpers are simply missing: the others do their share.
+            if helper.is_err() {
+                self.helpers.release(1);
+            }
+        }
+    }
+
+    fn work<'s>(&'s self, scope: &'s Scope<'s, '_>, helper: bool) {
+        let mut done = Vec::new();
+        while !(self.stop)() {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.n {
+                break;
+            }
+            done.push((i, (self.work)(i)));
+            if helper && self.helpers.shrink() {
+                break;
+            }
+            let unstarted = self.n.saturating_sub(self.next.load(Ordering::Relaxed));
+            self.spawn(scope, self.helpers.grow(unstarted));
+        }
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(done);
+    }
+}
+
+/// Runs `work(i)` for every `i` in `0..n` on the calling thread plus the
+/// helper threads `helpers` grants, and returns the results by index. Once
 /// `stop()` is true no new item starts; items left unstarted are `None`.
-/// Helpers that fail to spawn are simply missing: the calling thread does
-/// their share, slower but still correct.
 ///
 /// A panic in `work` is re-raised here once every thread has finished, so the
 /// caller's own `catch_unwind` reports it.
 pub(crate) fn run_indexed<R, F, S>(
     name: &str,
     n: usize,
-    concurrency: usize,
+    helpers: &dyn Helpers,
     stack_size: usize,
     stop: S,
     work: F,
@@ -30,44 +109,28 @@ where
     S: Fn() -> bool + Sync,
 {
     let mut slots: Vec<Option<R>> = (0..n).map(|_| None).collect();
-    if n == 0 {
-        return slots;
-    }
-    let next = AtomicUsize::new(0);
-    let worker = || {
-        let mut done = Vec::new();
-        while !stop() {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= n {
-                break;
-            }
-            done.push((i, work(i)));
-        }
-        done
+    let run = Run {
+        name,
+        n,
+        stack_size,
+        helpers,
+        stop,
+        work,
+        next: AtomicUsize::new(0),
+        done: Mutex::new(Vec::with_capacity(n)),
+        panic: Mutex::new(None),
     };
-    let batches = thread::scope(|scope| {
-        let helpers: Vec<_> = (1..concurrency.clamp(1, n))
-            .filter_map(|_| {
-                thread::Builder::new()
-                    .name(name.to_string())
-                    .stack_size(stack_size)
-                    .spawn_scoped(scope, worker)
-                    .ok()
-            })
-            .collect();
-        let mut batches = Vec::with_capacity(helpers.len() + 1);
-        // Should this panic, the scope still joins the helpers before the
-        // panic goes on.
-        batches.push(worker());
-        for helper in helpers {
-            match helper.join() {
-                Ok(batch) => batches.push(batch),
-                Err(payload) => std::panic::resume_unwind(payload),
-            }
-        }
-        batches
-    });
-    for (i, result) in batches.into_iter().flatten() {
+    if n > 0 {
+        thread::scope(|scope| {
+            run.spawn(scope, helpers.start(n - 1));
+            // Should this panic, the scope still joins the helpers first.
+            run.work(scope, false);
+        });
+    }
+    if let Some(payload) = run.panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        std::panic::resume_unwind(payload);
+    }
+    for (i, result) in run.done.into_inner().unwrap_or_else(|e| e.into_inner()) {
         if let Some(slot) = slots.get_mut(i) {
             *slot = Some(result);
         }
@@ -80,7 +143,7 @@ where
 pub(crate) fn run_all<R, F, S>(
     name: &str,
     n: usize,
-    concurrency: usize,
+    helpers: &dyn Helpers,
     stack_size: usize,
     stop: S,
     work: F,
@@ -90,7 +153,7 @@ where
     F: Fn(usize) -> R + Sync,
     S: Fn() -> bool + Sync,
 {
-    run_indexed(name, n, concurrency, stack_size, stop, work)
+    run_indexed(name, n, helpers, stack_size, stop, work)
         .into_iter()
         .collect()
 }
@@ -108,16 +171,16 @@ mod tests {
 
     #[test]
     fn every_index_runs_once_in_order_of_results() {
-        let out = run_indexed("t", 100, 7, STACK, NEVER, |i| i * 2);
+        let out = run_indexed("t", 100, &6, STACK, NEVER, |i| i * 2);
         let want: Vec<Option<usize>> = (0..100).map(|i| Some(i * 2)).collect();
         assert_eq!(out, want);
-        assert!(run_indexed("t", 0, 7, STACK, NEVER, |i| i).is_empty());
+        assert!(run_indexed("t", 0, &6, STACK, NEVER, |i| i).is_empty());
     }
 
     #[test]
     fn work_runs_in_parallel_up_to_the_bound() {
         let started = Instant::now();
-        run_indexed("t", 8, 8, STACK, NEVER, |_| {
+        run_indexed("t", 8, &7, STACK, NEVER, |_| {
             thread::sleep(Duration::from_millis(200))
         });
         assert!(started.elapsed() < Duration::from_millis(1_000));
@@ -127,7 +190,7 @@ mod tests {
     fn the_calling_thread_works_too_so_k_at_once_spawns_k_minus_one() {
         let threads = Mutex::new(HashSet::new());
         let caller = thread::current().id();
-        run_indexed("t", 40, 4, STACK, NEVER, |_| {
+        run_indexed("t", 40, &3, STACK, NEVER, |_| {
             if let Ok(mut t) = threads.lock() {
                 t.insert(thread::current().id());
             }
@@ -139,7 +202,7 @@ mod tests {
 
         // Concurrency 1: no thread at all besides the caller.
         let only = Mutex::new(HashSet::new());
-        run_indexed("t", 10, 1, STACK, NEVER, |_| {
+        run_indexed("t", 10, &0, STACK, NEVER, |_| {
             if let Ok(mut t) = only.lock() {
                 t.insert(thread::current().id());
             }
@@ -156,7 +219,7 @@ mod tests {
         let out = run_indexed(
             "t",
             50,
-            1,
+            &0,
             STACK,
             || stop.load(Ordering::Relaxed),
             |i| {
@@ -173,14 +236,14 @@ mod tests {
     #[test]
     fn run_all_is_every_result_or_none() {
         assert_eq!(
-            run_all("t", 5, 3, STACK, NEVER, |i| i + 1),
+            run_all("t", 5, &2, STACK, NEVER, |i| i + 1),
             Some(vec![1, 2, 3, 4, 5])
         );
         let stop = AtomicBool::new(false);
         let stopped = run_all(
             "t",
             50,
-            2,
+            &1,
             STACK,
             || stop.load(Ordering::Relaxed),
             |i| {
@@ -192,11 +255,125 @@ mod tests {
         assert_eq!(stopped, None);
     }
 
+    /// Items that each wait for a ticket, counting how many run at once.
+    #[derive(Default)]
+    struct Tickets {
+        state: Mutex<(usize, usize, usize)>,
+        changed: std::sync::Condvar,
+    }
+
+    impl Tickets {
+        /// One item: in, wait for a ticket, out. Returns the most items
+        /// seen running at once.
+        fn item(&self) {
+            let mut s = self.state.lock().expect("tickets");
+            s.1 += 1;
+            s.2 = s.2.max(s.1);
+            self.changed.notify_all();
+            while s.0 == 0 {
+                s = self.changed.wait(s).expect("tickets");
+            }
+            s.0 -= 1;
+            s.1 -= 1;
+        }
+
+        fn give(&self, n: usize) {
+            self.state.lock().expect("tickets").0 += n;
+            self.changed.notify_all();
+        }
+
+        /// Waits until `running` items are in; returns the most seen.
+        fn await_running(&self, running: usize) -> usize {
+            let mut s = self.state.lock().expect("tickets");
+            while s.1 != running {
+                s = self.changed.wait(s).expect("tickets");
+            }
+            s.2
+        }
+    }
+
+    #[test]
+    fn a_call_granted_no_helper_grows_between_items_as_permits_free_up() {
+        static BUDGET: crate::budget::Budget = crate::budget::Budget::new(4, 8);
+        let hog = BUDGET.admit(8).expect("slot");
+        assert_eq!(hog.grow(usize::MAX), 7);
+        let call = BUDGET.admit(3).expect("slot");
+        assert_eq!(call.concurrency(), 1);
+        let tickets = Tickets::default();
+        thread::scope(|s| {
+            let run = s.spawn(|| {
+                run_indexed("t", 12, &call, STACK, NEVER, |i| {
+                    tickets.item();
+                    i
+                })
+            });
+            // The coordinator alone, its first item in hand.
+            assert_eq!(tickets.await_running(1), 1);
+            // The hog sheds down to its share (5 of 8: the call wants 3),
+            // one helper per item done.
+            assert_eq!((0..8).take_while(|_| hog.shrink()).count(), 3);
+            // The call's next item boundary takes the three: four at once,
+            // and never more.
+            tickets.give(1);
+            assert_eq!(tickets.await_running(4), 4);
+            tickets.give(11);
+            let out = run.join().expect("no panic");
+            assert_eq!(out, (0..12).map(Some).collect::<Vec<_>>());
+        });
+        assert_eq!((call.held(), BUDGET.helpers_in_use()), (3, 8));
+    }
+
+    /// Grows once by `grow`, then ends helpers while `shrinks` lasts.
+    struct Scripted {
+        grow: AtomicUsize,
+        shrinks: AtomicUsize,
+    }
+
+    impl Helpers for Scripted {
+        fn start(&self, _up_to: usize) -> usize {
+            0
+        }
+        fn grow(&self, up_to: usize) -> usize {
+            self.grow.swap(0, Ordering::SeqCst).min(up_to)
+        }
+        fn shrink(&self) -> bool {
+            self.shrinks
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        }
+    }
+
+    #[test]
+    fn a_helper_told_to_shrink_ends_after_its_item() {
+        // Three helpers grown at the first item boundary, each told to
+        // end after its first item: the coordinator does the rest.
+        let helpers = Scripted {
+            grow: AtomicUsize::new(3),
+            shrinks: AtomicUsize::new(3),
+        };
+        let caller = thread::current().id();
+        let items = Mutex::new(Vec::new());
+        // Items 1 to 4 meet: one on each of the four threads.
+        let meet = std::sync::Barrier::new(4);
+        let out = run_indexed("t", 50, &helpers, STACK, NEVER, |i| {
+            items.lock().expect("items").push(thread::current().id());
+            if (1..=4).contains(&i) {
+                meet.wait();
+            }
+            i
+        });
+        assert_eq!(out.iter().flatten().count(), 50);
+        let items = items.into_inner().expect("items");
+        let by_helpers = items.iter().filter(|t| **t != caller).count();
+        let helper_threads: HashSet<_> = items.iter().filter(|t| **t != caller).collect();
+        assert_eq!((by_helpers, helper_threads.len()), (3, 3));
+    }
+
     #[test]
     fn a_panic_in_work_reaches_the_caller() {
         for panicking in [0, 2] {
             let caught = std::panic::catch_unwind(|| {
-                run_indexed("t", 4, 2, STACK, NEVER, |i| {
+                run_indexed("t", 4, &1, STACK, NEVER, |i| {
                     if i == panicking {
                         panic!("worker boom");
                     }

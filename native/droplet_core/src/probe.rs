@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::cancel::Cancel;
 use crate::error::{short, Error};
-use crate::pool;
+use crate::pool::{self, Helpers};
 
 /// A thread that only calls `connect` needs little stack; hundreds of them
 /// at the default 2 MiB would reserve needless address space.
@@ -83,21 +83,21 @@ pub fn helpers_wanted(targets: usize, concurrency: usize) -> usize {
         .saturating_sub(1)
 }
 
-/// Probes every target on `port`, at most `concurrency` at once (the calling
-/// thread included), results in input order. Once `cancel` is set no new
-/// probe starts, and the call ends with `Err(Cancelled)` as soon as the
+/// Probes every target on `port`, on the calling thread and the helper
+/// threads of `helpers`, results in input order. Once `cancel` is set no
+/// new probe starts, and the call ends with `Err(Cancelled)` as soon as the
 /// probes in flight have.
 pub fn probe_all<T: AsRef<[u8]> + Sync>(
     targets: &[T],
     port: u16,
     timeout: Duration,
-    concurrency: usize,
+    helpers: &dyn Helpers,
     cancel: &Cancel,
 ) -> Result<Vec<ProbeResult>, Error> {
     pool::run_all(
         "droplet_probe",
         targets.len(),
-        concurrency.clamp(1, MAX_CONCURRENCY),
+        helpers,
         PROBE_STACK,
         || cancel.is_cancelled(),
         |i| match targets.get(i).and_then(|t| parse_target(t.as_ref())) {
@@ -120,7 +120,8 @@ mod tests {
         timeout: Duration,
         concurrency: usize,
     ) -> Vec<ProbeResult> {
-        probe_all(targets, port, timeout, concurrency, &Cancel::new()).expect("not cancelled")
+        let helpers = helpers_wanted(targets.len(), concurrency);
+        probe_all(targets, port, timeout, &helpers, &Cancel::new()).expect("not cancelled")
     }
 
     #[test]
@@ -281,7 +282,7 @@ mod tests {
             })
         };
         let started = Instant::now();
-        let result = probe_all(&targets, port, timeout, 2, &cancel);
+        let result = probe_all(&targets, port, timeout, &1, &cancel);
         let elapsed = started.elapsed();
         canceller.join().expect("canceller");
         assert_eq!(result, Err(Error::Cancelled));
@@ -294,7 +295,7 @@ mod tests {
     fn a_call_cancelled_before_it_starts_probes_nothing() {
         let cancel = Cancel::new();
         cancel.cancel();
-        let result = probe_all(&["127.0.0.1"; 5], 9, Duration::from_secs(30), 1, &cancel);
+        let result = probe_all(&["127.0.0.1"; 5], 9, Duration::from_secs(30), &0, &cancel);
         assert_eq!(result, Err(Error::Cancelled));
     }
 }

@@ -33,6 +33,8 @@ pub const DNS_THREADS: usize = 4;
 pub const DNS_QUEUE: usize = 64;
 /// How long a pool thread waits for work before it ends.
 pub const DNS_IDLE: Duration = Duration::from_secs(10);
+/// Not `droplet_*`, the names of the threads the budget counts.
+pub const DNS_THREAD_NAME: &str = "libcluster_dns";
 /// `getaddrinfo` with glibc's NSS modules wants more than a probe's stack.
 const DNS_STACK: usize = 256 * 1024;
 

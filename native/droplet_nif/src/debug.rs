@@ -2,7 +2,8 @@
 //! NIFs that let the Elixir tests measure how long a NIF call holds the
 //! scheduler thread it runs on, net of the time the OS kept that thread
 //! off a CPU (Linux only: they read `/proc/thread-self/schedstat`), and
-//! NIFs that read and take the thread budget's permits.
+//! NIFs that read and take the thread budget's permits, and one that makes
+//! DNS lookups slow.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -56,6 +57,21 @@ fn debug_release(held: ResourceArc<HeldAdmission>) -> Atom {
     let mut slot = held.0.lock().unwrap_or_else(|e| e.into_inner());
     slot.take();
     atoms::ok()
+}
+
+/// `debug_dns_delay(ms) :: :ok`: every DNS lookup of the process pool
+/// takes `ms` first from now on, as under slow DNS (0 turns it off).
+#[rustler::nif]
+fn debug_dns_delay(ms: u64) -> Atom {
+    use std::sync::atomic::Ordering;
+    droplet_core::resolve::DNS_DELAY_MS.store(ms, Ordering::Relaxed);
+    atoms::ok()
+}
+
+/// `debug_dns_threads() :: non_neg_integer`: the DNS pool's threads now.
+#[rustler::nif]
+fn debug_dns_threads() -> usize {
+    droplet_core::resolve::global().threads()
 }
 
 /// Monotonic nanoseconds since the first call in this VM.

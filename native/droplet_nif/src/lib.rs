@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
-use droplet_core::api::{list_droplets as core_list, Listing, Stats};
+use droplet_core::api::{list_droplets_within, Listing, Stats};
 use droplet_core::budget::{self, Admission};
 use droplet_core::cancel::{Cancel, CancelOnDrop};
 use droplet_core::error::{panic_detail, short};
@@ -151,7 +151,7 @@ fn start_call<'a, R, W, E>(
 ) -> Result<Term<'a>, Error>
 where
     R: 'static,
-    W: FnOnce(&OwnedEnv) -> Result<R, Error> + Send + 'static,
+    W: FnOnce(&OwnedEnv, &Admission) -> Result<R, Error> + Send + 'static,
     E: for<'b> Fn(Env<'b>, Term<'b>, Result<R, Error>) -> Term<'b> + Send + 'static,
 {
     let concurrency = admission.concurrency();
@@ -160,7 +160,7 @@ where
         .name(coordinator.name.to_string())
         .stack_size(coordinator.stack_size)
         .spawn(move || {
-            let outcome = catch_unwind(AssertUnwindSafe(|| work(&reply.owned)))
+            let outcome = catch_unwind(AssertUnwindSafe(|| work(&reply.owned, &admission)))
                 .unwrap_or_else(|payload| Err(Error::Panic(panic_detail(payload.as_ref()))));
             reply.send(outcome, encode);
             // Released only now: the call slot covers this thread's whole
@@ -195,7 +195,7 @@ fn start_list<'a, W>(
     work: W,
 ) -> Result<Term<'a>, Error>
 where
-    W: FnOnce(&Stats) -> Result<ListOutcome, Error> + Send + 'static,
+    W: FnOnce(&Stats, &Admission) -> Result<ListOutcome, Error> + Send + 'static,
 {
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
@@ -206,7 +206,7 @@ where
         LIST_THREAD,
         admission,
         cancel,
-        move |_owned| work(&for_work),
+        move |_owned, admission| work(&for_work, admission),
         move |env, reference, outcome| {
             let result = match &outcome {
                 Ok((listing, select)) => encode::listing(env, listing, select.as_ref()),
@@ -230,12 +230,12 @@ fn list_droplets<'a>(env: Env<'a>, request: Term<'a>, reference: Term<'a>) -> Te
             let admission = budget::global().admit(wanted)?;
             args.request.page_concurrency = admission.concurrency();
             let cancel = args.request.cancel.clone();
-            start_list(env, reference, admission, cancel, move |stats| {
+            start_list(env, reference, admission, cancel, move |stats, helpers| {
                 let select = args
                     .select
                     .map(|(network, ipv6)| Selector::new(network, ipv6))
                     .transpose()?;
-                let listing = core_list(&args.request, stats)?;
+                let listing = list_droplets_within(&args.request, stats, helpers)?;
                 Ok((listing, select))
             })
         });
@@ -268,7 +268,6 @@ fn start_probe<'a>(
 ) -> Result<Term<'a>, Error> {
     let wanted = probe::helpers_wanted(args.targets, args.concurrency);
     let admission = budget::global().admit(wanted)?;
-    let concurrency = admission.concurrency();
     let cancel = Cancel::new();
     let reply = Reply::new(env, reference);
     // Copied, not decoded, on the scheduler: the list was checked short,
@@ -284,10 +283,10 @@ fn start_probe<'a>(
         PROBE_THREAD,
         admission,
         cancel,
-        move |owned| {
+        move |owned, helpers| {
             owned.run(|env| {
                 let targets = decode::address_bytes(kept.load(env));
-                probe::probe_all(&targets, args.port, args.timeout, concurrency, &for_work)
+                probe::probe_all(&targets, args.port, args.timeout, helpers, &for_work)
             })
         },
         move |env, reference, outcome| {
@@ -336,9 +335,15 @@ fn debug_panic<'a>(env: Env<'a>, place: Term<'a>, reference: Term<'a>) -> Term<'
     }
     let started = require_ref(reference).and_then(|()| {
         let admission = budget::global().admit(0)?;
-        start_list(env, reference, admission, Cancel::new(), |_stats| {
-            panic!("debug_panic: panicking inside the listing thread on purpose")
-        })
+        start_list(
+            env,
+            reference,
+            admission,
+            Cancel::new(),
+            |_stats, _helpers| {
+                panic!("debug_panic: panicking inside the listing thread on purpose")
+            },
+        )
     });
     started_or_error(env, started)
 }
