@@ -213,7 +213,7 @@ fn system_lookup(host_port: &str) -> Addrs {
 pub fn global() -> &'static Arc<Pool> {
     static POOL: Lazy<Arc<Pool>> = Lazy::new(|| {
         Pool::new(
-            "droplet_dns",
+            DNS_THREAD_NAME,
             Box::new(system_lookup),
             DNS_THREADS,
             DNS_QUEUE,
