@@ -290,6 +290,12 @@ mod tests {
         )
     }
 
+    /// `page` with `droplet` listed after its own.
+    fn second_droplet(page: &str, droplet: &str) -> String {
+        let at = page.rfind("],\"meta\"").expect("a page");
+        format!("{},{droplet}{}", &page[..at], &page[at..])
+    }
+
     fn limits() -> Limits {
         Limits {
             max_listing_bytes: 1 << 20,
@@ -380,10 +386,7 @@ mod tests {
         let three = page(&format!(r#","tags":[{}]"#, strings(3, 2)));
         assert_eq!(parse(&three, &tally), Ok(1));
         // Two droplets of three tags each: the count is per droplet.
-        let two = three.replace(
-            r#"}],"meta""#,
-            &format!(r#"}},{}],"meta""#, droplet_json_tags(3)),
-        );
+        let two = second_droplet(&three, &droplet_json_tags(3));
         assert_eq!(parse(&two, &Tally::new(limits())), Ok(2));
         // The fourth element is not even parsed: it is not a string.
         let fourth = page(&format!(r#","tags":[{},{{"x":[1]}}]"#, strings(3, 2)));
@@ -429,12 +432,9 @@ mod tests {
             );
         }
         // The next droplet counts from zero again.
-        let next = body(2, 0).replace(
-            r#"}],"meta""#,
-            &format!(
-                r#"}},{{"id":2,"name":"b","status":"off","networks":{{"v6":[{v6},{v6}]}}}}],"meta""#
-            ),
-        );
+        let other =
+            format!(r#"{{"id":2,"name":"b","status":"off","networks":{{"v6":[{v6},{v6}]}}}}"#);
+        let next = second_droplet(&body(2, 0), &other);
         assert_eq!(parse(&next, &Tally::new(limits())), Ok(2));
     }
 
