@@ -9,6 +9,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use http::uri::{Authority, Uri};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::error::Error;
 
@@ -199,17 +200,16 @@ fn without_query(uri: &Uri) -> String {
     }
 }
 
+/// What a query value keeps as it is: RFC 3986's unreserved bytes.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes a query value: only RFC 3986 unreserved bytes pass.
 pub fn encode_query_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(value, UNRESERVED).to_string()
 }
 
 /// A server-side filter of one listing. DigitalOcean refuses both at once.
