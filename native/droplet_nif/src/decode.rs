@@ -7,7 +7,7 @@ use droplet_core::filters::{Gpus, ListFilter, MAX_TAGS};
 use droplet_core::probe::MAX_TARGETS;
 use droplet_core::select::Network;
 use droplet_core::Error;
-use rustler::{Atom, Binary, Term, TermType};
+use rustler::{Atom, Binary, NifMap, NifUnitEnum, Term, TermType};
 use std::time::Duration;
 
 use crate::atoms;
@@ -25,12 +25,11 @@ pub struct ListArgs {
 }
 
 /// The value under `key`, treating `nil` as absent.
-fn field<'a>(map: Term<'a>, key: Atom) -> Option<Term<'a>> {
-    map.map_get(key).ok().filter(|v| !is_nil(*v))
-}
-
-fn is_nil(term: Term) -> bool {
-    term.decode::<Atom>().is_ok_and(|a| a == atoms::nil())
+fn field<'a>(map: Term<'a>, key: &str) -> Option<Term<'a>> {
+    let key = Atom::from_str(map.get_env(), key).ok()?;
+    map.map_get(key)
+        .ok()
+        .filter(|v| v.decode::<Atom>().ok() != Some(atoms::nil()))
 }
 
 /// Longer than any URL, path, token, name or tag the request may hold; a
@@ -67,31 +66,41 @@ pub fn int_in(term: Term, name: &str, min: u64, max: u64) -> Result<u64, Error> 
         .ok_or_else(|| invalid(format!("{name} must be an integer in {min}..{max}")))
 }
 
-fn opt_int(map: Term, key: Atom, name: &str, min: u64, max: u64) -> Result<Option<u64>, Error> {
-    field(map, key)
-        .map(|t| int_in(t, name, min, max))
-        .transpose()
-}
-
 const HOUR_MS: u64 = 3_600_000;
 /// The idle age of a kept-alive connection may be longer than any other
 /// duration here: it must cover the longest wait between two polls.
 const DAY_MS: u64 = 24 * HOUR_MS;
+/// Bounds in bytes or counts: far above anything sensible, far below overflow.
+const MAX_BOUND: u64 = 1 << 40;
+
+#[derive(NifUnitEnum)]
+enum GpusArg {
+    False,
+    True,
+    Only,
+}
+
+#[derive(NifUnitEnum)]
+enum NetworkArg {
+    Private,
+    Public,
+}
+
+#[derive(NifMap)]
+struct SelectArg {
+    network: NetworkArg,
+    ipv6: bool,
+}
 
 pub fn list_args(term: Term) -> Result<ListArgs, Error> {
     if term.get_type() != TermType::Map {
         return Err(invalid("request must be a map"));
     }
-    let api_url = field(term, atoms::api_url())
-        .ok_or_else(|| invalid("api_url is required"))
-        .and_then(|t| utf8(t, "api_url"))?;
-    let token = field(term, atoms::token())
-        .ok_or_else(|| invalid("token is required"))
-        .and_then(|t| non_empty(t, "token"))?;
-    let mut request = ListRequest::new(&api_url, &token)?;
-
-    let tags = field(term, atoms::tag_name()).map(tag_names).transpose()?;
-    let name = field(term, atoms::name())
+    let required = |key| field(term, key).ok_or_else(|| invalid(format!("{key} is required")));
+    let api_url = utf8(required("api_url")?, "api_url")?;
+    let mut request = ListRequest::new(&api_url, &non_empty(required("token")?, "token")?)?;
+    let tags = field(term, "tag_name").map(tag_names).transpose()?;
+    let name = field(term, "name")
         .map(|t| non_empty(t, "name"))
         .transpose()?;
     request.filter = match (tags, name) {
@@ -100,75 +109,51 @@ pub fn list_args(term: Term) -> Result<ListArgs, Error> {
         (None, Some(name)) => ListFilter::Name(name),
         (None, None) => ListFilter::All,
     };
-    request.gpus = match field(term, atoms::gpus()).map(|t| t.decode::<Atom>()) {
-        None => Gpus::Exclude,
-        Some(Ok(a)) if a == atoms::false_() => Gpus::Exclude,
-        Some(Ok(a)) if a == atoms::true_() => Gpus::Include,
-        Some(Ok(a)) if a == atoms::only() => Gpus::Only,
-        Some(_) => return Err(invalid("gpus must be false, true or :only")),
+    request.gpus = match field(term, "gpus").map(|t| t.decode()) {
+        None | Some(Ok(GpusArg::False)) => Gpus::Exclude,
+        Some(Ok(GpusArg::True)) => Gpus::Include,
+        Some(Ok(GpusArg::Only)) => Gpus::Only,
+        Some(Err(_)) => return Err(invalid("gpus must be false, true or :only")),
     };
-    request.ca_file = field(term, atoms::ca_file())
+    request.ca_file = field(term, "ca_file")
         .map(|t| non_empty(t, "ca_file"))
         .transpose()?;
-
-    let ms = Duration::from_millis;
-    if let Some(n) = opt_int(term, atoms::per_page(), "per_page", 1, 200)? {
-        request.per_page = n as u32;
+    let (ms, r) = (Duration::from_millis, &mut request);
+    let mut ints: [(&str, u64, u64, &mut dyn FnMut(u64)); 13] = [
+        ("per_page", 1, 200, &mut |n| r.per_page = n as u32),
+        ("connect_timeout_ms", 1, HOUR_MS, &mut |n| {
+            r.connect_timeout = ms(n)
+        }),
+        ("request_timeout_ms", 1, HOUR_MS, &mut |n| {
+            r.request_timeout = ms(n)
+        }),
+        ("deadline_ms", 1, HOUR_MS, &mut |n| r.deadline = ms(n)),
+        ("max_body_bytes", 1, 1 << 32, &mut |n| r.max_body_bytes = n),
+        ("max_pages", 1, 1_000_000, &mut |n| r.max_pages = n as u32),
+        ("max_droplets", 1, 10_000_000, &mut |n| r.max_droplets = n),
+        ("page_concurrency", 1, 64, &mut |n| {
+            r.page_concurrency = n as usize
+        }),
+        ("keep_alive_ms", 0, DAY_MS, &mut |n| r.keep_alive = ms(n)),
+        ("max_listing_bytes", 1, MAX_BOUND, &mut |n| {
+            r.limits.max_listing_bytes = n
+        }),
+        ("max_string_bytes", 1, MAX_BOUND, &mut |n| {
+            r.limits.max_string_bytes = n as usize
+        }),
+        ("max_tags_per_droplet", 1, MAX_BOUND, &mut |n| {
+            r.limits.max_tags_per_droplet = n as usize
+        }),
+        ("max_addresses_per_droplet", 1, MAX_BOUND, &mut |n| {
+            r.limits.max_addresses_per_droplet = n as usize
+        }),
+    ];
+    for (name, min, max, set) in &mut ints {
+        if let Some(value) = field(term, name) {
+            set(int_in(value, name, *min, *max)?);
+        }
     }
-    if let Some(n) = opt_int(
-        term,
-        atoms::connect_timeout_ms(),
-        "connect_timeout_ms",
-        1,
-        HOUR_MS,
-    )? {
-        request.connect_timeout = ms(n);
-    }
-    if let Some(n) = opt_int(
-        term,
-        atoms::request_timeout_ms(),
-        "request_timeout_ms",
-        1,
-        HOUR_MS,
-    )? {
-        request.request_timeout = ms(n);
-    }
-    if let Some(n) = opt_int(term, atoms::deadline_ms(), "deadline_ms", 1, HOUR_MS)? {
-        request.deadline = ms(n);
-    }
-    if let Some(n) = opt_int(term, atoms::max_body_bytes(), "max_body_bytes", 1, 1 << 32)? {
-        request.max_body_bytes = n;
-    }
-    if let Some(n) = opt_int(term, atoms::max_pages(), "max_pages", 1, 1_000_000)? {
-        request.max_pages = n as u32;
-    }
-    if let Some(n) = opt_int(term, atoms::max_droplets(), "max_droplets", 1, 10_000_000)? {
-        request.max_droplets = n;
-    }
-    if let Some(n) = opt_int(term, atoms::page_concurrency(), "page_concurrency", 1, 64)? {
-        request.page_concurrency = n as usize;
-    }
-    if let Some(n) = opt_int(term, atoms::keep_alive_ms(), "keep_alive_ms", 0, DAY_MS)? {
-        request.keep_alive = ms(n);
-    }
-    let limits = &mut request.limits;
-    let max = |key, name| opt_int(term, key, name, 1, 1 << 40);
-    if let Some(n) = max(atoms::max_listing_bytes(), "max_listing_bytes")? {
-        limits.max_listing_bytes = n;
-    }
-    if let Some(n) = max(atoms::max_string_bytes(), "max_string_bytes")? {
-        limits.max_string_bytes = n as usize;
-    }
-    if let Some(n) = max(atoms::max_tags_per_droplet(), "max_tags_per_droplet")? {
-        limits.max_tags_per_droplet = n as usize;
-    }
-    if let Some(n) = max(
-        atoms::max_addresses_per_droplet(),
-        "max_addresses_per_droplet",
-    )? {
-        limits.max_addresses_per_droplet = n as usize;
-    }
-    let select = field(term, atoms::select()).map(select_arg).transpose()?;
+    let select = field(term, "select").map(select_arg).transpose()?;
     Ok(ListArgs { request, select })
 }
 
@@ -216,20 +201,15 @@ fn walk_list<'a>(
 }
 
 fn select_arg(term: Term) -> Result<(Network, bool), Error> {
-    let bad = || invalid("select must be nil or %{network: :private | :public, ipv6: boolean}");
-    if term.get_type() != TermType::Map {
-        return Err(bad());
+    match term.decode::<SelectArg>() {
+        Ok(SelectArg { network, ipv6 }) => match network {
+            NetworkArg::Private => Ok((Network::Private, ipv6)),
+            NetworkArg::Public => Ok((Network::Public, ipv6)),
+        },
+        Err(_) => Err(invalid(
+            "select must be nil or %{network: :private | :public, ipv6: boolean}",
+        )),
     }
-    let network = match field(term, atoms::network()).map(|t| t.decode::<Atom>()) {
-        Some(Ok(a)) if a == atoms::private() => Network::Private,
-        Some(Ok(a)) if a == atoms::public() => Network::Public,
-        _ => return Err(bad()),
-    };
-    let ipv6 = match field(term, atoms::ipv6()) {
-        None => false,
-        Some(t) => t.decode::<bool>().map_err(|_| bad())?,
-    };
-    Ok((network, ipv6))
 }
 
 pub struct ProbeArgs {

@@ -26,17 +26,9 @@ mod atoms {
     rustler::atoms! {
         ok, error, nil,
         droplet_nif_list, droplet_nif_probe,
-        // request keys
-        api_url, token, tag_name, name, per_page, ca_file, connect_timeout_ms,
-        request_timeout_ms, deadline_ms, max_body_bytes, max_pages,
-        max_droplets, page_concurrency, keep_alive_ms, select, network, ipv6,
+        new, active, off, archive, public, private, ca_file,
         max_listing_bytes, max_string_bytes, max_tags_per_droplet,
         max_addresses_per_droplet,
-        gpus, only, true_ = "true", false_ = "false",
-        // results
-        droplets, total, requests, elapsed_us, rate_limit, limit, remaining,
-        reset, retry_after, id, status, tags, region, vpc_uuid, v4, v6, address,
-        new, active, off, archive, public, private,
         // reasons
         unauthorized, forbidden, rate_limited, http_status, timeout, transport,
         tls, invalid_json, unexpected_shape, inconsistent, foreign_link,
