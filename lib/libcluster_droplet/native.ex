@@ -16,9 +16,10 @@ defmodule LibclusterDroplet.Native do
   # its fair share of the pool as helpers free up, and helpers it grew beyond
   # that share end, so one slow call cannot starve the others.
   #
-  # Host names are resolved on a VM-wide pool of at most 4 threads, at most
-  # 64 lookups waiting, each within its request's timeout: slow DNS adds no
-  # thread per call.
+  # Host names are resolved on a VM-wide pool of 4 threads (named
+  # libcluster_dns, started at the first lookup), at most 64 lookups
+  # waiting, each within its request's timeout: slow DNS adds no thread per
+  # call.
   #
   # list_droplets(request, ref) :: {:ok, handle, page_concurrency} | {:error, reason}
   #   request: %{api_url: binary, token: binary} plus optional tag_name, name,
@@ -56,7 +57,7 @@ defmodule LibclusterDroplet.Native do
   #   running anything; debug_release(held) :: :ok gives them back (so does
   #   garbage collecting `held`).
   #   debug_dns_delay(ms) :: :ok: every DNS lookup takes `ms` first, as under
-  #   slow DNS; debug_dns_threads() :: n: the DNS pool's threads (at most 4).
+  #   slow DNS.
 
   @on_load :load_nif
 
@@ -102,6 +103,4 @@ defmodule LibclusterDroplet.Native do
   def debug_release(_held), do: :erlang.nif_error(:nif_not_loaded)
 
   def debug_dns_delay(_ms), do: :erlang.nif_error(:nif_not_loaded)
-
-  def debug_dns_threads, do: :erlang.nif_error(:nif_not_loaded)
 end

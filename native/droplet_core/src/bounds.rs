@@ -104,21 +104,32 @@ impl Tally {
 
 struct Parsing {
     tally: Tally,
+    /// The droplets a page may list: the `per_page` asked for.
+    per_page: usize,
     /// Addresses of the droplet being read, v4 and v6 together.
     addresses: usize,
-    exceeded: Option<Bound>,
+    exceeded: Option<Over>,
+}
+
+/// Why a parse was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    Bound(Bound),
+    /// More droplets than `per_page`.
+    PerPage,
 }
 
 thread_local! {
     static PARSING: RefCell<Option<Parsing>> = const { RefCell::new(None) };
 }
 
-/// Runs `parse` with `tally`'s bounds in force on this thread; `Err(bound)`
-/// when it failed because a bound was passed.
+/// Runs `parse` with `tally`'s bounds and `per_page` in force on this
+/// thread; `Err(over)` when it failed because one was passed.
 pub fn parse_with<T, E>(
     tally: &Tally,
+    per_page: usize,
     parse: impl FnOnce() -> Result<T, E>,
-) -> Result<Result<T, E>, Bound> {
+) -> Result<Result<T, E>, Over> {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -127,6 +138,7 @@ pub fn parse_with<T, E>(
     }
     let parsing = Parsing {
         tally: tally.clone(),
+        per_page,
         addresses: 0,
         exceeded: None,
     };
@@ -134,7 +146,7 @@ pub fn parse_with<T, E>(
     let _reset = Reset;
     let result = parse();
     match PARSING.with(|p| p.borrow().as_ref().and_then(|p| p.exceeded)) {
-        Some(bound) if result.is_err() => Err(bound),
+        Some(over) if result.is_err() => Err(over),
         _ => Ok(result),
     }
 }
@@ -143,9 +155,9 @@ fn with_parsing<R>(otherwise: R, f: impl FnOnce(&mut Parsing) -> R) -> R {
     PARSING.with(|p| p.borrow_mut().as_mut().map_or(otherwise, f))
 }
 
-fn refuse<E: de::Error>(bound: Bound) -> E {
-    with_parsing((), |p| p.exceeded = Some(bound));
-    E::custom(format_args!("over {bound:?}"))
+fn refuse<E: de::Error>(over: Over) -> E {
+    with_parsing((), |p| p.exceeded = Some(over));
+    E::custom(format_args!("over {over:?}"))
 }
 
 /// Counts `bytes` more kept by the listing.
@@ -155,7 +167,7 @@ fn keep<E: de::Error>(bytes: u64) -> Result<(), E> {
         kept > p.tally.limits.max_listing_bytes
     });
     match over {
-        true => Err(refuse(Bound::MaxListingBytes)),
+        true => Err(refuse(Over::Bound(Bound::MaxListingBytes))),
         false => Ok(()),
     }
 }
@@ -173,7 +185,7 @@ impl<'de> Deserialize<'de> for Text {
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Text, E> {
                 if with_parsing(false, |p| s.len() > p.tally.limits.max_string_bytes) {
-                    return Err(refuse(Bound::MaxStringBytes));
+                    return Err(refuse(Over::Bound(Bound::MaxStringBytes)));
                 }
                 keep(s.len() as u64 + VALUE_OVERHEAD)?;
                 Ok(Text(s.to_owned()))
@@ -216,16 +228,33 @@ where
     T::deserialize(d)
 }
 
+/// The droplets of a page, refused at the one past `per_page`.
+pub fn droplets<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Capped::<T, PerPage>::deserialize(d).map(|c| c.0)
+}
+
 /// The elements a capped list may still take, and what takes them.
 trait Room {
-    const BOUND: Bound;
+    const OVER: Over;
     fn room(p: &Parsing) -> usize;
     fn took(_p: &mut Parsing, _n: usize) {}
 }
 
+struct PerPage;
+impl Room for PerPage {
+    const OVER: Over = Over::PerPage;
+    fn room(p: &Parsing) -> usize {
+        p.per_page
+    }
+}
+
 struct Tags;
 impl Room for Tags {
-    const BOUND: Bound = Bound::MaxTagsPerDroplet;
+    const OVER: Over = Over::Bound(Bound::MaxTagsPerDroplet);
     fn room(p: &Parsing) -> usize {
         p.tally.limits.max_tags_per_droplet
     }
@@ -233,7 +262,7 @@ impl Room for Tags {
 
 struct Addresses;
 impl Room for Addresses {
-    const BOUND: Bound = Bound::MaxAddressesPerDroplet;
+    const OVER: Over = Over::Bound(Bound::MaxAddressesPerDroplet);
     fn room(p: &Parsing) -> usize {
         p.tally
             .limits
@@ -267,7 +296,7 @@ impl<'de, T: Deserialize<'de>, R: Room> Deserialize<'de> for Capped<T, R> {
                     }
                 }
                 if items.len() == room && seq.next_element::<IgnoredAny>()?.is_some() {
-                    return Err(refuse(R::BOUND));
+                    return Err(refuse(R::OVER));
                 }
                 with_parsing((), |p| R::took(p, items.len()));
                 Ok(Capped(items, PhantomData))

@@ -3,73 +3,58 @@
 //!
 //! Every call runs on a coordinator thread of its own, which needs one of
 //! [`MAX_CALLS`] call slots: with none free the call is refused at once
-//! ([`Error::Busy`]) rather than queued, since the caller is an Erlang
-//! scheduler that must not wait. A call that wants to run items in parallel
-//! also asks for helper threads from a shared pool of [`MAX_HELPERS`]
-//! permits. Its coordinator works through the items too, so a call granted
-//! no helper still makes progress, and surplus work queues behind the
-//! threads a call has instead of spawning more. So at any moment the NIF
-//! runs at most `MAX_CALLS + MAX_HELPERS` threads.
+//! ([`Error::Busy`]), since the caller is an Erlang scheduler that must not
+//! wait. A call that runs items in parallel also takes helper threads from
+//! a shared pool of [`MAX_HELPERS`] permits. Its coordinator works through
+//! the items too, so a call granted no helper still makes progress. So the
+//! NIF runs at most `MAX_CALLS + MAX_HELPERS` threads.
 //!
-//! Fairness, so that one slow call cannot starve the rest: a call starts
-//! with at most [`START_SHARE`] helpers (all it gets when eight calls
-//! arrive at once), and never fewer than it started with, so the
-//! concurrency it reports is one it keeps. Between items it grows towards
-//! its fair share as permits free up: the max-min share of the pool among
-//! what the calls in flight want. Helpers beyond both its start and its
-//! share end after their item, giving their permits back for the others.
+//! So that one slow call cannot starve the rest, a call starts with at most
+//! [`START_SHARE`] helpers (what each gets when eight arrive at once) and
+//! keeps them, so the concurrency it reports is one it has. Between items
+//! it grows towards its share, the pool split evenly among the calls in
+//! flight, as permits free up; helpers beyond both its start and its share
+//! end after their item, giving their permits to the others.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::pool::Helpers;
 use crate::Error;
 
-/// Calls in flight at once; each is one coordinator thread. At most 64:
-/// a call's slot is a bit of one word.
+/// Calls in flight at once; each is one coordinator thread.
 pub const MAX_CALLS: usize = 64;
 /// Helper threads, shared by all calls in flight.
 pub const MAX_HELPERS: usize = 1024;
-/// The most helpers a call starts with, as a part of the pool.
+/// The most helpers a call starts with: an eighth of them.
 pub const START_SHARE: usize = MAX_HELPERS / 8;
 
 /// A counting semaphore that never blocks: it hands out what it has.
 #[derive(Debug)]
-struct Permits {
-    free: AtomicUsize,
-}
+struct Permits(AtomicUsize);
 
 impl Permits {
-    const fn new(count: usize) -> Permits {
-        Permits {
-            free: AtomicUsize::new(count),
-        }
-    }
-
     /// Takes `min(wanted, free)` permits and says how many it took.
     fn take_up_to(&self, wanted: usize) -> usize {
-        let taken = self
-            .free
+        let free = self
+            .0
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
                 (wanted.min(free) > 0).then(|| free - wanted.min(free))
             });
-        taken.map_or(0, |free| wanted.min(free))
+        free.map_or(0, |free| wanted.min(free))
     }
 
     fn give_back(&self, count: usize) {
-        self.free.fetch_add(count, Ordering::AcqRel);
+        self.0.fetch_add(count, Ordering::AcqRel);
     }
 
     fn free(&self) -> usize {
-        self.free.load(Ordering::Acquire)
+        self.0.load(Ordering::Acquire)
     }
 }
 
 #[derive(Debug)]
 pub struct Budget {
-    /// Bit `i` set: call slot `i` is taken.
-    slots: AtomicU64,
-    /// The helpers each slot's call wants.
-    wants: [AtomicUsize; MAX_CALLS],
+    calls: Permits,
     helpers: Permits,
     max_calls: usize,
     max_helpers: usize,
@@ -78,81 +63,37 @@ pub struct Budget {
 impl Budget {
     pub const fn new(max_calls: usize, max_helpers: usize) -> Budget {
         Budget {
-            slots: AtomicU64::new(0),
-            wants: [const { AtomicUsize::new(0) }; MAX_CALLS],
-            helpers: Permits::new(max_helpers),
-            max_calls: if max_calls < MAX_CALLS {
-                max_calls
-            } else {
-                MAX_CALLS
-            },
+            calls: Permits(AtomicUsize::new(max_calls)),
+            helpers: Permits(AtomicUsize::new(max_helpers)),
+            max_calls,
             max_helpers,
         }
     }
 
-    /// A call slot plus up to `helpers_wanted` helper permits, within the
-    /// start share, without waiting; `Err(Busy)` when every call slot is
-    /// taken.
-    pub fn admit(&self, helpers_wanted: usize) -> Result<Admission<'_>, Error> {
-        let slot = self.take_slot().ok_or(Error::Busy)?;
-        self.wants[slot].store(helpers_wanted, Ordering::Release);
-        let start = self.share_of(slot).min(self.max_helpers / 8);
-        let floor = self.helpers.take_up_to(start);
+    /// A call slot plus up to `wanted` helper permits within the start
+    /// share, without waiting; `Err(Busy)` when every call slot is taken.
+    pub fn admit(&self, wanted: usize) -> Result<Admission<'_>, Error> {
+        if self.calls.take_up_to(1) == 0 {
+            return Err(Error::Busy);
+        }
+        let floor = self
+            .helpers
+            .take_up_to(self.share(wanted).min(self.max_helpers / 8));
         Ok(Admission {
             budget: self,
-            slot,
+            wanted,
             floor,
             held: AtomicUsize::new(floor),
         })
     }
 
-    fn take_slot(&self) -> Option<usize> {
-        let all = u64::MAX
-            .checked_shr((64 - self.max_calls) as u32)
-            .unwrap_or(0);
-        let taken = self
-            .slots
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |slots| {
-                let free = !slots & all;
-                (free != 0).then(|| slots | (free & free.wrapping_neg()))
-            });
-        taken
-            .ok()
-            .map(|slots| (!slots & all).trailing_zeros() as usize)
-    }
-
-    /// The max-min fair share of the helpers among the calls in flight:
-    /// each gets what it wants, up to a level that the pool fills.
-    fn share(&self) -> usize {
-        let slots = self.slots.load(Ordering::Acquire);
-        let mut wants = [0; MAX_CALLS];
-        let mut calls = 0;
-        for (i, want) in self.wants.iter().enumerate() {
-            if slots & (1 << i) != 0 {
-                wants[calls] = want.load(Ordering::Acquire);
-                calls += 1;
-            }
-        }
-        let wants = &mut wants[..calls];
-        wants.sort_unstable();
-        let mut left = self.max_helpers;
-        for (i, &want) in wants.iter().enumerate() {
-            let callers = wants.len() - i;
-            if want.saturating_mul(callers) > left {
-                return left / callers;
-            }
-            left -= want;
-        }
-        usize::MAX
-    }
-
-    /// What the call in `slot` may hold: its fair share, at most its want.
-    fn share_of(&self, slot: usize) -> usize {
-        self.share().min(self.wants[slot].load(Ordering::Acquire))
+    /// What a call wanting `wanted` may hold: an even part of the pool.
+    fn share(&self, wanted: usize) -> usize {
+        wanted.min(self.max_helpers / self.calls_in_flight().max(1))
     }
 
     pub fn calls_in_flight(&self) -> usize {
-        self.slots.load(Ordering::Acquire).count_ones() as usize
+        self.max_calls.saturating_sub(self.calls.free())
     }
 
     pub fn helpers_in_use(&self) -> usize {
@@ -171,7 +112,7 @@ pub fn global() -> &'static Budget {
 #[derive(Debug)]
 pub struct Admission<'a> {
     budget: &'a Budget,
-    slot: usize,
+    wanted: usize,
     /// The helpers granted at the start, which the call keeps.
     floor: usize,
     held: AtomicUsize,
@@ -183,8 +124,7 @@ impl Admission<'_> {
         self.floor
     }
 
-    /// Items this call runs at once at least: its helpers and its
-    /// coordinator.
+    /// Items this call runs at once at least: its helpers and coordinator.
     pub fn concurrency(&self) -> usize {
         self.floor + 1
     }
@@ -192,10 +132,6 @@ impl Admission<'_> {
     /// Helper permits held now.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
-    }
-
-    fn share(&self) -> usize {
-        self.budget.share_of(self.slot)
     }
 }
 
@@ -205,7 +141,7 @@ impl Helpers for Admission<'_> {
     }
 
     fn grow(&self, up_to: usize) -> usize {
-        let share = self.share();
+        let share = self.budget.share(self.wanted);
         // Claimed on `held` first, so that workers finishing together do
         // not all take the same room.
         let claim = self
@@ -221,7 +157,7 @@ impl Helpers for Admission<'_> {
     }
 
     fn shrink(&self) -> bool {
-        let keep = self.floor.max(self.share());
+        let keep = self.floor.max(self.budget.share(self.wanted));
         let shed = self
             .held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
@@ -242,10 +178,7 @@ impl Helpers for Admission<'_> {
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
         self.budget.helpers.give_back(self.held());
-        self.budget.wants[self.slot].store(0, Ordering::Release);
-        self.budget
-            .slots
-            .fetch_and(!(1 << self.slot), Ordering::AcqRel);
+        self.budget.calls.give_back(1);
     }
 }
 
@@ -271,20 +204,16 @@ mod tests {
     }
 
     #[test]
-    fn the_fair_share_fills_the_pool_smallest_wants_first() {
+    fn the_share_is_an_even_part_of_the_pool_at_most_what_is_wanted() {
         let budget = Budget::new(4, 64);
-        let small = budget.admit(1).expect("slot");
         let a = budget.admit(100).expect("slot");
+        assert_eq!(budget.share(100), 64);
         let b = budget.admit(100).expect("slot");
-        // 1 for the small call, the 63 left halved.
-        assert_eq!((small.share(), a.share(), b.share()), (1, 31, 31));
-        drop(small);
-        assert_eq!((a.share(), b.share()), (32, 32));
-        drop(b);
-        assert_eq!(a.share(), 64);
-        // Wants that fit are met whole.
-        let c = budget.admit(10).expect("slot");
-        assert_eq!((a.share(), c.share()), (54, 10));
+        let small = budget.admit(1).expect("slot");
+        assert_eq!((budget.share(100), budget.share(1)), (21, 1));
+        drop((b, small));
+        assert_eq!(budget.share(100), 64);
+        drop(a);
     }
 
     #[test]
@@ -300,7 +229,7 @@ mod tests {
         // A newcomer finds nothing free: admitted with its coordinator
         // alone, it has a share of 32 all the same.
         let b = budget.admit(100).expect("slot");
-        assert_eq!((b.concurrency(), b.share()), (1, 32));
+        assert_eq!((b.concurrency(), budget.share(100)), (1, 32));
         assert_eq!(b.grow(usize::MAX), 0);
         // The first sheds to its share, one helper per item, never below.
         let shed = (0..100).take_while(|_| a.shrink()).count();
@@ -312,8 +241,8 @@ mod tests {
         assert_eq!(a.grow(usize::MAX), 32);
         let c = budget.admit(1_000).expect("slot");
         assert_eq!(c.helpers(), 0);
-        let kept = (0..100).take_while(|_| a.shrink()).count();
-        assert_eq!((kept, a.held()), (32, 32));
+        let shed = (0..100).take_while(|_| a.shrink()).count();
+        assert_eq!((shed, a.held()), (32, 32));
         assert_eq!(a.helpers(), 8);
     }
 
@@ -323,7 +252,7 @@ mod tests {
         let first = budget.admit(8).expect("slot");
         let rest: Vec<_> = (0..63).map(|_| budget.admit(64).expect("slot")).collect();
         // 64 calls: a share of one each, but the first keeps its 8.
-        assert_eq!(first.share(), 1);
+        assert_eq!(budget.share(8), 1);
         assert!(!first.shrink());
         assert_eq!(first.concurrency(), 9);
         drop(rest);

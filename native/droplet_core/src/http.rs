@@ -16,7 +16,7 @@ use ureq::Agent;
 use crate::ca::roots_with_extra_ca;
 use crate::error::Error;
 use crate::ratelimit::RateLimit;
-use crate::resolve::{Backlog, PoolResolver};
+use crate::resolve::{PoolResolver, BACKLOG};
 use crate::scope::MAX_FORBIDDEN_BODY;
 use crate::transport::{Exchange, Transport};
 
@@ -358,8 +358,8 @@ fn classify_io(e: &io::Error, in_body: bool) -> Error {
     if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         return Error::Tls(tls.to_string());
     }
-    if e.get_ref().is_some_and(|i| i.is::<Backlog>()) {
-        return Error::Transport(Backlog.to_string());
+    if e.get_ref().is_some_and(|i| i.to_string() == BACKLOG) {
+        return Error::Transport(BACKLOG.into());
     }
     use io::ErrorKind::*;
     match e.kind() {
@@ -435,7 +435,7 @@ mod tests {
 
     #[test]
     fn a_dns_backlog_is_a_transport_error_that_says_so() {
-        let e = ureq::Error::Io(io::Error::other(Backlog));
+        let e = ureq::Error::Io(io::Error::other(BACKLOG));
         assert_eq!(
             classify(e, false),
             Error::Transport("more than 64 DNS lookups waiting".into())

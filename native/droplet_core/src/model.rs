@@ -2,13 +2,12 @@
 //! needs. Parsing is strict about those fields (a droplet we cannot address
 //! must not silently vanish from the cluster) and ignores everything else.
 
-use std::cell::Cell;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::bounds::{self, Tally};
+use crate::bounds::{self, Over, Tally};
 use crate::error::Error;
 
 /// One page. Not `Deserialize`: it is read through [`parse_page`], which caps
@@ -141,34 +140,27 @@ fn address_type<'de, D: Deserializer<'de>>(d: D) -> Result<AddressType, D::Error
     bounds::text(d).map(AddressType::from)
 }
 
-/// Parses one page body holding at most `max_droplets` droplets (the
-/// `per_page` asked for), within `tally`'s bounds, which stop it at the
-/// first value past one (`ListingTooLarge`). Syntax errors and truncation
-/// are `InvalidJson`; well-formed JSON of the wrong shape is
-/// `UnexpectedShape`; more droplets than asked for is `Inconsistent`, and
-/// parsing stops at the first one too many: a large body of tiny droplets
-/// would otherwise become hundreds of thousands of structs.
-pub fn parse_page(body: &[u8], max_droplets: usize, tally: &Tally) -> Result<Page, Error> {
-    let overflow = Cell::new(false);
-    let seed = PageSeed {
-        max_droplets,
-        overflow: &overflow,
-    };
+/// Parses one page body holding at most `per_page` droplets, within
+/// `tally`'s bounds, which stop it at the first value past one
+/// (`ListingTooLarge`). Syntax errors and truncation are `InvalidJson`;
+/// well-formed JSON of the wrong shape is `UnexpectedShape`; more droplets
+/// than asked for is `Inconsistent`, and parsing stops at the first one too
+/// many: a large body of tiny droplets would otherwise become hundreds of
+/// thousands of structs.
+pub fn parse_page(body: &[u8], per_page: usize, tally: &Tally) -> Result<Page, Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let page = bounds::parse_with(tally, || {
-        seed.deserialize(&mut de)
+    let page = bounds::parse_with(tally, per_page, || {
+        PageSeed
+            .deserialize(&mut de)
             .and_then(|page| de.end().map(|()| page))
-    })
-    .map_err(|bound| Error::ListingTooLarge(bound, tally.limits.limit(bound)))?;
-    page.map_err(|e| {
-        if overflow.get() {
-            Error::Inconsistent(format!(
-                "a page lists more droplets than the {max_droplets} asked for (per_page)"
-            ))
-        } else {
-            json_error(&e)
-        }
-    })
+    });
+    match page {
+        Ok(page) => page.map_err(|e| json_error(&e)),
+        Err(Over::Bound(bound)) => Err(Error::ListingTooLarge(bound, tally.limits.limit(bound))),
+        Err(Over::PerPage) => Err(Error::Inconsistent(format!(
+            "a page lists more droplets than the {per_page} asked for (per_page)"
+        ))),
+    }
 }
 
 /// The error of a body that failed to parse. Only serde's category and
@@ -188,15 +180,12 @@ pub(crate) fn json_error(e: &serde_json::Error) -> Error {
     }
 }
 
-/// Reads the top-level object by hand so `droplets` can be read with a cap;
-/// the other fields keep their derived `Deserialize`. Unknown fields are
+/// Reads the top-level object by hand so that an array is no page (the
+/// derive would take one as the fields in order); unknown fields are
 /// skipped, duplicated ones refused, as the derive would.
-struct PageSeed<'a> {
-    max_droplets: usize,
-    overflow: &'a Cell<bool>,
-}
+struct PageSeed;
 
-impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
+impl<'de> DeserializeSeed<'de> for PageSeed {
     type Value = Page;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Page, D::Error> {
@@ -204,7 +193,7 @@ impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for PageSeed<'_> {
+impl<'de> Visitor<'de> for PageSeed {
     type Value = Page;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -221,10 +210,7 @@ impl<'de> Visitor<'de> for PageSeed<'_> {
                     return Err(de::Error::duplicate_field("droplets"))
                 }
                 PageField::Droplets => {
-                    droplets = Some(map.next_value_seed(CappedDroplets {
-                        max: self.max_droplets,
-                        overflow: self.overflow,
-                    })?)
+                    droplets = Some(map.next_value::<PageDroplets>()?.0);
                 }
                 PageField::Links if links.is_some() => {
                     return Err(de::Error::duplicate_field("links"))
@@ -248,6 +234,9 @@ impl<'de> Visitor<'de> for PageSeed<'_> {
 }
 
 #[derive(Deserialize)]
+struct PageDroplets(#[serde(deserialize_with = "bounds::droplets")] Vec<Droplet>);
+
+#[derive(Deserialize)]
 #[serde(field_identifier, rename_all = "lowercase")]
 enum PageField {
     Droplets,
@@ -255,46 +244,6 @@ enum PageField {
     Meta,
     #[serde(other)]
     Other,
-}
-
-/// The `droplets` array, refused at its `max + 1`-th element.
-struct CappedDroplets<'a> {
-    max: usize,
-    overflow: &'a Cell<bool>,
-}
-
-impl<'de> DeserializeSeed<'de> for CappedDroplets<'_> {
-    type Value = Vec<Droplet>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Droplet>, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for CappedDroplets<'_> {
-    type Value = Vec<Droplet>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of droplets")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Droplet>, A::Error> {
-        // Never trust the document for the allocation: grow as elements come.
-        let mut droplets = Vec::with_capacity(self.max.min(256));
-        while droplets.len() < self.max {
-            match seq.next_element::<Droplet>()? {
-                Some(droplet) => droplets.push(droplet),
-                None => return Ok(droplets),
-            }
-        }
-        // Full: one more element of any kind is one too many, and is not
-        // built to find that out.
-        if seq.next_element::<IgnoredAny>()?.is_some() {
-            self.overflow.set(true);
-            return Err(de::Error::custom("more droplets than per_page"));
-        }
-        Ok(droplets)
-    }
 }
 
 #[cfg(test)]

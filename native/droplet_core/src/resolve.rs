@@ -1,23 +1,18 @@
 //! Host names resolved on a small fixed pool of threads, each lookup within
 //! the request's own timeout.
 //!
-//! A lookup (`getaddrinfo`) cannot be interrupted. ureq's own resolver,
-//! given a timeout, runs each one on a new thread and stops waiting at the
-//! timeout, but the thread lives on until the lookup ends: under slow DNS,
-//! every listing left one behind (640 after 20 rounds of 32 listings). Here
-//! at most [`DNS_THREADS`] lookups run at once in the whole process, at most
-//! [`DNS_QUEUE`] wait for them, a lookup whose caller has given up is never
-//! started, and a pool thread idle for [`DNS_IDLE`] ends. So the threads
-//! outside the NIF's budget (`crate::budget`) number at most `DNS_THREADS`,
-//! and a lookup the OS holds ties up one of them, not one per call, for as
-//! long as the OS resolver's own timeouts run.
+//! A lookup (`getaddrinfo`) cannot be interrupted. ureq's own resolver, given
+//! a timeout, runs each on a new thread and stops waiting at the timeout, but
+//! the thread lives on until the lookup ends: under slow DNS every listing
+//! left one behind (640 after 20 rounds of 32). Here [`DNS_THREADS`] threads,
+//! started at the first lookup, do every lookup of the process; at most
+//! [`DNS_QUEUE`] wait for them, and one whose caller has given up is never
+//! started. A hung lookup ties up one of them, not one thread per call.
 
-use std::collections::VecDeque;
-use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,172 +22,89 @@ use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::NextTimeout;
 
-/// Lookups running at once, process-wide.
+/// Lookups running at once, process-wide; the threads are named
+/// `libcluster_dns`, not `droplet_*` like the threads the budget counts.
 pub const DNS_THREADS: usize = 4;
 /// Lookups waiting for a thread; one more fails at once.
 pub const DNS_QUEUE: usize = 64;
-/// How long a pool thread waits for work before it ends.
-pub const DNS_IDLE: Duration = Duration::from_secs(10);
-/// Not `droplet_*`, the names of the threads the budget counts.
-pub const DNS_THREAD_NAME: &str = "libcluster_dns";
-/// `getaddrinfo` with glibc's NSS modules wants more than a probe's stack.
-const DNS_STACK: usize = 256 * 1024;
 
 type Addrs = io::Result<Vec<SocketAddr>>;
 type Lookup = dyn Fn(&str) -> Addrs + Send + Sync;
 
-/// Why a lookup was not answered.
+/// Why a lookup was not answered: the caller's time ran out, or it failed.
 #[derive(Debug)]
 pub enum Unresolved {
-    /// The caller's time ran out first.
     Timeout,
     Failed(io::Error),
 }
 
-/// Every pool thread busy and [`DNS_QUEUE`] lookups waiting already.
-#[derive(Debug)]
-pub struct Backlog;
-
-impl fmt::Display for Backlog {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "more than {DNS_QUEUE} DNS lookups waiting")
-    }
-}
-
-impl std::error::Error for Backlog {}
+/// The message of a lookup refused because [`DNS_QUEUE`] are waiting.
+pub const BACKLOG: &str = "more than 64 DNS lookups waiting";
 
 struct Job {
     host_port: String,
-    deadline: Instant,
-    reply: mpsc::SyncSender<Addrs>,
-}
-
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
-    threads: usize,
-    idle: usize,
+    deadline: Option<Instant>,
+    reply: SyncSender<Addrs>,
 }
 
 pub struct Pool {
-    name: &'static str,
-    lookup: Box<Lookup>,
-    max_threads: usize,
-    max_queued: usize,
-    idle: Duration,
-    queue: Mutex<Queue>,
-    work: Condvar,
+    jobs: SyncSender<Job>,
 }
 
 impl Pool {
-    pub fn new(
-        name: &'static str,
-        lookup: Box<Lookup>,
-        max_threads: usize,
-        max_queued: usize,
-        idle: Duration,
-    ) -> Arc<Pool> {
-        Arc::new(Pool {
-            name,
-            lookup,
-            max_threads,
-            max_queued,
-            idle,
-            queue: Mutex::default(),
-            work: Condvar::new(),
-        })
+    /// `threads` threads named `name` doing `lookup`s, `queue` waiting.
+    pub fn new(name: &str, threads: usize, queue: usize, lookup: Box<Lookup>) -> Pool {
+        let (jobs, waiting) = mpsc::sync_channel::<Job>(queue);
+        let (waiting, lookup) = (Arc::new(Mutex::new(waiting)), Arc::<Lookup>::from(lookup));
+        for _ in 0..threads {
+            let (waiting, lookup) = (waiting.clone(), lookup.clone());
+            // A thread that cannot start leaves the others; with none, every
+            // lookup times out.
+            let _ = thread::Builder::new()
+                .name(name.to_string())
+                .stack_size(256 * 1024)
+                .spawn(move || serve(&waiting, &*lookup));
+        }
+        Pool { jobs }
     }
 
     /// The addresses of `host_port` (`host:port`), waiting at most `wait`.
-    pub fn resolve(
-        self: &Arc<Pool>,
-        host_port: &str,
-        wait: Duration,
-    ) -> Result<Vec<SocketAddr>, Unresolved> {
-        // A literal needs no lookup (and no thread).
+    pub fn resolve(&self, host_port: &str, wait: Duration) -> Result<Vec<SocketAddr>, Unresolved> {
+        // A literal needs no lookup.
         if let Ok(addr) = host_port.parse::<SocketAddr>() {
             return Ok(vec![addr]);
         }
-        let now = Instant::now();
         let (reply, answer) = mpsc::sync_channel(1);
-        self.enqueue(Job {
+        let deadline = Instant::now().checked_add(wait);
+        let job = Job {
             host_port: host_port.to_string(),
-            deadline: now.checked_add(wait).unwrap_or(now),
+            deadline,
             reply,
-        })
-        .map_err(Unresolved::Failed)?;
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.jobs.try_send(job)
+        {
+            return Err(Unresolved::Failed(io::Error::other(BACKLOG)));
+        }
         match answer.recv_timeout(wait) {
             Ok(addrs) => addrs.map_err(Unresolved::Failed),
-            Err(RecvTimeoutError::Timeout) => Err(Unresolved::Timeout),
-            Err(RecvTimeoutError::Disconnected) => Err(Unresolved::Failed(io::Error::other(
-                "the DNS lookup thread ended without an answer",
-            ))),
-        }
-    }
-
-    fn enqueue(self: &Arc<Pool>, job: Job) -> io::Result<()> {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.jobs.len() >= self.max_queued {
-            // Those whose callers have given up hold no place.
-            let now = Instant::now();
-            queue.jobs.retain(|j| j.deadline > now);
-            if queue.jobs.len() >= self.max_queued {
-                return Err(io::Error::other(Backlog));
-            }
-        }
-        queue.jobs.push_back(job);
-        if queue.idle == 0 && queue.threads < self.max_threads {
-            let pool = Arc::clone(self);
-            let spawned = thread::Builder::new()
-                .name(self.name.to_string())
-                .stack_size(DNS_STACK)
-                .spawn(move || pool.serve());
-            match spawned {
-                Ok(_) => queue.threads += 1,
-                // Another thread will take the job; with none, it fails.
-                Err(e) if queue.threads == 0 => {
-                    queue.jobs.pop_back();
-                    return Err(e);
-                }
-                Err(_) => {}
-            }
-        }
-        drop(queue);
-        self.work.notify_one();
-        Ok(())
-    }
-
-    /// A pool thread: lookups until none has come for `idle`.
-    fn serve(&self) {
-        loop {
-            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            let job = loop {
-                if let Some(job) = queue.jobs.pop_front() {
-                    break job;
-                }
-                queue.idle += 1;
-                let (q, waited) = self
-                    .work
-                    .wait_timeout(queue, self.idle)
-                    .unwrap_or_else(|e| e.into_inner());
-                queue = q;
-                queue.idle -= 1;
-                if waited.timed_out() && queue.jobs.is_empty() {
-                    queue.threads -= 1;
-                    return;
-                }
-            };
-            drop(queue);
-            if Instant::now() < job.deadline {
-                // The caller may have gone meanwhile: nobody to tell.
-                let _ = job.reply.try_send((self.lookup)(&job.host_port));
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                Err(Unresolved::Timeout)
             }
         }
     }
+}
 
-    /// Pool threads alive now.
-    pub fn threads(&self) -> usize {
-        self.queue.lock().map_or(0, |q| q.threads)
+/// A pool thread: the next job whose caller still waits, forever.
+fn serve(waiting: &Mutex<Receiver<Job>>, lookup: &Lookup) {
+    loop {
+        let job = match waiting.lock().map(|w| w.recv()) {
+            Ok(Ok(job)) => job,
+            _ => return,
+        };
+        if job.deadline.is_none_or(|d| Instant::now() < d) {
+            // The caller may have gone meanwhile: nobody to tell.
+            let _ = job.reply.send(lookup(&job.host_port));
+        }
     }
 }
 
@@ -210,14 +122,13 @@ fn system_lookup(host_port: &str) -> Addrs {
 }
 
 /// The process's pool, which every agent resolves on.
-pub fn global() -> &'static Arc<Pool> {
-    static POOL: Lazy<Arc<Pool>> = Lazy::new(|| {
+pub fn global() -> &'static Pool {
+    static POOL: Lazy<Pool> = Lazy::new(|| {
         Pool::new(
-            DNS_THREAD_NAME,
-            Box::new(system_lookup),
+            "libcluster_dns",
             DNS_THREADS,
             DNS_QUEUE,
-            DNS_IDLE,
+            Box::new(system_lookup),
         )
     });
     &POOL
@@ -240,7 +151,7 @@ impl Resolver for PoolResolver {
             .and_then(|(scheme, authority)| DefaultResolver::host_and_port(scheme, authority))
             .ok_or_else(|| ureq::Error::BadUri(uri.to_string()))?;
         // Our agents always set a timeout; without one, still not forever.
-        let wait = timeout.not_zero().map_or(DNS_IDLE, |d| *d);
+        let wait = timeout.not_zero().map_or(Duration::from_secs(60), |d| *d);
         let addrs = global().resolve(&host_port, wait).map_err(|e| match e {
             Unresolved::Timeout => ureq::Error::Timeout(timeout.reason),
             Unresolved::Failed(e) => ureq::Error::Io(e),
@@ -258,9 +169,10 @@ impl Resolver for PoolResolver {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Condvar;
 
     /// Threads of this process named `name`, from `/proc/self/task`.
     pub(crate) fn threads_named(name: &str) -> usize {
@@ -274,18 +186,26 @@ mod tests {
 
     /// Lookups that hang until `open` is set, as under DNS that never
     /// answers, counting how many were started.
+    #[derive(Default)]
     struct Gate {
         open: Mutex<bool>,
         opened: Condvar,
         started: AtomicUsize,
     }
 
-    fn gated(name: &'static str, threads: usize, queued: usize) -> (Arc<Pool>, Arc<Gate>) {
-        let gate = Arc::new(Gate {
-            open: Mutex::new(false),
-            opened: Condvar::new(),
-            started: AtomicUsize::new(0),
-        });
+    impl Gate {
+        fn open(&self) {
+            *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            self.opened.notify_all();
+        }
+
+        fn started(&self) -> usize {
+            self.started.load(Ordering::SeqCst)
+        }
+    }
+
+    fn gated(name: &str, threads: usize, queue: usize) -> (Arc<Pool>, Arc<Gate>) {
+        let gate = Arc::new(Gate::default());
         let g = gate.clone();
         let lookup = move |_: &str| -> Addrs {
             g.started.fetch_add(1, Ordering::SeqCst);
@@ -295,27 +215,13 @@ mod tests {
             }
             Ok(vec!["10.0.0.1:443".parse().expect("addr")])
         };
-        let idle = Duration::from_millis(50);
         (
-            Pool::new(name, Box::new(lookup), threads, queued, idle),
+            Arc::new(Pool::new(name, threads, queue, Box::new(lookup))),
             gate,
         )
     }
 
-    fn open(gate: &Gate) {
-        *gate.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        gate.opened.notify_all();
-    }
-
-    /// Polls `done` until it holds; fails after a minute, which only a
-    /// broken pool ever takes.
-    fn eventually(done: impl Fn() -> bool) {
-        let until = Instant::now() + Duration::from_secs(60);
-        while !done() {
-            assert!(Instant::now() < until, "never happened");
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
+    const LONG: Duration = Duration::from_secs(600);
 
     #[test]
     fn lookups_that_never_answer_hold_the_pool_threads_and_no_more() {
@@ -330,46 +236,38 @@ mod tests {
             let outcome = caller.join().expect("caller");
             assert!(matches!(outcome, Err(Unresolved::Timeout)), "{outcome:?}");
         }
-        // Every caller gave up; three lookups hang, on the pool's three
+        // Every caller gave up; three lookups hang on the pool's three
         // threads, and the 37 others were never started.
-        assert_eq!(gate.started.load(Ordering::SeqCst), 3);
-        assert_eq!((pool.threads(), threads_named("dns_t_hang")), (3, 3));
-        // Once they answer, the queue's expired lookups are skipped and the
-        // idle threads end.
-        open(&gate);
-        eventually(|| pool.threads() == 0 && threads_named("dns_t_hang") == 0);
-        assert_eq!(gate.started.load(Ordering::SeqCst), 3);
+        assert_eq!((gate.started(), threads_named("dns_t_hang")), (3, 3));
+        // Once they answer, the queued lookups nobody waits for are skipped:
+        // the next one is the fourth started.
+        gate.open();
+        assert!(pool.resolve("next.test:443", LONG).is_ok());
+        assert_eq!((gate.started(), threads_named("dns_t_hang")), (4, 3));
     }
 
     #[test]
-    fn a_full_queue_refuses_at_once_but_makes_room_for_the_expired() {
+    fn a_full_queue_refuses_at_once() {
         let (pool, gate) = gated("dns_t_queue", 1, 2);
-        let wait = |pool: &Arc<Pool>| {
+        let first = {
             let pool = pool.clone();
-            thread::spawn(move || pool.resolve("slow.test:443", Duration::from_secs(600)))
+            thread::spawn(move || pool.resolve("slow.test:443", LONG))
         };
-        let queued = |pool: &Arc<Pool>| pool.queue.lock().map_or(0, |q| q.jobs.len());
-        // One lookup running, then two waiting: the queue is full.
-        let mut waiting = vec![wait(&pool)];
-        eventually(|| gate.started.load(Ordering::SeqCst) == 1);
-        waiting.extend([wait(&pool), wait(&pool)]);
-        eventually(|| queued(&pool) == 2);
-        match pool.resolve("other.test:443", Duration::from_secs(600)) {
-            Err(Unresolved::Failed(e)) => assert!(e.get_ref().is_some_and(|i| i.is::<Backlog>())),
-            other => panic!("{other:?}"),
+        while gate.started() == 0 {
+            thread::sleep(Duration::from_millis(1));
         }
-        open(&gate);
-        for w in waiting {
-            assert_eq!(w.join().expect("caller").map(|a| a.len()).ok(), Some(1));
-        }
-        // Expired lookups hold no place: one running and two queued that
-        // gave up leave room for a fourth.
-        let (pool, gate) = gated("dns_t_expire", 1, 2);
-        for _ in 0..4 {
-            let outcome = pool.resolve("slow.test:443", Duration::from_millis(20));
+        // One lookup running; two given up on, still queued: the queue is full.
+        for _ in 0..2 {
+            let outcome = pool.resolve("slow.test:443", Duration::from_millis(1));
             assert!(matches!(outcome, Err(Unresolved::Timeout)), "{outcome:?}");
         }
-        open(&gate);
+        match pool.resolve("other.test:443", LONG) {
+            Err(Unresolved::Failed(e)) => assert_eq!(e.to_string(), BACKLOG),
+            other => panic!("{other:?}"),
+        }
+        gate.open();
+        assert_eq!(first.join().expect("caller").map(|a| a.len()).ok(), Some(1));
+        assert_eq!(gate.started(), 1);
     }
 
     #[test]
@@ -379,15 +277,12 @@ mod tests {
             let addrs = pool.resolve(literal, Duration::from_secs(1)).ok();
             assert_eq!(addrs, Some(vec![literal.parse().expect("addr")]));
         }
-        assert_eq!(
-            (gate.started.load(Ordering::SeqCst), pool.threads()),
-            (0, 0)
-        );
-        open(&gate);
-        let addrs = pool.resolve("name.test:443", Duration::from_secs(600)).ok();
+        assert_eq!(gate.started(), 0);
+        gate.open();
+        let addrs = pool.resolve("name.test:443", LONG).ok();
         assert_eq!(addrs, Some(vec!["10.0.0.1:443".parse().expect("addr")]));
         // The real pool, on the real resolver.
-        let local = global().resolve("localhost:80", Duration::from_secs(600));
+        let local = global().resolve("localhost:80", LONG);
         assert!(local.is_ok_and(|a| a.iter().all(|a| a.ip().is_loopback())));
     }
 }

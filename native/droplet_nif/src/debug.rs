@@ -68,12 +68,6 @@ fn debug_dns_delay(ms: u64) -> Atom {
     atoms::ok()
 }
 
-/// `debug_dns_threads() :: non_neg_integer`: the DNS pool's threads now.
-#[rustler::nif]
-fn debug_dns_threads() -> usize {
-    droplet_core::resolve::global().threads()
-}
-
 /// Monotonic nanoseconds since the first call in this VM.
 fn now_ns() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();

@@ -73,6 +73,9 @@ const DAY_MS: u64 = 24 * HOUR_MS;
 /// Bounds in bytes or counts: far above anything sensible, far below overflow.
 const MAX_BOUND: u64 = 1 << 40;
 
+/// An integer option: its key, its range, and where it goes.
+type Int<'a> = (&'static str, u64, u64, &'a mut dyn FnMut(u64));
+
 #[derive(NifUnitEnum)]
 enum GpusArg {
     False,
@@ -119,7 +122,7 @@ pub fn list_args(term: Term) -> Result<ListArgs, Error> {
         .map(|t| non_empty(t, "ca_file"))
         .transpose()?;
     let (ms, r) = (Duration::from_millis, &mut request);
-    let mut ints: [(&str, u64, u64, &mut dyn FnMut(u64)); 13] = [
+    let mut ints: [Int; 13] = [
         ("per_page", 1, 200, &mut |n| r.per_page = n as u32),
         ("connect_timeout_ms", 1, HOUR_MS, &mut |n| {
             r.connect_timeout = ms(n)

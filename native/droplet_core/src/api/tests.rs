@@ -1270,8 +1270,8 @@ fn http_a_host_name_is_resolved_on_the_process_pool() {
     req.request_timeout = Duration::from_secs(5);
     let listing = list_droplets(&req, &Stats::default()).expect("listing");
     assert_eq!(ids(&listing), [3164444, 3164459, 3164412]);
-    let pool = crate::resolve::global().threads();
-    assert!((1..=crate::resolve::DNS_THREADS).contains(&pool), "{pool}");
+    let pool = crate::resolve::tests::threads_named("libcluster_dns");
+    assert_eq!(pool, crate::resolve::DNS_THREADS);
 }
 
 #[test]
