@@ -6,7 +6,6 @@
 //! redirects and status handling are tested without sockets.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,7 +24,7 @@ use crate::links::{
 use crate::model::{parse_page, Droplet, Page};
 use crate::pool::{self, Helpers};
 use crate::ratelimit::{RateLimit, Tracker};
-use crate::redact::Redactor;
+use crate::redact::{Redactor, Secret};
 use crate::scope::missing_scope;
 use crate::transport::Transport;
 
@@ -56,10 +55,10 @@ const PAGE_STACK: usize = 512 * 1024;
 
 /// What to list and how. Build with [`ListRequest::new`], then adjust the
 /// public fields; `api_url` is kept normalized by `new`.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ListRequest {
     pub api_url: String,
-    pub token: String,
+    pub token: Secret,
     /// Tags or a name; several tags, and GPU droplets, take a listing each
     /// (see [`crate::filters`]).
     pub filter: ListFilter,
@@ -89,7 +88,7 @@ impl ListRequest {
     pub fn new(api_url: &str, token: &str) -> Result<ListRequest, Error> {
         Ok(ListRequest {
             api_url: normalize_api_url(api_url)?,
-            token: validate_token(token)?,
+            token: Secret(validate_token(token)?),
             filter: ListFilter::All,
             gpus: Gpus::Exclude,
             per_page: DEFAULT_PER_PAGE,
@@ -131,29 +130,6 @@ fn validate_token(token: &str) -> Result<String, Error> {
         ));
     }
     Ok(token.to_string())
-}
-
-impl fmt::Debug for ListRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ListRequest")
-            .field("api_url", &self.api_url)
-            .field("token", &"[REDACTED]")
-            .field("filter", &self.filter)
-            .field("gpus", &self.gpus)
-            .field("per_page", &self.per_page)
-            .field("ca_file", &self.ca_file)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("deadline", &self.deadline)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("max_pages", &self.max_pages)
-            .field("max_droplets", &self.max_droplets)
-            .field("limits", &self.limits)
-            .field("page_concurrency", &self.page_concurrency)
-            .field("keep_alive", &self.keep_alive)
-            .field("cancel", &self.cancel)
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,8 +222,8 @@ pub fn list_with<T: Transport>(
 /// that came from the API scrubbed of it too (a droplet named after the
 /// token becomes an unusable name, never the token).
 fn sanitized(req: &ListRequest, result: Result<Listing, Error>) -> Result<Listing, Error> {
-    let redactor = Redactor::new(&req.token);
-    let mut listing = result.map_err(|e| e.sanitize(&req.token))?;
+    let redactor = Redactor::new(&req.token.0);
+    let mut listing = result.map_err(|e| e.sanitize(&req.token.0))?;
     listing
         .droplets
         .iter_mut()

@@ -204,16 +204,17 @@ pub fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Er
 }
 
 pub fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    let tags = Option::<Capped<Text, Tags>>::deserialize(d)?;
+    let tags = Option::<Capped<Text, TAGS>>::deserialize(d)?;
     Ok(tags.map(|c| c.0.into_iter().map(|t| t.0).collect()))
 }
 
-pub fn addresses<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Capped::<T, Addresses>::deserialize(d).map(|c| c.0)
+pub fn addresses<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    Capped::<T, ADDRESSES>::deserialize(d).map(|c| c.0)
+}
+
+/// The droplets of a page, refused at the one past `per_page`.
+pub fn droplets<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    Capped::<T, PER_PAGE>::deserialize(d).map(|c| c.0)
 }
 
 /// Counts a droplet, and its addresses from zero; `networks` is required,
@@ -228,66 +229,38 @@ where
     T::deserialize(d)
 }
 
-/// The droplets of a page, refused at the one past `per_page`.
-pub fn droplets<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Capped::<T, PerPage>::deserialize(d).map(|c| c.0)
-}
-
-/// The elements a capped list may still take, and what takes them.
-trait Room {
-    const OVER: Over;
-    fn room(p: &Parsing) -> usize;
-    fn took(_p: &mut Parsing, _n: usize) {}
-}
-
-struct PerPage;
-impl Room for PerPage {
-    const OVER: Over = Over::PerPage;
-    fn room(p: &Parsing) -> usize {
-        p.per_page
-    }
-}
-
-struct Tags;
-impl Room for Tags {
-    const OVER: Over = Over::Bound(Bound::MaxTagsPerDroplet);
-    fn room(p: &Parsing) -> usize {
-        p.tally.limits.max_tags_per_droplet
-    }
-}
-
-struct Addresses;
-impl Room for Addresses {
-    const OVER: Over = Over::Bound(Bound::MaxAddressesPerDroplet);
-    fn room(p: &Parsing) -> usize {
-        p.tally
-            .limits
-            .max_addresses_per_droplet
-            .saturating_sub(p.addresses)
-    }
-    fn took(p: &mut Parsing, n: usize) {
-        p.addresses += n;
-    }
-}
+const PER_PAGE: u8 = 0;
+const TAGS: u8 = 1;
+const ADDRESSES: u8 = 2;
 
 /// A list refused at the element one past its room, which is skipped
-/// rather than built.
-struct Capped<T, R>(Vec<T>, PhantomData<R>);
+/// rather than built: a page's droplets, a droplet's tags, or its addresses
+/// (v4 and v6 sharing one room).
+struct Capped<T, const KIND: u8>(Vec<T>);
 
-impl<'de, T: Deserialize<'de>, R: Room> Deserialize<'de> for Capped<T, R> {
+impl<'de, T: Deserialize<'de>, const KIND: u8> Deserialize<'de> for Capped<T, KIND> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T, R>(PhantomData<(T, R)>);
-        impl<'de, T: Deserialize<'de>, R: Room> Visitor<'de> for V<T, R> {
-            type Value = Capped<T, R>;
+        struct V<T, const KIND: u8>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const KIND: u8> Visitor<'de> for V<T, KIND> {
+            type Value = Capped<T, KIND>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a list")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let room = with_parsing(usize::MAX, |p| R::room(p));
+                let (room, over) = with_parsing((usize::MAX, Over::PerPage), |p| match KIND {
+                    PER_PAGE => (p.per_page, Over::PerPage),
+                    TAGS => (
+                        p.tally.limits.max_tags_per_droplet,
+                        Over::Bound(Bound::MaxTagsPerDroplet),
+                    ),
+                    _ => {
+                        let room = p.tally.limits.max_addresses_per_droplet;
+                        (
+                            room.saturating_sub(p.addresses),
+                            Over::Bound(Bound::MaxAddressesPerDroplet),
+                        )
+                    }
+                });
                 let mut items = Vec::new();
                 while items.len() < room {
                     match seq.next_element()? {
@@ -296,10 +269,12 @@ impl<'de, T: Deserialize<'de>, R: Room> Deserialize<'de> for Capped<T, R> {
                     }
                 }
                 if items.len() == room && seq.next_element::<IgnoredAny>()?.is_some() {
-                    return Err(refuse(R::OVER));
+                    return Err(refuse(over));
                 }
-                with_parsing((), |p| R::took(p, items.len()));
-                Ok(Capped(items, PhantomData))
+                if KIND == ADDRESSES {
+                    with_parsing((), |p| p.addresses += items.len());
+                }
+                Ok(Capped(items))
             }
         }
         d.deserialize_seq(V(PhantomData))

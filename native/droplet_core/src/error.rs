@@ -1,8 +1,8 @@
 //! The one error type of the core. Each variant is one Elixir reason term, so
-//! the NIF's encoding is a plain `match` with no information lost or invented.
+//! the NIF's encoding is a plain `match` with no information lost or invented;
+//! the Elixir side words them (`LibclusterDroplet.Error.format/1`).
 
 use std::any::Any;
-use std::fmt;
 
 use crate::bounds::Bound;
 use crate::redact::Redactor;
@@ -136,49 +136,6 @@ pub fn panic_detail(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Unauthorized => f.write_str("the API rejected the token (401)"),
-            Error::Forbidden(None) => f.write_str("the token lacks a required scope (403)"),
-            Error::Forbidden(Some(scope)) => write!(f, "the token lacks the {scope} scope (403)"),
-            Error::RateLimited(Some(s)) => write!(f, "rate limited, retry in {s} s"),
-            Error::RateLimited(None) => f.write_str("rate limited"),
-            Error::HttpStatus(code) => write!(f, "unexpected HTTP status {code}"),
-            Error::Timeout => f.write_str("timed out"),
-            Error::Transport(d) => write!(f, "transport error: {d}"),
-            Error::Tls(d) => write!(f, "TLS error: {d}"),
-            Error::InvalidJson(d) => write!(f, "invalid JSON: {d}"),
-            Error::UnexpectedShape(d) => write!(f, "unexpected JSON shape: {d}"),
-            Error::Inconsistent(d) => write!(f, "inconsistent listing: {d}"),
-            Error::ForeignLink => f.write_str("a pagination link points to another origin"),
-            Error::ForeignRedirect => f.write_str("a redirect points to another origin"),
-            Error::TooManyRedirects => f.write_str("too many redirects"),
-            Error::PaginationLoop => f.write_str("pagination links loop"),
-            Error::TooManyPages(max) => write!(f, "more than {max} pages"),
-            Error::TooManyDroplets(max) => write!(f, "more than {max} droplets"),
-            Error::ListingTooLarge(bound, limit) => write!(f, "listing over {bound:?} ({limit})"),
-            Error::BodyTooLarge(limit) => write!(f, "response body over {limit} bytes"),
-            Error::CaFile(d) => write!(f, "CA file: {d}"),
-            Error::InvalidRequest(d) => write!(f, "invalid request: {d}"),
-            Error::NoPrivateIpv6 => f.write_str("DigitalOcean has no private IPv6 addresses"),
-            Error::TagsUnknown => f.write_str(
-                "droplets were listed without their tags, so tag_name cannot be checked (tag:read)",
-            ),
-            Error::Spawn(d) => write!(f, "could not spawn a thread: {d}"),
-            Error::Panic(d) => write!(f, "panic: {d}"),
-            Error::Busy => write!(
-                f,
-                "more than {} NIF calls in flight",
-                crate::budget::MAX_CALLS
-            ),
-            Error::Cancelled => f.write_str("cancelled"),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,10 +210,6 @@ mod tests {
         );
         // Too short to be a token: "vpc" is left alone, as in details.
         assert_eq!(named.clone().sanitize("vpc"), named);
-        assert_eq!(
-            named.to_string(),
-            "the token lacks the vpc:read scope (403)"
-        );
     }
 
     #[test]
@@ -285,17 +238,5 @@ mod tests {
         assert_eq!(panic_detail(p.as_ref()), "42");
         let p = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
         assert_eq!(panic_detail(p.as_ref()), "panic with a non-string payload");
-    }
-
-    #[test]
-    fn display_is_readable() {
-        assert_eq!(
-            Error::HttpStatus(502).to_string(),
-            "unexpected HTTP status 502"
-        );
-        assert_eq!(
-            Error::RateLimited(Some(3)).to_string(),
-            "rate limited, retry in 3 s"
-        );
     }
 }

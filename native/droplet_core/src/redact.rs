@@ -20,6 +20,16 @@ const MIN_SECRET_LEN: usize = 4;
 
 const REDACTED: &str = "[REDACTED]";
 
+/// The token, or a header holding it: shown by `Debug` as `[REDACTED]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
 pub struct Redactor<'a> {
     width: usize,
     pieces: HashSet<&'a [u8]>,
