@@ -16,7 +16,7 @@ use crate::bounds::{Limits, Tally};
 use crate::cancel::Cancel;
 use crate::error::Error;
 use crate::filters::{queries, Gpus, ListFilter, Query};
-use crate::http::{TransportConfig, UreqTransport};
+use crate::http::UreqTransport;
 use crate::links::{
     first_page_url, normalize_api_url, page_number, resolve_location, same_origin, same_origin_url,
     with_query_param,
@@ -28,23 +28,6 @@ use crate::redact::{Redactor, Secret};
 use crate::scope::missing_scope;
 use crate::transport::Transport;
 
-pub const DEFAULT_PER_PAGE: u32 = 200;
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5_000);
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(15_000);
-pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(60_000);
-/// Eight times a full page of 200 DigitalOcean droplets (about 500 KB):
-/// what one response may bring, and, times `page_concurrency`, what the
-/// responses in flight hold at once.
-pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
-pub const DEFAULT_MAX_PAGES: u32 = 1_000;
-/// Fifty full pages, and DigitalOcean's default droplet limit per account is
-/// far below it; a cluster larger than this raises the cap on purpose.
-pub const DEFAULT_MAX_DROPLETS: u64 = 10_000;
-pub const DEFAULT_PAGE_CONCURRENCY: usize = 4;
-/// An hour: the longest a strategy waits between polls with its default
-/// settings (a rate-limit reset is at most an hour away), so a poll never
-/// pays DNS, TCP and TLS again for a connection it could have kept.
-pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(3_600);
 /// Redirects followed for one page before giving up.
 pub const MAX_REDIRECTS: u32 = 3;
 /// A listing whose `meta.total` changes under it is started over once.
@@ -86,35 +69,34 @@ pub struct ListRequest {
 
 impl ListRequest {
     pub fn new(api_url: &str, token: &str) -> Result<ListRequest, Error> {
+        let ms = Duration::from_millis;
         Ok(ListRequest {
             api_url: normalize_api_url(api_url)?,
             token: Secret(validate_token(token)?),
             filter: ListFilter::All,
             gpus: Gpus::Exclude,
-            per_page: DEFAULT_PER_PAGE,
+            per_page: 200,
             ca_file: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            deadline: DEFAULT_DEADLINE,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_pages: DEFAULT_MAX_PAGES,
-            max_droplets: DEFAULT_MAX_DROPLETS,
+            connect_timeout: ms(5_000),
+            request_timeout: ms(15_000),
+            deadline: ms(60_000),
+            // Eight times a full page of 200 droplets (about 500 KB): what
+            // one response may bring; times `page_concurrency`, what the
+            // responses in flight hold at once.
+            max_body_bytes: 4 * 1024 * 1024,
+            max_pages: 1_000,
+            // Fifty full pages, far above DigitalOcean's default droplet
+            // limit per account: a larger cluster raises it on purpose.
+            max_droplets: 10_000,
             limits: Limits::default(),
-            page_concurrency: DEFAULT_PAGE_CONCURRENCY,
-            keep_alive: DEFAULT_KEEP_ALIVE,
+            page_concurrency: 4,
+            // An hour: the longest a strategy waits between polls with its
+            // defaults (a rate-limit reset is at most an hour away), so no
+            // poll pays DNS, TCP and TLS again for a connection it could
+            // have kept.
+            keep_alive: ms(3_600_000),
             cancel: Cancel::new(),
         })
-    }
-
-    fn transport_config(&self) -> TransportConfig {
-        TransportConfig {
-            token: self.token.clone(),
-            ca_file: self.ca_file.clone(),
-            connect_timeout: self.connect_timeout,
-            request_timeout: self.request_timeout,
-            max_body_bytes: self.max_body_bytes,
-            keep_alive: self.keep_alive,
-        }
     }
 }
 
@@ -185,7 +167,7 @@ pub fn list_droplets_within(
 ) -> Result<Listing, Error> {
     let started = Instant::now();
     let deadline = deadline_after(started, req.deadline);
-    let result = UreqTransport::new(&req.transport_config(), deadline).and_then(|transport| {
+    let result = UreqTransport::new(req, deadline).and_then(|transport| {
         Lister {
             transport: &transport,
             req,

@@ -12,6 +12,7 @@ use ureq::tls::{RootCerts, TlsConfig};
 use ureq::unversioned::transport::DefaultConnector;
 use ureq::Agent;
 
+use crate::api::ListRequest;
 use crate::ca::roots_with_extra_ca;
 use crate::error::Error;
 use crate::ratelimit::RateLimit;
@@ -19,19 +20,6 @@ use crate::redact::Secret;
 use crate::resolve::{PoolResolver, BACKLOG};
 use crate::scope::MAX_FORBIDDEN_BODY;
 use crate::transport::{Exchange, Transport};
-
-/// What the transport needs to know, apart from the listing logic's own
-/// settings.
-#[derive(Debug, Clone)]
-pub struct TransportConfig {
-    pub token: Secret,
-    pub ca_file: Option<String>,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
-    pub max_body_bytes: u64,
-    /// How long an idle connection is kept for the next request.
-    pub keep_alive: Duration,
-}
 
 /// Agents are reused across listings so polls ride on kept-alive connections
 /// and resumed TLS sessions. The timeouts are part of the key because ureq
@@ -149,25 +137,22 @@ pub struct UreqTransport {
 impl UreqTransport {
     /// `deadline`: the listing's, if any; building a new agent reads the CA
     /// file, which must not outlast it.
-    pub fn new(
-        config: &TransportConfig,
-        deadline: Option<Instant>,
-    ) -> Result<UreqTransport, Error> {
+    pub fn new(req: &ListRequest, deadline: Option<Instant>) -> Result<UreqTransport, Error> {
         let agent = agent_for(
             AgentKey {
-                ca_file: config.ca_file.clone(),
-                connect_timeout: config.connect_timeout,
-                request_timeout: config.request_timeout,
-                keep_alive: config.keep_alive,
+                ca_file: req.ca_file.clone(),
+                connect_timeout: req.connect_timeout,
+                request_timeout: req.request_timeout,
+                keep_alive: req.keep_alive,
             },
             deadline,
         )?;
         Ok(UreqTransport {
             agent,
-            authorization: Secret(format!("Bearer {}", config.token.0)),
-            connect_timeout: config.connect_timeout,
-            request_timeout: config.request_timeout,
-            max_body: config.max_body_bytes,
+            authorization: Secret(format!("Bearer {}", req.token.0)),
+            connect_timeout: req.connect_timeout,
+            request_timeout: req.request_timeout,
+            max_body: req.max_body_bytes,
         })
     }
 
@@ -364,17 +349,6 @@ fn classify_io(e: &io::Error, in_body: bool) -> Error {
 mod tests {
     use super::*;
 
-    fn config(token: &str) -> TransportConfig {
-        TransportConfig {
-            token: Secret(token.into()),
-            ca_file: None,
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            max_body_bytes: 1_000,
-            keep_alive: Duration::from_secs(60),
-        }
-    }
-
     #[test]
     fn io_errors_are_classified() {
         use io::ErrorKind::*;
@@ -529,9 +503,9 @@ mod tests {
 
     #[test]
     fn debug_output_hides_the_token() {
-        let config = config("sekret-token-123");
-        let t = UreqTransport::new(&config, None).expect("agent");
-        for shown in [format!("{t:?}"), format!("{config:?}")] {
+        let req = ListRequest::new("https://api.example.test", "sekret-token-123").expect("valid");
+        let t = UreqTransport::new(&req, None).expect("agent");
+        for shown in [format!("{t:?}"), format!("{req:?}")] {
             assert!(!shown.contains("sekret"), "{shown}");
             assert!(shown.contains("REDACTED"), "{shown}");
         }
