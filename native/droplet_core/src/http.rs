@@ -43,42 +43,21 @@ static AGENTS: Lazy<Mutex<HashMap<AgentKey, Cached>>> = Lazy::new(|| Mutex::new(
 /// against a caller cycling through CA files forever.
 const MAX_AGENTS: usize = 32;
 
-/// What tells a file rewritten in place or replaced (a rotated CA) from
-/// the one read before: its inode, size and modification times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileId([i64; 6]);
+/// What tells a file rewritten in place or replaced (a rotated CA) from the
+/// one read before: its size and modification time, and on unix its device,
+/// inode and change time.
+type FileId = (u64, Option<std::time::SystemTime>, [i64; 4]);
 
-#[cfg(unix)]
-fn file_id(path: &str) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    let (dev, ino, size) = (m.dev() as i64, m.ino() as i64, m.size() as i64);
-    Some(FileId([
-        dev,
-        ino,
-        size,
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime_nsec(),
-    ]))
-}
-
-#[cfg(not(unix))]
 fn file_id(path: &str) -> Option<FileId> {
     let m = std::fs::metadata(path).ok()?;
-    let since = m
-        .modified()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?;
-    Some(FileId([
-        m.len() as i64,
-        since.as_secs() as i64,
-        since.subsec_nanos().into(),
-        0,
-        0,
-        0,
-    ]))
+    #[cfg(unix)]
+    let unix = {
+        use std::os::unix::fs::MetadataExt;
+        [m.dev() as i64, m.ino() as i64, m.ctime(), m.ctime_nsec()]
+    };
+    #[cfg(not(unix))]
+    let unix = [0; 4];
+    Some((m.len(), m.modified().ok(), unix))
 }
 
 /// `deadline`: reading a CA file for a new agent counts against it. A
