@@ -2,21 +2,20 @@
 //! needs. Parsing is strict about those fields (a droplet we cannot address
 //! must not silently vanish from the cluster) and ignores everything else.
 
-use std::fmt;
-
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::bounds::{self, Over, Tally};
 use crate::error::Error;
 
-/// One page. Not `Deserialize`: it is read through [`parse_page`], which caps
-/// the number of droplets while parsing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One page: at most the `per_page` asked for of droplets (see
+/// [`parse_page`]), unknown fields skipped, repeated ones refused.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Page {
+    #[serde(deserialize_with = "bounds::droplets")]
     pub droplets: Vec<Droplet>,
     /// DigitalOcean always sends `links`; a missing one is read as "single
     /// page", which is what it would say anyway.
+    #[serde(default)]
     pub links: Links,
     pub meta: Meta,
 }
@@ -150,9 +149,7 @@ fn address_type<'de, D: Deserializer<'de>>(d: D) -> Result<AddressType, D::Error
 pub fn parse_page(body: &[u8], per_page: usize, tally: &Tally) -> Result<Page, Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let page = bounds::parse_with(tally, per_page, || {
-        PageSeed
-            .deserialize(&mut de)
-            .and_then(|page| de.end().map(|()| page))
+        Page::deserialize(&mut de).and_then(|page| de.end().map(|()| page))
     });
     match page {
         Ok(page) => page.map_err(|e| json_error(&e)),
@@ -178,72 +175,6 @@ pub(crate) fn json_error(e: &serde_json::Error) -> Error {
         Category::Eof => Error::InvalidJson(format!("unexpected end of input {at}")),
         Category::Io => Error::InvalidJson("the body could not be read".into()),
     }
-}
-
-/// Reads the top-level object by hand so that an array is no page (the
-/// derive would take one as the fields in order); unknown fields are
-/// skipped, duplicated ones refused, as the derive would.
-struct PageSeed;
-
-impl<'de> DeserializeSeed<'de> for PageSeed {
-    type Value = Page;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Page, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for PageSeed {
-    type Value = Page;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a droplets page")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Page, A::Error> {
-        let mut droplets = None;
-        let mut links = None;
-        let mut meta = None;
-        while let Some(key) = map.next_key::<PageField>()? {
-            match key {
-                PageField::Droplets if droplets.is_some() => {
-                    return Err(de::Error::duplicate_field("droplets"))
-                }
-                PageField::Droplets => {
-                    droplets = Some(map.next_value::<PageDroplets>()?.0);
-                }
-                PageField::Links if links.is_some() => {
-                    return Err(de::Error::duplicate_field("links"))
-                }
-                PageField::Links => links = Some(map.next_value()?),
-                PageField::Meta if meta.is_some() => {
-                    return Err(de::Error::duplicate_field("meta"))
-                }
-                PageField::Meta => meta = Some(map.next_value()?),
-                PageField::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Page {
-            droplets: droplets.ok_or_else(|| de::Error::missing_field("droplets"))?,
-            links: links.unwrap_or_default(),
-            meta: meta.ok_or_else(|| de::Error::missing_field("meta"))?,
-        })
-    }
-}
-
-#[derive(Deserialize)]
-struct PageDroplets(#[serde(deserialize_with = "bounds::droplets")] Vec<Droplet>);
-
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "lowercase")]
-enum PageField {
-    Droplets,
-    Links,
-    Meta,
-    #[serde(other)]
-    Other,
 }
 
 #[cfg(test)]
