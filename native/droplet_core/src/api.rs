@@ -107,9 +107,7 @@ fn validate_token(token: &str) -> Result<String, Error> {
         return Err(Error::InvalidRequest("token must not be empty".into()));
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Error::InvalidRequest(
-            "token must be printable ASCII without spaces".into(),
-        ));
+        return Err(Error::InvalidRequest("token must be printable ASCII without spaces".into()));
     }
     Ok(token.to_string())
 }
@@ -144,10 +142,7 @@ impl Stats {
     fn record(&self, rate_limit: Option<RateLimit>) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if let Some(rl) = rate_limit {
-            self.rate
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .observe(rl);
+            self.rate.lock().unwrap_or_else(|e| e.into_inner()).observe(rl);
         }
     }
 }
@@ -206,10 +201,7 @@ pub fn list_with<T: Transport>(
 fn sanitized(req: &ListRequest, result: Result<Listing, Error>) -> Result<Listing, Error> {
     let redactor = Redactor::new(&req.token.0);
     let mut listing = result.map_err(|e| e.sanitize(&req.token.0))?;
-    listing
-        .droplets
-        .iter_mut()
-        .for_each(|d| redactor.droplet(d));
+    listing.droplets.iter_mut().for_each(|d| redactor.droplet(d));
     Ok(listing)
 }
 
@@ -310,12 +302,8 @@ impl<T: Transport> Lister<'_, T> {
     }
 
     fn attempt(&self, query: &Query) -> Result<Listing, Halt> {
-        let first_url = first_page_url(
-            &self.req.api_url,
-            self.req.per_page,
-            &query.filter,
-            query.kind,
-        );
+        let first_url =
+            first_page_url(&self.req.api_url, self.req.per_page, &query.filter, query.kind);
         let first = self.fetch_page(&first_url)?;
         let total = first.total;
         if first.droplets.is_empty() && total > 0 {
@@ -349,11 +337,7 @@ impl<T: Transport> Lister<'_, T> {
 
         // The last page still links further, or page 1 gave no page count:
         // walk the rest.
-        while let Some(next) = pages
-            .last()
-            .and_then(|p| p.next.as_ref())
-            .map(Uri::to_string)
-        {
+        while let Some(next) = pages.last().and_then(|p| p.next.as_ref()).map(Uri::to_string) {
             if !visited.insert(next.clone()) {
                 return Err(Error::PaginationLoop.into());
             }
@@ -420,15 +404,10 @@ impl<T: Transport> Lister<'_, T> {
     /// 1, and the droplets so far within `max_droplets`.
     fn admit(&self, page: Fetched, total: u64, counted: &AtomicU64) -> Result<Fetched, Halt> {
         if page.total != total {
-            return Err(Halt::TotalChanged {
-                first: total,
-                now: page.total,
-            });
+            return Err(Halt::TotalChanged { first: total, now: page.total });
         }
         let len = page.droplets.len() as u64;
-        let so_far = counted
-            .fetch_add(len, Ordering::Relaxed)
-            .saturating_add(len);
+        let so_far = counted.fetch_add(len, Ordering::Relaxed).saturating_add(len);
         if so_far > self.req.max_droplets {
             return Err(Error::TooManyDroplets(self.req.max_droplets).into());
         }
@@ -470,9 +449,7 @@ impl<T: Transport> Lister<'_, T> {
                     return Err(Error::Forbidden(missing_scope(body)));
                 }
                 429 => {
-                    let wait = exchange
-                        .rate_limit
-                        .and_then(|r| r.retry_seconds(unix_now()));
+                    let wait = exchange.rate_limit.and_then(|r| r.retry_seconds(unix_now()));
                     return Err(Error::RateLimited(wait));
                 }
                 status => return Err(Error::HttpStatus(status)),
@@ -537,18 +514,13 @@ fn fewest_droplets(pages: u64, first_len: u64) -> u64 {
 /// overlap (a droplet created mid-listing shifts them) list some twice.
 fn finish(pages: Vec<Fetched>, total: u64) -> Listing {
     let mut seen = HashSet::new();
-    let droplets = pages
-        .into_iter()
-        .flat_map(|p| p.droplets)
-        .filter(|d| seen.insert(d.id))
-        .collect();
+    let droplets =
+        pages.into_iter().flat_map(|p| p.droplets).filter(|d| seen.insert(d.id)).collect();
     Listing { droplets, total }
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -85,10 +85,7 @@ pub struct Tally {
 
 impl Tally {
     pub fn new(limits: Limits) -> Tally {
-        Tally {
-            limits,
-            kept: Arc::default(),
-        }
+        Tally { limits, kept: Arc::default() }
     }
 
     pub fn kept(&self) -> u64 {
@@ -136,12 +133,7 @@ pub fn parse_with<T, E>(
             PARSING.with(|p| p.borrow_mut().take());
         }
     }
-    let parsing = Parsing {
-        tally: tally.clone(),
-        per_page,
-        addresses: 0,
-        exceeded: None,
-    };
+    let parsing = Parsing { tally: tally.clone(), per_page, addresses: 0, exceeded: None };
     PARSING.with(|p| *p.borrow_mut() = Some(parsing));
     let _reset = Reset;
     let result = parse();
@@ -249,10 +241,9 @@ impl<'de, T: Deserialize<'de>, const KIND: u8> Deserialize<'de> for Capped<T, KI
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let (room, over) = with_parsing((usize::MAX, Over::PerPage), |p| match KIND {
                     PER_PAGE => (p.per_page, Over::PerPage),
-                    TAGS => (
-                        p.tally.limits.max_tags_per_droplet,
-                        Over::Bound(Bound::MaxTagsPerDroplet),
-                    ),
+                    TAGS => {
+                        (p.tally.limits.max_tags_per_droplet, Over::Bound(Bound::MaxTagsPerDroplet))
+                    }
                     _ => {
                         let room = p.tally.limits.max_addresses_per_droplet;
                         (
@@ -331,10 +322,7 @@ mod tests {
         let hostile = page(&format!(r#","tags":[{}]"#, strings(3_000_000, 1)));
         assert!(hostile.len() > 12_000_000, "{}", hostile.len());
         let tally = Tally::new(Limits::default());
-        assert_eq!(
-            parse(&hostile, &tally),
-            too_large(Bound::MaxTagsPerDroplet, 1_000)
-        );
+        assert_eq!(parse(&hostile, &tally), too_large(Bound::MaxTagsPerDroplet, 1_000));
         // What was kept is the droplet and its first 1,000 tags (the name
         // and status came first), not 3 million strings.
         let kept = DROPLET_OVERHEAD + 2 * VALUE_OVERHEAD + 7 + 1_000 * (VALUE_OVERHEAD + 1);
@@ -346,10 +334,7 @@ mod tests {
         let huge = "n".repeat(5_000_000);
         let tally = Tally::new(Limits::default());
         let body = page("").replace(r#""name":"a""#, &format!(r#""name":"{huge}""#));
-        assert_eq!(
-            parse(&body, &tally),
-            too_large(Bound::MaxStringBytes, 1_024)
-        );
+        assert_eq!(parse(&body, &tally), too_large(Bound::MaxStringBytes, 1_024));
         assert_eq!(tally.kept(), 0);
     }
 
@@ -363,12 +348,7 @@ mod tests {
             |s| page(&format!(r#","tags":["{s}"]"#)),
             |s| page(&format!(r#","region":{{"slug":"{s}"}}"#)),
             |s| page(&format!(r#","vpc_uuid":"{s}""#)),
-            |s| {
-                page("").replace(
-                    r#""v4":[]"#,
-                    &format!(r#""v4":[{}]"#, address(s, "private")),
-                )
-            },
+            |s| page("").replace(r#""v4":[]"#, &format!(r#""v4":[{}]"#, address(s, "private"))),
             |s| page("").replace(r#""v6":[]"#, &format!(r#""v6":[{}]"#, address("::1", s))),
         ];
         for case in &cases {
@@ -394,10 +374,7 @@ mod tests {
         assert_eq!(parse(&two, &Tally::new(limits())), Ok(2));
         // The fourth element is not even parsed: it is not a string.
         let fourth = page(&format!(r#","tags":[{},{{"x":[1]}}]"#, strings(3, 2)));
-        assert_eq!(
-            parse(&fourth, &Tally::new(limits())),
-            too_large(Bound::MaxTagsPerDroplet, 3)
-        );
+        assert_eq!(parse(&fourth, &Tally::new(limits())), too_large(Bound::MaxTagsPerDroplet, 3));
     }
 
     fn droplet_json_tags(n: usize) -> String {
@@ -422,11 +399,7 @@ mod tests {
             )
         };
         for (n4, n6) in [(2, 0), (1, 1), (0, 2)] {
-            assert_eq!(
-                parse(&body(n4, n6), &Tally::new(limits())),
-                Ok(1),
-                "{n4} {n6}"
-            );
+            assert_eq!(parse(&body(n4, n6), &Tally::new(limits())), Ok(1), "{n4} {n6}");
         }
         for (n4, n6) in [(3, 0), (2, 1), (1, 2), (0, 3)] {
             assert_eq!(
@@ -446,18 +419,12 @@ mod tests {
     fn the_listing_keeps_at_most_its_bytes_across_pages() {
         // Per droplet: 64, then "a" and "active" at 32 each plus their bytes.
         let per_droplet = DROPLET_OVERHEAD + 2 * VALUE_OVERHEAD + 7;
-        let tally = Tally::new(Limits {
-            max_listing_bytes: 3 * per_droplet,
-            ..limits()
-        });
+        let tally = Tally::new(Limits { max_listing_bytes: 3 * per_droplet, ..limits() });
         assert_eq!(parse(&page(""), &tally), Ok(1));
         assert_eq!(parse(&page(""), &tally), Ok(1));
         assert_eq!(tally.kept(), 2 * per_droplet);
         assert_eq!(parse(&page(""), &tally), Ok(1));
-        assert_eq!(
-            parse(&page(""), &tally),
-            too_large(Bound::MaxListingBytes, 3 * per_droplet)
-        );
+        assert_eq!(parse(&page(""), &tally), too_large(Bound::MaxListingBytes, 3 * per_droplet));
         // Counting stops near the limit: one value past it at most.
         assert!(tally.kept() <= 3 * per_droplet + DROPLET_OVERHEAD);
         tally.reset_to(0);

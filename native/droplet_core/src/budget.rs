@@ -35,11 +35,9 @@ struct Permits(AtomicUsize);
 impl Permits {
     /// Takes `min(wanted, free)` permits and says how many it took.
     fn take_up_to(&self, wanted: usize) -> usize {
-        let free = self
-            .0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
-                (wanted.min(free) > 0).then(|| free - wanted.min(free))
-            });
+        let free = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
+            (wanted.min(free) > 0).then(|| free - wanted.min(free))
+        });
         free.map_or(0, |free| wanted.min(free))
     }
 
@@ -76,15 +74,8 @@ impl Budget {
         if self.calls.take_up_to(1) == 0 {
             return Err(Error::Busy);
         }
-        let floor = self
-            .helpers
-            .take_up_to(self.share(wanted).min(self.max_helpers / 8));
-        Ok(Admission {
-            budget: self,
-            wanted,
-            floor,
-            held: AtomicUsize::new(floor),
-        })
+        let floor = self.helpers.take_up_to(self.share(wanted).min(self.max_helpers / 8));
+        Ok(Admission { budget: self, wanted, floor, held: AtomicUsize::new(floor) })
     }
 
     /// What a call wanting `wanted` may hold: an even part of the pool.
@@ -144,11 +135,9 @@ impl Helpers for Admission<'_> {
         let share = self.budget.share(self.wanted);
         // Claimed on `held` first, so that workers finishing together do
         // not all take the same room.
-        let claim = self
-            .held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                (held < share && up_to > 0).then(|| held + (share - held).min(up_to))
-            });
+        let claim = self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            (held < share && up_to > 0).then(|| held + (share - held).min(up_to))
+        });
         let Ok(held) = claim else { return 0 };
         let claimed = (share - held).min(up_to);
         let taken = self.budget.helpers.take_up_to(claimed);
@@ -158,11 +147,9 @@ impl Helpers for Admission<'_> {
 
     fn shrink(&self) -> bool {
         let keep = self.floor.max(self.budget.share(self.wanted));
-        let shed = self
-            .held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                (held > keep).then(|| held - 1)
-            });
+        let shed = self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            (held > keep).then(|| held - 1)
+        });
         shed.is_ok_and(|_| {
             self.budget.helpers.give_back(1);
             true
@@ -281,9 +268,7 @@ mod tests {
         assert!(budget.admit(5).is_ok());
         // All 64 slots of a full-size budget, and not one more.
         let full = Budget::new(MAX_CALLS, 0);
-        let all: Vec<_> = (0..MAX_CALLS)
-            .map(|_| full.admit(0).expect("slot"))
-            .collect();
+        let all: Vec<_> = (0..MAX_CALLS).map(|_| full.admit(0).expect("slot")).collect();
         assert_eq!(full.admit(0).err(), Some(Error::Busy));
         assert_eq!(full.calls_in_flight(), MAX_CALLS);
         drop(all);
@@ -308,10 +293,7 @@ mod tests {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("no panic"))
-                .collect()
+            handles.into_iter().map(|h| h.join().expect("no panic")).collect()
         });
         assert!(held.iter().sum::<usize>() <= 100, "{held:?}");
         assert_eq!((budget.calls_in_flight(), budget.helpers_in_use()), (0, 0));

@@ -53,9 +53,7 @@ fn read_regular(file: File) -> Result<Vec<u8>, String> {
     // The size may change after the check: read one byte past the cap to
     // tell "exactly at the cap" from "over it".
     let mut bytes = Vec::new();
-    file.take(MAX_CA_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
+    file.take(MAX_CA_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
     check_regular_and_small(true, bytes.len() as u64)?;
     Ok(bytes)
 }
@@ -80,10 +78,7 @@ fn check_regular_and_small(is_file: bool, len: u64) -> Result<(), String> {
 #[cfg(unix)]
 fn open_non_blocking(path: &str) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
+    OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)
 }
 
 #[cfg(not(unix))]
@@ -145,14 +140,8 @@ pub(crate) mod tests {
     #[test]
     fn a_regular_file_is_read() {
         let file = TempFile::new("ca_ok.pem", TEST_CA.as_bytes());
-        assert_eq!(
-            read_ca_file(file.path(), None).map(|b| b.len()),
-            Ok(TEST_CA.len())
-        );
-        assert_eq!(
-            roots_with_extra_ca(file.path(), None).map(|r| r.len() > 1),
-            Ok(true)
-        );
+        assert_eq!(read_ca_file(file.path(), None).map(|b| b.len()), Ok(TEST_CA.len()));
+        assert_eq!(roots_with_extra_ca(file.path(), None).map(|r| r.len() > 1), Ok(true));
     }
 
     #[test]
@@ -216,10 +205,7 @@ pub(crate) mod tests {
         let past = Instant::now();
         // A missing file would be a CaFile error: Timeout shows the
         // deadline was checked first.
-        assert_eq!(
-            read_ca_file("/nonexistent/droplet-ca.pem", Some(past)),
-            Err(Error::Timeout)
-        );
+        assert_eq!(read_ca_file("/nonexistent/droplet-ca.pem", Some(past)), Err(Error::Timeout));
         let file = TempFile::new("ca_deadline.pem", TEST_CA.as_bytes());
         let later = Instant::now() + Duration::from_secs(60);
         assert!(read_ca_file(file.path(), Some(later)).is_ok());

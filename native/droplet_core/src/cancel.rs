@@ -88,8 +88,7 @@ mod tests {
 
     fn page_body(id: u64, next: Option<String>, last: Option<String>, total: u64) -> Vec<u8> {
         let link = |name: &str, url: Option<String>| {
-            url.map(|u| format!(r#""{name}":"{u}""#))
-                .unwrap_or_default()
+            url.map(|u| format!(r#""{name}":"{u}""#)).unwrap_or_default()
         };
         let links = [link("next", next), link("last", last)]
             .into_iter()
@@ -163,12 +162,7 @@ mod tests {
                     status: 200,
                     location: None,
                     rate_limit: None,
-                    body: Ok(page_body(
-                        n as u64,
-                        Some(page_url(n as u64 + 1)),
-                        last,
-                        self.total,
-                    )),
+                    body: Ok(page_body(n as u64, Some(page_url(n as u64 + 1)), last, self.total)),
                 }
             };
             Ok(exchange)

@@ -154,10 +154,7 @@ mod tests {
         let e = Error::InvalidJson("saw sekret-token here".into()).sanitize("sekret-token");
         assert_eq!(e, Error::InvalidJson("saw [REDACTED] here".into()));
         assert_eq!(Error::Timeout.sanitize("x"), Error::Timeout);
-        assert_eq!(
-            Error::Tls("fine".into()).sanitize(""),
-            Error::Tls("fine".into())
-        );
+        assert_eq!(Error::Tls("fine".into()).sanitize(""), Error::Tls("fine".into()));
         assert_eq!(
             Error::Transport("connection refused".into()).sanitize("t"),
             Error::Transport("connection refused".into())

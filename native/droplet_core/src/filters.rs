@@ -47,11 +47,7 @@ pub struct Query {
 
 impl Query {
     fn server(filter: Filter, kind: Kind) -> Query {
-        Query {
-            filter,
-            kind,
-            tags_here: None,
-        }
+        Query { filter, kind, tags_here: None }
     }
 
     /// Whether `droplet` passes the checks made here. A droplet listed
@@ -117,10 +113,7 @@ pub fn queries(filter: &ListFilter, gpus: Gpus) -> Result<Vec<Query>, Error> {
 /// same droplets twice for nothing.
 fn distinct(tags: &[String]) -> Vec<String> {
     let mut seen = HashSet::new();
-    tags.iter()
-        .filter(|t| seen.insert(t.as_str()))
-        .cloned()
-        .collect()
+    tags.iter().filter(|t| seen.insert(t.as_str())).cloned().collect()
 }
 
 #[cfg(test)]
@@ -140,10 +133,7 @@ mod tests {
             tags: tags.map(|t| t.iter().map(|s| s.to_string()).collect()),
             region: None,
             vpc_uuid: None,
-            networks: Networks {
-                v4: vec![],
-                v6: vec![],
-            },
+            networks: Networks { v4: vec![], v6: vec![] },
         }
     }
 
@@ -182,10 +172,7 @@ mod tests {
     fn gpus_add_one_listing_and_tags_are_checked_here_on_it() {
         assert_eq!(
             queries(&ListFilter::All, Gpus::Include),
-            Ok(vec![
-                plain(Filter::None, Kind::Droplets),
-                plain(Filter::None, Kind::Gpus)
-            ])
+            Ok(vec![plain(Filter::None, Kind::Droplets), plain(Filter::None, Kind::Gpus)])
         );
         assert_eq!(
             queries(&ListFilter::Name("a".into()), Gpus::Include),
@@ -216,17 +203,10 @@ mod tests {
 
     #[test]
     fn no_query_ever_sends_a_tag_with_a_type() {
-        for filter in [
-            ListFilter::All,
-            ListFilter::Name("a".into()),
-            tags(&["x", "y"]),
-        ] {
+        for filter in [ListFilter::All, ListFilter::Name("a".into()), tags(&["x", "y"])] {
             for gpus in [Gpus::Exclude, Gpus::Include, Gpus::Only] {
                 for q in queries(&filter, gpus).unwrap_or_default() {
-                    assert!(
-                        !(q.kind == Kind::Gpus && matches!(q.filter, Filter::Tag(_))),
-                        "{q:?}"
-                    );
+                    assert!(!(q.kind == Kind::Gpus && matches!(q.filter, Filter::Tag(_))), "{q:?}");
                 }
             }
         }
@@ -234,15 +214,10 @@ mod tests {
 
     #[test]
     fn an_empty_or_overlong_tag_list_is_refused() {
-        let refused = Err(Error::InvalidRequest(
-            "tag_name must name 1 to 64 tags".into(),
-        ));
+        let refused = Err(Error::InvalidRequest("tag_name must name 1 to 64 tags".into()));
         assert_eq!(queries(&tags(&[]), Gpus::Include), refused);
         let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
-        assert_eq!(
-            queries(&ListFilter::Tags(many.clone()), Gpus::Exclude),
-            refused
-        );
+        assert_eq!(queries(&ListFilter::Tags(many.clone()), Gpus::Exclude), refused);
         let most = ListFilter::Tags(many[..MAX_TAGS].to_vec());
         assert_eq!(queries(&most, Gpus::Exclude).map(|q| q.len()), Ok(MAX_TAGS));
         // Refused without a look at the tags: a million cost what 65 do.
@@ -253,10 +228,7 @@ mod tests {
     #[test]
     fn repeats_are_dropped_in_first_order() {
         let t = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            distinct(&t(&["b", "a", "b", "c", "a"])),
-            t(&["b", "a", "c"])
-        );
+        assert_eq!(distinct(&t(&["b", "a", "b", "c", "a"])), t(&["b", "a", "c"]));
         assert_eq!(distinct(&t(&[])), t(&[]));
     }
 

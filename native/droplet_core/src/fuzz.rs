@@ -221,10 +221,7 @@ fn value() -> impl Strategy<Value = String> {
 fn random_page() -> impl Strategy<Value = String> {
     (proptest::collection::vec(value(), 0..4), value(), value()).prop_map(
         |(droplets, links, meta)| {
-            format!(
-                r#"{{"droplets":[{}],"links":{links},"meta":{meta}}}"#,
-                droplets.join(",")
-            )
+            format!(r#"{{"droplets":[{}],"links":{links},"meta":{meta}}}"#, droplets.join(","))
         },
     )
 }
@@ -243,20 +240,13 @@ fn exercise(doc: &[u8]) -> bool {
             for sel in selectors.iter().flatten() {
                 if let Some(addr) = sel.select(d) {
                     assert_eq!(d.status, Status::Active);
-                    let family = if sel.ipv6() {
-                        &d.networks.v6
-                    } else {
-                        &d.networks.v4
-                    };
+                    let family = if sel.ipv6() { &d.networks.v6 } else { &d.networks.v4 };
                     assert!(family.iter().any(|a| a.ip_address == addr));
                     assert!(addr.parse::<std::net::IpAddr>().is_ok(), "{addr}");
                 }
             }
         }
-        for link in [&page.links.pages.next, &page.links.pages.last]
-            .into_iter()
-            .flatten()
-        {
+        for link in [&page.links.pages.next, &page.links.pages.last].into_iter().flatten() {
             exercise_url(link);
         }
     }
@@ -279,10 +269,8 @@ fn exercise_url(s: &str) {
     let _ = resolve_location(base, &s);
     let _ = resolve_location(&s, "/x");
     let _ = resolve_location(&s, &s);
-    let _ = RateLimit::from_headers([
-        ("ratelimit-remaining", s.as_str()),
-        ("retry-after", s.as_str()),
-    ]);
+    let _ =
+        RateLimit::from_headers([("ratelimit-remaining", s.as_str()), ("retry-after", s.as_str())]);
 }
 
 proptest! {

@@ -97,11 +97,7 @@ fn build_agent(key: &AgentKey, deadline: Option<Instant>) -> Result<Agent, Error
         .accept("application/json")
         .tls_config(TlsConfig::builder().root_certs(roots).build())
         .build();
-    Ok(Agent::with_parts(
-        config,
-        DefaultConnector::default(),
-        PoolResolver,
-    ))
+    Ok(Agent::with_parts(config, DefaultConnector::default(), PoolResolver))
 }
 
 #[derive(Debug)]
@@ -140,10 +136,7 @@ impl UreqTransport {
         url: &str,
         timeout: Duration,
     ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-        let request = self
-            .agent
-            .get(url)
-            .header("Authorization", self.authorization.0.as_str());
+        let request = self.agent.get(url).header("Authorization", self.authorization.0.as_str());
         // Only near the listing's deadline does a request get a shorter
         // budget than the agent's; see `AgentKey` for why that is rare.
         if timeout < self.request_timeout {
@@ -194,19 +187,13 @@ fn closed_before_response(e: &ureq::Error) -> bool {
 
 impl Transport for UreqTransport {
     fn get(&self, url: &str, timeout: Duration) -> Result<Exchange, Error> {
-        let mut response = self
-            .call_retrying_closed(url, timeout)
-            .map_err(|e| classify(e, false))?;
+        let mut response =
+            self.call_retrying_closed(url, timeout).map_err(|e| classify(e, false))?;
         let status = response.status().as_u16();
         let headers = response.headers();
-        let location = headers
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let location = headers.get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let rate_limit = RateLimit::from_headers(
-            headers
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+            headers.iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
         );
         let body = if (200..300).contains(&status) {
             read_body(response.body_mut(), self.max_body)
@@ -221,12 +208,7 @@ impl Transport for UreqTransport {
             // unknown amount.
             Ok(Vec::new())
         };
-        Ok(Exchange {
-            status,
-            location,
-            rate_limit,
-            body,
-        })
+        Ok(Exchange { status, location, rate_limit, body })
     }
 }
 
@@ -235,13 +217,10 @@ fn read_body(body: &mut ureq::Body, limit: u64) -> Result<Vec<u8>, Error> {
     if body.content_length().is_some_and(|len| len > limit) {
         return Err(Error::BodyTooLarge(limit));
     }
-    body.with_config()
-        .limit(limit)
-        .read_to_vec()
-        .map_err(|e| match classify(e, true) {
-            Error::BodyTooLarge(_) => Error::BodyTooLarge(limit),
-            other => other,
-        })
+    body.with_config().limit(limit).read_to_vec().map_err(|e| match classify(e, true) {
+        Error::BodyTooLarge(_) => Error::BodyTooLarge(limit),
+        other => other,
+    })
 }
 
 /// Maps ureq's errors onto ours. `in_body`: the status line and headers had
@@ -273,10 +252,9 @@ pub(crate) fn classify(e: ureq::Error, in_body: bool) -> Error {
         ureq::Error::LargeResponseHeader(_, max) => {
             Error::Transport(format!("response headers over {max} bytes"))
         }
-        other => Error::Transport(format!(
-            "HTTP client error ({})",
-            variant_name(&format!("{other:?}"))
-        )),
+        other => {
+            Error::Transport(format!("HTTP client error ({})", variant_name(&format!("{other:?}"))))
+        }
     }
 }
 
@@ -284,9 +262,7 @@ pub(crate) fn classify(e: ureq::Error, in_body: bool) -> Error {
 /// (`BadHeader("...")` gives `BadHeader`): a fixed identifier of the
 /// library's, never the data it carries.
 fn variant_name(debug: &str) -> &str {
-    let end = debug
-        .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .unwrap_or(debug.len());
+    let end = debug.find(|c: char| !c.is_ascii_alphanumeric() && c != '_').unwrap_or(debug.len());
     match debug.get(..end) {
         Some(name) if !name.is_empty() => name,
         _ => "unknown",
@@ -333,10 +309,7 @@ mod tests {
         use io::ErrorKind::*;
         let c = |k, in_body| classify(ureq::Error::Io(io::Error::from(k)), in_body);
         assert_eq!(c(TimedOut, false), Error::Timeout);
-        assert_eq!(
-            c(ConnectionRefused, false),
-            Error::Transport("connection refused".into())
-        );
+        assert_eq!(c(ConnectionRefused, false), Error::Transport("connection refused".into()));
         assert!(matches!(c(UnexpectedEof, true), Error::InvalidJson(_)));
         assert!(matches!(c(UnexpectedEof, false), Error::Transport(_)));
         assert!(matches!(c(ConnectionReset, true), Error::InvalidJson(_)));
@@ -344,18 +317,12 @@ mod tests {
             InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
-        assert!(matches!(
-            classify(ureq::Error::Io(tls), false),
-            Error::Tls(_)
-        ));
+        assert!(matches!(classify(ureq::Error::Io(tls), false), Error::Tls(_)));
         assert_eq!(
             classify(ureq::Error::HostNotFound, false),
             Error::Transport("host not found".into())
         );
-        assert_eq!(
-            classify(ureq::Error::BodyExceedsLimit(9), true),
-            Error::BodyTooLarge(9)
-        );
+        assert_eq!(classify(ureq::Error::BodyExceedsLimit(9), true), Error::BodyTooLarge(9));
         let os = io::Error::from_raw_os_error(97);
         assert!(matches!(
             classify(ureq::Error::Io(os), false),
@@ -366,10 +333,7 @@ mod tests {
     #[test]
     fn a_dns_backlog_is_a_transport_error_that_says_so() {
         let e = ureq::Error::Io(io::Error::other(BACKLOG));
-        assert_eq!(
-            classify(e, false),
-            Error::Transport("more than 64 DNS lookups waiting".into())
-        );
+        assert_eq!(classify(e, false), Error::Transport("more than 64 DNS lookups waiting".into()));
     }
 
     #[test]
@@ -409,15 +373,8 @@ mod tests {
     #[test]
     fn only_a_closed_connection_is_retried() {
         use io::ErrorKind::*;
-        for kind in [
-            UnexpectedEof,
-            ConnectionReset,
-            ConnectionAborted,
-            BrokenPipe,
-        ] {
-            assert!(closed_before_response(&ureq::Error::Io(io::Error::from(
-                kind
-            ))));
+        for kind in [UnexpectedEof, ConnectionReset, ConnectionAborted, BrokenPipe] {
+            assert!(closed_before_response(&ureq::Error::Io(io::Error::from(kind))));
         }
         for e in [
             ureq::Error::Io(io::Error::from(ConnectionRefused)),

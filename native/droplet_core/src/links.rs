@@ -39,11 +39,7 @@ impl Origin {
         };
         let authority = uri.authority()?;
         let port = explicit_port(authority)?.unwrap_or(default_port);
-        Some(Origin {
-            scheme,
-            host: authority.host().to_ascii_lowercase(),
-            port,
-        })
+        Some(Origin { scheme, host: authority.host().to_ascii_lowercase(), port })
     }
 }
 
@@ -69,9 +65,9 @@ pub fn parse_url(url: &str) -> Option<Uri> {
 
 fn valid_host(host: &str) -> bool {
     match host.strip_prefix('[') {
-        Some(bracketed) => bracketed
-            .strip_suffix(']')
-            .is_some_and(|inside| inside.parse::<Ipv6Addr>().is_ok()),
+        Some(bracketed) => {
+            bracketed.strip_suffix(']').is_some_and(|inside| inside.parse::<Ipv6Addr>().is_ok())
+        }
         None => !host.is_empty(),
     }
 }
@@ -130,19 +126,12 @@ pub fn normalize_api_url(raw: &str) -> Result<String, Error> {
         ));
     }
     let authority = uri.authority().map_or("", Authority::as_str);
-    Ok(format!(
-        "{}://{authority}{}",
-        origin.scheme,
-        uri.path().trim_end_matches('/')
-    ))
+    Ok(format!("{}://{authority}{}", origin.scheme, uri.path().trim_end_matches('/')))
 }
 
 /// 127.0.0.0/8, `[::1]` or `localhost`, as the Elixir configuration checks.
 pub fn is_loopback(host: &str) -> bool {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     match bare.parse::<IpAddr>() {
         Ok(IpAddr::V4(ip)) => ip.is_loopback(),
         Ok(IpAddr::V6(ip)) => ip.is_loopback(),
@@ -170,12 +159,7 @@ pub fn page_number(url: &str) -> Option<u64> {
 pub fn with_query_param(uri: &Uri, name: &str, value: &str) -> String {
     let mut pairs: Vec<String> = Vec::new();
     let mut replaced = false;
-    for pair in uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
+    for pair in uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let key = pair.split_once('=').map_or(pair, |(k, _)| k);
         if key == name {
             if !replaced {
@@ -201,11 +185,7 @@ fn without_query(uri: &Uri) -> String {
 }
 
 /// What a query value keeps as it is: RFC 3986's unreserved bytes.
-const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Percent-encodes a query value: only RFC 3986 unreserved bytes pass.
 pub fn encode_query_value(value: &str) -> String {
@@ -283,9 +263,7 @@ fn has_scheme(s: &str) -> bool {
     match s.split_once(':') {
         Some((scheme, _)) => {
             scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
         }
         None => false,
     }
@@ -296,11 +274,7 @@ mod tests {
     use super::*;
 
     fn origin(s: &str, h: &str, p: u16) -> Option<Origin> {
-        Some(Origin {
-            scheme: s.into(),
-            host: h.into(),
-            port: p,
-        })
+        Some(Origin { scheme: s.into(), host: h.into(), port: p })
     }
 
     #[test]
@@ -312,14 +286,8 @@ mod tests {
         assert_eq!(Origin::parse("HTTP://h"), origin("http", "h", 80));
         assert_eq!(Origin::parse("http://h:8080?x"), origin("http", "h", 8080));
         assert_eq!(Origin::parse("http://h:#f"), origin("http", "h", 80));
-        assert_eq!(
-            Origin::parse("http://[::1]:4000/v2"),
-            origin("http", "[::1]", 4000)
-        );
-        assert_eq!(
-            Origin::parse("https://[::1]/"),
-            origin("https", "[::1]", 443)
-        );
+        assert_eq!(Origin::parse("http://[::1]:4000/v2"), origin("http", "[::1]", 4000));
+        assert_eq!(Origin::parse("https://[::1]/"), origin("https", "[::1]", 443));
     }
 
     #[test]
@@ -361,29 +329,17 @@ mod tests {
     #[test]
     fn same_origin_compares_scheme_host_and_port() {
         let api = "https://api.digitalocean.com";
-        assert!(same_origin(
-            api,
-            "https://api.digitalocean.com/v2/droplets?page=2"
-        ));
+        assert!(same_origin(api, "https://api.digitalocean.com/v2/droplets?page=2"));
         assert!(same_origin(api, "https://api.digitalocean.com:443/v2"));
         assert!(same_origin(api, "HTTPS://API.DIGITALOCEAN.COM/v2"));
         assert!(!same_origin(api, "http://api.digitalocean.com/v2"));
         assert!(!same_origin(api, "https://api.digitalocean.com:8443/v2"));
         assert!(!same_origin(api, "https://evil.example/v2"));
-        assert!(!same_origin(
-            api,
-            "https://api.digitalocean.com.evil.example/v2"
-        ));
-        assert!(!same_origin(
-            api,
-            "https://api.digitalocean.com@evil.example/v2"
-        ));
+        assert!(!same_origin(api, "https://api.digitalocean.com.evil.example/v2"));
+        assert!(!same_origin(api, "https://api.digitalocean.com@evil.example/v2"));
         assert!(!same_origin(api, "/v2/droplets?page=2"));
         assert!(same_origin("http://127.0.0.1:80", "http://127.0.0.1/v2"));
-        assert!(!same_origin(
-            "http://127.0.0.1:4000",
-            "http://localhost:4000/v2"
-        ));
+        assert!(!same_origin("http://127.0.0.1:4000", "http://localhost:4000/v2"));
     }
 
     #[test]
@@ -408,10 +364,7 @@ mod tests {
             "https://u@h",
             "https://h:70000",
         ] {
-            assert!(
-                matches!(normalize_api_url(bad), Err(Error::InvalidRequest(_))),
-                "{bad}"
-            );
+            assert!(matches!(normalize_api_url(bad), Err(Error::InvalidRequest(_))), "{bad}");
         }
     }
 
@@ -448,14 +401,7 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for host in [
-            "127.0.0.1",
-            "127.255.0.9",
-            "[::1]",
-            "::1",
-            "localhost",
-            "LOCALHOST",
-        ] {
+        for host in ["127.0.0.1", "127.255.0.9", "[::1]", "::1", "localhost", "LOCALHOST"] {
             assert!(is_loopback(host), "{host}");
         }
         for host in ["126.0.0.1", "[::2]", "localhost.", "example.com", "", "[]"] {
@@ -472,10 +418,7 @@ mod tests {
         assert_eq!(page_number("https://h/v2?page=x"), None);
         assert_eq!(page_number("https://h/v2?page=99999999999999999999"), None);
         assert_eq!(page_number("https://h/v2#page=3"), None);
-        assert_eq!(
-            query_param("https://h/?flag&page=3", "flag").as_deref(),
-            Some("")
-        );
+        assert_eq!(query_param("https://h/?flag&page=3", "flag").as_deref(), Some(""));
         assert_eq!(query_param("not a url?page=3", "page"), None);
         let with_query_param = |url: &str, name: &str, value: &str| {
             let uri = parse_url(url).expect("test URL parses");
@@ -493,10 +436,7 @@ mod tests {
             with_query_param("https://h/v2?page=1&x=1&page=2#frag", "page", "5"),
             "https://h/v2?page=5&x=1"
         );
-        assert_eq!(
-            with_query_param("https://h/v2", "page", "2"),
-            "https://h/v2?page=2"
-        );
+        assert_eq!(with_query_param("https://h/v2", "page", "2"), "https://h/v2?page=2");
     }
 
     #[test]
@@ -516,12 +456,7 @@ mod tests {
             "https://api.digitalocean.com/v2/droplets?per_page=20&page=1&tag_name=env%3Aprod%20%26%20web"
         );
         assert_eq!(
-            first_page_url(
-                "http://h/p",
-                1,
-                &Filter::Name("nöde-1.x_y~".into()),
-                Kind::Droplets
-            ),
+            first_page_url("http://h/p", 1, &Filter::Name("nöde-1.x_y~".into()), Kind::Droplets),
             "http://h/p/v2/droplets?per_page=1&page=1&name=n%C3%B6de-1.x_y~"
         );
         assert_eq!(
@@ -537,14 +472,8 @@ mod tests {
     #[test]
     fn locations_resolve_against_the_request() {
         let base = "https://h:8443/v2/droplets?page=1";
-        assert_eq!(
-            resolve_location(base, "https://other/x").as_deref(),
-            Some("https://other/x")
-        );
-        assert_eq!(
-            resolve_location(base, "//other/x").as_deref(),
-            Some("https://other/x")
-        );
+        assert_eq!(resolve_location(base, "https://other/x").as_deref(), Some("https://other/x"));
+        assert_eq!(resolve_location(base, "//other/x").as_deref(), Some("https://other/x"));
         assert_eq!(
             resolve_location(base, "/v3/droplets?page=1").as_deref(),
             Some("https://h:8443/v3/droplets?page=1")
@@ -557,10 +486,7 @@ mod tests {
             resolve_location(base, "list?page=2").as_deref(),
             Some("https://h:8443/v2/list?page=2")
         );
-        assert_eq!(
-            resolve_location("https://h", "x").as_deref(),
-            Some("https://h/x")
-        );
+        assert_eq!(resolve_location("https://h", "x").as_deref(), Some("https://h/x"));
         assert_eq!(resolve_location(base, "  "), None);
         assert_eq!(resolve_location("not a url", "/x"), None);
     }
@@ -590,10 +516,7 @@ mod tests {
     fn same_origin_urls_come_back_parsed() {
         let api = "https://api.example.test";
         let link = "https://API.example.test:443/v2/droplets?page=2";
-        assert_eq!(
-            same_origin_url(api, link).map(|u| u.to_string()),
-            Some(link.to_string())
-        );
+        assert_eq!(same_origin_url(api, link).map(|u| u.to_string()), Some(link.to_string()));
         assert!(same_origin_url(api, "https://evil.example/v2").is_none());
         assert!(same_origin_url("not a url", link).is_none());
     }

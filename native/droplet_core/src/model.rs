@@ -203,30 +203,18 @@ pub(crate) mod tests {
         let ids: Vec<u64> = page.droplets.iter().map(|d| d.id).collect();
         assert_eq!(ids, [3164444, 3164459, 3164412]);
         let names: Vec<&str> = page.droplets.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["example.com", "assets.example.com", "stage.example.com"]
-        );
+        assert_eq!(names, ["example.com", "assets.example.com", "stage.example.com"]);
 
         let d = &page.droplets[0];
         assert_eq!(d.status, Status::Active);
         assert_eq!(d.tags(), ["web", "env:prod"]);
         assert_eq!(d.region.as_deref(), Some("nyc3"));
-        assert_eq!(
-            d.vpc_uuid.as_deref(),
-            Some("760e09ef-dc84-11e8-981e-3cfdfeaae000")
-        );
+        assert_eq!(d.vpc_uuid.as_deref(), Some("760e09ef-dc84-11e8-981e-3cfdfeaae000"));
         assert_eq!(
             d.networks.v4,
             [
-                NetAddress {
-                    ip_address: "10.128.192.124".into(),
-                    kind: AddressType::Private
-                },
-                NetAddress {
-                    ip_address: "192.241.165.154".into(),
-                    kind: AddressType::Public
-                },
+                NetAddress { ip_address: "10.128.192.124".into(), kind: AddressType::Private },
+                NetAddress { ip_address: "192.241.165.154".into(), kind: AddressType::Public },
             ]
         );
         assert_eq!(
@@ -239,10 +227,7 @@ pub(crate) mod tests {
 
         let stage = &page.droplets[2];
         assert_eq!(stage.tags(), ["env:stage"]);
-        assert_eq!(
-            stage.vpc_uuid.as_deref(),
-            Some("5a4981aa-9653-4bd1-bef5-d6bff52042e4")
-        );
+        assert_eq!(stage.vpc_uuid.as_deref(), Some("5a4981aa-9653-4bd1-bef5-d6bff52042e4"));
         assert_eq!(stage.networks.v4[1].ip_address, "192.241.247.248");
         assert!(stage.networks.v6.is_empty());
     }
@@ -282,10 +267,7 @@ pub(crate) mod tests {
         // Listed without tags is not the same as listed with none.
         assert_eq!(page.droplets[0].tags, Some(vec![]));
         let no_links = r#"{"droplets":[],"meta":{"total":0}}"#;
-        assert_eq!(
-            parse(no_links.as_bytes()).map(|p| p.links),
-            Ok(Links::default())
-        );
+        assert_eq!(parse(no_links.as_bytes()).map(|p| p.links), Ok(Links::default()));
     }
 
     #[test]
@@ -296,11 +278,8 @@ pub(crate) mod tests {
         let d = &page.droplets[0];
         assert_eq!(d.status, Status::Other("migrating".into()));
         assert_eq!(d.networks.v4[0].kind, AddressType::Other("anchor".into()));
-        for (s, want) in [
-            ("new", Status::New),
-            ("off", Status::Off),
-            ("archive", Status::Archive),
-        ] {
+        for (s, want) in [("new", Status::New), ("off", Status::Off), ("archive", Status::Archive)]
+        {
             assert_eq!(Status::from(s.to_string()), want);
         }
     }
@@ -353,10 +332,7 @@ pub(crate) mod tests {
     #[test]
     fn the_largest_id_is_accepted() {
         let body = droplet_json("").replace(r#""id":1"#, r#""id":18446744073709551615"#);
-        assert_eq!(
-            parse(body.as_bytes()).map(|p| p.droplets[0].id),
-            Ok(u64::MAX)
-        );
+        assert_eq!(parse(body.as_bytes()).map(|p| p.droplets[0].id), Ok(u64::MAX));
     }
 
     #[test]
@@ -411,18 +387,13 @@ pub(crate) mod tests {
         );
         assert_eq!(
             parse(b"{\"droplets\": ["),
-            Err(Error::InvalidJson(
-                "unexpected end of input at line 1 column 14".into()
-            ))
+            Err(Error::InvalidJson("unexpected end of input at line 1 column 14".into()))
         );
     }
 
     fn droplets_json(n: usize) -> String {
         let one = r#"{"id":1,"name":"a","status":"active","networks":{}}"#;
-        format!(
-            r#"{{"droplets":[{}],"meta":{{"total":{n}}}}}"#,
-            vec![one; n].join(",")
-        )
+        format!(r#"{{"droplets":[{}],"meta":{{"total":{n}}}}}"#, vec![one; n].join(","))
     }
 
     #[test]
@@ -454,25 +425,13 @@ pub(crate) mod tests {
     #[test]
     fn the_top_level_object_is_read_like_the_derive_would() {
         let dup = r#"{"droplets":[],"droplets":[],"meta":{"total":0}}"#;
-        assert!(matches!(
-            parse(dup.as_bytes()),
-            Err(Error::UnexpectedShape(_))
-        ));
+        assert!(matches!(parse(dup.as_bytes()), Err(Error::UnexpectedShape(_))));
         let dup = r#"{"droplets":[],"meta":{"total":0},"meta":{"total":0}}"#;
-        assert!(matches!(
-            parse(dup.as_bytes()),
-            Err(Error::UnexpectedShape(_))
-        ));
+        assert!(matches!(parse(dup.as_bytes()), Err(Error::UnexpectedShape(_))));
         let dup = r#"{"droplets":[],"links":{},"links":{},"meta":{"total":0}}"#;
-        assert!(matches!(
-            parse(dup.as_bytes()),
-            Err(Error::UnexpectedShape(_))
-        ));
+        assert!(matches!(parse(dup.as_bytes()), Err(Error::UnexpectedShape(_))));
         let nulls = r#"{"droplets":[],"links":null,"meta":{"total":0}}"#;
-        assert!(matches!(
-            parse(nulls.as_bytes()),
-            Err(Error::UnexpectedShape(_))
-        ));
+        assert!(matches!(parse(nulls.as_bytes()), Err(Error::UnexpectedShape(_))));
         let extra = r#"{"x":{"droplets":1},"droplets":[],"meta":{"total":2},"y":[]}"#;
         assert_eq!(parse(extra.as_bytes()).map(|p| p.meta.total), Ok(2));
     }

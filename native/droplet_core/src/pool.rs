@@ -55,10 +55,7 @@ impl<'a, R: Send, F: Fn(usize) -> R + Sync, S: Fn() -> bool + Sync> Run<'a, R, F
                 .spawn_scoped(scope, move || {
                     if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.work(scope, true)))
                     {
-                        self.panic
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert(payload);
+                        self.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(payload);
                     }
                 });
             // Missing helpers are simply missing: the others do their share.
@@ -82,10 +79,7 @@ impl<'a, R: Send, F: Fn(usize) -> R + Sync, S: Fn() -> bool + Sync> Run<'a, R, F
             let unstarted = self.n.saturating_sub(self.next.load(Ordering::Relaxed));
             self.spawn(scope, self.helpers.grow(unstarted));
         }
-        self.done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(done);
+        self.done.lock().unwrap_or_else(|e| e.into_inner()).extend(done);
     }
 }
 
@@ -153,9 +147,7 @@ where
     F: Fn(usize) -> R + Sync,
     S: Fn() -> bool + Sync,
 {
-    run_indexed(name, n, helpers, stack_size, stop, work)
-        .into_iter()
-        .collect()
+    run_indexed(name, n, helpers, stack_size, stop, work).into_iter().collect()
 }
 
 #[cfg(test)]
@@ -180,9 +172,7 @@ mod tests {
     #[test]
     fn work_runs_in_parallel_up_to_the_bound() {
         let started = Instant::now();
-        run_indexed("t", 8, &7, STACK, NEVER, |_| {
-            thread::sleep(Duration::from_millis(200))
-        });
+        run_indexed("t", 8, &7, STACK, NEVER, |_| thread::sleep(Duration::from_millis(200)));
         assert!(started.elapsed() < Duration::from_millis(1_000));
     }
 
@@ -207,10 +197,7 @@ mod tests {
                 t.insert(thread::current().id());
             }
         });
-        assert_eq!(
-            only.into_inner().expect("not poisoned"),
-            HashSet::from([caller])
-        );
+        assert_eq!(only.into_inner().expect("not poisoned"), HashSet::from([caller]));
     }
 
     #[test]
@@ -235,10 +222,7 @@ mod tests {
 
     #[test]
     fn run_all_is_every_result_or_none() {
-        assert_eq!(
-            run_all("t", 5, &2, STACK, NEVER, |i| i + 1),
-            Some(vec![1, 2, 3, 4, 5])
-        );
+        assert_eq!(run_all("t", 5, &2, STACK, NEVER, |i| i + 1), Some(vec![1, 2, 3, 4, 5]));
         let stop = AtomicBool::new(false);
         let stopped = run_all(
             "t",
@@ -347,10 +331,7 @@ mod tests {
     fn a_helper_told_to_shrink_ends_after_its_item() {
         // Three helpers grown at the first item boundary, each told to
         // end after its first item: the coordinator does the rest.
-        let helpers = Scripted {
-            grow: AtomicUsize::new(3),
-            shrinks: AtomicUsize::new(3),
-        };
+        let helpers = Scripted { grow: AtomicUsize::new(3), shrinks: AtomicUsize::new(3) };
         let caller = thread::current().id();
         let items = Mutex::new(Vec::new());
         // Items 1 to 4 meet: one on each of the four threads.

@@ -46,10 +46,7 @@ pub fn parse_target(raw: &[u8]) -> Option<IpAddr> {
         return None;
     }
     let text = std::str::from_utf8(raw).ok()?;
-    let text = text
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .unwrap_or(text);
+    let text = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
     text.parse().ok()
 }
 
@@ -77,10 +74,7 @@ pub fn probe_one(ip: IpAddr, port: u16, timeout: Duration) -> ProbeResult {
 /// The helper threads worth asking the budget for: one probe per thread,
 /// never more threads than targets, and the calling thread probes too.
 pub fn helpers_wanted(targets: usize, concurrency: usize) -> usize {
-    concurrency
-        .min(MAX_CONCURRENCY)
-        .min(targets)
-        .saturating_sub(1)
+    concurrency.min(MAX_CONCURRENCY).min(targets).saturating_sub(1)
 }
 
 /// Probes every target on `port`, on the calling thread and the helper
@@ -156,10 +150,7 @@ mod tests {
         assert_eq!(c(HostUnreachable), ProbeError::Unreachable);
         assert_eq!(c(NetworkUnreachable), ProbeError::Unreachable);
         assert!(matches!(c(PermissionDenied), ProbeError::Io(_)));
-        assert_eq!(
-            classify(&io::Error::from_raw_os_error(113)),
-            ProbeError::Unreachable
-        );
+        assert_eq!(classify(&io::Error::from_raw_os_error(113)), ProbeError::Unreachable);
     }
 
     #[test]
@@ -189,12 +180,8 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         socket.bind(&addr.into()).expect("bind");
         socket.listen(0).expect("listen");
-        let port = socket
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .map(|a| a.port())
-            .expect("port");
+        let port =
+            socket.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port()).expect("port");
         let target = SocketAddr::new(addr.ip(), port);
         let mut fillers = Vec::new();
         for _ in 0..8 {
@@ -215,10 +202,7 @@ mod tests {
         let started = Instant::now();
         let results = probe(&targets, port, timeout, n);
         let elapsed = started.elapsed();
-        let timeouts = results
-            .iter()
-            .filter(|r| **r == Err(ProbeError::Timeout))
-            .count();
+        let timeouts = results.iter().filter(|r| **r == Err(ProbeError::Timeout)).count();
         // A queue slot may free up as SYNs are retried; nearly all must hang.
         assert!(timeouts >= n - 2, "{results:?}");
         assert!(elapsed < timeout * 3, "took {elapsed:?}");
@@ -244,14 +228,8 @@ mod tests {
         let results = probe(&targets, hole, timeout, 200);
         let elapsed = started.elapsed();
         assert_eq!(results.len(), 1000);
-        let timeouts = results
-            .iter()
-            .filter(|r| **r == Err(ProbeError::Timeout))
-            .count();
-        let refused = results
-            .iter()
-            .filter(|r| **r == Err(ProbeError::Refused))
-            .count();
+        let timeouts = results.iter().filter(|r| **r == Err(ProbeError::Timeout)).count();
+        let refused = results.iter().filter(|r| **r == Err(ProbeError::Refused)).count();
         assert!(timeouts >= 95, "{timeouts} timeouts");
         assert_eq!(refused, 900);
         assert!(elapsed < timeout * 3, "took {elapsed:?}");

@@ -134,10 +134,7 @@ mod tests {
             reset,
             retry_after,
         };
-        assert_eq!(
-            rl(Some(0), Some(1_060), Some(5)).retry_seconds(now),
-            Some(5)
-        );
+        assert_eq!(rl(Some(0), Some(1_060), Some(5)).retry_seconds(now), Some(5));
         assert_eq!(rl(Some(0), Some(1_060), None).retry_seconds(now), Some(60));
         assert_eq!(rl(Some(0), Some(900), None).retry_seconds(now), Some(0));
         assert_eq!(rl(Some(3), Some(1_060), None).retry_seconds(now), None);

@@ -46,11 +46,7 @@ impl<'a> Redactor<'a> {
             bytes.iter().for_each(|&b| in_secret[usize::from(b)] = true);
             pieces.extend(bytes.windows(width));
         }
-        Redactor {
-            width,
-            pieces,
-            in_secret,
-        }
+        Redactor { width, pieces, in_secret }
     }
 
     /// The byte ranges of `text` covered by pieces, merged, in order.
@@ -58,11 +54,7 @@ impl<'a> Redactor<'a> {
         let mut spans: Vec<(usize, usize)> = Vec::new();
         let mut run = 0;
         for (i, &b) in text.iter().enumerate() {
-            run = if self.in_secret[usize::from(b)] {
-                run + 1
-            } else {
-                0
-            };
+            run = if self.in_secret[usize::from(b)] { run + 1 } else { 0 };
             let start = (i + 1).saturating_sub(self.width);
             if run < self.width || !self.pieces.contains(&text[start..=i]) {
                 continue;
@@ -94,13 +86,8 @@ impl<'a> Redactor<'a> {
         for (start, end) in spans {
             // A piece is bytes of the secret; for a secret that is not
             // ASCII it could start or end inside a character.
-            let start = (0..=start)
-                .rev()
-                .find(|&i| text.is_char_boundary(i))
-                .unwrap_or(0);
-            let end = (end..=text.len())
-                .find(|&i| text.is_char_boundary(i))
-                .unwrap_or(text.len());
+            let start = (0..=start).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+            let end = (end..=text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
             out.push_str(text.get(at..start.max(at)).unwrap_or_default());
             out.push_str(REDACTED);
             at = at.max(end);
@@ -112,11 +99,7 @@ impl<'a> Redactor<'a> {
     /// Every string of `droplet` that comes from the API.
     pub fn droplet(&self, droplet: &mut Droplet) {
         self.redact(&mut droplet.name);
-        droplet
-            .tags
-            .iter_mut()
-            .flatten()
-            .for_each(|t| self.redact(t));
+        droplet.tags.iter_mut().flatten().for_each(|t| self.redact(t));
         droplet.region.iter_mut().for_each(|r| self.redact(r));
         droplet.vpc_uuid.iter_mut().for_each(|v| self.redact(v));
         if let Status::Other(s) = &mut droplet.status {
@@ -172,15 +155,9 @@ pub(crate) mod tests {
         for text in texts {
             let out = redacted(TOKEN, &text);
             assert_no_piece(TOKEN, &out);
-            assert!(
-                out.contains(REDACTED) || !text.contains(&TOKEN[..PIECE]),
-                "{out}"
-            );
+            assert!(out.contains(REDACTED) || !text.contains(&TOKEN[..PIECE]), "{out}");
         }
-        assert_eq!(
-            redacted(TOKEN, &format!("a {} b", &TOKEN[7..29])),
-            "a [REDACTED] b"
-        );
+        assert_eq!(redacted(TOKEN, &format!("a {} b", &TOKEN[7..29])), "a [REDACTED] b");
         // Two pieces apart stay two redactions; overlapping ones are one.
         assert_eq!(
             redacted(TOKEN, &format!("{}-{}", &TOKEN[..12], &TOKEN[40..52])),

@@ -76,11 +76,7 @@ impl Pool {
         }
         let (reply, answer) = mpsc::sync_channel(1);
         let deadline = Instant::now().checked_add(wait);
-        let job = Job {
-            host_port: host_port.to_string(),
-            deadline,
-            reply,
-        };
+        let job = Job { host_port: host_port.to_string(), deadline, reply };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.jobs.try_send(job)
         {
             return Err(Unresolved::Failed(io::Error::other(BACKLOG)));
@@ -115,22 +111,14 @@ pub static DNS_DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomi
 
 fn system_lookup(host_port: &str) -> Addrs {
     #[cfg(feature = "test-hooks")]
-    thread::sleep(Duration::from_millis(
-        DNS_DELAY_MS.load(std::sync::atomic::Ordering::Relaxed),
-    ));
+    thread::sleep(Duration::from_millis(DNS_DELAY_MS.load(std::sync::atomic::Ordering::Relaxed)));
     host_port.to_socket_addrs().map(Iterator::collect)
 }
 
 /// The process's pool, which every agent resolves on.
 pub fn global() -> &'static Pool {
-    static POOL: Lazy<Pool> = Lazy::new(|| {
-        Pool::new(
-            "libcluster_dns",
-            DNS_THREADS,
-            DNS_QUEUE,
-            Box::new(system_lookup),
-        )
-    });
+    static POOL: Lazy<Pool> =
+        Lazy::new(|| Pool::new("libcluster_dns", DNS_THREADS, DNS_QUEUE, Box::new(system_lookup)));
     &POOL
 }
 
@@ -215,10 +203,7 @@ pub(crate) mod tests {
             }
             Ok(vec!["10.0.0.1:443".parse().expect("addr")])
         };
-        (
-            Arc::new(Pool::new(name, threads, queue, Box::new(lookup))),
-            gate,
-        )
+        (Arc::new(Pool::new(name, threads, queue, Box::new(lookup))), gate)
     }
 
     const LONG: Duration = Duration::from_secs(600);

@@ -35,9 +35,7 @@ pub fn is_scope(word: &str) -> bool {
         return false;
     };
     (1..=MAX_RESOURCE_LEN).contains(&resource.len())
-        && resource
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'_')
+        && resource.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
         && ACTIONS.contains(&action)
 }
 
@@ -57,10 +55,7 @@ mod tests {
             ("You are missing the required scope: vpc:read", "vpc:read"),
             ("You are missing the required scope: tag:read.", "tag:read"),
             ("missing scopes: droplet:read, tag:read", "droplet:read"),
-            (
-                "needs (\"database_replica:create\")",
-                "database_replica:create",
-            ),
+            ("needs (\"database_replica:create\")", "database_replica:create"),
         ] {
             assert_eq!(missing_scope(&body(message)).as_deref(), Some(scope));
         }

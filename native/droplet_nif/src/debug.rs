@@ -98,9 +98,7 @@ fn schedstat() -> io::Result<(u64, u64)> {
         if slot.is_none() {
             *slot = Some(File::open("/proc/thread-self/schedstat")?);
         }
-        let file = slot
-            .as_ref()
-            .ok_or_else(|| io::Error::other("schedstat not open"))?;
+        let file = slot.as_ref().ok_or_else(|| io::Error::other("schedstat not open"))?;
         let mut buf = [0u8; 128];
         let n = file.read_at(&mut buf, 0)?;
         let text = std::str::from_utf8(&buf[..n]).map_err(io::Error::other)?;
@@ -129,9 +127,7 @@ fn debug_thread_times(env: Env) -> Term {
                 return Ok((tid, now, before));
             }
         }
-        Err(io::Error::other(
-            "the thread was preempted in every reading",
-        ))
+        Err(io::Error::other("the thread was preempted in every reading"))
     });
     match sample {
         Ok(sample) => sample.encode(env),

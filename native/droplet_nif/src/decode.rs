@@ -27,9 +27,7 @@ pub struct ListArgs {
 /// The value under `key`, treating `nil` as absent.
 fn field<'a>(map: Term<'a>, key: &str) -> Option<Term<'a>> {
     let key = Atom::from_str(map.get_env(), key).ok()?;
-    map.map_get(key)
-        .ok()
-        .filter(|v| v.decode::<Atom>().ok() != Some(atoms::nil()))
+    map.map_get(key).ok().filter(|v| v.decode::<Atom>().ok() != Some(atoms::nil()))
 }
 
 /// Longer than any URL, path, token, name or tag the request may hold; a
@@ -37,13 +35,9 @@ fn field<'a>(map: Term<'a>, key: &str) -> Option<Term<'a>> {
 pub const MAX_BINARY_BYTES: usize = 4096;
 
 fn utf8(term: Term, name: &str) -> Result<String, Error> {
-    let bin = term
-        .decode::<Binary>()
-        .map_err(|_| invalid(format!("{name} must be a binary")))?;
+    let bin = term.decode::<Binary>().map_err(|_| invalid(format!("{name} must be a binary")))?;
     if bin.len() > MAX_BINARY_BYTES {
-        return Err(invalid(format!(
-            "{name} must be at most {MAX_BINARY_BYTES} bytes"
-        )));
+        return Err(invalid(format!("{name} must be at most {MAX_BINARY_BYTES} bytes")));
     }
     std::str::from_utf8(bin.as_slice())
         .map(str::to_owned)
@@ -103,9 +97,7 @@ pub fn list_args(term: Term) -> Result<ListArgs, Error> {
     let api_url = utf8(required("api_url")?, "api_url")?;
     let mut request = ListRequest::new(&api_url, &non_empty(required("token")?, "token")?)?;
     let tags = field(term, "tag_name").map(tag_names).transpose()?;
-    let name = field(term, "name")
-        .map(|t| non_empty(t, "name"))
-        .transpose()?;
+    let name = field(term, "name").map(|t| non_empty(t, "name")).transpose()?;
     request.filter = match (tags, name) {
         (Some(_), Some(_)) => return Err(invalid("tag_name and name cannot both be set")),
         (Some(tags), None) => ListFilter::Tags(tags),
@@ -118,35 +110,21 @@ pub fn list_args(term: Term) -> Result<ListArgs, Error> {
         Some(Ok(GpusArg::Only)) => Gpus::Only,
         Some(Err(_)) => return Err(invalid("gpus must be false, true or :only")),
     };
-    request.ca_file = field(term, "ca_file")
-        .map(|t| non_empty(t, "ca_file"))
-        .transpose()?;
+    request.ca_file = field(term, "ca_file").map(|t| non_empty(t, "ca_file")).transpose()?;
     let (ms, r) = (Duration::from_millis, &mut request);
     let mut ints: [Int; 13] = [
         ("per_page", 1, 200, &mut |n| r.per_page = n as u32),
-        ("connect_timeout_ms", 1, HOUR_MS, &mut |n| {
-            r.connect_timeout = ms(n)
-        }),
-        ("request_timeout_ms", 1, HOUR_MS, &mut |n| {
-            r.request_timeout = ms(n)
-        }),
+        ("connect_timeout_ms", 1, HOUR_MS, &mut |n| r.connect_timeout = ms(n)),
+        ("request_timeout_ms", 1, HOUR_MS, &mut |n| r.request_timeout = ms(n)),
         ("deadline_ms", 1, HOUR_MS, &mut |n| r.deadline = ms(n)),
         ("max_body_bytes", 1, 1 << 32, &mut |n| r.max_body_bytes = n),
         ("max_pages", 1, 1_000_000, &mut |n| r.max_pages = n as u32),
         ("max_droplets", 1, 10_000_000, &mut |n| r.max_droplets = n),
-        ("page_concurrency", 1, 64, &mut |n| {
-            r.page_concurrency = n as usize
-        }),
+        ("page_concurrency", 1, 64, &mut |n| r.page_concurrency = n as usize),
         ("keep_alive_ms", 0, DAY_MS, &mut |n| r.keep_alive = ms(n)),
-        ("max_listing_bytes", 1, MAX_BOUND, &mut |n| {
-            r.limits.max_listing_bytes = n
-        }),
-        ("max_string_bytes", 1, MAX_BOUND, &mut |n| {
-            r.limits.max_string_bytes = n as usize
-        }),
-        ("max_tags_per_droplet", 1, MAX_BOUND, &mut |n| {
-            r.limits.max_tags_per_droplet = n as usize
-        }),
+        ("max_listing_bytes", 1, MAX_BOUND, &mut |n| r.limits.max_listing_bytes = n),
+        ("max_string_bytes", 1, MAX_BOUND, &mut |n| r.limits.max_string_bytes = n as usize),
+        ("max_tags_per_droplet", 1, MAX_BOUND, &mut |n| r.limits.max_tags_per_droplet = n as usize),
         ("max_addresses_per_droplet", 1, MAX_BOUND, &mut |n| {
             r.limits.max_addresses_per_droplet = n as usize
         }),
@@ -209,9 +187,9 @@ fn select_arg(term: Term) -> Result<(Network, bool), Error> {
             NetworkArg::Private => Ok((Network::Private, ipv6)),
             NetworkArg::Public => Ok((Network::Public, ipv6)),
         },
-        Err(_) => Err(invalid(
-            "select must be nil or %{network: :private | :public, ipv6: boolean}",
-        )),
+        Err(_) => {
+            Err(invalid("select must be nil or %{network: :private | :public, ipv6: boolean}"))
+        }
     }
 }
 
@@ -257,9 +235,9 @@ fn address_count(list: Term) -> Result<usize, Error> {
 /// is that target's `:invalid_address`, not a reason to refuse the batch.
 pub fn address_bytes<'a>(list: Term<'a>) -> Vec<&'a [u8]> {
     match list.into_list_iterator() {
-        Ok(items) => items
-            .map(|t| t.decode::<Binary>().map_or(&[][..], |b| b.as_slice()))
-            .collect(),
+        Ok(items) => {
+            items.map(|t| t.decode::<Binary>().map_or(&[][..], |b| b.as_slice())).collect()
+        }
         Err(_) => Vec::new(),
     }
 }

@@ -83,9 +83,7 @@ fn kind(kind: &AddressType) -> Word<'_> {
 }
 
 fn addresses(list: &[NetAddress]) -> Vec<(&str, Word<'_>)> {
-    list.iter()
-        .map(|a| (a.ip_address.as_str(), kind(&a.kind)))
-        .collect()
+    list.iter().map(|a| (a.ip_address.as_str(), kind(&a.kind))).collect()
 }
 
 /// A droplet as `LibclusterDroplet.droplet()` documents it.
@@ -194,9 +192,6 @@ pub fn probe_results<'a>(env: Env<'a>, addresses: Term<'a>, results: &[ProbeResu
             items.encode(env)
         }
         // The NIF checked it was a list before starting the call.
-        Err(_) => error(
-            env,
-            &Error::InvalidRequest("addresses must be a list of binaries".into()),
-        ),
+        Err(_) => error(env, &Error::InvalidRequest("addresses must be a list of binaries".into())),
     }
 }

@@ -74,11 +74,7 @@ impl Reply {
     fn new(env: Env, reference: Term) -> Reply {
         let owned = OwnedEnv::new();
         let reference = owned.save(reference);
-        Reply {
-            pid: env.pid(),
-            owned,
-            reference,
-        }
+        Reply { pid: env.pid(), owned, reference }
     }
 
     /// Copies `term` into the reply's env, where the call's own thread can
@@ -94,11 +90,7 @@ impl Reply {
     where
         E: for<'a> Fn(Env<'a>, Term<'a>, Result<R, Error>) -> Term<'a>,
     {
-        let Reply {
-            pid,
-            mut owned,
-            reference,
-        } = self;
+        let Reply { pid, mut owned, reference } = self;
         let first = catch_unwind(AssertUnwindSafe(|| {
             owned.send_and_clear(&pid, |env| encode(env, reference.load(env), outcome))
         }));
@@ -118,14 +110,8 @@ struct Coordinator {
     stack_size: usize,
 }
 
-const LIST_THREAD: Coordinator = Coordinator {
-    name: "droplet_list",
-    stack_size: LIST_STACK,
-};
-const PROBE_THREAD: Coordinator = Coordinator {
-    name: "droplet_probe",
-    stack_size: PROBE_STACK,
-};
+const LIST_THREAD: Coordinator = Coordinator { name: "droplet_list", stack_size: LIST_STACK };
+const PROBE_THREAD: Coordinator = Coordinator { name: "droplet_probe", stack_size: PROBE_STACK };
 
 /// Spawns the call's coordinator thread, which runs `work` under
 /// `catch_unwind` and sends the caller its answer; returns
@@ -215,18 +201,15 @@ where
 /// `page_concurrency` is what the budget granted: at most the request's.
 #[rustler::nif]
 fn list_droplets<'a>(env: Env<'a>, request: Term<'a>, reference: Term<'a>) -> Term<'a> {
-    let started = require_ref(reference)
-        .and_then(|()| decode::list_args(request))
-        .and_then(|mut args| {
+    let started =
+        require_ref(reference).and_then(|()| decode::list_args(request)).and_then(|mut args| {
             let wanted = args.request.page_concurrency.saturating_sub(1);
             let admission = budget::global().admit(wanted)?;
             args.request.page_concurrency = admission.concurrency();
             let cancel = args.request.cancel.clone();
             start_list(env, reference, admission, cancel, move |stats, helpers| {
-                let select = args
-                    .select
-                    .map(|(network, ipv6)| Selector::new(network, ipv6))
-                    .transpose()?;
+                let select =
+                    args.select.map(|(network, ipv6)| Selector::new(network, ipv6)).transpose()?;
                 let listing = list_droplets_within(&args.request, stats, helpers)?;
                 Ok((listing, select))
             })
@@ -302,10 +285,9 @@ fn cancel<'a>(env: Env<'a>, handle: Term<'a>) -> Term<'a> {
             handle.0.cancel();
             atoms::ok().encode(env)
         }
-        Err(_) => encode::error(
-            env,
-            &Error::InvalidRequest("handle must be a call's handle".into()),
-        ),
+        Err(_) => {
+            encode::error(env, &Error::InvalidRequest("handle must be a call's handle".into()))
+        }
     }
 }
 
@@ -320,22 +302,13 @@ fn debug_panic<'a>(env: Env<'a>, place: Term<'a>, reference: Term<'a>) -> Term<'
         panic!("debug_panic: panicking inside the NIF on purpose");
     }
     if place != Some(atoms::list()) {
-        return encode::error(
-            env,
-            &Error::InvalidRequest("where must be :nif or :list".into()),
-        );
+        return encode::error(env, &Error::InvalidRequest("where must be :nif or :list".into()));
     }
     let started = require_ref(reference).and_then(|()| {
         let admission = budget::global().admit(0)?;
-        start_list(
-            env,
-            reference,
-            admission,
-            Cancel::new(),
-            |_stats, _helpers| {
-                panic!("debug_panic: panicking inside the listing thread on purpose")
-            },
-        )
+        start_list(env, reference, admission, Cancel::new(), |_stats, _helpers| {
+            panic!("debug_panic: panicking inside the listing thread on purpose")
+        })
     });
     started_or_error(env, started)
 }
