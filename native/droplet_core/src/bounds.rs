@@ -1,13 +1,11 @@
 //! The bounds a listing is held to while its pages are parsed, so that its
-//! memory follows the bounds and not what a server sends: every string is
-//! checked before it is copied, every list is refused at its `max + 1`-th
-//! element before that element is built, and what the listing keeps is
-//! counted in bytes as it is kept.
+//! memory follows them, not what a server sends: a string is checked before
+//! it is copied, a list refused at the element past its bound before that
+//! element is built, and what the listing keeps counted in bytes as it is.
 //!
-//! serde's derives give no way to hand them a context, so [`parse_with`]
-//! puts the bounds in a thread-local for the duration of one parse on this
-//! thread, where the `deserialize_with` functions of [`crate::model`] find
-//! them. Outside it nothing is bounded (only this module's tests parse so).
+//! serde's derives take no context, so [`parse_with`] puts the bounds in a
+//! thread-local for one parse, where the `deserialize_with` functions of
+//! [`crate::model`] find them; outside one, nothing is bounded.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -17,40 +15,33 @@ use std::sync::Arc;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
 
-/// What each kept string costs on top of its bytes: about what a string
-/// takes as a Rust `String` and as an Erlang binary in a list.
+/// What each kept string costs on top of its bytes, about what it takes as
+/// a Rust `String` and as an Erlang binary; and each droplet on top of that.
 pub const VALUE_OVERHEAD: u64 = 32;
-/// What each droplet costs on top of its strings.
 pub const DROPLET_OVERHEAD: u64 = 64;
-
-/// The API's example droplets keep about 520 bytes each by this count, so
-/// 10,000 of them (the default `max_droplets`) about 5 MB: six times that.
-pub const DEFAULT_MAX_LISTING_BYTES: u64 = 32 * 1024 * 1024;
-/// DigitalOcean caps names and tags at 255 characters.
-pub const DEFAULT_MAX_STRING_BYTES: usize = 1024;
-pub const DEFAULT_MAX_TAGS_PER_DROPLET: usize = 1_000;
-/// `networks.v4` and `networks.v6` together; a droplet has a handful.
-pub const DEFAULT_MAX_ADDRESSES_PER_DROPLET: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// What the whole listing keeps: the bytes of every string kept plus
-    /// [`VALUE_OVERHEAD`] each, plus [`DROPLET_OVERHEAD`] per droplet.
+    /// The bytes of every string kept plus [`VALUE_OVERHEAD`] each, plus
+    /// [`DROPLET_OVERHEAD`] per droplet.
     pub max_listing_bytes: u64,
-    /// Any one string: a name, tag, region slug, status, VPC id, address or
-    /// address type.
+    /// Any one string: name, tag, region slug, status, VPC id, address, type.
     pub max_string_bytes: usize,
     pub max_tags_per_droplet: usize,
+    /// `networks.v4` and `networks.v6` together.
     pub max_addresses_per_droplet: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_listing_bytes: DEFAULT_MAX_LISTING_BYTES,
-            max_string_bytes: DEFAULT_MAX_STRING_BYTES,
-            max_tags_per_droplet: DEFAULT_MAX_TAGS_PER_DROPLET,
-            max_addresses_per_droplet: DEFAULT_MAX_ADDRESSES_PER_DROPLET,
+            // The API's example droplets keep about 520 bytes each by this
+            // count, 10,000 of them (the default `max_droplets`) 5 MB.
+            max_listing_bytes: 32 * 1024 * 1024,
+            // DigitalOcean caps names and tags at 255 characters.
+            max_string_bytes: 1024,
+            max_tags_per_droplet: 1_000,
+            max_addresses_per_droplet: 64,
         }
     }
 }
@@ -92,8 +83,7 @@ impl Tally {
         self.kept.load(Ordering::Relaxed)
     }
 
-    /// Forgets what was kept since `kept` read `since`: an attempt's
-    /// pages dropped when the listing starts over.
+    /// Forgets what was kept since `kept` read `since` (pages dropped).
     pub fn reset_to(&self, since: u64) {
         self.kept.store(since, Ordering::Relaxed);
     }
@@ -108,7 +98,6 @@ struct Parsing {
     exceeded: Option<Over>,
 }
 
-/// Why a parse was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Over {
     Bound(Bound),
@@ -152,7 +141,6 @@ fn refuse<E: de::Error>(over: Over) -> E {
     E::custom(format_args!("over {over:?}"))
 }
 
-/// Counts `bytes` more kept by the listing.
 fn keep<E: de::Error>(bytes: u64) -> Result<(), E> {
     let over = with_parsing(false, |p| {
         let kept = p.tally.kept.fetch_add(bytes, Ordering::Relaxed) + bytes;
