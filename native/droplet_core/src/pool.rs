@@ -5,11 +5,10 @@
 //! (`crate::budget`) still makes progress on its own; between items the
 //! pool asks its [`Helpers`] for more threads, or whether one should end.
 
-use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::thread::{self, Scope};
+use std::thread;
 
 /// Where a pool's helper threads come from: a fixed number (`usize`), or a
 /// call's admission to the thread budget, which grows and sheds them.
@@ -34,61 +33,13 @@ impl Helpers for usize {
     }
 }
 
-struct Run<'a, R, F, S> {
-    name: &'a str,
-    n: usize,
-    stack_size: usize,
-    helpers: &'a dyn Helpers,
-    stop: S,
-    work: F,
-    next: AtomicUsize,
-    done: Mutex<Vec<(usize, R)>>,
-    panic: Mutex<Option<Box<dyn Any + Send>>>,
-}
-
-impl<'a, R: Send, F: Fn(usize) -> R + Sync, S: Fn() -> bool + Sync> Run<'a, R, F, S> {
-    fn spawn<'s>(&'s self, scope: &'s Scope<'s, '_>, count: usize) {
-        for _ in 0..count {
-            let helper = thread::Builder::new()
-                .name(self.name.to_string())
-                .stack_size(self.stack_size)
-                .spawn_scoped(scope, move || {
-                    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.work(scope, true)))
-                    {
-                        self.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(payload);
-                    }
-                });
-            // Missing helpers are simply missing: the others do their share.
-            if helper.is_err() {
-                self.helpers.release(1);
-            }
-        }
-    }
-
-    fn work<'s>(&'s self, scope: &'s Scope<'s, '_>, helper: bool) {
-        let mut done = Vec::new();
-        while !(self.stop)() {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            if i >= self.n {
-                break;
-            }
-            done.push((i, (self.work)(i)));
-            if helper && self.helpers.shrink() {
-                break;
-            }
-            let unstarted = self.n.saturating_sub(self.next.load(Ordering::Relaxed));
-            self.spawn(scope, self.helpers.grow(unstarted));
-        }
-        self.done.lock().unwrap_or_else(|e| e.into_inner()).extend(done);
-    }
-}
-
 /// Runs `work(i)` for every `i` in `0..n` on the calling thread plus the
-/// helper threads `helpers` grants, and returns the results by index. Once
+/// helper threads `helpers` grants (more between the calling thread's items,
+/// fewer as helpers are shed), and returns the results by index. Once
 /// `stop()` is true no new item starts; items left unstarted are `None`.
-///
-/// A panic in `work` is re-raised here once every thread has finished, so the
-/// caller's own `catch_unwind` reports it.
+/// A helper that cannot be spawned is simply missing: the others do its
+/// share. A panic in `work` is re-raised here once every thread has ended,
+/// so the caller's own `catch_unwind` reports it.
 pub(crate) fn run_indexed<R, F, S>(
     name: &str,
     n: usize,
@@ -102,32 +53,45 @@ where
     F: Fn(usize) -> R + Sync,
     S: Fn() -> bool + Sync,
 {
-    let mut slots: Vec<Option<R>> = (0..n).map(|_| None).collect();
-    let run = Run {
-        name,
-        n,
-        stack_size,
-        helpers,
-        stop,
-        work,
-        next: AtomicUsize::new(0),
-        done: Mutex::new(Vec::with_capacity(n)),
-        panic: Mutex::new(None),
+    let next = AtomicUsize::new(0);
+    let done = Mutex::new(Vec::with_capacity(n));
+    let panicked = Mutex::new(None);
+    let item = || {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let run = !stop() && i < n;
+        if run {
+            let result = work(i);
+            done.lock().unwrap_or_else(|e| e.into_inner()).push((i, result));
+        }
+        run
     };
-    if n > 0 {
-        thread::scope(|scope| {
-            run.spawn(scope, helpers.start(n - 1));
-            // Should this panic, the scope still joins the helpers first.
-            run.work(scope, false);
-        });
-    }
-    if let Some(payload) = run.panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
+    let helper = || {
+        let items = catch_unwind(AssertUnwindSafe(|| while item() && !helpers.shrink() {}));
+        if let Err(payload) = items {
+            panicked.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(payload);
+        }
+    };
+    thread::scope(|scope| {
+        let spawn = |count: usize| {
+            for _ in 0..count {
+                let builder = thread::Builder::new().name(name.to_string()).stack_size(stack_size);
+                if builder.spawn_scoped(scope, || helper()).is_err() {
+                    helpers.release(1);
+                }
+            }
+        };
+        spawn(helpers.start(n.saturating_sub(1)));
+        // Should this panic, the scope still joins the helpers first.
+        while item() {
+            spawn(helpers.grow(n.saturating_sub(next.load(Ordering::Relaxed))));
+        }
+    });
+    if let Some(payload) = panicked.into_inner().unwrap_or_else(|e| e.into_inner()) {
         std::panic::resume_unwind(payload);
     }
-    for (i, result) in run.done.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        if let Some(slot) = slots.get_mut(i) {
-            *slot = Some(result);
-        }
+    let mut slots: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    for (i, result) in done.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        slots[i] = Some(result);
     }
     slots
 }
