@@ -75,7 +75,7 @@ where
         let spawn = |count: usize| {
             for _ in 0..count {
                 let builder = thread::Builder::new().name(name.to_string()).stack_size(stack_size);
-                if builder.spawn_scoped(scope, || helper()).is_err() {
+                if builder.spawn_scoped(scope, helper).is_err() {
                     helpers.release(1);
                 }
             }

@@ -11,7 +11,7 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -30,13 +30,6 @@ pub const DNS_QUEUE: usize = 64;
 
 type Addrs = io::Result<Vec<SocketAddr>>;
 type Lookup = dyn Fn(&str) -> Addrs + Send + Sync;
-
-/// Why a lookup was not answered: the caller's time ran out, or it failed.
-#[derive(Debug)]
-pub enum Unresolved {
-    Timeout,
-    Failed(io::Error),
-}
 
 /// The message of a lookup refused because [`DNS_QUEUE`] are waiting.
 pub const BACKLOG: &str = "more than 64 DNS lookups waiting";
@@ -68,8 +61,9 @@ impl Pool {
         Pool { jobs }
     }
 
-    /// The addresses of `host_port` (`host:port`), waiting at most `wait`.
-    pub fn resolve(&self, host_port: &str, wait: Duration) -> Result<Vec<SocketAddr>, Unresolved> {
+    /// The addresses of `host_port` (`host:port`), waiting at most `wait`
+    /// (then `TimedOut`).
+    pub fn resolve(&self, host_port: &str, wait: Duration) -> Addrs {
         // A literal needs no lookup.
         if let Ok(addr) = host_port.parse::<SocketAddr>() {
             return Ok(vec![addr]);
@@ -77,16 +71,8 @@ impl Pool {
         let (reply, answer) = mpsc::sync_channel(1);
         let deadline = Instant::now().checked_add(wait);
         let job = Job { host_port: host_port.to_string(), deadline, reply };
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.jobs.try_send(job)
-        {
-            return Err(Unresolved::Failed(io::Error::other(BACKLOG)));
-        }
-        match answer.recv_timeout(wait) {
-            Ok(addrs) => addrs.map_err(Unresolved::Failed),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                Err(Unresolved::Timeout)
-            }
-        }
+        self.jobs.try_send(job).map_err(|_| io::Error::other(BACKLOG))?;
+        answer.recv_timeout(wait).unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
     }
 }
 
@@ -140,10 +126,7 @@ impl Resolver for PoolResolver {
             .ok_or_else(|| ureq::Error::BadUri(uri.to_string()))?;
         // Our agents always set a timeout; without one, still not forever.
         let wait = timeout.not_zero().map_or(Duration::from_secs(60), |d| *d);
-        let addrs = global().resolve(&host_port, wait).map_err(|e| match e {
-            Unresolved::Timeout => ureq::Error::Timeout(timeout.reason),
-            Unresolved::Failed(e) => ureq::Error::Io(e),
-        })?;
+        let addrs = global().resolve(&host_port, wait).map_err(ureq::Error::Io)?;
         let mut resolved = self.empty();
         let family = config.ip_family();
         let mut wanted = family.keep_wanted(addrs.into_iter());
@@ -219,7 +202,10 @@ pub(crate) mod tests {
             .collect();
         for caller in callers {
             let outcome = caller.join().expect("caller");
-            assert!(matches!(outcome, Err(Unresolved::Timeout)), "{outcome:?}");
+            assert!(
+                matches!(&outcome, Err(e) if e.kind() == io::ErrorKind::TimedOut),
+                "{outcome:?}"
+            );
         }
         // Every caller gave up; three lookups hang on the pool's three
         // threads, and the 37 others were never started.
@@ -244,12 +230,13 @@ pub(crate) mod tests {
         // One lookup running; two given up on, still queued: the queue is full.
         for _ in 0..2 {
             let outcome = pool.resolve("slow.test:443", Duration::from_millis(1));
-            assert!(matches!(outcome, Err(Unresolved::Timeout)), "{outcome:?}");
+            assert!(
+                matches!(&outcome, Err(e) if e.kind() == io::ErrorKind::TimedOut),
+                "{outcome:?}"
+            );
         }
-        match pool.resolve("other.test:443", LONG) {
-            Err(Unresolved::Failed(e)) => assert_eq!(e.to_string(), BACKLOG),
-            other => panic!("{other:?}"),
-        }
+        let backlog = pool.resolve("other.test:443", LONG).map_err(|e| e.to_string());
+        assert_eq!(backlog, Err(BACKLOG.to_string()));
         gate.open();
         assert_eq!(first.join().expect("caller").map(|a| a.len()).ok(), Some(1));
         assert_eq!(gate.started(), 1);
