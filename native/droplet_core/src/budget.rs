@@ -1,20 +1,13 @@
-//! One process-wide bound on the threads the NIF runs, whoever calls it,
-//! shared fairly among the calls in flight.
-//!
-//! Every call runs on a coordinator thread of its own, which needs one of
-//! [`MAX_CALLS`] call slots: with none free the call is refused at once
-//! ([`Error::Busy`]), since the caller is an Erlang scheduler that must not
-//! wait. A call that runs items in parallel also takes helper threads from
-//! a shared pool of [`MAX_HELPERS`] permits. Its coordinator works through
-//! the items too, so a call granted no helper still makes progress. So the
-//! NIF runs at most `MAX_CALLS + MAX_HELPERS` threads.
-//!
-//! So that one slow call cannot starve the rest, a call starts with at most
-//! [`START_SHARE`] helpers (what each gets when eight arrive at once) and
-//! keeps them, so the concurrency it reports is one it has. Between items
-//! it grows towards its share, the pool split evenly among the calls in
-//! flight, as permits free up; helpers beyond both its start and its share
-//! end after their item, giving their permits to the others.
+//! One process-wide bound on the NIF's threads: a call slot of
+//! [`MAX_CALLS`] per call (none free: [`Error::Busy`] at once, as the caller
+//! is a scheduler that must not wait) for its coordinator thread, which
+//! works through items too, and helper permits from a pool of
+//! [`MAX_HELPERS`]. So that one slow call cannot starve the rest, a call
+//! starts with at most [`START_SHARE`] helpers and keeps them (the
+//! concurrency it reports is one it has), grows between items towards an
+//! even split of the pool among the calls in flight, and sheds helpers it
+//! grew beyond that after their item.
+
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -1,19 +1,8 @@
 //! libcluster_droplet core, free of any Erlang dependency so it can be unit
-//! tested with plain `cargo test`.
-//!
-//! - [`model`]: the droplet listing as DigitalOcean sends it, parsed within
-//!   [`bounds`].
-//! - [`select`]: which address of a droplet to connect to.
-//! - [`api`]: listing all droplets (pagination, redirects, limits), over a
-//!   [`transport::Transport`]; the real one is ureq's, in `http`, which
-//!   reads the extra CA with `ca` and resolves host names with [`resolve`].
-//! - [`filters`]: the caller's filters as the listings the API accepts.
-//! - [`links`]: origins, query parameters and redirect targets.
-//! - [`scope`]: the token scope a 403 names, and [`redact`]: keeping every
-//!   piece of the token out of errors and listed values.
-//! - [`probe`]: parallel TCP connect probes.
-//! - [`budget`]: the process-wide bound on the NIF's threads, and
-//!   [`cancel`]: stopping a call whose caller is gone.
+//! tested with plain `cargo test`: listing droplets ([`api`], over ureq in
+//! `http`), TCP probes ([`probe`]), and the NIF's thread [`budget`]; each
+//! module says what it is for (`native/README.md` lists them).
+
 
 pub mod api;
 pub mod bounds;

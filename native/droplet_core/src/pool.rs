@@ -1,9 +1,6 @@
-//! A bounded pool of scoped threads working through `0..n` in any order.
-//! Shared by the page fetcher and the prober: both need "at most k at once,
-//! results by index, survive a failed spawn". The calling thread works
-//! through items too, so a call granted no helper thread by the budget
-//! (`crate::budget`) still makes progress on its own; between items the
-//! pool asks its [`Helpers`] for more threads, or whether one should end.
+//! Scoped threads working through `0..n`, results by index, for the page
+//! fetcher and the prober. The calling thread works too, so a call granted
+//! no helper by the budget (`crate::budget`) still makes progress.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,13 +30,11 @@ impl Helpers for usize {
     }
 }
 
-/// Runs `work(i)` for every `i` in `0..n` on the calling thread plus the
-/// helper threads `helpers` grants (more between the calling thread's items,
-/// fewer as helpers are shed), and returns the results by index. Once
-/// `stop()` is true no new item starts; items left unstarted are `None`.
-/// A helper that cannot be spawned is simply missing: the others do its
-/// share. A panic in `work` is re-raised here once every thread has ended,
-/// so the caller's own `catch_unwind` reports it.
+/// `work(i)` for every `i` in `0..n` on the calling thread and the helpers
+/// granted (more between its items, fewer as they are shed); unstarted once
+/// `stop()` is true: `None`. A helper that fails to spawn is just missing;
+/// a panic in `work` is re-raised once every thread has ended.
+
 pub(crate) fn run_indexed<R, F, S>(
     name: &str,
     n: usize,

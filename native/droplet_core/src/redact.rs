@@ -1,11 +1,8 @@
-//! Keeping every piece of the token out of what leaves the client: error
-//! details, the scope a 403 names, and the values of a listing, which a
-//! server (or a careless operator) could make echo the token.
-//!
-//! A piece is any [`PIECE`] bytes in a row of the token; a token shorter
-//! than that is one piece. Each text is scanned once: a window is only
-//! looked up when its bytes all occur in the token, so ordinary text costs
-//! a table lookup per byte.
+//! Keeping every piece of the token ([`PIECE`] bytes in a row; a shorter
+//! token is one piece) out of error details, a 403's scope and listed values,
+//! which a server could make echo it. One pass per text: a window is looked
+//! up only when all its bytes occur in the token.
+
 
 use std::collections::HashSet;
 
