@@ -1,9 +1,6 @@
-//! Listing every droplet: the first page, then the rest concurrently, with
-//! the token kept on the API's own origin throughout, and the listing's size
-//! bounded before and while it is fetched.
-//!
-//! The HTTP exchange itself sits behind [`Transport`] so pagination,
-//! redirects and status handling are tested without sockets.
+//! Listing every droplet: page 1, then the rest concurrently, the token kept
+//! on the API's origin and the size bounded throughout. The HTTP exchange
+//! sits behind [`Transport`], so all of this is tested without sockets.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,34 +33,28 @@ const LISTING_ATTEMPTS: u32 = 2;
 /// TLS handshakes and JSON parsing want more than a probe, far less than 2 MiB.
 const PAGE_STACK: usize = 512 * 1024;
 
-/// What to list and how. Build with [`ListRequest::new`], then adjust the
-/// public fields; `api_url` is kept normalized by `new`.
+/// What to list and how: [`ListRequest::new`] (which normalizes `api_url`),
+/// then the public fields.
 #[derive(Debug, Clone)]
 pub struct ListRequest {
     pub api_url: String,
     pub token: Secret,
-    /// Tags or a name; several tags, and GPU droplets, take a listing each
-    /// (see [`crate::filters`]).
     pub filter: ListFilter,
     pub gpus: Gpus,
     pub per_page: u32,
     pub ca_file: Option<String>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
-    /// The whole listing, CA file reading included. One too large to be
-    /// added to the current time (`Duration::MAX`) means no deadline.
+    /// The whole listing, CA file included; `Duration::MAX`: none.
     pub deadline: Duration,
     pub max_body_bytes: u64,
     pub max_pages: u32,
-    /// More droplets than this fail the listing with `TooManyDroplets`.
     pub max_droplets: u64,
-    /// What the droplets may hold, and the listing keep, in bytes.
     pub limits: Limits,
     pub page_concurrency: usize,
     /// How long an idle connection is kept for the next listing.
     pub keep_alive: Duration,
-    /// Once set, no further request is sent (page or redirect) and the
-    /// listing ends with `Err(Cancelled)`.
+    /// Once set, no further request is sent: `Err(Cancelled)`.
     pub cancel: Cancel,
 }
 
@@ -80,28 +71,22 @@ impl ListRequest {
             connect_timeout: ms(5_000),
             request_timeout: ms(15_000),
             deadline: ms(60_000),
-            // Eight times a full page of 200 droplets (about 500 KB): what
-            // one response may bring; times `page_concurrency`, what the
-            // responses in flight hold at once.
+            // Eight times a full page of 200 droplets (about 500 KB).
             max_body_bytes: 4 * 1024 * 1024,
             max_pages: 1_000,
-            // Fifty full pages, far above DigitalOcean's default droplet
-            // limit per account: a larger cluster raises it on purpose.
+            // Fifty full pages, far above an account's default limit.
             max_droplets: 10_000,
             limits: Limits::default(),
             page_concurrency: 4,
-            // An hour: the longest a strategy waits between polls with its
-            // defaults (a rate-limit reset is at most an hour away), so no
-            // poll pays DNS, TCP and TLS again for a connection it could
-            // have kept.
+            // An hour, the longest wait between polls with the defaults: no
+            // poll pays DNS, TCP and TLS again for a connection it could keep.
             keep_alive: ms(3_600_000),
             cancel: Cancel::new(),
         })
     }
 }
 
-/// Non-empty and made of characters an HTTP header can carry: anything else
-/// would fail later inside the HTTP library, with a less useful message.
+/// Non-empty and what a header carries, or ureq fails later, less clearly.
 fn validate_token(token: &str) -> Result<String, Error> {
     if token.is_empty() {
         return Err(Error::InvalidRequest("token must not be empty".into()));
@@ -114,15 +99,13 @@ fn validate_token(token: &str) -> Result<String, Error> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listing {
-    /// Unique by id, in the order the API listed them (listing after
-    /// listing, when there are several).
+    /// Unique by id, in the API's order.
     pub droplets: Vec<Droplet>,
     /// `meta.total` of the first page; with several listings, their sum.
     pub total: u64,
 }
 
-/// Counters kept by the caller, so they survive a failed or panicking
-/// listing and can still be reported.
+/// Kept by the caller, so they survive a failed or panicking listing.
 #[derive(Debug, Default)]
 pub struct Stats {
     requests: AtomicU64,
@@ -147,14 +130,12 @@ impl Stats {
     }
 }
 
-/// Lists every droplet over HTTP(S), pages 2.. `page_concurrency` at a
-/// time. Errors never carry the token.
+/// Lists every droplet over HTTP(S), `page_concurrency` pages at a time.
 pub fn list_droplets(req: &ListRequest, stats: &Stats) -> Result<Listing, Error> {
     list_droplets_within(req, stats, &req.page_concurrency.saturating_sub(1))
 }
 
-/// [`list_droplets`] with page helper threads from `helpers` (a call's
-/// admission to the thread budget).
+/// [`list_droplets`] with page helpers from `helpers` (a call's admission).
 pub fn list_droplets_within(
     req: &ListRequest,
     stats: &Stats,
@@ -194,10 +175,8 @@ pub fn list_with<T: Transport>(
     sanitized(req, lister.run_all())
 }
 
-/// The way out of the client: every error scrubbed of the token, then cut
-/// to length (see [`Error::sanitize`]), and every value of the droplets
-/// that came from the API scrubbed of it too (a droplet named after the
-/// token becomes an unusable name, never the token).
+/// The way out of the client: errors and every listed value scrubbed of the
+/// token's pieces (a droplet named after it gets an unusable name).
 fn sanitized(req: &ListRequest, result: Result<Listing, Error>) -> Result<Listing, Error> {
     let redactor = Redactor::new(&req.token.0);
     let mut listing = result.map_err(|e| e.sanitize(&req.token.0))?;
@@ -205,15 +184,12 @@ fn sanitized(req: &ListRequest, result: Result<Listing, Error>) -> Result<Listin
     Ok(listing)
 }
 
-/// `None`, no deadline, when `budget` is too large to be represented: only
-/// direct users of this crate can ask for that (the NIF caps it at an hour),
-/// and `Duration::MAX` can only mean "no limit".
+/// `None`, no deadline, for a `budget` too large to add (`Duration::MAX`).
 fn deadline_after(started: Instant, budget: Duration) -> Option<Instant> {
     started.checked_add(budget)
 }
 
-/// A page as the listing uses it: its links checked to be on the API's
-/// origin, and parsed.
+/// A page, its links checked to be on the API's origin.
 struct Fetched {
     droplets: Vec<Droplet>,
     total: u64,
@@ -222,8 +198,7 @@ struct Fetched {
     last_page: Option<u64>,
 }
 
-/// Why an attempt at the listing stopped: an error, or `meta.total`
-/// changing under it, which is worth one more attempt.
+/// Why an attempt stopped: an error, or `meta.total` changing (worth one more).
 enum Halt {
     Failed(Error),
     TotalChanged { first: u64, now: u64 },
@@ -240,18 +215,14 @@ struct Lister<'a, T> {
     req: &'a ListRequest,
     stats: &'a Stats,
     deadline: Option<Instant>,
-    /// What every page of every listing keeps, against `req.limits`.
     tally: Tally,
     helpers: &'a dyn Helpers,
 }
 
 impl<T: Transport> Lister<'_, T> {
-    /// Every listing the filters need (one, unless several tags or GPU
-    /// droplets are asked for), one after the other, all or nothing: the
-    /// first that fails fails the whole. Their droplets are merged, each id
-    /// once (a droplet carrying two of the tags is listed twice), and the
-    /// merged count held to `max_droplets` too. The deadline and the
-    /// request count cover them all.
+    /// Every listing the filters need, one after the other, all or nothing,
+    /// merged by id (a droplet with two of the tags is listed twice) and
+    /// held to `max_droplets`, within the one deadline.
     fn run_all(&self) -> Result<Listing, Error> {
         let mut seen = HashSet::new();
         let mut droplets = Vec::new();
@@ -271,14 +242,9 @@ impl<T: Transport> Lister<'_, T> {
         Ok(Listing { droplets, total })
     }
 
-    /// One listing: every page of `query`.
-    ///
-    /// Offset pagination shifts under deletions: a droplet deleted while
-    /// the pages are fetched moves another one from a page not yet fetched
-    /// to one already fetched, which the listing then misses, and a missed
-    /// droplet is a node disconnected. Every page carries `meta.total`, so a
-    /// change shows; the listing is then started over once, and fails if
-    /// it changes again.
+    /// Every page of `query`. A droplet deleted mid-listing shifts offset
+    /// pagination, so the listing would miss another (a node disconnected);
+    /// `meta.total` shows it, and the listing starts over once.
     fn run(&self, query: &Query) -> Result<Listing, Error> {
         let mut attempt = 1;
         let kept_before = self.tally.kept();
@@ -335,8 +301,7 @@ impl<T: Transport> Lister<'_, T> {
             pages.extend(self.fetch_concurrently(&next, last, total, &counted)?);
         }
 
-        // The last page still links further, or page 1 gave no page count:
-        // walk the rest.
+        // Links past the last page, or no page count: walk them.
         while let Some(next) = pages.last().and_then(|p| p.next.as_ref()).map(Uri::to_string) {
             if !visited.insert(next.clone()) {
                 return Err(Error::PaginationLoop.into());
@@ -350,12 +315,10 @@ impl<T: Transport> Lister<'_, T> {
         Ok(finish(pages, total))
     }
 
-    /// Pages 2..=`last` (built from the `next` link), at most
-    /// `page_concurrency` at a time, all or nothing. The first failure
-    /// stops new pages from starting, and the earliest page's failure wins
-    /// so the outcome does not depend on thread timing more than necessary.
-    /// A cancel is such a failure: the next page each thread takes ends at
-    /// once with `Err(Cancelled)`.
+    /// Pages 2..=`last` from the `next` link, concurrently, all or nothing:
+    /// the first failure (a cancel too) stops new pages, and the earliest
+    /// page's failure wins, whatever the thread timing.
+
     fn fetch_concurrently(
         &self,
         next: &Uri,
@@ -395,13 +358,11 @@ impl<T: Transport> Lister<'_, T> {
         if let Some((_, halt)) = halted.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err(halt);
         }
-        // `stop` is only ever set along with `halted`: with no halt, every
-        // page ran and returned one.
+        // No halt: every page ran (`stop` is only set with `halted`).
         Ok(results.into_iter().flatten().flatten().collect())
     }
 
-    /// Takes a page after page 1 into the listing: same `meta.total` as page
-    /// 1, and the droplets so far within `max_droplets`.
+    /// A page after page 1: page 1's `meta.total`, `max_droplets` so far.
     fn admit(&self, page: Fetched, total: u64, counted: &AtomicU64) -> Result<Fetched, Halt> {
         if page.total != total {
             return Err(Halt::TotalChanged { first: total, now: page.total });
@@ -457,8 +418,7 @@ impl<T: Transport> Lister<'_, T> {
         }
     }
 
-    /// Pagination links are followed with the token attached, so they must
-    /// stay on the API's origin; checked before anything is sent to them.
+    /// Links get the token, so they must be on the API's origin.
     fn checked(&self, page: Page) -> Result<Fetched, Error> {
         let on_origin =
             |link: &str| same_origin_url(&self.req.api_url, link).ok_or(Error::ForeignLink);
@@ -490,8 +450,7 @@ fn page_url(next: &Uri, n: u64) -> String {
     with_query_param(next, "page", &n.to_string())
 }
 
-/// How many pages there are, as far as page 1 tells: the `last` link's page
-/// number, else `meta.total` over the first page's size.
+/// Pages as page 1 tells: its `last` link, else `meta.total` over its size.
 fn page_count(first: &Fetched) -> Option<u64> {
     if let Some(last) = first.last_page {
         return Some(last);
@@ -500,9 +459,7 @@ fn page_count(first: &Fetched) -> Option<u64> {
     (per_page > 0).then(|| first.total.div_ceil(per_page))
 }
 
-/// The fewest droplets a listing of `pages` pages holds when every page but
-/// the last is as full as page 1, as offset pagination fills them, and the
-/// last holds at least one.
+/// The fewest droplets in `pages` pages, all but the last as full as page 1.
 fn fewest_droplets(pages: u64, first_len: u64) -> u64 {
     if pages <= 1 {
         return first_len;
@@ -510,8 +467,8 @@ fn fewest_droplets(pages: u64, first_len: u64) -> u64 {
     (pages - 1).saturating_mul(first_len).saturating_add(1)
 }
 
-/// Concatenates pages, keeping the first droplet of each id: pages that
-/// overlap (a droplet created mid-listing shifts them) list some twice.
+/// The pages' droplets, the first of each id (a creation shifts pages).
+
 fn finish(pages: Vec<Fetched>, total: u64) -> Listing {
     let mut seen = HashSet::new();
     let droplets =
