@@ -8,7 +8,6 @@
 //! even split of the pool among the calls in flight, and sheds helpers it
 //! grew beyond that after their item.
 
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::pool::Helpers;

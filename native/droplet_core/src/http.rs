@@ -21,11 +21,9 @@ use crate::resolve::{PoolResolver, BACKLOG};
 use crate::scope::MAX_FORBIDDEN_BODY;
 use crate::transport::{Exchange, Transport};
 
-/// Agents are reused across listings so polls ride on kept-alive connections
-/// and resumed TLS sessions. The timeouts are part of the key because ureq
-/// only caches its TLS configuration (and with it the session store) for
-/// agent-level settings: per-request overrides would rebuild it every time.
-/// The idle age is an agent setting too.
+/// Agents are reused so polls ride on kept-alive connections and resumed TLS
+/// sessions; ureq keeps its TLS configuration (and session store) only for
+/// agent-level settings, so the timeouts and idle age are part of the key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct AgentKey {
     ca_file: Option<String>,
@@ -34,18 +32,13 @@ struct AgentKey {
     keep_alive: Duration,
 }
 
-/// A cached agent, with the identity its CA file had when it was read.
-type Cached = (Option<FileId>, Agent);
-
-static AGENTS: Lazy<Mutex<HashMap<AgentKey, Cached>>> = Lazy::new(|| Mutex::new(HashMap::new()));
-
-/// Distinct settings are few (one per strategy config); this only guards
-/// against a caller cycling through CA files forever.
+/// Each with the identity its CA file had when read; few (one per strategy
+/// config), at most `MAX_AGENTS` against a caller cycling through CA files.
+static AGENTS: Lazy<Mutex<HashMap<AgentKey, (Option<FileId>, Agent)>>> = Lazy::new(Mutex::default);
 const MAX_AGENTS: usize = 32;
 
-/// What tells a file rewritten in place or replaced (a rotated CA) from the
-/// one read before: its size and modification time, and on unix its device,
-/// inode and change time.
+/// What tells a CA file rewritten in place or replaced from the one read:
+/// size, modification time and, on unix, device, inode and change time.
 type FileId = (u64, Option<std::time::SystemTime>, [i64; 4]);
 
 fn file_id(path: &str) -> Option<FileId> {
@@ -60,12 +53,11 @@ fn file_id(path: &str) -> Option<FileId> {
     Some((m.len(), m.modified().ok(), unix))
 }
 
-/// `deadline`: reading a CA file for a new agent counts against it. A
-/// cached agent is reused only while its CA file is the one it read.
+/// A cached agent while its CA file is the one it read; `deadline` bounds
+/// reading it for a new one.
 fn agent_for(key: AgentKey, deadline: Option<Instant>) -> Result<Agent, Error> {
     let id = key.ca_file.as_deref().and_then(file_id);
-    // A poisoned lock only means another listing panicked mid-insert; the map
-    // itself is still a valid cache.
+    // Poisoned only by a panic mid-insert: the map is still a valid cache.
     if let Some((read, agent)) = AGENTS.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         if *read == id {
             return Ok(agent.clone());
@@ -110,8 +102,7 @@ pub struct UreqTransport {
 }
 
 impl UreqTransport {
-    /// `deadline`: the listing's, if any; building a new agent reads the CA
-    /// file, which must not outlast it.
+    /// `deadline`: the listing's, which reading a CA file must not outlast.
     pub fn new(req: &ListRequest, deadline: Option<Instant>) -> Result<UreqTransport, Error> {
         let agent = agent_for(
             AgentKey {
@@ -137,8 +128,7 @@ impl UreqTransport {
         timeout: Duration,
     ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
         let request = self.agent.get(url).header("Authorization", self.authorization.0.as_str());
-        // Only near the listing's deadline does a request get a shorter
-        // budget than the agent's; see `AgentKey` for why that is rare.
+        // A shorter budget than the agent's only near the deadline (`AgentKey`).
         if timeout < self.request_timeout {
             request
                 .config()
@@ -151,15 +141,10 @@ impl UreqTransport {
         }
     }
 
-    /// One GET, retried once when the connection closed before any response
-    /// came. ureq probes an idle connection before reusing it and drops it
-    /// if the server's close has already arrived, but it does not retry
-    /// when the server closes the connection while the request is on its
-    /// way (an idle timeout racing the next poll); nor does it retry at all.
-    /// A GET is safe to repeat, and the closed connection is not returned to
-    /// the pool, so the retry takes another idle connection only if it
-    /// passes the same probe, otherwise a new one. Kept alive for long, as
-    /// between polls, this race is what a reused connection risks.
+    /// One GET, retried once when the connection closed before any response:
+    /// ureq drops an idle connection whose close has arrived, but not one
+    /// the server closes while the request is on its way (an idle timeout
+    /// racing the next poll), and never retries. A GET is safe to repeat.
     fn call_retrying_closed(
         &self,
         url: &str,
@@ -198,14 +183,10 @@ impl Transport for UreqTransport {
         let body = if (200..300).contains(&status) {
             read_body(response.body_mut(), self.max_body)
         } else if status == 403 {
-            // A 403 may name the missing scope. Its body is read up to a
-            // small cap; one that cannot be read names nothing, and the 403
-            // stands as it is.
+            // It may name the missing scope: read up to a small cap.
             Ok(read_body(response.body_mut(), MAX_FORBIDDEN_BODY).unwrap_or_default())
         } else {
-            // Other error and redirect bodies are not needed; dropping the
-            // response closes the connection rather than draining an
-            // unknown amount.
+            // Not needed: dropped, closing the connection, not drained.
             Ok(Vec::new())
         };
         Ok(Exchange { status, location, rate_limit, body })
@@ -223,14 +204,10 @@ fn read_body(body: &mut ureq::Body, limit: u64) -> Result<Vec<u8>, Error> {
     })
 }
 
-/// Maps ureq's errors onto ours. `in_body`: the status line and headers had
-/// arrived, so a connection dropping now means a truncated document.
-///
-/// Details are fixed text or ureq's own variant names wherever ureq's
-/// message could quote the server (a header, a URL from a link): those are
-/// the server's words, which it could make echo the token. TLS messages are
-/// kept, for the certificate names they give; like every detail they are
-/// scrubbed of the token and cut to length as the error leaves the client.
+/// Maps ureq's errors onto ours (`in_body`: the headers had arrived, so a
+/// drop truncates the document). Where ureq's message could quote the
+/// server, which could make it echo the token, the detail is fixed text or
+/// ureq's variant name; TLS messages are kept for their certificate names.
 pub(crate) fn classify(e: ureq::Error, in_body: bool) -> Error {
     match e {
         ureq::Error::Timeout(_) => Error::Timeout,
@@ -258,9 +235,7 @@ pub(crate) fn classify(e: ureq::Error, in_body: bool) -> Error {
     }
 }
 
-/// The variant name at the head of a derived `Debug` output
-/// (`BadHeader("...")` gives `BadHeader`): a fixed identifier of the
-/// library's, never the data it carries.
+/// The variant name of a derived `Debug` (`BadHeader("...")`: `BadHeader`).
 fn variant_name(debug: &str) -> &str {
     let end = debug.find(|c: char| !c.is_ascii_alphanumeric() && c != '_').unwrap_or(debug.len());
     match debug.get(..end) {
@@ -270,8 +245,7 @@ fn variant_name(debug: &str) -> &str {
 }
 
 fn classify_io(e: &io::Error, in_body: bool) -> Error {
-    // rustls reports handshake and certificate failures as I/O errors
-    // carrying a rustls::Error; that inner error is what tells TLS apart.
+    // rustls reports TLS failures as I/O errors carrying a rustls::Error.
     if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         return Error::Tls(tls.to_string());
     }
@@ -293,8 +267,7 @@ fn classify_io(e: &io::Error, in_body: bool) -> Error {
             Error::Transport("the server closed the connection".into())
         }
         HostUnreachable | NetworkUnreachable => Error::Transport("host unreachable".into()),
-        // An OS error's text is the OS's; any other could be a library's
-        // wrapping of who knows what, so only its kind is told.
+        // An OS error's text is the OS's; of any other, only its kind.
         _ if e.raw_os_error().is_some() => Error::Transport(e.to_string()),
         kind => Error::Transport(kind.to_string()),
     }

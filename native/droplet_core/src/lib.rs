@@ -3,7 +3,6 @@
 //! `http`), TCP probes ([`probe`]), and the NIF's thread [`budget`]; each
 //! module says what it is for (`native/README.md` lists them).
 
-
 pub mod api;
 pub mod bounds;
 pub mod budget;

@@ -3,7 +3,6 @@
 //! which a server could make echo it. One pass per text: a window is looked
 //! up only when all its bytes occur in the token.
 
-
 use std::collections::HashSet;
 
 use crate::model::{AddressType, Droplet, Status};
