@@ -7,17 +7,14 @@ use std::any::Any;
 use crate::bounds::Bound;
 use crate::redact::Redactor;
 
-/// Details end up in logs and in terms shown to operators: long ones are cut
-/// so a hostile server cannot flood a log line through an error message.
+/// Details end up in logs: cut, so a server cannot flood a log line.
 pub const MAX_DETAIL_BYTES: usize = 240;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     Unauthorized,
-    /// The scope the 403 named, when it named one (see [`crate::scope`]):
-    /// only ever a word of scope shape, never other text of the server's.
+    /// The scope the 403 named, only ever a word of scope shape.
     Forbidden(Option<String>),
-    /// Seconds to wait before retrying, when the server said so.
     RateLimited(Option<u64>),
     HttpStatus(u16),
     Timeout,
@@ -31,7 +28,6 @@ pub enum Error {
     TooManyRedirects,
     PaginationLoop,
     TooManyPages(u32),
-    /// The cap on droplets per listing.
     TooManyDroplets(u64),
     /// A bound of [`crate::bounds::Limits`] passed, and its limit.
     ListingTooLarge(Bound, u64),
@@ -39,20 +35,15 @@ pub enum Error {
     CaFile(String),
     InvalidRequest(String),
     NoPrivateIpv6,
-    /// Tags had to be checked here (a GPU listing with `tag_name`) on a
-    /// droplet listed without its `tags`: the token lacks `tag:read`.
+    /// A GPU listing's tags, checked here, were not listed (no `tag:read`).
     TagsUnknown,
     Spawn(String),
     Panic(String),
-    /// Every call slot of the NIF's thread budget is taken.
     Busy,
-    /// The caller cancelled the call, or went away.
     Cancelled,
 }
 
-/// The variants that carry a detail string, listed once: `detail` and
-/// `detail_mut` expand it, so a new variant cannot be redacted by one and
-/// missed by the other.
+/// The variants with a detail, listed once for `detail` and `detail_mut`.
 macro_rules! detail_of {
     ($error:expr) => {
         match $error {
@@ -80,21 +71,13 @@ impl Error {
         detail_of!(self)
     }
 
-    /// Makes an error fit to leave the client: every piece of `secret`
-    /// (see [`crate::redact`]) scrubbed from the detail, then the detail cut
-    /// to `MAX_DETAIL_BYTES`. In that order: a cut first could split a
-    /// piece and leave part of it that no longer matches. Every listing
-    /// error goes through here, once, as it leaves the client; details are
-    /// built uncut until then.
-    ///
-    /// Defence in depth: details are fixed text or text we chose to keep
-    /// (never the body, which a server could make echo the token), but a
-    /// URL or a TLS message could still carry it.
+    /// Fit to leave the client: every piece of `secret` scrubbed from the
+    /// detail, then the detail cut (a cut first could split a piece past
+    /// recognition). Details never quote a body, but a URL or a TLS message
+    /// could still carry the token.
     pub fn sanitize(mut self, secret: &str) -> Error {
         let redactor = Redactor::new(secret);
-        // A scope is a short word of fixed shape; one that holds a piece of
-        // the secret is dropped rather than redacted into something that
-        // is no scope.
+        // Dropped, not redacted into something that is no scope.
         if let Error::Forbidden(Some(scope)) = &self {
             if redactor.finds(scope) {
                 return Error::Forbidden(None);
@@ -124,8 +107,8 @@ pub fn short(text: impl Into<String>) -> String {
     text
 }
 
-/// The message of a caught panic: panics carry `&str` or `String` payloads
-/// in practice, anything else is reported generically.
+/// The message of a caught panic (`&str` or `String` in practice).
+
 pub fn panic_detail(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         short(*s)

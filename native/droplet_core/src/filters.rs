@@ -1,11 +1,7 @@
-//! What a listing asks the API for: the caller's filters turned into the
-//! requests DigitalOcean accepts, and the part of them it cannot do itself.
-//!
-//! `GET /v2/droplets` takes one `tag_name`, never together with `name` or
-//! `type`, and leaves GPU droplets out unless `type=gpus`, which lists only
-//! them. So several tags are several listings, GPU droplets are one more,
-//! and a GPU listing cannot be narrowed by tag on the server: its tags are
-//! checked here, on each droplet's `tags`.
+//! The caller's filters as the listings DigitalOcean accepts: one `tag_name`
+//! per listing, never with `name` or `type`, and GPU droplets only with
+//! `type=gpus`, which lists only them. So several tags are several listings,
+//! GPU droplets one more, whose tags are checked here.
 
 use std::collections::HashSet;
 
@@ -13,17 +9,15 @@ use crate::error::Error;
 use crate::links::{Filter, Kind};
 use crate::model::Droplet;
 
-/// Tags a filter may name: each is a listing of its own, so more would
-/// spend the rate limit for nothing.
+/// Each tag is a listing of its own: more would spend the rate limit.
 pub const MAX_TAGS: usize = 64;
 
-/// Which droplets a listing covers, before the API's limits are applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListFilter {
     All,
-    /// Droplets carrying any of these tags (at least one).
+    /// Droplets carrying any of these tags.
     Tags(Vec<String>),
-    /// Droplets with this exact, case-insensitive name.
+    /// The exact, case-insensitive name.
     Name(String),
 }
 
@@ -35,13 +29,11 @@ pub enum Gpus {
     Only,
 }
 
-/// One listing the API is asked for, and the tags its droplets must carry
-/// that the API could not be asked to check.
+/// One listing, and the tags checked here on its droplets, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
     pub filter: Filter,
     pub kind: Kind,
-    /// `Some(tags)`: keep only droplets carrying one of them.
     pub tags_here: Option<HashSet<String>>,
 }
 
@@ -50,10 +42,9 @@ impl Query {
         Query { filter, kind, tags_here: None }
     }
 
-    /// Whether `droplet` passes the checks made here. A droplet listed
-    /// without its `tags` (a token lacking `tag:read`) cannot be checked:
-    /// passing it would cluster droplets of any tag, dropping it would
-    /// quietly cluster none, so the listing fails instead.
+    /// Whether `droplet` passes the checks made here. One listed without
+    /// `tags` (no `tag:read`) fails the listing: passing it would cluster
+    /// any droplet, dropping it would quietly cluster none.
     pub fn keeps(&self, droplet: &Droplet) -> Result<bool, Error> {
         let Some(wanted) = &self.tags_here else {
             return Ok(true);
@@ -65,14 +56,9 @@ impl Query {
     }
 }
 
-/// The listings that together cover `filter` and `gpus`, in the order they
-/// are made: the ordinary ones, one per tag, then the GPU one.
-///
-/// - several tags: one listing per distinct tag;
-/// - GPU droplets with tags: one listing of every GPU droplet, narrowed to
-///   the tags here (`tag_name` cannot go with `type`);
-/// - GPU droplets by name: `name` with `type=gpus` (the API does not forbid
-///   that pair).
+/// The listings covering `filter` and `gpus`, in order: one per distinct
+/// tag (or one), then the GPU one: every GPU droplet, narrowed to the tags
+/// here, or `name` with `type=gpus` (a pair the API allows).
 pub fn queries(filter: &ListFilter, gpus: Gpus) -> Result<Vec<Query>, Error> {
     let (ordinary, gpu) = match filter {
         ListFilter::All => (
@@ -109,8 +95,8 @@ pub fn queries(filter: &ListFilter, gpus: Gpus) -> Result<Vec<Query>, Error> {
     })
 }
 
-/// The tags in their first order, each once: a repeated tag would list the
-/// same droplets twice for nothing.
+/// The tags in their first order, each once.
+
 fn distinct(tags: &[String]) -> Vec<String> {
     let mut seen = HashSet::new();
     tags.iter().filter(|t| seen.insert(t.as_str())).cloned().collect()
