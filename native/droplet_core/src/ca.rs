@@ -29,12 +29,9 @@ pub(crate) fn roots_with_extra_ca(
     Ok(roots)
 }
 
-/// The bytes of the CA file, or why not. Only a regular file is read: a
-/// FIFO or a device would block or never end. The type is checked before
-/// opening, and again on the opened file (it could have been swapped in
-/// between), which is opened non-blocking so that even a FIFO swapped in
-/// cannot hold the open. Reading a small regular file does not block for
-/// long, but the deadline is still checked before and after.
+/// The bytes of the CA file, if a regular one (a FIFO or device would block
+/// or never end), checked before the open and after it (a swap between),
+/// opened non-blocking; the deadline checked before and after.
 pub(crate) fn read_ca_file(path: &str, deadline: Option<Instant>) -> Result<Vec<u8>, Error> {
     let fail = |why: String| Error::CaFile(format!("{path}: {why}"));
     check_deadline(deadline)?;
@@ -86,9 +83,9 @@ fn open_non_blocking(path: &str) -> std::io::Result<File> {
     OpenOptions::new().read(true).open(path)
 }
 
-/// Every certificate in a PEM bundle, each checked to be a usable trust
-/// anchor now: rustls would otherwise skip a broken one silently and the
-/// failure would surface later as a puzzling certificate error.
+/// Every certificate of a PEM bundle, each checked now: rustls would skip a
+/// broken one silently, to fail later with a puzzling error.
+
 pub(crate) fn parse_ca_pem(pem: &[u8]) -> Result<Vec<Certificate<'static>>, String> {
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(pem) {

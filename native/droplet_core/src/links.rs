@@ -1,10 +1,7 @@
-//! URL handling on the `http` crate's `Uri`, the parser ureq connects with,
-//! so "which host is this" is answered the same way here as by the request:
-//! the origin of a URL (to keep the token on the API's own host), the
-//! `page` query parameter, the first page's URL and redirect targets.
-//!
-//! `Uri` is lenient where an origin check cannot be (ports like `99999`,
-//! text after `[::1]`, userinfo), so [`parse_url`] adds those checks on top.
+//! URLs on `http::Uri`, the parser ureq connects with, so "which host" is
+//! answered here as by the request: origins (the token stays on the API's),
+//! the `page` parameter, the first page's URL and redirect targets.
+//! [`parse_url`] adds the checks an origin needs where `Uri` is lenient.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -23,8 +20,7 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// `None` for anything that is not a plain `http`/`https` URL (see
-    /// [`parse_url`]).
+    /// `None` for anything [`parse_url`] refuses.
     pub fn parse(url: &str) -> Option<Origin> {
         Origin::of(&parse_url(url)?)
     }
@@ -43,12 +39,9 @@ impl Origin {
     }
 }
 
-/// An absolute `http`/`https` URL with a host, as `Uri` parses it, and
-/// stricter than `Uri` where it matters for an origin: userinfo
-/// (`user@host`) is refused, since a link smuggling credentials is not one
-/// DigitalOcean would send and it makes "which host" ambiguous; a port must
-/// be empty or a number that fits; a bracketed host must be an IPv6
-/// address. Fragments are dropped, as `Uri` does and as HTTP never sends.
+/// An absolute `http(s)` URL with a host, stricter than `Uri` for an origin:
+/// no userinfo (it makes "which host" ambiguous), a port that fits, a
+/// bracketed host that is IPv6. Fragments are dropped, as `Uri` does.
 pub fn parse_url(url: &str) -> Option<Uri> {
     let uri: Uri = url.parse().ok()?;
     let scheme = uri.scheme_str()?;
@@ -97,10 +90,8 @@ pub fn same_origin_url(api_url: &str, link: &str) -> Option<Uri> {
     (Origin::parse(api_url)? == Origin::of(&uri)?).then_some(uri)
 }
 
-/// Checks and canonicalises the configured API base: an `http(s)` URL with a
-/// host, an optional path prefix, no query or fragment, no trailing `/`.
-/// Plain `http` only for a loopback host, as the strategy's configuration
-/// requires: anywhere else it would send the token unencrypted.
+/// The API base canonicalised: `http(s)`, a host, a path prefix, no query,
+/// fragment or trailing `/`; plain `http` only on loopback (the token!).
 pub fn normalize_api_url(raw: &str) -> Result<String, Error> {
     let invalid = |why: &str| Error::InvalidRequest(format!("api_url {why}"));
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -154,8 +145,8 @@ pub fn page_number(url: &str) -> Option<u64> {
     query_param(url, "page")?.parse().ok()
 }
 
-/// `uri` with its `name` parameter set to `value` (appended when absent,
-/// later duplicates dropped). Takes a parsed URL so it cannot fail.
+/// `uri` with its `name` parameter set to `value` (added, or the first
+/// replaced and later ones dropped).
 pub fn with_query_param(uri: &Uri, name: &str, value: &str) -> String {
     let mut pairs: Vec<String> = Vec::new();
     let mut replaced = false;
@@ -184,10 +175,9 @@ fn without_query(uri: &Uri) -> String {
     }
 }
 
-/// What a query value keeps as it is: RFC 3986's unreserved bytes.
 const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
-/// Percent-encodes a query value: only RFC 3986 unreserved bytes pass.
+/// Percent-encodes a query value: only RFC 3986's unreserved bytes pass.
 pub fn encode_query_value(value: &str) -> String {
     utf8_percent_encode(value, UNRESERVED).to_string()
 }
@@ -200,8 +190,7 @@ pub enum Filter {
     Name(String),
 }
 
-/// The `type` of droplets one listing asks for: the API lists GPU droplets
-/// only with `type=gpus`, and then only them.
+/// The `type` of droplets listed: GPU ones only with `type=gpus`, then only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// No `type` parameter: the API's default, every droplet but GPU ones.
@@ -229,10 +218,8 @@ pub fn first_page_url(api_url: &str, per_page: u32, filter: &Filter, kind: Kind)
     url
 }
 
-/// Resolves a `Location` header against the URL that answered with it
-/// (RFC 3986 reference forms, without dot-segment removal). `None` when
-/// either cannot be understood, or the result is not a URL `parse_url`
-/// accepts; the caller treats that as foreign.
+/// A `Location` resolved against the URL that answered (RFC 3986 forms, no
+/// dot-segment removal); `None`, foreign, when not understood.
 pub fn resolve_location(base: &str, location: &str) -> Option<String> {
     let location = location.trim();
     if location.is_empty() {
@@ -257,8 +244,8 @@ pub fn resolve_location(base: &str, location: &str) -> Option<String> {
     parse_url(&resolved).map(|uri| uri.to_string())
 }
 
-/// RFC 3986: a scheme is a letter then letters, digits, `+`, `-` or `.`,
-/// before the first `:`. A relative reference cannot look like one.
+/// RFC 3986: a letter then letters, digits, `+`, `-` or `.`, before a `:`.
+
 fn has_scheme(s: &str) -> bool {
     match s.split_once(':') {
         Some((scheme, _)) => {

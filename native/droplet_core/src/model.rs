@@ -7,14 +7,12 @@ use serde::{Deserialize, Deserializer};
 use crate::bounds::{self, Over, Tally};
 use crate::error::Error;
 
-/// One page: at most the `per_page` asked for of droplets (see
-/// [`parse_page`]), unknown fields skipped, repeated ones refused.
+/// One page; unknown fields skipped, repeated ones refused.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Page {
     #[serde(deserialize_with = "bounds::droplets")]
     pub droplets: Vec<Droplet>,
-    /// DigitalOcean always sends `links`; a missing one is read as "single
-    /// page", which is what it would say anyway.
+    /// Missing: a single page, as it would say anyway.
     #[serde(default)]
     pub links: Links,
     pub meta: Meta,
@@ -46,8 +44,7 @@ pub struct Droplet {
     pub name: String,
     #[serde(deserialize_with = "status")]
     pub status: Status,
-    /// `None` when the droplet came without `tags`, as it does for a token
-    /// lacking the `tag:read` scope: not the same as carrying no tag.
+    /// `None`: listed without `tags` (no `tag:read`), not with none.
     #[serde(default, deserialize_with = "bounds::tags")]
     pub tags: Option<Vec<String>>,
     #[serde(default, deserialize_with = "region_slug")]
@@ -81,8 +78,7 @@ pub struct NetAddress {
     pub kind: AddressType,
 }
 
-/// Unknown statuses are kept verbatim: a new status must not make the whole
-/// listing fail, and only `Active` droplets are ever addressed anyway.
+/// Unknown statuses kept verbatim: a new one must not fail the listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     New,
@@ -139,13 +135,9 @@ fn address_type<'de, D: Deserializer<'de>>(d: D) -> Result<AddressType, D::Error
     bounds::text(d).map(AddressType::from)
 }
 
-/// Parses one page body holding at most `per_page` droplets, within
-/// `tally`'s bounds, which stop it at the first value past one
-/// (`ListingTooLarge`). Syntax errors and truncation are `InvalidJson`;
-/// well-formed JSON of the wrong shape is `UnexpectedShape`; more droplets
-/// than asked for is `Inconsistent`, and parsing stops at the first one too
-/// many: a large body of tiny droplets would otherwise become hundreds of
-/// thousands of structs.
+/// One page of at most `per_page` droplets (one more: `Inconsistent`) within
+/// `tally`'s bounds (`ListingTooLarge`), stopped at the first value past
+/// one; bad syntax is `InvalidJson`, the wrong shape `UnexpectedShape`.
 pub fn parse_page(body: &[u8], per_page: usize, tally: &Tally) -> Result<Page, Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let page = bounds::parse_with(tally, per_page, || {
@@ -160,10 +152,9 @@ pub fn parse_page(body: &[u8], per_page: usize, tally: &Tally) -> Result<Page, E
     }
 }
 
-/// The error of a body that failed to parse. Only serde's category and
-/// position: its message quotes the offending value, which the server chose
-/// and which could be anything, the token included (a server echoing the
-/// request into a field of the wrong type).
+/// Only serde's category and position: its message quotes the value, which
+/// a server could make echo the token.
+
 pub(crate) fn json_error(e: &serde_json::Error) -> Error {
     use serde_json::error::Category;
     let at = format!("at line {} column {}", e.line(), e.column());

@@ -1,7 +1,5 @@
-//! TCP reachability probes: can we open a connection to each candidate node
-//! before asking the VM to connect to it? Black-holed hosts cost a full
-//! timeout each, so probes run in parallel and the whole batch costs about
-//! one timeout per wave of `concurrency` probes instead of their sum.
+//! TCP probes of the candidates before the VM connects to them, in parallel:
+//! a black hole costs a timeout, a batch about one per wave.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -11,21 +9,16 @@ use crate::cancel::Cancel;
 use crate::error::{short, Error};
 use crate::pool::{self, Helpers};
 
-/// A thread that only calls `connect` needs little stack; hundreds of them
-/// at the default 2 MiB would reserve needless address space.
+/// A thread that only calls `connect` needs little stack.
 const PROBE_STACK: usize = 64 * 1024;
 
-/// Upper bound on the probes of one call pending at once, whatever the
-/// caller asks for: half the NIF's helper threads (`budget::MAX_HELPERS`),
-/// so one call never takes them all.
+/// Probes of one call at once, at most: half the budget's helpers.
 pub const MAX_CONCURRENCY: usize = 512;
 
-/// Targets per call. The NIF checks the list's length on the caller's
-/// scheduler, so the list must be short enough to walk there at once.
+/// Targets per call: the NIF walks the list on the scheduler.
 pub const MAX_TARGETS: usize = 10_000;
 
-/// Longer than any IP literal (an IPv6 address with an embedded IPv4 one,
-/// in brackets, is 47 bytes): a longer target is invalid before it is read.
+/// Longer than any IP literal (47 bytes at most): invalid before it is read.
 pub const MAX_ADDRESS_BYTES: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,10 +70,9 @@ pub fn helpers_wanted(targets: usize, concurrency: usize) -> usize {
     concurrency.min(MAX_CONCURRENCY).min(targets).saturating_sub(1)
 }
 
-/// Probes every target on `port`, on the calling thread and the helper
-/// threads of `helpers`, results in input order. Once `cancel` is set no
-/// new probe starts, and the call ends with `Err(Cancelled)` as soon as the
-/// probes in flight have.
+/// Every target probed on `port`, results in input order; once `cancel` is
+/// set no probe starts, and `Err(Cancelled)` comes when those in flight end.
+
 pub fn probe_all<T: AsRef<[u8]> + Sync>(
     targets: &[T],
     port: u16,

@@ -11,9 +11,8 @@ pub enum Network {
     Public,
 }
 
-/// A validated choice of address. Built only through [`Selector::new`], so
-/// the impossible "private IPv6" never reaches selection, where it would
-/// quietly select nothing and leave a node alone.
+/// A choice of address, built by [`Selector::new`], which refuses the
+/// "private IPv6" that would quietly select nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Selector {
     network: Network,
@@ -32,11 +31,9 @@ impl Selector {
         self.ipv6
     }
 
-    /// The first address of the wanted type that is an address of the
-    /// wanted family, for active droplets only: a new or stopped droplet has
-    /// no node to connect to. The address becomes part of a node name, so
-    /// an entry that does not parse (or sits in the wrong list) is passed
-    /// over for the next one rather than trusted.
+    /// The first address of the wanted type that parses as the wanted family
+    /// (it becomes part of a node name), for active droplets only.
+
     pub fn select<'d>(&self, droplet: &'d Droplet) -> Option<&'d str> {
         if droplet.status != Status::Active {
             return None;
