@@ -16,9 +16,8 @@ fn invalid(detail: impl Into<String>) -> Error {
     Error::InvalidRequest(detail.into())
 }
 
-/// A request for `list_droplets`, plus the raw selection choice: checking
-/// it (private IPv6) happens in the listing thread so its error arrives as
-/// the listing's result, like every other listing error.
+/// A request, and the selection, checked on the listing's thread so its
+/// error (private IPv6) arrives as the listing's result.
 pub struct ListArgs {
     pub request: ListRequest,
     pub select: Option<(Network, bool)>,
@@ -30,8 +29,7 @@ fn field<'a>(map: Term<'a>, key: &str) -> Option<Term<'a>> {
     map.map_get(key).ok().filter(|v| v.decode::<Atom>().ok() != Some(atoms::nil()))
 }
 
-/// Longer than any URL, path, token, name or tag the request may hold; a
-/// longer binary is refused before its bytes are read on the scheduler.
+/// Longer than any URL, path, token, name or tag: refused unread.
 pub const MAX_BINARY_BYTES: usize = 4096;
 
 fn utf8(term: Term, name: &str) -> Result<String, Error> {
@@ -61,8 +59,7 @@ pub fn int_in(term: Term, name: &str, min: u64, max: u64) -> Result<u64, Error> 
 }
 
 const HOUR_MS: u64 = 3_600_000;
-/// The idle age of a kept-alive connection may be longer than any other
-/// duration here: it must cover the longest wait between two polls.
+/// The idle age of a connection must cover the longest wait between polls.
 const DAY_MS: u64 = 24 * HOUR_MS;
 /// Bounds in bytes or counts: far above anything sensible, far below overflow.
 const MAX_BOUND: u64 = 1 << 40;
@@ -138,8 +135,7 @@ pub fn list_args(term: Term) -> Result<ListArgs, Error> {
     Ok(ListArgs { request, select })
 }
 
-/// One tag (a binary) or several (a non-empty proper list of at most
-/// `MAX_TAGS` binaries).
+/// One tag, or a non-empty list of at most `MAX_TAGS`.
 fn tag_names(term: Term) -> Result<Vec<String>, Error> {
     if term.get_type() == TermType::Binary {
         return Ok(vec![non_empty(term, "tag_name")?]);
@@ -156,10 +152,8 @@ fn tag_names(term: Term) -> Result<Vec<String>, Error> {
     Ok(tags)
 }
 
-/// Calls `each` on the elements of a proper list of at most `max`. This
-/// runs on the caller's scheduler, so it stops at the first cell past the
-/// cap instead of walking a list of any length; `not_a_list` for anything
-/// else, an improper tail included.
+/// `each` on the elements of a proper list of at most `max`, stopping at
+/// the cell past it: this runs on the scheduler.
 fn walk_list<'a>(
     list: Term<'a>,
     max: usize,
@@ -194,8 +188,7 @@ fn select_arg(term: Term) -> Result<(Network, bool), Error> {
 }
 
 pub struct ProbeArgs {
-    /// How many addresses the list holds; the addresses themselves are read
-    /// on the call's own thread (`address_bytes`), off the scheduler.
+    /// How many addresses; they are read on the call's thread.
     pub targets: usize,
     pub port: u16,
     pub timeout: Duration,
@@ -230,9 +223,9 @@ fn address_count(list: Term) -> Result<usize, Error> {
     })
 }
 
-/// The bytes of each address of a list `address_count` accepted, borrowed
-/// from the term, never copied. Raw bytes: a non-UTF-8 or oversized address
-/// is that target's `:invalid_address`, not a reason to refuse the batch.
+/// The bytes of each address, borrowed; a bad one is that target's
+/// `:invalid_address`, not a reason to refuse the batch.
+
 pub fn address_bytes<'a>(list: Term<'a>) -> Vec<&'a [u8]> {
     match list.into_list_iterator() {
         Ok(items) => {

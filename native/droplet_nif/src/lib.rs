@@ -42,28 +42,26 @@ mod atoms {
     }
 }
 
-/// The listing thread parses pages and runs TLS handshakes; page workers
-/// have their own stacks, so this one needs no more than a modest size.
-const LIST_STACK: usize = 1024 * 1024;
-/// The probe coordinator probes too, and only calls `connect`.
-const PROBE_STACK: usize = 256 * 1024;
+/// The coordinator thread of each kind of call: the listing's parses pages
+/// and runs TLS handshakes, the prober's only calls `connect`.
+type Coordinator = (&'static str, usize);
+const LIST_THREAD: Coordinator = ("droplet_list", 1024 * 1024);
+const PROBE_THREAD: Coordinator = ("droplet_probe", 256 * 1024);
 
 #[rustler::nif]
 fn nif_version() -> &'static str {
     droplet_core::VERSION
 }
 
-/// The caller's handle on one call in flight. When it is dropped (its
-/// process died, or let go of it) the call is cancelled. The call's threads
-/// hold only the `Cancel` inside it, never the handle: a handle its own
-/// threads kept alive would never be dropped.
+/// The caller's handle on a call: dropped (its process died or let go), it
+/// cancels the call. The threads hold only the `Cancel`, or it never would.
 struct CallHandle(CancelOnDrop);
 
 #[rustler::resource_impl]
 impl rustler::Resource for CallHandle {}
 
-/// Where a call's answer goes: the caller's pid and ref, the ref saved in
-/// the process-independent env the answer will be built in.
+/// Where a call's answer goes: the caller, and its ref saved in the env the
+/// answer is built in.
 struct Reply {
     pid: LocalPid,
     owned: OwnedEnv,
@@ -77,15 +75,13 @@ impl Reply {
         Reply { pid: env.pid(), owned, reference }
     }
 
-    /// Copies `term` into the reply's env, where the call's own thread can
-    /// read it and the answer can quote it.
+    /// `term` copied into the reply's env, for the call's thread and answer.
     fn keep(&self, term: Term) -> SavedTerm {
         self.owned.save(term)
     }
 
-    /// Sends `encode(env, ref, outcome)`, under `catch_unwind`: a panic
-    /// while encoding is retried once as an encoded `Err(Panic)`, so the
-    /// caller still hears back.
+    /// Sends `encode(env, ref, outcome)`; a panic encoding it is sent as an
+    /// `Err(Panic)`, so the caller still hears back.
     fn send<R, E>(self, outcome: Result<R, Error>, encode: E)
     where
         E: for<'a> Fn(Env<'a>, Term<'a>, Result<R, Error>) -> Term<'a>,
@@ -104,20 +100,9 @@ impl Reply {
     }
 }
 
-/// The coordinator thread of one kind of call.
-struct Coordinator {
-    name: &'static str,
-    stack_size: usize,
-}
-
-const LIST_THREAD: Coordinator = Coordinator { name: "droplet_list", stack_size: LIST_STACK };
-const PROBE_THREAD: Coordinator = Coordinator { name: "droplet_probe", stack_size: PROBE_STACK };
-
 /// Spawns the call's coordinator thread, which runs `work` under
-/// `catch_unwind` and sends the caller its answer; returns
-/// `{:ok, handle, concurrency}` at once. Spawning is the only thing done
-/// here on the caller's scheduler. If it fails, the admission and the
-/// reply env are dropped with the thread's closure, so nothing leaks.
+/// `catch_unwind` and answers; returns `{:ok, handle, concurrency}` at once.
+/// A failed spawn drops the admission and the env with the closure.
 fn start_call<'a, R, W, E>(
     env: Env<'a>,
     reply: Reply,
@@ -135,14 +120,13 @@ where
     let concurrency = admission.concurrency();
     let handle = ResourceArc::new(CallHandle(CancelOnDrop::new(cancel)));
     thread::Builder::new()
-        .name(coordinator.name.to_string())
-        .stack_size(coordinator.stack_size)
+        .name(coordinator.0.to_string())
+        .stack_size(coordinator.1)
         .spawn(move || {
             let outcome = catch_unwind(AssertUnwindSafe(|| work(&reply.owned, &admission)))
                 .unwrap_or_else(|payload| Err(Error::Panic(panic_detail(payload.as_ref()))));
             reply.send(outcome, encode);
-            // Released only now: the call slot covers this thread's whole
-            // life, answer included, so the budget bounds live threads.
+            // Only now: the slot covers the thread's whole life.
             drop(admission);
         })
         .map_err(|e| Error::Spawn(short(e.to_string())))?;
@@ -163,8 +147,8 @@ fn require_ref(reference: Term) -> Result<(), Error> {
 
 type ListOutcome = (Listing, Option<Selector>);
 
-/// The listing thread, shared by real listings and `debug_panic(:list)` so
-/// the panic path tested is the one real listings take.
+/// The listing thread, shared with `debug_panic(:list)`: the panic path
+/// tested is the real one.
 fn start_list<'a, W>(
     env: Env<'a>,
     reference: Term<'a>,
@@ -245,10 +229,8 @@ fn start_probe<'a>(
     let admission = budget::global().admit(wanted)?;
     let cancel = Cancel::new();
     let reply = Reply::new(env, reference);
-    // Copied, not decoded, on the scheduler: the list was checked short,
-    // and each address is either a heap binary of at most 64 bytes or an
-    // off-heap one, whose copy is a reference. The coordinator reads the
-    // bytes, and the answer quotes these very terms.
+    // Copied, not decoded, on the scheduler: a short list of heap binaries
+    // of at most 64 bytes or off-heap ones (a reference each).
     let kept = reply.keep(addresses);
     let for_answer = kept.clone();
     let for_work = cancel.clone();
@@ -274,10 +256,8 @@ fn start_probe<'a>(
     )
 }
 
-/// `cancel(handle) :: :ok | {:error, {:invalid_request, _}}`: no new work
-/// item of that call starts; the items in flight end by their own timeouts
-/// and the caller is answered `{:error, :cancelled}`, unless the call had
-/// already finished them all. Cancelling a finished call does nothing.
+/// `cancel(handle) :: :ok | {:error, {:invalid_request, _}}`: no new item of
+/// the call starts; it answers `{:error, :cancelled}` unless all had run.
 #[rustler::nif]
 fn cancel<'a>(env: Env<'a>, handle: Term<'a>) -> Term<'a> {
     match handle.decode::<ResourceArc<CallHandle>>() {
@@ -291,9 +271,9 @@ fn cancel<'a>(env: Env<'a>, handle: Term<'a>) -> Term<'a> {
     }
 }
 
-/// Test builds only: `debug_panic(:nif, ref)` panics in the NIF itself
-/// (rustler turns that into an `:nif_panicked` exception in the caller);
-/// `debug_panic(:list, ref)` panics inside a listing thread.
+/// Test builds only: `debug_panic(:nif | :list, ref)` panics in the NIF
+/// (an `:nif_panicked` exception) or in a listing thread.
+
 #[cfg(feature = "test-panic")]
 #[rustler::nif]
 fn debug_panic<'a>(env: Env<'a>, place: Term<'a>, reference: Term<'a>) -> Term<'a> {
