@@ -13,14 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::pool::Helpers;
 use crate::Error;
 
-/// Calls in flight at once; each is one coordinator thread.
 pub const MAX_CALLS: usize = 64;
-/// Helper threads, shared by all calls in flight.
 pub const MAX_HELPERS: usize = 1024;
 /// The most helpers a call starts with: an eighth of them.
 pub const START_SHARE: usize = MAX_HELPERS / 8;
 
-/// A counting semaphore that never blocks: it hands out what it has.
+/// A counting semaphore that never blocks.
 #[derive(Debug)]
 struct Permits(AtomicUsize);
 
@@ -60,8 +58,8 @@ impl Budget {
         }
     }
 
-    /// A call slot plus up to `wanted` helper permits within the start
-    /// share, without waiting; `Err(Busy)` when every call slot is taken.
+    /// A call slot and up to `wanted` helpers within the start share, or
+    /// `Err(Busy)`, without waiting.
     pub fn admit(&self, wanted: usize) -> Result<Admission<'_>, Error> {
         if self.calls.take_up_to(1) == 0 {
             return Err(Error::Busy);
@@ -90,19 +88,17 @@ pub fn global() -> &'static Budget {
     &GLOBAL
 }
 
-/// What one call holds for as long as it runs; dropping it gives everything
-/// back.
+/// What one call holds while it runs; dropped, it gives everything back.
 #[derive(Debug)]
 pub struct Admission<'a> {
     budget: &'a Budget,
     wanted: usize,
-    /// The helpers granted at the start, which the call keeps.
     floor: usize,
     held: AtomicUsize,
 }
 
 impl Admission<'_> {
-    /// Helper threads this call was granted at its start, and keeps.
+    /// Helpers granted at the start, which the call keeps.
     pub fn helpers(&self) -> usize {
         self.floor
     }
@@ -125,8 +121,8 @@ impl Helpers for Admission<'_> {
 
     fn grow(&self, up_to: usize) -> usize {
         let share = self.budget.share(self.wanted);
-        // Claimed on `held` first, so that workers finishing together do
-        // not all take the same room.
+        // Claimed on `held` first, so that no two take the same room.
+
         let claim = self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
             (held < share && up_to > 0).then(|| held + (share - held).min(up_to))
         });

@@ -7,10 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread;
 
-/// Where a pool's helper threads come from: a fixed number (`usize`), or a
-/// call's admission to the thread budget, which grows and sheds them.
+/// A pool's helper threads: a fixed number, or a call's admission.
 pub trait Helpers: Sync {
-    /// Helper threads to start with, at most `up_to`.
     fn start(&self, up_to: usize) -> usize;
     /// Helper threads to add now, at most `up_to`.
     fn grow(&self, _up_to: usize) -> usize {
@@ -20,7 +18,8 @@ pub trait Helpers: Sync {
     fn shrink(&self) -> bool {
         false
     }
-    /// Helper threads granted that could not be spawned.
+    /// Helpers granted that could not be spawned.
+
     fn release(&self, _count: usize) {}
 }
 

@@ -1,6 +1,5 @@
-//! DigitalOcean's rate-limit headers. The limit is per token and shared by
-//! every node using it, so the strategy wants the tightest view seen during
-//! a listing, not merely the last one.
+//! DigitalOcean's rate-limit headers: per token, shared by every node, so the
+//! tightest view of a listing is kept, not merely the last.
 
 /// The rate-limit headers of one response; a header that is absent or not a
 /// plain non-negative integer is `None`.

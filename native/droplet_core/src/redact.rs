@@ -10,8 +10,7 @@ use crate::model::{AddressType, Droplet, Status};
 /// No run of this many bytes of the token survives.
 pub const PIECE: usize = 12;
 
-/// A shorter secret would garble ordinary words ("connec[REDACTED]ion")
-/// while protecting nothing; DigitalOcean's tokens are 71 bytes long.
+/// Shorter would garble words ("connec[REDACTED]ion"); real tokens are 71.
 const MIN_SECRET_LEN: usize = 4;
 
 const REDACTED: &str = "[REDACTED]";
@@ -67,8 +66,7 @@ impl<'a> Redactor<'a> {
         !self.pieces.is_empty() && !self.spans(text.as_bytes()).is_empty()
     }
 
-    /// Replaces every run of pieces in `text` by `[REDACTED]`; leaves it
-    /// untouched, unallocated, when it holds none.
+    /// Every run of pieces in `text` replaced by `[REDACTED]`.
     pub fn redact(&self, text: &mut String) {
         if self.pieces.is_empty() {
             return;
@@ -80,8 +78,8 @@ impl<'a> Redactor<'a> {
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
         for (start, end) in spans {
-            // A piece is bytes of the secret; for a secret that is not
-            // ASCII it could start or end inside a character.
+            // A piece of a secret that is not ASCII may split a character.
+
             let start = (0..=start).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
             let end = (end..=text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
             out.push_str(text.get(at..start.max(at)).unwrap_or_default());

@@ -1,13 +1,8 @@
-//! Host names resolved on a small fixed pool of threads, each lookup within
-//! the request's own timeout.
-//!
-//! A lookup (`getaddrinfo`) cannot be interrupted. ureq's own resolver, given
-//! a timeout, runs each on a new thread and stops waiting at the timeout, but
-//! the thread lives on until the lookup ends: under slow DNS every listing
-//! left one behind (640 after 20 rounds of 32). Here [`DNS_THREADS`] threads,
-//! started at the first lookup, do every lookup of the process; at most
-//! [`DNS_QUEUE`] wait for them, and one whose caller has given up is never
-//! started. A hung lookup ties up one of them, not one thread per call.
+//! Host names resolved on [`DNS_THREADS`] threads for the whole process,
+//! each lookup within its request's timeout. ureq's resolver runs each on a
+//! new thread that outlives a timed-out call until the lookup ends (640
+//! after 20 rounds of 32 listings under slow DNS); here at most
+//! [`DNS_QUEUE`] wait, and one whose caller gave up is never started.
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -22,16 +17,13 @@ use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::NextTimeout;
 
-/// Lookups running at once, process-wide; the threads are named
-/// `libcluster_dns`, not `droplet_*` like the threads the budget counts.
+/// Named `libcluster_dns`, not `droplet_*` like the threads the budget counts.
 pub const DNS_THREADS: usize = 4;
-/// Lookups waiting for a thread; one more fails at once.
 pub const DNS_QUEUE: usize = 64;
 
 type Addrs = io::Result<Vec<SocketAddr>>;
 type Lookup = dyn Fn(&str) -> Addrs + Send + Sync;
 
-/// The message of a lookup refused because [`DNS_QUEUE`] are waiting.
 pub const BACKLOG: &str = "more than 64 DNS lookups waiting";
 
 struct Job {
@@ -51,8 +43,7 @@ impl Pool {
         let (waiting, lookup) = (Arc::new(Mutex::new(waiting)), Arc::<Lookup>::from(lookup));
         for _ in 0..threads {
             let (waiting, lookup) = (waiting.clone(), lookup.clone());
-            // A thread that cannot start leaves the others; with none, every
-            // lookup times out.
+            // With no thread at all, every lookup times out.
             let _ = thread::Builder::new()
                 .name(name.to_string())
                 .stack_size(256 * 1024)
@@ -90,8 +81,7 @@ fn serve(waiting: &Mutex<Receiver<Job>>, lookup: &Lookup) {
     }
 }
 
-/// Test builds of the NIF only: every lookup of the process pool takes this
-/// long first, as under slow DNS.
+/// NIF test builds only: every lookup takes this long first (slow DNS).
 #[cfg(feature = "test-hooks")]
 pub static DNS_DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -124,13 +114,14 @@ impl Resolver for PoolResolver {
             .zip(uri.authority())
             .and_then(|(scheme, authority)| DefaultResolver::host_and_port(scheme, authority))
             .ok_or_else(|| ureq::Error::BadUri(uri.to_string()))?;
-        // Our agents always set a timeout; without one, still not forever.
+        // Our agents always set a timeout.
+
         let wait = timeout.not_zero().map_or(Duration::from_secs(60), |d| *d);
         let addrs = global().resolve(&host_port, wait).map_err(ureq::Error::Io)?;
         let mut resolved = self.empty();
         let family = config.ip_family();
         let mut wanted = family.keep_wanted(addrs.into_iter());
-        // As many as ureq keeps; the rest are dropped, as its own resolver does.
+
         while wanted.next().is_some_and(|a| resolved.try_push(a).is_ok()) {}
         match resolved.is_empty() {
             true => Err(ureq::Error::HostNotFound),
