@@ -130,49 +130,38 @@ impl Stats {
     }
 }
 
-/// Lists every droplet over HTTP(S), `page_concurrency` pages at a time.
-pub fn list_droplets(req: &ListRequest, stats: &Stats) -> Result<Listing, Error> {
-    list_droplets_within(req, stats, &req.page_concurrency.saturating_sub(1))
-}
-
-/// [`list_droplets`] with page helpers from `helpers` (a call's admission).
-pub fn list_droplets_within(
+/// Lists every droplet over HTTP(S), pages 2.. on the helpers granted.
+pub fn list_droplets(
     req: &ListRequest,
     stats: &Stats,
     helpers: &dyn Helpers,
 ) -> Result<Listing, Error> {
     let started = Instant::now();
-    let deadline = deadline_after(started, req.deadline);
-    let result = UreqTransport::new(req, deadline).and_then(|transport| {
-        Lister {
-            transport: &transport,
-            req,
-            stats,
-            deadline,
-            tally: Tally::new(req.limits),
-            helpers,
-        }
-        .run_all()
-    });
-    sanitized(req, result)
+    let transport = UreqTransport::new(req, deadline_after(started, req.deadline));
+    sanitized(req, transport.and_then(|t| lister(&t, req, stats, started, helpers).run_all()))
 }
 
-/// [`list_droplets`] over any transport; `started` anchors the deadline.
+/// [`list_droplets`] over any transport, `page_concurrency` pages at a time;
+/// `started` anchors the deadline.
 pub fn list_with<T: Transport>(
-    transport: &T,
+    t: &T,
     req: &ListRequest,
     stats: &Stats,
     started: Instant,
 ) -> Result<Listing, Error> {
-    let lister = Lister {
-        transport,
-        req,
-        stats,
-        deadline: deadline_after(started, req.deadline),
-        tally: Tally::new(req.limits),
-        helpers: &req.page_concurrency.saturating_sub(1),
-    };
-    sanitized(req, lister.run_all())
+    let helpers = req.page_concurrency.saturating_sub(1);
+    sanitized(req, lister(t, req, stats, started, &helpers).run_all())
+}
+
+fn lister<'a, T>(
+    t: &'a T,
+    req: &'a ListRequest,
+    stats: &'a Stats,
+    started: Instant,
+    helpers: &'a dyn Helpers,
+) -> Lister<'a, T> {
+    let deadline = deadline_after(started, req.deadline);
+    Lister { transport: t, req, stats, deadline, tally: Tally::new(req.limits), helpers }
 }
 
 /// The way out of the client: errors and every listed value scrubbed of the
@@ -318,7 +307,6 @@ impl<T: Transport> Lister<'_, T> {
     /// Pages 2..=`last` from the `next` link, concurrently, all or nothing:
     /// the first failure (a cancel too) stops new pages, and the earliest
     /// page's failure wins, whatever the thread timing.
-
     fn fetch_concurrently(
         &self,
         next: &Uri,
@@ -468,7 +456,6 @@ fn fewest_droplets(pages: u64, first_len: u64) -> u64 {
 }
 
 /// The pages' droplets, the first of each id (a creation shifts pages).
-
 fn finish(pages: Vec<Fetched>, total: u64) -> Listing {
     let mut seen = HashSet::new();
     let droplets =

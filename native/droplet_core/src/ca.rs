@@ -85,7 +85,6 @@ fn open_non_blocking(path: &str) -> std::io::Result<File> {
 
 /// Every certificate of a PEM bundle, each checked now: rustls would skip a
 /// broken one silently, to fail later with a puzzling error.
-
 pub(crate) fn parse_ca_pem(pem: &[u8]) -> Result<Vec<Certificate<'static>>, String> {
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(pem) {

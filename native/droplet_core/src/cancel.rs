@@ -25,7 +25,6 @@ impl Cancel {
 }
 
 /// Owned by the caller's handle: cancels the call when dropped.
-
 #[derive(Debug)]
 pub struct CancelOnDrop(Cancel);
 

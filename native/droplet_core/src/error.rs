@@ -108,7 +108,6 @@ pub fn short(text: impl Into<String>) -> String {
 }
 
 /// The message of a caught panic (`&str` or `String` in practice).
-
 pub fn panic_detail(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         short(*s)

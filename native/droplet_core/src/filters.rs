@@ -96,7 +96,6 @@ pub fn queries(filter: &ListFilter, gpus: Gpus) -> Result<Vec<Query>, Error> {
 }
 
 /// The tags in their first order, each once.
-
 fn distinct(tags: &[String]) -> Vec<String> {
     let mut seen = HashSet::new();
     tags.iter().filter(|t| seen.insert(t.as_str())).cloned().collect()

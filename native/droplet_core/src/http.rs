@@ -34,7 +34,9 @@ struct AgentKey {
 
 /// Each with the identity its CA file had when read; few (one per strategy
 /// config), at most `MAX_AGENTS` against a caller cycling through CA files.
-static AGENTS: Lazy<Mutex<HashMap<AgentKey, (Option<FileId>, Agent)>>> = Lazy::new(Mutex::default);
+static AGENTS: Lazy<Mutex<HashMap<AgentKey, Cached>>> = Lazy::new(Mutex::default);
+type Cached = (Option<FileId>, Agent);
+
 const MAX_AGENTS: usize = 32;
 
 /// What tells a CA file rewritten in place or replaced from the one read:

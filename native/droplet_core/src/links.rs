@@ -245,7 +245,6 @@ pub fn resolve_location(base: &str, location: &str) -> Option<String> {
 }
 
 /// RFC 3986: a letter then letters, digits, `+`, `-` or `.`, before a `:`.
-
 fn has_scheme(s: &str) -> bool {
     match s.split_once(':') {
         Some((scheme, _)) => {

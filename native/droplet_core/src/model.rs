@@ -154,7 +154,6 @@ pub fn parse_page(body: &[u8], per_page: usize, tally: &Tally) -> Result<Page, E
 
 /// Only serde's category and position: its message quotes the value, which
 /// a server could make echo the token.
-
 pub(crate) fn json_error(e: &serde_json::Error) -> Error {
     use serde_json::error::Category;
     let at = format!("at line {} column {}", e.line(), e.column());

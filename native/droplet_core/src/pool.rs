@@ -19,7 +19,6 @@ pub trait Helpers: Sync {
         false
     }
     /// Helpers granted that could not be spawned.
-
     fn release(&self, _count: usize) {}
 }
 
@@ -33,7 +32,6 @@ impl Helpers for usize {
 /// granted (more between its items, fewer as they are shed); unstarted once
 /// `stop()` is true: `None`. A helper that fails to spawn is just missing;
 /// a panic in `work` is re-raised once every thread has ended.
-
 pub(crate) fn run_indexed<R, F, S>(
     name: &str,
     n: usize,

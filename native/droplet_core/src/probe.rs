@@ -72,7 +72,6 @@ pub fn helpers_wanted(targets: usize, concurrency: usize) -> usize {
 
 /// Every target probed on `port`, results in input order; once `cancel` is
 /// set no probe starts, and `Err(Cancelled)` comes when those in flight end.
-
 pub fn probe_all<T: AsRef<[u8]> + Sync>(
     targets: &[T],
     port: u16,

@@ -13,7 +13,6 @@ const ACTIONS: [&str; 4] = ["read", "create", "update", "delete"];
 
 /// The first scope named in the `message` of a JSON error body; words split
 /// at anything but letters, digits, `_`, `-` and `:`.
-
 pub fn missing_scope(body: &[u8]) -> Option<String> {
     let body: serde_json::Value = serde_json::from_slice(body).ok()?;
     let message = body.as_object()?.get("message")?.as_str()?;

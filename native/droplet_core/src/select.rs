@@ -33,7 +33,6 @@ impl Selector {
 
     /// The first address of the wanted type that parses as the wanted family
     /// (it becomes part of a node name), for active droplets only.
-
     pub fn select<'d>(&self, droplet: &'d Droplet) -> Option<&'d str> {
         if droplet.status != Status::Active {
             return None;

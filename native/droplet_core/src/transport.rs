@@ -17,6 +17,5 @@ pub struct Exchange {
 
 pub trait Transport: Sync {
     /// One authenticated GET within `timeout`; `Err` when no response came.
-
     fn get(&self, url: &str, timeout: Duration) -> Result<Exchange, Error>;
 }

@@ -126,7 +126,6 @@ fn debug_thread_times(env: Env) -> Term {
 
 /// `debug_hold(:spin | :sleep, ms) :: :ok | {:error, binary}`: holds the
 /// scheduler for `ms` of CPU time or of sleep, as positive controls.
-
 #[rustler::nif]
 fn debug_hold(env: Env, kind: Atom, ms: u64) -> Term {
     let held = if kind == atoms::sleep() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
-use droplet_core::api::{list_droplets_within, Listing, Stats};
+use droplet_core::api::{self, Listing, Stats};
 use droplet_core::budget::{self, Admission};
 use droplet_core::cancel::{Cancel, CancelOnDrop};
 use droplet_core::error::{panic_detail, short};
@@ -194,7 +194,7 @@ fn list_droplets<'a>(env: Env<'a>, request: Term<'a>, reference: Term<'a>) -> Te
             start_list(env, reference, admission, cancel, move |stats, helpers| {
                 let select =
                     args.select.map(|(network, ipv6)| Selector::new(network, ipv6)).transpose()?;
-                let listing = list_droplets_within(&args.request, stats, helpers)?;
+                let listing = api::list_droplets(&args.request, stats, helpers)?;
                 Ok((listing, select))
             })
         });
@@ -273,7 +273,6 @@ fn cancel<'a>(env: Env<'a>, handle: Term<'a>) -> Term<'a> {
 
 /// Test builds only: `debug_panic(:nif | :list, ref)` panics in the NIF
 /// (an `:nif_panicked` exception) or in a listing thread.
-
 #[cfg(feature = "test-panic")]
 #[rustler::nif]
 fn debug_panic<'a>(env: Env<'a>, place: Term<'a>, reference: Term<'a>) -> Term<'a> {

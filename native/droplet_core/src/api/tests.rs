@@ -10,6 +10,11 @@ use std::collections::HashMap;
 const API: &str = "https://api.example.test";
 const TOKEN: &str = "dop_v1_sekret0123456789";
 
+/// A real listing, `page_concurrency` pages at a time.
+fn list_droplets(req: &ListRequest, stats: &Stats) -> Result<Listing, Error> {
+    super::list_droplets(req, stats, &req.page_concurrency.saturating_sub(1))
+}
+
 fn request() -> ListRequest {
     ListRequest::new(API, TOKEN).expect("valid request")
 }
