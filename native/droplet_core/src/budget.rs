@@ -34,10 +34,6 @@ impl Permits {
     fn give_back(&self, count: usize) {
         self.0.fetch_add(count, Ordering::AcqRel);
     }
-
-    fn free(&self) -> usize {
-        self.0.load(Ordering::Acquire)
-    }
 }
 
 #[derive(Debug)]
@@ -74,11 +70,11 @@ impl Budget {
     }
 
     pub fn calls_in_flight(&self) -> usize {
-        self.max_calls.saturating_sub(self.calls.free())
+        self.max_calls.saturating_sub(self.calls.0.load(Ordering::Acquire))
     }
 
     pub fn helpers_in_use(&self) -> usize {
-        self.max_helpers.saturating_sub(self.helpers.free())
+        self.max_helpers.saturating_sub(self.helpers.0.load(Ordering::Acquire))
     }
 }
 

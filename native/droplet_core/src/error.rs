@@ -43,10 +43,10 @@ pub enum Error {
     Cancelled,
 }
 
-/// The variants with a detail, listed once for `detail` and `detail_mut`.
-macro_rules! detail_of {
-    ($error:expr) => {
-        match $error {
+impl Error {
+    /// The detail of the variants that carry one.
+    fn detail_mut(&mut self) -> Option<&mut String> {
+        match self {
             Error::Transport(d)
             | Error::Tls(d)
             | Error::InvalidJson(d)
@@ -58,17 +58,6 @@ macro_rules! detail_of {
             | Error::Panic(d) => Some(d),
             _ => None,
         }
-    };
-}
-
-impl Error {
-    /// The detail text of the variants that carry one.
-    pub fn detail(&self) -> Option<&str> {
-        detail_of!(self).map(String::as_str)
-    }
-
-    fn detail_mut(&mut self) -> Option<&mut String> {
-        detail_of!(self)
     }
 
     /// Fit to leave the client: every piece of `secret` scrubbed from the
@@ -119,6 +108,13 @@ pub fn panic_detail(payload: &(dyn Any + Send)) -> String {
 }
 
 #[cfg(test)]
+impl Error {
+    pub(crate) fn detail(&self) -> Option<String> {
+        self.clone().detail_mut().cloned()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -163,7 +159,7 @@ mod tests {
             Error::Panic(text()),
         ] {
             let clean = e.clone().sanitize(secret);
-            assert_eq!(clean.detail(), Some("a [REDACTED] b"), "{e:?}");
+            assert_eq!(clean.detail().as_deref(), Some("a [REDACTED] b"), "{e:?}");
         }
     }
 

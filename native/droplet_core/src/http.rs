@@ -239,11 +239,8 @@ pub(crate) fn classify(e: ureq::Error, in_body: bool) -> Error {
 
 /// The variant name of a derived `Debug` (`BadHeader("...")`: `BadHeader`).
 fn variant_name(debug: &str) -> &str {
-    let end = debug.find(|c: char| !c.is_ascii_alphanumeric() && c != '_').unwrap_or(debug.len());
-    match debug.get(..end) {
-        Some(name) if !name.is_empty() => name,
-        _ => "unknown",
-    }
+    let name = debug.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').next();
+    name.filter(|name| !name.is_empty()).unwrap_or("unknown")
 }
 
 fn classify_io(e: &io::Error, in_body: bool) -> Error {

@@ -88,27 +88,20 @@ where
     slots
 }
 
-/// [`run_indexed`] for callers that want every result or none: `None` when
-/// `stop()` left any item unstarted.
-pub(crate) fn run_all<R, F, S>(
-    name: &str,
-    n: usize,
-    helpers: &dyn Helpers,
-    stack_size: usize,
-    stop: S,
-    work: F,
-) -> Option<Vec<R>>
-where
-    R: Send,
-    F: Fn(usize) -> R + Sync,
-    S: Fn() -> bool + Sync,
-{
-    run_indexed(name, n, helpers, stack_size, stop, work).into_iter().collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run_all<R: Send>(
+        name: &str,
+        n: usize,
+        helpers: &dyn Helpers,
+        stack: usize,
+        stop: impl Fn() -> bool + Sync,
+        work: impl Fn(usize) -> R + Sync,
+    ) -> Option<Vec<R>> {
+        run_indexed(name, n, helpers, stack, stop, work).into_iter().collect()
+    }
     use std::collections::HashSet;
     use std::sync::atomic::AtomicBool;
     use std::sync::Mutex;

@@ -79,18 +79,15 @@ pub fn probe_all<T: AsRef<[u8]> + Sync>(
     helpers: &dyn Helpers,
     cancel: &Cancel,
 ) -> Result<Vec<ProbeResult>, Error> {
-    pool::run_all(
-        "droplet_probe",
-        targets.len(),
-        helpers,
-        PROBE_STACK,
-        || cancel.is_cancelled(),
-        |i| match targets.get(i).and_then(|t| parse_target(t.as_ref())) {
-            Some(ip) => probe_one(ip, port, timeout),
-            None => Err(ProbeError::InvalidAddress),
-        },
-    )
-    .ok_or(Error::Cancelled)
+    let stop = || cancel.is_cancelled();
+    let probe = |i: usize| match targets.get(i).and_then(|t| parse_target(t.as_ref())) {
+        Some(ip) => probe_one(ip, port, timeout),
+        None => Err(ProbeError::InvalidAddress),
+    };
+    let results =
+        pool::run_indexed("droplet_probe", targets.len(), helpers, PROBE_STACK, stop, probe);
+    // All or none: an item left unstarted was cancelled.
+    results.into_iter().collect::<Option<_>>().ok_or(Error::Cancelled)
 }
 
 #[cfg(test)]

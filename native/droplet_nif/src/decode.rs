@@ -44,10 +44,7 @@ fn utf8(term: Term, name: &str) -> Result<String, Error> {
 
 fn non_empty(term: Term, name: &str) -> Result<String, Error> {
     let s = utf8(term, name)?;
-    if s.is_empty() {
-        return Err(invalid(format!("{name} must not be empty")));
-    }
-    Ok(s)
+    (!s.is_empty()).then_some(s).ok_or_else(|| invalid(format!("{name} must not be empty")))
 }
 
 pub fn int_in(term: Term, name: &str, min: u64, max: u64) -> Result<u64, Error> {

@@ -7,7 +7,7 @@ use droplet_core::probe::{ProbeError, ProbeResult};
 use droplet_core::ratelimit::RateLimit;
 use droplet_core::select::Selector;
 use droplet_core::Error;
-use rustler::{Atom, Encoder, Env, NifMap, NifUntaggedEnum, Term};
+use rustler::{Atom, Encoder, Env, NifMap, NifTaggedEnum, NifUntaggedEnum, Term};
 use std::time::Duration;
 
 use crate::atoms;
@@ -161,23 +161,27 @@ pub fn info<'a>(env: Env<'a>, stats: &Stats, elapsed: Duration) -> Term<'a> {
     .encode(env)
 }
 
-fn probe_outcome<'a>(env: Env<'a>, r: &ProbeResult) -> Term<'a> {
-    match r {
-        Ok(latency) => {
-            let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-            (atoms::ok(), us).encode(env)
-        }
-        Err(e) => {
-            let reason = match e {
-                ProbeError::Timeout => atoms::timeout().encode(env),
-                ProbeError::Refused => atoms::refused().encode(env),
-                ProbeError::Unreachable => atoms::unreachable().encode(env),
-                ProbeError::InvalidAddress => atoms::invalid_address().encode(env),
-                ProbeError::Io(d) => (atoms::io(), d.as_str()).encode(env),
-            };
-            (atoms::error(), reason).encode(env)
-        }
-    }
+/// `:timeout | :refused | :unreachable | :invalid_address | {:io, detail}`.
+#[derive(NifTaggedEnum)]
+#[rustler(encode)]
+enum ProbeReason<'a> {
+    Timeout,
+    Refused,
+    Unreachable,
+    InvalidAddress,
+    Io(&'a str),
+}
+
+/// `{:ok, connect_us} | {:error, reason}`.
+fn probe_outcome(r: &ProbeResult) -> Result<u64, ProbeReason<'_>> {
+    let us = |latency: &Duration| u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    r.as_ref().map(us).map_err(|e| match e {
+        ProbeError::Timeout => ProbeReason::Timeout,
+        ProbeError::Refused => ProbeReason::Refused,
+        ProbeError::Unreachable => ProbeReason::Unreachable,
+        ProbeError::InvalidAddress => ProbeReason::InvalidAddress,
+        ProbeError::Io(d) => ProbeReason::Io(d),
+    })
 }
 
 /// `[{address, outcome}]`, each address the very term the caller passed.
@@ -187,7 +191,7 @@ pub fn probe_results<'a>(env: Env<'a>, addresses: Term<'a>, results: &[ProbeResu
         Ok(addresses) => {
             let items: Vec<Term<'a>> = addresses
                 .zip(results)
-                .map(|(addr, r)| (addr, probe_outcome(env, r)).encode(env))
+                .map(|(addr, r)| (addr, probe_outcome(r)).encode(env))
                 .collect();
             items.encode(env)
         }

@@ -36,7 +36,6 @@ mod atoms {
         too_many_droplets, body_too_large, invalid_request, no_private_ipv6, spawn, panic,
         listing_too_large,
         tags_unknown, busy, cancelled,
-        refused, unreachable, invalid_address, io,
         // debug_panic
         nif, list,
     }
