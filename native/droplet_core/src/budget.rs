@@ -89,22 +89,17 @@ pub fn global() -> &'static Budget {
 pub struct Admission<'a> {
     budget: &'a Budget,
     wanted: usize,
-    floor: usize,
+    /// Helpers granted at the start, which the call keeps.
+    pub floor: usize,
     held: AtomicUsize,
 }
 
 impl Admission<'_> {
-    /// Helpers granted at the start, which the call keeps.
-    pub fn helpers(&self) -> usize {
-        self.floor
-    }
-
     /// Items this call runs at once at least: its helpers and coordinator.
     pub fn concurrency(&self) -> usize {
         self.floor + 1
     }
 
-    /// Helper permits held now.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
     }
@@ -192,7 +187,7 @@ mod tests {
         let budget = Budget::new(4, 64);
         let a = budget.admit(100).expect("slot");
         // It starts with an eighth, then grows to what it may hold.
-        assert_eq!((a.helpers(), a.held()), (8, 8));
+        assert_eq!((a.floor, a.held()), (8, 8));
         assert_eq!(a.grow(10), 10);
         assert_eq!(a.grow(usize::MAX), 46);
         assert_eq!((a.held(), a.grow(usize::MAX)), (64, 0));
@@ -211,10 +206,10 @@ mod tests {
         drop(b);
         assert_eq!(a.grow(usize::MAX), 32);
         let c = budget.admit(1_000).expect("slot");
-        assert_eq!(c.helpers(), 0);
+        assert_eq!(c.floor, 0);
         let shed = (0..100).take_while(|_| a.shrink()).count();
         assert_eq!((shed, a.held()), (32, 32));
-        assert_eq!(a.helpers(), 8);
+        assert_eq!(a.floor, 8);
     }
 
     #[test]

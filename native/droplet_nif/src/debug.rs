@@ -37,7 +37,7 @@ impl rustler::Resource for HeldAdmission {}
 fn debug_admit(env: Env, helpers: usize) -> Term {
     match budget::global().admit(helpers) {
         Ok(admission) => {
-            let granted = admission.helpers();
+            let granted = admission.floor;
             let held = ResourceArc::new(HeldAdmission(Mutex::new(Some(admission))));
             (atoms::ok(), held, granted).encode(env)
         }

@@ -223,10 +223,6 @@ fn address_count(list: Term) -> Result<usize, Error> {
 /// The bytes of each address, borrowed; a bad one is that target's
 /// `:invalid_address`, not a reason to refuse the batch.
 pub fn address_bytes<'a>(list: Term<'a>) -> Vec<&'a [u8]> {
-    match list.into_list_iterator() {
-        Ok(items) => {
-            items.map(|t| t.decode::<Binary>().map_or(&[][..], |b| b.as_slice())).collect()
-        }
-        Err(_) => Vec::new(),
-    }
+    let bytes = |t: Term<'a>| t.decode::<Binary>().map_or(&[][..], |b| b.as_slice());
+    list.into_list_iterator().map(|items| items.map(bytes).collect()).unwrap_or_default()
 }

@@ -187,15 +187,8 @@ fn probe_outcome(r: &ProbeResult) -> Result<u64, ProbeReason<'_>> {
 /// `[{address, outcome}]`, each address the very term the caller passed.
 /// `addresses` is the list `results` came from, one item per target.
 pub fn probe_results<'a>(env: Env<'a>, addresses: Term<'a>, results: &[ProbeResult]) -> Term<'a> {
-    match addresses.into_list_iterator() {
-        Ok(addresses) => {
-            let items: Vec<Term<'a>> = addresses
-                .zip(results)
-                .map(|(addr, r)| (addr, probe_outcome(r)).encode(env))
-                .collect();
-            items.encode(env)
-        }
-        // The NIF checked it was a list before starting the call.
-        Err(_) => error(env, &Error::InvalidRequest("addresses must be a list of binaries".into())),
-    }
+    // The NIF checked it was a list before starting the call.
+    let addresses = addresses.into_list_iterator().into_iter().flatten();
+    let items: Vec<_> = addresses.zip(results).map(|(addr, r)| (addr, probe_outcome(r))).collect();
+    items.encode(env)
 }

@@ -137,11 +137,8 @@ fn started_or_error<'a>(env: Env<'a>, started: Result<Term<'a>, Error>) -> Term<
 }
 
 fn require_ref(reference: Term) -> Result<(), Error> {
-    if reference.get_type() == TermType::Ref {
-        Ok(())
-    } else {
-        Err(Error::InvalidRequest("ref must be a reference".into()))
-    }
+    let is_ref = reference.get_type() == TermType::Ref;
+    is_ref.then_some(()).ok_or_else(|| Error::InvalidRequest("ref must be a reference".into()))
 }
 
 type ListOutcome = (Listing, Option<Selector>);
