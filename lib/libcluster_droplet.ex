@@ -23,9 +23,14 @@ defmodule LibclusterDroplet do
 
   All calls share one thread budget per VM: at most 64 calls in flight
   (another is refused at once with `{:error, :busy}`), each on a thread of
-  its own, and 1,024 helper threads among them. A call gets the helpers it
-  asks for if they are free, else fewer, down to none, and then runs that
-  much less in parallel (see `LibclusterDroplet.Call`'s `:concurrency`).
+  its own, and 1,024 helper threads among them. A call starts with the
+  helpers it asks for, at most 128 (an eighth, so that calls arriving
+  together share them) and what is free, down to none, and keeps them (see
+  `LibclusterDroplet.Call`'s `:concurrency`, then what it runs at least);
+  between its items it grows towards an even split of the helpers among the
+  calls in flight as they free up, and gives back the helpers it grew beyond
+  that. Host names are resolved on 4 threads for the whole VM.
+
   """
 
   alias LibclusterDroplet.{Call, Listing, Native, Token}
