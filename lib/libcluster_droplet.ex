@@ -79,11 +79,15 @@ defmodule LibclusterDroplet do
       default: nil,
       type_doc: "a positive integer (ms), or nil for three times :api_timeout"
     ],
-    max_body_bytes: [
+    max_body_bytes: [type: :pos_integer, default: 4 * 1024 * 1024, type_doc: "a positive integer"],
+    max_listing_bytes: [
       type: :pos_integer,
-      default: 16 * 1024 * 1024,
+      default: 32 * 1024 * 1024,
       type_doc: "a positive integer"
     ],
+    max_string_bytes: [type: :pos_integer, default: 1_024, type_doc: "a positive integer"],
+    max_tags_per_droplet: [type: :pos_integer, default: 1_000, type_doc: "a positive integer"],
+    max_addresses_per_droplet: [type: :pos_integer, default: 64, type_doc: "a positive integer"],
     max_pages: [type: :pos_integer, default: 1_000, type_doc: "a positive integer"],
     max_droplets: [type: :pos_integer, default: 10_000, type_doc: "a positive integer"],
     page_concurrency: [type: {:in, 1..64}, default: 4, type_doc: "an integer in 1..64"],
@@ -112,8 +116,13 @@ defmodule LibclusterDroplet do
     * `:per_page` - default 200 (the API's maximum).
     * `:connect_timeout` (default 5,000) and `:deadline` (the whole listing,
       reading `:ca_file` included; default three times `:api_timeout`), in ms.
-    * `:max_body_bytes` (default 16 MiB per response) and `:max_pages`
-      (default 1,000) - caps.
+    * `:max_body_bytes` (default 4 MiB per response, eight times a full page
+      of 200 droplets) and `:max_pages` (default 1,000) - caps.
+    * `:max_listing_bytes` (default 32 MiB), `:max_string_bytes` (1,024),
+      `:max_tags_per_droplet` (1,000) and `:max_addresses_per_droplet` (64,
+      v4 and v6 together) - what a listing may keep, checked while each page
+      is parsed, so a listing's memory follows the bound, not what the
+      server sends; past one it fails with `{:listing_too_large, {bound, limit}}`.
     * `:page_concurrency` - pages fetched at once after the first (default
       4, at most 64), fewer when the NIF's thread budget is short.
     * `:max_droplets` - default 10,000: a listing with more droplets fails
@@ -242,6 +251,10 @@ defmodule LibclusterDroplet do
          max_body_bytes: opts[:max_body_bytes],
          max_pages: opts[:max_pages],
          max_droplets: opts[:max_droplets],
+         max_listing_bytes: opts[:max_listing_bytes],
+         max_string_bytes: opts[:max_string_bytes],
+         max_tags_per_droplet: opts[:max_tags_per_droplet],
+         max_addresses_per_droplet: opts[:max_addresses_per_droplet],
          page_concurrency: opts[:page_concurrency],
          keep_alive_ms: opts[:keep_alive],
          select: %{network: opts[:network], ipv6: opts[:ipv6]},

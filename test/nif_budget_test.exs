@@ -53,6 +53,11 @@ defmodule LibclusterDroplet.NifBudgetTest do
     held
   end
 
+  # Takes every helper permit, as eight calls do at most 128 each.
+  defp fill_helpers!, do: for(_ <- 1..8, do: admit!(@max_helpers, div(@max_helpers, 8)))
+
+  defp release!(held), do: held |> List.wrap() |> Enum.each(&Native.debug_release/1)
+
   # Waits for the answer of `call` (it may have been cancelled), then until
   # the budget no longer counts it.
   defp await_finished(%Call{ref: ref}, budget \\ {0, 0}) do
@@ -93,9 +98,10 @@ defmodule LibclusterDroplet.NifBudgetTest do
           call
         end
 
-      # Granted in order while the pool lasts: 512 (the per-call cap), 512,
-      # then the 3 left, then each coordinator on its own.
-      assert Enum.map(calls, & &1.concurrency) == [512, 512, 3, 1, 1, 1, 1, 1]
+      # Each starts with an eighth of the helpers (128), its fair share:
+      # not, as before the budget was shared fairly, [512, 512, 3, 1, 1, 1,
+      # 1, 1], the last five on their coordinators alone for hours.
+      assert Enum.map(calls, & &1.concurrency) == List.duplicate(129, 8)
       assert Enum.sum(Enum.map(calls, & &1.concurrency)) == 8 + @max_helpers
       assert Native.debug_budget() == {8, @max_helpers}
 
@@ -105,8 +111,7 @@ defmodule LibclusterDroplet.NifBudgetTest do
       assert seen <= 8 + @max_helpers, "#{seen} NIF threads"
       assert seen >= @max_helpers, "the black holes did not hold the threads: #{seen}"
 
-      # The rest would take 10 timeouts on the calls granted 512, and 5,000
-      # (almost 3 hours) on those with their coordinator alone.
+      # The rest would take 39 timeouts on each call.
       Enum.each(calls, &LibclusterDroplet.cancel/1)
 
       for %Call{ref: ref} <- calls,
@@ -170,22 +175,25 @@ defmodule LibclusterDroplet.NifBudgetTest do
       end
 
       assert concurrency.(invalid, concurrency: 10) == 10
-      assert concurrency.(invalid, []) == 512
-      assert concurrency.(invalid, concurrency: 100_000) == 512
+      # A call starts with at most 128 helpers, an eighth of them, and
+      # grows from there as its items complete.
+      assert concurrency.(invalid, []) == 129
+      assert concurrency.(invalid, concurrency: 100_000) == 129
       # Never more threads than targets, and at least the coordinator.
       assert concurrency.(Enum.take(invalid, 7), concurrency: 512) == 7
       assert concurrency.([], concurrency: 512) == 1
       assert pages.(4) == 4
       assert pages.(64) == 64
 
-      held = admit!(1_000, 1_000)
+      # 1,000 of the 1,024 taken: 24 left.
+      held = for(_ <- 1..7, do: admit!(128, 128)) ++ [admit!(104, 104)]
       assert concurrency.(invalid, concurrency: 512) == 25
       assert pages.(64) == 25
       all = admit!(512, 24)
       assert concurrency.(invalid, concurrency: 512) == 1
       assert pages.(4) == 1
 
-      Enum.each([held, all], &Native.debug_release/1)
+      release!([all | held])
     end
   end
 
@@ -199,21 +207,21 @@ defmodule LibclusterDroplet.NifBudgetTest do
       LibclusterDroplet.cancel(call)
       await_finished(call)
 
-      held = admit!(@max_helpers, @max_helpers)
+      held = fill_helpers!()
       {:ok, call, wait} = HealthCheck.start(targets, {:tcp, [port: port, timeout: 1_000]}, 5_000)
       # One probe at a time: three timeouts in a row, not one.
       assert {call.concurrency, wait} == {1, 3 * 1_000 + 5_000}
       LibclusterDroplet.cancel(call)
-      Native.debug_release(held)
+      release!(held)
     end
 
     test "probe/3 waits for every wave the NIF really runs", %{hole: hole, port: port} do
       # Granted no helper, 12 black holes take 12 timeouts (6 s) in a row:
       # longer than the one timeout plus 5 s the requested concurrency of
       # 512 would promise.
-      held = admit!(@max_helpers, @max_helpers)
+      held = fill_helpers!()
       results = LibclusterDroplet.probe(List.duplicate(hole, 12), port, timeout: 500)
-      Native.debug_release(held)
+      release!(held)
 
       assert is_list(results), inspect(results)
       assert Enum.all?(results, &match?({_, {:error, :timeout}}, &1)), inspect(results)
@@ -380,7 +388,7 @@ defmodule LibclusterDroplet.NifBudgetTest do
 
       # Granted no helper, the poll's probes of 20 black holes run one at a
       # time: 40 s, and a watchdog of 45 s.
-      held = admit!(@max_helpers, @max_helpers)
+      held = fill_helpers!()
       spy = SpyMembership.start()
 
       config = [
@@ -419,7 +427,7 @@ defmodule LibclusterDroplet.NifBudgetTest do
       TestCluster.await(fn -> nif_threads() == 0 end, 20_000)
       assert :sys.get_state(pid).phase == nil
       LibclusterDroplet.cancel(call)
-      Native.debug_release(held)
+      release!(held)
     end
   end
 

@@ -23,7 +23,8 @@ defmodule LibclusterDroplet.Error do
   | `:pagination_loop` | a `next` link revisits a page |
   | `{:too_many_pages, max}` | more pages than the cap |
   | `{:too_many_droplets, max}` | more droplets than the cap (`:max_droplets`) |
-  | `{:body_too_large, limit}` | a response body over the size cap |
+  | `{:body_too_large, limit}` | a response body over the size cap (`:max_body_bytes`) |
+  | `{:listing_too_large, {bound, limit}}` | the listing went past one of its bounds, named as the option that sets it: `:max_listing_bytes` (what the whole listing keeps), `:max_string_bytes` (one name, tag, slug, status, VPC id or address), `:max_tags_per_droplet` or `:max_addresses_per_droplet`; it stopped there, before building anything past it |
   | `{:ca_file, detail}` | the CA file could not be read (not a regular file, over 1 MiB…) or parsed |
   | `:no_private_ipv6` | `network: :private` with `ipv6: true`: DigitalOcean has no private IPv6 |
   | `:tags_unknown` | `gpus: true` or `:only` with `tag_name`: the GPU listing's tags are checked by the client, and a droplet came without its `tags` (the token lacks `tag:read`) |
@@ -61,6 +62,11 @@ defmodule LibclusterDroplet.Error do
           | {:too_many_pages, pos_integer()}
           | {:too_many_droplets, pos_integer()}
           | {:body_too_large, pos_integer()}
+          | {:listing_too_large,
+             {:max_listing_bytes
+              | :max_string_bytes
+              | :max_tags_per_droplet
+              | :max_addresses_per_droplet, pos_integer()}}
           | {:ca_file, String.t()}
           | :no_private_ipv6
           | :tags_unknown
@@ -86,6 +92,8 @@ defmodule LibclusterDroplet.Error do
       :rate_limited
       iex> LibclusterDroplet.Error.class(:timeout)
       :timeout
+      iex> LibclusterDroplet.Error.class({:listing_too_large, {:max_listing_bytes, 33_554_432}})
+      :listing_too_large
   """
   @spec class(term()) :: atom()
   def class(reason) when is_atom(reason), do: reason
@@ -99,6 +107,8 @@ defmodule LibclusterDroplet.Error do
       "the DigitalOcean API answered HTTP 503"
       iex> LibclusterDroplet.Error.format({:too_many_droplets, 10_000})
       "the listing has more than 10000 droplets (raise :max_droplets if that is expected)"
+      iex> LibclusterDroplet.Error.format({:listing_too_large, {:max_tags_per_droplet, 1_000}})
+      "the listing went past :max_tags_per_droplet (1000): a droplet carries more tags than that (raise :max_tags_per_droplet if that is expected)"
   """
   @spec format(term()) :: String.t()
   def format(:unauthorized),
@@ -152,7 +162,15 @@ defmodule LibclusterDroplet.Error do
   def format({:too_many_droplets, max}),
     do: "the listing has more than #{max} droplets (raise :max_droplets if that is expected)"
 
-  def format({:body_too_large, limit}), do: "a response body exceeded the #{limit}-byte cap"
+  def format({:body_too_large, limit}),
+    do:
+      "a response body exceeded the #{limit}-byte cap (raise :max_body_bytes if that is expected)"
+
+  def format({:listing_too_large, {bound, limit}}),
+    do:
+      "the listing went past #{inspect(bound)} (#{limit}): " <>
+        "#{bound_meaning(bound)} (raise #{inspect(bound)} if that is expected)"
+
   def format({:ca_file, detail}), do: "the CA file could not be used: #{detail}"
 
   def format(:no_private_ipv6),
@@ -191,4 +209,13 @@ defmodule LibclusterDroplet.Error do
 
   # Only the class: an unknown term may hold anything, the token included.
   def format(other), do: "unexpected error (#{class(other)})"
+
+  defp bound_meaning(:max_listing_bytes), do: "the droplets listed hold more than that, in bytes"
+  defp bound_meaning(:max_string_bytes), do: "a droplet holds a string longer than that, in bytes"
+  defp bound_meaning(:max_tags_per_droplet), do: "a droplet carries more tags than that"
+
+  defp bound_meaning(:max_addresses_per_droplet),
+    do: "a droplet has more network addresses than that"
+
+  defp bound_meaning(_other), do: "a bound of the listing"
 end

@@ -8,19 +8,34 @@ defmodule LibclusterDroplet.Native do
   #
   # Calls that do network I/O return at once and answer with a message from a
   # thread of the NIF's own, so no Erlang scheduler ever waits on the network.
-  # They return {:ok, handle, concurrency} or {:error, reason}: reason :busy
-  # when 64 calls are in flight already. `handle` is a resource; once it is
-  # garbage collected, or given to cancel/1, the call starts no new probe or
-  # page and answers {:error, :cancelled} (unless every item had already
-  # run). `concurrency` is the number of items the call runs at once: at most
-  # the one asked for (probes: capped at 512), its coordinator thread plus
-  # the helper threads it got from a VM-wide pool of 1,024; at least 1.
+  #
+  # Those calls return {:ok, handle, concurrency} or {:error, reason}: reason
+  # :busy when 64 calls are in flight already. `handle` is a resource; once
+  # it is garbage collected, or given to cancel/1, the call starts no new
+  # probe or page and answers {:error, :cancelled} (unless every item had
+  # already run). `concurrency` is the number of items the call runs at once
+  # at least: at most the one asked for (probes: capped at 512), its
+  # coordinator thread plus the helper threads it started with from a VM-wide
+  # pool of 1,024 (at most 128, an eighth, so that calls arriving together
+  # share it), which it keeps; at least 1. Between items a call grows towards
+  # its fair share of the pool as helpers free up, and helpers it grew beyond
+  # that share end, so one slow call cannot starve the others.
+  #
+  # Host names are resolved on a VM-wide pool of 4 threads (named
+  # libcluster_dns, started at the first lookup), at most 64 lookups
+  # waiting, each within its request's timeout: slow DNS adds no thread per
+  # call.
   #
   # list_droplets(request, ref) :: {:ok, handle, page_concurrency} | {:error, reason}
   #   request: %{api_url: binary, token: binary} plus optional tag_name, name,
   #   per_page, ca_file, connect_timeout_ms, request_timeout_ms, deadline_ms,
   #   max_body_bytes, max_pages, max_droplets, page_concurrency (1..64),
   #   keep_alive_ms (the idle age of kept-alive connections, 0..86_400_000),
+  #   max_listing_bytes, max_string_bytes, max_tags_per_droplet,
+  #   max_addresses_per_droplet (1..2^40; past one the listing answers
+  #   {:listing_too_large, {bound, limit}}). tag_name: a binary or a list of
+  #   1 to 64 binaries; every binary at most 4,096 bytes. Lists are walked on
+  #   the scheduler only up to their cap plus one.
   #   select (nil | %{network: :private | :public, ipv6: boolean}).
   #   Sends {:droplet_nif_list, ref, {:ok, %{droplets: [droplet], total: n}} |
   #   {:error, reason}, %{requests: n, elapsed_us: n, rate_limit: nil | map}}.
@@ -47,6 +62,8 @@ defmodule LibclusterDroplet.Native do
   #   call slot and up to `helpers` helper permits, as a call would, without
   #   running anything; debug_release(held) :: :ok gives them back (so does
   #   garbage collecting `held`).
+  #   debug_dns_delay(ms) :: :ok: every DNS lookup takes `ms` first, as under
+  #   slow DNS.
 
   alias LibclusterDroplet.Native.Build
 
@@ -83,4 +100,6 @@ defmodule LibclusterDroplet.Native do
   def debug_admit(_helpers), do: :erlang.nif_error(:nif_not_loaded)
 
   def debug_release(_held), do: :erlang.nif_error(:nif_not_loaded)
+
+  def debug_dns_delay(_ms), do: :erlang.nif_error(:nif_not_loaded)
 end

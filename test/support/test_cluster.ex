@@ -453,19 +453,20 @@ defmodule LibclusterDroplet.TestCluster.Remote do
   def lose_check_reply(pid), do: :sys.replace_state(pid, &put_in(&1.phase.call.ref, make_ref()))
 
   @doc false
-  # Takes every helper permit of this node's NIF thread budget, held by a
-  # process of its own until `release_helpers/1`: calls then run one item
-  # at a time.
+  # Takes every helper permit of this node's NIF thread budget (a call
+  # starts with an eighth at most: eight admissions), held by a process of
+  # its own until `release_helpers/1`: calls then run one item at a time.
   def hold_helpers do
     test = self()
 
     holder =
       spawn(fn ->
-        {:ok, held, granted} = LibclusterDroplet.Native.debug_admit(1_024)
-        send(test, {:granted, granted})
+        admitted = for _ <- 1..8, do: LibclusterDroplet.Native.debug_admit(1_024)
+        send(test, {:granted, Enum.sum(for {:ok, _held, granted} <- admitted, do: granted)})
 
         receive do
-          :release -> LibclusterDroplet.Native.debug_release(held)
+          :release ->
+            for {:ok, held, _} <- admitted, do: LibclusterDroplet.Native.debug_release(held)
         end
       end)
 

@@ -1,46 +1,30 @@
-//! Listing every droplet: the first page, then the rest concurrently, with
-//! the token kept on the API's own origin throughout, and the listing's size
-//! bounded before and while it is fetched.
-//!
-//! The HTTP exchange itself sits behind [`Transport`] so pagination,
-//! redirects and status handling are tested without sockets.
+//! Listing every droplet: page 1, then the rest concurrently, the token kept
+//! on the API's origin and the size bounded throughout. The HTTP exchange
+//! sits behind [`Transport`], so all of this is tested without sockets.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::Uri;
 
+use crate::bounds::{Limits, Tally};
 use crate::cancel::Cancel;
 use crate::error::Error;
 use crate::filters::{queries, Gpus, ListFilter, Query};
-use crate::http::{TransportConfig, UreqTransport};
+use crate::http::UreqTransport;
 use crate::links::{
     first_page_url, normalize_api_url, page_number, resolve_location, same_origin, same_origin_url,
     with_query_param,
 };
 use crate::model::{parse_page, Droplet, Page};
-use crate::pool;
+use crate::pool::{self, Helpers};
 use crate::ratelimit::{RateLimit, Tracker};
+use crate::redact::{Redactor, Secret};
 use crate::scope::missing_scope;
 use crate::transport::Transport;
 
-pub const DEFAULT_PER_PAGE: u32 = 200;
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5_000);
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(15_000);
-pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(60_000);
-pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
-pub const DEFAULT_MAX_PAGES: u32 = 1_000;
-/// Fifty full pages, and DigitalOcean's default droplet limit per account is
-/// far below it; a cluster larger than this raises the cap on purpose.
-pub const DEFAULT_MAX_DROPLETS: u64 = 10_000;
-pub const DEFAULT_PAGE_CONCURRENCY: usize = 4;
-/// An hour: the longest a strategy waits between polls with its default
-/// settings (a rate-limit reset is at most an hour away), so a poll never
-/// pays DNS, TCP and TLS again for a connection it could have kept.
-pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(3_600);
 /// Redirects followed for one page before giving up.
 pub const MAX_REDIRECTS: u32 = 3;
 /// A listing whose `meta.total` changes under it is started over once.
@@ -49,115 +33,79 @@ const LISTING_ATTEMPTS: u32 = 2;
 /// TLS handshakes and JSON parsing want more than a probe, far less than 2 MiB.
 const PAGE_STACK: usize = 512 * 1024;
 
-/// What to list and how. Build with [`ListRequest::new`], then adjust the
-/// public fields; `api_url` is kept normalized by `new`.
-#[derive(Clone)]
+/// What to list and how: [`ListRequest::new`] (which normalizes `api_url`),
+/// then the public fields.
+#[derive(Debug, Clone)]
 pub struct ListRequest {
     pub api_url: String,
-    pub token: String,
-    /// Tags or a name; several tags, and GPU droplets, take a listing each
-    /// (see [`crate::filters`]).
+    pub token: Secret,
     pub filter: ListFilter,
     pub gpus: Gpus,
     pub per_page: u32,
     pub ca_file: Option<String>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
-    /// The whole listing, CA file reading included. One too large to be
-    /// added to the current time (`Duration::MAX`) means no deadline.
+    /// The whole listing, CA file included; `Duration::MAX`: none.
     pub deadline: Duration,
     pub max_body_bytes: u64,
     pub max_pages: u32,
-    /// More droplets than this fail the listing with `TooManyDroplets`.
     pub max_droplets: u64,
+    pub limits: Limits,
     pub page_concurrency: usize,
     /// How long an idle connection is kept for the next listing.
     pub keep_alive: Duration,
-    /// Once set, no further request is sent (page or redirect) and the
-    /// listing ends with `Err(Cancelled)`.
+    /// Once set, no further request is sent: `Err(Cancelled)`.
     pub cancel: Cancel,
 }
 
 impl ListRequest {
     pub fn new(api_url: &str, token: &str) -> Result<ListRequest, Error> {
+        let ms = Duration::from_millis;
         Ok(ListRequest {
             api_url: normalize_api_url(api_url)?,
-            token: validate_token(token)?,
+            token: Secret(validate_token(token)?),
             filter: ListFilter::All,
             gpus: Gpus::Exclude,
-            per_page: DEFAULT_PER_PAGE,
+            per_page: 200,
             ca_file: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            deadline: DEFAULT_DEADLINE,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_pages: DEFAULT_MAX_PAGES,
-            max_droplets: DEFAULT_MAX_DROPLETS,
-            page_concurrency: DEFAULT_PAGE_CONCURRENCY,
-            keep_alive: DEFAULT_KEEP_ALIVE,
+            connect_timeout: ms(5_000),
+            request_timeout: ms(15_000),
+            deadline: ms(60_000),
+            // Eight times a full page of 200 droplets (about 500 KB).
+            max_body_bytes: 4 * 1024 * 1024,
+            max_pages: 1_000,
+            // Fifty full pages, far above an account's default limit.
+            max_droplets: 10_000,
+            limits: Limits::default(),
+            page_concurrency: 4,
+            // An hour, the longest wait between polls with the defaults: no
+            // poll pays DNS, TCP and TLS again for a connection it could keep.
+            keep_alive: ms(3_600_000),
             cancel: Cancel::new(),
         })
     }
-
-    fn transport_config(&self) -> TransportConfig {
-        TransportConfig {
-            token: self.token.clone(),
-            ca_file: self.ca_file.clone(),
-            connect_timeout: self.connect_timeout,
-            request_timeout: self.request_timeout,
-            max_body_bytes: self.max_body_bytes,
-            keep_alive: self.keep_alive,
-        }
-    }
 }
 
-/// Non-empty and made of characters an HTTP header can carry: anything else
-/// would fail later inside the HTTP library, with a less useful message.
+/// Non-empty and what a header carries, or ureq fails later, less clearly.
 fn validate_token(token: &str) -> Result<String, Error> {
     if token.is_empty() {
         return Err(Error::InvalidRequest("token must not be empty".into()));
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Error::InvalidRequest(
-            "token must be printable ASCII without spaces".into(),
-        ));
+        return Err(Error::InvalidRequest("token must be printable ASCII without spaces".into()));
     }
     Ok(token.to_string())
 }
 
-impl fmt::Debug for ListRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ListRequest")
-            .field("api_url", &self.api_url)
-            .field("token", &"[REDACTED]")
-            .field("filter", &self.filter)
-            .field("gpus", &self.gpus)
-            .field("per_page", &self.per_page)
-            .field("ca_file", &self.ca_file)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("deadline", &self.deadline)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("max_pages", &self.max_pages)
-            .field("max_droplets", &self.max_droplets)
-            .field("page_concurrency", &self.page_concurrency)
-            .field("keep_alive", &self.keep_alive)
-            .field("cancel", &self.cancel)
-            .finish()
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listing {
-    /// Unique by id, in the order the API listed them (listing after
-    /// listing, when there are several).
+    /// Unique by id, in the API's order.
     pub droplets: Vec<Droplet>,
     /// `meta.total` of the first page; with several listings, their sum.
     pub total: u64,
 }
 
-/// Counters kept by the caller, so they survive a failed or panicking
-/// listing and can still be reported.
+/// Kept by the caller, so they survive a failed or panicking listing.
 #[derive(Debug, Default)]
 pub struct Stats {
     requests: AtomicU64,
@@ -177,61 +125,60 @@ impl Stats {
     fn record(&self, rate_limit: Option<RateLimit>) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if let Some(rl) = rate_limit {
-            self.rate
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .observe(rl);
+            self.rate.lock().unwrap_or_else(|e| e.into_inner()).observe(rl);
         }
     }
 }
 
-/// Lists every droplet over HTTP(S). Errors never carry the token.
-pub fn list_droplets(req: &ListRequest, stats: &Stats) -> Result<Listing, Error> {
+/// Lists every droplet over HTTP(S), pages 2.. on the helpers granted.
+pub fn list_droplets(
+    req: &ListRequest,
+    stats: &Stats,
+    helpers: &dyn Helpers,
+) -> Result<Listing, Error> {
     let started = Instant::now();
-    let deadline = deadline_after(started, req.deadline);
-    let result = UreqTransport::new(&req.transport_config(), deadline).and_then(|transport| {
-        Lister {
-            transport: &transport,
-            req,
-            stats,
-            deadline,
-        }
-        .run_all()
-    });
-    sanitized(req, result)
+    let transport = UreqTransport::new(req, deadline_after(started, req.deadline));
+    sanitized(req, transport.and_then(|t| lister(&t, req, stats, started, helpers).run_all()))
 }
 
-/// [`list_droplets`] over any transport; `started` anchors the deadline.
+/// [`list_droplets`] over any transport, `page_concurrency` pages at a time;
+/// `started` anchors the deadline.
 pub fn list_with<T: Transport>(
-    transport: &T,
+    t: &T,
     req: &ListRequest,
     stats: &Stats,
     started: Instant,
 ) -> Result<Listing, Error> {
-    let lister = Lister {
-        transport,
-        req,
-        stats,
-        deadline: deadline_after(started, req.deadline),
-    };
-    sanitized(req, lister.run_all())
+    let helpers = req.page_concurrency.saturating_sub(1);
+    sanitized(req, lister(t, req, stats, started, &helpers).run_all())
 }
 
-/// The way out of the client for every listing error: scrubbed of the
-/// token, then cut to length (see [`Error::sanitize`]).
+fn lister<'a, T>(
+    t: &'a T,
+    req: &'a ListRequest,
+    stats: &'a Stats,
+    started: Instant,
+    helpers: &'a dyn Helpers,
+) -> Lister<'a, T> {
+    let deadline = deadline_after(started, req.deadline);
+    Lister { transport: t, req, stats, deadline, tally: Tally::new(req.limits), helpers }
+}
+
+/// The way out of the client: errors and every listed value scrubbed of the
+/// token's pieces (a droplet named after it gets an unusable name).
 fn sanitized(req: &ListRequest, result: Result<Listing, Error>) -> Result<Listing, Error> {
-    result.map_err(|e| e.sanitize(&req.token))
+    let redactor = Redactor::new(&req.token.0);
+    let mut listing = result.map_err(|e| e.sanitize(&req.token.0))?;
+    listing.droplets.iter_mut().for_each(|d| redactor.droplet(d));
+    Ok(listing)
 }
 
-/// `None`, no deadline, when `budget` is too large to be represented: only
-/// direct users of this crate can ask for that (the NIF caps it at an hour),
-/// and `Duration::MAX` can only mean "no limit".
+/// `None`, no deadline, for a `budget` too large to add (`Duration::MAX`).
 fn deadline_after(started: Instant, budget: Duration) -> Option<Instant> {
     started.checked_add(budget)
 }
 
-/// A page as the listing uses it: its links checked to be on the API's
-/// origin, and parsed.
+/// A page, its links checked to be on the API's origin.
 struct Fetched {
     droplets: Vec<Droplet>,
     total: u64,
@@ -240,8 +187,7 @@ struct Fetched {
     last_page: Option<u64>,
 }
 
-/// Why an attempt at the listing stopped: an error, or `meta.total`
-/// changing under it, which is worth one more attempt.
+/// Why an attempt stopped: an error, or `meta.total` changing (worth one more).
 enum Halt {
     Failed(Error),
     TotalChanged { first: u64, now: u64 },
@@ -258,15 +204,14 @@ struct Lister<'a, T> {
     req: &'a ListRequest,
     stats: &'a Stats,
     deadline: Option<Instant>,
+    tally: Tally,
+    helpers: &'a dyn Helpers,
 }
 
 impl<T: Transport> Lister<'_, T> {
-    /// Every listing the filters need (one, unless several tags or GPU
-    /// droplets are asked for), one after the other, all or nothing: the
-    /// first that fails fails the whole. Their droplets are merged, each id
-    /// once (a droplet carrying two of the tags is listed twice), and the
-    /// merged count held to `max_droplets` too. The deadline and the
-    /// request count cover them all.
+    /// Every listing the filters need, one after the other, all or nothing,
+    /// merged by id (a droplet with two of the tags is listed twice) and
+    /// held to `max_droplets`, within the one deadline.
     fn run_all(&self) -> Result<Listing, Error> {
         let mut seen = HashSet::new();
         let mut droplets = Vec::new();
@@ -286,16 +231,12 @@ impl<T: Transport> Lister<'_, T> {
         Ok(Listing { droplets, total })
     }
 
-    /// One listing: every page of `query`.
-    ///
-    /// Offset pagination shifts under deletions: a droplet deleted while
-    /// the pages are fetched moves another one from a page not yet fetched
-    /// to one already fetched, which the listing then misses, and a missed
-    /// droplet is a node disconnected. Every page carries `meta.total`, so a
-    /// change shows; the listing is then started over once, and fails if
-    /// it changes again.
+    /// Every page of `query`. A droplet deleted mid-listing shifts offset
+    /// pagination, so the listing would miss another (a node disconnected);
+    /// `meta.total` shows it, and the listing starts over once.
     fn run(&self, query: &Query) -> Result<Listing, Error> {
         let mut attempt = 1;
+        let kept_before = self.tally.kept();
         loop {
             match self.attempt(query) {
                 Ok(listing) => return Ok(listing),
@@ -306,18 +247,18 @@ impl<T: Transport> Lister<'_, T> {
                          {attempt} times in a row"
                     )));
                 }
-                Err(Halt::TotalChanged { .. }) => attempt += 1,
+                Err(Halt::TotalChanged { .. }) => {
+                    // The attempt's pages are dropped: what they kept is free.
+                    self.tally.reset_to(kept_before);
+                    attempt += 1;
+                }
             }
         }
     }
 
     fn attempt(&self, query: &Query) -> Result<Listing, Halt> {
-        let first_url = first_page_url(
-            &self.req.api_url,
-            self.req.per_page,
-            &query.filter,
-            query.kind,
-        );
+        let first_url =
+            first_page_url(&self.req.api_url, self.req.per_page, &query.filter, query.kind);
         let first = self.fetch_page(&first_url)?;
         let total = first.total;
         if first.droplets.is_empty() && total > 0 {
@@ -349,13 +290,8 @@ impl<T: Transport> Lister<'_, T> {
             pages.extend(self.fetch_concurrently(&next, last, total, &counted)?);
         }
 
-        // The last page still links further, or page 1 gave no page count:
-        // walk the rest.
-        while let Some(next) = pages
-            .last()
-            .and_then(|p| p.next.as_ref())
-            .map(Uri::to_string)
-        {
+        // Links past the last page, or no page count: walk them.
+        while let Some(next) = pages.last().and_then(|p| p.next.as_ref()).map(Uri::to_string) {
             if !visited.insert(next.clone()) {
                 return Err(Error::PaginationLoop.into());
             }
@@ -368,12 +304,9 @@ impl<T: Transport> Lister<'_, T> {
         Ok(finish(pages, total))
     }
 
-    /// Pages 2..=`last` (built from the `next` link), at most
-    /// `page_concurrency` at a time, all or nothing. The first failure
-    /// stops new pages from starting, and the earliest page's failure wins
-    /// so the outcome does not depend on thread timing more than necessary.
-    /// A cancel is such a failure: the next page each thread takes ends at
-    /// once with `Err(Cancelled)`.
+    /// Pages 2..=`last` from the `next` link, concurrently, all or nothing:
+    /// the first failure (a cancel too) stops new pages, and the earliest
+    /// page's failure wins, whatever the thread timing.
     fn fetch_concurrently(
         &self,
         next: &Uri,
@@ -387,7 +320,7 @@ impl<T: Transport> Lister<'_, T> {
         let results = pool::run_indexed(
             "droplet_page",
             count,
-            self.req.page_concurrency,
+            self.helpers,
             PAGE_STACK,
             || stop.load(Ordering::Relaxed),
             |i| {
@@ -413,24 +346,17 @@ impl<T: Transport> Lister<'_, T> {
         if let Some((_, halt)) = halted.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err(halt);
         }
-        // `stop` is only ever set along with `halted`: with no halt, every
-        // page ran and returned one.
+        // No halt: every page ran (`stop` is only set with `halted`).
         Ok(results.into_iter().flatten().flatten().collect())
     }
 
-    /// Takes a page after page 1 into the listing: same `meta.total` as page
-    /// 1, and the droplets so far within `max_droplets`.
+    /// A page after page 1: page 1's `meta.total`, `max_droplets` so far.
     fn admit(&self, page: Fetched, total: u64, counted: &AtomicU64) -> Result<Fetched, Halt> {
         if page.total != total {
-            return Err(Halt::TotalChanged {
-                first: total,
-                now: page.total,
-            });
+            return Err(Halt::TotalChanged { first: total, now: page.total });
         }
         let len = page.droplets.len() as u64;
-        let so_far = counted
-            .fetch_add(len, Ordering::Relaxed)
-            .saturating_add(len);
+        let so_far = counted.fetch_add(len, Ordering::Relaxed).saturating_add(len);
         if so_far > self.req.max_droplets {
             return Err(Error::TooManyDroplets(self.req.max_droplets).into());
         }
@@ -451,7 +377,7 @@ impl<T: Transport> Lister<'_, T> {
             match exchange.status {
                 200..=299 => {
                     let max_droplets = usize::try_from(self.req.per_page).unwrap_or(usize::MAX);
-                    return self.checked(parse_page(&exchange.body?, max_droplets)?);
+                    return self.checked(parse_page(&exchange.body?, max_droplets, &self.tally)?);
                 }
                 status @ 300..=399 => {
                     let Some(location) = exchange.location else {
@@ -472,9 +398,7 @@ impl<T: Transport> Lister<'_, T> {
                     return Err(Error::Forbidden(missing_scope(body)));
                 }
                 429 => {
-                    let wait = exchange
-                        .rate_limit
-                        .and_then(|r| r.retry_seconds(unix_now()));
+                    let wait = exchange.rate_limit.and_then(|r| r.retry_seconds(unix_now()));
                     return Err(Error::RateLimited(wait));
                 }
                 status => return Err(Error::HttpStatus(status)),
@@ -482,8 +406,7 @@ impl<T: Transport> Lister<'_, T> {
         }
     }
 
-    /// Pagination links are followed with the token attached, so they must
-    /// stay on the API's origin; checked before anything is sent to them.
+    /// Links get the token, so they must be on the API's origin.
     fn checked(&self, page: Page) -> Result<Fetched, Error> {
         let on_origin =
             |link: &str| same_origin_url(&self.req.api_url, link).ok_or(Error::ForeignLink);
@@ -515,8 +438,7 @@ fn page_url(next: &Uri, n: u64) -> String {
     with_query_param(next, "page", &n.to_string())
 }
 
-/// How many pages there are, as far as page 1 tells: the `last` link's page
-/// number, else `meta.total` over the first page's size.
+/// Pages as page 1 tells: its `last` link, else `meta.total` over its size.
 fn page_count(first: &Fetched) -> Option<u64> {
     if let Some(last) = first.last_page {
         return Some(last);
@@ -525,9 +447,7 @@ fn page_count(first: &Fetched) -> Option<u64> {
     (per_page > 0).then(|| first.total.div_ceil(per_page))
 }
 
-/// The fewest droplets a listing of `pages` pages holds when every page but
-/// the last is as full as page 1, as offset pagination fills them, and the
-/// last holds at least one.
+/// The fewest droplets in `pages` pages, all but the last as full as page 1.
 fn fewest_droplets(pages: u64, first_len: u64) -> u64 {
     if pages <= 1 {
         return first_len;
@@ -535,22 +455,16 @@ fn fewest_droplets(pages: u64, first_len: u64) -> u64 {
     (pages - 1).saturating_mul(first_len).saturating_add(1)
 }
 
-/// Concatenates pages, keeping the first droplet of each id: pages that
-/// overlap (a droplet created mid-listing shifts them) list some twice.
+/// The pages' droplets, the first of each id (a creation shifts pages).
 fn finish(pages: Vec<Fetched>, total: u64) -> Listing {
     let mut seen = HashSet::new();
-    let droplets = pages
-        .into_iter()
-        .flat_map(|p| p.droplets)
-        .filter(|d| seen.insert(d.id))
-        .collect();
+    let droplets =
+        pages.into_iter().flat_map(|p| p.droplets).filter(|d| seen.insert(d.id)).collect();
     Listing { droplets, total }
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

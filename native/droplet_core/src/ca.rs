@@ -29,12 +29,9 @@ pub(crate) fn roots_with_extra_ca(
     Ok(roots)
 }
 
-/// The bytes of the CA file, or why not. Only a regular file is read: a
-/// FIFO or a device would block or never end. The type is checked before
-/// opening, and again on the opened file (it could have been swapped in
-/// between), which is opened non-blocking so that even a FIFO swapped in
-/// cannot hold the open. Reading a small regular file does not block for
-/// long, but the deadline is still checked before and after.
+/// The bytes of the CA file, if a regular one (a FIFO or device would block
+/// or never end), checked before the open and after it (a swap between),
+/// opened non-blocking; the deadline checked before and after.
 pub(crate) fn read_ca_file(path: &str, deadline: Option<Instant>) -> Result<Vec<u8>, Error> {
     let fail = |why: String| Error::CaFile(format!("{path}: {why}"));
     check_deadline(deadline)?;
@@ -53,9 +50,7 @@ fn read_regular(file: File) -> Result<Vec<u8>, String> {
     // The size may change after the check: read one byte past the cap to
     // tell "exactly at the cap" from "over it".
     let mut bytes = Vec::new();
-    file.take(MAX_CA_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
+    file.take(MAX_CA_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
     check_regular_and_small(true, bytes.len() as u64)?;
     Ok(bytes)
 }
@@ -80,10 +75,7 @@ fn check_regular_and_small(is_file: bool, len: u64) -> Result<(), String> {
 #[cfg(unix)]
 fn open_non_blocking(path: &str) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
+    OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)
 }
 
 #[cfg(not(unix))]
@@ -91,9 +83,8 @@ fn open_non_blocking(path: &str) -> std::io::Result<File> {
     OpenOptions::new().read(true).open(path)
 }
 
-/// Every certificate in a PEM bundle, each checked to be a usable trust
-/// anchor now: rustls would otherwise skip a broken one silently and the
-/// failure would surface later as a puzzling certificate error.
+/// Every certificate of a PEM bundle, each checked now: rustls would skip a
+/// broken one silently, to fail later with a puzzling error.
 pub(crate) fn parse_ca_pem(pem: &[u8]) -> Result<Vec<Certificate<'static>>, String> {
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(pem) {
@@ -145,14 +136,8 @@ pub(crate) mod tests {
     #[test]
     fn a_regular_file_is_read() {
         let file = TempFile::new("ca_ok.pem", TEST_CA.as_bytes());
-        assert_eq!(
-            read_ca_file(file.path(), None).map(|b| b.len()),
-            Ok(TEST_CA.len())
-        );
-        assert_eq!(
-            roots_with_extra_ca(file.path(), None).map(|r| r.len() > 1),
-            Ok(true)
-        );
+        assert_eq!(read_ca_file(file.path(), None).map(|b| b.len()), Ok(TEST_CA.len()));
+        assert_eq!(roots_with_extra_ca(file.path(), None).map(|r| r.len() > 1), Ok(true));
     }
 
     #[test]
@@ -216,10 +201,7 @@ pub(crate) mod tests {
         let past = Instant::now();
         // A missing file would be a CaFile error: Timeout shows the
         // deadline was checked first.
-        assert_eq!(
-            read_ca_file("/nonexistent/droplet-ca.pem", Some(past)),
-            Err(Error::Timeout)
-        );
+        assert_eq!(read_ca_file("/nonexistent/droplet-ca.pem", Some(past)), Err(Error::Timeout));
         let file = TempFile::new("ca_deadline.pem", TEST_CA.as_bytes());
         let later = Instant::now() + Duration::from_secs(60);
         assert!(read_ca_file(file.path(), Some(later)).is_ok());

@@ -1,10 +1,6 @@
-//! Cancelling a call in flight. The caller of a NIF call holds a handle; when
-//! the handle goes away (its process died, or it let go of it) or is
-//! cancelled explicitly, the call's threads start no new work item and exit
-//! once the item in hand ends, instead of working on for nobody.
-//!
-//! The worker threads hold a [`Cancel`] only, never the handle itself:
-//! a handle kept alive by its own workers could never go away.
+//! Cancelling a call whose handle is dropped or cancelled: its threads start
+//! no new item. They hold a [`Cancel`] only, never the handle, which they
+//! would otherwise keep alive.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,8 +15,7 @@ impl Cancel {
     }
 
     pub fn cancel(&self) {
-        // Relaxed: the flag publishes no data, and a worker that sees it one
-        // item late only does one item more.
+        // Relaxed: seen an item late, it costs an item.
         self.0.store(true, Ordering::Relaxed);
     }
 
@@ -29,8 +24,7 @@ impl Cancel {
     }
 }
 
-/// Owned by the caller's handle: cancels the call when dropped. Cancelling a
-/// call that has already finished does nothing.
+/// Owned by the caller's handle: cancels the call when dropped.
 #[derive(Debug)]
 pub struct CancelOnDrop(Cancel);
 
@@ -88,8 +82,7 @@ mod tests {
 
     fn page_body(id: u64, next: Option<String>, last: Option<String>, total: u64) -> Vec<u8> {
         let link = |name: &str, url: Option<String>| {
-            url.map(|u| format!(r#""{name}":"{u}""#))
-                .unwrap_or_default()
+            url.map(|u| format!(r#""{name}":"{u}""#)).unwrap_or_default()
         };
         let links = [link("next", next), link("last", last)]
             .into_iter()
@@ -163,12 +156,7 @@ mod tests {
                     status: 200,
                     location: None,
                     rate_limit: None,
-                    body: Ok(page_body(
-                        n as u64,
-                        Some(page_url(n as u64 + 1)),
-                        last,
-                        self.total,
-                    )),
+                    body: Ok(page_body(n as u64, Some(page_url(n as u64 + 1)), last, self.total)),
                 }
             };
             Ok(exchange)

@@ -1,22 +1,20 @@
 //! The one error type of the core. Each variant is one Elixir reason term, so
-//! the NIF's encoding is a plain `match` with no information lost or invented.
+//! the NIF's encoding is a plain `match` with no information lost or invented;
+//! the Elixir side words them (`LibclusterDroplet.Error.format/1`).
 
 use std::any::Any;
-use std::fmt;
 
-/// Details end up in logs and in terms shown to operators: long ones are cut
-/// so a hostile server cannot flood a log line through an error message.
+use crate::bounds::Bound;
+use crate::redact::Redactor;
+
+/// Details end up in logs: cut, so a server cannot flood a log line.
 pub const MAX_DETAIL_BYTES: usize = 240;
-
-const MIN_REDACTED_LEN: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     Unauthorized,
-    /// The scope the 403 named, when it named one (see [`crate::scope`]):
-    /// only ever a word of scope shape, never other text of the server's.
+    /// The scope the 403 named, only ever a word of scope shape.
     Forbidden(Option<String>),
-    /// Seconds to wait before retrying, when the server said so.
     RateLimited(Option<u64>),
     HttpStatus(u16),
     Timeout,
@@ -30,29 +28,25 @@ pub enum Error {
     TooManyRedirects,
     PaginationLoop,
     TooManyPages(u32),
-    /// The cap on droplets per listing.
     TooManyDroplets(u64),
+    /// A bound of [`crate::bounds::Limits`] passed, and its limit.
+    ListingTooLarge(Bound, u64),
     BodyTooLarge(u64),
     CaFile(String),
     InvalidRequest(String),
     NoPrivateIpv6,
-    /// Tags had to be checked here (a GPU listing with `tag_name`) on a
-    /// droplet listed without its `tags`: the token lacks `tag:read`.
+    /// A GPU listing's tags, checked here, were not listed (no `tag:read`).
     TagsUnknown,
     Spawn(String),
     Panic(String),
-    /// Every call slot of the NIF's thread budget is taken.
     Busy,
-    /// The caller cancelled the call, or went away.
     Cancelled,
 }
 
-/// The variants that carry a detail string, listed once: `detail` and
-/// `detail_mut` expand it, so a new variant cannot be redacted by one and
-/// missed by the other.
-macro_rules! detail_of {
-    ($error:expr) => {
-        match $error {
+impl Error {
+    /// The detail of the variants that carry one.
+    fn detail_mut(&mut self) -> Option<&mut String> {
+        match self {
             Error::Transport(d)
             | Error::Tls(d)
             | Error::InvalidJson(d)
@@ -64,43 +58,22 @@ macro_rules! detail_of {
             | Error::Panic(d) => Some(d),
             _ => None,
         }
-    };
-}
-
-impl Error {
-    /// The detail text of the variants that carry one.
-    pub fn detail(&self) -> Option<&str> {
-        detail_of!(self).map(String::as_str)
     }
 
-    fn detail_mut(&mut self) -> Option<&mut String> {
-        detail_of!(self)
-    }
-
-    /// Makes an error fit to leave the client: `secret` scrubbed from the
-    /// detail, then the detail cut to `MAX_DETAIL_BYTES`. In that order: a
-    /// cut first could split the secret and leave a piece of it that no
-    /// longer matches. Every listing error goes through here, once, as it
-    /// leaves the client; details are built uncut until then.
-    ///
-    /// Defence in depth: details are fixed text or text we chose to keep
-    /// (never the body, which a server could make echo the token), but a
-    /// URL or a TLS message could still carry it. Secrets shorter than
-    /// `MIN_REDACTED_LEN` are not scrubbed: they would garble ordinary words
-    /// ("connec[REDACTED]ion") while protecting nothing, and real
-    /// DigitalOcean tokens are 71 characters long.
+    /// Fit to leave the client: every piece of `secret` scrubbed from the
+    /// detail, then the detail cut (a cut first could split a piece past
+    /// recognition). Details never quote a body, but a URL or a TLS message
+    /// could still carry the token.
     pub fn sanitize(mut self, secret: &str) -> Error {
-        // A scope is a short word of fixed shape; one that holds the secret
-        // is dropped rather than redacted into something that is no scope.
+        let redactor = Redactor::new(secret);
+        // Dropped, not redacted into something that is no scope.
         if let Error::Forbidden(Some(scope)) = &self {
-            if secret.len() >= MIN_REDACTED_LEN && scope.contains(secret) {
+            if redactor.finds(scope) {
                 return Error::Forbidden(None);
             }
         }
         if let Some(detail) = self.detail_mut() {
-            if secret.len() >= MIN_REDACTED_LEN && detail.contains(secret) {
-                *detail = detail.replace(secret, "[REDACTED]");
-            }
+            redactor.redact(detail);
             if detail.len() > MAX_DETAIL_BYTES {
                 *detail = short(std::mem::take(detail));
             }
@@ -123,8 +96,7 @@ pub fn short(text: impl Into<String>) -> String {
     text
 }
 
-/// The message of a caught panic: panics carry `&str` or `String` payloads
-/// in practice, anything else is reported generically.
+/// The message of a caught panic (`&str` or `String` in practice).
 pub fn panic_detail(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         short(*s)
@@ -135,47 +107,12 @@ pub fn panic_detail(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Unauthorized => f.write_str("the API rejected the token (401)"),
-            Error::Forbidden(None) => f.write_str("the token lacks a required scope (403)"),
-            Error::Forbidden(Some(scope)) => write!(f, "the token lacks the {scope} scope (403)"),
-            Error::RateLimited(Some(s)) => write!(f, "rate limited, retry in {s} s"),
-            Error::RateLimited(None) => f.write_str("rate limited"),
-            Error::HttpStatus(code) => write!(f, "unexpected HTTP status {code}"),
-            Error::Timeout => f.write_str("timed out"),
-            Error::Transport(d) => write!(f, "transport error: {d}"),
-            Error::Tls(d) => write!(f, "TLS error: {d}"),
-            Error::InvalidJson(d) => write!(f, "invalid JSON: {d}"),
-            Error::UnexpectedShape(d) => write!(f, "unexpected JSON shape: {d}"),
-            Error::Inconsistent(d) => write!(f, "inconsistent listing: {d}"),
-            Error::ForeignLink => f.write_str("a pagination link points to another origin"),
-            Error::ForeignRedirect => f.write_str("a redirect points to another origin"),
-            Error::TooManyRedirects => f.write_str("too many redirects"),
-            Error::PaginationLoop => f.write_str("pagination links loop"),
-            Error::TooManyPages(max) => write!(f, "more than {max} pages"),
-            Error::TooManyDroplets(max) => write!(f, "more than {max} droplets"),
-            Error::BodyTooLarge(limit) => write!(f, "response body over {limit} bytes"),
-            Error::CaFile(d) => write!(f, "CA file: {d}"),
-            Error::InvalidRequest(d) => write!(f, "invalid request: {d}"),
-            Error::NoPrivateIpv6 => f.write_str("DigitalOcean has no private IPv6 addresses"),
-            Error::TagsUnknown => f.write_str(
-                "droplets were listed without their tags, so tag_name cannot be checked (tag:read)",
-            ),
-            Error::Spawn(d) => write!(f, "could not spawn a thread: {d}"),
-            Error::Panic(d) => write!(f, "panic: {d}"),
-            Error::Busy => write!(
-                f,
-                "more than {} NIF calls in flight",
-                crate::budget::MAX_CALLS
-            ),
-            Error::Cancelled => f.write_str("cancelled"),
-        }
+#[cfg(test)]
+impl Error {
+    pub(crate) fn detail(&self) -> Option<String> {
+        self.clone().detail_mut().cloned()
     }
 }
-
-impl std::error::Error for Error {}
 
 #[cfg(test)]
 mod tests {
@@ -195,10 +132,7 @@ mod tests {
         let e = Error::InvalidJson("saw sekret-token here".into()).sanitize("sekret-token");
         assert_eq!(e, Error::InvalidJson("saw [REDACTED] here".into()));
         assert_eq!(Error::Timeout.sanitize("x"), Error::Timeout);
-        assert_eq!(
-            Error::Tls("fine".into()).sanitize(""),
-            Error::Tls("fine".into())
-        );
+        assert_eq!(Error::Tls("fine".into()).sanitize(""), Error::Tls("fine".into()));
         assert_eq!(
             Error::Transport("connection refused".into()).sanitize("t"),
             Error::Transport("connection refused".into())
@@ -225,7 +159,7 @@ mod tests {
             Error::Panic(text()),
         ] {
             let clean = e.clone().sanitize(secret);
-            assert_eq!(clean.detail(), Some("a [REDACTED] b"), "{e:?}");
+            assert_eq!(clean.detail().as_deref(), Some("a [REDACTED] b"), "{e:?}");
         }
     }
 
@@ -251,10 +185,24 @@ mod tests {
         );
         // Too short to be a token: "vpc" is left alone, as in details.
         assert_eq!(named.clone().sanitize("vpc"), named);
-        assert_eq!(
-            named.to_string(),
-            "the token lacks the vpc:read scope (403)"
-        );
+    }
+
+    #[test]
+    fn no_piece_of_the_secret_survives_in_a_scope_or_a_detail() {
+        use crate::redact::tests::{assert_no_piece, TOKEN};
+        // The 403 of the issue: 22 characters of the token as a scope.
+        let scope = Error::Forbidden(Some("deadbeefcafebabefacade:read".into()));
+        assert_eq!(scope.sanitize(TOKEN), Error::Forbidden(None));
+        for start in 0..=TOKEN.len() - 12 {
+            let piece = &TOKEN[start..start + 12];
+            let scope = Error::Forbidden(Some(format!("{piece}:read")));
+            assert_eq!(scope.sanitize(TOKEN), Error::Forbidden(None), "{piece}");
+            let detail = Error::Tls(format!("certificate for {piece}.example"));
+            assert_no_piece(TOKEN, &format!("{:?}", detail.sanitize(TOKEN)));
+        }
+        // Eleven characters in a row are no piece.
+        let eleven = Error::Forbidden(Some(format!("{}:read", &TOKEN[7..18])));
+        assert_eq!(eleven.clone().sanitize(TOKEN), eleven);
     }
 
     #[test]
@@ -265,17 +213,5 @@ mod tests {
         assert_eq!(panic_detail(p.as_ref()), "42");
         let p = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
         assert_eq!(panic_detail(p.as_ref()), "panic with a non-string payload");
-    }
-
-    #[test]
-    fn display_is_readable() {
-        assert_eq!(
-            Error::HttpStatus(502).to_string(),
-            "unexpected HTTP status 502"
-        );
-        assert_eq!(
-            Error::RateLimited(Some(3)).to_string(),
-            "rate limited, retry in 3 s"
-        );
     }
 }

@@ -1,23 +1,23 @@
-//! What a listing asks the API for: the caller's filters turned into the
-//! requests DigitalOcean accepts, and the part of them it cannot do itself.
-//!
-//! `GET /v2/droplets` takes one `tag_name`, never together with `name` or
-//! `type`, and leaves GPU droplets out unless `type=gpus`, which lists only
-//! them. So several tags are several listings, GPU droplets are one more,
-//! and a GPU listing cannot be narrowed by tag on the server: its tags are
-//! checked here, on each droplet's `tags`.
+//! The caller's filters as the listings DigitalOcean accepts: one `tag_name`
+//! per listing, never with `name` or `type`, and GPU droplets only with
+//! `type=gpus`, which lists only them. So several tags are several listings,
+//! GPU droplets one more, whose tags are checked here.
+
+use std::collections::HashSet;
 
 use crate::error::Error;
 use crate::links::{Filter, Kind};
 use crate::model::Droplet;
 
-/// Which droplets a listing covers, before the API's limits are applied.
+/// Each tag is a listing of its own: more would spend the rate limit.
+pub const MAX_TAGS: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListFilter {
     All,
-    /// Droplets carrying any of these tags (at least one).
+    /// Droplets carrying any of these tags.
     Tags(Vec<String>),
-    /// Droplets with this exact, case-insensitive name.
+    /// The exact, case-insensitive name.
     Name(String),
 }
 
@@ -29,29 +29,22 @@ pub enum Gpus {
     Only,
 }
 
-/// One listing the API is asked for, and the tags its droplets must carry
-/// that the API could not be asked to check.
+/// One listing, and the tags checked here on its droplets, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
     pub filter: Filter,
     pub kind: Kind,
-    /// `Some(tags)`: keep only droplets carrying one of them.
-    pub tags_here: Option<Vec<String>>,
+    pub tags_here: Option<HashSet<String>>,
 }
 
 impl Query {
     fn server(filter: Filter, kind: Kind) -> Query {
-        Query {
-            filter,
-            kind,
-            tags_here: None,
-        }
+        Query { filter, kind, tags_here: None }
     }
 
-    /// Whether `droplet` passes the checks made here. A droplet listed
-    /// without its `tags` (a token lacking `tag:read`) cannot be checked:
-    /// passing it would cluster droplets of any tag, dropping it would
-    /// quietly cluster none, so the listing fails instead.
+    /// Whether `droplet` passes the checks made here. One listed without
+    /// `tags` (no `tag:read`) fails the listing: passing it would cluster
+    /// any droplet, dropping it would quietly cluster none.
     pub fn keeps(&self, droplet: &Droplet) -> Result<bool, Error> {
         let Some(wanted) = &self.tags_here else {
             return Ok(true);
@@ -59,18 +52,13 @@ impl Query {
         let Some(tags) = &droplet.tags else {
             return Err(Error::TagsUnknown);
         };
-        Ok(tags.iter().any(|t| wanted.contains(t)))
+        Ok(tags.iter().any(|t| wanted.contains(t.as_str())))
     }
 }
 
-/// The listings that together cover `filter` and `gpus`, in the order they
-/// are made: the ordinary ones, one per tag, then the GPU one.
-///
-/// - several tags: one listing per distinct tag;
-/// - GPU droplets with tags: one listing of every GPU droplet, narrowed to
-///   the tags here (`tag_name` cannot go with `type`);
-/// - GPU droplets by name: `name` with `type=gpus` (the API does not forbid
-///   that pair).
+/// The listings covering `filter` and `gpus`, in order: one per distinct
+/// tag (or one), then the GPU one: every GPU droplet, narrowed to the tags
+/// here, or `name` with `type=gpus` (a pair the API allows).
 pub fn queries(filter: &ListFilter, gpus: Gpus) -> Result<Vec<Query>, Error> {
     let (ordinary, gpu) = match filter {
         ListFilter::All => (
@@ -82,12 +70,12 @@ pub fn queries(filter: &ListFilter, gpus: Gpus) -> Result<Vec<Query>, Error> {
             Query::server(Filter::Name(name.clone()), Kind::Gpus),
         ),
         ListFilter::Tags(tags) => {
-            let tags = distinct(tags);
-            if tags.is_empty() {
-                return Err(Error::InvalidRequest(
-                    "tag_name must name at least one tag".into(),
-                ));
+            if tags.is_empty() || tags.len() > MAX_TAGS {
+                return Err(Error::InvalidRequest(format!(
+                    "tag_name must name 1 to {MAX_TAGS} tags"
+                )));
             }
+            let tags = distinct(tags);
             let ordinary = tags
                 .iter()
                 .map(|t| Query::server(Filter::Tag(t.clone()), Kind::Droplets))
@@ -95,7 +83,7 @@ pub fn queries(filter: &ListFilter, gpus: Gpus) -> Result<Vec<Query>, Error> {
             let gpu = Query {
                 filter: Filter::None,
                 kind: Kind::Gpus,
-                tags_here: Some(tags),
+                tags_here: Some(tags.into_iter().collect()),
             };
             (ordinary, gpu)
         }
@@ -107,16 +95,10 @@ pub fn queries(filter: &ListFilter, gpus: Gpus) -> Result<Vec<Query>, Error> {
     })
 }
 
-/// The tags in their first order, each once: a repeated tag would list the
-/// same droplets twice for nothing.
+/// The tags in their first order, each once.
 fn distinct(tags: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(tags.len());
-    for t in tags {
-        if !out.contains(t) {
-            out.push(t.clone());
-        }
-    }
-    out
+    let mut seen = HashSet::new();
+    tags.iter().filter(|t| seen.insert(t.as_str())).cloned().collect()
 }
 
 #[cfg(test)]
@@ -136,10 +118,7 @@ mod tests {
             tags: tags.map(|t| t.iter().map(|s| s.to_string()).collect()),
             region: None,
             vpc_uuid: None,
-            networks: Networks {
-                v4: vec![],
-                v6: vec![],
-            },
+            networks: Networks { v4: vec![], v6: vec![] },
         }
     }
 
@@ -178,10 +157,7 @@ mod tests {
     fn gpus_add_one_listing_and_tags_are_checked_here_on_it() {
         assert_eq!(
             queries(&ListFilter::All, Gpus::Include),
-            Ok(vec![
-                plain(Filter::None, Kind::Droplets),
-                plain(Filter::None, Kind::Gpus)
-            ])
+            Ok(vec![plain(Filter::None, Kind::Droplets), plain(Filter::None, Kind::Gpus)])
         );
         assert_eq!(
             queries(&ListFilter::Name("a".into()), Gpus::Include),
@@ -193,7 +169,7 @@ mod tests {
         let gpu = Query {
             filter: Filter::None,
             kind: Kind::Gpus,
-            tags_here: Some(vec!["web".into(), "db".into()]),
+            tags_here: Some(HashSet::from(["web".into(), "db".into()])),
         };
         assert_eq!(
             queries(&tags(&["web", "db"]), Gpus::Include),
@@ -212,28 +188,33 @@ mod tests {
 
     #[test]
     fn no_query_ever_sends_a_tag_with_a_type() {
-        for filter in [
-            ListFilter::All,
-            ListFilter::Name("a".into()),
-            tags(&["x", "y"]),
-        ] {
+        for filter in [ListFilter::All, ListFilter::Name("a".into()), tags(&["x", "y"])] {
             for gpus in [Gpus::Exclude, Gpus::Include, Gpus::Only] {
                 for q in queries(&filter, gpus).unwrap_or_default() {
-                    assert!(
-                        !(q.kind == Kind::Gpus && matches!(q.filter, Filter::Tag(_))),
-                        "{q:?}"
-                    );
+                    assert!(!(q.kind == Kind::Gpus && matches!(q.filter, Filter::Tag(_))), "{q:?}");
                 }
             }
         }
     }
 
     #[test]
-    fn an_empty_tag_list_is_refused() {
-        assert!(matches!(
-            queries(&tags(&[]), Gpus::Include),
-            Err(Error::InvalidRequest(_))
-        ));
+    fn an_empty_or_overlong_tag_list_is_refused() {
+        let refused = Err(Error::InvalidRequest("tag_name must name 1 to 64 tags".into()));
+        assert_eq!(queries(&tags(&[]), Gpus::Include), refused);
+        let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
+        assert_eq!(queries(&ListFilter::Tags(many.clone()), Gpus::Exclude), refused);
+        let most = ListFilter::Tags(many[..MAX_TAGS].to_vec());
+        assert_eq!(queries(&most, Gpus::Exclude).map(|q| q.len()), Ok(MAX_TAGS));
+        // Refused without a look at the tags: a million cost what 65 do.
+        let million = ListFilter::Tags(vec!["t".to_string(); 1_000_000]);
+        assert_eq!(queries(&million, Gpus::Include), refused);
+    }
+
+    #[test]
+    fn repeats_are_dropped_in_first_order() {
+        let t = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(distinct(&t(&["b", "a", "b", "c", "a"])), t(&["b", "a", "c"]));
+        assert_eq!(distinct(&t(&[])), t(&[]));
     }
 
     #[test]
@@ -241,7 +222,7 @@ mod tests {
         let q = Query {
             filter: Filter::None,
             kind: Kind::Gpus,
-            tags_here: Some(vec!["web".into(), "db".into()]),
+            tags_here: Some(HashSet::from(["web".into(), "db".into()])),
         };
         assert_eq!(q.keeps(&droplet(Some(&["x", "db"]))), Ok(true));
         assert_eq!(q.keeps(&droplet(Some(&["x"]))), Ok(false));

@@ -1,10 +1,23 @@
-//! A deterministic mutation test with no fuzzing crate: a seeded xorshift
-//! generator mutates the example pages (and builds random JSON-ish values)
-//! and pushes them through parsing, selection and the URL helpers. The
-//! only assertion that matters is "no panic"; a few invariants come along.
+//! Property tests (proptest) of everything that reads outside input: the
+//! API's example pages, mutated, and random page-shaped documents pushed
+//! through parsing and selection, and any text through the URL helpers and
+//! the rate-limit headers. "No panic" is the property that matters; a few
+//! invariants come along.
 //!
-//! Runs a bounded number of iterations by default; set `DROPLET_FUZZ_ITERS`
-//! to run longer and `DROPLET_FUZZ_SEED` to explore other sequences.
+//! Reproducible by default: a fixed seed and a fixed number of cases per
+//! property, unless proptest's own variables say otherwise:
+//!
+//! ```text
+//! PROPTEST_CASES=500000 cargo test -p droplet_core fuzz   # run longer
+//! PROPTEST_RNG_SEED=42 cargo test -p droplet_core fuzz    # another sequence
+//! ```
+//!
+//! A failure prints the smallest input proptest could shrink it to; the
+//! same seed and case count find it again.
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::{Config, RngSeed};
 
 use crate::links::{
     normalize_api_url, page_number, parse_url, query_param, resolve_location, same_origin,
@@ -15,31 +28,20 @@ use crate::model::{parse_page, Status};
 use crate::ratelimit::RateLimit;
 use crate::select::{Network, Selector};
 
-const DEFAULT_ITERS: u64 = 25_000;
+/// The seed of the old xorshift fuzzer, kept as the default sequence.
+const SEED: u64 = 0x9E37_79B9_7F4A_7C15;
 
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
+fn config(cases: u32) -> Config {
+    let mut config = Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = cases;
     }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = RngSeed::Fixed(SEED);
     }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
+    // No regression files in the source tree: the seed finds a failure again.
+    config.failure_persistence = None;
+    config
 }
 
 const TOKENS: &[&str] = &[
@@ -111,151 +113,140 @@ const KEYS: &[&str] = &[
     "type",
 ];
 
-fn mutate(rng: &mut XorShift, base: &[u8], other: &[u8]) -> Vec<u8> {
-    let mut doc = base.to_vec();
-    for _ in 0..=rng.below(4) {
-        let len = doc.len();
-        match rng.below(7) {
-            0 if len > 0 => {
-                let i = rng.below(len);
-                doc[i] = rng.next() as u8;
-            }
-            1 if len > 0 => {
-                let i = rng.below(len);
-                let n = rng.below(16).min(len - i);
-                doc.drain(i..i + n);
-            }
-            2 => {
-                let i = rng.below(len + 1);
-                let token = rng.pick(TOKENS).as_bytes().to_vec();
-                doc.splice(i..i, token);
-            }
-            3 => doc.truncate(rng.below(len + 1)),
-            4 if !other.is_empty() => {
-                let i = rng.below(len + 1);
-                let j = rng.below(other.len());
-                let k = j + rng.below(other.len() - j + 1);
-                doc.splice(i..len.min(i + rng.below(64)), other[j..k].iter().copied());
-            }
-            5 if len > 0 => {
-                let i = rng.below(len);
-                let j = i + rng.below(len - i);
-                let copy = doc[i..j].to_vec();
-                doc.splice(j..j, copy);
-            }
-            _ => {
-                // Swap a digit run's last digit: ids and totals drift.
-                if let Some(i) = (0..len)
-                    .map(|_| rng.below(len))
-                    .find(|&i| doc[i].is_ascii_digit())
-                {
-                    doc[i] = b'0' + (rng.next() % 10) as u8;
-                }
-            }
-        }
-    }
-    doc
+const STRINGS: &[&str] = &[
+    "active",
+    "new",
+    "off",
+    "archive",
+    "private",
+    "public",
+    "10.0.0.1",
+    "::1",
+    "https://api.example.test/v2/droplets?page=2",
+    "\\n",
+    "\u{e9}\u{1F600}",
+    "",
+];
+
+/// One edit of a document; indices are scaled to its length when applied.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Set(Index, u8),
+    Delete(Index, usize),
+    Insert(Index, &'static str),
+    Truncate(Index),
+    /// A piece of the other example, over up to `len` bytes of this one.
+    Splice(Index, Index, Index, usize),
+    Duplicate(Index, Index),
+    /// A digit rewritten: ids and totals drift.
+    Digit(Index, u8),
 }
 
-fn random_value(rng: &mut XorShift, depth: usize, out: &mut String) {
-    let choice = if depth > 6 {
-        rng.below(5)
-    } else {
-        rng.below(8)
-    };
-    match choice {
-        0 => out.push_str("null"),
-        1 => out.push_str(if rng.next() & 1 == 0 { "true" } else { "false" }),
-        2 => out.push_str(&format!("{}", rng.next() >> rng.below(64))),
-        3 => out.push_str(rng.pick(&["-0", "1.5", "-7", "1e400", "18446744073709551616", "0"])),
-        4 => {
-            out.push('"');
-            out.push_str(rng.pick(&[
-                "active",
-                "new",
-                "off",
-                "archive",
-                "private",
-                "public",
-                "10.0.0.1",
-                "::1",
-                "https://api.example.test/v2/droplets?page=2",
-                "\\n",
-                "\u{e9}\u{1F600}",
-                "",
-            ]));
-            out.push('"');
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
+        (any::<Index>(), 0..16usize).prop_map(|(i, n)| Mutation::Delete(i, n)),
+        (any::<Index>(), proptest::sample::select(TOKENS))
+            .prop_map(|(i, t)| Mutation::Insert(i, t)),
+        any::<Index>().prop_map(Mutation::Truncate),
+        (any::<Index>(), any::<Index>(), any::<Index>(), 0..64usize)
+            .prop_map(|(i, j, k, n)| Mutation::Splice(i, j, k, n)),
+        (any::<Index>(), any::<Index>()).prop_map(|(i, j)| Mutation::Duplicate(i, j)),
+        (any::<Index>(), 0..10u8).prop_map(|(i, d)| Mutation::Digit(i, d)),
+    ]
+}
+
+fn apply(doc: &mut Vec<u8>, other: &[u8], m: &Mutation) {
+    let len = doc.len();
+    let at = |i: &Index, n: usize| if n == 0 { 0 } else { i.index(n) };
+    match m {
+        Mutation::Set(i, b) if len > 0 => doc[i.index(len)] = *b,
+        Mutation::Delete(i, n) if len > 0 => {
+            let i = i.index(len);
+            doc.drain(i..i + (*n).min(len - i));
         }
-        5 | 6 => {
-            out.push('{');
-            for i in 0..rng.below(6) {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&format!("\"{}\":", rng.pick(KEYS)));
-                random_value(rng, depth + 1, out);
+        Mutation::Insert(i, t) => {
+            let i = at(i, len + 1);
+            doc.splice(i..i, t.bytes());
+        }
+        Mutation::Truncate(i) => doc.truncate(at(i, len + 1)),
+        Mutation::Splice(i, j, k, n) if !other.is_empty() => {
+            let i = at(i, len + 1);
+            let j = j.index(other.len());
+            let k = j + at(k, other.len() - j + 1);
+            doc.splice(i..len.min(i + n), other[j..k].iter().copied());
+        }
+        Mutation::Duplicate(i, j) if len > 0 => {
+            let i = i.index(len);
+            let j = i + at(j, len - i);
+            let copy = doc[i..j].to_vec();
+            doc.splice(j..j, copy);
+        }
+        Mutation::Digit(i, d) if len > 0 => {
+            let i = i.index(len);
+            if let Some(p) = (i..len).chain(0..i).find(|&p| doc[p].is_ascii_digit()) {
+                doc[p] = b'0' + d;
             }
-            out.push('}');
         }
-        _ => {
-            out.push('[');
-            for i in 0..rng.below(5) {
-                if i > 0 {
-                    out.push(',');
-                }
-                random_value(rng, depth + 1, out);
-            }
-            out.push(']');
-        }
+        _ => {}
     }
 }
 
-/// A page-shaped random document: the right top-level keys with random
-/// values, so parsing gets past the first field more often.
-fn random_page(rng: &mut XorShift) -> String {
-    let mut out = String::from("{\"droplets\":[");
-    for i in 0..rng.below(4) {
-        if i > 0 {
-            out.push(',');
-        }
-        random_value(rng, 1, &mut out);
-    }
-    out.push_str("],\"links\":");
-    random_value(rng, 1, &mut out);
-    out.push_str(",\"meta\":");
-    random_value(rng, 1, &mut out);
-    out.push('}');
-    out
+/// JSON-ish values, now and then not quite JSON.
+fn value() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("null".to_string()),
+        any::<bool>().prop_map(|b| b.to_string()),
+        (any::<u64>(), 0..64u32).prop_map(|(n, s)| (n >> s).to_string()),
+        proptest::sample::select(&["-0", "1.5", "-7", "1e400", "18446744073709551616", "0"][..])
+            .prop_map(str::to_string),
+        proptest::sample::select(STRINGS).prop_map(|s| format!("\"{s}\"")),
+    ];
+    leaf.prop_recursive(6, 64, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec((proptest::sample::select(KEYS), inner.clone()), 0..6)
+                .prop_map(|fields| {
+                    let fields: Vec<String> =
+                        fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            proptest::collection::vec(inner, 0..5)
+                .prop_map(|items| format!("[{}]", items.join(","))),
+        ]
+    })
 }
 
-/// Returns whether the document parsed, so the test can tell it is not
-/// only ever exercising the error paths.
+/// The right top-level keys with random values, so that parsing gets past
+/// the first field more often.
+fn random_page() -> impl Strategy<Value = String> {
+    (proptest::collection::vec(value(), 0..4), value(), value()).prop_map(
+        |(droplets, links, meta)| {
+            format!(r#"{{"droplets":[{}],"links":{links},"meta":{meta}}}"#, droplets.join(","))
+        },
+    )
+}
+
+/// Whether the document parsed; selection's and the links' invariants
+/// checked when it did.
 fn exercise(doc: &[u8]) -> bool {
     let selectors = [
         Selector::new(Network::Private, false),
         Selector::new(Network::Public, false),
         Selector::new(Network::Public, true),
     ];
-    let parsed = parse_page(doc, 200);
+    let parsed = parse_page(doc, 200, &Default::default());
     if let Ok(page) = &parsed {
         for d in &page.droplets {
             for sel in selectors.iter().flatten() {
                 if let Some(addr) = sel.select(d) {
                     assert_eq!(d.status, Status::Active);
-                    let family = if sel.ipv6() {
-                        &d.networks.v6
-                    } else {
-                        &d.networks.v4
-                    };
+                    let family = if sel.ipv6() { &d.networks.v6 } else { &d.networks.v4 };
                     assert!(family.iter().any(|a| a.ip_address == addr));
                     assert!(addr.parse::<std::net::IpAddr>().is_ok(), "{addr}");
                 }
             }
         }
-        for link in [&page.links.pages.next, &page.links.pages.last]
-            .into_iter()
-            .flatten()
-        {
+        for link in [&page.links.pages.next, &page.links.pages.last].into_iter().flatten() {
             exercise_url(link);
         }
     }
@@ -278,48 +269,60 @@ fn exercise_url(s: &str) {
     let _ = resolve_location(base, &s);
     let _ = resolve_location(&s, "/x");
     let _ = resolve_location(&s, &s);
-    let _ = RateLimit::from_headers([
-        ("ratelimit-remaining", s.as_str()),
-        ("retry-after", s.as_str()),
-    ]);
+    let _ =
+        RateLimit::from_headers([("ratelimit-remaining", s.as_str()), ("retry-after", s.as_str())]);
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok()?.parse().ok()
-}
+proptest! {
+    #![proptest_config(config(10_000))]
 
-#[test]
-fn mutated_inputs_never_panic() {
-    let iters = env_u64("DROPLET_FUZZ_ITERS").unwrap_or(DEFAULT_ITERS);
-    let seed = env_u64("DROPLET_FUZZ_SEED").unwrap_or(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut rng = XorShift(seed);
-    let bases = [ALL.as_bytes(), TAGGED.as_bytes()];
-    let mut parsed = 0u64;
-    for _ in 0..iters {
-        let doc = match rng.below(4) {
-            0 => random_page(&mut rng).into_bytes(),
-            1 => {
-                let mut s = String::new();
-                random_value(&mut rng, 0, &mut s);
-                s.into_bytes()
-            }
-            _ => {
-                let base = rng.pick(&bases);
-                let other = rng.pick(&bases);
-                mutate(&mut rng, base, other)
-            }
-        };
-        parsed += u64::from(exercise(&doc));
+    #[test]
+    fn mutated_examples_never_panic(
+        tagged in any::<bool>(),
+        mutations in proptest::collection::vec(mutation(), 1..5),
+    ) {
+        let (base, other) = if tagged { (TAGGED, ALL) } else { (ALL, TAGGED) };
+        let mut doc = base.as_bytes().to_vec();
+        mutations.iter().for_each(|m| apply(&mut doc, other.as_bytes(), m));
+        exercise(&doc);
     }
-    assert!(
-        iters < 1_000 || parsed > iters / 100,
-        "{parsed} of {iters} parsed"
-    );
+
+    #[test]
+    fn random_documents_never_panic(doc in prop_oneof![random_page(), value()]) {
+        exercise(doc.as_bytes());
+    }
+
+    #[test]
+    fn any_text_is_safe_for_the_url_helpers(text in any::<String>()) {
+        exercise_url(&text);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(2_000))]
+
+    /// Not only the error paths: pages of well-formed droplets always parse.
+    #[test]
+    fn well_formed_pages_parse(
+        droplets in proptest::collection::vec(
+            (any::<u64>(), proptest::sample::select(STRINGS), proptest::sample::select(STRINGS)),
+            0..20,
+        ),
+    ) {
+        let body: Vec<String> = droplets
+            .iter()
+            .map(|(id, status, ip)| format!(
+                r#"{{"id":{id},"name":"n","status":"{status}","networks":{{"v4":[{{"ip_address":"{ip}","type":"private"}}]}}}}"#
+            ))
+            .collect();
+        let doc = format!(r#"{{"droplets":[{}],"meta":{{"total":{}}}}}"#, body.join(","), droplets.len());
+        prop_assert!(exercise(doc.as_bytes()), "{}", doc);
+    }
 }
 
 #[test]
 fn the_examples_survive_every_single_truncation() {
     for end in 0..TAGGED.len() {
-        assert!(parse_page(&TAGGED.as_bytes()[..end], 200).is_err());
+        assert!(parse_page(&TAGGED.as_bytes()[..end], 200, &Default::default()).is_err());
     }
 }

@@ -3,52 +3,27 @@
 //! alive between listings.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
 use ureq::tls::{RootCerts, TlsConfig};
+use ureq::unversioned::transport::DefaultConnector;
 use ureq::Agent;
 
+use crate::api::ListRequest;
 use crate::ca::roots_with_extra_ca;
 use crate::error::Error;
 use crate::ratelimit::RateLimit;
+use crate::redact::Secret;
+use crate::resolve::{PoolResolver, BACKLOG};
 use crate::scope::MAX_FORBIDDEN_BODY;
 use crate::transport::{Exchange, Transport};
 
-/// What the transport needs to know, apart from the listing logic's own
-/// settings.
-#[derive(Clone)]
-pub struct TransportConfig {
-    pub token: String,
-    pub ca_file: Option<String>,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
-    pub max_body_bytes: u64,
-    /// How long an idle connection is kept for the next request.
-    pub keep_alive: Duration,
-}
-
-impl fmt::Debug for TransportConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TransportConfig")
-            .field("token", &"[REDACTED]")
-            .field("ca_file", &self.ca_file)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("keep_alive", &self.keep_alive)
-            .finish()
-    }
-}
-
-/// Agents are reused across listings so polls ride on kept-alive connections
-/// and resumed TLS sessions. The timeouts are part of the key because ureq
-/// only caches its TLS configuration (and with it the session store) for
-/// agent-level settings: per-request overrides would rebuild it every time.
-/// The idle age is an agent setting too.
+/// Agents are reused so polls ride on kept-alive connections and resumed TLS
+/// sessions; ureq keeps its TLS configuration (and session store) only for
+/// agent-level settings, so the timeouts and idle age are part of the key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct AgentKey {
     ca_file: Option<String>,
@@ -57,18 +32,38 @@ struct AgentKey {
     keep_alive: Duration,
 }
 
-static AGENTS: Lazy<Mutex<HashMap<AgentKey, Agent>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+/// Each with the identity its CA file had when read; few (one per strategy
+/// config), at most `MAX_AGENTS` against a caller cycling through CA files.
+static AGENTS: Lazy<Mutex<HashMap<AgentKey, Cached>>> = Lazy::new(Mutex::default);
+type Cached = (Option<FileId>, Agent);
 
-/// Distinct settings are few (one per strategy config); this only guards
-/// against a caller cycling through CA files forever.
 const MAX_AGENTS: usize = 32;
 
-/// `deadline`: reading a CA file for a new agent counts against it.
+/// What tells a CA file rewritten in place or replaced from the one read:
+/// size, modification time and, on unix, device, inode and change time.
+type FileId = (u64, Option<std::time::SystemTime>, [i64; 4]);
+
+fn file_id(path: &str) -> Option<FileId> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let unix = {
+        use std::os::unix::fs::MetadataExt;
+        [m.dev() as i64, m.ino() as i64, m.ctime(), m.ctime_nsec()]
+    };
+    #[cfg(not(unix))]
+    let unix = [0; 4];
+    Some((m.len(), m.modified().ok(), unix))
+}
+
+/// A cached agent while its CA file is the one it read; `deadline` bounds
+/// reading it for a new one.
 fn agent_for(key: AgentKey, deadline: Option<Instant>) -> Result<Agent, Error> {
-    // A poisoned lock only means another listing panicked mid-insert; the map
-    // itself is still a valid cache.
-    if let Some(agent) = AGENTS.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return Ok(agent.clone());
+    let id = key.ca_file.as_deref().and_then(file_id);
+    // Poisoned only by a panic mid-insert: the map is still a valid cache.
+    if let Some((read, agent)) = AGENTS.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if *read == id {
+            return Ok(agent.clone());
+        }
     }
     // Built outside the lock: reading a CA file must not stall other callers.
     let agent = build_agent(&key, deadline)?;
@@ -76,7 +71,8 @@ fn agent_for(key: AgentKey, deadline: Option<Instant>) -> Result<Agent, Error> {
     if agents.len() >= MAX_AGENTS && !agents.contains_key(&key) {
         agents.clear();
     }
-    Ok(agents.entry(key).or_insert(agent).clone())
+    agents.insert(key, (id, agent.clone()));
+    Ok(agent)
 }
 
 fn build_agent(key: &AgentKey, deadline: Option<Instant>) -> Result<Agent, Error> {
@@ -95,50 +91,36 @@ fn build_agent(key: &AgentKey, deadline: Option<Instant>) -> Result<Agent, Error
         .accept("application/json")
         .tls_config(TlsConfig::builder().root_certs(roots).build())
         .build();
-    Ok(config.new_agent())
+    Ok(Agent::with_parts(config, DefaultConnector::default(), PoolResolver))
 }
 
+#[derive(Debug)]
 pub struct UreqTransport {
     agent: Agent,
-    authorization: String,
+    authorization: Secret,
     connect_timeout: Duration,
     request_timeout: Duration,
     max_body: u64,
 }
 
-impl fmt::Debug for UreqTransport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UreqTransport")
-            .field("authorization", &"[REDACTED]")
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("max_body", &self.max_body)
-            .finish_non_exhaustive()
-    }
-}
-
 impl UreqTransport {
-    /// `deadline`: the listing's, if any; building a new agent reads the CA
-    /// file, which must not outlast it.
-    pub fn new(
-        config: &TransportConfig,
-        deadline: Option<Instant>,
-    ) -> Result<UreqTransport, Error> {
+    /// `deadline`: the listing's, which reading a CA file must not outlast.
+    pub fn new(req: &ListRequest, deadline: Option<Instant>) -> Result<UreqTransport, Error> {
         let agent = agent_for(
             AgentKey {
-                ca_file: config.ca_file.clone(),
-                connect_timeout: config.connect_timeout,
-                request_timeout: config.request_timeout,
-                keep_alive: config.keep_alive,
+                ca_file: req.ca_file.clone(),
+                connect_timeout: req.connect_timeout,
+                request_timeout: req.request_timeout,
+                keep_alive: req.keep_alive,
             },
             deadline,
         )?;
         Ok(UreqTransport {
             agent,
-            authorization: format!("Bearer {}", config.token),
-            connect_timeout: config.connect_timeout,
-            request_timeout: config.request_timeout,
-            max_body: config.max_body_bytes,
+            authorization: Secret(format!("Bearer {}", req.token.0)),
+            connect_timeout: req.connect_timeout,
+            request_timeout: req.request_timeout,
+            max_body: req.max_body_bytes,
         })
     }
 
@@ -147,12 +129,8 @@ impl UreqTransport {
         url: &str,
         timeout: Duration,
     ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-        let request = self
-            .agent
-            .get(url)
-            .header("Authorization", self.authorization.as_str());
-        // Only near the listing's deadline does a request get a shorter
-        // budget than the agent's; see `AgentKey` for why that is rare.
+        let request = self.agent.get(url).header("Authorization", self.authorization.0.as_str());
+        // A shorter budget than the agent's only near the deadline (`AgentKey`).
         if timeout < self.request_timeout {
             request
                 .config()
@@ -165,15 +143,10 @@ impl UreqTransport {
         }
     }
 
-    /// One GET, retried once when the connection closed before any response
-    /// came. ureq probes an idle connection before reusing it and drops it
-    /// if the server's close has already arrived, but it does not retry
-    /// when the server closes the connection while the request is on its
-    /// way (an idle timeout racing the next poll); nor does it retry at all.
-    /// A GET is safe to repeat, and the closed connection is not returned to
-    /// the pool, so the retry takes another idle connection only if it
-    /// passes the same probe, otherwise a new one. Kept alive for long, as
-    /// between polls, this race is what a reused connection risks.
+    /// One GET, retried once when the connection closed before any response:
+    /// ureq drops an idle connection whose close has arrived, but not one
+    /// the server closes while the request is on its way (an idle timeout
+    /// racing the next poll), and never retries. A GET is safe to repeat.
     fn call_retrying_closed(
         &self,
         url: &str,
@@ -201,39 +174,24 @@ fn closed_before_response(e: &ureq::Error) -> bool {
 
 impl Transport for UreqTransport {
     fn get(&self, url: &str, timeout: Duration) -> Result<Exchange, Error> {
-        let mut response = self
-            .call_retrying_closed(url, timeout)
-            .map_err(|e| classify(e, false))?;
+        let mut response =
+            self.call_retrying_closed(url, timeout).map_err(|e| classify(e, false))?;
         let status = response.status().as_u16();
         let headers = response.headers();
-        let location = headers
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let location = headers.get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let rate_limit = RateLimit::from_headers(
-            headers
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+            headers.iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
         );
         let body = if (200..300).contains(&status) {
             read_body(response.body_mut(), self.max_body)
         } else if status == 403 {
-            // A 403 may name the missing scope. Its body is read up to a
-            // small cap; one that cannot be read names nothing, and the 403
-            // stands as it is.
+            // It may name the missing scope: read up to a small cap.
             Ok(read_body(response.body_mut(), MAX_FORBIDDEN_BODY).unwrap_or_default())
         } else {
-            // Other error and redirect bodies are not needed; dropping the
-            // response closes the connection rather than draining an
-            // unknown amount.
+            // Not needed: dropped, closing the connection, not drained.
             Ok(Vec::new())
         };
-        Ok(Exchange {
-            status,
-            location,
-            rate_limit,
-            body,
-        })
+        Ok(Exchange { status, location, rate_limit, body })
     }
 }
 
@@ -242,23 +200,16 @@ fn read_body(body: &mut ureq::Body, limit: u64) -> Result<Vec<u8>, Error> {
     if body.content_length().is_some_and(|len| len > limit) {
         return Err(Error::BodyTooLarge(limit));
     }
-    body.with_config()
-        .limit(limit)
-        .read_to_vec()
-        .map_err(|e| match classify(e, true) {
-            Error::BodyTooLarge(_) => Error::BodyTooLarge(limit),
-            other => other,
-        })
+    body.with_config().limit(limit).read_to_vec().map_err(|e| match classify(e, true) {
+        Error::BodyTooLarge(_) => Error::BodyTooLarge(limit),
+        other => other,
+    })
 }
 
-/// Maps ureq's errors onto ours. `in_body`: the status line and headers had
-/// arrived, so a connection dropping now means a truncated document.
-///
-/// Details are fixed text or ureq's own variant names wherever ureq's
-/// message could quote the server (a header, a URL from a link): those are
-/// the server's words, which it could make echo the token. TLS messages are
-/// kept, for the certificate names they give; like every detail they are
-/// scrubbed of the token and cut to length as the error leaves the client.
+/// Maps ureq's errors onto ours (`in_body`: the headers had arrived, so a
+/// drop truncates the document). Where ureq's message could quote the
+/// server, which could make it echo the token, the detail is fixed text or
+/// ureq's variant name; TLS messages are kept for their certificate names.
 pub(crate) fn classify(e: ureq::Error, in_body: bool) -> Error {
     match e {
         ureq::Error::Timeout(_) => Error::Timeout,
@@ -280,31 +231,25 @@ pub(crate) fn classify(e: ureq::Error, in_body: bool) -> Error {
         ureq::Error::LargeResponseHeader(_, max) => {
             Error::Transport(format!("response headers over {max} bytes"))
         }
-        other => Error::Transport(format!(
-            "HTTP client error ({})",
-            variant_name(&format!("{other:?}"))
-        )),
+        other => {
+            Error::Transport(format!("HTTP client error ({})", variant_name(&format!("{other:?}"))))
+        }
     }
 }
 
-/// The variant name at the head of a derived `Debug` output
-/// (`BadHeader("...")` gives `BadHeader`): a fixed identifier of the
-/// library's, never the data it carries.
+/// The variant name of a derived `Debug` (`BadHeader("...")`: `BadHeader`).
 fn variant_name(debug: &str) -> &str {
-    let end = debug
-        .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .unwrap_or(debug.len());
-    match debug.get(..end) {
-        Some(name) if !name.is_empty() => name,
-        _ => "unknown",
-    }
+    let name = debug.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').next();
+    name.filter(|name| !name.is_empty()).unwrap_or("unknown")
 }
 
 fn classify_io(e: &io::Error, in_body: bool) -> Error {
-    // rustls reports handshake and certificate failures as I/O errors
-    // carrying a rustls::Error; that inner error is what tells TLS apart.
+    // rustls reports TLS failures as I/O errors carrying a rustls::Error.
     if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         return Error::Tls(tls.to_string());
+    }
+    if e.get_ref().is_some_and(|i| i.to_string() == BACKLOG) {
+        return Error::Transport(BACKLOG.into());
     }
     use io::ErrorKind::*;
     match e.kind() {
@@ -321,8 +266,7 @@ fn classify_io(e: &io::Error, in_body: bool) -> Error {
             Error::Transport("the server closed the connection".into())
         }
         HostUnreachable | NetworkUnreachable => Error::Transport("host unreachable".into()),
-        // An OS error's text is the OS's; any other could be a library's
-        // wrapping of who knows what, so only its kind is told.
+        // An OS error's text is the OS's; of any other, only its kind.
         _ if e.raw_os_error().is_some() => Error::Transport(e.to_string()),
         kind => Error::Transport(kind.to_string()),
     }
@@ -332,26 +276,12 @@ fn classify_io(e: &io::Error, in_body: bool) -> Error {
 mod tests {
     use super::*;
 
-    fn config(token: &str) -> TransportConfig {
-        TransportConfig {
-            token: token.into(),
-            ca_file: None,
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            max_body_bytes: 1_000,
-            keep_alive: Duration::from_secs(60),
-        }
-    }
-
     #[test]
     fn io_errors_are_classified() {
         use io::ErrorKind::*;
         let c = |k, in_body| classify(ureq::Error::Io(io::Error::from(k)), in_body);
         assert_eq!(c(TimedOut, false), Error::Timeout);
-        assert_eq!(
-            c(ConnectionRefused, false),
-            Error::Transport("connection refused".into())
-        );
+        assert_eq!(c(ConnectionRefused, false), Error::Transport("connection refused".into()));
         assert!(matches!(c(UnexpectedEof, true), Error::InvalidJson(_)));
         assert!(matches!(c(UnexpectedEof, false), Error::Transport(_)));
         assert!(matches!(c(ConnectionReset, true), Error::InvalidJson(_)));
@@ -359,23 +289,23 @@ mod tests {
             InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
-        assert!(matches!(
-            classify(ureq::Error::Io(tls), false),
-            Error::Tls(_)
-        ));
+        assert!(matches!(classify(ureq::Error::Io(tls), false), Error::Tls(_)));
         assert_eq!(
             classify(ureq::Error::HostNotFound, false),
             Error::Transport("host not found".into())
         );
-        assert_eq!(
-            classify(ureq::Error::BodyExceedsLimit(9), true),
-            Error::BodyTooLarge(9)
-        );
+        assert_eq!(classify(ureq::Error::BodyExceedsLimit(9), true), Error::BodyTooLarge(9));
         let os = io::Error::from_raw_os_error(97);
         assert!(matches!(
             classify(ureq::Error::Io(os), false),
             Error::Transport(d) if d.contains("os error 97")
         ));
+    }
+
+    #[test]
+    fn a_dns_backlog_is_a_transport_error_that_says_so() {
+        let e = ureq::Error::Io(io::Error::other(BACKLOG));
+        assert_eq!(classify(e, false), Error::Transport("more than 64 DNS lookups waiting".into()));
     }
 
     #[test]
@@ -389,7 +319,7 @@ mod tests {
             ureq::Error::Io(io::Error::new(io::ErrorKind::InvalidData, echoed)),
         ] {
             let classified = classify(e, false);
-            let shown = format!("{classified:?} {classified}");
+            let shown = format!("{classified:?}");
             assert!(!shown.contains("ECHOED"), "{shown}");
         }
         assert_eq!(
@@ -415,15 +345,8 @@ mod tests {
     #[test]
     fn only_a_closed_connection_is_retried() {
         use io::ErrorKind::*;
-        for kind in [
-            UnexpectedEof,
-            ConnectionReset,
-            ConnectionAborted,
-            BrokenPipe,
-        ] {
-            assert!(closed_before_response(&ureq::Error::Io(io::Error::from(
-                kind
-            ))));
+        for kind in [UnexpectedEof, ConnectionReset, ConnectionAborted, BrokenPipe] {
+            assert!(closed_before_response(&ureq::Error::Io(io::Error::from(kind))));
         }
         for e in [
             ureq::Error::Io(io::Error::from(ConnectionRefused)),
@@ -448,11 +371,49 @@ mod tests {
         );
     }
 
+    fn key(ca_file: Option<&str>, connect_ms: u64) -> AgentKey {
+        AgentKey {
+            ca_file: ca_file.map(str::to_owned),
+            connect_timeout: Duration::from_millis(connect_ms),
+            request_timeout: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn the_agent_cache_holds_at_most_its_bound() {
+        // Keys no other test uses: connect timeouts of 7,000,001 ms and up.
+        for i in 0..(MAX_AGENTS as u64 + 8) {
+            assert!(agent_for(key(None, 7_000_001 + i), None).is_ok());
+            let cached = AGENTS.lock().map(|a| a.len()).unwrap_or(usize::MAX);
+            assert!(cached <= MAX_AGENTS, "{cached} agents cached");
+        }
+    }
+
+    #[test]
+    fn a_ca_file_rewritten_or_replaced_has_another_identity() {
+        use crate::testfs::TempFile;
+        let ca = crate::ca::tests::TEST_CA.as_bytes();
+        let file = TempFile::new("identity.pem", ca);
+        let first = file_id(file.path()).expect("identity");
+        assert_eq!(file_id(file.path()), Some(first));
+        // The same size, rewritten in place.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(file.path(), ca).expect("rewrite");
+        let rewritten = file_id(file.path()).expect("identity");
+        assert_ne!(rewritten, first);
+        // Replaced by another file renamed over it.
+        let other = TempFile::new("identity_new.pem", ca);
+        std::fs::rename(other.path(), file.path()).expect("rename");
+        assert_ne!(file_id(file.path()), Some(rewritten));
+        assert_eq!(file_id("/nonexistent/droplet-ca.pem"), None);
+    }
+
     #[test]
     fn debug_output_hides_the_token() {
-        let config = config("sekret-token-123");
-        let t = UreqTransport::new(&config, None).expect("agent");
-        for shown in [format!("{t:?}"), format!("{config:?}")] {
+        let req = ListRequest::new("https://api.example.test", "sekret-token-123").expect("valid");
+        let t = UreqTransport::new(&req, None).expect("agent");
+        for shown in [format!("{t:?}"), format!("{req:?}")] {
             assert!(!shown.contains("sekret"), "{shown}");
             assert!(shown.contains("REDACTED"), "{shown}");
         }

@@ -1,19 +1,10 @@
 //! libcluster_droplet core, free of any Erlang dependency so it can be unit
-//! tested with plain `cargo test`.
-//!
-//! - [`model`]: the droplet listing as DigitalOcean sends it.
-//! - [`select`]: which address of a droplet to connect to.
-//! - [`api`]: listing all droplets (pagination, redirects, limits), over a
-//!   [`transport::Transport`]; the real one is ureq's, in `http`, which
-//!   reads the extra CA with `ca`.
-//! - [`filters`]: the caller's filters as the listings the API accepts.
-//! - [`links`]: origins, query parameters and redirect targets.
-//! - [`scope`]: the token scope a 403 names.
-//! - [`probe`]: parallel TCP connect probes.
-//! - [`budget`]: the process-wide bound on the NIF's threads, and
-//!   [`cancel`]: stopping a call whose caller is gone.
+//! tested with plain `cargo test`: listing droplets ([`api`], over ureq in
+//! `http`), TCP probes ([`probe`]), and the NIF's thread [`budget`]; each
+//! module says what it is for (`native/README.md` lists them).
 
 pub mod api;
+pub mod bounds;
 pub mod budget;
 mod ca;
 pub mod cancel;
@@ -25,6 +16,8 @@ pub mod model;
 mod pool;
 pub mod probe;
 pub mod ratelimit;
+pub mod redact;
+pub mod resolve;
 pub mod scope;
 pub mod select;
 pub mod transport;

@@ -1,14 +1,12 @@
-//! URL handling on the `http` crate's `Uri`, the parser ureq connects with,
-//! so "which host is this" is answered the same way here as by the request:
-//! the origin of a URL (to keep the token on the API's own host), the
-//! `page` query parameter, the first page's URL and redirect targets.
-//!
-//! `Uri` is lenient where an origin check cannot be (ports like `99999`,
-//! text after `[::1]`, userinfo), so [`parse_url`] adds those checks on top.
+//! URLs on `http::Uri`, the parser ureq connects with, so "which host" is
+//! answered here as by the request: origins (the token stays on the API's),
+//! the `page` parameter, the first page's URL and redirect targets.
+//! [`parse_url`] adds the checks an origin needs where `Uri` is lenient.
 
 use std::net::{IpAddr, Ipv6Addr};
 
 use http::uri::{Authority, Uri};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::error::Error;
 
@@ -22,8 +20,7 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// `None` for anything that is not a plain `http`/`https` URL (see
-    /// [`parse_url`]).
+    /// `None` for anything [`parse_url`] refuses.
     pub fn parse(url: &str) -> Option<Origin> {
         Origin::of(&parse_url(url)?)
     }
@@ -38,20 +35,13 @@ impl Origin {
         };
         let authority = uri.authority()?;
         let port = explicit_port(authority)?.unwrap_or(default_port);
-        Some(Origin {
-            scheme,
-            host: authority.host().to_ascii_lowercase(),
-            port,
-        })
+        Some(Origin { scheme, host: authority.host().to_ascii_lowercase(), port })
     }
 }
 
-/// An absolute `http`/`https` URL with a host, as `Uri` parses it, and
-/// stricter than `Uri` where it matters for an origin: userinfo
-/// (`user@host`) is refused, since a link smuggling credentials is not one
-/// DigitalOcean would send and it makes "which host" ambiguous; a port must
-/// be empty or a number that fits; a bracketed host must be an IPv6
-/// address. Fragments are dropped, as `Uri` does and as HTTP never sends.
+/// An absolute `http(s)` URL with a host, stricter than `Uri` for an origin:
+/// no userinfo (it makes "which host" ambiguous), a port that fits, a
+/// bracketed host that is IPv6. Fragments are dropped, as `Uri` does.
 pub fn parse_url(url: &str) -> Option<Uri> {
     let uri: Uri = url.parse().ok()?;
     let scheme = uri.scheme_str()?;
@@ -68,9 +58,9 @@ pub fn parse_url(url: &str) -> Option<Uri> {
 
 fn valid_host(host: &str) -> bool {
     match host.strip_prefix('[') {
-        Some(bracketed) => bracketed
-            .strip_suffix(']')
-            .is_some_and(|inside| inside.parse::<Ipv6Addr>().is_ok()),
+        Some(bracketed) => {
+            bracketed.strip_suffix(']').is_some_and(|inside| inside.parse::<Ipv6Addr>().is_ok())
+        }
         None => !host.is_empty(),
     }
 }
@@ -100,10 +90,8 @@ pub fn same_origin_url(api_url: &str, link: &str) -> Option<Uri> {
     (Origin::parse(api_url)? == Origin::of(&uri)?).then_some(uri)
 }
 
-/// Checks and canonicalises the configured API base: an `http(s)` URL with a
-/// host, an optional path prefix, no query or fragment, no trailing `/`.
-/// Plain `http` only for a loopback host, as the strategy's configuration
-/// requires: anywhere else it would send the token unencrypted.
+/// The API base canonicalised: `http(s)`, a host, a path prefix, no query,
+/// fragment or trailing `/`; plain `http` only on loopback (the token!).
 pub fn normalize_api_url(raw: &str) -> Result<String, Error> {
     let invalid = |why: &str| Error::InvalidRequest(format!("api_url {why}"));
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -129,19 +117,12 @@ pub fn normalize_api_url(raw: &str) -> Result<String, Error> {
         ));
     }
     let authority = uri.authority().map_or("", Authority::as_str);
-    Ok(format!(
-        "{}://{authority}{}",
-        origin.scheme,
-        uri.path().trim_end_matches('/')
-    ))
+    Ok(format!("{}://{authority}{}", origin.scheme, uri.path().trim_end_matches('/')))
 }
 
 /// 127.0.0.0/8, `[::1]` or `localhost`, as the Elixir configuration checks.
 pub fn is_loopback(host: &str) -> bool {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     match bare.parse::<IpAddr>() {
         Ok(IpAddr::V4(ip)) => ip.is_loopback(),
         Ok(IpAddr::V6(ip)) => ip.is_loopback(),
@@ -164,17 +145,12 @@ pub fn page_number(url: &str) -> Option<u64> {
     query_param(url, "page")?.parse().ok()
 }
 
-/// `uri` with its `name` parameter set to `value` (appended when absent,
-/// later duplicates dropped). Takes a parsed URL so it cannot fail.
+/// `uri` with its `name` parameter set to `value` (added, or the first
+/// replaced and later ones dropped).
 pub fn with_query_param(uri: &Uri, name: &str, value: &str) -> String {
     let mut pairs: Vec<String> = Vec::new();
     let mut replaced = false;
-    for pair in uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
+    for pair in uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let key = pair.split_once('=').map_or(pair, |(k, _)| k);
         if key == name {
             if !replaced {
@@ -199,17 +175,11 @@ fn without_query(uri: &Uri) -> String {
     }
 }
 
-/// Percent-encodes a query value: only RFC 3986 unreserved bytes pass.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Percent-encodes a query value: only RFC 3986's unreserved bytes pass.
 pub fn encode_query_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(value, UNRESERVED).to_string()
 }
 
 /// A server-side filter of one listing. DigitalOcean refuses both at once.
@@ -220,8 +190,7 @@ pub enum Filter {
     Name(String),
 }
 
-/// The `type` of droplets one listing asks for: the API lists GPU droplets
-/// only with `type=gpus`, and then only them.
+/// The `type` of droplets listed: GPU ones only with `type=gpus`, then only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// No `type` parameter: the API's default, every droplet but GPU ones.
@@ -249,10 +218,8 @@ pub fn first_page_url(api_url: &str, per_page: u32, filter: &Filter, kind: Kind)
     url
 }
 
-/// Resolves a `Location` header against the URL that answered with it
-/// (RFC 3986 reference forms, without dot-segment removal). `None` when
-/// either cannot be understood, or the result is not a URL `parse_url`
-/// accepts; the caller treats that as foreign.
+/// A `Location` resolved against the URL that answered (RFC 3986 forms, no
+/// dot-segment removal); `None`, foreign, when not understood.
 pub fn resolve_location(base: &str, location: &str) -> Option<String> {
     let location = location.trim();
     if location.is_empty() {
@@ -277,15 +244,12 @@ pub fn resolve_location(base: &str, location: &str) -> Option<String> {
     parse_url(&resolved).map(|uri| uri.to_string())
 }
 
-/// RFC 3986: a scheme is a letter then letters, digits, `+`, `-` or `.`,
-/// before the first `:`. A relative reference cannot look like one.
+/// RFC 3986: a letter then letters, digits, `+`, `-` or `.`, before a `:`.
 fn has_scheme(s: &str) -> bool {
     match s.split_once(':') {
         Some((scheme, _)) => {
             scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
         }
         None => false,
     }
@@ -296,11 +260,7 @@ mod tests {
     use super::*;
 
     fn origin(s: &str, h: &str, p: u16) -> Option<Origin> {
-        Some(Origin {
-            scheme: s.into(),
-            host: h.into(),
-            port: p,
-        })
+        Some(Origin { scheme: s.into(), host: h.into(), port: p })
     }
 
     #[test]
@@ -312,14 +272,8 @@ mod tests {
         assert_eq!(Origin::parse("HTTP://h"), origin("http", "h", 80));
         assert_eq!(Origin::parse("http://h:8080?x"), origin("http", "h", 8080));
         assert_eq!(Origin::parse("http://h:#f"), origin("http", "h", 80));
-        assert_eq!(
-            Origin::parse("http://[::1]:4000/v2"),
-            origin("http", "[::1]", 4000)
-        );
-        assert_eq!(
-            Origin::parse("https://[::1]/"),
-            origin("https", "[::1]", 443)
-        );
+        assert_eq!(Origin::parse("http://[::1]:4000/v2"), origin("http", "[::1]", 4000));
+        assert_eq!(Origin::parse("https://[::1]/"), origin("https", "[::1]", 443));
     }
 
     #[test]
@@ -361,29 +315,17 @@ mod tests {
     #[test]
     fn same_origin_compares_scheme_host_and_port() {
         let api = "https://api.digitalocean.com";
-        assert!(same_origin(
-            api,
-            "https://api.digitalocean.com/v2/droplets?page=2"
-        ));
+        assert!(same_origin(api, "https://api.digitalocean.com/v2/droplets?page=2"));
         assert!(same_origin(api, "https://api.digitalocean.com:443/v2"));
         assert!(same_origin(api, "HTTPS://API.DIGITALOCEAN.COM/v2"));
         assert!(!same_origin(api, "http://api.digitalocean.com/v2"));
         assert!(!same_origin(api, "https://api.digitalocean.com:8443/v2"));
         assert!(!same_origin(api, "https://evil.example/v2"));
-        assert!(!same_origin(
-            api,
-            "https://api.digitalocean.com.evil.example/v2"
-        ));
-        assert!(!same_origin(
-            api,
-            "https://api.digitalocean.com@evil.example/v2"
-        ));
+        assert!(!same_origin(api, "https://api.digitalocean.com.evil.example/v2"));
+        assert!(!same_origin(api, "https://api.digitalocean.com@evil.example/v2"));
         assert!(!same_origin(api, "/v2/droplets?page=2"));
         assert!(same_origin("http://127.0.0.1:80", "http://127.0.0.1/v2"));
-        assert!(!same_origin(
-            "http://127.0.0.1:4000",
-            "http://localhost:4000/v2"
-        ));
+        assert!(!same_origin("http://127.0.0.1:4000", "http://localhost:4000/v2"));
     }
 
     #[test]
@@ -408,10 +350,7 @@ mod tests {
             "https://u@h",
             "https://h:70000",
         ] {
-            assert!(
-                matches!(normalize_api_url(bad), Err(Error::InvalidRequest(_))),
-                "{bad}"
-            );
+            assert!(matches!(normalize_api_url(bad), Err(Error::InvalidRequest(_))), "{bad}");
         }
     }
 
@@ -448,14 +387,7 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for host in [
-            "127.0.0.1",
-            "127.255.0.9",
-            "[::1]",
-            "::1",
-            "localhost",
-            "LOCALHOST",
-        ] {
+        for host in ["127.0.0.1", "127.255.0.9", "[::1]", "::1", "localhost", "LOCALHOST"] {
             assert!(is_loopback(host), "{host}");
         }
         for host in ["126.0.0.1", "[::2]", "localhost.", "example.com", "", "[]"] {
@@ -472,10 +404,7 @@ mod tests {
         assert_eq!(page_number("https://h/v2?page=x"), None);
         assert_eq!(page_number("https://h/v2?page=99999999999999999999"), None);
         assert_eq!(page_number("https://h/v2#page=3"), None);
-        assert_eq!(
-            query_param("https://h/?flag&page=3", "flag").as_deref(),
-            Some("")
-        );
+        assert_eq!(query_param("https://h/?flag&page=3", "flag").as_deref(), Some(""));
         assert_eq!(query_param("not a url?page=3", "page"), None);
         let with_query_param = |url: &str, name: &str, value: &str| {
             let uri = parse_url(url).expect("test URL parses");
@@ -493,10 +422,7 @@ mod tests {
             with_query_param("https://h/v2?page=1&x=1&page=2#frag", "page", "5"),
             "https://h/v2?page=5&x=1"
         );
-        assert_eq!(
-            with_query_param("https://h/v2", "page", "2"),
-            "https://h/v2?page=2"
-        );
+        assert_eq!(with_query_param("https://h/v2", "page", "2"), "https://h/v2?page=2");
     }
 
     #[test]
@@ -516,12 +442,7 @@ mod tests {
             "https://api.digitalocean.com/v2/droplets?per_page=20&page=1&tag_name=env%3Aprod%20%26%20web"
         );
         assert_eq!(
-            first_page_url(
-                "http://h/p",
-                1,
-                &Filter::Name("nöde-1.x_y~".into()),
-                Kind::Droplets
-            ),
+            first_page_url("http://h/p", 1, &Filter::Name("nöde-1.x_y~".into()), Kind::Droplets),
             "http://h/p/v2/droplets?per_page=1&page=1&name=n%C3%B6de-1.x_y~"
         );
         assert_eq!(
@@ -537,14 +458,8 @@ mod tests {
     #[test]
     fn locations_resolve_against_the_request() {
         let base = "https://h:8443/v2/droplets?page=1";
-        assert_eq!(
-            resolve_location(base, "https://other/x").as_deref(),
-            Some("https://other/x")
-        );
-        assert_eq!(
-            resolve_location(base, "//other/x").as_deref(),
-            Some("https://other/x")
-        );
+        assert_eq!(resolve_location(base, "https://other/x").as_deref(), Some("https://other/x"));
+        assert_eq!(resolve_location(base, "//other/x").as_deref(), Some("https://other/x"));
         assert_eq!(
             resolve_location(base, "/v3/droplets?page=1").as_deref(),
             Some("https://h:8443/v3/droplets?page=1")
@@ -557,10 +472,7 @@ mod tests {
             resolve_location(base, "list?page=2").as_deref(),
             Some("https://h:8443/v2/list?page=2")
         );
-        assert_eq!(
-            resolve_location("https://h", "x").as_deref(),
-            Some("https://h/x")
-        );
+        assert_eq!(resolve_location("https://h", "x").as_deref(), Some("https://h/x"));
         assert_eq!(resolve_location(base, "  "), None);
         assert_eq!(resolve_location("not a url", "/x"), None);
     }
@@ -590,10 +502,7 @@ mod tests {
     fn same_origin_urls_come_back_parsed() {
         let api = "https://api.example.test";
         let link = "https://API.example.test:443/v2/droplets?page=2";
-        assert_eq!(
-            same_origin_url(api, link).map(|u| u.to_string()),
-            Some(link.to_string())
-        );
+        assert_eq!(same_origin_url(api, link).map(|u| u.to_string()), Some(link.to_string()));
         assert!(same_origin_url(api, "https://evil.example/v2").is_none());
         assert!(same_origin_url("not a url", link).is_none());
     }

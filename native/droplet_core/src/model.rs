@@ -2,21 +2,18 @@
 //! needs. Parsing is strict about those fields (a droplet we cannot address
 //! must not silently vanish from the cluster) and ignores everything else.
 
-use std::cell::Cell;
-use std::fmt;
+use serde::{Deserialize, Deserializer};
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
-
+use crate::bounds::{self, Over, Tally};
 use crate::error::Error;
 
-/// One page. Not `Deserialize`: it is read through [`parse_page`], which caps
-/// the number of droplets while parsing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One page; unknown fields skipped, repeated ones refused.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Page {
+    #[serde(deserialize_with = "bounds::droplets")]
     pub droplets: Vec<Droplet>,
-    /// DigitalOcean always sends `links`; a missing one is read as "single
-    /// page", which is what it would say anyway.
+    /// Missing: a single page, as it would say anyway.
+    #[serde(default)]
     pub links: Links,
     pub meta: Meta,
 }
@@ -43,16 +40,18 @@ pub struct Meta {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Droplet {
     pub id: u64,
+    #[serde(deserialize_with = "bounds::text")]
     pub name: String,
+    #[serde(deserialize_with = "status")]
     pub status: Status,
-    /// `None` when the droplet came without `tags`, as it does for a token
-    /// lacking the `tag:read` scope: not the same as carrying no tag.
-    #[serde(default)]
+    /// `None`: listed without `tags` (no `tag:read`), not with none.
+    #[serde(default, deserialize_with = "bounds::tags")]
     pub tags: Option<Vec<String>>,
     #[serde(default, deserialize_with = "region_slug")]
     pub region: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounds::opt_text")]
     pub vpc_uuid: Option<String>,
+    #[serde(deserialize_with = "bounds::droplet_networks")]
     pub networks: Networks,
 }
 
@@ -65,23 +64,22 @@ impl Droplet {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Networks {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounds::addresses")]
     pub v4: Vec<NetAddress>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounds::addresses")]
     pub v6: Vec<NetAddress>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct NetAddress {
+    #[serde(deserialize_with = "bounds::text")]
     pub ip_address: String,
-    #[serde(rename = "type")]
+    #[serde(rename = "type", deserialize_with = "address_type")]
     pub kind: AddressType,
 }
 
-/// Unknown statuses are kept verbatim: a new status must not make the whole
-/// listing fail, and only `Active` droplets are ever addressed anyway.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "String")]
+/// Unknown statuses kept verbatim: a new one must not fail the listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     New,
     Active,
@@ -102,8 +100,7 @@ impl From<String> for Status {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "String")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AddressType {
     Public,
     Private,
@@ -122,6 +119,7 @@ impl From<String> for AddressType {
 
 #[derive(Deserialize)]
 struct Region {
+    #[serde(deserialize_with = "bounds::text")]
     slug: String,
 }
 
@@ -129,37 +127,33 @@ fn region_slug<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Err
     Ok(Option::<Region>::deserialize(d)?.map(|r| r.slug))
 }
 
-/// Parses one page body holding at most `max_droplets` droplets (the
-/// `per_page` asked for). Syntax errors and truncation are `InvalidJson`;
-/// well-formed JSON of the wrong shape is `UnexpectedShape`; more droplets
-/// than asked for is `Inconsistent`, and parsing stops at the first one too
-/// many: a 16 MiB body of tiny droplets would otherwise become hundreds of
-/// thousands of structs, several times its size.
-pub fn parse_page(body: &[u8], max_droplets: usize) -> Result<Page, Error> {
-    let overflow = Cell::new(false);
-    let seed = PageSeed {
-        max_droplets,
-        overflow: &overflow,
-    };
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let page = seed
-        .deserialize(&mut de)
-        .and_then(|page| de.end().map(|()| page));
-    page.map_err(|e| {
-        if overflow.get() {
-            Error::Inconsistent(format!(
-                "a page lists more droplets than the {max_droplets} asked for (per_page)"
-            ))
-        } else {
-            json_error(&e)
-        }
-    })
+fn status<'de, D: Deserializer<'de>>(d: D) -> Result<Status, D::Error> {
+    bounds::text(d).map(Status::from)
 }
 
-/// The error of a body that failed to parse. Only serde's category and
-/// position: its message quotes the offending value, which the server chose
-/// and which could be anything, the token included (a server echoing the
-/// request into a field of the wrong type).
+fn address_type<'de, D: Deserializer<'de>>(d: D) -> Result<AddressType, D::Error> {
+    bounds::text(d).map(AddressType::from)
+}
+
+/// One page of at most `per_page` droplets (one more: `Inconsistent`) within
+/// `tally`'s bounds (`ListingTooLarge`), stopped at the first value past
+/// one; bad syntax is `InvalidJson`, the wrong shape `UnexpectedShape`.
+pub fn parse_page(body: &[u8], per_page: usize, tally: &Tally) -> Result<Page, Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let page = bounds::parse_with(tally, per_page, || {
+        Page::deserialize(&mut de).and_then(|page| de.end().map(|()| page))
+    });
+    match page {
+        Ok(page) => page.map_err(|e| json_error(&e)),
+        Err(Over::Bound(bound)) => Err(Error::ListingTooLarge(bound, tally.limits.limit(bound))),
+        Err(Over::PerPage) => Err(Error::Inconsistent(format!(
+            "a page lists more droplets than the {per_page} asked for (per_page)"
+        ))),
+    }
+}
+
+/// Only serde's category and position: its message quotes the value, which
+/// a server could make echo the token.
 pub(crate) fn json_error(e: &serde_json::Error) -> Error {
     use serde_json::error::Category;
     let at = format!("at line {} column {}", e.line(), e.column());
@@ -170,115 +164,6 @@ pub(crate) fn json_error(e: &serde_json::Error) -> Error {
         Category::Syntax => Error::InvalidJson(format!("syntax error {at}")),
         Category::Eof => Error::InvalidJson(format!("unexpected end of input {at}")),
         Category::Io => Error::InvalidJson("the body could not be read".into()),
-    }
-}
-
-/// Reads the top-level object by hand so `droplets` can be read with a cap;
-/// the other fields keep their derived `Deserialize`. Unknown fields are
-/// skipped, duplicated ones refused, as the derive would.
-struct PageSeed<'a> {
-    max_droplets: usize,
-    overflow: &'a Cell<bool>,
-}
-
-impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
-    type Value = Page;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Page, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for PageSeed<'_> {
-    type Value = Page;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a droplets page")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Page, A::Error> {
-        let mut droplets = None;
-        let mut links = None;
-        let mut meta = None;
-        while let Some(key) = map.next_key::<PageField>()? {
-            match key {
-                PageField::Droplets if droplets.is_some() => {
-                    return Err(de::Error::duplicate_field("droplets"))
-                }
-                PageField::Droplets => {
-                    droplets = Some(map.next_value_seed(CappedDroplets {
-                        max: self.max_droplets,
-                        overflow: self.overflow,
-                    })?)
-                }
-                PageField::Links if links.is_some() => {
-                    return Err(de::Error::duplicate_field("links"))
-                }
-                PageField::Links => links = Some(map.next_value()?),
-                PageField::Meta if meta.is_some() => {
-                    return Err(de::Error::duplicate_field("meta"))
-                }
-                PageField::Meta => meta = Some(map.next_value()?),
-                PageField::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Page {
-            droplets: droplets.ok_or_else(|| de::Error::missing_field("droplets"))?,
-            links: links.unwrap_or_default(),
-            meta: meta.ok_or_else(|| de::Error::missing_field("meta"))?,
-        })
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "lowercase")]
-enum PageField {
-    Droplets,
-    Links,
-    Meta,
-    #[serde(other)]
-    Other,
-}
-
-/// The `droplets` array, refused at its `max + 1`-th element.
-struct CappedDroplets<'a> {
-    max: usize,
-    overflow: &'a Cell<bool>,
-}
-
-impl<'de> DeserializeSeed<'de> for CappedDroplets<'_> {
-    type Value = Vec<Droplet>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Droplet>, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for CappedDroplets<'_> {
-    type Value = Vec<Droplet>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of droplets")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Droplet>, A::Error> {
-        // Never trust the document for the allocation: grow as elements come.
-        let mut droplets = Vec::with_capacity(self.max.min(256));
-        while droplets.len() < self.max {
-            match seq.next_element::<Droplet>()? {
-                Some(droplet) => droplets.push(droplet),
-                None => return Ok(droplets),
-            }
-        }
-        // Full: one more element of any kind is one too many, and is not
-        // built to find that out.
-        if seq.next_element::<IgnoredAny>()?.is_some() {
-            self.overflow.set(true);
-            return Err(de::Error::custom("more droplets than per_page"));
-        }
-        Ok(droplets)
     }
 }
 
@@ -297,7 +182,7 @@ pub(crate) mod tests {
 
     /// Pages as the client asks for them: up to 200 droplets.
     pub fn parse(body: &[u8]) -> Result<Page, Error> {
-        parse_page(body, 200)
+        parse_page(body, 200, &Tally::default())
     }
 
     #[test]
@@ -308,30 +193,18 @@ pub(crate) mod tests {
         let ids: Vec<u64> = page.droplets.iter().map(|d| d.id).collect();
         assert_eq!(ids, [3164444, 3164459, 3164412]);
         let names: Vec<&str> = page.droplets.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["example.com", "assets.example.com", "stage.example.com"]
-        );
+        assert_eq!(names, ["example.com", "assets.example.com", "stage.example.com"]);
 
         let d = &page.droplets[0];
         assert_eq!(d.status, Status::Active);
         assert_eq!(d.tags(), ["web", "env:prod"]);
         assert_eq!(d.region.as_deref(), Some("nyc3"));
-        assert_eq!(
-            d.vpc_uuid.as_deref(),
-            Some("760e09ef-dc84-11e8-981e-3cfdfeaae000")
-        );
+        assert_eq!(d.vpc_uuid.as_deref(), Some("760e09ef-dc84-11e8-981e-3cfdfeaae000"));
         assert_eq!(
             d.networks.v4,
             [
-                NetAddress {
-                    ip_address: "10.128.192.124".into(),
-                    kind: AddressType::Private
-                },
-                NetAddress {
-                    ip_address: "192.241.165.154".into(),
-                    kind: AddressType::Public
-                },
+                NetAddress { ip_address: "10.128.192.124".into(), kind: AddressType::Private },
+                NetAddress { ip_address: "192.241.165.154".into(), kind: AddressType::Public },
             ]
         );
         assert_eq!(
@@ -344,10 +217,7 @@ pub(crate) mod tests {
 
         let stage = &page.droplets[2];
         assert_eq!(stage.tags(), ["env:stage"]);
-        assert_eq!(
-            stage.vpc_uuid.as_deref(),
-            Some("5a4981aa-9653-4bd1-bef5-d6bff52042e4")
-        );
+        assert_eq!(stage.vpc_uuid.as_deref(), Some("5a4981aa-9653-4bd1-bef5-d6bff52042e4"));
         assert_eq!(stage.networks.v4[1].ip_address, "192.241.247.248");
         assert!(stage.networks.v6.is_empty());
     }
@@ -387,10 +257,7 @@ pub(crate) mod tests {
         // Listed without tags is not the same as listed with none.
         assert_eq!(page.droplets[0].tags, Some(vec![]));
         let no_links = r#"{"droplets":[],"meta":{"total":0}}"#;
-        assert_eq!(
-            parse(no_links.as_bytes()).map(|p| p.links),
-            Ok(Links::default())
-        );
+        assert_eq!(parse(no_links.as_bytes()).map(|p| p.links), Ok(Links::default()));
     }
 
     #[test]
@@ -401,11 +268,8 @@ pub(crate) mod tests {
         let d = &page.droplets[0];
         assert_eq!(d.status, Status::Other("migrating".into()));
         assert_eq!(d.networks.v4[0].kind, AddressType::Other("anchor".into()));
-        for (s, want) in [
-            ("new", Status::New),
-            ("off", Status::Off),
-            ("archive", Status::Archive),
-        ] {
+        for (s, want) in [("new", Status::New), ("off", Status::Off), ("archive", Status::Archive)]
+        {
             assert_eq!(Status::from(s.to_string()), want);
         }
     }
@@ -458,10 +322,7 @@ pub(crate) mod tests {
     #[test]
     fn the_largest_id_is_accepted() {
         let body = droplet_json("").replace(r#""id":1"#, r#""id":18446744073709551615"#);
-        assert_eq!(
-            parse(body.as_bytes()).map(|p| p.droplets[0].id),
-            Ok(u64::MAX)
-        );
+        assert_eq!(parse(body.as_bytes()).map(|p| p.droplets[0].id), Ok(u64::MAX));
     }
 
     #[test]
@@ -501,7 +362,8 @@ pub(crate) mod tests {
             format!(r#"{{"droplets":[{echoed}],"meta":{{"total":0}}}}"#),
         ] {
             let e = parse(body.as_bytes()).expect_err(&body);
-            for shown in [e.to_string(), format!("{e:?}")] {
+            {
+                let shown = format!("{e:?}");
                 assert!(!shown.contains("ECHOED"), "{shown}");
                 assert!(!shown.contains("c0ffee"), "{shown}");
             }
@@ -515,28 +377,23 @@ pub(crate) mod tests {
         );
         assert_eq!(
             parse(b"{\"droplets\": ["),
-            Err(Error::InvalidJson(
-                "unexpected end of input at line 1 column 14".into()
-            ))
+            Err(Error::InvalidJson("unexpected end of input at line 1 column 14".into()))
         );
     }
 
     fn droplets_json(n: usize) -> String {
         let one = r#"{"id":1,"name":"a","status":"active","networks":{}}"#;
-        format!(
-            r#"{{"droplets":[{}],"meta":{{"total":{n}}}}}"#,
-            vec![one; n].join(",")
-        )
+        format!(r#"{{"droplets":[{}],"meta":{{"total":{n}}}}}"#, vec![one; n].join(","))
     }
 
     #[test]
     fn a_page_with_more_droplets_than_per_page_is_refused() {
         assert_eq!(
-            parse_page(droplets_json(3).as_bytes(), 3).map(|p| p.droplets.len()),
+            parse_page(droplets_json(3).as_bytes(), 3, &Tally::default()).map(|p| p.droplets.len()),
             Ok(3)
         );
         assert_eq!(
-            parse_page(droplets_json(4).as_bytes(), 3),
+            parse_page(droplets_json(4).as_bytes(), 3, &Tally::default()),
             Err(Error::Inconsistent(
                 "a page lists more droplets than the 3 asked for (per_page)".into()
             ))
@@ -544,11 +401,11 @@ pub(crate) mod tests {
         // The element one too many is not even parsed as a droplet.
         let extra_garbage = droplets_json(1).replace("}]", r#"},{"x":[1,2]}]"#);
         assert!(matches!(
-            parse_page(extra_garbage.as_bytes(), 1),
+            parse_page(extra_garbage.as_bytes(), 1, &Tally::default()),
             Err(Error::Inconsistent(_))
         ));
         assert_eq!(
-            parse_page(extra_garbage.as_bytes(), 2).map(|p| p.droplets.len()),
+            parse_page(extra_garbage.as_bytes(), 2, &Tally::default()).map(|p| p.droplets.len()),
             Err(Error::UnexpectedShape(
                 "a missing field or a value of the wrong type at line 1 column 76".into()
             ))
@@ -558,25 +415,13 @@ pub(crate) mod tests {
     #[test]
     fn the_top_level_object_is_read_like_the_derive_would() {
         let dup = r#"{"droplets":[],"droplets":[],"meta":{"total":0}}"#;
-        assert!(matches!(
-            parse(dup.as_bytes()),
-            Err(Error::UnexpectedShape(_))
-        ));
+        assert!(matches!(parse(dup.as_bytes()), Err(Error::UnexpectedShape(_))));
         let dup = r#"{"droplets":[],"meta":{"total":0},"meta":{"total":0}}"#;
-        assert!(matches!(
-            parse(dup.as_bytes()),
-            Err(Error::UnexpectedShape(_))
-        ));
+        assert!(matches!(parse(dup.as_bytes()), Err(Error::UnexpectedShape(_))));
         let dup = r#"{"droplets":[],"links":{},"links":{},"meta":{"total":0}}"#;
-        assert!(matches!(
-            parse(dup.as_bytes()),
-            Err(Error::UnexpectedShape(_))
-        ));
+        assert!(matches!(parse(dup.as_bytes()), Err(Error::UnexpectedShape(_))));
         let nulls = r#"{"droplets":[],"links":null,"meta":{"total":0}}"#;
-        assert!(matches!(
-            parse(nulls.as_bytes()),
-            Err(Error::UnexpectedShape(_))
-        ));
+        assert!(matches!(parse(nulls.as_bytes()), Err(Error::UnexpectedShape(_))));
         let extra = r#"{"x":{"droplets":1},"droplets":[],"meta":{"total":2},"y":[]}"#;
         assert_eq!(parse(extra.as_bytes()).map(|p| p.meta.total), Ok(2));
     }

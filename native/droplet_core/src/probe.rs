@@ -1,7 +1,5 @@
-//! TCP reachability probes: can we open a connection to each candidate node
-//! before asking the VM to connect to it? Black-holed hosts cost a full
-//! timeout each, so probes run in parallel and the whole batch costs about
-//! one timeout per wave of `concurrency` probes instead of their sum.
+//! TCP probes of the candidates before the VM connects to them, in parallel:
+//! a black hole costs a timeout, a batch about one per wave.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -9,23 +7,18 @@ use std::time::{Duration, Instant};
 
 use crate::cancel::Cancel;
 use crate::error::{short, Error};
-use crate::pool;
+use crate::pool::{self, Helpers};
 
-/// A thread that only calls `connect` needs little stack; hundreds of them
-/// at the default 2 MiB would reserve needless address space.
+/// A thread that only calls `connect` needs little stack.
 const PROBE_STACK: usize = 64 * 1024;
 
-/// Upper bound on the probes of one call pending at once, whatever the
-/// caller asks for: half the NIF's helper threads (`budget::MAX_HELPERS`),
-/// so one call never takes them all.
+/// Probes of one call at once, at most: half the budget's helpers.
 pub const MAX_CONCURRENCY: usize = 512;
 
-/// Targets per call. The NIF checks the list's length on the caller's
-/// scheduler, so the list must be short enough to walk there at once.
+/// Targets per call: the NIF walks the list on the scheduler.
 pub const MAX_TARGETS: usize = 10_000;
 
-/// Longer than any IP literal (an IPv6 address with an embedded IPv4 one,
-/// in brackets, is 47 bytes): a longer target is invalid before it is read.
+/// Longer than any IP literal (47 bytes at most): invalid before it is read.
 pub const MAX_ADDRESS_BYTES: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,10 +39,7 @@ pub fn parse_target(raw: &[u8]) -> Option<IpAddr> {
         return None;
     }
     let text = std::str::from_utf8(raw).ok()?;
-    let text = text
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .unwrap_or(text);
+    let text = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
     text.parse().ok()
 }
 
@@ -77,35 +67,27 @@ pub fn probe_one(ip: IpAddr, port: u16, timeout: Duration) -> ProbeResult {
 /// The helper threads worth asking the budget for: one probe per thread,
 /// never more threads than targets, and the calling thread probes too.
 pub fn helpers_wanted(targets: usize, concurrency: usize) -> usize {
-    concurrency
-        .min(MAX_CONCURRENCY)
-        .min(targets)
-        .saturating_sub(1)
+    concurrency.min(MAX_CONCURRENCY).min(targets).saturating_sub(1)
 }
 
-/// Probes every target on `port`, at most `concurrency` at once (the calling
-/// thread included), results in input order. Once `cancel` is set no new
-/// probe starts, and the call ends with `Err(Cancelled)` as soon as the
-/// probes in flight have.
+/// Every target probed on `port`, results in input order; once `cancel` is
+/// set no probe starts, and `Err(Cancelled)` comes when those in flight end.
 pub fn probe_all<T: AsRef<[u8]> + Sync>(
     targets: &[T],
     port: u16,
     timeout: Duration,
-    concurrency: usize,
+    helpers: &dyn Helpers,
     cancel: &Cancel,
 ) -> Result<Vec<ProbeResult>, Error> {
-    pool::run_all(
-        "droplet_probe",
-        targets.len(),
-        concurrency.clamp(1, MAX_CONCURRENCY),
-        PROBE_STACK,
-        || cancel.is_cancelled(),
-        |i| match targets.get(i).and_then(|t| parse_target(t.as_ref())) {
-            Some(ip) => probe_one(ip, port, timeout),
-            None => Err(ProbeError::InvalidAddress),
-        },
-    )
-    .ok_or(Error::Cancelled)
+    let stop = || cancel.is_cancelled();
+    let probe = |i: usize| match targets.get(i).and_then(|t| parse_target(t.as_ref())) {
+        Some(ip) => probe_one(ip, port, timeout),
+        None => Err(ProbeError::InvalidAddress),
+    };
+    let results =
+        pool::run_indexed("droplet_probe", targets.len(), helpers, PROBE_STACK, stop, probe);
+    // All or none: an item left unstarted was cancelled.
+    results.into_iter().collect::<Option<_>>().ok_or(Error::Cancelled)
 }
 
 #[cfg(test)]
@@ -120,7 +102,8 @@ mod tests {
         timeout: Duration,
         concurrency: usize,
     ) -> Vec<ProbeResult> {
-        probe_all(targets, port, timeout, concurrency, &Cancel::new()).expect("not cancelled")
+        let helpers = helpers_wanted(targets.len(), concurrency);
+        probe_all(targets, port, timeout, &helpers, &Cancel::new()).expect("not cancelled")
     }
 
     #[test]
@@ -155,10 +138,7 @@ mod tests {
         assert_eq!(c(HostUnreachable), ProbeError::Unreachable);
         assert_eq!(c(NetworkUnreachable), ProbeError::Unreachable);
         assert!(matches!(c(PermissionDenied), ProbeError::Io(_)));
-        assert_eq!(
-            classify(&io::Error::from_raw_os_error(113)),
-            ProbeError::Unreachable
-        );
+        assert_eq!(classify(&io::Error::from_raw_os_error(113)), ProbeError::Unreachable);
     }
 
     #[test]
@@ -188,12 +168,8 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         socket.bind(&addr.into()).expect("bind");
         socket.listen(0).expect("listen");
-        let port = socket
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .map(|a| a.port())
-            .expect("port");
+        let port =
+            socket.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port()).expect("port");
         let target = SocketAddr::new(addr.ip(), port);
         let mut fillers = Vec::new();
         for _ in 0..8 {
@@ -214,10 +190,7 @@ mod tests {
         let started = Instant::now();
         let results = probe(&targets, port, timeout, n);
         let elapsed = started.elapsed();
-        let timeouts = results
-            .iter()
-            .filter(|r| **r == Err(ProbeError::Timeout))
-            .count();
+        let timeouts = results.iter().filter(|r| **r == Err(ProbeError::Timeout)).count();
         // A queue slot may free up as SYNs are retried; nearly all must hang.
         assert!(timeouts >= n - 2, "{results:?}");
         assert!(elapsed < timeout * 3, "took {elapsed:?}");
@@ -243,14 +216,8 @@ mod tests {
         let results = probe(&targets, hole, timeout, 200);
         let elapsed = started.elapsed();
         assert_eq!(results.len(), 1000);
-        let timeouts = results
-            .iter()
-            .filter(|r| **r == Err(ProbeError::Timeout))
-            .count();
-        let refused = results
-            .iter()
-            .filter(|r| **r == Err(ProbeError::Refused))
-            .count();
+        let timeouts = results.iter().filter(|r| **r == Err(ProbeError::Timeout)).count();
+        let refused = results.iter().filter(|r| **r == Err(ProbeError::Refused)).count();
         assert!(timeouts >= 95, "{timeouts} timeouts");
         assert_eq!(refused, 900);
         assert!(elapsed < timeout * 3, "took {elapsed:?}");
@@ -281,7 +248,7 @@ mod tests {
             })
         };
         let started = Instant::now();
-        let result = probe_all(&targets, port, timeout, 2, &cancel);
+        let result = probe_all(&targets, port, timeout, &1, &cancel);
         let elapsed = started.elapsed();
         canceller.join().expect("canceller");
         assert_eq!(result, Err(Error::Cancelled));
@@ -294,7 +261,7 @@ mod tests {
     fn a_call_cancelled_before_it_starts_probes_nothing() {
         let cancel = Cancel::new();
         cancel.cancel();
-        let result = probe_all(&["127.0.0.1"; 5], 9, Duration::from_secs(30), 1, &cancel);
+        let result = probe_all(&["127.0.0.1"; 5], 9, Duration::from_secs(30), &0, &cancel);
         assert_eq!(result, Err(Error::Cancelled));
     }
 }

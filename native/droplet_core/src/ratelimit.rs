@@ -1,6 +1,5 @@
-//! DigitalOcean's rate-limit headers. The limit is per token and shared by
-//! every node using it, so the strategy wants the tightest view seen during
-//! a listing, not merely the last one.
+//! DigitalOcean's rate-limit headers: per token, shared by every node, so the
+//! tightest view of a listing is kept, not merely the last.
 
 /// The rate-limit headers of one response; a header that is absent or not a
 /// plain non-negative integer is `None`.
@@ -134,10 +133,7 @@ mod tests {
             reset,
             retry_after,
         };
-        assert_eq!(
-            rl(Some(0), Some(1_060), Some(5)).retry_seconds(now),
-            Some(5)
-        );
+        assert_eq!(rl(Some(0), Some(1_060), Some(5)).retry_seconds(now), Some(5));
         assert_eq!(rl(Some(0), Some(1_060), None).retry_seconds(now), Some(60));
         assert_eq!(rl(Some(0), Some(900), None).retry_seconds(now), Some(0));
         assert_eq!(rl(Some(3), Some(1_060), None).retry_seconds(now), None);

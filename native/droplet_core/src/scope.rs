@@ -1,14 +1,9 @@
-//! The token scope a 403 names, when it names one.
-//!
-//! DigitalOcean answers a token without the needed scope with
-//! `403 {"id": "forbidden", "message": "You are missing the required scope:
-//! vpc:read"}`-like bodies. Errors never carry server text (a server can
-//! make any text echo the token), so nothing of the message is kept but a
-//! word that is a scope by its very shape: `resource:action`, the resource
-//! lower-case letters and `_`, the action one of DigitalOcean's four.
+//! The scope a 403 names (`"message": "You are missing the required scope:
+//! vpc:read"`). Errors never carry server text, so only a word of scope
+//! shape is kept: `resource:action`, lower-case letters and `_`, and one of
+//! DigitalOcean's four actions.
 
-/// The most of a 403 body that is read: an error message is short, and
-/// anything longer is not worth holding.
+/// The most of a 403 body read: an error message is short.
 pub const MAX_FORBIDDEN_BODY: u64 = 4 * 1024;
 
 /// Longest resource name accepted (DigitalOcean's are a few letters).
@@ -16,10 +11,8 @@ const MAX_RESOURCE_LEN: usize = 40;
 
 const ACTIONS: [&str; 4] = ["read", "create", "update", "delete"];
 
-/// The first scope named in the body's `message`, if the body is a JSON
-/// object (an error body) and its message names one. Words are split at
-/// anything but letters, digits, `_`, `-` and `:`, so a scope ending a
-/// sentence is found, and a word a scope is only part of is not one.
+/// The first scope named in the `message` of a JSON error body; words split
+/// at anything but letters, digits, `_`, `-` and `:`.
 pub fn missing_scope(body: &[u8]) -> Option<String> {
     let body: serde_json::Value = serde_json::from_slice(body).ok()?;
     let message = body.as_object()?.get("message")?.as_str()?;
@@ -35,9 +28,7 @@ pub fn is_scope(word: &str) -> bool {
         return false;
     };
     (1..=MAX_RESOURCE_LEN).contains(&resource.len())
-        && resource
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'_')
+        && resource.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
         && ACTIONS.contains(&action)
 }
 
@@ -57,10 +48,7 @@ mod tests {
             ("You are missing the required scope: vpc:read", "vpc:read"),
             ("You are missing the required scope: tag:read.", "tag:read"),
             ("missing scopes: droplet:read, tag:read", "droplet:read"),
-            (
-                "needs (\"database_replica:create\")",
-                "database_replica:create",
-            ),
+            ("needs (\"database_replica:create\")", "database_replica:create"),
         ] {
             assert_eq!(missing_scope(&body(message)).as_deref(), Some(scope));
         }

@@ -11,9 +11,8 @@ pub enum Network {
     Public,
 }
 
-/// A validated choice of address. Built only through [`Selector::new`], so
-/// the impossible "private IPv6" never reaches selection, where it would
-/// quietly select nothing and leave a node alone.
+/// A choice of address, built by [`Selector::new`], which refuses the
+/// "private IPv6" that would quietly select nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Selector {
     network: Network,
@@ -32,11 +31,8 @@ impl Selector {
         self.ipv6
     }
 
-    /// The first address of the wanted type that is an address of the
-    /// wanted family, for active droplets only: a new or stopped droplet has
-    /// no node to connect to. The address becomes part of a node name, so
-    /// an entry that does not parse (or sits in the wrong list) is passed
-    /// over for the next one rather than trusted.
+    /// The first address of the wanted type that parses as the wanted family
+    /// (it becomes part of a node name), for active droplets only.
     pub fn select<'d>(&self, droplet: &'d Droplet) -> Option<&'d str> {
         if droplet.status != Status::Active {
             return None;
@@ -64,10 +60,7 @@ mod tests {
     use crate::model::{parse_page, tests::ALL, Networks};
 
     fn addr(ip: &str, kind: AddressType) -> NetAddress {
-        NetAddress {
-            ip_address: ip.into(),
-            kind,
-        }
+        NetAddress { ip_address: ip.into(), kind }
     }
 
     fn droplet(status: Status, v4: Vec<NetAddress>, v6: Vec<NetAddress>) -> Droplet {
@@ -109,27 +102,17 @@ mod tests {
 
     #[test]
     fn private_ipv6_is_an_error_not_an_empty_result() {
-        assert_eq!(
-            Selector::new(Network::Private, true),
-            Err(Error::NoPrivateIpv6)
-        );
+        assert_eq!(Selector::new(Network::Private, true), Err(Error::NoPrivateIpv6));
     }
 
     #[test]
     fn only_active_droplets_get_an_address() {
-        for status in [
-            Status::New,
-            Status::Off,
-            Status::Archive,
-            Status::Other("active ".into()),
-        ] {
+        for status in [Status::New, Status::Off, Status::Archive, Status::Other("active ".into())] {
             let mut d = full();
             d.status = status;
-            for (n, v6) in [
-                (Network::Private, false),
-                (Network::Public, false),
-                (Network::Public, true),
-            ] {
+            for (n, v6) in
+                [(Network::Private, false), (Network::Public, false), (Network::Public, true)]
+            {
                 let s = Selector::new(n, v6).expect("valid selector");
                 assert_eq!(s.select(&d), None);
             }
@@ -138,11 +121,8 @@ mod tests {
 
     #[test]
     fn a_missing_type_selects_nothing() {
-        let only_public = droplet(
-            Status::Active,
-            vec![addr("203.0.113.9", AddressType::Public)],
-            vec![],
-        );
+        let only_public =
+            droplet(Status::Active, vec![addr("203.0.113.9", AddressType::Public)], vec![]);
         let private = Selector::new(Network::Private, false).expect("valid");
         let public6 = Selector::new(Network::Public, true).expect("valid");
         assert_eq!(private.select(&only_public), None);
@@ -182,18 +162,11 @@ mod tests {
 
     #[test]
     fn selects_from_the_example_page() {
-        let page = parse_page(ALL.as_bytes(), 200).expect("example parses");
+        let page = parse_page(ALL.as_bytes(), 200, &Default::default()).expect("example parses");
         let private = Selector::new(Network::Private, false).expect("valid");
         let public6 = Selector::new(Network::Public, true).expect("valid");
         let got: Vec<Option<&str>> = page.droplets.iter().map(|d| private.select(d)).collect();
-        assert_eq!(
-            got,
-            [
-                Some("10.128.192.124"),
-                Some("10.128.192.138"),
-                Some("10.128.192.125")
-            ]
-        );
+        assert_eq!(got, [Some("10.128.192.124"), Some("10.128.192.138"), Some("10.128.192.125")]);
         let got: Vec<Option<&str>> = page.droplets.iter().map(|d| public6.select(d)).collect();
         assert_eq!(got, [Some("2604:a880:0:1010::18a:a001"), None, None]);
     }

@@ -21,10 +21,8 @@ impl TempFile {
     /// A named pipe (made with `mkfifo`, to need no unsafe code).
     pub fn fifo(name: &str) -> TempFile {
         let file = TempFile::reserve(name);
-        let status = std::process::Command::new("mkfifo")
-            .arg(&file.path)
-            .status()
-            .expect("run mkfifo");
+        let status =
+            std::process::Command::new("mkfifo").arg(&file.path).status().expect("run mkfifo");
         assert!(status.success(), "mkfifo failed");
         file
     }

@@ -21,10 +21,7 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -143,11 +140,7 @@ impl Server {
                 });
             }
         });
-        Server {
-            port,
-            requests,
-            connections,
-        }
+        Server { port, requests, connections }
     }
 }
 
@@ -178,12 +171,7 @@ fn serve<S: Read + Write>(
                 headers.push((k.trim().to_string(), v.trim().to_string()));
             }
         }
-        let recorded = Recorded {
-            target,
-            headers,
-            connection,
-            earlier_on_connection,
-        };
+        let recorded = Recorded { target, headers, connection, earlier_on_connection };
         if let Ok(mut r) = reqs.lock() {
             r.push(recorded.clone());
         }

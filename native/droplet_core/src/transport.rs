@@ -1,17 +1,12 @@
-//! The seam between the listing logic and HTTP: [`api`](crate::api) drives
-//! pagination, redirects and status handling over any [`Transport`], so all
-//! of it is tested without sockets; `http` implements it with ureq.
+//! The seam between the listing logic ([`api`](crate::api)) and HTTP (`http`).
 
 use std::time::Duration;
 
 use crate::error::Error;
 use crate::ratelimit::RateLimit;
 
-/// One HTTP response. `body` is read for 2xx, and for a 403 up to
-/// [`MAX_FORBIDDEN_BODY`](crate::scope::MAX_FORBIDDEN_BODY) bytes (it may
-/// name the missing scope); otherwise it is empty. Its own error
-/// (truncated, too large) is kept apart so the exchange still counts as a
-/// request.
+/// One response; `body` read for 2xx and a 403 (capped), its own error kept
+/// apart so that the exchange still counts as a request.
 #[derive(Debug)]
 pub struct Exchange {
     pub status: u16,
@@ -21,7 +16,6 @@ pub struct Exchange {
 }
 
 pub trait Transport: Sync {
-    /// One authenticated GET of `url`, completed within `timeout`. `Err` only
-    /// when no response arrived.
+    /// One authenticated GET within `timeout`; `Err` when no response came.
     fn get(&self, url: &str, timeout: Duration) -> Result<Exchange, Error>;
 }

@@ -1,8 +1,6 @@
-//! Test builds only (the `test-panic` feature, in the repository's own builds):
-//! NIFs that let the Elixir tests measure how long a NIF call holds the
-//! scheduler thread it runs on, net of the time the OS kept that thread
-//! off a CPU (Linux only: they read `/proc/thread-self/schedstat`), and
-//! NIFs that read and take the thread budget's permits.
+//! Test builds only (feature `test-panic`): how long a NIF call holds its
+//! scheduler thread, net of OS preemption (Linux's schedstat); the thread
+//! budget read and filled; DNS lookups made slow.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -20,29 +18,26 @@ mod atoms {
     rustler::atoms! { error, ok, spin, sleep }
 }
 
-/// `debug_budget() :: {calls_in_flight, helpers_in_use}`: the global budget's
-/// accounting right now.
+/// `debug_budget() :: {calls_in_flight, helpers_in_use}`.
 #[rustler::nif]
 fn debug_budget() -> (usize, usize) {
     let budget = budget::global();
     (budget.calls_in_flight(), budget.helpers_in_use())
 }
 
-/// A call slot and helper permits taken from the budget by a test, held
-/// until `debug_release/1` or until the handle is garbage collected.
+/// An admission held until `debug_release/1` or garbage collection.
 struct HeldAdmission(Mutex<Option<Admission<'static>>>);
 
 #[rustler::resource_impl]
 impl rustler::Resource for HeldAdmission {}
 
-/// `debug_admit(helpers) :: {:ok, held, granted} | {:error, :busy}`: admits
-/// a call that runs nothing, exactly as a real call would be admitted, so a
-/// test can fill the budget without starting threads.
+/// `debug_admit(helpers) :: {:ok, held, granted} | {:error, :busy}`: a call
+/// admitted as a real one, that runs nothing.
 #[rustler::nif]
 fn debug_admit(env: Env, helpers: usize) -> Term {
     match budget::global().admit(helpers) {
         Ok(admission) => {
-            let granted = admission.helpers();
+            let granted = admission.floor;
             let held = ResourceArc::new(HeldAdmission(Mutex::new(Some(admission))));
             (atoms::ok(), held, granted).encode(env)
         }
@@ -55,6 +50,14 @@ fn debug_admit(env: Env, helpers: usize) -> Term {
 fn debug_release(held: ResourceArc<HeldAdmission>) -> Atom {
     let mut slot = held.0.lock().unwrap_or_else(|e| e.into_inner());
     slot.take();
+    atoms::ok()
+}
+
+/// `debug_dns_delay(ms) :: :ok`: every DNS lookup takes `ms` first.
+#[rustler::nif]
+fn debug_dns_delay(ms: u64) -> Atom {
+    use std::sync::atomic::Ordering;
+    droplet_core::resolve::DNS_DELAY_MS.store(ms, Ordering::Relaxed);
     atoms::ok()
 }
 
@@ -79,18 +82,15 @@ thread_local! {
     static SCHEDSTAT: RefCell<Option<File>> = const { RefCell::new(None) };
 }
 
-/// The calling thread's `schedstat`: ns spent on a CPU (only brought up to
-/// date at scheduler events, so it lags while the thread runs on) and ns
-/// spent runnable but waiting for a CPU (preempted, or not yet picked).
+/// The thread's ns on a CPU (updated at scheduler events only) and ns
+/// runnable but waiting for one.
 fn schedstat() -> io::Result<(u64, u64)> {
     SCHEDSTAT.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = Some(File::open("/proc/thread-self/schedstat")?);
         }
-        let file = slot
-            .as_ref()
-            .ok_or_else(|| io::Error::other("schedstat not open"))?;
+        let file = slot.as_ref().ok_or_else(|| io::Error::other("schedstat not open"))?;
         let mut buf = [0u8; 128];
         let n = file.read_at(&mut buf, 0)?;
         let text = std::str::from_utf8(&buf[..n]).map_err(io::Error::other)?;
@@ -103,11 +103,8 @@ fn schedstat() -> io::Result<(u64, u64)> {
 }
 
 /// `debug_thread_times() :: {tid, now_ns, wait_ns} | {:error, binary}`: the
-/// calling thread's id, the monotonic clock, and the thread's run-queue wait
-/// so far, exactly as of that clock reading. The wait is read before and
-/// after the clock and the reading retried until both agree: a wait is
-/// added when the thread gets a CPU back, so agreement means no wait ended
-/// in between, and the value holds at the clock reading.
+/// wait as of the clock reading, read before and after it until both agree
+/// (a wait is added when the thread gets a CPU back).
 #[rustler::nif]
 fn debug_thread_times(env: Env) -> Term {
     let sample = thread_id().and_then(|tid| {
@@ -119,9 +116,7 @@ fn debug_thread_times(env: Env) -> Term {
                 return Ok((tid, now, before));
             }
         }
-        Err(io::Error::other(
-            "the thread was preempted in every reading",
-        ))
+        Err(io::Error::other("the thread was preempted in every reading"))
     });
     match sample {
         Ok(sample) => sample.encode(env),
@@ -130,9 +125,7 @@ fn debug_thread_times(env: Env) -> Term {
 }
 
 /// `debug_hold(:spin | :sleep, ms) :: :ok | {:error, binary}`: holds the
-/// calling (normal) scheduler on purpose, computing until the thread has
-/// had `ms` of CPU time, or sleeping `ms` as blocking I/O would. The
-/// positive controls of the scheduler test.
+/// scheduler for `ms` of CPU time or of sleep, as positive controls.
 #[rustler::nif]
 fn debug_hold(env: Env, kind: Atom, ms: u64) -> Term {
     let held = if kind == atoms::sleep() {

@@ -1,22 +1,16 @@
 //! Rust results as the terms `LibclusterDroplet.Native` documents.
 
 use droplet_core::api::{Listing, Stats};
+use droplet_core::bounds::Bound;
 use droplet_core::model::{AddressType, Droplet, NetAddress, Status};
 use droplet_core::probe::{ProbeError, ProbeResult};
 use droplet_core::ratelimit::RateLimit;
 use droplet_core::select::Selector;
 use droplet_core::Error;
-use rustler::{Encoder, Env, Term};
+use rustler::{Atom, Encoder, Env, NifMap, NifTaggedEnum, NifUntaggedEnum, Term};
 use std::time::Duration;
 
 use crate::atoms;
-
-/// A map with atom keys. Building one can only fail on duplicate keys, which
-/// our fixed key lists never have; `nil` stands in rather than a panic.
-fn map<'a>(env: Env<'a>, keys: &[rustler::Atom], values: &[Term<'a>]) -> Term<'a> {
-    let keys: Vec<Term<'a>> = keys.iter().map(|k| k.encode(env)).collect();
-    Term::map_from_term_arrays(env, &keys, values).unwrap_or_else(|_| atoms::nil().encode(env))
-}
 
 pub fn reason<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
     match e {
@@ -37,6 +31,15 @@ pub fn reason<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
         Error::PaginationLoop => atoms::pagination_loop().encode(env),
         Error::TooManyPages(max) => (atoms::too_many_pages(), max).encode(env),
         Error::TooManyDroplets(max) => (atoms::too_many_droplets(), max).encode(env),
+        Error::ListingTooLarge(bound, limit) => {
+            let bound = match bound {
+                Bound::MaxListingBytes => atoms::max_listing_bytes(),
+                Bound::MaxStringBytes => atoms::max_string_bytes(),
+                Bound::MaxTagsPerDroplet => atoms::max_tags_per_droplet(),
+                Bound::MaxAddressesPerDroplet => atoms::max_addresses_per_droplet(),
+            };
+            (atoms::listing_too_large(), (bound, limit)).encode(env)
+        }
         Error::BodyTooLarge(limit) => (atoms::body_too_large(), limit).encode(env),
         Error::CaFile(d) => (atoms::ca_file(), d.as_str()).encode(env),
         Error::InvalidRequest(d) => (atoms::invalid_request(), d.as_str()).encode(env),
@@ -53,139 +56,139 @@ pub fn error<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
     (atoms::error(), reason(env, e)).encode(env)
 }
 
-fn status<'a>(env: Env<'a>, s: &Status) -> Term<'a> {
+/// A word of the API's: the atom it is known as, or the word itself.
+#[derive(NifUntaggedEnum)]
+#[rustler(encode)]
+enum Word<'d> {
+    Known(Atom),
+    Other(&'d str),
+}
+
+fn status(s: &Status) -> Word<'_> {
     match s {
-        Status::New => atoms::new().encode(env),
-        Status::Active => atoms::active().encode(env),
-        Status::Off => atoms::off().encode(env),
-        Status::Archive => atoms::archive().encode(env),
-        Status::Other(other) => other.as_str().encode(env),
+        Status::New => Word::Known(atoms::new()),
+        Status::Active => Word::Known(atoms::active()),
+        Status::Off => Word::Known(atoms::off()),
+        Status::Archive => Word::Known(atoms::archive()),
+        Status::Other(other) => Word::Other(other),
     }
 }
 
-fn addresses<'a>(env: Env<'a>, list: &[NetAddress]) -> Term<'a> {
-    let items: Vec<Term<'a>> = list
-        .iter()
-        .map(|a| {
-            let kind = match &a.kind {
-                AddressType::Public => atoms::public().encode(env),
-                AddressType::Private => atoms::private().encode(env),
-                AddressType::Other(other) => other.as_str().encode(env),
-            };
-            (a.ip_address.as_str(), kind).encode(env)
-        })
-        .collect();
-    items.encode(env)
+fn kind(kind: &AddressType) -> Word<'_> {
+    match kind {
+        AddressType::Public => Word::Known(atoms::public()),
+        AddressType::Private => Word::Known(atoms::private()),
+        AddressType::Other(other) => Word::Other(other),
+    }
 }
 
-fn droplet<'a>(env: Env<'a>, d: &Droplet, select: Option<&Selector>) -> Term<'a> {
-    let address = select.and_then(|s| s.select(d));
-    map(
-        env,
-        &[
-            atoms::id(),
-            atoms::name(),
-            atoms::status(),
-            atoms::tags(),
-            atoms::region(),
-            atoms::vpc_uuid(),
-            atoms::v4(),
-            atoms::v6(),
-            atoms::address(),
-        ],
-        &[
-            d.id.encode(env),
-            d.name.as_str().encode(env),
-            status(env, &d.status),
-            d.tags().encode(env),
-            d.region.as_deref().encode(env),
-            d.vpc_uuid.as_deref().encode(env),
-            addresses(env, &d.networks.v4),
-            addresses(env, &d.networks.v6),
-            address.encode(env),
-        ],
-    )
+fn addresses(list: &[NetAddress]) -> Vec<(&str, Word<'_>)> {
+    list.iter().map(|a| (a.ip_address.as_str(), kind(&a.kind))).collect()
 }
 
-pub fn listing<'a>(env: Env<'a>, listing: &Listing, select: Option<&Selector>) -> Term<'a> {
-    let droplets: Vec<Term<'a>> = listing
-        .droplets
-        .iter()
-        .map(|d| droplet(env, d, select))
-        .collect();
-    let body = map(
-        env,
-        &[atoms::droplets(), atoms::total()],
-        &[droplets.encode(env), listing.total.encode(env)],
-    );
+/// A droplet as `LibclusterDroplet.droplet()` documents it.
+#[derive(NifMap)]
+#[rustler(encode)]
+struct DropletMap<'d> {
+    id: u64,
+    name: &'d str,
+    status: Word<'d>,
+    tags: &'d [String],
+    region: Option<&'d str>,
+    vpc_uuid: Option<&'d str>,
+    v4: Vec<(&'d str, Word<'d>)>,
+    v6: Vec<(&'d str, Word<'d>)>,
+    address: Option<&'d str>,
+}
+
+#[derive(NifMap)]
+#[rustler(encode)]
+struct ListingMap<'d> {
+    droplets: Vec<DropletMap<'d>>,
+    total: u64,
+}
+
+/// `{:ok, %{droplets: [droplet], total: n}}`.
+pub fn listing<'a, 'd>(env: Env<'a>, listing: &'d Listing, select: Option<&Selector>) -> Term<'a> {
+    let droplet = |d: &'d Droplet| DropletMap {
+        id: d.id,
+        name: &d.name,
+        status: status(&d.status),
+        tags: d.tags(),
+        region: d.region.as_deref(),
+        vpc_uuid: d.vpc_uuid.as_deref(),
+        v4: addresses(&d.networks.v4),
+        v6: addresses(&d.networks.v6),
+        address: select.and_then(|s| s.select(d)),
+    };
+    let body = ListingMap {
+        droplets: listing.droplets.iter().map(droplet).collect(),
+        total: listing.total,
+    };
     (atoms::ok(), body).encode(env)
 }
 
-fn rate_limit<'a>(env: Env<'a>, rl: &RateLimit) -> Term<'a> {
-    map(
-        env,
-        &[
-            atoms::limit(),
-            atoms::remaining(),
-            atoms::reset(),
-            atoms::retry_after(),
-        ],
-        &[
-            rl.limit.encode(env),
-            rl.remaining.encode(env),
-            rl.reset.encode(env),
-            rl.retry_after.encode(env),
-        ],
-    )
+#[derive(NifMap)]
+#[rustler(encode)]
+struct RateLimitMap {
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    reset: Option<u64>,
+    retry_after: Option<u64>,
 }
 
+#[derive(NifMap)]
+#[rustler(encode)]
+struct InfoMap {
+    requests: u64,
+    elapsed_us: u64,
+    rate_limit: Option<RateLimitMap>,
+}
+
+/// `%{requests: n, elapsed_us: n, rate_limit: nil | %{limit: .., ...}}`.
 pub fn info<'a>(env: Env<'a>, stats: &Stats, elapsed: Duration) -> Term<'a> {
-    let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-    let rl = match stats.rate_limit() {
-        Some(rl) => rate_limit(env, &rl),
-        None => atoms::nil().encode(env),
-    };
-    map(
-        env,
-        &[atoms::requests(), atoms::elapsed_us(), atoms::rate_limit()],
-        &[stats.requests().encode(env), elapsed_us.encode(env), rl],
-    )
+    let rate_limit = stats.rate_limit().map(|rl: RateLimit| RateLimitMap {
+        limit: rl.limit,
+        remaining: rl.remaining,
+        reset: rl.reset,
+        retry_after: rl.retry_after,
+    });
+    InfoMap {
+        requests: stats.requests(),
+        elapsed_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        rate_limit,
+    }
+    .encode(env)
 }
 
-fn probe_outcome<'a>(env: Env<'a>, r: &ProbeResult) -> Term<'a> {
-    match r {
-        Ok(latency) => {
-            let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-            (atoms::ok(), us).encode(env)
-        }
-        Err(e) => {
-            let reason = match e {
-                ProbeError::Timeout => atoms::timeout().encode(env),
-                ProbeError::Refused => atoms::refused().encode(env),
-                ProbeError::Unreachable => atoms::unreachable().encode(env),
-                ProbeError::InvalidAddress => atoms::invalid_address().encode(env),
-                ProbeError::Io(d) => (atoms::io(), d.as_str()).encode(env),
-            };
-            (atoms::error(), reason).encode(env)
-        }
-    }
+/// `:timeout | :refused | :unreachable | :invalid_address | {:io, detail}`.
+#[derive(NifTaggedEnum)]
+#[rustler(encode)]
+enum ProbeReason<'a> {
+    Timeout,
+    Refused,
+    Unreachable,
+    InvalidAddress,
+    Io(&'a str),
+}
+
+/// `{:ok, connect_us} | {:error, reason}`.
+fn probe_outcome(r: &ProbeResult) -> Result<u64, ProbeReason<'_>> {
+    let us = |latency: &Duration| u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    r.as_ref().map(us).map_err(|e| match e {
+        ProbeError::Timeout => ProbeReason::Timeout,
+        ProbeError::Refused => ProbeReason::Refused,
+        ProbeError::Unreachable => ProbeReason::Unreachable,
+        ProbeError::InvalidAddress => ProbeReason::InvalidAddress,
+        ProbeError::Io(d) => ProbeReason::Io(d),
+    })
 }
 
 /// `[{address, outcome}]`, each address the very term the caller passed.
 /// `addresses` is the list `results` came from, one item per target.
 pub fn probe_results<'a>(env: Env<'a>, addresses: Term<'a>, results: &[ProbeResult]) -> Term<'a> {
-    match addresses.into_list_iterator() {
-        Ok(addresses) => {
-            let items: Vec<Term<'a>> = addresses
-                .zip(results)
-                .map(|(addr, r)| (addr, probe_outcome(env, r)).encode(env))
-                .collect();
-            items.encode(env)
-        }
-        // The NIF checked it was a list before starting the call.
-        Err(_) => error(
-            env,
-            &Error::InvalidRequest("addresses must be a list of binaries".into()),
-        ),
-    }
+    // The NIF checked it was a list before starting the call.
+    let addresses = addresses.into_list_iterator().into_iter().flatten();
+    let items: Vec<_> = addresses.zip(results).map(|(addr, r)| (addr, probe_outcome(r))).collect();
+    items.encode(env)
 }

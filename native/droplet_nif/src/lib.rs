@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
-use droplet_core::api::{list_droplets as core_list, Listing, Stats};
+use droplet_core::api::{self, Listing, Stats};
 use droplet_core::budget::{self, Admission};
 use droplet_core::cancel::{Cancel, CancelOnDrop};
 use droplet_core::error::{panic_detail, short};
@@ -26,49 +26,41 @@ mod atoms {
     rustler::atoms! {
         ok, error, nil,
         droplet_nif_list, droplet_nif_probe,
-        // request keys
-        api_url, token, tag_name, name, per_page, ca_file, connect_timeout_ms,
-        request_timeout_ms, deadline_ms, max_body_bytes, max_pages,
-        max_droplets, page_concurrency, keep_alive_ms, select, network, ipv6,
-        gpus, only, true_ = "true", false_ = "false",
-        // results
-        droplets, total, requests, elapsed_us, rate_limit, limit, remaining,
-        reset, retry_after, id, status, tags, region, vpc_uuid, v4, v6, address,
-        new, active, off, archive, public, private,
+        new, active, off, archive, public, private, ca_file,
+        max_listing_bytes, max_string_bytes, max_tags_per_droplet,
+        max_addresses_per_droplet,
         // reasons
         unauthorized, forbidden, rate_limited, http_status, timeout, transport,
         tls, invalid_json, unexpected_shape, inconsistent, foreign_link,
         foreign_redirect, too_many_redirects, pagination_loop, too_many_pages,
         too_many_droplets, body_too_large, invalid_request, no_private_ipv6, spawn, panic,
+        listing_too_large,
         tags_unknown, busy, cancelled,
-        refused, unreachable, invalid_address, io,
         // debug_panic
         nif, list,
     }
 }
 
-/// The listing thread parses pages and runs TLS handshakes; page workers
-/// have their own stacks, so this one needs no more than a modest size.
-const LIST_STACK: usize = 1024 * 1024;
-/// The probe coordinator probes too, and only calls `connect`.
-const PROBE_STACK: usize = 256 * 1024;
+/// The coordinator thread of each kind of call: the listing's parses pages
+/// and runs TLS handshakes, the prober's only calls `connect`.
+type Coordinator = (&'static str, usize);
+const LIST_THREAD: Coordinator = ("droplet_list", 1024 * 1024);
+const PROBE_THREAD: Coordinator = ("droplet_probe", 256 * 1024);
 
 #[rustler::nif]
 fn nif_version() -> &'static str {
     droplet_core::VERSION
 }
 
-/// The caller's handle on one call in flight. When it is dropped (its
-/// process died, or let go of it) the call is cancelled. The call's threads
-/// hold only the `Cancel` inside it, never the handle: a handle its own
-/// threads kept alive would never be dropped.
+/// The caller's handle on a call: dropped (its process died or let go), it
+/// cancels the call. The threads hold only the `Cancel`, or it never would.
 struct CallHandle(CancelOnDrop);
 
 #[rustler::resource_impl]
 impl rustler::Resource for CallHandle {}
 
-/// Where a call's answer goes: the caller's pid and ref, the ref saved in
-/// the process-independent env the answer will be built in.
+/// Where a call's answer goes: the caller, and its ref saved in the env the
+/// answer is built in.
 struct Reply {
     pid: LocalPid,
     owned: OwnedEnv,
@@ -79,31 +71,21 @@ impl Reply {
     fn new(env: Env, reference: Term) -> Reply {
         let owned = OwnedEnv::new();
         let reference = owned.save(reference);
-        Reply {
-            pid: env.pid(),
-            owned,
-            reference,
-        }
+        Reply { pid: env.pid(), owned, reference }
     }
 
-    /// Copies `term` into the reply's env, where the call's own thread can
-    /// read it and the answer can quote it.
+    /// `term` copied into the reply's env, for the call's thread and answer.
     fn keep(&self, term: Term) -> SavedTerm {
         self.owned.save(term)
     }
 
-    /// Sends `encode(env, ref, outcome)`, under `catch_unwind`: a panic
-    /// while encoding is retried once as an encoded `Err(Panic)`, so the
-    /// caller still hears back.
+    /// Sends `encode(env, ref, outcome)`; a panic encoding it is sent as an
+    /// `Err(Panic)`, so the caller still hears back.
     fn send<R, E>(self, outcome: Result<R, Error>, encode: E)
     where
         E: for<'a> Fn(Env<'a>, Term<'a>, Result<R, Error>) -> Term<'a>,
     {
-        let Reply {
-            pid,
-            mut owned,
-            reference,
-        } = self;
+        let Reply { pid, mut owned, reference } = self;
         let first = catch_unwind(AssertUnwindSafe(|| {
             owned.send_and_clear(&pid, |env| encode(env, reference.load(env), outcome))
         }));
@@ -117,26 +99,9 @@ impl Reply {
     }
 }
 
-/// The coordinator thread of one kind of call.
-struct Coordinator {
-    name: &'static str,
-    stack_size: usize,
-}
-
-const LIST_THREAD: Coordinator = Coordinator {
-    name: "droplet_list",
-    stack_size: LIST_STACK,
-};
-const PROBE_THREAD: Coordinator = Coordinator {
-    name: "droplet_probe",
-    stack_size: PROBE_STACK,
-};
-
 /// Spawns the call's coordinator thread, which runs `work` under
-/// `catch_unwind` and sends the caller its answer; returns
-/// `{:ok, handle, concurrency}` at once. Spawning is the only thing done
-/// here on the caller's scheduler. If it fails, the admission and the
-/// reply env are dropped with the thread's closure, so nothing leaks.
+/// `catch_unwind` and answers; returns `{:ok, handle, concurrency}` at once.
+/// A failed spawn drops the admission and the env with the closure.
 fn start_call<'a, R, W, E>(
     env: Env<'a>,
     reply: Reply,
@@ -148,20 +113,19 @@ fn start_call<'a, R, W, E>(
 ) -> Result<Term<'a>, Error>
 where
     R: 'static,
-    W: FnOnce(&OwnedEnv) -> Result<R, Error> + Send + 'static,
+    W: FnOnce(&OwnedEnv, &Admission) -> Result<R, Error> + Send + 'static,
     E: for<'b> Fn(Env<'b>, Term<'b>, Result<R, Error>) -> Term<'b> + Send + 'static,
 {
     let concurrency = admission.concurrency();
     let handle = ResourceArc::new(CallHandle(CancelOnDrop::new(cancel)));
     thread::Builder::new()
-        .name(coordinator.name.to_string())
-        .stack_size(coordinator.stack_size)
+        .name(coordinator.0.to_string())
+        .stack_size(coordinator.1)
         .spawn(move || {
-            let outcome = catch_unwind(AssertUnwindSafe(|| work(&reply.owned)))
+            let outcome = catch_unwind(AssertUnwindSafe(|| work(&reply.owned, &admission)))
                 .unwrap_or_else(|payload| Err(Error::Panic(panic_detail(payload.as_ref()))));
             reply.send(outcome, encode);
-            // Released only now: the call slot covers this thread's whole
-            // life, answer included, so the budget bounds live threads.
+            // Only now: the slot covers the thread's whole life.
             drop(admission);
         })
         .map_err(|e| Error::Spawn(short(e.to_string())))?;
@@ -173,17 +137,14 @@ fn started_or_error<'a>(env: Env<'a>, started: Result<Term<'a>, Error>) -> Term<
 }
 
 fn require_ref(reference: Term) -> Result<(), Error> {
-    if reference.get_type() == TermType::Ref {
-        Ok(())
-    } else {
-        Err(Error::InvalidRequest("ref must be a reference".into()))
-    }
+    let is_ref = reference.get_type() == TermType::Ref;
+    is_ref.then_some(()).ok_or_else(|| Error::InvalidRequest("ref must be a reference".into()))
 }
 
 type ListOutcome = (Listing, Option<Selector>);
 
-/// The listing thread, shared by real listings and `debug_panic(:list)` so
-/// the panic path tested is the one real listings take.
+/// The listing thread, shared with `debug_panic(:list)`: the panic path
+/// tested is the real one.
 fn start_list<'a, W>(
     env: Env<'a>,
     reference: Term<'a>,
@@ -192,7 +153,7 @@ fn start_list<'a, W>(
     work: W,
 ) -> Result<Term<'a>, Error>
 where
-    W: FnOnce(&Stats) -> Result<ListOutcome, Error> + Send + 'static,
+    W: FnOnce(&Stats, &Admission) -> Result<ListOutcome, Error> + Send + 'static,
 {
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
@@ -203,7 +164,7 @@ where
         LIST_THREAD,
         admission,
         cancel,
-        move |_owned| work(&for_work),
+        move |_owned, admission| work(&for_work, admission),
         move |env, reference, outcome| {
             let result = match &outcome {
                 Ok((listing, select)) => encode::listing(env, listing, select.as_ref()),
@@ -220,19 +181,16 @@ where
 /// `page_concurrency` is what the budget granted: at most the request's.
 #[rustler::nif]
 fn list_droplets<'a>(env: Env<'a>, request: Term<'a>, reference: Term<'a>) -> Term<'a> {
-    let started = require_ref(reference)
-        .and_then(|()| decode::list_args(request))
-        .and_then(|mut args| {
+    let started =
+        require_ref(reference).and_then(|()| decode::list_args(request)).and_then(|mut args| {
             let wanted = args.request.page_concurrency.saturating_sub(1);
             let admission = budget::global().admit(wanted)?;
             args.request.page_concurrency = admission.concurrency();
             let cancel = args.request.cancel.clone();
-            start_list(env, reference, admission, cancel, move |stats| {
-                let select = args
-                    .select
-                    .map(|(network, ipv6)| Selector::new(network, ipv6))
-                    .transpose()?;
-                let listing = core_list(&args.request, stats)?;
+            start_list(env, reference, admission, cancel, move |stats, helpers| {
+                let select =
+                    args.select.map(|(network, ipv6)| Selector::new(network, ipv6)).transpose()?;
+                let listing = api::list_droplets(&args.request, stats, helpers)?;
                 Ok((listing, select))
             })
         });
@@ -265,13 +223,10 @@ fn start_probe<'a>(
 ) -> Result<Term<'a>, Error> {
     let wanted = probe::helpers_wanted(args.targets, args.concurrency);
     let admission = budget::global().admit(wanted)?;
-    let concurrency = admission.concurrency();
     let cancel = Cancel::new();
     let reply = Reply::new(env, reference);
-    // Copied, not decoded, on the scheduler: the list was checked short,
-    // and each address is either a heap binary of at most 64 bytes or an
-    // off-heap one, whose copy is a reference. The coordinator reads the
-    // bytes, and the answer quotes these very terms.
+    // Copied, not decoded, on the scheduler: a short list of heap binaries
+    // of at most 64 bytes or off-heap ones (a reference each).
     let kept = reply.keep(addresses);
     let for_answer = kept.clone();
     let for_work = cancel.clone();
@@ -281,10 +236,10 @@ fn start_probe<'a>(
         PROBE_THREAD,
         admission,
         cancel,
-        move |owned| {
+        move |owned, helpers| {
             owned.run(|env| {
                 let targets = decode::address_bytes(kept.load(env));
-                probe::probe_all(&targets, args.port, args.timeout, concurrency, &for_work)
+                probe::probe_all(&targets, args.port, args.timeout, helpers, &for_work)
             })
         },
         move |env, reference, outcome| {
@@ -297,10 +252,8 @@ fn start_probe<'a>(
     )
 }
 
-/// `cancel(handle) :: :ok | {:error, {:invalid_request, _}}`: no new work
-/// item of that call starts; the items in flight end by their own timeouts
-/// and the caller is answered `{:error, :cancelled}`, unless the call had
-/// already finished them all. Cancelling a finished call does nothing.
+/// `cancel(handle) :: :ok | {:error, {:invalid_request, _}}`: no new item of
+/// the call starts; it answers `{:error, :cancelled}` unless all had run.
 #[rustler::nif]
 fn cancel<'a>(env: Env<'a>, handle: Term<'a>) -> Term<'a> {
     match handle.decode::<ResourceArc<CallHandle>>() {
@@ -308,16 +261,14 @@ fn cancel<'a>(env: Env<'a>, handle: Term<'a>) -> Term<'a> {
             handle.0.cancel();
             atoms::ok().encode(env)
         }
-        Err(_) => encode::error(
-            env,
-            &Error::InvalidRequest("handle must be a call's handle".into()),
-        ),
+        Err(_) => {
+            encode::error(env, &Error::InvalidRequest("handle must be a call's handle".into()))
+        }
     }
 }
 
-/// Test builds only: `debug_panic(:nif, ref)` panics in the NIF itself
-/// (rustler turns that into an `:nif_panicked` exception in the caller);
-/// `debug_panic(:list, ref)` panics inside a listing thread.
+/// Test builds only: `debug_panic(:nif | :list, ref)` panics in the NIF
+/// (an `:nif_panicked` exception) or in a listing thread.
 #[cfg(feature = "test-panic")]
 #[rustler::nif]
 fn debug_panic<'a>(env: Env<'a>, place: Term<'a>, reference: Term<'a>) -> Term<'a> {
@@ -326,14 +277,11 @@ fn debug_panic<'a>(env: Env<'a>, place: Term<'a>, reference: Term<'a>) -> Term<'
         panic!("debug_panic: panicking inside the NIF on purpose");
     }
     if place != Some(atoms::list()) {
-        return encode::error(
-            env,
-            &Error::InvalidRequest("where must be :nif or :list".into()),
-        );
+        return encode::error(env, &Error::InvalidRequest("where must be :nif or :list".into()));
     }
     let started = require_ref(reference).and_then(|()| {
         let admission = budget::global().admit(0)?;
-        start_list(env, reference, admission, Cancel::new(), |_stats| {
+        start_list(env, reference, admission, Cancel::new(), |_stats, _helpers| {
             panic!("debug_panic: panicking inside the listing thread on purpose")
         })
     });

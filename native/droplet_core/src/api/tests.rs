@@ -10,6 +10,11 @@ use std::collections::HashMap;
 const API: &str = "https://api.example.test";
 const TOKEN: &str = "dop_v1_sekret0123456789";
 
+/// A real listing, `page_concurrency` pages at a time.
+fn list_droplets(req: &ListRequest, stats: &Stats) -> Result<Listing, Error> {
+    super::list_droplets(req, stats, &req.page_concurrency.saturating_sub(1))
+}
+
 fn request() -> ListRequest {
     ListRequest::new(API, TOKEN).expect("valid request")
 }
@@ -40,28 +45,15 @@ fn page(ids: &[u64], next: Option<&str>, last: Option<&str>, total: u64) -> Stri
 }
 
 fn ok(body: &str) -> Exchange {
-    Exchange {
-        status: 200,
-        location: None,
-        rate_limit: None,
-        body: Ok(body.as_bytes().to_vec()),
-    }
+    Exchange { status: 200, location: None, rate_limit: None, body: Ok(body.as_bytes().to_vec()) }
 }
 
 fn status(code: u16) -> Exchange {
-    Exchange {
-        status: code,
-        location: None,
-        rate_limit: None,
-        body: Ok(Vec::new()),
-    }
+    Exchange { status: code, location: None, rate_limit: None, body: Ok(Vec::new()) }
 }
 
 fn redirect(to: &str) -> Exchange {
-    Exchange {
-        location: Some(to.to_string()),
-        ..status(302)
-    }
+    Exchange { location: Some(to.to_string()), ..status(302) }
 }
 
 type Route = Box<dyn Fn() -> Result<Exchange, Error> + Send + Sync>;
@@ -241,10 +233,7 @@ fn endless_next_links_hit_the_page_cap() {
 #[test]
 fn an_empty_first_page_with_a_total_is_inconsistent() {
     let fake = Fake::default().page(&p1(), page(&[], None, None, 4));
-    assert!(matches!(
-        run(&fake, &request()).0,
-        Err(Error::Inconsistent(_))
-    ));
+    assert!(matches!(run(&fake, &request()).0, Err(Error::Inconsistent(_))));
 }
 
 #[test]
@@ -284,10 +273,7 @@ fn any_failing_page_fails_the_listing() {
     let fake = Fake::default()
         .page(&p1(), page(&[1], Some(&pn(2)), Some(&pn(2)), 2))
         .page(&pn(2), "{\"droplets\": [".to_string());
-    assert!(matches!(
-        run(&fake, &request()).0,
-        Err(Error::InvalidJson(_))
-    ));
+    assert!(matches!(run(&fake, &request()).0, Err(Error::InvalidJson(_))));
 }
 
 #[test]
@@ -363,21 +349,14 @@ fn statuses_map_to_reasons() {
     ];
     for (exchange, want) in cases {
         let cell = Mutex::new(Some(exchange));
-        let fake = Fake::default().on(&p1(), move || {
-            cell.lock()
-                .ok()
-                .and_then(|mut c| c.take())
-                .ok_or(Error::Timeout)
-        });
+        let fake = Fake::default()
+            .on(&p1(), move || cell.lock().ok().and_then(|mut c| c.take()).ok_or(Error::Timeout));
         let (result, stats) = run(&fake, &request());
         assert_eq!(result, Err(want));
         assert_eq!(stats.requests(), 1);
     }
     let fake = Fake::default().on(&p1(), move || {
-        Ok(Exchange {
-            rate_limit: Some(rl(0, unix_now() + 60, None)),
-            ..status(429)
-        })
+        Ok(Exchange { rate_limit: Some(rl(0, unix_now() + 60, None)), ..status(429) })
     });
     match run(&fake, &request()).0 {
         Err(Error::RateLimited(Some(s))) => assert!((58..=60).contains(&s), "{s}"),
@@ -477,10 +456,7 @@ fn the_rate_limit_with_the_lowest_remaining_is_reported() {
         }
     };
     let fake = Fake::default()
-        .on(
-            &p1(),
-            with_rl(page(&[1], Some(&pn(2)), Some(&pn(3)), 3), 50),
-        )
+        .on(&p1(), with_rl(page(&[1], Some(&pn(2)), Some(&pn(3)), 3), 50))
         .on(&pn(2), with_rl(page(&[2], None, None, 3), 48))
         .on(&pn(3), with_rl(page(&[3], None, None, 3), 49));
     let (result, stats) = run(&fake, &request());
@@ -491,12 +467,8 @@ fn the_rate_limit_with_the_lowest_remaining_is_reported() {
 
 #[test]
 fn body_errors_fail_but_count() {
-    let fake = Fake::default().on(&p1(), || {
-        Ok(Exchange {
-            body: Err(Error::BodyTooLarge(10)),
-            ..status(200)
-        })
-    });
+    let fake = Fake::default()
+        .on(&p1(), || Ok(Exchange { body: Err(Error::BodyTooLarge(10)), ..status(200) }));
     let (result, stats) = run(&fake, &request());
     assert_eq!(result, Err(Error::BodyTooLarge(10)));
     assert_eq!(stats.requests(), 1);
@@ -511,22 +483,13 @@ fn the_request_debug_hides_the_token() {
 
 #[test]
 fn requests_are_validated() {
-    assert!(matches!(
-        ListRequest::new(API, ""),
-        Err(Error::InvalidRequest(_))
-    ));
+    assert!(matches!(ListRequest::new(API, ""), Err(Error::InvalidRequest(_))));
     assert!(matches!(
         ListRequest::new(API, "a b"),
         Err(Error::InvalidRequest(d)) if !d.contains("a b")
     ));
-    assert!(matches!(
-        ListRequest::new(API, "x\r\nEvil: 1"),
-        Err(Error::InvalidRequest(_))
-    ));
-    assert!(matches!(
-        ListRequest::new("ftp://x", "t"),
-        Err(Error::InvalidRequest(_))
-    ));
+    assert!(matches!(ListRequest::new(API, "x\r\nEvil: 1"), Err(Error::InvalidRequest(_))));
+    assert!(matches!(ListRequest::new("ftp://x", "t"), Err(Error::InvalidRequest(_))));
     assert_eq!(
         ListRequest::new("https://h/api/", "t").map(|r| r.api_url),
         Ok("https://h/api".into())
@@ -622,11 +585,7 @@ fn in_turn(bodies: Vec<String>) -> impl Fn() -> Result<Exchange, Error> + Send +
     let next = Mutex::new(0usize);
     move || {
         let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
-        let body = bodies
-            .get(*n)
-            .or(bodies.last())
-            .cloned()
-            .unwrap_or_default();
+        let body = bodies.get(*n).or(bodies.last()).cloned().unwrap_or_default();
         *n += 1;
         Ok(ok(&body))
     }
@@ -652,6 +611,29 @@ fn a_total_changing_mid_listing_restarts_the_listing_once() {
 }
 
 #[test]
+fn a_listing_started_over_counts_only_what_its_last_attempt_keeps() {
+    let attempt = [page(&[1, 3], Some(&pn(2)), Some(&pn(2)), 3), page(&[4], None, None, 3)];
+    let tally = crate::bounds::Tally::default();
+    for body in &attempt {
+        assert!(crate::model::parse_page(body.as_bytes(), 200, &tally).is_ok());
+    }
+    let fake = Fake::default()
+        .on(&p1(), in_turn(vec![page(&[1, 2], Some(&pn(2)), Some(&pn(2)), 4), attempt[0].clone()]))
+        .page(&pn(2), attempt[1].clone());
+    // Room for the last attempt's droplets and not much more: the first
+    // attempt's, dropped when it started over, no longer count.
+    let mut req = request();
+    req.limits.max_listing_bytes = tally.kept() + 8;
+    assert_eq!(run(&fake, &req).0.map(|l| ids(&l)), Ok(vec![1, 3, 4]));
+    req.limits.max_listing_bytes = tally.kept() - 1;
+    let fake = Fake::default().page(&p1(), attempt[0].clone()).page(&pn(2), attempt[1].clone());
+    assert_eq!(
+        run(&fake, &req).0,
+        Err(Error::ListingTooLarge(crate::bounds::Bound::MaxListingBytes, tally.kept() - 1))
+    );
+}
+
+#[test]
 fn a_total_changing_twice_is_inconsistent() {
     let fake = Fake::default()
         .on(
@@ -661,10 +643,7 @@ fn a_total_changing_twice_is_inconsistent() {
                 page(&[1, 3], Some(&pn(2)), Some(&pn(2)), 3),
             ]),
         )
-        .on(
-            &pn(2),
-            in_turn(vec![page(&[4], None, None, 3), page(&[4], None, None, 2)]),
-        );
+        .on(&pn(2), in_turn(vec![page(&[4], None, None, 3), page(&[4], None, None, 2)]));
     let (result, stats) = run(&fake, &request());
     assert_eq!(
         result,
@@ -695,10 +674,35 @@ fn a_deadline_too_far_to_represent_means_none() {
     assert_eq!(run(&fake, &req).0.map(|l| l.total), Ok(3));
     assert_eq!(deadline_after(Instant::now(), Duration::MAX), None);
     let now = Instant::now();
-    assert_eq!(
-        deadline_after(now, Duration::from_secs(1)),
-        Some(now + Duration::from_secs(1))
+    assert_eq!(deadline_after(now, Duration::from_secs(1)), Some(now + Duration::from_secs(1)));
+}
+
+#[test]
+fn no_piece_of_the_token_comes_back_in_a_listed_value() {
+    use crate::redact::tests::{assert_no_piece, TOKEN};
+    let piece = |start: usize| &TOKEN[start..start + 12];
+    let droplet = format!(
+        r#"{{"id":1,"name":"{TOKEN}","status":"{}","tags":["{}","web","x{}x"],
+            "region":{{"slug":"{}"}},"vpc_uuid":"{}",
+            "networks":{{"v4":[{{"ip_address":"{}","type":"{}"}}],"v6":[]}}}}"#,
+        piece(1),
+        piece(7),
+        piece(30),
+        piece(20),
+        &TOKEN[10..60],
+        piece(40),
+        piece(59)
     );
+    let mut req = ListRequest::new(API, TOKEN).expect("valid");
+    req.filter = ListFilter::Name("a".into());
+    let body = format!(r#"{{"droplets":[{droplet}],"meta":{{"total":1}}}}"#);
+    let fake = Fake::default().page(&format!("{}&name=a", p1()), body);
+    let listing = run(&fake, &req).0.expect("listing");
+    assert_no_piece(TOKEN, &format!("{listing:?}"));
+    let d = &listing.droplets[0];
+    assert_eq!(d.name, "[REDACTED]");
+    assert_eq!(d.tags(), ["[REDACTED]", "web", "x[REDACTED]x"]);
+    assert_eq!(d.status, crate::model::Status::Other("[REDACTED]".into()));
 }
 
 #[test]
@@ -721,10 +725,7 @@ fn tagged(id: u64, tags: Option<&[&str]>) -> String {
     let tags = match tags {
         Some(t) => format!(
             r#","tags":[{}]"#,
-            t.iter()
-                .map(|t| format!("\"{t}\""))
-                .collect::<Vec<_>>()
-                .join(",")
+            t.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(",")
         ),
         None => String::new(),
     };
@@ -782,9 +783,8 @@ fn several_tags_are_one_listing_each_merged_by_id() {
 
 #[test]
 fn gpu_droplets_are_one_more_listing_their_tags_checked_here() {
-    let fake = Fake::default()
-        .page(&tag_p1("web"), single_page(&[tagged(1, Some(&["web"]))]))
-        .page(
+    let fake =
+        Fake::default().page(&tag_p1("web"), single_page(&[tagged(1, Some(&["web"]))])).page(
             &gpu_p1(),
             single_page(&[
                 tagged(10, Some(&["web"])),
@@ -809,10 +809,7 @@ fn gpus_only_lists_only_gpu_droplets() {
 
     let by_name = format!("{API}/v2/droplets?per_page=200&page=1&name=g&type=gpus");
     let fake = Fake::default().page(&by_name, single_page(&[tagged(10, None)]));
-    let (result, _) = run(
-        &fake,
-        &with_filter(ListFilter::Name("g".into()), Gpus::Only),
-    );
+    let (result, _) = run(&fake, &with_filter(ListFilter::Name("g".into()), Gpus::Only));
     assert_eq!(result.map(|l| ids(&l)), Ok(vec![10]));
 }
 
@@ -855,10 +852,8 @@ fn one_deadline_covers_every_listing() {
 
 #[test]
 fn gpu_droplets_listed_without_tags_cannot_be_checked() {
-    let fake = Fake::default().page(
-        &gpu_p1(),
-        single_page(&[tagged(10, Some(&["web"])), tagged(11, None)]),
-    );
+    let fake = Fake::default()
+        .page(&gpu_p1(), single_page(&[tagged(10, Some(&["web"])), tagged(11, None)]));
     let (result, _) = run(&fake, &with_filter(tag_list(&["web"]), Gpus::Only));
     assert_eq!(result, Err(Error::TagsUnknown));
     // Without tags to check, a listing without tags is fine.
@@ -869,14 +864,8 @@ fn gpu_droplets_listed_without_tags_cannot_be_checked() {
 #[test]
 fn the_merged_listing_is_held_to_max_droplets() {
     let fake = Fake::default()
-        .page(
-            &tag_p1("a"),
-            single_page(&[tagged(1, Some(&["a"])), tagged(2, Some(&["a"]))]),
-        )
-        .page(
-            &tag_p1("b"),
-            single_page(&[tagged(2, Some(&["a", "b"])), tagged(3, Some(&["b"]))]),
-        );
+        .page(&tag_p1("a"), single_page(&[tagged(1, Some(&["a"])), tagged(2, Some(&["a"]))]))
+        .page(&tag_p1("b"), single_page(&[tagged(2, Some(&["a", "b"])), tagged(3, Some(&["b"]))]));
     let mut req = with_filter(tag_list(&["a", "b"]), Gpus::Exclude);
     req.max_droplets = 3;
     assert_eq!(run(&fake, &req).0.map(|l| ids(&l)), Ok(vec![1, 2, 3]));
@@ -897,10 +886,7 @@ fn local_request(server: &Server) -> ListRequest {
 #[test]
 fn http_three_pages_with_headers() {
     let server = Server::start(move |r| {
-        let base = r
-            .header("host")
-            .map(|h| format!("http://{h}"))
-            .unwrap_or_default();
+        let base = r.header("host").map(|h| format!("http://{h}")).unwrap_or_default();
         let link = |n: u64| format!("{base}/v2/droplets?page={n}&per_page=2");
         let page_no = crate::links::page_number(&format!("http://x{}", r.target)).unwrap_or(0);
         let body = match page_no {
@@ -926,18 +912,13 @@ fn http_three_pages_with_headers() {
     let recorded = server.recorded();
     assert_eq!(recorded.len(), 3);
     let first = &recorded[0];
-    assert_eq!(
-        first.target,
-        "/v2/droplets?per_page=2&page=1&name=node%20one"
-    );
+    assert_eq!(first.target, "/v2/droplets?per_page=2&page=1&name=node%20one");
     let bearer = format!("Bearer {TOKEN}");
     assert_eq!(first.header("authorization"), Some(bearer.as_str()));
     assert_eq!(first.header("accept"), Some("application/json"));
     let ua = format!("libcluster_droplet/{}", crate::VERSION);
     assert_eq!(first.header("user-agent"), Some(ua.as_str()));
-    assert!(recorded
-        .iter()
-        .all(|r| r.header("authorization") == Some(bearer.as_str())));
+    assert!(recorded.iter().all(|r| r.header("authorization") == Some(bearer.as_str())));
 }
 
 #[test]
@@ -975,16 +956,11 @@ fn http_403_names_the_scope_its_small_body_names() {
 fn http_401_and_429() {
     let server = Server::start(|_| Reply::status(401));
     let stats = Stats::default();
-    assert_eq!(
-        list_droplets(&local_request(&server), &stats),
-        Err(Error::Unauthorized)
-    );
+    assert_eq!(list_droplets(&local_request(&server), &stats), Err(Error::Unauthorized));
     assert_eq!(stats.requests(), 1);
 
     let server = Server::start(|_| {
-        Reply::status(429)
-            .header("Retry-After", "17")
-            .header("ratelimit-remaining", "0")
+        Reply::status(429).header("Retry-After", "17").header("ratelimit-remaining", "0")
     });
     assert_eq!(
         list_droplets(&local_request(&server), &Stats::default()),
@@ -1047,15 +1023,9 @@ fn http_body_cap() {
     });
     let mut req = local_request(&declared);
     req.max_body_bytes = size - 1;
-    assert_eq!(
-        list_droplets(&req, &Stats::default()),
-        Err(Error::BodyTooLarge(size - 1))
-    );
+    assert_eq!(list_droplets(&req, &Stats::default()), Err(Error::BodyTooLarge(size - 1)));
     req.max_body_bytes = size;
-    assert_eq!(
-        list_droplets(&req, &Stats::default()).map(|l| l.droplets.len()),
-        Ok(200)
-    );
+    assert_eq!(list_droplets(&req, &Stats::default()).map(|l| l.droplets.len()), Ok(200));
 
     let undeclared = Server::start(move |_| {
         let mut r = Reply::json(Vec::new());
@@ -1064,20 +1034,14 @@ fn http_body_cap() {
     });
     let mut req = local_request(&undeclared);
     req.max_body_bytes = 1_000;
-    assert_eq!(
-        list_droplets(&req, &Stats::default()),
-        Err(Error::BodyTooLarge(1_000))
-    );
+    assert_eq!(list_droplets(&req, &Stats::default()), Err(Error::BodyTooLarge(1_000)));
 }
 
 #[test]
 fn http_truncated_body_is_invalid_json() {
     let server = Server::start(|_| {
         let mut r = Reply::json(Vec::new());
-        r.body = Body::Truncated {
-            full: ALL.as_bytes().to_vec(),
-            sent: 500,
-        };
+        r.body = Body::Truncated { full: ALL.as_bytes().to_vec(), sent: 500 };
         r
     });
     let stats = Stats::default();
@@ -1193,8 +1157,20 @@ fn http_a_body_reflecting_the_token_never_brings_it_back() {
         let mut req = ListRequest::new(&server.url(), token).expect("valid");
         req.request_timeout = Duration::from_secs(5);
         let e = list_droplets(&req, &Stats::default()).expect_err("body refused");
-        assert_no_piece_of(token, &format!("{e} {e:?}"));
+        assert_no_piece_of(token, &format!("{e:?}"));
     }
+}
+
+#[test]
+fn http_a_host_name_is_resolved_on_the_process_pool() {
+    let server = Server::start(|_| Reply::json(ALL));
+    let mut req =
+        ListRequest::new(&format!("http://localhost:{}", server.port), TOKEN).expect("valid");
+    req.request_timeout = Duration::from_secs(5);
+    let listing = list_droplets(&req, &Stats::default()).expect("listing");
+    assert_eq!(ids(&listing), [3164444, 3164459, 3164412]);
+    let pool = crate::resolve::tests::threads_named("libcluster_dns");
+    assert_eq!(pool, crate::resolve::DNS_THREADS);
 }
 
 #[test]
@@ -1233,11 +1209,8 @@ fn http_a_kept_connection_the_server_closed_while_idle_is_not_used() {
     assert!(list_droplets(&req, &Stats::default()).is_ok());
     std::thread::sleep(Duration::from_millis(200));
     assert!(list_droplets(&req, &Stats::default()).is_ok());
-    let connections: Vec<(usize, usize)> = server
-        .recorded()
-        .iter()
-        .map(|r| (r.connection, r.earlier_on_connection))
-        .collect();
+    let connections: Vec<(usize, usize)> =
+        server.recorded().iter().map(|r| (r.connection, r.earlier_on_connection)).collect();
     assert_eq!(connections, [(1, 0), (2, 0)]);
 }
 
@@ -1259,11 +1232,8 @@ fn http_a_kept_connection_the_server_closes_under_a_request_is_retried_once() {
     let stats = Stats::default();
     assert_eq!(list_droplets(&req, &stats).map(|l| l.droplets.len()), Ok(3));
     assert_eq!(stats.requests(), 1);
-    let connections: Vec<(usize, usize)> = server
-        .recorded()
-        .iter()
-        .map(|r| (r.connection, r.earlier_on_connection))
-        .collect();
+    let connections: Vec<(usize, usize)> =
+        server.recorded().iter().map(|r| (r.connection, r.earlier_on_connection)).collect();
     assert_eq!(connections, [(1, 0), (1, 1), (2, 0)]);
 
     // Only once: a server hanging up on every request fails the listing.
@@ -1309,19 +1279,30 @@ fn tls_with_the_extra_ca_succeeds() {
 }
 
 #[test]
+fn a_ca_file_rotated_in_place_is_read_again() {
+    let server = Server::start_tls(|_| Reply::json(ALL));
+    // First the server's own certificate, which is no CA of it: refused.
+    let leaf = include_bytes!("../../testdata/server.pem");
+    let ca = TempFile::new("rotated_ca.pem", leaf);
+    let mut req = ListRequest::new(&server.https_url(), TOKEN).expect("valid");
+    req.ca_file = Some(ca.path().into());
+    assert!(matches!(list_droplets(&req, &Stats::default()), Err(Error::Tls(_))));
+    // The right CA written over it, at the same path: trusted from the
+    // next listing on, without a restart.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(ca.path(), crate::ca::tests::TEST_CA).expect("rotate");
+    let listing = list_droplets(&req, &Stats::default()).expect("listing over TLS");
+    assert_eq!(ids(&listing), [3164444, 3164459, 3164412]);
+}
+
+#[test]
 fn bad_ca_files_are_ca_file_errors() {
     let mut req = request();
     let garbage = TempFile::new("garbage.pem", b"not a certificate");
     req.ca_file = Some(garbage.path().into());
-    assert!(matches!(
-        list_droplets(&req, &Stats::default()),
-        Err(Error::CaFile(_))
-    ));
+    assert!(matches!(list_droplets(&req, &Stats::default()), Err(Error::CaFile(_))));
     req.ca_file = Some("/nonexistent/ca.pem".into());
-    assert!(matches!(
-        list_droplets(&req, &Stats::default()),
-        Err(Error::CaFile(_))
-    ));
+    assert!(matches!(list_droplets(&req, &Stats::default()), Err(Error::CaFile(_))));
 }
 
 #[test]
