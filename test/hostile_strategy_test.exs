@@ -267,7 +267,6 @@ defmodule LibclusterDroplet.HostileStrategyTest do
     end
   end
 
-  @tag :pending_rust_redaction
   test "values the API echoes (names, tags, regions, a 403's scope) holding pieces of the token show nowhere" do
     {:ok, api} = FakeAPI.start_link(token: @token)
     [other] = TestCluster.allocate_addresses(1)
@@ -314,7 +313,6 @@ defmodule LibclusterDroplet.HostileStrategyTest do
     )
   end
 
-  @tag :pending_rust_redaction
   test "a 403 naming a \"scope\" made of the token's letters: the scope shows nowhere" do
     {:ok, api} =
       FakeAPI.start_link(
