@@ -117,7 +117,9 @@ defmodule LibclusterDroplet.NifBoundsTest do
 
       assert list(url, max_tags_per_droplet: 0) ==
                {:error,
-                {:invalid_request, "max_tags_per_droplet must be an integer in 1..1099511627776"}}
+                {:invalid_request,
+                 "invalid value for :max_tags_per_droplet option: expected a positive integer " <>
+                   "(value not shown)"}}
     end
   end
 
