@@ -22,13 +22,15 @@ defmodule LibclusterDroplet.RollingUpgradeTest do
   #   C. a 2.0.0 droplet is added (old5): it joins and follows new2;
   #   D. old3's droplet is removed: old3 alone leaves.
   #
-  # In each phase, while the poller polls 20 more times: the mesh holds at
-  # every sample, and each follower polls the API no more than its safety
-  # polls allow, counted on its own state and bounded by the time the
-  # window took: a follower that cannot read the poller's shares polls at
-  # full rate and keeps the membership, so only this count shows it. No
-  # node sees a nodedown other than of the stopped leader or the removed
-  # node.
+  # In each phase every follower names the poller as its leader and its
+  # last view came from the poller's share; then, while the poller polls 20
+  # more times, the mesh holds at every sample and each follower polls the
+  # API no more than its safety polls allow, counted on its own state and
+  # bounded by the time the window took. A follower that cannot read the
+  # poller's shares keeps the membership: it polls at full rate instead,
+  # which the count shows (and after a takeover its state still names the
+  # successor it awaited, so the leader alone would not). No node sees a
+  # nodedown other than of the stopped poller or of the removed node.
   #
   # 2.0.0 is taken from the repository's history. A clone without that
   # commit (a shallow one) fails this test and says so; set
@@ -47,8 +49,9 @@ defmodule LibclusterDroplet.RollingUpgradeTest do
   # The poller's polls per observation window.
   @hold_polls 20
   # A follower polls the API itself once its last poll is 4 × (cluster
-  # size − 1) × polling_interval old (README, "One poller per cluster");
-  # the size counts at least 2, so its polls are at least this far apart.
+  # size − 1) × polling_interval old (guides/how-it-works.md, the same rule
+  # in 2.0.0); the size counts at least 2, so its polls are at least this
+  # far apart.
   @min_safety_interval 4 * @interval
 
   # The consumer application's Cluster.Supervisor (its own module, not ours).
@@ -60,41 +63,49 @@ defmodule LibclusterDroplet.RollingUpgradeTest do
 
   @previous_present? PreviousRelease.commit_present?(@root, @previous)
 
-  cond do
-    not File.dir?(@vendor) ->
-      @skip_reason "#{@vendor} is absent: the vendored Hex packages are needed to build " <>
-                     "the consumer applications"
-      IO.puts(:stderr, "#{inspect(__MODULE__)} skipped: #{@skip_reason}")
-      @moduletag skip: @skip_reason
+  skip_requested? = System.get_env(@skip_env) in ["1", "true"]
 
-    not @previous_present? and System.get_env(@skip_env) in ["1", "true"] ->
-      @skip_reason "commit #{@previous} (libcluster_droplet 2.0.0) is not in the repository " <>
-                     "and #{@skip_env} is set"
-      IO.puts(:stderr, "#{inspect(__MODULE__)} skipped: #{@skip_reason}")
-      @moduletag skip: @skip_reason
+  skip_reason =
+    cond do
+      not File.dir?(@vendor) ->
+        "#{@vendor} is absent: the vendored Hex packages are needed to build " <>
+          "the consumer applications"
 
-    true ->
-      :ok
+      not @previous_present? and skip_requested? ->
+        "commit #{@previous} (libcluster_droplet 2.0.0) is not in the repository " <>
+          "and #{@skip_env} is set"
+
+      true ->
+        nil
+    end
+
+  @skip_reason skip_reason
+
+  if @skip_reason do
+    IO.puts(:stderr, "#{inspect(__MODULE__)} skipped: #{@skip_reason}")
+    @moduletag skip: @skip_reason
   end
 
-  setup_all do
-    cond do
-      not File.dir?(@vendor) or System.get_env(@skip_env) in ["1", "true"] ->
-        :ok
+  cond do
+    @skip_reason ->
+      :ok
 
-      not @previous_present? ->
+    not @previous_present? ->
+      setup_all do
         raise "commit #{@previous} (libcluster_droplet 2.0.0, the release this test runs " <>
                 "beside this tree) is not in the repository at #{@root}: fetch the whole " <>
                 "history (git fetch --unshallow), or set #{@skip_env}=1 to skip this test"
+      end
 
-      true ->
+    true ->
+      setup_all do
         new = ConsumerApp.build!(root: @root, vendor: @vendor, polling_interval: @interval)
         on_exit(fn -> ConsumerApp.cleanup(new) end)
         old = PreviousRelease.consumer!(new, @root, @previous)
         on_exit(fn -> ConsumerApp.cleanup(old) end)
         note("consumer apps compiled: new in #{new.compile_ms} ms, 2.0.0 in #{old.compile_ms} ms")
         %{new: new, old: old}
-    end
+      end
   end
 
   setup do
@@ -132,7 +143,6 @@ defmodule LibclusterDroplet.RollingUpgradeTest do
 
     problems = phase(ctx, "A (2.0.0 polls)", old1, [new2, old3, new4])
     assert problems == [], Enum.join(problems, ";\n")
-    assert_no_nodedowns([old1, new2, old3, new4], fn _observer, _down, _at -> false end)
 
     # ---- B: the 2.0.0 poller goes away; this release's node takes over.
     stopped_at = System.os_time(:millisecond)
@@ -156,10 +166,10 @@ defmodule LibclusterDroplet.RollingUpgradeTest do
     removed_at = System.os_time(:millisecond)
     :ok = FakeAPI.remove_droplet(ctx.api, old3.id)
 
-    TestCluster.await(
-      fn -> detached?(old3, healthy) end,
-      30_000
-    )
+    case await_result(fn -> detached?(old3, healthy) end, 30_000) do
+      {:ok, _} -> :ok
+      {:timeout, _} -> flunk("#{old3.node.node} did not leave: #{connections([old3 | healthy])}")
+    end
 
     # Still detached a few polls later, and nothing else moved.
     polls = strategy(new2.node).polls
@@ -255,8 +265,8 @@ defmodule LibclusterDroplet.RollingUpgradeTest do
         breaks != [] &&
           "#{name}: the mesh broke #{length(breaks)} times; first: #{inspect(hd(breaks))}",
         downs != [] &&
-          "#{name}: nodes saw nodedowns of one another ({observer, down, reason}): " <>
-            inspect(downs)
+          "#{name}: nodes saw #{length(downs)} nodedowns of one another; the first " <>
+            "({observer, down, reason}): #{inspect(Enum.take(downs, 6))}"
       ] ++ overpolled,
       & &1
     )
@@ -366,11 +376,14 @@ defmodule LibclusterDroplet.RollingUpgradeTest do
           not expected?.(name, down, at),
           do: {name, down, reason}
 
-    assert downs == [], "unexpected nodedowns ({observer, down, reason}): #{inspect(downs)}"
+    assert downs == [],
+           "#{length(downs)} unexpected nodedowns; the first ({observer, down, reason}): " <>
+             inspect(Enum.take(downs, 6))
   end
 
   # Runs `check` (returning a list of problems) every 100 ms until `done`
-  # holds or `timeout` ms pass; returns the problems found.
+  # holds or `timeout` ms pass (the caller checks which); returns the
+  # problems found.
   defp sample_until(done, check, timeout) do
     deadline = now() + timeout
     do_sample(done, check, deadline, [])
@@ -381,7 +394,7 @@ defmodule LibclusterDroplet.RollingUpgradeTest do
 
     cond do
       done.() -> acc
-      now() > deadline -> acc ++ [:timeout]
+      now() > deadline -> acc
       true -> Process.sleep(100) && do_sample(done, check, deadline, acc)
     end
   end
