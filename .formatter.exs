@@ -2,6 +2,6 @@
   inputs: [
     "{mix,.formatter}.exs",
     "checksum-*.exs",
-    "{config,lib,test,bench,demo}/**/*.{ex,exs}"
+    "{config,lib,test,bench,demo,scripts}/**/*.{ex,exs}"
   ]
 ]

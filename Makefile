@@ -90,9 +90,9 @@ bench: setup
 	MIX_ENV=dev mix run --no-start bench/run.exs $(BENCH)
 
 # The precompiled NIF of this machine's target, and its line in the
-# checksum file (CONTRIBUTING.md, "Publishing").
+# checksum file (CONTRIBUTING.md, "Publishing"). ARGS="--output DIR".
 precompile: setup
-	mix libcluster_droplet.precompile $(ARGS)
+	mix run --no-start scripts/precompile.exs $(ARGS)
 
 clean:
 	cargo clean

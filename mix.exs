@@ -112,33 +112,36 @@ defmodule LibclusterDroplet.MixProject do
       source_ref: "v#{@version}",
       extras: ["README.md"] ++ @guides ++ ["CHANGELOG.md", "CONTRIBUTING.md"],
       groups_for_extras: [Guides: @guides, Project: ["CHANGELOG.md", "CONTRIBUTING.md"]],
-      # The strategy's docs still name its internal modules; they are being
-      # rewritten around its NimbleOptions schema, which drops this line.
-      skip_undefined_reference_warnings_on: [
-        "Cluster.Strategy.Droplet",
-        "Cluster.Strategy.Droplet.Config"
-      ],
+      # The docs of these two still name the internal Floor and Plan; this
+      # line goes once they do not.
+      skip_undefined_reference_warnings_on: ["LibclusterDroplet", "LibclusterDroplet.HealthCheck"],
       # test/support is compiled in :dev too (make demo, bench/), but is no
       # part of the library.
       filter_modules: fn module, _ ->
         not String.contains?("#{module.module_info(:compile)[:source]}", "/test/support/")
       end,
+      # Internal modules are `@moduledoc false`: the guides tell how they work.
       groups_for_modules: [
-        Strategy: [Cluster.Strategy.Droplet, ~r/^Cluster\.Strategy\.Droplet\./],
+        Strategy: [
+          Cluster.Strategy.Droplet,
+          Cluster.Strategy.Droplet.Config,
+          LibclusterDroplet.Token,
+          LibclusterDroplet.HealthCheck,
+          LibclusterDroplet.HealthCheck.TCP
+        ],
         "DigitalOcean API": [
           LibclusterDroplet,
-          LibclusterDroplet.Call,
           LibclusterDroplet.Listing,
-          LibclusterDroplet.Error,
-          LibclusterDroplet.Token
+          LibclusterDroplet.Call,
+          LibclusterDroplet.Error
         ],
-        Explain: [~r/^LibclusterDroplet\.Explain/, Mix.Tasks.LibclusterDroplet.Explain],
-        # Documented because the public types of explain and the strategy
-        # name theirs.
-        Internals: [
-          LibclusterDroplet.Plan,
-          LibclusterDroplet.NodeWatch,
-          LibclusterDroplet.Membership
+        Explain: [
+          LibclusterDroplet.Explain,
+          LibclusterDroplet.Explain.Report,
+          LibclusterDroplet.Explain.Entry,
+          LibclusterDroplet.Explain.Facts,
+          LibclusterDroplet.Verdict,
+          Mix.Tasks.LibclusterDroplet.Explain
         ]
       ]
     ]

@@ -2,7 +2,7 @@ defmodule LibclusterDroplet.PackageTest do
   @moduledoc false
   # The Hex package as a user gets it: exactly the files of mix.exs's
   # `package[:files]`, copied to a temporary directory, where
-  # `mix libcluster_droplet.precompile` makes the precompiled NIF of this
+  # scripts/precompile.exs makes the precompiled NIF of this
   # machine and records it in the copy's checksum file
   # (LibclusterDroplet.Package.precompiled!/1). Throwaway consumer projects
   # depend on that copy; RustlerPrecompiled installs the NIF, served by a
@@ -93,7 +93,7 @@ defmodule LibclusterDroplet.PackageTest do
     end
   end
 
-  describe "mix libcluster_droplet.precompile" do
+  describe "scripts/precompile.exs" do
     test "packs the library under RustlerPrecompiled's artifact name and records its sum",
          ctx do
       assert ctx.name =~

@@ -1,58 +1,28 @@
 defmodule LibclusterDroplet.Connector do
+  @moduledoc false
+  # Bookkeeping of the connects a strategy runs in tasks (a connect to a
+  # black hole blocks for net_setuptime): which wanted nodes to start, at
+  # most @max_in_flight at once and of those at most @max_retries_in_flight
+  # retries, so fresh nodes always find room; each failed node's backoff;
+  # deadlines. Pure; LibclusterDroplet.Members runs the tasks.
+
   @max_in_flight 64
   @max_retries_in_flight 32
 
-  @moduledoc """
-  Bookkeeping of the connects a strategy runs off its own process.
-
-  A connect to an address that drops packets blocks its caller for
-  `net_setuptime` (7 s by default), so the strategy never connects itself:
-  each connect runs in a task of its own (one `connect_nodes/4` call per
-  node, so libcluster's log lines and telemetry stay) and answers with a
-  message. This module decides which wanted nodes to start and keeps their
-  state; it has no side effects.
-
-    * At most #{@max_in_flight} connects are in flight at once. Nodes never
-      tried before (or whose last connect succeeded) go first; of the
-      connects in flight, at most #{@max_retries_in_flight} retry a node whose last connect failed,
-      so fresh nodes always find room even while many unreachable droplets
-      are listed.
-    * A node whose connect failed is retried on its own backoff
-      (`LibclusterDroplet.Schedule.backoff/3` of its consecutive failures),
-      not on every poll; a success forgets its failures.
-    * A node no longer wanted is forgotten, and its connect in flight is
-      handed back to be cancelled.
-    * A connect still running at its deadline (`start/4`) is given up as
-      `{:error, :timeout}` (a custom `connect` MFA may hang; without a
-      bound, #{@max_in_flight} hung ones would stop every connect).
-    * A connect that answered `true` for a node that is not connected
-      afterwards counts as failed (`{:error, :not_connected}`), with its
-      backoff, not as a success to retry at once.
-  """
-
   defstruct in_flight: %{}, failures: %{}
 
-  @typedoc "A connect's outcome, as the task reports it."
   @type outcome :: :ok | {:error, term()}
-
   @type failure :: %{count: pos_integer(), retry_at: integer(), reason: term()}
-
-  @typedoc "A connect in flight: its node, its task and when it is given up (ms)."
-  @type connect :: %{node: node(), pid: pid(), deadline: integer()}
-
   @type t :: %__MODULE__{
-          in_flight: %{reference() => connect()},
+          in_flight: %{reference() => %{node: node(), pid: pid(), deadline: integer()}},
           failures: %{node() => failure()}
         }
 
-  @doc "The bound on connects in flight."
-  @spec max_in_flight() :: pos_integer()
   def max_in_flight, do: @max_in_flight
 
   @doc """
-  The nodes to start connecting now: `wanted` nodes that are not
-  `connected`, not in flight and not waiting out a backoff, within the
-  bounds, fresh nodes first, in `wanted` order.
+  The `wanted` nodes to start connecting now: not `connected`, not in
+  flight, not waiting out a backoff, within the bounds, fresh nodes first.
 
       iex> alias LibclusterDroplet.Connector
       iex> {start, _} = Connector.next(%Connector{}, [:a, :b, :c], MapSet.new([:b]), 0)
@@ -71,44 +41,30 @@ defmodule LibclusterDroplet.Connector do
     due = Enum.filter(retries, &(connector.failures[&1].retry_at <= now))
     retrying = Enum.count(nodes(connector), &Map.has_key?(connector.failures, &1))
     room = @max_in_flight - map_size(connector.in_flight)
-    # Fresh nodes first; retries get what is left, within their own bound.
     fresh = Enum.take(fresh, max(room, 0))
     retry_room = max(min(@max_retries_in_flight - retrying, room - length(fresh)), 0)
     {fresh ++ Enum.take(due, retry_room), connector}
   end
 
-  @doc "The nodes with a connect in flight."
-  @spec nodes(t()) :: [node()]
   def nodes(%__MODULE__{in_flight: in_flight}), do: Enum.map(in_flight, fn {_, c} -> c.node end)
 
-  @doc "Records that a connect of `node` started as the task `ref` (`pid`), given up at `deadline`."
-  @spec started(t(), node(), reference(), pid(), integer()) :: t()
-  def started(%__MODULE__{} = connector, node, ref, pid, deadline),
-    do: %{
-      connector
-      | in_flight: Map.put(connector.in_flight, ref, %{node: node, pid: pid, deadline: deadline})
-    }
+  def started(%__MODULE__{} = connector, node, ref, pid, deadline) do
+    connect = %{node: node, pid: pid, deadline: deadline}
+    %{connector | in_flight: Map.put(connector.in_flight, ref, connect)}
+  end
 
-  @doc "The connects in flight past their deadline at `now`: `{ref, pid}`."
-  @spec expired(t(), integer()) :: [{reference(), pid()}]
+  # The connects in flight past their deadline at `now`: `{ref, pid}`.
   def expired(%__MODULE__{in_flight: in_flight}, now),
     do: for({ref, %{deadline: d, pid: pid}} <- in_flight, d <= now, do: {ref, pid})
 
-  @doc "The earliest deadline of the connects in flight, or `nil`."
-  @spec next_deadline(t()) :: integer() | nil
   def next_deadline(%__MODULE__{in_flight: in_flight}),
     do: in_flight |> Enum.map(fn {_, c} -> c.deadline end) |> Enum.min(fn -> nil end)
 
-  @doc "Whether `ref` is a connect this connector is waiting for."
-  @spec in_flight?(t(), reference()) :: boolean()
   def in_flight?(%__MODULE__{in_flight: in_flight}, ref), do: Map.has_key?(in_flight, ref)
 
-  @doc """
-  Records the outcome of the connect `ref`. `backoff` gives the wait in ms
-  after a node's `n`th consecutive failure. Returns the node (nil for an
-  unknown ref), the failure record when it failed (nil otherwise) and the
-  connector.
-  """
+  # Records the outcome of the connect `ref`; `backoff` gives the wait after
+  # a node's nth failure in a row. Returns the node (nil for an unknown ref),
+  # its failure (nil after a success) and the connector.
   @spec finished(t(), reference(), outcome(), integer(), (pos_integer() -> pos_integer())) ::
           {node() | nil, failure() | nil, t()}
   def finished(%__MODULE__{} = connector, ref, outcome, now, backoff) do
@@ -133,7 +89,7 @@ defmodule LibclusterDroplet.Connector do
 
   @doc """
   Forgets every node not in `wanted`: its failures, and its connect in
-  flight, returned as `{ref, node}` so the caller can watch it.
+  flight, handed back as `{ref, node}` to be watched.
 
       iex> alias LibclusterDroplet.Connector
       iex> ref = make_ref()
@@ -147,11 +103,8 @@ defmodule LibclusterDroplet.Connector do
     {cancel, keep} =
       Enum.split_with(connector.in_flight, fn {_, c} -> not MapSet.member?(wanted, c.node) end)
 
-    {Enum.map(cancel, fn {ref, c} -> {ref, c.node} end),
-     %{
-       connector
-       | in_flight: Map.new(keep),
-         failures: Map.filter(connector.failures, fn {n, _} -> MapSet.member?(wanted, n) end)
-     }}
+    failures = Map.filter(connector.failures, fn {n, _} -> MapSet.member?(wanted, n) end)
+    gone = Enum.map(cancel, fn {ref, c} -> {ref, c.node} end)
+    {gone, %{connector | in_flight: Map.new(keep), failures: failures}}
   end
 end

@@ -1,29 +1,13 @@
 defmodule LibclusterDroplet.Coordination do
   @moduledoc false
-  # Keeps a cluster's API traffic that of one node, whatever the cluster size.
-  #
-  # Once nodes are connected, only one of them polls the API at
-  # `polling_interval`: the lowest-named node among those running the
-  # strategy for the topology. After each successful poll it sends what it
-  # found (each selected droplet's name and address) to the strategy on every
-  # node it is connected to. A node that receives such a share from a node
-  # with a lower name than its own follows it: it applies the share as if it
-  # had polled (health checks and membership stay its own), and polls the API
-  # itself only at a slow safety interval, `4 × (cluster size − 1) ×
-  # polling_interval`, so that all followers together add at most a quarter
-  # of the leader's requests.
-  #
-  # A follower takes over within one interval when the poller goes away: it
-  # monitors the leader's strategy process, and on its `DOWN` (the process or
-  # its node died, or the connection dropped) the lowest-named of the
-  # remaining nodes polls at once while the others wait for its share. A
-  # leader that stops sharing without dying (its API calls failing, say) is
-  # given up after `2 × polling_interval + 1 s`. A node connected to no one
-  # never receives a share, so it polls at its own full rate until it joins.
-  #
-  # Shares are only accepted from a node whose strategy has the same
-  # fingerprint: API URL, filters, network, IP version and basename. This
-  # module holds the decisions; the strategy does the messaging.
+  # One node polls for the cluster (guides/how-it-works.md, "One poller per
+  # cluster"): the lowest-named node running the strategy leads and shares
+  # its views; a node follows a lower-named sender with its fingerprint,
+  # monitors it, polls itself only at a safety interval, and takes over
+  # when the leader goes down or stays silent. Decisions here; the strategy
+  # does the messaging.
+
+  alias Cluster.Strategy.Droplet.Config
 
   defstruct enabled?: false,
             name: nil,
@@ -35,34 +19,18 @@ defmodule LibclusterDroplet.Coordination do
             last_api_poll_at: nil,
             passed_over: MapSet.new()
 
-  @type t :: %__MODULE__{
-          enabled?: boolean(),
-          name: atom() | nil,
-          fingerprint: non_neg_integer() | nil,
-          leader: node() | nil,
-          leader_ref: reference() | nil,
-          leader_seen_at: integer() | nil,
-          leader_interval: pos_integer() | nil,
-          last_api_poll_at: integer() | nil,
-          passed_over: MapSet.t(node())
-        }
+  @type t :: %__MODULE__{}
 
   # Followers together stay within 1 / @follower_share of the leader's polls.
   @follower_share 4
 
-  @doc "The name a topology's strategy is registered under on every node."
-  @spec registered_name(atom()) :: atom()
+  # The name a topology's strategy is registered under on every node.
   def registered_name(topology), do: Module.concat(Cluster.Strategy.Droplet, topology)
 
-  @doc """
-  Turns coordination on for a topology's strategy (the calling process)
-  once distribution runs, by registering it under `registered_name/1`.
-  Returns the coordination and the config: with `coordinate: false`, or
-  when the name is taken (then with a warning), the config says
-  `coordinate: false` and the strategy polls on its own.
-  """
-  @spec enable(t(), atom(), Cluster.Strategy.Droplet.Config.t()) ::
-          {t(), Cluster.Strategy.Droplet.Config.t()}
+  # Turns coordination on for the calling strategy once distribution runs,
+  # by registering it. With `coordinate: false`, or when the name is taken
+  # (with a warning), the config returned says `coordinate: false`.
+  @spec enable(t(), atom(), Config.t()) :: {t(), Config.t()}
   def enable(%__MODULE__{enabled?: true} = c, _topology, config), do: {c, config}
   def enable(c, _topology, %{coordinate: false} = config), do: {c, config}
 
@@ -83,40 +51,33 @@ defmodule LibclusterDroplet.Coordination do
 
       true ->
         if Process.whereis(name) == nil, do: Process.register(self(), name)
-        fingerprint = Cluster.Strategy.Droplet.Config.fingerprint(config)
-        {%{c | enabled?: true, name: name, fingerprint: fingerprint}, config}
+        {%{c | enabled?: true, name: name, fingerprint: Config.fingerprint(config)}, config}
     end
   end
 
-  @doc "Monitors the leader's strategy, instead of the previous one (`ref`)."
-  @spec monitor(t(), reference() | nil) :: t()
+  # Monitors the leader's strategy instead of the previous one (`ref`).
   def monitor(%__MODULE__{leader: leader, name: name} = c, previous) do
     if previous, do: Process.demonitor(previous, [:flush])
     %{c | leader_ref: Process.monitor({name, leader})}
   end
 
-  @doc "Whether, at `now` (ms), a poll tick should call the API or rely on the leader."
+  # Whether a tick at `now` (ms) should poll the API or rely on the leader.
   @spec tick(t(), integer(), pos_integer(), pos_integer()) :: :poll | :follow
-  def tick(%__MODULE__{} = coordination, now, interval, cluster_size) do
-    if following?(coordination, now, interval) and
-         not safety_poll_due?(coordination, now, interval, cluster_size),
-       do: :follow,
-       else: :poll
+  def tick(%__MODULE__{} = c, now, interval, cluster_size) do
+    if following?(c, now, interval) and not safety_poll_due?(c, now, interval, cluster_size),
+      do: :follow,
+      else: :poll
   end
 
-  @doc "Whether this node currently follows a live leader."
-  @spec following?(t(), integer(), pos_integer()) :: boolean()
   def following?(%__MODULE__{leader: nil}, _now, _interval), do: false
 
   def following?(%__MODULE__{leader_seen_at: seen} = c, now, interval),
     do: now - seen <= stale_after(c.leader_interval || interval)
 
-  @doc "How long a leader may go without sharing before followers poll themselves."
-  @spec stale_after(pos_integer()) :: pos_integer()
+  # How long a leader may go without sharing before followers poll.
   def stale_after(interval), do: 2 * interval + 1_000
 
-  @doc "How often a follower polls the API anyway, in a cluster of `cluster_size` nodes."
-  @spec safety_interval(pos_integer(), pos_integer()) :: pos_integer()
+  # How often a follower polls anyway, in a cluster of `cluster_size` nodes.
   def safety_interval(interval, cluster_size),
     do: @follower_share * max(cluster_size - 1, 1) * interval
 
@@ -125,26 +86,14 @@ defmodule LibclusterDroplet.Coordination do
   defp safety_poll_due?(%__MODULE__{last_api_poll_at: last}, now, interval, size),
     do: now - last >= safety_interval(interval, size)
 
-  @doc """
-  Decides on a share received from `from` with `fingerprint`, at `now`, by
-  the node `self`; `interval` is the sender's `polling_interval`, by which
-  its silence is judged from then on.
-
-  Returns `{:accept, coordination}` when this node should apply it (and
-  follow `from`), with `:monitor` set when `from` is a new leader to
-  monitor, or `:ignore` (the sender is not lower-named, its strategy differs,
-  or a lower-named leader is followed).
-  """
+  # A share from `from` under `fingerprint`, received at `now` by `self`;
+  # `interval` is the sender's wait, by which its silence is judged.
+  # {:accept, c, :monitor} for a new leader, {:accept, c, :keep} for the
+  # one followed, :ignore for a higher-named sender, another fingerprint,
+  # or while a lower-named leader is followed.
   @spec share(t(), node(), non_neg_integer(), integer(), node(), pos_integer()) ::
           {:accept, t(), :monitor | :keep} | :ignore
-  def share(
-        %__MODULE__{enabled?: true, fingerprint: fingerprint} = c,
-        from,
-        fingerprint,
-        now,
-        self,
-        interval
-      )
+  def share(%__MODULE__{enabled?: true, fingerprint: fp} = c, from, fp, now, self, interval)
       when from < self do
     cond do
       c.leader == from ->
@@ -152,15 +101,7 @@ defmodule LibclusterDroplet.Coordination do
          %{c | leader_seen_at: now, leader_interval: interval, passed_over: MapSet.new()}, :keep}
 
       c.leader == nil or from < c.leader or not following?(c, now, interval) ->
-        {:accept,
-         %{
-           c
-           | leader: from,
-             leader_ref: nil,
-             leader_seen_at: now,
-             leader_interval: interval,
-             passed_over: MapSet.new()
-         }, :monitor}
+        {:accept, follow(c, from, now, interval), :monitor}
 
       true ->
         :ignore
@@ -169,12 +110,14 @@ defmodule LibclusterDroplet.Coordination do
 
   def share(_coordination, _from, _fingerprint, _now, _self, _interval), do: :ignore
 
-  @doc """
-  The leader went away; `connected` are the nodes this node still manages
-  and is connected to. The lowest-named of them and this node takes over:
-  `{:poll_now, coordination}` if it is this node, else `{:await, successor,
-  coordination}`, with the successor given one stale period to share.
-  """
+  defp follow(c, leader, seen_at, interval) do
+    %{c | leader: leader, leader_ref: nil, leader_seen_at: seen_at, leader_interval: interval}
+    |> Map.put(:passed_over, MapSet.new())
+  end
+
+  # The leader went away; `connected` are the managed nodes still connected.
+  # The lowest-named of them and this node takes over: {:poll_now, c} if
+  # it is this node, else {:await, successor, c}, given one stale period.
   @spec leader_down(t(), [node()], integer(), node()) :: {:poll_now, t()} | {:await, node(), t()}
   def leader_down(%__MODULE__{leader: leader} = c, connected, now, self) do
     # Every node given up on since the last real share stays out of the
@@ -185,15 +128,7 @@ defmodule LibclusterDroplet.Coordination do
 
     case Enum.min([self | Enum.reject(connected, &MapSet.member?(passed_over, &1))]) do
       ^self ->
-        {:poll_now,
-         %{
-           c
-           | leader: nil,
-             leader_ref: nil,
-             leader_seen_at: nil,
-             leader_interval: nil,
-             passed_over: MapSet.new()
-         }}
+        {:poll_now, follow(c, nil, nil, nil)}
 
       successor ->
         {:await, successor,
@@ -201,8 +136,7 @@ defmodule LibclusterDroplet.Coordination do
     end
   end
 
-  @doc "Whether this node, after a successful API poll, should share what it found."
-  @spec leads?(t(), integer(), pos_integer()) :: boolean()
+  # Whether this node, after a successful poll, shares what it found.
   def leads?(%__MODULE__{enabled?: enabled?} = c, now, interval),
     do: enabled? and not following?(c, now, interval)
 end

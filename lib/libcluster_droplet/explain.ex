@@ -1,43 +1,20 @@
 defmodule LibclusterDroplet.Explain do
   @moduledoc """
-  Why nodes do or do not connect: `Cluster.Strategy.Droplet.explain/2` and
-  `mix libcluster_droplet.explain`.
+  Why nodes do or do not connect: what `Cluster.Strategy.Droplet.explain/2`
+  and `mix libcluster_droplet.explain` return and print. The troubleshooting
+  guide shows a report and says what each stage, check and finding means.
 
-  The stages are decided once, by `LibclusterDroplet.Pipeline`, and kept in
-  the view's verdicts; explain reads them, adds what the strategy knows
-  live of the selected nodes (their checks, connects, since when they are
-  connected), and renders it all. In three parts: the facts
-  (`LibclusterDroplet.Explain.Facts`), the checks of this node itself
-  (`LibclusterDroplet.Explain.Checks`) and the text
-  (`LibclusterDroplet.Explain.Format`); the network diagnosis of the nodes
-  that do not connect is `LibclusterDroplet.Explain.Diagnosis`.
-
-  An entry's stage is its verdict's (`LibclusterDroplet.Verdict`), except
-  that a selected node is at one of:
-
-  | stage | meaning |
-  | --- | --- |
-  | `:not_joining` | this node is not among the selected droplets, so it joins no one |
-  | `:health_failed` | its `:health_check` did not pass: the reason and the time it took |
-  | `:pending` | its connect has not started yet |
-  | `:connecting` | a connect is in flight |
-  | `:connect_failed` | connects failed: the reason, how many in a row, what the diagnosis found |
-  | `:connected` | connected, since when |
-  | `:candidate` | (`mix libcluster_droplet.explain`, which never connects) selected and healthy |
+  Each entry's stage is its droplet's `LibclusterDroplet.Verdict` stage, but
+  that a selected node is at one of `:not_joining`, `:health_failed`,
+  `:pending`, `:connecting`, `:connect_failed`, `:connected` or (offline,
+  where nothing connects) `:candidate`.
   """
 
   alias LibclusterDroplet.Explain.{Checks, Diagnosis, Facts, Format}
-  alias LibclusterDroplet.{NodeWatch, Verdict}
+  alias LibclusterDroplet.Verdict
 
-  @live_stages [
-    :not_joining,
-    :health_failed,
-    :pending,
-    :connecting,
-    :connect_failed,
-    :connected,
-    :candidate
-  ]
+  @live_stages ~w(not_joining health_failed pending connecting connect_failed connected
+                  candidate)a
 
   @typedoc "Where a droplet stopped on its way to a connected node."
   @type stage ::
@@ -51,14 +28,20 @@ defmodule LibclusterDroplet.Explain do
           | :candidate
 
   @typedoc """
-  What the network diagnosis of a node found (see `conclude/3`):
-  `{:cookie_mismatch, port}` (the node answers under the expected name,
-  yet connects fail), `{:answers, node, port}`, `{:other_node, node,
-  port}`, `{:not_registered, names}` (epmd lists no node of the expected
-  name), `{:dist_closed, port, why}`, `{:nothing_answers, {epmd_port, why},
-  {dist_port, why} | nil}`, `{:not_distribution, port}`, `{:refused,
-  status}` or `{:busy, status}`.
+  A node's last health check: `took_ms` is exact for a success or a
+  timeout, an upper bound (the batch's time, `exact?: false`) otherwise;
+  `at` in Unix ms; `failed`, checks failed in a row.
   """
+  @type probe :: %{
+          result: :ok | {:error, term()},
+          took_ms: number(),
+          exact?: boolean(),
+          at: integer(),
+          failed: non_neg_integer(),
+          warned?: boolean()
+        }
+
+  @typedoc "What the network diagnosis of a node that does not connect found."
   @type finding ::
           {:cookie_mismatch, :inet.port_number()}
           | {:answers, String.t(), :inet.port_number()}
@@ -70,7 +53,7 @@ defmodule LibclusterDroplet.Explain do
           | {:refused, String.t()}
           | {:busy, String.t()}
 
-  @typedoc "The raw answers of a diagnosis (`LibclusterDroplet.Explain.Diagnosis.probe/3`)."
+  @typedoc "What epmd and the distribution port at a node's address answered."
   @type probes :: %{
           epmd_port: :inet.port_number(),
           epmd: {:ok, [{String.t(), :inet.port_number()}]} | {:error, term()},
@@ -80,17 +63,16 @@ defmodule LibclusterDroplet.Explain do
 
   defmodule Entry do
     @moduledoc """
-    One droplet of the view: its `verdict` and where it stopped (`stage`),
-    with, for a selected node, its last check (`probe`), its consecutive
-    connect failures (`connect`), when it was first seen connected
-    (`since`) and what the diagnosis found (`finding`).
+    One droplet of the view: its `verdict`, its `stage` and, for a selected
+    node, its last check (`probe`), its failed connects in a row
+    (`connect`), since when it is connected and what the diagnosis found.
     """
     defstruct [:verdict, :stage, :probe, :connect, :since, :finding]
 
     @type t :: %__MODULE__{
             verdict: Verdict.t(),
             stage: LibclusterDroplet.Explain.stage(),
-            probe: NodeWatch.probe() | nil,
+            probe: LibclusterDroplet.Explain.probe() | nil,
             connect: %{count: pos_integer(), reason: term(), retry_at: integer()} | nil,
             since: integer() | nil,
             finding: LibclusterDroplet.Explain.finding() | nil
@@ -99,9 +81,9 @@ defmodule LibclusterDroplet.Explain do
 
   defmodule Report do
     @moduledoc """
-    An explanation: `checks` of this node (`{:ok | :info | :warning, text}`)
-    and one `LibclusterDroplet.Explain.Entry` per droplet, in listing order.
-    `facts` are what it was built from. `LibclusterDroplet.Explain.Format.format/1`
+    An explanation: the `checks` of this node, one
+    `LibclusterDroplet.Explain.Entry` per droplet in listing order, and the
+    `facts` they come from. `Cluster.Strategy.Droplet.format_explanation/1`
     renders it; `inspect/1` shows a one-line summary.
     """
     defstruct [:topology, :self, :mode, :facts, checks: [], entries: []]
@@ -129,22 +111,13 @@ defmodule LibclusterDroplet.Explain do
   @spec stages() :: [stage()]
   def stages, do: (Verdict.stages() -- [:selected]) ++ @live_stages
 
-  ## Running it on a node
-
   @doc """
-  Explains a strategy's view. `topology` is the topology's name (the
-  strategy is found by it, under libcluster's `Cluster.Supervisor` or not)
-  or the strategy's pid. Returns `{:ok, report}` and prints it unless
-  `print: false`; `{:error, :not_running}` when no strategy runs that
-  topology on this node, `{:error, {:no_answer, timeout}}` when it did not
-  answer in time.
-
-  The strategy only hands over what it knows (a call bounded by `:timeout`,
-  default 5,000 ms); the rest runs in the caller. Nodes whose connects
-  failed or are in flight are diagnosed over the network
-  (`LibclusterDroplet.Explain.Diagnosis`, with its options
-  `:probe_timeout`, `:max_diagnosed`, `:epmd_port`, `:dist_port`). Nothing
-  connects.
+  Explains the view of the strategy of `topology` (its name, or its pid):
+  `{:ok, report}`, printed unless `print: false`. The strategy only hands
+  over what it knows, within `:timeout` (default 5,000 ms); the network
+  diagnosis of the nodes that do not connect runs in the caller, with
+  `:probe_timeout` (default 1,000 ms), `:max_diagnosed` (128), `:epmd_port`
+  and `:dist_port`. Nothing connects.
   """
   @spec run(atom() | pid(), keyword()) ::
           {:ok, Report.t()} | {:error, :not_running | {:no_answer, timeout()}}
@@ -165,10 +138,10 @@ defmodule LibclusterDroplet.Explain do
     result
   end
 
-  @doc false
   # A strategy makes itself findable by its topology: a persistent term per
   # topology, written when it starts (a new key costs no global scan;
   # replacing it after a restart costs one).
+  @doc false
   def register(topology), do: :persistent_term.put(key(topology), self())
 
   @doc false
@@ -206,10 +179,7 @@ defmodule LibclusterDroplet.Explain do
 
   ## The report
 
-  @doc """
-  Builds the report: one entry per verdict of the view, and the checks of
-  this node. Entries still to be diagnosed have `finding: nil`.
-  """
+  @doc "The report of `facts`, before the diagnosis (`finding: nil`)."
   @spec report(Facts.t()) :: Report.t()
   def report(%Facts{} = facts) do
     %Report{
@@ -279,16 +249,12 @@ defmodule LibclusterDroplet.Explain do
     end
   end
 
-  @doc """
-  The entries the network diagnosis should look at: those whose connects
-  failed or are in flight (on a strategy), or the healthy candidates (offline).
-  """
-  @spec to_diagnose(Report.t()) :: [Entry.t()]
+  @doc false
+  # The entries to diagnose: connects failed or in flight, or candidates.
   def to_diagnose(%Report{entries: entries}),
     do: Enum.filter(entries, &(&1.stage in [:connect_failed, :connecting, :candidate]))
 
-  @doc "Puts the findings (by node) into the report's entries."
-  @spec put_findings(Report.t(), %{node() => finding()}) :: Report.t()
+  @doc false
   def put_findings(%Report{} = report, findings) do
     entries =
       Enum.map(report.entries, &%{&1 | finding: Map.get(findings, &1.verdict.node, &1.finding)})
@@ -297,11 +263,10 @@ defmodule LibclusterDroplet.Explain do
   end
 
   @doc """
-  What the diagnosis of `expected` (a node name) found, from its raw
-  `probes`. `connect_failed?` says whether this node's connects to it
-  fail: a node that answers under the expected name is then most likely
-  refused for its cookie. The distribution port is what a connect uses,
-  so its answer comes first; epmd's says what runs when it does not answer.
+  What the diagnosis of the node `expected` found from its `probes`. The
+  distribution port's answer comes first (a connect uses it); epmd's says
+  what runs when it does not answer. A node answering under the expected
+  name while connects fail (`connect_failed?`) most likely has another cookie.
 
       iex> alias LibclusterDroplet.Explain
       iex> Explain.conclude(:"app@10.0.0.3", %{epmd_port: 4369, epmd: {:ok, [{"web", 9100}]}, dist_port: 9100,

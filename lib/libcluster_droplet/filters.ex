@@ -1,18 +1,13 @@
 defmodule LibclusterDroplet.Filters do
-  @moduledoc """
-  The client-side filters: the options that keep only some of the listed
-  droplets, applied here rather than by the API (which takes one `tag_name`
-  or one `name` at a time, and nothing else that clusters care about).
-
-  Each filter is declared once, as data, in `@filters`: its option, the
-  droplet field it reads, its option schema (validation and the doc line
-  of the generated option table) and the words explain uses for a droplet
-  outside it. `Cluster.Strategy.Droplet.Config` builds its schema and its
-  fingerprint from these declarations, `LibclusterDroplet.Pipeline` applies
-  them, and explain words them, so adding a filter is one entry here (with
-  its clauses of `outside/3` and `describe/2`), a test, and nothing else.
-  The NIF passes the declared fields through (`fields/0`).
-  """
+  @moduledoc false
+  # The client-side filters: options that keep only some listed droplets,
+  # applied here (the API takes one tag_name or one name at a time, and
+  # nothing else clusters care about). Each is declared once in @filters:
+  # its option, the droplet field it reads (which the NIF passes through,
+  # fields/0) and its option schema. Config builds its schema and
+  # fingerprint from them, Pipeline applies them, explain words them. A new
+  # filter is an entry here with its outside?/3 and describe/1 clauses, and
+  # a test.
 
   @uuid ~r/\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\z/
   @slug ~r/\A[a-z0-9]{1,32}\z/
@@ -55,7 +50,6 @@ defmodule LibclusterDroplet.Filters do
     ],
     vpc: [
       field: :vpc_uuid,
-      scope: "vpc:read",
       schema: [
         type: {:custom, __MODULE__, :validate, [:vpc]},
         default: nil,
@@ -69,32 +63,21 @@ defmodule LibclusterDroplet.Filters do
     ]
   ]
 
-  @typedoc "A filter's option name."
-  @type option :: atom()
+  # Why a droplet is outside a filter: the option, the droplet's value.
+  @type outside :: {atom(), term()}
 
-  @typedoc "Why a droplet is outside a filter: the option, and the droplet's value of its field."
-  @type outside :: {option(), term()}
-
-  @doc "The filters' option schemas, for `Cluster.Strategy.Droplet.Config`."
-  @spec schema() :: keyword()
   def schema, do: for({option, spec} <- @filters, do: {option, spec[:schema]})
 
-  @doc "The filter options."
-  @spec options() :: [option()]
   def options, do: Keyword.keys(@filters)
 
-  @doc "The droplet fields the filters read, which the listing must carry."
-  @spec fields() :: [atom()]
   def fields, do: for({_option, spec} <- @filters, do: spec[:field])
 
   @doc """
-  The filters a config sets, as `{option, value}` sorted by option: what
-  the fingerprint hashes and what explain shows.
+  The filters a config sets, `{option, value}` sorted by option.
 
       iex> LibclusterDroplet.Filters.set(%{regions: ["nyc3"], vpc: nil})
       [regions: ["nyc3"]]
   """
-  @spec set(map()) :: [{option(), term()}]
   def set(config) do
     for {option, _spec} <- @filters,
         value = Map.get(config, option),
@@ -106,15 +89,10 @@ defmodule LibclusterDroplet.Filters do
   defp normalize(_option, value), do: value
 
   @doc """
-  Resolves the filters a config sets against a listing, then splits the
-  droplets: `{:ok, [{droplet, outside}]}` in listing order, where `outside`
-  lists every filter the droplet is outside of (`[]` when it is kept).
-
-  `self` is this node's name (`vpc: :self` is the VPC of the listed
-  droplet whose address is its host part), or `nil` where there is no such
-  node (a developer's machine: `vpc: :self` is then not applied).
-  A filter that cannot be applied fails the whole: guessing would cluster
-  too much or nothing.
+  Each droplet with the filters it is outside of (`[]`: kept), in listing
+  order. `self`, this node, finds `vpc: :self` by its address (`nil`: not
+  applied). A filter that cannot be applied fails the whole: guessing
+  would cluster too much or nothing.
 
       iex> alias LibclusterDroplet.Filters
       iex> droplets = [
@@ -222,7 +200,6 @@ defmodule LibclusterDroplet.Filters do
   def describe({:vpc, nil}), do: "no VPC, and :vpc is set"
   def describe({:vpc, uuid}), do: "VPC #{uuid} is not the :vpc asked for"
 
-  @doc false
   # NimbleOptions' custom validator of each filter option. Messages name
   # the expected shape, never the value: it may be a token pasted in the
   # wrong place.
@@ -261,7 +238,6 @@ defmodule LibclusterDroplet.Filters do
 
   defp slug?(value), do: is_binary(value) and Regex.match?(@slug, value)
 
-  @doc false
   # A proper list of at most `max` values passing `valid?`, without repeats;
   # walked by hand so that an improper list is refused, never a crash.
   @spec strings(term(), pos_integer(), (term() -> boolean())) :: {:ok, list()} | :error

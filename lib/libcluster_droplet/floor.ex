@@ -1,24 +1,14 @@
 defmodule LibclusterDroplet.Floor do
-  @moduledoc """
-  The rate-limit floor: after a 429, nothing is sent to the API before its
-  `retry-after` has passed, nor before `ratelimit-reset` once no request
-  remains.
-
-  There is one floor per API URL and VM, in `LibclusterDroplet.Store`, and
-  every path to the API goes through `wait/2` before it sends anything:
-  `LibclusterDroplet.start_list_droplets/1` itself (so `list_droplets/1`,
-  explain's and the mix task's listings too), and the strategy before it
-  starts a poll, whether a tick, a takeover or a restart asks for it. A
-  strategy restarted within a `retry-after` waits it out; a leader shares
-  its floor, so followers wait it out too.
-  """
+  @moduledoc false
+  # The rate-limit floor: after a 429 nothing goes to the API before its
+  # `retry-after`, nor before `ratelimit-reset` once no request remains.
+  # One floor per API URL and VM, kept in LibclusterDroplet.Store; every
+  # path to the API (start_list_droplets/1, the strategy's start_api_poll/1)
+  # asks wait/2 first, and leaders share their floor with their followers.
 
   alias LibclusterDroplet.Store
 
-  @doc """
-  How long to wait before the next request to `api_url`, in ms from `now`
-  (Unix ms): 0 when nothing holds it back.
-  """
+  # How long to wait before the next request to `api_url`, in ms from `now`.
   @spec wait(String.t(), integer()) :: non_neg_integer()
   def wait(api_url, now \\ System.system_time(:millisecond)) do
     case Store.floor(api_url) do
@@ -27,11 +17,9 @@ defmodule LibclusterDroplet.Floor do
     end
   end
 
-  @doc "The floor of `api_url` (Unix ms), or `nil` when none was ever set."
   @spec not_before(String.t()) :: integer() | nil
   def not_before(api_url), do: Store.floor(api_url)
 
-  @doc "Raises the floor of `api_url` to `not_before` (Unix ms; `nil` does nothing)."
   @spec raise(String.t(), integer() | nil) :: :ok
   def raise(_api_url, nil), do: :ok
 
@@ -39,10 +27,8 @@ defmodule LibclusterDroplet.Floor do
     do: Store.raise_floor(api_url, not_before)
 
   @doc """
-  The floor (Unix ms) a response sets, or `nil`:
-
-    * a 429 with a `retry-after` (in the reason or the headers) of `seconds`;
-    * any response with `remaining: 0`: `reset`, or a minute when it is missing.
+  The floor (Unix ms) a response sets, or `nil`: a 429's `retry-after`, or
+  `reset` (a minute when missing) once `remaining` is 0.
 
       iex> LibclusterDroplet.Floor.after_response(nil, {:rate_limited, 30}, 1_000)
       31000

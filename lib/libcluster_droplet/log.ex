@@ -15,7 +15,6 @@ defmodule LibclusterDroplet.Log do
 
   def info(topology, message), do: Logger.info(prefix(topology) <> message)
   def warn(topology, message), do: Logger.warning(prefix(topology) <> message)
-  def error(topology, message), do: Logger.error(prefix(topology) <> message)
 
   # A failed poll's warning: the class, the message, the token's source
   # after a 401 (never the token), the pool when it is not found, and what

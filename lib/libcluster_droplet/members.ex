@@ -1,27 +1,18 @@
 defmodule LibclusterDroplet.Members do
-  @connect_timeout 30_000
-
-  @moduledoc """
-  This node's side of the cluster: which nodes it wants connected, and the
-  effects that get it there. The strategy process hands it each view's
-  verdicts and the answers of its tasks; it decides with the pure modules
-  (`LibclusterDroplet.Plan`, `LibclusterDroplet.Connector`,
-  `LibclusterDroplet.Removal`) and acts:
-
-    * connects run in tasks of the strategy's task supervisor, one
-      libcluster `connect_nodes/4` call each, so a connect that hangs never
-      holds the strategy; one still running after #{div(@connect_timeout, 1000)} s is given
-      up;
-    * nodes no longer selected are asked to leave (never cut off from here);
-    * a node whose own droplet is not selected leaves the cluster itself.
-
-  It owns no timer: `next_checks/1` tells the strategy when to call
-  `progress/1` and `expire_connects/1`.
-  """
+  @moduledoc false
+  # This node's side of the cluster: which nodes it wants connected, and the
+  # effects that get it there. Decides with Plan, Connector and Removal;
+  # connects run in tasks of the strategy's task supervisor (one libcluster
+  # connect_nodes/4 each, given up after @connect_timeout ms); nodes no
+  # longer selected are asked to leave; an unlisted node leaves by itself.
+  # It owns no timer: next_checks/1 says when to call progress/1 and
+  # expire_connects/1.
 
   alias LibclusterDroplet.{Connector, HealthCheck, Log, Membership, NodeWatch, Pipeline, Plan}
   alias LibclusterDroplet.Removal
   alias LibclusterDroplet.Explain.Format
+
+  @connect_timeout 30_000
 
   @enforce_keys [:topology, :connect, :disconnect, :list_nodes, :tasks, :retry, :max_backoff]
   defstruct @enforce_keys ++
@@ -36,22 +27,15 @@ defmodule LibclusterDroplet.Members do
                 watch: %NodeWatch{}
               ]
 
-  @typedoc """
-  `managed`: the nodes wanted connected; `selected`: those the last view
-  selected; `removing` (`LibclusterDroplet.Removal`); `strikes`, failed
-  checks in a row; `connector`, connects in flight and backoff;
-  `abandoned`, connects to nodes no longer wanted, watched in case they
-  succeed anyway; `listed?`, whether this node was selected in the last
-  view; `watch`, each node's last check and since when it is connected.
-  """
+  # `managed`: the nodes wanted connected; `selected`: those the last view
+  # selected; `strikes`: failed checks in a row; `abandoned`: connects to
+  # nodes no longer wanted, watched in case they succeed anyway; `listed?`:
+  # whether this node was selected in the last view.
   @type t :: %__MODULE__{}
 
-  @doc """
-  The members of a strategy started with `fields` (libcluster's
-  `:topology`, and its `:connect`, `:disconnect` and `:list_nodes` MFAs,
-  libcluster's defaults when absent) under `config`. `tasks`, the task
-  supervisor, is set by the strategy once it runs.
-  """
+  # The members of a strategy started with `fields` (libcluster's
+  # `:topology` and MFAs, its defaults when absent); `tasks` is set once
+  # the strategy runs.
   @spec new!(map(), Cluster.Strategy.Droplet.Config.t()) :: t()
   def new!(fields, config) do
     mfa = fn key, default ->
@@ -73,16 +57,12 @@ defmodule LibclusterDroplet.Members do
     }
   end
 
-  @doc "The nodes connected now, as the `list_nodes` MFA sees them."
-  @spec connected(t()) :: [node()]
+  # The nodes connected now, as the `list_nodes` MFA sees them.
   def connected(%__MODULE__{list_nodes: {m, f, a}}), do: apply(m, f, a)
 
-  @doc """
-  Applies a view: its verdicts (health included, when `checked?`), and
-  whether this node is `unlisted?`: it must be listed to join, and is
-  not. Decides the desired set, removes the nodes no
-  longer selected (or leaves, when this node is not), and connects.
-  """
+  # Applies a view's verdicts (their health counts when `checked?`): the
+  # desired set, removals (or leaving, when this node is `unlisted?`: it
+  # must be listed to join, and is not), connects.
   @spec apply_view(t(), [LibclusterDroplet.Verdict.t()], boolean(), boolean()) :: t()
   def apply_view(%__MODULE__{} = m, verdicts, checked?, unlisted?) do
     targets = verdicts |> Pipeline.targets() |> Enum.map(&elem(&1, 0))
@@ -106,12 +86,9 @@ defmodule LibclusterDroplet.Members do
         do: {v.node, health}
   end
 
-  @doc """
-  Records the checks of a phase (a poll or a share check, whose verdicts'
-  targets were checked from `probed_at` on; the NIF's `results`, in the
-  same order) for explain, and logs a node failing
-  #{NodeWatch.warn_after()} in a row once, and its recovery.
-  """
+  # Records the checks of a phase (its targets, checked from `probed_at`
+  # on; the NIF's `results` in the same order) for explain, and logs a node
+  # failing NodeWatch.warn_after() in a row once, and its recovery.
   @spec note_checks(t(), map(), list(), LibclusterDroplet.HealthCheck.t()) :: t()
   def note_checks(m, %{verdicts: verdicts, probed_at: probed_at}, results, check) do
     at = System.system_time(:millisecond)
@@ -150,17 +127,13 @@ defmodule LibclusterDroplet.Members do
     %{m | watch: watch}
   end
 
-  @doc "Notes since when each managed node is connected, for explain."
-  @spec note_connected(t(), MapSet.t(node())) :: t()
   def note_connected(m, connected) do
     now = System.system_time(:millisecond)
     %{m | watch: NodeWatch.connected(m.watch, MapSet.intersection(m.managed, connected), now)}
   end
 
-  @doc """
-  When the strategy should next call `progress/1` (`:removals`) and
-  `expire_connects/1` (`:connects`), in ms from now, or `nil`.
-  """
+  # When the strategy should next call progress/1 (`:removals`) and
+  # expire_connects/1 (`:connects`), in ms from now, or nil.
   @spec next_checks(t()) :: %{removals: non_neg_integer() | nil, connects: integer() | nil}
   def next_checks(m) do
     deadline = Connector.next_deadline(m.connector)
@@ -190,21 +163,11 @@ defmodule LibclusterDroplet.Members do
   end
 
   defp note_listed(m, false, verdicts) do
-    own = Pipeline.own_name(verdicts, Node.self())
-    targets = Pipeline.targets(verdicts)
-    others = targets |> Enum.map(&elem(&1, 0)) |> List.delete(own) |> Enum.take(4)
-
-    expected =
-      if own,
-        do:
-          "its droplet, found by its address, is named #{inspect(own)}; others: #{inspect(others)}",
-        else: "no listed droplet has its address; selected names are such as #{inspect(others)}"
-
     Log.warn(
       m.topology,
-      "this node #{inspect(Node.self())} is not among the #{length(targets)} selected droplets, " <>
-        "so it joins no one (#{expected}); check RELEASE_NODE and :node_basename, or set " <>
-        "require_listed: false for a node that is not a droplet"
+      Format.not_listed(verdicts, Node.self()) <>
+        ": fix RELEASE_NODE or :node_basename, or set require_listed: false on a node that " <>
+        "is not a droplet"
     )
 
     %{m | listed?: false}
@@ -233,8 +196,7 @@ defmodule LibclusterDroplet.Members do
     %{m | removing: %{}}
   end
 
-  @doc "Starts removing `stale` nodes, such as one an abandoned connect reached."
-  @spec start_removals(t(), Enumerable.t()) :: t()
+  # Starts removing `stale` nodes, such as one an abandoned connect reached.
   def start_removals(m, stale) do
     if Enum.empty?(stale) and map_size(m.removing) == 0 do
       m
@@ -245,8 +207,7 @@ defmodule LibclusterDroplet.Members do
     end
   end
 
-  @doc "Asks again the nodes that did not leave, retries failed disconnects."
-  @spec progress(t()) :: t()
+  # Asks again the nodes that did not leave, retries failed disconnects.
   def progress(m) do
     {visible, connected} = {MapSet.new(Node.list()), MapSet.new(connected(m))}
     {actions, removing} = Removal.due(m.removing, visible, connected, now(), m.retry)
@@ -297,7 +258,6 @@ defmodule LibclusterDroplet.Members do
     end)
   end
 
-  @doc false
   # Runs in a task: one libcluster connect_nodes/4 call per node, so its
   # log lines and telemetry are libcluster's own.
   def connect_one(topology, connect, list_nodes, node) do
@@ -308,11 +268,8 @@ defmodule LibclusterDroplet.Members do
     end
   end
 
-  @doc """
-  A task's answer or exit (`{:exit, reason}`): `{:ok, members}` when `ref`
-  is a connect of these members', `:error` otherwise.
-  """
-  @spec task_done(t(), reference(), term()) :: {:ok, t()} | :error
+  # A task's answer or exit (`{:exit, reason}`): {:ok, members} when `ref`
+  # is a connect of these members', :error otherwise.
   def task_done(m, ref, outcome) do
     cond do
       Connector.in_flight?(m.connector, ref) -> {:ok, connect_done(m, ref, outcome)}
@@ -321,8 +278,7 @@ defmodule LibclusterDroplet.Members do
     end
   end
 
-  @doc "Gives up the connects running past their deadline."
-  @spec expire_connects(t()) :: t()
+  # Gives up the connects running past their deadline.
   def expire_connects(m) do
     m.connector
     |> Connector.expired(now())

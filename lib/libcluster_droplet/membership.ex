@@ -1,71 +1,44 @@
 defmodule LibclusterDroplet.Membership do
-  @moduledoc """
-  Connects and disconnects nodes the way libcluster does.
-
-  When libcluster is loaded, `connect_nodes/4` and `disconnect_nodes/4`
-  delegate to `Cluster.Strategy.connect_nodes/4` and
-  `Cluster.Strategy.disconnect_nodes/4`. Without it they behave the same:
-  nodes already listed by `list_nodes` (and this node) are skipped, each
-  connect or disconnect goes through the given MFA with the node appended to
-  its arguments, one node after another, every outcome is logged with the
-  `[libcluster:<topology>]` prefix and reported as a
-  `[:libcluster, :connect_node | :disconnect_node, :ok | :error]` telemetry
-  event (when `:telemetry` is loaded).
-  """
+  @moduledoc false
+  # Connects and disconnects nodes the way libcluster does: through
+  # Cluster.Strategy.connect_nodes/4 and disconnect_nodes/4 when libcluster
+  # is loaded, else through a fallback that behaves the same (nodes in
+  # `list_nodes` and this node skipped, one node after another through the
+  # MFA, libcluster's log lines and telemetry events). And leaving: asking
+  # a node to leave by itself, or this node leaving (guides/how-it-works.md).
 
   alias LibclusterDroplet.{Log, Telemetry}
 
   @compile {:no_warn_undefined, Cluster.Strategy}
 
-  @type mfa_tuple :: {module(), atom(), [term()]}
-  @type result :: :ok | {:error, [{node(), term()}]}
-
-  @doc "Whether libcluster's `Cluster.Strategy` helpers are loaded in this VM."
-  @spec libcluster?() :: boolean()
   def libcluster? do
     Code.ensure_loaded?(Cluster.Strategy) and
       function_exported?(Cluster.Strategy, :connect_nodes, 4) and
       function_exported?(Cluster.Strategy, :disconnect_nodes, 4)
   end
 
-  @doc """
-  Connects to every node of `nodes` not yet in `list_nodes` (and not this
-  node). Returns `:ok` or `{:error, [{node, false | :ignored}]}`.
-  """
-  @spec connect_nodes(atom(), mfa_tuple(), mfa_tuple(), [node()]) :: result()
+  # :ok or {:error, [{node, false | :ignored}]}
   def connect_nodes(topology, connect, list_nodes, nodes) do
     if libcluster?(),
       do: Cluster.Strategy.connect_nodes(topology, connect, list_nodes, nodes),
       else: fallback_connect(topology, connect, list_nodes, nodes)
   end
 
-  @doc """
-  Disconnects every node of `nodes` that is in `list_nodes` (except this
-  node). Returns `:ok` or `{:error, [{node, reason}]}`.
-  """
-  @spec disconnect_nodes(atom(), mfa_tuple(), mfa_tuple(), [node()]) :: result()
+  # :ok or {:error, [{node, reason}]}
   def disconnect_nodes(topology, disconnect, list_nodes, nodes) do
     if libcluster?(),
       do: Cluster.Strategy.disconnect_nodes(topology, disconnect, list_nodes, nodes),
       else: fallback_disconnect(topology, disconnect, list_nodes, nodes)
   end
 
-  @doc """
-  Asks `node` to leave the cluster by itself, without setting up a
-  connection to it.
-
-  Disconnecting a node from one side makes OTP's `global` (with
-  `prevent_overlapping_partitions`, the default since OTP 25) cut the
-  nodes that report the loss apart from the nodes still connected to it:
-  healthy nodes would see each other go down. A node that leaves with
-  `:global.disconnect/0` is removed alone. This sends the request to the
-  node's `rex` server, which every node runs whether or not it runs this
-  strategy. Returns `:ok`, or `:noconnect` when the node is not connected.
-  """
+  # Asks `node` to leave the cluster by itself (:global.disconnect/0 on it),
+  # which removes it alone: cut off from here, OTP's
+  # prevent_overlapping_partitions would cut healthy nodes apart too. A
+  # cast to its `rex` server (every node runs one), as rpc:cast/4 sends it,
+  # without setting up a connection; `user` makes it use the node's own
+  # group leader. :noconnect when the node is not connected.
   @spec request_leave(node()) :: :ok | :noconnect
   def request_leave(node) do
-    # rex's cast form, as rpc:cast/4 sends it; `user` makes the spawned
-    # process use the node's own group leader.
     message = {:"$gen_cast", {:cast, :global, :disconnect, [], :user}}
 
     case :erlang.send({:rex, node}, message, [:noconnect]) do
@@ -74,12 +47,9 @@ defmodule LibclusterDroplet.Membership do
     end
   end
 
-  @doc """
-  Makes this node leave the cluster so that only this node is removed
-  from it (`:global.disconnect/0`, OTP 25.1+), then disconnects from any
-  of `nodes` still connected: a connection `global` had not synced yet is
-  not one it knows to drop. Returns the nodes it disconnected from.
-  """
+  # This node leaves (:global.disconnect/0, OTP 25.1+), then disconnects
+  # from any of `nodes` still connected: a connection `global` had not
+  # synced yet is not one it knows to drop. Returns the nodes left.
   @spec leave_cluster([node()]) :: [node()]
   def leave_cluster(nodes) do
     left = if function_exported?(:global, :disconnect, 0), do: :global.disconnect(), else: []
@@ -87,59 +57,55 @@ defmodule LibclusterDroplet.Membership do
     Enum.uniq(left ++ rest)
   end
 
-  @doc false
   def fallback_connect(topology, {_, _, _} = connect, {_, _, _} = list_nodes, nodes) do
     current = apply_mfa(list_nodes, [])
-    self = Node.self()
 
     nodes
-    |> Enum.reject(&(&1 == self or &1 in current))
+    |> Enum.reject(&(&1 == Node.self() or &1 in current))
     |> each_node(topology, :connect_node, connect, &connect_outcome/2)
   end
 
-  @doc false
   def fallback_disconnect(topology, {_, _, _} = disconnect, {_, _, _} = list_nodes, nodes) do
     current = apply_mfa(list_nodes, [])
-    self = Node.self()
 
     nodes
-    |> Enum.filter(&(&1 != self and &1 in current))
+    |> Enum.filter(&(&1 != Node.self() and &1 in current))
     |> each_node(topology, :disconnect_node, disconnect, &disconnect_outcome/2)
   end
 
-  # One node after another, as libcluster does: apply the MFA, emit the
-  # telemetry event, log, and collect what counts as a failure.
+  # One node after another, as libcluster does: apply the MFA (timed in
+  # native units, as libcluster's telemetry), emit the event, log, and
+  # collect what counts as a failure.
   defp each_node(nodes, topology, kind, mfa, outcome) do
-    nodes
-    |> Enum.reduce([], fn node, bad ->
-      {result, measurements} = timed_apply(mfa, node)
-      {event, level, message, failure} = outcome.(node, result)
-      metadata = %{node: node, topology: topology}
+    bad =
+      Enum.reduce(nodes, [], fn node, bad ->
+        started = System.monotonic_time()
+        result = apply_mfa(mfa, [node])
+        measurements = %{duration: System.monotonic_time() - started}
+        {event, level, message, failure} = outcome.(node, result)
+        metadata = %{node: node, topology: topology}
 
-      case event do
-        :ok ->
-          Telemetry.execute([:libcluster, kind, :ok], measurements, metadata)
+        {status, metadata} =
+          case event do
+            :ok -> {:ok, metadata}
+            {:error, why} -> {:error, Map.put(metadata, :reason, why)}
+          end
 
-        {:error, reason} ->
-          Telemetry.execute(
-            [:libcluster, kind, :error],
-            measurements,
-            Map.put(metadata, :reason, reason)
-          )
-      end
+        Telemetry.execute([:libcluster, kind, status], measurements, metadata)
 
-      if level == :info, do: Log.info(topology, message), else: Log.warn(topology, message)
+        if level == :info, do: Log.info(topology, message), else: Log.warn(topology, message)
 
-      case failure do
-        :none -> bad
-        {:failed, value} -> [{node, value} | bad]
-      end
-    end)
-    |> result()
+        case failure do
+          :none -> bad
+          {:failed, value} -> [{node, value} | bad]
+        end
+      end)
+
+    if bad == [], do: :ok, else: {:error, Enum.reverse(bad)}
   end
 
-  # {telemetry outcome, log level, log line, failure to report} per result,
-  # in libcluster's words.
+  # {telemetry outcome, log level, log line, failure} per result, in
+  # libcluster's words.
   defp connect_outcome(node, true), do: {:ok, :info, "connected to #{inspect(node)}", :none}
 
   defp connect_outcome(node, false),
@@ -167,16 +133,6 @@ defmodule LibclusterDroplet.Membership do
     {{:error, inspect(reason)}, :warn,
      "disconnect from #{inspect(node)} failed with: #{inspect(reason)}", {:failed, reason}}
   end
-
-  # libcluster's telemetry measures each connect or disconnect in native time units.
-  defp timed_apply(mfa, node) do
-    started = System.monotonic_time()
-    result = apply_mfa(mfa, [node])
-    {result, %{duration: System.monotonic_time() - started}}
-  end
-
-  defp result([]), do: :ok
-  defp result(bad), do: {:error, Enum.reverse(bad)}
 
   defp apply_mfa({module, fun, args}, extra) do
     arity = length(args) + length(extra)

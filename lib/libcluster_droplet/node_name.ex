@@ -1,11 +1,8 @@
 defmodule LibclusterDroplet.NodeName do
   @moduledoc false
-  # Node names of the form `basename@address`.
-  #
-  # Erlang refuses a node name whose part before `@` holds anything but ASCII
-  # letters, digits, `_` and `-` (`example.com@10.0.0.2` is rejected at boot),
-  # so a droplet whose name cannot be a basename is skipped with a warning, or
-  # clustered through the `:node_basename` option.
+  # Node names `basename@address`. Erlang refuses a node whose part before
+  # `@` holds anything but ASCII letters, digits, `_` and `-`, so a droplet
+  # whose name cannot be a basename is skipped (or named with :node_basename).
 
   @basename ~r/\A[A-Za-z0-9_-]{1,200}\z/
 
@@ -22,7 +19,7 @@ defmodule LibclusterDroplet.NodeName do
   def valid_basename?(_), do: false
 
   @doc """
-  Builds the node name for `basename` at `address` (an IPv4 or IPv6 literal).
+  The node name of `basename` at `address` (an IPv4 or IPv6 literal).
 
       iex> LibclusterDroplet.NodeName.build("web", "10.0.0.2")
       {:ok, :"web@10.0.0.2"}
@@ -42,7 +39,7 @@ defmodule LibclusterDroplet.NodeName do
         {:error, :invalid_address}
 
       true ->
-        # Atoms are created only here, for names that passed both checks, so
+        # Atoms are made only here, for names that passed both checks, so
         # the atom table grows only with genuinely new droplets.
         {:ok, String.to_atom(basename <> "@" <> address)}
     end

@@ -1,58 +1,25 @@
 defmodule LibclusterDroplet.NodeWatch do
+  @moduledoc false
+  # What a strategy remembers per node of its last view, for explain and
+  # its once-only log lines: each node's last health check and failures in
+  # a row (reported once at @warn_after, and once when it passes again),
+  # since when each managed node is connected, and when a streak of failed
+  # connects deserves a line. Pure, and bounded by the view: keep/2.
+
   @warn_after 3
-
-  @moduledoc """
-  What a strategy remembers about each node of its last view, for
-  `Cluster.Strategy.Droplet.explain/2` and for its once-only log lines.
-
-    * **Health probes**: each node's last probe (its result, how long it
-      took, when) and how many failed in a row. A node that fails
-      #{@warn_after} in a row is reported once (`{:failing, node, probe}`),
-      and once more when it passes again (`{:recovered, node, probe}`), never
-      on every poll.
-    * **Connected since**: when the strategy first saw each managed node
-      connected.
-    * **Connect streaks**: `connect_event/2` says when a node's consecutive
-      connect failures (counted by the connector, `lib/libcluster_droplet/connector.ex`) deserve a
-      warning, and when its recovery deserves an info line.
-
-  Pure. What it holds is bounded by the nodes of the last view: `keep/2`
-  forgets every other node.
-  """
 
   defstruct probes: %{}, since: %{}
 
-  @typedoc """
-  A node's last health probe: `result`, `took_ms` (exact for a success,
-  the probe's timeout for `:timeout`, otherwise an upper bound: the whole
-  batch's time, `exact?: false`), `at` (Unix ms), `failed` (failed probes
-  in a row) and `warned?` (the failure was logged).
-  """
-  @type probe :: %{
-          result: :ok | {:error, term()},
-          took_ms: number(),
-          exact?: boolean(),
-          at: integer(),
-          failed: non_neg_integer(),
-          warned?: boolean()
-        }
-
+  @type probe :: LibclusterDroplet.Explain.probe()
   @type event :: {:failing | :recovered, node(), probe()}
+  @type t :: %__MODULE__{probes: %{node() => probe()}, since: %{node() => integer()}}
 
-  @type t :: %__MODULE__{
-          probes: %{node() => probe()},
-          since: %{node() => integer()}
-        }
-
-  @doc "How many failures in a row (probes, or connects) make a warning."
-  @spec warn_after() :: pos_integer()
   def warn_after, do: @warn_after
 
   @doc """
-  Records a batch of probes. `candidates` are `{node, address}` in the
-  order the probes ran, `results` the NIF's `{address, result}` in the same
-  order; `at` is the Unix time in ms, `batch_ms` the batch's duration and
-  `timeout` the probe timeout, in ms. Returns the watch and the events to log.
+  Records a batch of checks of `candidates` (`{node, address}`, in the
+  order of the NIF's `results`) at `at` (Unix ms), taking `batch_ms`, with
+  a check `timeout`. Returns the watch and the events to log.
 
       iex> alias LibclusterDroplet.NodeWatch
       iex> probe = fn w -> NodeWatch.probed(w, [{:"a@h", "10.0.0.2"}], [{"10.0.0.2", {:error, :refused}}], 0, 3, 500) end
@@ -64,14 +31,7 @@ defmodule LibclusterDroplet.NodeWatch do
       iex> {_w, [{:recovered, :"a@h", %{failed: 0}}]} =
       ...>   NodeWatch.probed(w, [{:"a@h", "10.0.0.2"}], [{"10.0.0.2", {:ok, 250}}], 0, 3, 500)
   """
-  @spec probed(
-          t(),
-          [{node(), String.t()}],
-          [{String.t(), term()}],
-          integer(),
-          number(),
-          pos_integer()
-        ) ::
+  @spec probed(t(), [{node(), String.t()}], list(), integer(), number(), pos_integer()) ::
           {t(), [event()]}
   def probed(%__MODULE__{} = watch, candidates, results, at, batch_ms, timeout) do
     {probes, events} =
@@ -111,31 +71,20 @@ defmodule LibclusterDroplet.NodeWatch do
   defp event(node, %{result: :ok} = probe, %{warned?: true}), do: [{:recovered, node, probe}]
   defp event(_node, _probe, _previous), do: []
 
-  @doc """
-  Notes which managed nodes are connected now (`connected`); a node seen
-  for the first time is connected since `at` (Unix ms). Nodes not
-  connected any more are forgotten.
-  """
-  @spec connected(t(), MapSet.t(node()) | [node()], integer()) :: t()
-  def connected(%__MODULE__{} = watch, connected, at) do
-    since = Map.new(connected, &{&1, Map.get(watch.since, &1, at)})
-    %{watch | since: since}
-  end
+  # The managed nodes `connected` now, each since it was first seen (`at`
+  # for a new one); the others are forgotten.
+  def connected(%__MODULE__{} = watch, connected, at),
+    do: %{watch | since: Map.new(connected, &{&1, Map.get(watch.since, &1, at)})}
 
-  @doc "Forgets every node not in `nodes` (the candidates of the view just applied)."
-  @spec keep(t(), MapSet.t(node())) :: t()
+  # Forgets every node not in `nodes` (the view just applied).
   def keep(%__MODULE__{} = watch, nodes) do
-    %{
-      watch
-      | probes: Map.filter(watch.probes, fn {node, _} -> MapSet.member?(nodes, node) end),
-        since: Map.filter(watch.since, fn {node, _} -> MapSet.member?(nodes, node) end)
-    }
+    kept? = fn {node, _} -> MapSet.member?(nodes, node) end
+    %{watch | probes: Map.filter(watch.probes, kept?), since: Map.filter(watch.since, kept?)}
   end
 
   @doc """
-  Whether a connect outcome is worth a log line: `:failing` when a node has
-  just failed #{@warn_after} connects in a row (`count`, the new count), `:recovered`
-  when a node that had failed that often connects, `nil` otherwise.
+  Whether a connect outcome deserves a log line, given the failures in a
+  row before it: `:failing` at the #{@warn_after}th, `:recovered` after that many.
 
       iex> LibclusterDroplet.NodeWatch.connect_event(2, {:error, 3})
       :failing

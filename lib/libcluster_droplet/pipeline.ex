@@ -1,14 +1,17 @@
 defmodule LibclusterDroplet.Pipeline do
-  @moduledoc """
-  The one pure pipeline from a listing (or a leader's share) to one
-  `LibclusterDroplet.Verdict` per droplet: the client-side filters
-  (`LibclusterDroplet.Filters`), the status, the address, the node name,
-  duplicates and this node. The strategy, its followers, explain and
-  `mix libcluster_droplet.explain` all go through it, so they cannot
-  disagree.
+  @moduledoc false
+  # The one place stages are decided: a listing (or a leader's share) to
+  # one LibclusterDroplet.Verdict per droplet, through the client-side
+  # filters, status, address, node name, duplicates and this node. The
+  # strategy, its followers, explain and the mix task all call it.
 
-  One rule for duplicates: droplets are taken in listing order, and the
-  first to give a node name keeps it.
+  alias LibclusterDroplet.{Filters, NodeName, Verdict}
+
+  @doc """
+  The verdicts of a listing's droplets for the node `self` (`nil` on a
+  machine outside the cluster) under `config` (`:node_basename` and the
+  filters); `{:error, reason}` when a filter cannot be applied. Droplets go
+  in listing order, and the first to give a node name keeps it.
 
       iex> alias LibclusterDroplet.Pipeline
       iex> droplets = [
@@ -22,16 +25,6 @@ defmodule LibclusterDroplet.Pipeline do
       [{"web-1", :this_node}, {"web-2", :selected}, {"web-3", :not_active}, {"web-4", :duplicate}]
       iex> Pipeline.targets(verdicts)
       [{:"app@10.0.0.3", "10.0.0.3"}]
-  """
-
-  alias LibclusterDroplet.{Filters, NodeName, Verdict}
-
-  @doc """
-  The verdicts of a listing's droplets (maps with `:name`, `:status`,
-  `:address` and the fields the filters read), for a node named `self`
-  (`nil` on a machine that is no node of the cluster) under `config` (a
-  map with `:node_basename` and the filter options). `{:error, reason}`
-  when a filter cannot be applied (see `LibclusterDroplet.Filters.apply/3`).
   """
   @spec from_listing([map()], map(), node() | nil) ::
           {:ok, [Verdict.t()]} | {:error, {atom(), String.t()}}
@@ -82,14 +75,10 @@ defmodule LibclusterDroplet.Pipeline do
     end
   end
 
-  @doc """
-  A leader's share as this node's verdicts. The leader's own droplet is a
-  node to connect to here, and this node's droplet is `:this_node`; every
-  other stage depends only on the listing and the options the fingerprint
-  covers, which the leader has in common with this node. A share of the
-  previous release (version 2) carries the droplets its sender kept, with
-  their addresses: they are named here with `basename`.
-  """
+  # A leader's share as this node's verdicts: the leader's droplet is one to
+  # connect to here, this node's is :this_node; every other stage depends
+  # only on the listing and the options the fingerprint covers. A version 2
+  # share carries the droplets its sender kept, named here with `basename`.
   @spec from_share(LibclusterDroplet.Share.t(), String.t() | nil, node()) :: [Verdict.t()]
   def from_share(%{verdicts: nil, droplets: droplets}, basename, self) do
     listed = for {name, address} <- droplets, do: %{name: name, status: :active, address: address}
@@ -110,21 +99,14 @@ defmodule LibclusterDroplet.Pipeline do
     end)
   end
 
-  @doc "The nodes to connect to, with their addresses, in listing order."
-  @spec targets([Verdict.t()]) :: [{node(), String.t()}]
+  # The nodes to connect to, with their addresses, in listing order.
   def targets(verdicts),
     do: for(%Verdict{stage: :selected} = v <- verdicts, do: {v.node, v.address})
 
-  @doc "Whether this node's own droplet is among the verdicts."
-  @spec self_listed?([Verdict.t()]) :: boolean()
   def self_listed?(verdicts), do: Enum.any?(verdicts, &(&1.stage == :this_node))
 
-  @doc """
-  The node name this node's droplet gets, found by this node's address
-  (its host part): what a node that is not listed under its own name
-  should be called. `nil` when no listed droplet has that address.
-  """
-  @spec own_name([Verdict.t()], node()) :: node() | nil
+  # The node name this node's droplet gets, found by this node's address:
+  # what a node not listed under its own name should be called.
   def own_name(verdicts, self) do
     host = NodeName.host(self)
 
@@ -133,22 +115,13 @@ defmodule LibclusterDroplet.Pipeline do
     end)
   end
 
-  @doc """
-  Puts the results of a health check of the verdicts' targets (the NIF's,
-  in target order) into the verdicts, or `:unchecked`: every target passes.
-  """
-  @spec with_results([Verdict.t()], list() | :unchecked) :: [Verdict.t()]
+  # Each selected verdict's health: from the NIF's results (in target
+  # order), or :unchecked (no check: every target passes).
   def with_results(verdicts, :unchecked), do: with_health(verdicts, :unchecked)
 
   def with_results(verdicts, results),
     do: with_health(verdicts, LibclusterDroplet.HealthCheck.results(targets(verdicts), results))
 
-  @doc """
-  Puts each selected node's health check verdict into its verdict.
-  `health` is a map from node to `:ok | {:error, reason}`, or `:unchecked`
-  (no health check: every selected node passes).
-  """
-  @spec with_health([Verdict.t()], %{node() => term()} | :unchecked) :: [Verdict.t()]
   def with_health(verdicts, health) do
     Enum.map(verdicts, fn
       %Verdict{stage: :selected} = v when health == :unchecked -> %{v | health: :ok}

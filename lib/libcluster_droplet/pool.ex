@@ -8,8 +8,6 @@ defmodule LibclusterDroplet.Pool do
 
   @refresh_ms 10 * 60_000
 
-  def refresh_ms, do: @refresh_ms
-
   # The resolved pool to pass to the listing, or nil to resolve it again.
   def cached(%{at: at} = pool, now) when now - at < @refresh_ms, do: pool
   def cached(_pool, _now), do: nil

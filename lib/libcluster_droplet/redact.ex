@@ -11,10 +11,8 @@ defmodule LibclusterDroplet.Redact do
   @min_secret 4
   @token_shape ~r/do[opr]_v1_[0-9a-f]{64}/i
 
-  @doc false
   def window, do: @window
 
-  @doc false
   # The compiled pattern of a secret's pieces, or nil for a secret too
   # short to look for without matching ordinary words.
   @spec pieces(String.t()) :: :binary.cp() | nil
@@ -28,13 +26,10 @@ defmodule LibclusterDroplet.Redact do
     :binary.compile_pattern(Enum.uniq(windows))
   end
 
-  @doc false
   @spec holds?(String.t(), :binary.cp() | nil) :: boolean()
   def holds?(_text, nil), do: false
   def holds?(text, pieces) when is_binary(text), do: :binary.match(text, pieces) != :nomatch
 
-  @doc false
   # Whether `text` holds something shaped like a DigitalOcean token.
-  @spec token_shaped?(String.t()) :: boolean()
   def token_shaped?(text) when is_binary(text), do: Regex.match?(@token_shape, text)
 end

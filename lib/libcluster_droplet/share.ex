@@ -1,48 +1,30 @@
 defmodule LibclusterDroplet.Share do
-  @moduledoc """
-  The message a polling node sends to the strategy on the other nodes:
-  its last listing's verdicts, so that they need not poll, and the
-  rate-limit floor it knows, so that none of them sends a request before it.
-
-  A share is versioned. Version 3, on the wire:
-
-      {:libcluster_droplet_share, 3, topology, %{from: node, fingerprint: integer,
-        interval: ms, seq: integer, listed_at: unix_ms, not_before: unix_ms | nil,
-        verdicts: [verdict] | nil}}
-
-  where each verdict is `{id, name, status, address, stage, node, why}`
-  (see `LibclusterDroplet.Verdict`), every droplet of the listing, the
-  ones outside the filters included, so that a follower's explain answers
-  for each of them. `verdicts: nil` is a notice without a view: the
-  leader is alive, its next poll is `interval` away, and `not_before` is
-  the floor a 429 set.
-
-  `listed_at` (the leader's clock when the listing started) and `seq` (its
-  count of polls) order views (`newer?/2`), so a share that arrives late
-  never undoes a fresher view. `interval` is how long the leader waits
-  before its next poll: followers judge its silence by it.
-
-  During a rolling upgrade, a leader also sends each share in version 2,
-  the form of 2.0.0 (`droplets: [{name, address}]`, the droplets with an
-  address), which such nodes read, and this release reads version 2 from
-  them. Anything else tagged `:libcluster_droplet_share` is
-  `{:error, reason}`: the strategy logs it once per sender and ignores it;
-  membership never changes because of it.
-  """
+  @moduledoc false
+  # What a leader sends the strategy on the other nodes: its last view's
+  # verdicts (every listed droplet, the filtered ones included, so a
+  # follower's explain answers for each) and its rate-limit floor. Wire
+  # form, version 3:
+  #
+  #     {:libcluster_droplet_share, 3, topology, %{from:, fingerprint:,
+  #       interval: ms, seq:, listed_at: unix_ms, not_before: unix_ms | nil,
+  #       verdicts: [{id, name, status, address, stage, node, why}] | nil, pool:}}
+  #
+  # `verdicts: nil` is a notice: the leader is alive, polls in `interval`.
+  # `{listed_at, seq}` orders views (newer?/2). For rolling upgrades a view
+  # is also sent as version 2, 2.0.0's `droplets: [{name, address}]`, which
+  # is read too. Anything else tagged so decodes to {:error, reason}: logged
+  # once per sender and ignored, never a membership change.
 
   alias LibclusterDroplet.Verdict
 
   @version 3
   @tag :libcluster_droplet_share
+  @header [:from, :fingerprint, :interval, :seq, :listed_at]
 
-  @enforce_keys [:topology, :from, :fingerprint, :interval, :seq, :listed_at]
+  @enforce_keys [:topology | @header]
   defstruct @enforce_keys ++
               [version: @version, not_before: nil, verdicts: nil, droplets: nil, pool: nil]
 
-  @typedoc """
-  A share. `verdicts` (version 3) or `droplets` (`{name, address}`, from a
-  version 2 sender) holds its view; both are `nil` in a notice.
-  """
   @type t :: %__MODULE__{
           version: 2 | 3,
           topology: atom(),
@@ -56,45 +38,27 @@ defmodule LibclusterDroplet.Share do
           droplets: [{String.t(), String.t()}] | nil
         }
 
-  @typedoc "Why a share could not be read: another protocol version, or a term of no known shape."
   @type error :: {:unsupported_version, term()} | :malformed
 
-  @doc "The protocol version this release speaks."
-  @spec version() :: pos_integer()
   def version, do: @version
 
-  @doc "Whether `message` claims to be a share (of any version)."
-  @spec share?(term()) :: boolean()
+  # Whether `message` claims to be a share, of any version.
   def share?(message),
     do: is_tuple(message) and tuple_size(message) >= 1 and elem(message, 0) == @tag
 
   @doc """
-  The order of views: `{listed_at, seq}`. `nil` (no view yet) is older than
-  any view.
+  The order of views, `{listed_at, seq}`; `nil`, no view, is older than any.
 
       iex> LibclusterDroplet.Share.newer?({2_000, 1}, {1_000, 9})
       true
       iex> LibclusterDroplet.Share.newer?({1_000, 9}, {1_000, 9})
       false
   """
-  @spec newer?({integer(), non_neg_integer()}, {integer(), non_neg_integer()} | nil) ::
-          boolean()
   def newer?(_view, nil), do: true
   def newer?(view, than), do: view > than
 
-  @doc """
-  A share from this node without a view yet: its `interval` (the wait
-  before the sender's next poll), the key of the sender's last view
-  (`nil` for none) and its floor.
-  """
-  @spec new(
-          atom(),
-          non_neg_integer(),
-          pos_integer(),
-          {integer(), non_neg_integer()} | nil,
-          integer() | nil
-        ) ::
-          t()
+  # A share from this node, without a view yet: the sender's wait before
+  # its next poll, the key of its last view (nil for none), its floor.
   def new(topology, fingerprint, interval, key, not_before) do
     {listed_at, seq} = key || {0, 0}
 
@@ -109,62 +73,34 @@ defmodule LibclusterDroplet.Share do
     }
   end
 
-  @doc "The newer of two shares by their views (`pending` may be `nil`)."
-  @spec newest(t(), t() | nil) :: t()
+  # The newer of two shares by their views (`pending` may be nil).
   def newest(share, nil), do: share
+  def newest(share, pending), do: if(newer?(view(share), view(pending)), do: share, else: pending)
 
-  def newest(share, pending),
-    do: if(newer?(view(share), view(pending)), do: share, else: pending)
-
-  @doc "The view key of a share."
-  @spec view(t()) :: {integer(), non_neg_integer()}
   def view(%__MODULE__{listed_at: listed_at, seq: seq}), do: {listed_at, seq}
 
-  @doc """
-  The wire forms of a share: version 3, and for a share with a view, version
-  2 too, for nodes of the previous release.
-  """
-  @spec encode(t()) :: [tuple()]
+  # The wire forms: version 3, and version 2 too for a share with a view.
   def encode(%__MODULE__{} = share) do
-    v3 =
-      {@tag, @version, share.topology,
-       %{
-         from: share.from,
-         fingerprint: share.fingerprint,
-         interval: share.interval,
-         seq: share.seq,
-         listed_at: share.listed_at,
-         not_before: share.not_before,
-         verdicts: share.verdicts && Enum.map(share.verdicts, &verdict_to_wire/1),
-         pool: share.pool
-       }}
-
-    [v3 | if(share.verdicts, do: [v2(share)], else: [])]
+    header = Map.take(share, @header)
+    verdicts = share.verdicts && Enum.map(share.verdicts, &verdict_to_wire/1)
+    v3 = Map.merge(header, %{not_before: share.not_before, verdicts: verdicts, pool: share.pool})
+    [{@tag, @version, share.topology, v3} | if(share.verdicts, do: [v2(share, header)], else: [])]
   end
 
-  defp v2(share) do
+  defp v2(share, header) do
     droplets =
       for %Verdict{stage: stage} = v <- share.verdicts,
           stage not in [:outside_filters, :not_active, :no_address],
           do: {v.name, v.address}
 
-    {@tag, 2, share.topology,
-     %{
-       from: share.from,
-       fingerprint: share.fingerprint,
-       interval: share.interval,
-       seq: share.seq,
-       listed_at: share.listed_at,
-       droplets: droplets
-     }}
+    {@tag, 2, share.topology, Map.put(header, :droplets, droplets)}
   end
 
   defp verdict_to_wire(%Verdict{} = v),
     do: {v.id, v.name, v.status, v.address, v.stage, v.node, v.why}
 
   @doc """
-  Reads a share, or tells why it cannot. `decode/2` also checks its
-  topology: a readable share of another one is `:other_topology`.
+  Reads a share, or tells why it cannot.
 
       iex> share = %LibclusterDroplet.Share{topology: :t, from: :"a@h", fingerprint: 1,
       ...>   interval: 5_000, seq: 3, listed_at: 1_700_000_000_000, verdicts: []}
@@ -196,15 +132,8 @@ defmodule LibclusterDroplet.Share do
   def decode(_message), do: {:error, :malformed}
 
   defp header(topology, payload, version) do
-    share = %__MODULE__{
-      version: version,
-      topology: topology,
-      from: payload[:from],
-      fingerprint: payload[:fingerprint],
-      interval: payload[:interval],
-      seq: payload[:seq],
-      listed_at: payload[:listed_at]
-    }
+    fields = for key <- @header, do: {key, payload[key]}
+    share = struct!(__MODULE__, [version: version, topology: topology] ++ fields)
 
     if is_atom(share.from) and share.from != nil and is_integer(share.fingerprint) and
          is_integer(share.interval) and share.interval > 0 and is_integer(share.seq) and
@@ -226,7 +155,7 @@ defmodule LibclusterDroplet.Share do
 
   defp view(_share, _payload), do: :error
 
-  # The leader's pool, for the explain of its followers (absent before 3).
+  # The leader's pool, for its followers' explain.
   defp pool(nil), do: {:ok, nil}
 
   defp pool(%{id: id, name: name, tags: tags, members: members, active: active} = pool)
@@ -237,7 +166,7 @@ defmodule LibclusterDroplet.Share do
   defp pool(_other), do: :error
 
   # Every element read by `read`, in order, or :error; nil (a notice) is
-  # kept. A list of any shape (improper too) is walked by hand: a share is
+  # kept. Lists of any shape (improper too) are walked by hand: a share is
   # outside input, and must never crash its reader.
   defp each(nil, _read), do: {:ok, nil}
   defp each(list, read), do: each(list, read, [])
@@ -295,22 +224,13 @@ defmodule LibclusterDroplet.Share do
   defp droplet({name, address} = d) when is_binary(name) and is_binary(address), do: {:ok, d}
   defp droplet(_), do: :error
 
-  @doc """
-  A floor notice: any node whose response set a rate-limit floor tells the
-  strategies of its topology on the connected nodes, leaders included, so
-  none of them sends a request before it. Raise-only: receivers under the
-  same `fingerprint` raise their floor to `not_before`, whoever sent it.
-  """
-  @spec floor(atom(), non_neg_integer(), integer()) :: tuple()
+  # A floor notice, sent by any node whose response set a floor to every
+  # strategy of its topology, leaders included: receivers under the same
+  # fingerprint raise their floor to `not_before`, whoever sent it.
   def floor(topology, fingerprint, not_before),
     do: {@tag, :floor, topology, %{fingerprint: fingerprint, not_before: not_before}}
 
-  @doc false
-  @spec decode(term(), atom()) ::
-          {:ok, t()}
-          | {:floor, non_neg_integer(), integer()}
-          | :other_topology
-          | {:error, error()}
+  # decode/1, checking the topology too: :other_topology for another's.
   def decode(
         {@tag, :floor, topology, %{fingerprint: fingerprint, not_before: not_before}},
         topology
@@ -328,26 +248,20 @@ defmodule LibclusterDroplet.Share do
     end
   end
 
-  @doc """
-  Sends a share's wire forms to the process registered as `name` on each
-  of `nodes`, never setting up a connection of its own (`:noconnect`).
-  """
-  @spec send(t() | tuple(), atom(), [node()]) :: :ok
+  # Sends a share's wire forms (or a floor notice) to `name` on each of
+  # `nodes`, never setting up a connection.
   def send(share, name, nodes) do
     messages = if is_struct(share, __MODULE__), do: encode(share), else: [share]
     for node <- nodes, message <- messages, do: :erlang.send({name, node}, message, [:noconnect])
     :ok
   end
 
-  @doc "Why a share could not be read, in words."
-  @spec describe_error(error()) :: String.t()
   def describe_error({:unsupported_version, v}),
     do: "protocol version #{inspect(v)}, this node speaks #{@version} and 2"
 
   def describe_error(:malformed), do: "malformed"
 
-  @doc "The sender named in a share of any version, when it can be found."
-  @spec sender(term()) :: node() | nil
+  # The sender named in a share of any version, when it can be found.
   def sender({@tag, _version, _topology, %{from: from}}) when is_atom(from), do: from
   def sender({@tag, _topology, from, _fingerprint, _droplets}) when is_atom(from), do: from
   def sender(_message), do: nil

@@ -7,30 +7,23 @@ defmodule LibclusterDroplet.Telemetry do
 
   # The poll's events: start, stop (with the counts per stage) and error.
   def poll_start(topology),
-    do:
-      execute([:libcluster_droplet, :poll, :start], %{system_time: System.system_time()}, %{
-        topology: topology
-      })
+    do: emit(:start, %{system_time: System.system_time()}, %{topology: topology})
 
   def poll_stop(topology, poll, verdicts, members) do
     listing = poll.listing
     counts = stage_counts(listing, verdicts, LibclusterDroplet.Members.connected(members))
-    nodes = MapSet.size(members.managed)
-
-    execute(
-      [:libcluster_droplet, :poll, :stop],
-      Map.put(counts, :duration, System.monotonic_time() - poll.started),
-      %{topology: topology, droplets: length(listing.droplets), nodes: nodes}
-    )
+    measurements = Map.put(counts, :duration, System.monotonic_time() - poll.started)
+    metadata = %{topology: topology, droplets: length(listing.droplets)}
+    emit(:stop, measurements, Map.put(metadata, :nodes, MapSet.size(members.managed)))
   end
 
-  def poll_error(topology, started, class, failures),
-    do:
-      execute(
-        [:libcluster_droplet, :poll, :error],
-        %{duration: System.monotonic_time() - started},
-        %{topology: topology, reason: class, failures: failures}
-      )
+  def poll_error(topology, started, class, failures) do
+    measurements = %{duration: System.monotonic_time() - started}
+    emit(:error, measurements, %{topology: topology, reason: class, failures: failures})
+  end
+
+  defp emit(event, measurements, metadata),
+    do: execute([:libcluster_droplet, :poll, event], measurements, metadata)
 
   # The poll stop event's counts per stage, for alerting on "listed but not
   # connected": droplets listed, nodes selected (this one aside), of those

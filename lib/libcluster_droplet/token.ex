@@ -1,32 +1,10 @@
 defmodule LibclusterDroplet.Token do
   @moduledoc """
-  Where the DigitalOcean API token comes from, and reading it when a poll
-  starts.
-
-  The `:token` option accepts:
-
-    * `{:system, "DIGITALOCEAN_TOKEN"}` - an environment variable, read when
-      each poll starts, so a rotated token is picked up without a restart;
-    * `{:file, "/run/secrets/digitalocean_token"}` - a file (a mounted secret,
-      a systemd credential), re-read when it changes (its modification
-      time, size or inode) and after every 401, so a token rotated into it is
-      picked up; surrounding whitespace, such as a trailing newline, is
-      dropped;
-    * `{module, function, args}` - called when each poll starts; it returns
-      the token;
-    * a zero-arity function, called when each poll starts;
-    * a string: the token itself. It then sits in the topology's config,
-      which libcluster's `Cluster.Supervisor` keeps in its child specs:
-      a supervisor report (SASL) can print it. Prefer the forms above.
-
-  With any form but a string, the token never sits in the application
-  environment, in child specs or in the strategy's state: it is read into
-  a closure just before a poll and passed to the NIF.
-
-  A token that cannot be read (variable unset, file missing, unreadable or
-  empty, a function raising or returning something else than a non-empty
-  string) fails that poll with `{:token_unavailable, detail}`; the strategy
-  keeps its membership and retries with its backoff. The detail names the
+  Where the API token comes from, the `:token` option (`{:system, var}`,
+  `{:file, path}`, `{m, f, a}`, a zero-arity function or the token itself:
+  see [the token](configuration.md#the-token)), and reading it when a poll
+  starts. The token is only ever held in closures. One that cannot be read
+  fails that poll with `{:token_unavailable, detail}`, which names the
   source, never a value.
   """
 
@@ -38,11 +16,7 @@ defmodule LibclusterDroplet.Token do
           | {:file, Path.t()}
           | {module(), atom(), list()}
 
-  @typedoc """
-  A validated source, with what was last read from a file. The secret only
-  ever sits in closures, which `inspect/1` and crash reports show as
-  `#Function<…>`.
-  """
+  @typedoc "A validated source, with what was last read from a file."
   @opaque t :: %__MODULE__{
             source:
               {:literal, (() -> String.t())}
@@ -57,8 +31,7 @@ defmodule LibclusterDroplet.Token do
   defstruct source: nil, file: nil
 
   @doc """
-  Validates a `:token` option. Returns `{:ok, token}` or `{:error, message}`;
-  the message never quotes the value.
+  Validates a `:token` option; the error never quotes the value.
 
       iex> {:ok, _} = LibclusterDroplet.Token.new({:system, "DIGITALOCEAN_TOKEN"})
       iex> LibclusterDroplet.Token.new({:system, ""})
@@ -113,9 +86,8 @@ defmodule LibclusterDroplet.Token do
   def literal(%__MODULE__{}), do: :error
 
   @doc """
-  Reads the token now. Returns it with the source to keep for next time (a
-  file's content is kept until the file changes), or
-  `{:error, {:token_unavailable, detail}}`.
+  Reads the token now, with the source to keep for next time (a file's
+  content is kept until the file changes).
   """
   @spec fetch(t()) :: {:ok, String.t(), t()} | {:error, {:token_unavailable, String.t()}}
   def fetch(%__MODULE__{source: {:literal, fun}} = token), do: {:ok, fun.(), token}
@@ -143,15 +115,14 @@ defmodule LibclusterDroplet.Token do
   end
 
   @doc """
-  Forgets what was read from a file, so the next `fetch/1` reads it again
-  whatever its modification time says: called after the API rejected the
-  token (401), when a rotation may have kept the file's size and time.
+  Forgets what was read from a file, so the next `fetch/1` reads it again:
+  after a 401, a rotation may have kept the file's size and time.
   """
   @spec forget(t()) :: t()
   def forget(%__MODULE__{} = token), do: %{token | file: nil}
 
   @doc """
-  A description of the source that never includes the token, for logs.
+  The source in words, for logs; never the token.
 
       iex> {:ok, t} = LibclusterDroplet.Token.new({:file, "/run/secrets/do"})
       iex> LibclusterDroplet.Token.describe(t)

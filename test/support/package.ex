@@ -64,9 +64,9 @@ defmodule LibclusterDroplet.Package do
   @doc """
   The package of the project at `root` with its precompiled NIF, made once
   per test run whichever test asks first: exactly the package's files
-  copied to a temporary directory, where `MIX_ENV=prod mix
-  libcluster_droplet.precompile` builds the NIF from source (that copy is
-  the root project) and records it in the copy's checksum file. Removed
+  copied to a temporary directory, where `MIX_ENV=prod mix run --no-start
+  scripts/precompile.exs` (the repository's script, run on the copy)
+  builds the NIF from source (that copy is the root project) and records it in the copy's checksum file. Removed
   when the suite ends.
   """
   @spec precompiled!(Path.t()) :: precompiled()
@@ -101,9 +101,10 @@ defmodule LibclusterDroplet.Package do
     File.cp_r!(ConsumerApp.vendor_dir(root), vendor)
     {_, 0} = System.cmd("chmod", ["-R", "u+w", vendor])
     artifacts = Path.join(tmp, "artifacts")
+    script = Path.join(root, "scripts/precompile.exs")
 
     {out, status} =
-      mix(package, ["libcluster_droplet.precompile", "--output", artifacts], [
+      mix(package, ["run", "--no-start", script, "--output", artifacts], [
         {"LIBCLUSTER_DROPLET_VENDOR", vendor},
         {"CARGO_TARGET_DIR", ConsumerApp.shared_target_dir(root)},
         {"RUSTLER_PRECOMPILED_GLOBAL_CACHE_PATH", Path.join(tmp, "precompile_cache")}

@@ -10,36 +10,21 @@ defmodule Cluster.Strategy.Droplet do
           ]
         ]
 
-  The options are `Cluster.Strategy.Droplet.Config`'s; the guides tell how
-  it all works. This module is only the process (timers, messages, side
-  effects); `LibclusterDroplet.Pipeline`, `LibclusterDroplet.HealthCheck`,
-  `LibclusterDroplet.Members` and `LibclusterDroplet.Coordination` decide.
-  Its phases, one at a time under one watchdog, are a poll
-  (`Cluster.Strategy.Droplet.Poll`) and a share being checked
-  (`Cluster.Strategy.Droplet.ShareCheck`). Every path to the API goes
-  through `start_api_poll/1`, which honours `LibclusterDroplet.Floor`.
+  The options are `Cluster.Strategy.Droplet.Config`'s;
+  [how it works](how-it-works.md) tells what it does with them, and
+  `explain/2` why a node is or is not connected.
   """
+
+  # Only the process: timers, messages, side effects; Pipeline, HealthCheck,
+  # Members and Coordination decide. One phase at a time under one
+  # watchdog, a %Poll{} or a %ShareCheck{}; every path to the API goes
+  # through start_api_poll/1, which honours the rate-limit floor.
 
   use GenServer
 
   alias Cluster.Strategy.Droplet.{Config, Poll, ShareCheck}
-
-  alias LibclusterDroplet.{
-    Coordination,
-    Error,
-    Explain,
-    Floor,
-    HealthCheck,
-    Log,
-    Members,
-    Pipeline,
-    Pool,
-    Schedule,
-    Share,
-    Store,
-    Telemetry,
-    Token
-  }
+  alias LibclusterDroplet.{Coordination, Error, Explain, Floor, HealthCheck, Log, Members}
+  alias LibclusterDroplet.{Pipeline, Pool, Schedule, Share, Store, Telemetry, Token}
 
   @libcluster? Code.ensure_loaded?(Cluster.Strategy)
   if @libcluster?, do: @behaviour(Cluster.Strategy)
@@ -62,7 +47,7 @@ defmodule Cluster.Strategy.Droplet do
             coordination: %Coordination{},
             warned: MapSet.new()
 
-  @typedoc "The state; `view` is the last applied, `warned` once-only warnings' keys."
+  @typedoc "The strategy's state."
   @type t :: %__MODULE__{}
 
   @doc "The child spec, as libcluster's `use Cluster.Strategy` would define it."
@@ -72,12 +57,10 @@ defmodule Cluster.Strategy.Droplet do
     do: %{id: __MODULE__, type: :worker, start: {__MODULE__, :start_link, [args]}}
 
   @doc """
-  Starts the strategy. Takes what `Cluster.Supervisor` passes (a
-  one-element list holding a `%Cluster.Strategy.State{}`) or a keyword
-  list with `:topology` (an atom, required), `:config`, and optionally
-  `:connect`, `:disconnect`, `:list_nodes` (MFAs, libcluster's defaults)
-  and `:name`. A bad option raises `ArgumentError`, which names the option
-  and never shows its value.
+  Starts the strategy, from what `Cluster.Supervisor` passes
+  (`[%Cluster.Strategy.State{}]`) or a keyword list: `:topology` (an atom),
+  `:config`, and optionally `:connect`, `:disconnect`, `:list_nodes` (MFAs,
+  libcluster's defaults) and `:name`. A bad option raises `ArgumentError`.
   """
   if @libcluster?, do: @impl(Cluster.Strategy)
   @spec start_link([map()] | keyword()) :: GenServer.on_start()
@@ -105,7 +88,8 @@ defmodule Cluster.Strategy.Droplet do
 
   @doc """
   Explains, droplet by droplet, why this node is or is not connected to each
-  node of the topology's last view; see `LibclusterDroplet.Explain.run/2`.
+  node of the topology's last view; see `LibclusterDroplet.Explain.run/2`
+  and [troubleshooting](troubleshooting.md).
   """
   @spec explain(atom() | pid(), keyword()) ::
           {:ok, Explain.Report.t()} | {:error, :not_running | {:no_answer, timeout()}}
@@ -182,11 +166,8 @@ defmodule Cluster.Strategy.Droplet do
     do: {:stop, reason, state}
 
   # Shares; late replies of given-up calls, exits of linked processes, anything else.
-  def handle_info(message, state) do
-    if Share.share?(message),
-      do: {:noreply, received_share(message, state)},
-      else: {:noreply, state}
-  end
+  def handle_info(message, state),
+    do: {:noreply, if(Share.share?(message), do: received_share(message, state), else: state)}
 
   # explain/2's call: a copy of what the strategy knows, nothing slow; the
   # diagnosis happens in the caller.
@@ -234,14 +215,9 @@ defmodule Cluster.Strategy.Droplet do
 
   # Cancelled, and its ref forgotten, so a message already delivered is ignored.
   defp disarm(state, purpose) do
-    case Map.pop(state.timers, purpose) do
-      {nil, _} ->
-        state
-
-      {{_ref, timer}, timers} ->
-        Process.cancel_timer(timer)
-        %{state | timers: timers}
-    end
+    {timer, timers} = Map.pop(state.timers, purpose)
+    if timer, do: Process.cancel_timer(elem(timer, 1))
+    %{state | timers: timers}
   end
 
   # The members' own timers, armed for when they say.
@@ -593,12 +569,8 @@ defmodule Cluster.Strategy.Droplet do
         pool: pool
       }
 
-      arm_members(%{
-        state
-        | view: view,
-          members: members,
-          warned: Log.prune(state.warned, verdicts)
-      })
+      warned = Log.prune(state.warned, verdicts)
+      arm_members(%{state | view: view, members: members, warned: warned})
     else
       Log.debug(state.topology, fn -> "ignoring a view older than the one applied" end)
       state
@@ -615,8 +587,7 @@ defmodule Cluster.Strategy.Droplet do
     do: %{state | warned: Log.once(state.warned, state.topology, key, message)}
 
   defp persist(state) do
-    fingerprint = Config.fingerprint(state.config)
-    Store.save(state.topology, fingerprint, state.members, state.schedule)
+    Store.save(state.topology, Config.fingerprint(state.config), state.members, state.schedule)
     state
   end
 

@@ -1,17 +1,12 @@
 defmodule LibclusterDroplet.Explain.Checks do
-  @moduledoc """
-  The checks of this node itself in an explanation: distribution (started,
-  long names), whether its own name is among the selected droplets (and
-  which name its droplet needs), how old its last successful poll is, who
-  polls for the cluster, the rate-limit floor, the nodes asked to leave,
-  and the view. Offline, only the view.
-  """
+  @moduledoc false
+  # The checks of this node in an explanation: distribution, whether its
+  # own name is selected (and the name its droplet needs), its last poll,
+  # who polls, the rate-limit floor, nodes asked to leave, the view.
 
   alias LibclusterDroplet.Explain.{Facts, Format}
   alias LibclusterDroplet.Pipeline
 
-  @doc "The checks, each `{:ok | :info | :warning, text}`."
-  @spec checks(Facts.t()) :: [LibclusterDroplet.Explain.Report.check()]
   def checks(%Facts{mode: :offline} = facts),
     do: Enum.reject([view(facts), facts.view && pool(facts.view)], &is_nil/1)
 
@@ -28,8 +23,7 @@ defmodule LibclusterDroplet.Explain.Checks do
     )
   end
 
-  @doc "Whether this node joins no one: it must be listed, and is not."
-  @spec unlisted?(Facts.t()) :: boolean()
+  # Whether this node joins no one: it must be listed, and is not.
   def unlisted?(%Facts{mode: :offline}), do: false
 
   def unlisted?(%Facts{} = facts),
@@ -65,10 +59,9 @@ defmodule LibclusterDroplet.Explain.Checks do
 
       Map.get(facts.config, :require_listed, true) ->
         {:warning,
-         "this node #{inspect(facts.self)} is not among the #{length(targets)} selected droplets, " <>
-           "so it joins no one; #{expected(view.verdicts, facts.self, targets)}: fix RELEASE_NODE " <>
-           "(basename@ the droplet's #{Format.network(facts.config)} address) or :node_basename, " <>
-           "or set require_listed: false on a node that is not a droplet"}
+         Format.not_listed(view.verdicts, facts.self) <>
+           ": fix RELEASE_NODE (basename@ the droplet's #{Format.network(facts.config)} " <>
+           "address) or :node_basename, or set require_listed: false on a node that is not a droplet"}
 
       true ->
         {:info,
@@ -76,22 +69,6 @@ defmodule LibclusterDroplet.Explain.Checks do
            "require_listed: false lets it join anyway"}
     end
   end
-
-  # The name this node's droplet needs, found by its address, then others.
-  defp expected(verdicts, self, targets) do
-    case Pipeline.own_name(verdicts, self) do
-      nil ->
-        "no listed droplet has this node's address; the strategy computes names such as " <>
-          names(targets)
-
-      own ->
-        "its droplet, found by its address, is named #{inspect(own)}; others are " <>
-          names(List.delete(targets, own))
-    end
-  end
-
-  defp names([]), do: "none"
-  defp names(nodes), do: nodes |> Enum.take(4) |> Enum.map_join(", ", &inspect/1)
 
   defp poll(%Facts{last_poll_at: nil, failures: 0}),
     do: {:info, "no API poll has succeeded yet on this node"}
@@ -140,7 +117,7 @@ defmodule LibclusterDroplet.Explain.Checks do
   defp removing(%Facts{removing: nodes}),
     do:
       {:info,
-       "asked to leave, still connected: #{names(nodes)} (their droplets are no longer selected)"}
+       "asked to leave, still connected: #{Format.names(nodes)} (their droplets are no longer selected)"}
 
   defp pool(%{pool: %{tags: tags} = pool}) do
     listed =

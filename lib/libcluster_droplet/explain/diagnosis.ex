@@ -1,31 +1,13 @@
 defmodule LibclusterDroplet.Explain.Diagnosis do
-  @moduledoc """
-  The network side of explain: what answers at the address of a node that
-  does not connect. Runs in the caller of `Cluster.Strategy.Droplet.explain/2`
-  (or in `mix libcluster_droplet.explain`), never on the strategy process,
-  every step bounded by a short timeout. It never connects: nothing here
-  joins the cluster.
-
-  For each node it asks
-
-    1. **epmd** at the address (the port of this VM's `-epmd_port`, which
-       `ERL_EPMD_PORT` sets, or `:epmd_port`; 4369 by default) which node
-       names run there. This is epmd's `NAMES` request, made here rather
-       than with `:erl_epmd.names/1`, which has no timeout (an address
-       that drops packets would hold it for minutes) and can only ask the
-       port this VM was started with;
-    2. **the distribution port** (`:dist_port`; else the port this node
-       itself connects to without epmd, `-erl_epmd_port`; else the one epmd
-       lists for the expected name; else a pinned `inet_dist_listen_min`
-       equal to `inet_dist_listen_max`) for the start of a handshake: it
-       sends the name of a hidden node, `libcluster_droplet_explain@host`,
-       reads the status and the challenge, which carries the answering
-       node's own name, and closes before answering it. The cookie is never
-       sent nor checked, and the other node sees a handshake that did not
-       complete.
-
-  `LibclusterDroplet.Explain.conclude/3` turns these into a finding.
-  """
+  @moduledoc false
+  # The network side of explain (guides/troubleshooting.md, "The
+  # diagnosis"): what answers at the address of a node that does not
+  # connect. Runs in the caller of explain, every step bounded by a short
+  # timeout, and never connects. It asks epmd for its names (a NAMES
+  # request made here: :erl_epmd.names/1 has no timeout and only asks this
+  # VM's port), then starts a handshake at the distribution port as a
+  # hidden node and stops at the challenge, which carries the answering
+  # node's name, before any cookie matters.
 
   import Bitwise
 
@@ -41,11 +23,8 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
   # :erts_internal.get_dflags/0.
   @otp25_flags 55_966_662_588
 
-  @typedoc """
-  Options: `:probe_timeout` (ms per connection and per answer, default
-  #{@default_timeout}), `:epmd_port`, `:dist_port`, `:max_diagnosed`
-  (default #{@max_diagnosed}: nodes beyond it are not diagnosed).
-  """
+  # `:probe_timeout` is per connection and per answer; nodes past
+  # `:max_diagnosed` are not diagnosed.
   @type opts :: [
           probe_timeout: pos_integer(),
           epmd_port: :inet.port_number(),
@@ -53,10 +32,7 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
           max_diagnosed: pos_integer()
         ]
 
-  @doc """
-  Diagnoses the report's entries that need it (`LibclusterDroplet.Explain.to_diagnose/1`),
-  #{@concurrency} at a time, and puts the findings in.
-  """
+  # Diagnoses the entries that need it, @concurrency at a time.
   @spec run(Report.t(), opts()) :: Report.t()
   def run(%Report{} = report, opts \\ []) do
     max = Keyword.get(opts, :max_diagnosed, @max_diagnosed)
@@ -84,24 +60,11 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
       |> Map.new()
 
     report = Explain.put_findings(report, findings)
-
-    if skipped == [],
-      do: report,
-      else: %{
-        report
-        | checks:
-            report.checks ++
-              [
-                {:info,
-                 "diagnosed #{max} of the #{length(all)} nodes that did not connect (max_diagnosed)"}
-              ]
-      }
+    note = "diagnosed #{max} of the #{length(all)} nodes that did not connect (max_diagnosed)"
+    if skipped == [], do: report, else: %{report | checks: report.checks ++ [{:info, note}]}
   end
 
-  @doc """
-  Asks epmd and the distribution port at `address` about `node`; see the
-  module doc. Returns the raw answers for `LibclusterDroplet.Explain.conclude/3`.
-  """
+  # Asks epmd and the distribution port at `address` about `node`.
   @spec probe(node(), String.t(), opts()) :: Explain.probes()
   def probe(node, address, opts \\ []) do
     timeout = Keyword.get(opts, :probe_timeout, @default_timeout)
@@ -120,11 +83,8 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
     end
   end
 
-  @doc """
-  The epmd port asked: `:epmd_port`, else this VM's `-epmd_port` (which
-  `ERL_EPMD_PORT` sets at boot), else `ERL_EPMD_PORT`, else 4369.
-  """
-  @spec epmd_port(opts()) :: :inet.port_number()
+  # `:epmd_port`, else this VM's `-epmd_port` (which ERL_EPMD_PORT sets at
+  # boot), else ERL_EPMD_PORT, else 4369.
   def epmd_port(opts \\ []) do
     Keyword.get(opts, :epmd_port) || init_port(:epmd_port) ||
       port(System.get_env("ERL_EPMD_PORT")) || 4369
@@ -163,10 +123,7 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
     end
   end
 
-  @doc """
-  epmd's `NAMES` request at `ip`:`port`: `{:ok, [{name, port}]}`, or
-  `{:error, :refused | :timeout | :not_epmd | reason}`.
-  """
+  # epmd's NAMES request at `ip`:`port`.
   @spec epmd_names(:inet.ip_address(), :inet.port_number(), pos_integer()) ::
           {:ok, [{String.t(), :inet.port_number()}]} | {:error, term()}
   def epmd_names(ip, port, timeout) do
@@ -214,14 +171,10 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
         do: {name, String.to_integer(port)}
   end
 
-  @doc """
-  Starts a distribution handshake with `ip`:`port` as the hidden node
-  `from`, and stops before the cookie matters: `{:node, name}` (the
-  answering node's name, from its challenge), `{:status, status}` (it
-  refused: `"not_allowed"`, `"nok"`…), or `{:error, :refused | :timeout}`
-  (nothing accepted the connection) or `{:error, :not_distribution}` (it
-  accepted, but did not answer as an Erlang node).
-  """
+  # Starts a handshake with `ip`:`port` as the hidden node `from` and stops
+  # before the cookie matters: {:node, name} (from the challenge),
+  # {:status, status} (refused), {:error, :refused | :timeout} (nothing
+  # accepted the connection) or {:error, :not_distribution}.
   @spec handshake(:inet.ip_address(), :inet.port_number(), pos_integer(), String.t()) ::
           {:node, String.t()} | {:status, String.t()} | {:error, term()}
   def handshake(ip, port, timeout, from) do

@@ -1,28 +1,14 @@
 defmodule LibclusterDroplet.Explain.Facts do
   @moduledoc """
-  What an explanation is built from, gathered by the strategy (a cheap copy
-  of its state, `of_strategy/2`) or by `mix libcluster_droplet.explain`
-  (`mode: :offline`). Times are Unix milliseconds; `now` is when the facts
-  were gathered. Never the token.
-
-    * `config`: the options that shape the explanation (`:network`,
-      `:ipv6`, `:node_basename`, `:health_check`, `:require_listed`,
-      `:coordinate`, `:polling_interval` and the filters);
-    * `view`: the last view applied, `%{source: :listing | {:share, from},
-      listed_at:, applied_at:, verdicts: [LibclusterDroplet.Verdict.t()],
-      pool: LibclusterDroplet.Listing.pool() | nil}`, or `nil`;
-    * `probes`: each node's last health check (`t:LibclusterDroplet.NodeWatch.probe/0`);
-    * `connects`: each node's consecutive connect failures,
-      `%{count:, reason:, retry_at:}`;
-    * `in_flight`, `managed`, `connected`, `removing`: nodes with a connect
-      in flight, nodes the strategy wants connected, nodes connected now,
-      nodes asked to leave; `since`: when each managed node was first seen
-      connected;
-    * `polls`, `last_poll_at`, `failures`, `last_error`, `not_before`: API
-      polls that succeeded, the last one, consecutive failed ones, the last
-      failure (`{class, message}`) and the rate-limit floor;
-    * `polling`: `:leads`, `{:follows, node, last_share_at}` or `:alone`;
-    * `notes`: checks to show first (the mix task's).
+  What a report is built from: a copy of the strategy's state, or the mix
+  task's listing (`mode: :offline`). Times are Unix milliseconds (`now`:
+  when gathered); never the token. `config` holds the options that shape
+  the report; `view` is the last view applied (`source`, `listed_at`,
+  `applied_at`, `verdicts`, `pool`); `probes`, `connects`, `in_flight`,
+  `managed`, `connected`, `removing` and `since` are the strategy's nodes;
+  `polls`, `last_poll_at`, `failures`, `last_error` and `not_before` its
+  API polls and rate-limit floor; `polling` is `:leads`,
+  `{:follows, node, last_share_at}` or `:alone`.
   """
 
   alias LibclusterDroplet.{Coordination, Floor}
@@ -52,20 +38,12 @@ defmodule LibclusterDroplet.Explain.Facts do
 
   @type t :: %__MODULE__{}
 
-  @config_keys [
-    :network,
-    :ipv6,
-    :node_basename,
-    :health_check,
-    :require_listed,
-    :coordinate,
-    :polling_interval
-  ]
+  @config_keys ~w(network ipv6 node_basename health_check require_listed coordinate
+                  polling_interval)a
 
-  @doc "The options of a config that shape an explanation (never the token)."
-  @spec config(Cluster.Strategy.Droplet.Config.t()) :: map()
-  def config(config),
-    do: Map.take(config, @config_keys ++ LibclusterDroplet.Filters.options())
+  @doc false
+  # The options that shape an explanation (never the token).
+  def config(config), do: Map.take(config, @config_keys ++ LibclusterDroplet.Filters.options())
 
   @doc false
   # A strategy's facts, from its state; `connected` as its list_nodes MFA says.

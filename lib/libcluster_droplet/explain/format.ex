@@ -1,26 +1,19 @@
 defmodule LibclusterDroplet.Explain.Format do
-  @moduledoc """
-  An explanation as text: the checks, a table with one row per droplet
-  (droplet, status, address, node, stage, detail) and a summary. The only
-  module that knows about columns, and the words for every stage, check
-  result, connect error and finding.
-  """
+  @moduledoc false
+  # A report as text: the checks, a table of one row per droplet and a
+  # summary. The only module that knows about columns, and the words for
+  # every stage, check result, connect error and finding.
 
   alias LibclusterDroplet.Explain.{Entry, Facts, Report}
-  alias LibclusterDroplet.{Filters, HealthCheck, Plan}
+  alias LibclusterDroplet.{Filters, HealthCheck, Pipeline, Plan}
 
-  @doc "The report as text."
-  @spec format(Report.t()) :: String.t()
   def format(%Report{} = report) do
-    title =
-      case report.mode do
-        :offline ->
-          "libcluster_droplet: topology #{inspect(report.topology)}, listed from this machine"
+    where =
+      if report.mode == :offline,
+        do: ", listed from this machine",
+        else: " on #{inspect(report.self)}"
 
-        :strategy ->
-          "libcluster_droplet: topology #{inspect(report.topology)} on #{inspect(report.self)}"
-      end
-
+    title = "libcluster_droplet: topology #{inspect(report.topology)}#{where}"
     checks = Enum.map(report.checks, fn {level, text} -> "  #{pad(label(level), 8)}#{text}" end)
 
     rows =
@@ -64,8 +57,6 @@ defmodule LibclusterDroplet.Explain.Format do
   defp label(:info), do: "info"
   defp label(:warning), do: "WARNING"
 
-  @doc "A one-line count of the entries by stage."
-  @spec summary(Report.t()) :: String.t()
   def summary(%Report{entries: entries}) do
     counts = Enum.frequencies_by(entries, & &1.stage)
 
@@ -78,8 +69,6 @@ defmodule LibclusterDroplet.Explain.Format do
       if(by_stage == [], do: "", else: ": " <> Enum.join(by_stage, ", "))
   end
 
-  @doc "Why explain could not run, in words."
-  @spec describe_error(atom() | pid(), term()) :: String.t()
   def describe_error(topology, :not_running),
     do:
       "no Cluster.Strategy.Droplet runs topology #{inspect(topology)} on #{inspect(Node.self())}"
@@ -87,12 +76,8 @@ defmodule LibclusterDroplet.Explain.Format do
   def describe_error(topology, {:no_answer, timeout}),
     do: "the strategy of topology #{inspect(topology)} did not answer within #{timeout} ms"
 
-  @doc "A stage in words, as in the table."
-  @spec stage_label(LibclusterDroplet.Explain.stage()) :: String.t()
   def stage_label(stage), do: stage |> Atom.to_string() |> String.replace("_", " ")
 
-  @doc "The table's detail column for one entry."
-  @spec detail(Entry.t(), Facts.t()) :: String.t()
   def detail(%Entry{stage: :outside_filters, verdict: v}, _facts),
     do: Enum.map_join(v.why, "; ", &Filters.describe/1)
 
@@ -172,15 +157,34 @@ defmodule LibclusterDroplet.Explain.Format do
   defp finding_text(%Entry{finding: nil}), do: nil
   defp finding_text(%Entry{finding: finding} = e), do: describe_finding(finding, e)
 
-  @doc false
+  # Why this node joins no one: the name its droplet needs (found by its
+  # address), then up to 4 others.
+  def not_listed(verdicts, self) do
+    targets = for {node, _address} <- Pipeline.targets(verdicts), do: node
+
+    expected =
+      case Pipeline.own_name(verdicts, self) do
+        nil ->
+          "no listed droplet has this node's address; the strategy computes names such as " <>
+            names(targets)
+
+        own ->
+          "its droplet, found by its address, is named #{inspect(own)}; others are " <>
+            names(List.delete(targets, own))
+      end
+
+    "this node #{inspect(self)} is not among the #{length(targets)} selected droplets, " <>
+      "so it joins no one; " <> expected
+  end
+
+  def names([]), do: "none"
+  def names(nodes), do: nodes |> Enum.take(4) |> Enum.map_join(", ", &inspect/1)
+
   def network(config) do
     ip = if Map.get(config, :ipv6, false), do: "IPv6", else: "IPv4"
     "#{Map.get(config, :network, :private)} #{ip}"
   end
 
-  @doc "Why a droplet's name and address make no node name, in words."
-  @spec describe_unusable({:invalid_basename | :invalid_address, String.t()}, String.t()) ::
-          String.t()
   def describe_unusable({:invalid_basename, basename}, _address) do
     "#{inspect(basename)} cannot be the name part of a node name (only ASCII letters, digits, " <>
       "'_' and '-'); set :node_basename"
@@ -198,7 +202,6 @@ defmodule LibclusterDroplet.Explain.Format do
       iex> LibclusterDroplet.Explain.Format.describe_probe(%{result: :ok, took_ms: 0.42, exact?: true}, facts)
       "port 4000 answered in 0.42 ms"
   """
-  @spec describe_probe(map(), Facts.t()) :: String.t()
   def describe_probe(probe, %Facts{config: config}) do
     what = if check = config[:health_check], do: HealthCheck.describe(check), else: "the check"
 
@@ -215,8 +218,6 @@ defmodule LibclusterDroplet.Explain.Format do
     end
   end
 
-  @doc "A health check's error in words."
-  @spec describe_probe_error(term()) :: String.t()
   def describe_probe_error(:refused), do: "connection refused"
   def describe_probe_error(:timeout), do: "no answer"
   def describe_probe_error(:unreachable), do: "host unreachable"
@@ -225,8 +226,6 @@ defmodule LibclusterDroplet.Explain.Format do
   def describe_probe_error({:io, detail}) when is_binary(detail), do: detail
   def describe_probe_error(other), do: inspect(other)
 
-  @doc "A connect failure in words."
-  @spec describe_connect_error(term()) :: String.t()
   def describe_connect_error(false), do: "net_kernel could not set up the connection"
   def describe_connect_error(:ignored), do: "this node is not alive (distribution not started)"
   def describe_connect_error(:timeout), do: "the connect did not return in time and was given up"
@@ -246,7 +245,6 @@ defmodule LibclusterDroplet.Explain.Format do
       iex> LibclusterDroplet.Explain.Format.describe_finding({:not_registered, [{"web", 9100}]}, %LibclusterDroplet.Explain.Entry{verdict: v})
       "runs `web@10.0.0.3` (epmd lists web at port 9100, no app); the strategy expects `app@10.0.0.3`: set node_basename: \\"web\\" or fix RELEASE_NODE"
   """
-  @spec describe_finding(LibclusterDroplet.Explain.finding(), Entry.t()) :: String.t()
   def describe_finding(finding, %Entry{verdict: %{node: node, address: address}}),
     do: finding(finding, node, address)
 
@@ -335,7 +333,6 @@ defmodule LibclusterDroplet.Explain.Format do
 
   ## Times
 
-  @doc false
   def timestamp(unix_ms) do
     unix_ms
     |> DateTime.from_unix!(:millisecond)
@@ -343,7 +340,6 @@ defmodule LibclusterDroplet.Explain.Format do
     |> DateTime.to_iso8601()
   end
 
-  @doc false
   def ago(now, at), do: "#{duration(max(now - at, 0))} ago"
 
   @doc """
@@ -354,7 +350,6 @@ defmodule LibclusterDroplet.Explain.Format do
       iex> LibclusterDroplet.Explain.Format.duration(125_000)
       "2 min 5 s"
   """
-  @spec duration(non_neg_integer()) :: String.t()
   def duration(ms) when ms < 1_000, do: "#{ms} ms"
   def duration(ms) when ms < 60_000, do: "#{Float.round(ms / 1000, 1)} s"
 

@@ -2,32 +2,21 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
   @shortdoc "Lists a topology's droplets and explains why their nodes would or would not connect"
 
   @moduledoc """
-  `Cluster.Strategy.Droplet.explain/2` from a developer's machine: lists
-  the droplets of a topology of this application's config, runs its health
-  checks and diagnoses every selected node's address (which names epmd
-  lists there, which node answers at the distribution port), and prints
-  the table. It never connects to any node: the handshake it starts is
-  stopped before the cookie is sent.
+  `Cluster.Strategy.Droplet.explain/2` from a developer's machine: lists a
+  topology's droplets (from `config :libcluster, :topologies`, after
+  `mix app.config`), runs their health checks, diagnoses each selected
+  node's address and prints the table. It never connects to a node, and
+  never prints the token.
 
       mix libcluster_droplet.explain [--topology NAME] [--dist-port PORT] [--epmd-port PORT] [--timeout MS]
 
-  The topology is read from `config :libcluster, topologies: [...]` after
-  `mix app.config` (so `config/runtime.exs` is read too); with several
-  `Cluster.Strategy.Droplet` topologies, `--topology` picks one. The token
-  comes from the topology's `:token`, in any of its forms (an environment
-  variable with `{:system, "DIGITALOCEAN_TOKEN"}`, a file with `{:file, path}`…);
-  it is never printed.
-
-    * `--dist-port` - the distribution port the nodes listen on (pinned with
-      `inet_dist_listen_min`/`max`, or `-erl_epmd_port`); without it, the
-      port epmd lists for each expected node is tried;
-    * `--epmd-port` - epmd's port (default `ERL_EPMD_PORT`, else 4369);
-    * `--timeout` - ms per connection and per answer (default 1,000).
-
-  This machine is not a droplet: `vpc: :self` cannot be applied from here
-  (every VPC is shown), nothing is "this node", and the addresses must be
-  reachable from here (a private network is only reachable from inside the
-  VPC: run it on a droplet, or with `network: :public`).
+  `--topology` picks one of several topologies; `--dist-port` is the port
+  the nodes listen on (default: the one epmd lists for each node);
+  `--epmd-port` defaults to `ERL_EPMD_PORT`, else 4369; `--timeout` is in
+  ms per connection and answer (1,000). This machine is not a droplet: no
+  node is "this node", `vpc: :self` shows every VPC, and the addresses must
+  be reachable from here. See
+  [the troubleshooting guide](troubleshooting.md#from-a-developer-s-machine).
   """
 
   use Mix.Task
@@ -108,10 +97,8 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
   end
 
   # One listing, the pipeline, the health checks, then the diagnosis: what
-  # a strategy does, without connecting. This machine is no node of the
-  # cluster: nothing is "this node", and vpc: :self cannot be applied.
+  # a strategy does, without connecting, on a machine outside the cluster.
   @doc false
-  # The report the task prints, for `config` (a validated config).
   def report(topology, config, diagnosis) do
     listed_at = System.system_time(:millisecond)
     list_opts = [deadline: config.api_timeout * 3] ++ Config.list_options(config)

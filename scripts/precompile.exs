@@ -1,29 +1,21 @@
-defmodule Mix.Tasks.LibclusterDroplet.Precompile do
-  @shortdoc "Builds this machine's precompiled NIF artifact and records its checksum"
-  @moduledoc """
-  For maintainers, in a checkout of libcluster_droplet: builds the
-  precompiled NIF of this machine's target and records it in the checksum
-  file, on one machine and without CI (`.github/workflows/release.yml`
-  builds every target; see CONTRIBUTING.md, "Publishing").
-
-      mix libcluster_droplet.precompile [--output DIR]
-
-  It runs `cargo build --release --locked -p droplet_nif` (no test-only
-  NIFs, in `CARGO_TARGET_DIR` or `target/`), packs the library as the
-  artifact RustlerPrecompiled looks for,
-  `libdroplet_nif-v<version>-nif-2.16-<target>.so.tar.gz`, in `DIR`
-  (default `_build/precompiled`), and records its SHA-256 in
-  `checksum-Elixir.LibclusterDroplet.Native.exs`, dropping the lines of
-  other versions.
-  """
-  use Mix.Task
-
+# For maintainers, in a checkout: builds the precompiled NIF of this
+# machine's target and records it in the checksum file, on one machine and
+# without CI (.github/workflows/release.yml builds every target; see
+# CONTRIBUTING.md, "Publishing"). Run by `make precompile`, that is
+#
+#     mix run --no-start scripts/precompile.exs [--output DIR]
+#
+# `cargo build --release --locked -p droplet_nif` (no test-only NIFs, in
+# CARGO_TARGET_DIR or target/), packed as the artifact RustlerPrecompiled
+# looks for, libdroplet_nif-v<version>-nif-2.16-<target>.so.tar.gz, in DIR
+# (default _build/precompiled); its SHA-256 goes into the checksum file,
+# whose lines of other versions are dropped. A script, not a Mix task in
+# lib/, so that the package's users never get it.
+defmodule LibclusterDroplet.Precompile do
   @checksum_file "checksum-Elixir.LibclusterDroplet.Native.exs"
 
-  @impl true
   def run(args) do
     {opts, _} = OptionParser.parse!(args, strict: [output: :string])
-    Mix.Task.run("compile", [])
     version = Mix.Project.config()[:version]
     # The name RustlerPrecompiled computed for this target while compiling.
     [{name, _url}] = RustlerPrecompiled.current_target_nifs(LibclusterDroplet.Native)
@@ -72,3 +64,5 @@ defmodule Mix.Tasks.LibclusterDroplet.Precompile do
     end
   end
 end
+
+LibclusterDroplet.Precompile.run(System.argv())
