@@ -338,13 +338,14 @@ defmodule LibclusterDroplet do
   end
 
   @doc false
-  # Starts a health check (`LibclusterDroplet.HealthCheck.c:native/1`'s
-  # map) of every address; answers like start_probe/3.
+  # Starts a health check of every address: `check` is a kind's map
+  # (`LibclusterDroplet.HealthCheck.c:native/1`), which the NIF passes to its
+  # Rust probe whole. Answers like start_probe/3.
   @spec start_check([address()], map(), pos_integer()) :: {:ok, Call.t()} | {:error, term()}
-  def start_check(addresses, %{kind: :tcp, port: port, timeout_ms: timeout}, concurrency) do
+  def start_check(addresses, check, concurrency) when is_map(check) do
     ref = make_ref()
 
-    case Native.probe(addresses, port, timeout, concurrency, ref) do
+    case Native.probe(addresses, check, concurrency, ref) do
       {:ok, handle, concurrency} ->
         {:ok, %Call{ref: ref, handle: handle, concurrency: concurrency}}
 

@@ -40,10 +40,16 @@ defmodule LibclusterDroplet.Native do
   #   Sends {:droplet_nif_list, ref, {:ok, %{droplets: [droplet], total: n}} |
   #   {:error, reason}, %{requests: n, elapsed_us: n, rate_limit: nil | map}}.
   #
-  # probe(addresses, port, timeout_ms, concurrency, ref) :: {:ok, handle, concurrency} | {:error, reason}
+  # probe(addresses, check, concurrency, ref) :: {:ok, handle, concurrency} | {:error, reason}
   #   addresses: a proper list of at most 10,000 binaries, else
   #   {:error, {:invalid_request, _}}; one over 64 bytes is that target's
-  #   :invalid_address. Sends {:droplet_nif_probe, ref, [{address,
+  #   :invalid_address. check: a health check's map (HealthCheck's
+  #   native/1), read generically: at most 16 entries, atom keys, each value
+  #   an atom, an integer, a binary of at most 1,024 bytes, or one list of at
+  #   most 16 of those; its :kind picks the Rust check (probe::Check), e.g.
+  #   %{kind: :tcp, port: 1..65_535, timeout_ms: 1..3_600_000}. A bad one is
+  #   {:error, {:invalid_request, "check: ..."}}, naming the field, never a
+  #   value. Sends {:droplet_nif_probe, ref, [{address,
   #   {:ok, connect_us} | {:error, :timeout | :refused | :unreachable |
   #   :invalid_address | {:io, binary}}}] | {:error, reason}}, in input order,
   #   each address the very binary passed in.
@@ -84,8 +90,7 @@ defmodule LibclusterDroplet.Native do
 
   def list_droplets(_request, _ref), do: :erlang.nif_error(:nif_not_loaded)
 
-  def probe(_addresses, _port, _timeout_ms, _concurrency, _ref),
-    do: :erlang.nif_error(:nif_not_loaded)
+  def probe(_addresses, _check, _concurrency, _ref), do: :erlang.nif_error(:nif_not_loaded)
 
   def cancel(_handle), do: :erlang.nif_error(:nif_not_loaded)
 
