@@ -42,6 +42,8 @@ defmodule LibclusterDroplet do
   A droplet as the NIF returns it: only the fields clustering needs.
   `address` is the one selected for the requested network and IP version
   (`nil` for droplets that are not `:active` or have no such address).
+  `fields` holds the droplet fields a filter asked the NIF to pass through,
+  by path (`%{"size_slug" => "s-1vcpu-1gb"}`).
   """
   @type droplet :: %{
           id: non_neg_integer(),
@@ -52,7 +54,8 @@ defmodule LibclusterDroplet do
           vpc_uuid: String.t() | nil,
           v4: [{address(), :public | :private | String.t()}],
           v6: [{address(), :public | :private | String.t()}],
-          address: address() | nil
+          address: address() | nil,
+          fields: %{String.t() => String.t() | number() | boolean() | [String.t()] | nil}
         }
 
   @typedoc "The rate-limit headers of the API's last response, when it sent them."

@@ -202,6 +202,51 @@ defmodule LibclusterDroplet.NifApiTest do
       assert Enum.map(FakeAPI.requests(api), & &1.status) == [200, 429]
     end
 
+    test "fields: each path asked for comes through, named by its path, redacted and bounded",
+         %{api: api} do
+      FakeAPI.put_droplets(api, droplets(2))
+      FakeAPI.update_droplet(api, 1_002, %{"size_slug" => "s-" <> @token})
+      {:ok, request} = LibclusterDroplet.list_request(api_url: FakeAPI.url(api), token: @token)
+      paths = [["size_slug"], ["size", "vcpus"], ["features"], ["size"], ["nope"], ["size_slug"]]
+
+      run = fn request ->
+        ref = make_ref()
+        {:ok, handle, _} = Native.list_droplets(request, ref)
+        assert_receive {:droplet_nif_list, ^ref, result, _info}, 10_000
+        :ok = Native.cancel(handle)
+        result
+      end
+
+      assert {:ok, %{droplets: [one, two]}} = run.(Map.put(request, :fields, paths))
+
+      assert one.fields == %{
+               "size_slug" => "s-1vcpu-1gb",
+               "size.vcpus" => 1,
+               "features" => ["backups", "private_networking"],
+               "size" => nil,
+               "nope" => nil
+             }
+
+      assert two.fields["size_slug"] == "s-[REDACTED]"
+      assert {:ok, %{droplets: [%{fields: none} | _]}} = run.(request)
+      assert none == %{}
+
+      assert {:error, {:listing_too_large, {:max_string_bytes, 12}}} =
+               run.(%{request | max_string_bytes: 12} |> Map.put(:fields, [["size_slug"]]))
+
+      for bad <- [
+            [[]],
+            [["a", "b", "c", "d", "e"]],
+            [[:size_slug]],
+            ["size_slug"],
+            [["a"] | ["b"]],
+            Enum.map(1..17, &["k#{&1}"])
+          ] do
+        assert {:error, {:invalid_request, "fields" <> _}} =
+                 Native.list_droplets(Map.put(request, :fields, bad), make_ref())
+      end
+    end
+
     test "a 403 names the scope its message names, and nothing else of it", %{api: api} do
       FakeAPI.put_droplets(api, droplets(1))
       FakeAPI.inject(api, {:status, 403, "You are missing the required scope: tag:read"})

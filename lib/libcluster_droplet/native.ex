@@ -37,8 +37,24 @@ defmodule LibclusterDroplet.Native do
   #   1 to 64 binaries; every binary at most 4,096 bytes. Lists are walked on
   #   the scheduler only up to their cap plus one.
   #   select (nil | %{network: :private | :public, ipv6: boolean}).
-  #   Sends {:droplet_nif_list, ref, {:ok, %{droplets: [droplet], total: n}} |
-  #   {:error, reason}, %{requests: n, elapsed_us: n, rate_limit: nil | map}}.
+  #   fields: at most 16 paths, each a list of 1 to 4 binaries (JSON keys);
+  #   each droplet then has fields: %{"a.b" => value} (a path named twice,
+  #   once): the string, number, boolean or list of at most 256 strings at
+  #   that path, else nil; strings redacted and held to the listing's bounds.
+  #   Without fields, fields: %{}.
+  #   autoscale_pool: nil | %{id: binary | nil, name: binary | nil, tags:
+  #   [binary] | nil} (not with tag_name or name): by name (id nil, tags nil)
+  #   it is found with GET /v2/droplets/autoscale?name= (exact name); by id
+  #   (tags nil) with GET /v2/droplets/autoscale/{id}; with id, name and tags
+  #   (at most 64) it is known and not looked up. Then every page of
+  #   .../{id}/members (held to max_droplets), then the droplet listing of
+  #   the template's first tag, or of every droplet without one. No such
+  #   pool (a 404 for its id): :pool_not_found.
+  #   Sends {:droplet_nif_list, ref, {:ok, %{droplets: [droplet], total: n,
+  #   pool: nil | %{id, name, tags, members: [%{droplet_id, status,
+  #   health_status}]}}} | {:error, reason}, %{requests: n, pool_requests: n,
+  #   elapsed_us: n, rate_limit: nil | map}}: requests counts every request,
+  #   pool_requests those that looked the pool up or paged its members.
   #
   # probe(addresses, check, concurrency, ref) :: {:ok, handle, concurrency} | {:error, reason}
   #   addresses: a proper list of at most 10,000 binaries, else

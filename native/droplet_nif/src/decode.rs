@@ -3,6 +3,8 @@
 //! becomes `{:invalid_request, detail}`, and no detail quotes a value.
 
 use droplet_core::api::ListRequest;
+use droplet_core::autoscale::{Pool, PoolRef};
+use droplet_core::fields::{MAX_DEPTH, MAX_PATHS};
 use droplet_core::filters::{Gpus, ListFilter, MAX_TAGS};
 use droplet_core::probe::{Check, MAX_TARGETS};
 use droplet_core::select::Network;
@@ -100,6 +102,11 @@ pub fn list_args(term: Term) -> Result<ListArgs, Error> {
         (None, Some(name)) => ListFilter::Name(name),
         (None, None) => ListFilter::All,
     };
+    request.pool = field(term, "autoscale_pool").map(pool_ref).transpose()?;
+    if request.pool.is_some() && request.filter != ListFilter::All {
+        return Err(invalid("autoscale_pool cannot be set with tag_name or name"));
+    }
+    request.fields = field(term, "fields").map(field_paths).transpose()?.unwrap_or_default();
     request.gpus = match field(term, "gpus").map(|t| t.decode()) {
         None | Some(Ok(GpusArg::False)) => Gpus::Exclude,
         Some(Ok(GpusArg::True)) => Gpus::Include,
@@ -149,6 +156,52 @@ fn tag_names(term: Term) -> Result<Vec<String>, Error> {
         return Err(bad());
     }
     Ok(tags)
+}
+
+/// `%{id, name, tags}`: a pool to look up by id or name, or known (all three).
+fn pool_ref(term: Term) -> Result<PoolRef, Error> {
+    if term.get_type() != TermType::Map {
+        return Err(invalid("autoscale_pool must be nil or a map"));
+    }
+    let text = |key, name| field(term, key).map(|t| non_empty(t, name)).transpose();
+    let id = text("id", "autoscale_pool.id")?;
+    let name = text("name", "autoscale_pool.name")?;
+    let tags = field(term, "tags").map(binaries("autoscale_pool.tags", MAX_TAGS)).transpose()?;
+    match (id, name, tags) {
+        (Some(id), Some(name), Some(tags)) => {
+            Ok(PoolRef::Known(Pool { id, name, tags, members: Vec::new() }))
+        }
+        (Some(id), _, None) => Ok(PoolRef::Id(id)),
+        (None, Some(name), None) => Ok(PoolRef::Name(name)),
+        _ => Err(invalid("autoscale_pool needs an id or a name, and both with tags")),
+    }
+}
+
+/// A proper list of at most `max` binaries.
+fn binaries(name: &str, max: usize) -> impl Fn(Term) -> Result<Vec<String>, Error> + '_ {
+    move |term| {
+        let mut items = Vec::new();
+        let bad = || invalid(format!("{name} must be a list of binaries"));
+        walk_list(term, max, name, bad, |t| utf8(t, name).map(|s| items.push(s)))?;
+        Ok(items)
+    }
+}
+
+/// Paths of droplet fields to pass through; a path named twice, once.
+fn field_paths(term: Term) -> Result<Vec<Vec<String>>, Error> {
+    let mut paths: Vec<Vec<String>> = Vec::new();
+    let bad = || invalid(format!("fields must be a list of paths, each 1 to {MAX_DEPTH} binaries"));
+    walk_list(term, MAX_PATHS, "fields", bad, |path| {
+        let keys = binaries("fields: each path", MAX_DEPTH)(path)?;
+        if keys.is_empty() {
+            return Err(bad());
+        }
+        if !paths.iter().any(|p| p.join(".") == keys.join(".")) {
+            paths.push(keys);
+        }
+        Ok(())
+    })?;
+    Ok(paths)
 }
 
 /// `each` on the elements of a proper list of at most `max`, stopping at

@@ -35,7 +35,7 @@ mod atoms {
         foreign_redirect, too_many_redirects, pagination_loop, too_many_pages,
         too_many_droplets, body_too_large, invalid_request, no_private_ipv6, spawn, panic,
         listing_too_large,
-        tags_unknown, busy, cancelled,
+        tags_unknown, busy, cancelled, pool_not_found,
         // debug_panic
         nif, list,
     }
