@@ -72,13 +72,8 @@ pub trait Item: DeserializeOwned + Send {
     fn id(&self) -> Option<u64>;
 
     /// Reads what a second pass over their page adds: a droplet's
-    /// pass-through `fields`.
-    fn pick(
-        _items: &mut [Self],
-        _body: &[u8],
-        _paths: &[Vec<String>],
-        _tally: &Tally,
-    ) -> Result<(), Error> {
+    /// pass-through `fields` at `paths`.
+    fn pick(_: &mut [Self], _body: &[u8], _paths: &[Vec<String>], _: &Tally) -> Result<(), Error> {
         Ok(())
     }
 }
