@@ -1496,6 +1496,17 @@ fn a_known_pool_costs_member_pages_and_droplet_pages_only() {
 }
 
 #[test]
+fn a_member_shifted_onto_the_next_page_is_one_member() {
+    let one = member(1, "active", "healthy");
+    let fake = Fake::default()
+        .page(&members_p1(), members_page(&[one.clone()], Some(&members_pn(2)), 2))
+        .page(&members_pn(2), members_page(&[one, member(2, "active", "healthy")], None, 2))
+        .page(&p1(), page(&[], None, None, 0));
+    let pool = run(&fake, &pool_request(known(&[]))).0.expect("listing").pool.expect("pool");
+    assert_eq!(pool.members.iter().map(|m| m.droplet_id).collect::<Vec<_>>(), [1, 2]);
+}
+
+#[test]
 fn with_gpus_the_pool_tag_is_checked_here_on_gpu_droplets() {
     let fake = Fake::default()
         .page(&members_p1(), members_page(&[member(1, "active", "healthy")], None, 1))
@@ -1621,11 +1632,17 @@ fn a_member_is_strict_about_its_id_and_status() {
             "{bad}"
         );
     }
-    let no_health =
-        members_page(&[r#"{"droplet_id":1,"status":"off","health_status":null}"#.into()], None, 1);
+    let no_health = members_page(
+        &[
+            r#"{"droplet_id":1,"status":"off","health_status":null}"#.into(),
+            r#"{"droplet_id":2,"status":"active"}"#.into(),
+        ],
+        None,
+        2,
+    );
     let fake = Fake::default().page(&members_p1(), no_health).page(&p1(), page(&[], None, None, 0));
     let pool = run(&fake, &pool_request(known(&[]))).0.expect("listing").pool.expect("pool");
-    assert_eq!(pool.members, [m(1, "off", None)]);
+    assert_eq!(pool.members, [m(1, "off", None), m(2, "active", None)]);
 }
 
 #[test]
