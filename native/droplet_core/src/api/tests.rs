@@ -1499,7 +1499,7 @@ fn a_known_pool_costs_member_pages_and_droplet_pages_only() {
 fn a_member_shifted_onto_the_next_page_is_one_member() {
     let one = member(1, "active", "healthy");
     let fake = Fake::default()
-        .page(&members_p1(), members_page(&[one.clone()], Some(&members_pn(2)), 2))
+        .page(&members_p1(), members_page(std::slice::from_ref(&one), Some(&members_pn(2)), 2))
         .page(&members_pn(2), members_page(&[one, member(2, "active", "healthy")], None, 2))
         .page(&p1(), page(&[], None, None, 0));
     let pool = run(&fake, &pool_request(known(&[]))).0.expect("listing").pool.expect("pool");
