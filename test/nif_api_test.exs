@@ -496,9 +496,9 @@ defmodule LibclusterDroplet.NifApiTest do
             {%{tcp | timeout_ms: [token]}, "check: timeout_ms is invalid"},
             {Map.delete(tcp, :port), "check: missing field `port`"},
             {Map.put(tcp, :path, "/"), "check: path is invalid"},
-            {Map.new(1..17, &{:"k#{&1}", &1}), "check must be a map of at most 16 entries"},
+            {Map.new(1..17, &{:"k#{&1}", &1}), "check: must be a map of at most 16 entries"},
             {Map.put(tcp, "port", 1), "check: keys must be atoms"},
-            {[kind: :tcp], "check must be a map of at most 16 entries"}
+            {[kind: :tcp], "check: must be a map of at most 16 entries"}
           ] do
         assert Native.probe(["127.0.0.1"], check, 4, make_ref()) ==
                  {:error, {:invalid_request, detail}},

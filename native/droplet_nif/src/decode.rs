@@ -267,7 +267,7 @@ const MAX_CHECK_BINARY: usize = 1024;
 fn check_map(term: Term) -> Result<Value, Error> {
     let max = MAX_CHECK_ITEMS;
     if term.map_size().map_or(true, |n| n > max) {
-        return Err(invalid(format!("check must be a map of at most {max} entries")));
+        return Err(invalid(format!("check: must be a map of at most {max} entries")));
     }
     let mut fields = Map::new();
     for (key, value) in MapIterator::new(term).into_iter().flatten() {
