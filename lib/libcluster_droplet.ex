@@ -42,6 +42,8 @@ defmodule LibclusterDroplet do
   A droplet as the NIF returns it: only the fields clustering needs.
   `address` is the one selected for the requested network and IP version
   (`nil` for droplets that are not `:active` or have no such address).
+  `fields` holds the droplet fields a filter asked the NIF to pass through,
+  by path (`%{"size_slug" => "s-1vcpu-1gb"}`).
   """
   @type droplet :: %{
           id: non_neg_integer(),
@@ -52,7 +54,8 @@ defmodule LibclusterDroplet do
           vpc_uuid: String.t() | nil,
           v4: [{address(), :public | :private | String.t()}],
           v6: [{address(), :public | :private | String.t()}],
-          address: address() | nil
+          address: address() | nil,
+          fields: %{String.t() => String.t() | number() | boolean() | [String.t()] | nil}
         }
 
   @typedoc "The rate-limit headers of the API's last response, when it sent them."
@@ -338,13 +341,14 @@ defmodule LibclusterDroplet do
   end
 
   @doc false
-  # Starts a health check (`LibclusterDroplet.HealthCheck.c:native/1`'s
-  # map) of every address; answers like start_probe/3.
+  # Starts a health check of every address: `check` is a kind's map
+  # (`LibclusterDroplet.HealthCheck.c:native/1`), which the NIF passes to its
+  # Rust probe whole. Answers like start_probe/3.
   @spec start_check([address()], map(), pos_integer()) :: {:ok, Call.t()} | {:error, term()}
-  def start_check(addresses, %{kind: :tcp, port: port, timeout_ms: timeout}, concurrency) do
+  def start_check(addresses, check, concurrency) when is_map(check) do
     ref = make_ref()
 
-    case Native.probe(addresses, port, timeout, concurrency, ref) do
+    case Native.probe(addresses, check, concurrency, ref) do
       {:ok, handle, concurrency} ->
         {:ok, %Call{ref: ref, handle: handle, concurrency: concurrency}}
 

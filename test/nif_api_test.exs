@@ -3,6 +3,8 @@ defmodule LibclusterDroplet.NifApiTest do
   # The NIF's HTTP client against the fake DigitalOcean API, over real sockets.
   use ExUnit.Case, async: true
 
+  import Bitwise
+
   alias LibclusterDroplet.{FakeAPI, Listing, Native, TestCluster}
 
   @token "dop_v1_nif_test_token"
@@ -198,6 +200,51 @@ defmodule LibclusterDroplet.NifApiTest do
 
       assert {:error, {:rate_limited, _}} = list(api, gpus: true)
       assert Enum.map(FakeAPI.requests(api), & &1.status) == [200, 429]
+    end
+
+    test "fields: each path asked for comes through, named by its path, redacted and bounded",
+         %{api: api} do
+      FakeAPI.put_droplets(api, droplets(2))
+      FakeAPI.update_droplet(api, 1_002, %{"size_slug" => "s-" <> @token})
+      {:ok, request} = LibclusterDroplet.list_request(api_url: FakeAPI.url(api), token: @token)
+      paths = [["size_slug"], ["size", "vcpus"], ["features"], ["size"], ["nope"], ["size_slug"]]
+
+      run = fn request ->
+        ref = make_ref()
+        {:ok, handle, _} = Native.list_droplets(request, ref)
+        assert_receive {:droplet_nif_list, ^ref, result, _info}, 10_000
+        :ok = Native.cancel(handle)
+        result
+      end
+
+      assert {:ok, %{droplets: [one, two]}} = run.(Map.put(request, :fields, paths))
+
+      assert one.fields == %{
+               "size_slug" => "s-1vcpu-1gb",
+               "size.vcpus" => 1,
+               "features" => ["backups", "private_networking"],
+               "size" => nil,
+               "nope" => nil
+             }
+
+      assert two.fields["size_slug"] == "s-[REDACTED]"
+      assert {:ok, %{droplets: [%{fields: none} | _]}} = run.(request)
+      assert none == %{}
+
+      assert {:error, {:listing_too_large, {:max_string_bytes, 12}}} =
+               run.(%{request | max_string_bytes: 12} |> Map.put(:fields, [["size_slug"]]))
+
+      for bad <- [
+            [[]],
+            [["a", "b", "c", "d", "e"]],
+            [[:size_slug]],
+            ["size_slug"],
+            [["a"] | ["b"]],
+            Enum.map(1..17, &["k#{&1}"])
+          ] do
+        assert {:error, {:invalid_request, "fields" <> _}} =
+                 Native.list_droplets(Map.put(request, :fields, bad), make_ref())
+      end
     end
 
     test "a 403 names the scope its message names, and nothing else of it", %{api: api} do
@@ -427,6 +474,55 @@ defmodule LibclusterDroplet.NifApiTest do
 
       assert is_integer(us)
       Enum.each([open, hole | fillers], &:gen_tcp.close/1)
+    end
+
+    test "the check is one map, read generically; a bad one names its field, never a value" do
+      {:ok, open} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
+      {:ok, port} = :inet.port(open)
+      tcp = %{kind: :tcp, port: port, timeout_ms: 1_000}
+      ref = make_ref()
+      assert {:ok, _handle, 1} = Native.probe(["127.0.0.1"], tcp, 4, ref)
+      assert_receive {:droplet_nif_probe, ^ref, [{"127.0.0.1", {:ok, _us}}]}, 5_000
+
+      token = "dop_v1_in_a_check_0123456789"
+      long = String.duplicate("x", 1_025)
+
+      for {check, detail} <- [
+            {%{tcp | kind: :udp}, "check: kind is invalid"},
+            {%{tcp | kind: token}, "check: kind is invalid"},
+            {%{tcp | port: 70_000}, "check: port is invalid"},
+            {%{tcp | port: token}, "check: port is invalid"},
+            {%{tcp | timeout_ms: 0}, "check: timeout_ms is invalid"},
+            {%{tcp | timeout_ms: [token]}, "check: timeout_ms is invalid"},
+            {Map.delete(tcp, :port), "check: missing field `port`"},
+            {Map.put(tcp, :path, "/"), "check: path is invalid"},
+            {Map.new(1..17, &{:"k#{&1}", &1}), "check: must be a map of at most 16 entries"},
+            {Map.put(tcp, "port", 1), "check: keys must be atoms"},
+            {[kind: :tcp], "check: must be a map of at most 16 entries"}
+          ] do
+        assert Native.probe(["127.0.0.1"], check, 4, make_ref()) ==
+                 {:error, {:invalid_request, detail}},
+               detail
+      end
+
+      shape =
+        "an atom, an integer, a binary of at most 1024 bytes, or a list of at most 16 of them"
+
+      for bad <- [long, 1.5, [[1]], List.duplicate(1, 17), [1 | 2], {1}, self(), 1 <<< 64] do
+        assert {:error, {:invalid_request, "check: path must be " <> ^shape}} =
+                 Native.probe(["127.0.0.1"], Map.put(tcp, :path, bad), 4, make_ref())
+      end
+
+      # A list of 16 scalars is read (and refused by the TCP kind as a field it lacks).
+      assert {:error, {:invalid_request, "check: path is invalid"}} =
+               Native.probe(
+                 ["127.0.0.1"],
+                 Map.put(tcp, :path, [1, :a, "b", nil, true]),
+                 4,
+                 make_ref()
+               )
+
+      :gen_tcp.close(open)
     end
   end
 

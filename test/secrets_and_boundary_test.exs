@@ -370,6 +370,7 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
       # the NIF copies on the scheduler, at its worst. Invalid, so no socket.
       longest = for i <- 1..10_000, do: String.pad_leading("#{i}", 64, "x")
       url = FakeAPI.url(api)
+      check = %{kind: :tcp, port: port, timeout_ms: 200}
 
       # The positive controls, measured exactly like the NIF calls: a NIF
       # computing for 20 ms of CPU time and one sleeping 20 ms, as blocking
@@ -388,11 +389,11 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
 
           addresses = ["127.0.0.1" | targets]
           ref = make_ref()
-          probe = nif_slot(fn -> Native.probe(addresses, port, 200, 512, ref) end)
+          probe = nif_slot(fn -> Native.probe(addresses, check, 512, ref) end)
           receive do: ({:droplet_nif_probe, ^ref, [_ | _]} -> :ok)
 
           ref = make_ref()
-          longest_probe = nif_slot(fn -> Native.probe(longest, port, 200, 512, ref) end)
+          longest_probe = nif_slot(fn -> Native.probe(longest, check, 512, ref) end)
           receive do: ({:droplet_nif_probe, ^ref, [_ | _]} -> :ok)
 
           version = nif_slot(fn -> Native.nif_version() end)

@@ -37,13 +37,35 @@ defmodule LibclusterDroplet.Native do
   #   1 to 64 binaries; every binary at most 4,096 bytes. Lists are walked on
   #   the scheduler only up to their cap plus one.
   #   select (nil | %{network: :private | :public, ipv6: boolean}).
-  #   Sends {:droplet_nif_list, ref, {:ok, %{droplets: [droplet], total: n}} |
-  #   {:error, reason}, %{requests: n, elapsed_us: n, rate_limit: nil | map}}.
+  #   fields: at most 16 paths, each a list of 1 to 4 binaries (JSON keys);
+  #   each droplet then has fields: %{"a.b" => value} (a path named twice,
+  #   once): the string, number, boolean or list of at most 256 strings at
+  #   that path, else nil; strings redacted and held to the listing's bounds.
+  #   Without fields, fields: %{}.
+  #   autoscale_pool: nil | %{id: binary | nil, name: binary | nil, tags:
+  #   [binary] | nil} (not with tag_name or name): by name (id nil, tags nil)
+  #   it is found with GET /v2/droplets/autoscale?name= (exact name); by id
+  #   (tags nil) with GET /v2/droplets/autoscale/{id}; with id, name and tags
+  #   (at most 64) it is known and not looked up. Then every page of
+  #   .../{id}/members (held to max_droplets), then the droplet listing of
+  #   the template's first tag, or of every droplet without one. No such
+  #   pool (a 404 for its id): :pool_not_found.
+  #   Sends {:droplet_nif_list, ref, {:ok, %{droplets: [droplet], total: n,
+  #   pool: nil | %{id, name, tags, members: [%{droplet_id, status,
+  #   health_status}]}}} | {:error, reason}, %{requests: n, pool_requests: n,
+  #   elapsed_us: n, rate_limit: nil | map}}: requests counts every request,
+  #   pool_requests those that looked the pool up or paged its members.
   #
-  # probe(addresses, port, timeout_ms, concurrency, ref) :: {:ok, handle, concurrency} | {:error, reason}
+  # probe(addresses, check, concurrency, ref) :: {:ok, handle, concurrency} | {:error, reason}
   #   addresses: a proper list of at most 10,000 binaries, else
   #   {:error, {:invalid_request, _}}; one over 64 bytes is that target's
-  #   :invalid_address. Sends {:droplet_nif_probe, ref, [{address,
+  #   :invalid_address. check: a health check's map (HealthCheck's
+  #   native/1), read generically: at most 16 entries, atom keys, each value
+  #   an atom, an integer, a binary of at most 1,024 bytes, or one list of at
+  #   most 16 of those; its :kind picks the Rust check (probe::Check), e.g.
+  #   %{kind: :tcp, port: 1..65_535, timeout_ms: 1..3_600_000}. A bad one is
+  #   {:error, {:invalid_request, "check: ..."}}, naming the field, never a
+  #   value. Sends {:droplet_nif_probe, ref, [{address,
   #   {:ok, connect_us} | {:error, :timeout | :refused | :unreachable |
   #   :invalid_address | {:io, binary}}}] | {:error, reason}}, in input order,
   #   each address the very binary passed in.
@@ -84,8 +106,7 @@ defmodule LibclusterDroplet.Native do
 
   def list_droplets(_request, _ref), do: :erlang.nif_error(:nif_not_loaded)
 
-  def probe(_addresses, _port, _timeout_ms, _concurrency, _ref),
-    do: :erlang.nif_error(:nif_not_loaded)
+  def probe(_addresses, _check, _concurrency, _ref), do: :erlang.nif_error(:nif_not_loaded)
 
   def cancel(_handle), do: :erlang.nif_error(:nif_not_loaded)
 

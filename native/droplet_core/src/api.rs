@@ -8,17 +8,19 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::Uri;
+use serde::Deserialize;
 
+use crate::autoscale::{self, Described, Lookup, Member, Pool, PoolRef};
 use crate::bounds::{Limits, Tally};
 use crate::cancel::Cancel;
 use crate::error::Error;
-use crate::filters::{queries, Gpus, ListFilter, Query};
+use crate::filters::{queries, Gpus, ListFilter};
 use crate::http::UreqTransport;
 use crate::links::{
     first_page_url, normalize_api_url, page_number, resolve_location, same_origin, same_origin_url,
     with_query_param,
 };
-use crate::model::{parse_page, Droplet, Page};
+use crate::model::{parse_bounded, Droplet, Item, Page};
 use crate::pool::{self, Helpers};
 use crate::ratelimit::{RateLimit, Tracker};
 use crate::redact::{Redactor, Secret};
@@ -40,7 +42,12 @@ pub struct ListRequest {
     pub api_url: String,
     pub token: Secret,
     pub filter: ListFilter,
+    /// Instead of `filter`: the pool's members, and the droplets of its
+    /// template's first tag (every droplet without one).
+    pub pool: Option<PoolRef>,
     pub gpus: Gpus,
+    /// Paths of droplet fields passed through ([`crate::fields`]).
+    pub fields: Vec<Vec<String>>,
     pub per_page: u32,
     pub ca_file: Option<String>,
     pub connect_timeout: Duration,
@@ -65,7 +72,9 @@ impl ListRequest {
             api_url: normalize_api_url(api_url)?,
             token: Secret(validate_token(token)?),
             filter: ListFilter::All,
+            pool: None,
             gpus: Gpus::Exclude,
+            fields: Vec::new(),
             per_page: 200,
             ca_file: None,
             connect_timeout: ms(5_000),
@@ -103,12 +112,17 @@ pub struct Listing {
     pub droplets: Vec<Droplet>,
     /// `meta.total` of the first page; with several listings, their sum.
     pub total: u64,
+    /// The names of the pass-through fields (`size.slug`), in the order of
+    /// each droplet's values.
+    pub fields: Vec<String>,
+    pub pool: Option<Pool>,
 }
 
 /// Kept by the caller, so they survive a failed or panicking listing.
 #[derive(Debug, Default)]
 pub struct Stats {
     requests: AtomicU64,
+    pool_requests: AtomicU64,
     rate: Mutex<Tracker>,
 }
 
@@ -116,6 +130,11 @@ impl Stats {
     /// Responses received, whatever their status (redirects included).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Those of them that looked a pool up or listed its members.
+    pub fn pool_requests(&self) -> u64 {
+        self.pool_requests.load(Ordering::Relaxed)
     }
 
     pub fn rate_limit(&self) -> Option<RateLimit> {
@@ -170,6 +189,7 @@ fn sanitized(req: &ListRequest, result: Result<Listing, Error>) -> Result<Listin
     let redactor = Redactor::new(&req.token.0);
     let mut listing = result.map_err(|e| e.sanitize(&req.token.0))?;
     listing.droplets.iter_mut().for_each(|d| redactor.droplet(d));
+    listing.pool.iter_mut().for_each(|p| redactor.pool(p));
     Ok(listing)
 }
 
@@ -179,8 +199,8 @@ fn deadline_after(started: Instant, budget: Duration) -> Option<Instant> {
 }
 
 /// A page, its links checked to be on the API's origin.
-struct Fetched {
-    droplets: Vec<Droplet>,
+struct Fetched<I> {
+    items: Vec<I>,
     total: u64,
     next: Option<Uri>,
     /// The page number of the `last` link.
@@ -209,17 +229,24 @@ struct Lister<'a, T> {
 }
 
 impl<T: Transport> Lister<'_, T> {
-    /// Every listing the filters need, one after the other, all or nothing,
-    /// merged by id (a droplet with two of the tags is listed twice) and
-    /// held to `max_droplets`, within the one deadline.
+    /// The pool first, if any; then every listing the filters need, one
+    /// after the other, all or nothing, merged by id (a droplet with two of
+    /// the tags is listed twice) and held to `max_droplets`, within the one
+    /// deadline.
     fn run_all(&self) -> Result<Listing, Error> {
+        let pool = self.req.pool.as_ref().map(|wanted| self.pool(wanted)).transpose();
+        self.stats.pool_requests.store(self.stats.requests(), Ordering::Relaxed);
+        let pool = pool?;
+        let filter = pool.as_ref().map_or_else(|| self.req.filter.clone(), Pool::droplets);
         let mut seen = HashSet::new();
         let mut droplets = Vec::new();
         let mut total: u64 = 0;
-        for query in queries(&self.req.filter, self.req.gpus)? {
-            let listing = self.run(&query)?;
-            total = total.saturating_add(listing.total);
-            for droplet in listing.droplets {
+        for query in queries(&filter, self.req.gpus)? {
+            let url =
+                first_page_url(&self.req.api_url, self.req.per_page, &query.filter, query.kind);
+            let (listed, listed_total) = self.run::<Droplet>(&url)?;
+            total = total.saturating_add(listed_total);
+            for droplet in listed {
                 if query.keeps(&droplet)? && seen.insert(droplet.id) {
                     droplets.push(droplet);
                 }
@@ -228,17 +255,45 @@ impl<T: Transport> Lister<'_, T> {
                 return Err(Error::TooManyDroplets(self.req.max_droplets));
             }
         }
-        Ok(Listing { droplets, total })
+        let fields = self.req.fields.iter().map(|path| path.join(".")).collect();
+        Ok(Listing { droplets, total, fields, pool })
     }
 
-    /// Every page of `query`. A droplet deleted mid-listing shifts offset
-    /// pagination, so the listing would miss another (a node disconnected);
+    /// The pool asked for, found by name or id unless known, and every
+    /// page of its members; a pool that is not there is `PoolNotFound`.
+    fn pool(&self, wanted: &PoolRef) -> Result<Pool, Error> {
+        let (api, per_page) = (&self.req.api_url, self.req.per_page);
+        let gone = |e| if e == Error::HttpStatus(404) { Error::PoolNotFound } else { e };
+        let mut pool = match wanted {
+            PoolRef::Known(pool) => pool.clone(),
+            PoolRef::Id(id) => {
+                let body = self.get(&autoscale::pool_url(api, id)).map_err(gone)?;
+                let found = parse_bounded(&body, 1, &self.tally, |de| Lookup::deserialize(de))?;
+                found.autoscale_pool.pool(id.clone())
+            }
+            PoolRef::Name(name) => {
+                let (pools, _) =
+                    self.run::<Described>(&autoscale::search_url(api, per_page, name))?;
+                let found =
+                    pools.into_iter().find(|p| p.name == *name).ok_or(Error::PoolNotFound)?;
+                let id = found.id.clone();
+                found.pool(id)
+            }
+        };
+        let members = autoscale::members_url(api, per_page, &pool.id);
+        pool.members = self.run::<Member>(&members).map_err(gone)?.0;
+        Ok(pool)
+    }
+
+    /// Every item of every page from `first_url`, and page 1's
+    /// `meta.total`. An item deleted mid-listing shifts offset pagination,
+    /// so the listing would miss another (a node disconnected);
     /// `meta.total` shows it, and the listing starts over once.
-    fn run(&self, query: &Query) -> Result<Listing, Error> {
+    fn run<I: Item>(&self, first_url: &str) -> Result<(Vec<I>, u64), Error> {
         let mut attempt = 1;
         let kept_before = self.tally.kept();
         loop {
-            match self.attempt(query) {
+            match self.attempt(first_url) {
                 Ok(listing) => return Ok(listing),
                 Err(Halt::Failed(e)) => return Err(e),
                 Err(Halt::TotalChanged { first, now }) if attempt >= LISTING_ATTEMPTS => {
@@ -256,12 +311,10 @@ impl<T: Transport> Lister<'_, T> {
         }
     }
 
-    fn attempt(&self, query: &Query) -> Result<Listing, Halt> {
-        let first_url =
-            first_page_url(&self.req.api_url, self.req.per_page, &query.filter, query.kind);
-        let first = self.fetch_page(&first_url)?;
+    fn attempt<I: Item>(&self, first_url: &str) -> Result<(Vec<I>, u64), Halt> {
+        let first = self.fetch_page::<I>(first_url)?;
         let total = first.total;
-        if first.droplets.is_empty() && total > 0 {
+        if first.items.is_empty() && total > 0 {
             return Err(Error::Inconsistent(format!(
                 "page 1 lists no droplets but meta.total is {total}"
             ))
@@ -270,13 +323,13 @@ impl<T: Transport> Lister<'_, T> {
         if total > self.req.max_droplets {
             return Err(Error::TooManyDroplets(self.req.max_droplets).into());
         }
-        let counted = AtomicU64::new(first.droplets.len() as u64);
+        let counted = AtomicU64::new(first.items.len() as u64);
         let Some(next) = first.next.clone() else {
             return Ok(finish(vec![first], total));
         };
         let page_count = page_count(&first);
-        let first_len = first.droplets.len() as u64;
-        let mut visited: HashSet<String> = HashSet::from([first_url]);
+        let first_len = first.items.len() as u64;
+        let mut visited: HashSet<String> = HashSet::from([first_url.to_string()]);
         let mut pages = vec![first];
 
         if let Some(last) = page_count {
@@ -307,13 +360,13 @@ impl<T: Transport> Lister<'_, T> {
     /// Pages 2..=`last` from the `next` link, concurrently, all or nothing:
     /// the first failure (a cancel too) stops new pages, and the earliest
     /// page's failure wins, whatever the thread timing.
-    fn fetch_concurrently(
+    fn fetch_concurrently<I: Item>(
         &self,
         next: &Uri,
         last: u64,
         total: u64,
         counted: &AtomicU64,
-    ) -> Result<Vec<Fetched>, Halt> {
+    ) -> Result<Vec<Fetched<I>>, Halt> {
         let count = usize::try_from(last.saturating_sub(1)).unwrap_or(usize::MAX);
         let stop = AtomicBool::new(false);
         let halted: Mutex<Option<(usize, Halt)>> = Mutex::new(None);
@@ -351,11 +404,16 @@ impl<T: Transport> Lister<'_, T> {
     }
 
     /// A page after page 1: page 1's `meta.total`, `max_droplets` so far.
-    fn admit(&self, page: Fetched, total: u64, counted: &AtomicU64) -> Result<Fetched, Halt> {
+    fn admit<I>(
+        &self,
+        page: Fetched<I>,
+        total: u64,
+        counted: &AtomicU64,
+    ) -> Result<Fetched<I>, Halt> {
         if page.total != total {
             return Err(Halt::TotalChanged { first: total, now: page.total });
         }
-        let len = page.droplets.len() as u64;
+        let len = page.items.len() as u64;
         let so_far = counted.fetch_add(len, Ordering::Relaxed).saturating_add(len);
         if so_far > self.req.max_droplets {
             return Err(Error::TooManyDroplets(self.req.max_droplets).into());
@@ -363,8 +421,18 @@ impl<T: Transport> Lister<'_, T> {
         Ok(page)
     }
 
-    /// One page, following same-origin redirects, its links checked.
-    fn fetch_page(&self, url: &str) -> Result<Fetched, Error> {
+    /// One page, its links checked.
+    fn fetch_page<I: Item>(&self, url: &str) -> Result<Fetched<I>, Error> {
+        let body = self.get(url)?;
+        let per_page = usize::try_from(self.req.per_page).unwrap_or(usize::MAX);
+        let mut page =
+            parse_bounded(&body, per_page, &self.tally, |de| Page::<I>::deserialize(de))?;
+        I::pick(&mut page.droplets, &body, &self.req.fields, &self.tally)?;
+        self.checked(page)
+    }
+
+    /// The body of a 2xx answer to `url`, following same-origin redirects.
+    fn get(&self, url: &str) -> Result<Vec<u8>, Error> {
         let mut current = url.to_string();
         let mut hops = 0;
         loop {
@@ -375,10 +443,7 @@ impl<T: Transport> Lister<'_, T> {
             let exchange = self.transport.get(&current, timeout)?;
             self.stats.record(exchange.rate_limit);
             match exchange.status {
-                200..=299 => {
-                    let max_droplets = usize::try_from(self.req.per_page).unwrap_or(usize::MAX);
-                    return self.checked(parse_page(&exchange.body?, max_droplets, &self.tally)?);
-                }
+                200..=299 => return exchange.body,
                 status @ 300..=399 => {
                     let Some(location) = exchange.location else {
                         return Err(Error::HttpStatus(status));
@@ -407,14 +472,14 @@ impl<T: Transport> Lister<'_, T> {
     }
 
     /// Links get the token, so they must be on the API's origin.
-    fn checked(&self, page: Page) -> Result<Fetched, Error> {
+    fn checked<I>(&self, page: Page<I>) -> Result<Fetched<I>, Error> {
         let on_origin =
             |link: &str| same_origin_url(&self.req.api_url, link).ok_or(Error::ForeignLink);
         let links = page.links.pages;
         let next = links.next.as_deref().map(on_origin).transpose()?;
         let last = links.last.as_deref().map(on_origin).transpose()?;
         Ok(Fetched {
-            droplets: page.droplets,
+            items: page.droplets,
             total: page.meta.total,
             next,
             last_page: last.and_then(|uri| page_number(&uri.to_string())),
@@ -439,11 +504,11 @@ fn page_url(next: &Uri, n: u64) -> String {
 }
 
 /// Pages as page 1 tells: its `last` link, else `meta.total` over its size.
-fn page_count(first: &Fetched) -> Option<u64> {
+fn page_count<I>(first: &Fetched<I>) -> Option<u64> {
     if let Some(last) = first.last_page {
         return Some(last);
     }
-    let per_page = first.droplets.len() as u64;
+    let per_page = first.items.len() as u64;
     (per_page > 0).then(|| first.total.div_ceil(per_page))
 }
 
@@ -455,12 +520,11 @@ fn fewest_droplets(pages: u64, first_len: u64) -> u64 {
     (pages - 1).saturating_mul(first_len).saturating_add(1)
 }
 
-/// The pages' droplets, the first of each id (a creation shifts pages).
-fn finish(pages: Vec<Fetched>, total: u64) -> Listing {
+/// The pages' items, the first of each id (a creation shifts pages).
+fn finish<I: Item>(pages: Vec<Fetched<I>>, total: u64) -> (Vec<I>, u64) {
     let mut seen = HashSet::new();
-    let droplets =
-        pages.into_iter().flat_map(|p| p.droplets).filter(|d| seen.insert(d.id)).collect();
-    Listing { droplets, total }
+    let items = pages.into_iter().flat_map(|p| p.items);
+    (items.filter(|item| item.id().is_none_or(|id| seen.insert(id))).collect(), total)
 }
 
 fn unix_now() -> u64 {

@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
 
-/// What each kept string costs on top of its bytes, about what it takes as
-/// a Rust `String` and as an Erlang binary; and each droplet on top of that.
+/// What each kept string (or other value) costs on top of its bytes, about
+/// what it takes as a Rust `String` and as an Erlang binary; and each item
+/// (a droplet, a pool's member) on top of that.
 pub const VALUE_OVERHEAD: u64 = 32;
 pub const DROPLET_OVERHEAD: u64 = 64;
 
@@ -141,7 +142,8 @@ fn refuse<E: de::Error>(over: Over) -> E {
     E::custom(format_args!("over {over:?}"))
 }
 
-fn keep<E: de::Error>(bytes: u64) -> Result<(), E> {
+/// Counts `bytes` kept; past `max_listing_bytes`, an error.
+pub(crate) fn keep<E: de::Error>(bytes: u64) -> Result<(), E> {
     let over = with_parsing(false, |p| {
         let kept = p.tally.kept.fetch_add(bytes, Ordering::Relaxed) + bytes;
         kept > p.tally.limits.max_listing_bytes
@@ -164,15 +166,20 @@ impl<'de> Deserialize<'de> for Text {
                 f.write_str("a string")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Text, E> {
-                if with_parsing(false, |p| s.len() > p.tally.limits.max_string_bytes) {
-                    return Err(refuse(Over::Bound(Bound::MaxStringBytes)));
-                }
-                keep(s.len() as u64 + VALUE_OVERHEAD)?;
-                Ok(Text(s.to_owned()))
+                kept_str(s).map(Text)
             }
         }
         d.deserialize_str(V)
     }
+}
+
+/// `s` copied and counted, refused before it is copied if it is too long.
+pub(crate) fn kept_str<E: de::Error>(s: &str) -> Result<String, E> {
+    if with_parsing(false, |p| s.len() > p.tally.limits.max_string_bytes) {
+        return Err(refuse(Over::Bound(Bound::MaxStringBytes)));
+    }
+    keep(s.len() as u64 + VALUE_OVERHEAD)?;
+    Ok(s.to_owned())
 }
 
 pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -197,9 +204,9 @@ pub fn droplets<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<
     Capped::<T, PER_PAGE>::deserialize(d).map(|c| c.0)
 }
 
-/// Counts a droplet, and its addresses from zero; `networks` is required,
-/// so it is read exactly once per droplet.
-pub fn droplet_networks<'de, D, T>(d: D) -> Result<T, D::Error>
+/// Counts an item, and a droplet's addresses from zero: on a required field,
+/// read exactly once per item (a droplet's `networks`, a member's id).
+pub fn item<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,

@@ -37,6 +37,8 @@ pub enum Error {
     NoPrivateIpv6,
     /// A GPU listing's tags, checked here, were not listed (no `tag:read`).
     TagsUnknown,
+    /// The autoscale pool asked for: no pool of that name, or a 404 for its id.
+    PoolNotFound,
     Spawn(String),
     Panic(String),
     Busy,

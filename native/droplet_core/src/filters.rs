@@ -119,6 +119,7 @@ mod tests {
             region: None,
             vpc_uuid: None,
             networks: Networks { v4: vec![], v6: vec![] },
+            fields: vec![],
         }
     }
 

@@ -4,11 +4,13 @@
 //! module says what it is for (`native/README.md` lists them).
 
 pub mod api;
+pub mod autoscale;
 pub mod bounds;
 pub mod budget;
 mod ca;
 pub mod cancel;
 pub mod error;
+pub mod fields;
 pub mod filters;
 mod http;
 pub mod links;

@@ -2,16 +2,23 @@
 //! needs. Parsing is strict about those fields (a droplet we cannot address
 //! must not silently vanish from the cluster) and ignores everything else.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
+use serde_json::de::SliceRead;
+use serde_json::Value;
 
 use crate::bounds::{self, Over, Tally};
 use crate::error::Error;
+use crate::fields;
 
-/// One page; unknown fields skipped, repeated ones refused.
+/// One page of droplets, or of other items; unknown fields skipped,
+/// repeated ones refused.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Page {
-    #[serde(deserialize_with = "bounds::droplets")]
-    pub droplets: Vec<Droplet>,
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
+pub struct Page<T = Droplet> {
+    /// A pool's members are `droplets` too; pools are `autoscale_pools`.
+    #[serde(alias = "autoscale_pools", deserialize_with = "bounds::droplets")]
+    pub droplets: Vec<T>,
     /// Missing: a single page, as it would say anyway.
     #[serde(default)]
     pub links: Links,
@@ -51,8 +58,47 @@ pub struct Droplet {
     pub region: Option<String>,
     #[serde(default, deserialize_with = "bounds::opt_text")]
     pub vpc_uuid: Option<String>,
-    #[serde(deserialize_with = "bounds::droplet_networks")]
+    #[serde(deserialize_with = "bounds::item")]
     pub networks: Networks,
+    /// The values of the paths the listing passes through, in their order.
+    #[serde(skip)]
+    pub fields: Vec<Value>,
+}
+
+/// What a listing pages through: droplets, a pool's members, pools.
+pub trait Item: DeserializeOwned + Send {
+    /// Items of one id are one, the first kept (a creation shifts offset
+    /// pages); `None`: never merged.
+    fn id(&self) -> Option<u64>;
+
+    /// Reads what a second pass over their page adds: a droplet's
+    /// pass-through `fields` at `paths`.
+    fn pick(_: &mut [Self], _body: &[u8], _paths: &[Vec<String>], _: &Tally) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+impl Item for Droplet {
+    fn id(&self) -> Option<u64> {
+        Some(self.id)
+    }
+
+    fn pick(
+        droplets: &mut [Self],
+        body: &[u8],
+        paths: &[Vec<String>],
+        tally: &Tally,
+    ) -> Result<(), Error> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let picked = parse_bounded(body, usize::MAX, tally, |de| fields::read(de, paths))?;
+        if picked.len() != droplets.len() {
+            return Err(Error::Inconsistent("a page read twice differs".into()));
+        }
+        droplets.iter_mut().zip(picked).for_each(|(d, values)| d.fields = values);
+        Ok(())
+    }
 }
 
 impl Droplet {
@@ -139,12 +185,21 @@ fn address_type<'de, D: Deserializer<'de>>(d: D) -> Result<AddressType, D::Error
 /// `tally`'s bounds (`ListingTooLarge`), stopped at the first value past
 /// one; bad syntax is `InvalidJson`, the wrong shape `UnexpectedShape`.
 pub fn parse_page(body: &[u8], per_page: usize, tally: &Tally) -> Result<Page, Error> {
+    parse_bounded(body, per_page, tally, |de| Page::deserialize(de))
+}
+
+/// `read` of the whole of `body`, bounded as [`parse_page`] says.
+pub fn parse_bounded<'b, T>(
+    body: &'b [u8],
+    per_page: usize,
+    tally: &Tally,
+    read: impl FnOnce(&mut serde_json::Deserializer<SliceRead<'b>>) -> serde_json::Result<T>,
+) -> Result<T, Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let page = bounds::parse_with(tally, per_page, || {
-        Page::deserialize(&mut de).and_then(|page| de.end().map(|()| page))
-    });
-    match page {
-        Ok(page) => page.map_err(|e| json_error(&e)),
+    let parsed =
+        bounds::parse_with(tally, per_page, || read(&mut de).and_then(|t| de.end().map(|()| t)));
+    match parsed {
+        Ok(parsed) => parsed.map_err(|e| json_error(&e)),
         Err(Over::Bound(bound)) => Err(Error::ListingTooLarge(bound, tally.limits.limit(bound))),
         Err(Over::PerPage) => Err(Error::Inconsistent(format!(
             "a page lists more droplets than the {per_page} asked for (per_page)"

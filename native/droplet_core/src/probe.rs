@@ -3,7 +3,11 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
+
+use serde::{de, Deserialize, Deserializer};
+use serde_json::{Map, Value};
 
 use crate::cancel::Cancel;
 use crate::error::{short, Error};
@@ -31,6 +35,61 @@ pub enum ProbeError {
 }
 
 pub type ProbeResult = Result<Duration, ProbeError>;
+
+/// A health check, from the one map the NIF is given: its `kind` picks the
+/// variant. A new kind is a variant and its arm in [`Check::run`], plus its
+/// Elixir `HealthCheck` module; the NIF passes the map on unread.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Check {
+    Tcp {
+        port: NonZeroU16,
+        #[serde(rename = "timeout_ms", deserialize_with = "millis")]
+        timeout: Duration,
+    },
+}
+
+impl Check {
+    /// The check `value` describes; an error names the field at fault, never
+    /// its value (serde's messages quote the value and not the field, except
+    /// for a missing field, so the field is found as the one that fails
+    /// alone with `kind`).
+    pub fn from_value(value: &Value) -> Result<Check, Error> {
+        let Value::Object(fields) = value else {
+            return Err(Error::InvalidRequest("check: must be a map".into()));
+        };
+        let error = match Check::deserialize(value) {
+            Ok(check) => return Ok(check),
+            Err(e) => e,
+        };
+        let fails_alone = |(key, value): &(&String, &Value)| {
+            let kind = fields.get("kind").map(|k| ("kind".to_string(), k.clone()));
+            let field = ((*key).clone(), (*value).clone());
+            let alone: Map<_, _> = kind.into_iter().chain([field]).collect();
+            Check::deserialize(&Value::Object(alone))
+                .is_err_and(|e| !e.to_string().starts_with("missing field"))
+        };
+        let detail = match fields.iter().find(fails_alone) {
+            Some((key, _)) => format!("check: {key} is invalid"),
+            None if error.to_string().starts_with("missing field") => format!("check: {error}"),
+            None => "check: invalid".into(),
+        };
+        Err(Error::InvalidRequest(detail))
+    }
+
+    fn run(&self, ip: IpAddr) -> ProbeResult {
+        match self {
+            Check::Tcp { port, timeout } => probe_one(ip, port.get(), *timeout),
+        }
+    }
+}
+
+/// A timeout in ms, 1 ms to an hour.
+fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let ms = u64::deserialize(d)?;
+    let valid = (1..=3_600_000).contains(&ms);
+    valid.then(|| Duration::from_millis(ms)).ok_or_else(|| de::Error::custom("out of range"))
+}
 
 /// An IP literal, v4 or v6, optionally in brackets. Never a host name: a
 /// probe must not depend on (or wait for) DNS.
@@ -70,18 +129,17 @@ pub fn helpers_wanted(targets: usize, concurrency: usize) -> usize {
     concurrency.min(MAX_CONCURRENCY).min(targets).saturating_sub(1)
 }
 
-/// Every target probed on `port`, results in input order; once `cancel` is
-/// set no probe starts, and `Err(Cancelled)` comes when those in flight end.
+/// Every target checked, results in input order; once `cancel` is set no
+/// check starts, and `Err(Cancelled)` comes when those in flight end.
 pub fn probe_all<T: AsRef<[u8]> + Sync>(
     targets: &[T],
-    port: u16,
-    timeout: Duration,
+    check: &Check,
     helpers: &dyn Helpers,
     cancel: &Cancel,
 ) -> Result<Vec<ProbeResult>, Error> {
     let stop = || cancel.is_cancelled();
     let probe = |i: usize| match targets.get(i).and_then(|t| parse_target(t.as_ref())) {
-        Some(ip) => probe_one(ip, port, timeout),
+        Some(ip) => check.run(ip),
         None => Err(ProbeError::InvalidAddress),
     };
     let results =
@@ -93,6 +151,7 @@ pub fn probe_all<T: AsRef<[u8]> + Sync>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::net::TcpListener;
 
     /// `probe_all` of a call nobody cancels.
@@ -103,7 +162,60 @@ mod tests {
         concurrency: usize,
     ) -> Vec<ProbeResult> {
         let helpers = helpers_wanted(targets.len(), concurrency);
-        probe_all(targets, port, timeout, &helpers, &Cancel::new()).expect("not cancelled")
+        probe_all(targets, &tcp(port, timeout), &helpers, &Cancel::new()).expect("not cancelled")
+    }
+
+    fn tcp(port: u16, timeout: Duration) -> Check {
+        Check::Tcp { port: NonZeroU16::new(port).expect("a port"), timeout }
+    }
+
+    fn check(value: Value) -> Result<Check, Error> {
+        Check::from_value(&value)
+    }
+
+    fn invalid(detail: &str) -> Result<Check, Error> {
+        Err(Error::InvalidRequest(detail.into()))
+    }
+
+    #[test]
+    fn a_check_is_read_from_its_map_by_kind() {
+        let value = json!({"kind": "tcp", "port": 4000, "timeout_ms": 500});
+        assert_eq!(check(value), Ok(tcp(4000, Duration::from_millis(500))));
+        let bounds = json!({"kind": "tcp", "port": 65535, "timeout_ms": 3_600_000});
+        assert_eq!(check(bounds), Ok(tcp(65535, Duration::from_secs(3600))));
+    }
+
+    #[test]
+    fn a_bad_check_names_its_field_and_never_a_value() {
+        let secret = "dop_v1_0123456789abcdef";
+        let cases = [
+            (json!({"kind": "tcp", "port": 0, "timeout_ms": 5}), "check: port is invalid"),
+            (json!({"kind": "tcp", "port": 65536, "timeout_ms": 5}), "check: port is invalid"),
+            (json!({"kind": "tcp", "port": secret, "timeout_ms": 5}), "check: port is invalid"),
+            (json!({"kind": "tcp", "port": 1, "timeout_ms": 0}), "check: timeout_ms is invalid"),
+            (
+                json!({"kind": "tcp", "port": 1, "timeout_ms": 3_600_001}),
+                "check: timeout_ms is invalid",
+            ),
+            (
+                json!({"kind": "tcp", "port": 1, "timeout_ms": [secret]}),
+                "check: timeout_ms is invalid",
+            ),
+            (json!({"kind": secret, "port": 1, "timeout_ms": 5}), "check: kind is invalid"),
+            (json!({"kind": 7, "port": 1, "timeout_ms": 5}), "check: kind is invalid"),
+            (
+                json!({"kind": "tcp", "port": 1, "timeout_ms": 5, secret: 1}),
+                &format!("check: {secret} is invalid"),
+            ),
+            (json!({"kind": "tcp", "port": 1}), "check: missing field `timeout_ms`"),
+            (json!({"port": 1, "timeout_ms": 5}), "check: missing field `kind`"),
+            (json!({}), "check: missing field `kind`"),
+            (json!([secret]), "check: must be a map"),
+            (json!(secret), "check: must be a map"),
+        ];
+        for (value, detail) in cases {
+            assert_eq!(check(value.clone()), invalid(detail), "{value}");
+        }
     }
 
     #[test]
@@ -248,7 +360,7 @@ mod tests {
             })
         };
         let started = Instant::now();
-        let result = probe_all(&targets, port, timeout, &1, &cancel);
+        let result = probe_all(&targets, &tcp(port, timeout), &1, &cancel);
         let elapsed = started.elapsed();
         canceller.join().expect("canceller");
         assert_eq!(result, Err(Error::Cancelled));
@@ -261,7 +373,8 @@ mod tests {
     fn a_call_cancelled_before_it_starts_probes_nothing() {
         let cancel = Cancel::new();
         cancel.cancel();
-        let result = probe_all(&["127.0.0.1"; 5], 9, Duration::from_secs(30), &0, &cancel);
+        let check = tcp(9, Duration::from_secs(30));
+        let result = probe_all(&["127.0.0.1"; 5], &check, &0, &cancel);
         assert_eq!(result, Err(Error::Cancelled));
     }
 }

@@ -5,6 +5,9 @@
 
 use std::collections::HashSet;
 
+use serde_json::Value;
+
+use crate::autoscale::Pool;
 use crate::model::{AddressType, Droplet, Status};
 
 /// No run of this many bytes of the token survives.
@@ -105,6 +108,27 @@ impl<'a> Redactor<'a> {
             if let AddressType::Other(kind) = &mut address.kind {
                 self.redact(kind);
             }
+        }
+        droplet.fields.iter_mut().for_each(|v| self.value(v));
+    }
+
+    /// A pass-through value: a string, or a list of them.
+    fn value(&self, value: &mut Value) {
+        match value {
+            Value::String(s) => self.redact(s),
+            Value::Array(list) => list.iter_mut().for_each(|v| self.value(v)),
+            _ => {}
+        }
+    }
+
+    /// Every string of `pool` that comes from the API (or may: its id).
+    pub fn pool(&self, pool: &mut Pool) {
+        self.redact(&mut pool.id);
+        self.redact(&mut pool.name);
+        pool.tags.iter_mut().for_each(|t| self.redact(t));
+        for member in &mut pool.members {
+            self.redact(&mut member.status);
+            member.health_status.iter_mut().for_each(|h| self.redact(h));
         }
     }
 }

@@ -72,6 +72,7 @@ mod tests {
             region: None,
             vpc_uuid: None,
             networks: Networks { v4, v6 },
+            fields: vec![],
         }
     }
 

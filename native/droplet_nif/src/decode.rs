@@ -3,11 +3,15 @@
 //! becomes `{:invalid_request, detail}`, and no detail quotes a value.
 
 use droplet_core::api::ListRequest;
+use droplet_core::autoscale::{Pool, PoolRef};
+use droplet_core::fields::{MAX_DEPTH, MAX_PATHS};
 use droplet_core::filters::{Gpus, ListFilter, MAX_TAGS};
-use droplet_core::probe::MAX_TARGETS;
+use droplet_core::probe::{Check, MAX_TARGETS};
 use droplet_core::select::Network;
 use droplet_core::Error;
+use rustler::types::map::MapIterator;
 use rustler::{Atom, Binary, NifMap, NifUnitEnum, Term, TermType};
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 use crate::atoms;
@@ -98,6 +102,11 @@ pub fn list_args(term: Term) -> Result<ListArgs, Error> {
         (None, Some(name)) => ListFilter::Name(name),
         (None, None) => ListFilter::All,
     };
+    request.pool = field(term, "autoscale_pool").map(pool_ref).transpose()?;
+    if request.pool.is_some() && request.filter != ListFilter::All {
+        return Err(invalid("autoscale_pool cannot be set with tag_name or name"));
+    }
+    request.fields = field(term, "fields").map(field_paths).transpose()?.unwrap_or_default();
     request.gpus = match field(term, "gpus").map(|t| t.decode()) {
         None | Some(Ok(GpusArg::False)) => Gpus::Exclude,
         Some(Ok(GpusArg::True)) => Gpus::Include,
@@ -149,6 +158,52 @@ fn tag_names(term: Term) -> Result<Vec<String>, Error> {
     Ok(tags)
 }
 
+/// `%{id, name, tags}`: a pool to look up by id or name, or known (all three).
+fn pool_ref(term: Term) -> Result<PoolRef, Error> {
+    if term.get_type() != TermType::Map {
+        return Err(invalid("autoscale_pool must be nil or a map"));
+    }
+    let text = |key, name| field(term, key).map(|t| non_empty(t, name)).transpose();
+    let id = text("id", "autoscale_pool.id")?;
+    let name = text("name", "autoscale_pool.name")?;
+    let tags = field(term, "tags").map(binaries("autoscale_pool.tags", MAX_TAGS)).transpose()?;
+    match (id, name, tags) {
+        (Some(id), Some(name), Some(tags)) => {
+            Ok(PoolRef::Known(Pool { id, name, tags, members: Vec::new() }))
+        }
+        (Some(id), _, None) => Ok(PoolRef::Id(id)),
+        (None, Some(name), None) => Ok(PoolRef::Name(name)),
+        _ => Err(invalid("autoscale_pool needs an id or a name, and both with tags")),
+    }
+}
+
+/// A proper list of at most `max` binaries.
+fn binaries(name: &str, max: usize) -> impl Fn(Term) -> Result<Vec<String>, Error> + '_ {
+    move |term| {
+        let mut items = Vec::new();
+        let bad = || invalid(format!("{name} must be a list of binaries"));
+        walk_list(term, max, name, bad, |t| utf8(t, name).map(|s| items.push(s)))?;
+        Ok(items)
+    }
+}
+
+/// Paths of droplet fields to pass through; a path named twice, once.
+fn field_paths(term: Term) -> Result<Vec<Vec<String>>, Error> {
+    let mut paths: Vec<Vec<String>> = Vec::new();
+    let bad = || invalid(format!("fields must be a list of paths, each 1 to {MAX_DEPTH} binaries"));
+    walk_list(term, MAX_PATHS, "fields", bad, |path| {
+        let keys = binaries("fields: each path", MAX_DEPTH)(path)?;
+        if keys.is_empty() {
+            return Err(bad());
+        }
+        if !paths.iter().any(|p| p.join(".") == keys.join(".")) {
+            paths.push(keys);
+        }
+        Ok(())
+    })?;
+    Ok(paths)
+}
+
 /// `each` on the elements of a proper list of at most `max`, stopping at
 /// the cell past it: this runs on the scheduler.
 fn walk_list<'a>(
@@ -187,28 +242,73 @@ fn select_arg(term: Term) -> Result<(Network, bool), Error> {
 pub struct ProbeArgs {
     /// How many addresses; they are read on the call's thread.
     pub targets: usize,
-    pub port: u16,
-    pub timeout: Duration,
+    pub check: Check,
     pub concurrency: usize,
 }
 
-pub fn probe_args(
-    addresses: Term,
-    port: Term,
-    timeout_ms: Term,
-    concurrency: Term,
-) -> Result<ProbeArgs, Error> {
+pub fn probe_args(addresses: Term, check: Term, concurrency: Term) -> Result<ProbeArgs, Error> {
     let targets = address_count(addresses)?;
-    let port = int_in(port, "port", 1, 65_535)? as u16;
-    let timeout = Duration::from_millis(int_in(timeout_ms, "timeout_ms", 1, HOUR_MS)?);
+    let check = Check::from_value(&check_map(check)?)?;
     // Any positive concurrency is accepted; the core caps it.
     let concurrency = int_in(concurrency, "concurrency", 1, i64::MAX as u64)?;
     Ok(ProbeArgs {
         targets,
-        port,
-        timeout,
+        check,
         concurrency: usize::try_from(concurrency).unwrap_or(usize::MAX),
     })
+}
+
+/// A check's map, and each list in it, holds at most this many items.
+const MAX_CHECK_ITEMS: usize = 16;
+const MAX_CHECK_BINARY: usize = 1024;
+
+/// A health check's map read generically, so that a new kind needs nothing
+/// here: atom keys, each value a scalar or a list of scalars, all small.
+fn check_map(term: Term) -> Result<Value, Error> {
+    let max = MAX_CHECK_ITEMS;
+    if term.map_size().map_or(true, |n| n > max) {
+        return Err(invalid(format!("check: must be a map of at most {max} entries")));
+    }
+    let mut fields = Map::new();
+    for (key, value) in MapIterator::new(term).into_iter().flatten() {
+        let key = key.atom_to_string().map_err(|_| invalid("check: keys must be atoms"))?;
+        let value = check_value(value, true).ok_or_else(|| {
+            invalid(format!(
+                "check: {key} must be an atom, an integer, a binary of at most \
+                 {MAX_CHECK_BINARY} bytes, or a list of at most {max} of them"
+            ))
+        })?;
+        fields.insert(key, value);
+    }
+    Ok(Value::Object(fields))
+}
+
+fn check_value(term: Term, list: bool) -> Option<Value> {
+    match term.get_type() {
+        TermType::Atom => Some(match term.atom_to_string().ok()?.as_str() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            "nil" => Value::Null,
+            atom => Value::from(atom),
+        }),
+        TermType::Integer => term.decode::<i64>().ok().map(Value::from),
+        TermType::Binary => {
+            let bin = term.decode::<Binary>().ok().filter(|b| b.len() <= MAX_CHECK_BINARY)?;
+            std::str::from_utf8(bin.as_slice()).ok().map(Value::from)
+        }
+        TermType::List if list => {
+            let (mut items, mut rest) = (Vec::new(), term);
+            while let Ok((head, tail)) = rest.list_get_cell() {
+                if items.len() == MAX_CHECK_ITEMS {
+                    return None;
+                }
+                items.push(check_value(head, false)?);
+                rest = tail;
+            }
+            rest.is_empty_list().then_some(Value::Array(items))
+        }
+        _ => None,
+    }
 }
 
 /// The length of a proper list of at most `MAX_TARGETS` binaries, whose

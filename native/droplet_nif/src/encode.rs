@@ -1,6 +1,7 @@
 //! Rust results as the terms `LibclusterDroplet.Native` documents.
 
 use droplet_core::api::{Listing, Stats};
+use droplet_core::autoscale::{Member, Pool};
 use droplet_core::bounds::Bound;
 use droplet_core::model::{AddressType, Droplet, NetAddress, Status};
 use droplet_core::probe::{ProbeError, ProbeResult};
@@ -8,6 +9,7 @@ use droplet_core::ratelimit::RateLimit;
 use droplet_core::select::Selector;
 use droplet_core::Error;
 use rustler::{Atom, Encoder, Env, NifMap, NifTaggedEnum, NifUntaggedEnum, Term};
+use serde_json::Value;
 use std::time::Duration;
 
 use crate::atoms;
@@ -45,6 +47,7 @@ pub fn reason<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
         Error::InvalidRequest(d) => (atoms::invalid_request(), d.as_str()).encode(env),
         Error::NoPrivateIpv6 => atoms::no_private_ipv6().encode(env),
         Error::TagsUnknown => atoms::tags_unknown().encode(env),
+        Error::PoolNotFound => atoms::pool_not_found().encode(env),
         Error::Spawn(d) => (atoms::spawn(), d.as_str()).encode(env),
         Error::Panic(d) => (atoms::panic(), d.as_str()).encode(env),
         Error::Busy => atoms::busy().encode(env),
@@ -99,6 +102,53 @@ struct DropletMap<'d> {
     v4: Vec<(&'d str, Word<'d>)>,
     v6: Vec<(&'d str, Word<'d>)>,
     address: Option<&'d str>,
+    fields: Fields<'d>,
+}
+
+/// `%{"size.slug" => value}`: each pass-through field's name and value.
+struct Fields<'d>(&'d [String], &'d [Value]);
+
+impl Encoder for Fields<'_> {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let value = |v| rustler::serde::to_term(env, v).ok();
+        let pairs: Vec<_> = self.0.iter().zip(self.1).map(|(k, v)| (k, value(v))).collect();
+        // The NIF passes each name once.
+        Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| atoms::nil().encode(env))
+    }
+}
+
+#[derive(NifMap)]
+#[rustler(encode)]
+struct MemberMap<'d> {
+    droplet_id: u64,
+    status: &'d str,
+    health_status: Option<&'d str>,
+}
+
+#[derive(NifMap)]
+#[rustler(encode)]
+struct PoolMap<'d> {
+    id: &'d str,
+    name: &'d str,
+    tags: &'d [String],
+    members: Vec<MemberMap<'d>>,
+}
+
+fn member(m: &Member) -> MemberMap<'_> {
+    MemberMap {
+        droplet_id: m.droplet_id,
+        status: &m.status,
+        health_status: m.health_status.as_deref(),
+    }
+}
+
+fn pool(p: &Pool) -> PoolMap<'_> {
+    PoolMap {
+        id: &p.id,
+        name: &p.name,
+        tags: &p.tags,
+        members: p.members.iter().map(member).collect(),
+    }
 }
 
 #[derive(NifMap)]
@@ -106,9 +156,10 @@ struct DropletMap<'d> {
 struct ListingMap<'d> {
     droplets: Vec<DropletMap<'d>>,
     total: u64,
+    pool: Option<PoolMap<'d>>,
 }
 
-/// `{:ok, %{droplets: [droplet], total: n}}`.
+/// `{:ok, %{droplets: [droplet], total: n, pool: nil | pool}}`.
 pub fn listing<'a, 'd>(env: Env<'a>, listing: &'d Listing, select: Option<&Selector>) -> Term<'a> {
     let droplet = |d: &'d Droplet| DropletMap {
         id: d.id,
@@ -120,10 +171,12 @@ pub fn listing<'a, 'd>(env: Env<'a>, listing: &'d Listing, select: Option<&Selec
         v4: addresses(&d.networks.v4),
         v6: addresses(&d.networks.v6),
         address: select.and_then(|s| s.select(d)),
+        fields: Fields(&listing.fields, &d.fields),
     };
     let body = ListingMap {
         droplets: listing.droplets.iter().map(droplet).collect(),
         total: listing.total,
+        pool: listing.pool.as_ref().map(pool),
     };
     (atoms::ok(), body).encode(env)
 }
@@ -141,6 +194,7 @@ struct RateLimitMap {
 #[rustler(encode)]
 struct InfoMap {
     requests: u64,
+    pool_requests: u64,
     elapsed_us: u64,
     rate_limit: Option<RateLimitMap>,
 }
@@ -155,6 +209,7 @@ pub fn info<'a>(env: Env<'a>, stats: &Stats, elapsed: Duration) -> Term<'a> {
     });
     InfoMap {
         requests: stats.requests(),
+        pool_requests: stats.pool_requests(),
         elapsed_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         rate_limit,
     }

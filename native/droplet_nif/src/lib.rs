@@ -35,7 +35,7 @@ mod atoms {
         foreign_redirect, too_many_redirects, pagination_loop, too_many_pages,
         too_many_droplets, body_too_large, invalid_request, no_private_ipv6, spawn, panic,
         listing_too_large,
-        tags_unknown, busy, cancelled,
+        tags_unknown, busy, cancelled, pool_not_found,
         // debug_panic
         nif, list,
     }
@@ -197,20 +197,20 @@ fn list_droplets<'a>(env: Env<'a>, request: Term<'a>, reference: Term<'a>) -> Te
     started_or_error(env, started)
 }
 
-/// `probe(addresses, port, timeout_ms, concurrency, ref) :: {:ok, handle, concurrency} | {:error, reason}`;
+/// `probe(addresses, check, concurrency, ref) :: {:ok, handle, concurrency} | {:error, reason}`;
 /// the results come as `{:droplet_nif_probe, ref, [{address, outcome}]}`.
+/// `check` is a health check's map (`droplet_core::probe::Check`);
 /// `concurrency` is what the budget granted: at most the one asked for.
 #[rustler::nif]
 fn probe<'a>(
     env: Env<'a>,
     addresses: Term<'a>,
-    port: Term<'a>,
-    timeout_ms: Term<'a>,
+    check: Term<'a>,
     concurrency: Term<'a>,
     reference: Term<'a>,
 ) -> Term<'a> {
     let started = require_ref(reference)
-        .and_then(|()| decode::probe_args(addresses, port, timeout_ms, concurrency))
+        .and_then(|()| decode::probe_args(addresses, check, concurrency))
         .and_then(|args| start_probe(env, reference, addresses, args));
     started_or_error(env, started)
 }
@@ -239,7 +239,7 @@ fn start_probe<'a>(
         move |owned, helpers| {
             owned.run(|env| {
                 let targets = decode::address_bytes(kept.load(env));
-                probe::probe_all(&targets, args.port, args.timeout, helpers, &for_work)
+                probe::probe_all(&targets, &args.check, helpers, &for_work)
             })
         },
         move |env, reference, outcome| {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::bounds::Bound;
 use crate::links::parse_url;
 use crate::model::tests::ALL;
 use crate::scope::MAX_FORBIDDEN_BODY;
@@ -1335,4 +1336,347 @@ fn the_ca_file_is_read_within_the_deadline() {
     // A missing file would be a CaFile error: the deadline comes first.
     req.ca_file = Some("/nonexistent/deadline-ca.pem".into());
     assert_eq!(list_droplets(&req, &Stats::default()), Err(Error::Timeout));
+}
+
+// ---- Pass-through fields ------------------------------------------------------
+
+#[test]
+fn requested_fields_come_through_each_droplet_named_by_their_path() {
+    use serde_json::json;
+    let sized = |id: u64, slug: &str| {
+        droplet(id).replacen('{', &format!(r#"{{"size_slug":"{slug}","size":{{"vcpus":{id}}},"#), 1)
+    };
+    let fake = Fake::default()
+        .page(&p1(), page(&[1], Some(&pn(2)), Some(&pn(2)), 2))
+        .page(&pn(2), single_page(&[sized(2, "s-2vcpu")]).replace(r#""total":1"#, r#""total":2"#));
+    let mut req = request();
+    req.fields = vec![vec!["size_slug".into()], vec!["size".into(), "vcpus".into()]];
+    let (result, _) = run(&fake, &req);
+    let listing = result.expect("listing");
+    assert_eq!(listing.fields, ["size_slug", "size.vcpus"]);
+    assert_eq!(listing.droplets[0].fields, [json!(null), json!(null)]);
+    assert_eq!(listing.droplets[1].fields, [json!("s-2vcpu"), json!(2)]);
+    // Without fields asked for, nothing is read a second time.
+    let listing = run(&fake, &request()).0.expect("listing");
+    assert!(listing.fields.is_empty() && listing.droplets.iter().all(|d| d.fields.is_empty()));
+}
+
+#[test]
+fn no_piece_of_the_token_comes_back_in_a_passed_through_field() {
+    use crate::redact::tests::{assert_no_piece, TOKEN};
+    let body = single_page(&[droplet(1).replacen(
+        '{',
+        &format!(
+            r#"{{"size_slug":"x-{}-y","features":["{}","ok"],"#,
+            &TOKEN[3..40],
+            &TOKEN[20..32]
+        ),
+        1,
+    )]);
+    let mut req = ListRequest::new(API, TOKEN).expect("valid");
+    req.fields = vec![vec!["size_slug".into()], vec!["features".into()]];
+    let listing = run(&Fake::default().page(&p1(), body), &req).0.expect("listing");
+    assert_no_piece(TOKEN, &format!("{listing:?}"));
+    let redacted = serde_json::json!(["x-[REDACTED]-y", ["[REDACTED]", "ok"]]);
+    assert_eq!(serde_json::Value::Array(listing.droplets[0].fields.clone()), redacted);
+}
+
+// ---- Autoscale pools ----------------------------------------------------------
+
+const POOL_ID: &str = "0b2e2b38-4d3c-4bcb-9a2e-2c3a2b9c8d70";
+
+fn pool_json(id: &str, name: &str, tags: &[&str]) -> String {
+    format!(
+        r#"{{"id":"{id}","name":"{name}","status":"active","active_resources_count":2,
+            "config":{{"min_instances":1,"max_instances":3}},
+            "droplet_template":{{"size":"s-1vcpu-1gb","region":"nyc3","tags":{}}}}}"#,
+        serde_json::json!(tags)
+    )
+}
+
+fn search_p1(name: &str) -> String {
+    format!("{API}/v2/droplets/autoscale?per_page=200&page=1&name={name}")
+}
+
+fn pool_lookup() -> String {
+    format!("{API}/v2/droplets/autoscale/{POOL_ID}")
+}
+
+fn members_p1() -> String {
+    format!("{API}/v2/droplets/autoscale/{POOL_ID}/members?per_page=200&page=1")
+}
+
+fn members_pn(n: u64) -> String {
+    format!("{API}/v2/droplets/autoscale/{POOL_ID}/members?page={n}&per_page=200")
+}
+
+fn member(id: u64, status: &str, health: &str) -> String {
+    format!(
+        r#"{{"droplet_id":{id},"created_at":"2025-01-01T00:00:00Z","status":"{status}",
+            "health_status":"{health}","current_utilization":{{"cpu":0.1,"memory":0.2}}}}"#
+    )
+}
+
+fn members_page(members: &[String], next: Option<&str>, total: usize) -> String {
+    let next = next.map(|n| format!(r#""next":"{n}""#)).unwrap_or_default();
+    format!(
+        r#"{{"droplets":[{}],"links":{{"pages":{{{next}}}}},"meta":{{"total":{total}}}}}"#,
+        members.join(",")
+    )
+}
+
+fn pool_request(wanted: PoolRef) -> ListRequest {
+    let mut req = request();
+    req.pool = Some(wanted);
+    req
+}
+
+fn known(tags: &[&str]) -> PoolRef {
+    let tags = tags.iter().map(|t| t.to_string()).collect();
+    PoolRef::Known(Pool { id: POOL_ID.into(), name: "web".into(), tags, members: vec![] })
+}
+
+fn m(id: u64, status: &str, health: Option<&str>) -> Member {
+    Member { droplet_id: id, status: status.into(), health_status: health.map(str::to_owned) }
+}
+
+#[test]
+fn a_pool_by_name_is_found_exactly_then_its_members_and_its_tag_are_listed() {
+    let pools = format!(
+        r#"{{"autoscale_pools":[{},{}],"links":{{}},"meta":{{"total":2}}}}"#,
+        pool_json("other", "web-old", &["old"]),
+        pool_json(POOL_ID, "web", &["app", "extra"])
+    );
+    let fake = Fake::default()
+        .page(&search_p1("web"), pools)
+        .page(&members_p1(), members_page(&[member(1, "active", "healthy")], None, 1))
+        .page(&tag_p1("app"), single_page(&[tagged(1, Some(&["app"])), tagged(9, Some(&["app"]))]));
+    let (result, stats) = run(&fake, &pool_request(PoolRef::Name("web".into())));
+    let listing = result.expect("listing");
+    let pool = listing.pool.expect("a pool");
+    assert_eq!((pool.id.as_str(), pool.name.as_str()), (POOL_ID, "web"));
+    assert_eq!(pool.tags, ["app", "extra"]);
+    assert_eq!(pool.members, [m(1, "active", Some("healthy"))]);
+    assert_eq!(ids(&Listing { pool: None, ..listing }), [1, 9]);
+    assert_eq!(fake.calls(), [search_p1("web"), members_p1(), tag_p1("app")]);
+    assert_eq!((stats.requests(), stats.pool_requests()), (3, 2));
+}
+
+#[test]
+fn a_pool_by_id_is_looked_up_and_without_a_template_tag_every_droplet_is_listed() {
+    // Its members are paged by the id asked for, whatever id the answer echoes.
+    let echo = pool_json("an-echo", "web", &[]);
+    let fake = Fake::default()
+        .page(&pool_lookup(), format!(r#"{{"autoscale_pool":{echo}}}"#))
+        .page(&members_p1(), members_page(&[], None, 0))
+        .page(&p1(), page(&[1, 2], Some(&pn(2)), Some(&pn(2)), 3))
+        .page(&pn(2), page(&[3], None, None, 3));
+    let (result, stats) = run(&fake, &pool_request(PoolRef::Id(POOL_ID.into())));
+    let listing = result.expect("listing");
+    assert_eq!(ids(&listing), [1, 2, 3]);
+    let pool = listing.pool.expect("a pool");
+    assert_eq!((pool.id.as_str(), pool.name.as_str()), (POOL_ID, "web"));
+    assert_eq!((pool.tags.len(), pool.members.len()), (0, 0));
+    assert_eq!(fake.calls()[..3], [pool_lookup(), members_p1(), p1()]);
+    assert_eq!((stats.requests(), stats.pool_requests()), (4, 2));
+}
+
+#[test]
+fn a_known_pool_costs_member_pages_and_droplet_pages_only() {
+    let members: Vec<String> = (1..=250).map(|i| member(i, "active", "healthy")).collect();
+    let fake = Fake::default()
+        .page(&members_p1(), members_page(&members[..200], Some(&members_pn(2)), 250))
+        .page(&members_pn(2), members_page(&members[200..], None, 250))
+        .page(&tag_p1("app"), single_page(&[tagged(1, Some(&["app"]))]));
+    let (result, stats) = run(&fake, &pool_request(known(&["app"])));
+    let pool = result.expect("listing").pool.expect("a pool");
+    assert_eq!(pool.members.len(), 250);
+    assert_eq!(pool.members.last(), Some(&m(250, "active", Some("healthy"))));
+    assert_eq!((stats.requests(), stats.pool_requests()), (3, 2));
+}
+
+#[test]
+fn a_member_shifted_onto_the_next_page_is_one_member() {
+    let one = member(1, "active", "healthy");
+    let fake = Fake::default()
+        .page(&members_p1(), members_page(std::slice::from_ref(&one), Some(&members_pn(2)), 2))
+        .page(&members_pn(2), members_page(&[one, member(2, "active", "healthy")], None, 2))
+        .page(&p1(), page(&[], None, None, 0));
+    let pool = run(&fake, &pool_request(known(&[]))).0.expect("listing").pool.expect("pool");
+    assert_eq!(pool.members.iter().map(|m| m.droplet_id).collect::<Vec<_>>(), [1, 2]);
+}
+
+#[test]
+fn with_gpus_the_pool_tag_is_checked_here_on_gpu_droplets() {
+    let fake = Fake::default()
+        .page(&members_p1(), members_page(&[member(1, "active", "healthy")], None, 1))
+        .page(&tag_p1("app"), single_page(&[tagged(1, Some(&["app"]))]))
+        .page(&gpu_p1(), single_page(&[tagged(2, Some(&["app"])), tagged(3, Some(&["x"]))]));
+    let mut req = pool_request(known(&["app"]));
+    req.gpus = Gpus::Include;
+    assert_eq!(run(&fake, &req).0.map(|l| ids(&l)), Ok(vec![1, 2]));
+}
+
+#[test]
+fn a_pool_that_is_not_there_is_pool_not_found() {
+    let no_match = format!(
+        r#"{{"autoscale_pools":[{}],"meta":{{"total":1}}}}"#,
+        pool_json(POOL_ID, "WEB", &[])
+    );
+    let fake = Fake::default().page(&search_p1("web"), no_match);
+    let by_name = pool_request(PoolRef::Name("web".into()));
+    assert_eq!(run(&fake, &by_name).0, Err(Error::PoolNotFound));
+    // A 404 for its id (looked up, or its members), and nothing listed.
+    let fake = Fake::default();
+    let (result, stats) = run(&fake, &pool_request(PoolRef::Id(POOL_ID.into())));
+    assert_eq!((result, stats.pool_requests()), (Err(Error::PoolNotFound), 1));
+    assert_eq!(run(&fake, &pool_request(known(&[]))).0, Err(Error::PoolNotFound));
+    assert_eq!(fake.calls(), [pool_lookup(), members_p1()]);
+    // A 404 of the search itself is no answer about the pool.
+    let fake = Fake::default().on(&search_p1("web"), || Ok(status(404)));
+    assert_eq!(
+        run(&fake, &pool_request(PoolRef::Name("web".into()))).0,
+        Err(Error::HttpStatus(404))
+    );
+}
+
+#[test]
+fn pool_requests_fail_as_droplet_pages_do() {
+    let forbidden = || {
+        let body =
+            br#"{"id":"forbidden","message":"You are missing the required scope: autoscale:read"}"#;
+        Ok(Exchange { body: Ok(body.to_vec()), ..status(403) })
+    };
+    let limited = || Ok(Exchange { rate_limit: None, ..status(429) });
+    let foreign = members_page(&[member(1, "active", "x")], Some("https://evil.test/m?page=2"), 2);
+    let cases: Vec<(Fake, Error)> = vec![
+        (
+            Fake::default().on(&members_p1(), forbidden),
+            Error::Forbidden(Some("autoscale:read".into())),
+        ),
+        (
+            Fake::default().on(&pool_lookup(), forbidden),
+            Error::Forbidden(Some("autoscale:read".into())),
+        ),
+        (Fake::default().on(&pool_lookup(), limited), Error::RateLimited(None)),
+        (Fake::default().on(&members_p1(), || Ok(status(401))), Error::Unauthorized),
+        (Fake::default().page(&members_p1(), foreign), Error::ForeignLink),
+        (
+            Fake::default().page(&members_p1(), "<html>".into()),
+            Error::InvalidJson("syntax error at line 1 column 1".into()),
+        ),
+    ];
+    for (fake, want) in cases {
+        let wanted = if fake.routes.contains_key(&pool_lookup()) {
+            PoolRef::Id(POOL_ID.into())
+        } else {
+            known(&[])
+        };
+        assert_eq!(run(&fake, &pool_request(wanted)).0, Err(want));
+    }
+    // A member page whose total changes twice in a row is inconsistent.
+    let fake = Fake::default()
+        .page(&members_p1(), members_page(&[member(1, "active", "x")], Some(&members_pn(2)), 2))
+        .page(&members_pn(2), members_page(&[member(2, "active", "x")], None, 3));
+    assert!(matches!(run(&fake, &pool_request(known(&[]))).0, Err(Error::Inconsistent(_))));
+}
+
+#[test]
+fn pool_requests_are_held_to_the_deadline_and_the_cancel() {
+    let mut req = pool_request(PoolRef::Id(POOL_ID.into()));
+    req.deadline = Duration::ZERO;
+    let fake = Fake::default();
+    assert_eq!(run(&fake, &req).0, Err(Error::Timeout));
+    assert!(fake.calls().is_empty());
+
+    let req = pool_request(PoolRef::Id(POOL_ID.into()));
+    let cancel = req.cancel.clone();
+    let lookup = format!(r#"{{"autoscale_pool":{}}}"#, pool_json(POOL_ID, "web", &[]));
+    let fake = Fake::default().on(&pool_lookup(), move || {
+        cancel.cancel();
+        Ok(ok(&lookup))
+    });
+    let (result, stats) = run(&fake, &req);
+    assert_eq!((result, stats.requests()), (Err(Error::Cancelled), 1));
+}
+
+#[test]
+fn members_are_held_to_max_droplets_and_the_listing_bounds() {
+    let members: Vec<String> = (1..=3).map(|i| member(i, "active", "healthy")).collect();
+    let fake = Fake::default().page(&members_p1(), members_page(&members, None, 3));
+    let mut req = pool_request(known(&[]));
+    req.max_droplets = 2;
+    assert_eq!(run(&fake, &req).0, Err(Error::TooManyDroplets(2)));
+
+    let mut req = pool_request(known(&[]));
+    req.limits.max_string_bytes = 6;
+    let long = members_page(&[member(1, "active", "unhealthy")], None, 1);
+    let fake = Fake::default().page(&members_p1(), long);
+    assert_eq!(run(&fake, &req).0, Err(Error::ListingTooLarge(Bound::MaxStringBytes, 6)));
+
+    // Each member keeps an item's overhead and its strings: 141 bytes here.
+    let mut req = pool_request(known(&[]));
+    req.limits.max_listing_bytes = 300;
+    let fake = Fake::default().page(&members_p1(), members_page(&members, None, 3));
+    assert_eq!(run(&fake, &req).0, Err(Error::ListingTooLarge(Bound::MaxListingBytes, 300)));
+}
+
+#[test]
+fn a_member_is_strict_about_its_id_and_status() {
+    for bad in
+        [r#"{"status":"active"}"#, r#"{"droplet_id":"1","status":"active"}"#, r#"{"droplet_id":1}"#]
+    {
+        let fake = Fake::default().page(&members_p1(), members_page(&[bad.to_string()], None, 1));
+        assert!(
+            matches!(run(&fake, &pool_request(known(&[]))).0, Err(Error::UnexpectedShape(_))),
+            "{bad}"
+        );
+    }
+    let no_health = members_page(
+        &[
+            r#"{"droplet_id":1,"status":"off","health_status":null}"#.into(),
+            r#"{"droplet_id":2,"status":"active"}"#.into(),
+        ],
+        None,
+        2,
+    );
+    let fake = Fake::default().page(&members_p1(), no_health).page(&p1(), page(&[], None, None, 0));
+    let pool = run(&fake, &pool_request(known(&[]))).0.expect("listing").pool.expect("pool");
+    assert_eq!(pool.members, [m(1, "off", None), m(2, "active", None)]);
+}
+
+#[test]
+fn an_id_from_the_api_is_encoded_into_the_path() {
+    let pools = format!(
+        r#"{{"autoscale_pools":[{}],"meta":{{"total":1}}}}"#,
+        pool_json("../../x?y", "web", &[])
+    );
+    let fake = Fake::default().page(&search_p1("web"), pools);
+    let _ = run(&fake, &pool_request(PoolRef::Name("web".into())));
+    assert_eq!(
+        fake.calls()[1],
+        format!("{API}/v2/droplets/autoscale/..%2F..%2Fx%3Fy/members?per_page=200&page=1")
+    );
+}
+
+#[test]
+fn no_piece_of_the_token_comes_back_in_a_pool_or_member_value() {
+    use crate::redact::tests::{assert_no_piece, TOKEN};
+    let piece = |start: usize| &TOKEN[start..start + 12];
+    let lookup = format!(
+        r#"{{"autoscale_pool":{}}}"#,
+        pool_json(POOL_ID, &format!("p-{}", piece(0)), &[piece(5), "web"])
+    );
+    let mut req = ListRequest::new(API, TOKEN).expect("valid");
+    req.pool = Some(PoolRef::Id(POOL_ID.into()));
+    let members = members_page(&[member(1, piece(10), &format!("x{}", piece(30)))], None, 1);
+    let fake = Fake::default()
+        .page(&pool_lookup(), lookup)
+        .page(&members_p1(), members)
+        .page(&tag_p1(piece(5)), single_page(&[]));
+    let (result, _) = run(&fake, &req);
+    let pool = result.expect("listing").pool.expect("pool");
+    assert_no_piece(TOKEN, &format!("{pool:?}"));
+    assert_eq!((pool.name.as_str(), pool.tags[0].as_str()), ("p-[REDACTED]", "[REDACTED]"));
+    assert_eq!(pool.members, [m(1, "[REDACTED]", Some("x[REDACTED]"))]);
 }
