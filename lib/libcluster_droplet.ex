@@ -261,7 +261,8 @@ defmodule LibclusterDroplet do
          page_concurrency: opts[:page_concurrency],
          keep_alive_ms: opts[:keep_alive],
          select: %{network: opts[:network], ipv6: opts[:ipv6]},
-         autoscale_pool: pool_request(opts[:autoscale_pool], pool)
+         autoscale_pool: pool_request(opts[:autoscale_pool], pool),
+         fields: LibclusterDroplet.Filters.fields()
        }}
     end
   end

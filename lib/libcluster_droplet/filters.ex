@@ -3,8 +3,9 @@ defmodule LibclusterDroplet.Filters do
   # The client-side filters: options that keep only some listed droplets,
   # applied here (the API takes one tag_name or one name at a time, and
   # nothing else clusters care about). Each is declared once in @filters:
-  # its option, the droplet field it reads (which the NIF passes through,
-  # fields/0) and its option schema. Config builds its schema and
+  # its option, the droplet field it reads (a key the NIF always returns,
+  # or a JSON path such as ["size_slug"], which fields/0 asks the NIF to
+  # pass through) and its option schema. Config builds its schema and
   # fingerprint from them, Pipeline applies them, explain words them. A new
   # filter is an entry here with its outside?/3 and describe/1 clauses, and
   # a test.
@@ -70,7 +71,8 @@ defmodule LibclusterDroplet.Filters do
 
   def options, do: Keyword.keys(@filters)
 
-  def fields, do: for({_option, spec} <- @filters, do: spec[:field])
+  def fields,
+    do: for({_option, spec} <- @filters, is_list(spec[:field]), uniq: true, do: spec[:field])
 
   @doc """
   The filters a config sets, `{option, value}` sorted by option.
@@ -131,7 +133,12 @@ defmodule LibclusterDroplet.Filters do
         do: {option, field_value(droplet, option)}
   end
 
-  defp field_value(droplet, option), do: Map.get(droplet, @filters[option][:field])
+  defp field_value(droplet, option) do
+    case @filters[option][:field] do
+      path when is_list(path) -> get_in(droplet, [:fields, Enum.join(path, ".")])
+      key -> Map.get(droplet, key)
+    end
+  end
 
   # A filter's value against a listing: `{:ok, nil}` when it does not apply.
   defp resolve(:vpc, vpc, droplets, self) do

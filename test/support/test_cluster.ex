@@ -350,6 +350,17 @@ defmodule LibclusterDroplet.TestCluster.Remote do
   end
 
   @doc false
+  # libcluster's own Cluster.Supervisor with these topologies, as an
+  # application's supervision tree starts it.
+  def start_cluster_supervisor(topologies) do
+    with {:ok, sup} <-
+           Cluster.Supervisor.start_link([topologies, [name: Cluster.Supervisor.Test]]) do
+      Process.unlink(sup)
+      {:ok, sup}
+    end
+  end
+
+  @doc false
   # The way a user without libcluster starts it: the keyword child spec,
   # libcluster's default MFAs.
   def start_keyword_strategy(topology, config) do

@@ -449,6 +449,11 @@ defmodule Cluster.Strategy.Droplet do
         state
 
       :other_topology ->
+        Log.debug(state.topology, fn ->
+          "ignoring a share of topology #{inspect(elem(message, 2))} from " <>
+            inspect(Share.sender(message))
+        end)
+
         state
 
       {:error, reason} ->

@@ -155,7 +155,7 @@ defmodule Cluster.Strategy.Droplet.Config do
   # wrong place would be.
   @text_options [:tag_name, :name, :node_basename, :api_url, :ca_file | Filters.options()]
   # Options of list_droplets/1 that the strategy has too, with the same defaults.
-  @listing_keys ~w(token tag_name name gpus network ipv6 api_url ca_file api_timeout)a
+  @listing_keys ~w(token tag_name name gpus autoscale_pool network ipv6 api_url ca_file api_timeout)a
 
   @derive {Inspect, except: [:token]}
   defstruct [:token | @keys -- [:token]]
