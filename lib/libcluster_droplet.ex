@@ -75,29 +75,75 @@ defmodule LibclusterDroplet do
   @reply_grace 5_000
 
   @listing_only [
-    per_page: [type: {:in, 1..200}, default: 200, type_doc: "an integer in 1..200"],
-    connect_timeout: [type: :pos_integer, default: 5_000, type_doc: "a positive integer (ms)"],
+    per_page: [
+      type: {:in, 1..200},
+      default: 200,
+      type_doc: "an integer in 1..200",
+      doc: "droplets per page."
+    ],
+    connect_timeout: [
+      type: :pos_integer,
+      default: 5_000,
+      type_doc: "a positive integer (ms)",
+      doc: "per connection."
+    ],
     deadline: [
       type: {:or, [:pos_integer, nil]},
       default: nil,
-      type_doc: "a positive integer (ms), or nil for three times :api_timeout"
+      type_doc: "a positive integer (ms), or nil for three times :api_timeout",
+      doc: "the whole listing, reading `:ca_file` included; `nil`: three times `:api_timeout`."
     ],
-    max_body_bytes: [type: :pos_integer, default: 4 * 1024 * 1024, type_doc: "a positive integer"],
+    max_body_bytes: [
+      type: :pos_integer,
+      default: 4 * 1024 * 1024,
+      type_doc: "a positive integer",
+      doc: "one response; 4 MiB is eight times a full page of 200 droplets."
+    ],
     max_listing_bytes: [
       type: :pos_integer,
       default: 32 * 1024 * 1024,
-      type_doc: "a positive integer"
+      type_doc: "a positive integer",
+      doc:
+        "what the listing keeps, checked while each page is parsed, so its memory follows " <>
+          "the bound, not what the server sends: past this or the next three it fails with " <>
+          "`{:listing_too_large, {bound, limit}}`."
     ],
-    max_string_bytes: [type: :pos_integer, default: 1_024, type_doc: "a positive integer"],
-    max_tags_per_droplet: [type: :pos_integer, default: 1_000, type_doc: "a positive integer"],
-    max_addresses_per_droplet: [type: :pos_integer, default: 64, type_doc: "a positive integer"],
-    max_pages: [type: :pos_integer, default: 1_000, type_doc: "a positive integer"],
-    max_droplets: [type: :pos_integer, default: 10_000, type_doc: "a positive integer"],
-    page_concurrency: [type: {:in, 1..64}, default: 4, type_doc: "an integer in 1..64"],
+    max_string_bytes: [
+      type: :pos_integer,
+      default: 1_024,
+      type_doc: "a positive integer",
+      doc: "one string."
+    ],
+    max_tags_per_droplet: [
+      type: :pos_integer,
+      default: 1_000,
+      type_doc: "a positive integer",
+      doc: "tags."
+    ],
+    max_addresses_per_droplet: [
+      type: :pos_integer,
+      default: 64,
+      type_doc: "a positive integer",
+      doc: "v4 and v6 addresses together."
+    ],
+    max_pages: [type: :pos_integer, default: 1_000, type_doc: "a positive integer", doc: "pages."],
+    max_droplets: [
+      type: :pos_integer,
+      default: 10_000,
+      type_doc: "a positive integer",
+      doc: "`{:too_many_droplets, max}` past it, as soon as page 1's `meta.total` says so."
+    ],
+    page_concurrency: [
+      type: {:in, 1..64},
+      default: 4,
+      type_doc: "an integer in 1..64",
+      doc: "pages fetched at once after the first, fewer when the NIF's threads are short."
+    ],
     keep_alive: [
       type: {:in, 0..86_400_000},
       default: 3_600_000,
-      type_doc: "an integer of ms in 0..86400000"
+      type_doc: "an integer of ms in 0..86400000",
+      doc: "how long an idle connection to the API is kept for the next listing; 0: none."
     ]
   ]
 
@@ -112,28 +158,11 @@ defmodule LibclusterDroplet do
 
   Options shared with the strategy, with the same defaults (see
   `Cluster.Strategy.Droplet.Config`): `:token` (required), `:api_url`,
-  `:tag_name`, `:name`, `:gpus`, `:network`, `:ipv6`, `:ca_file` and
-  `:api_timeout` (ms per HTTP request). Each droplet's `:address` is the
-  one `:network` and `:ipv6` select. Besides:
+  `:tag_name`, `:name`, `:gpus`, `:autoscale_pool`, `:network`, `:ipv6`,
+  `:ca_file` and `:api_timeout`. Each droplet's `:address` is the one
+  `:network` and `:ipv6` select. Besides:
 
-    * `:per_page` - default 200 (the API's maximum).
-    * `:connect_timeout` (default 5,000) and `:deadline` (the whole listing,
-      reading `:ca_file` included; default three times `:api_timeout`), in ms.
-    * `:max_body_bytes` (default 4 MiB per response, eight times a full page
-      of 200 droplets) and `:max_pages` (default 1,000) - caps.
-    * `:max_listing_bytes` (default 32 MiB), `:max_string_bytes` (1,024),
-      `:max_tags_per_droplet` (1,000) and `:max_addresses_per_droplet` (64,
-      v4 and v6 together) - what a listing may keep, checked while each page
-      is parsed, so a listing's memory follows the bound, not what the
-      server sends; past one it fails with `{:listing_too_large, {bound, limit}}`.
-    * `:page_concurrency` - pages fetched at once after the first (default
-      4, at most 64), fewer when the NIF's thread budget is short.
-    * `:max_droplets` - default 10,000: a listing with more droplets fails
-      with `{:too_many_droplets, max}`, as soon as page 1's `meta.total`
-      says so, or as the pages arrive.
-    * `:keep_alive` - how long, in ms, an idle connection to the API is
-      kept for the next listing (default an hour; 0 keeps none).
-
+  #{NimbleOptions.docs(@listing_only)}
   Several listings (tags, GPU droplets) are made one after the other
   within the one `:deadline`, all or nothing; `requests` counts them all
   and `total` is the sum of their `meta.total`. A page listing more
