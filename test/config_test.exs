@@ -539,7 +539,7 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
                  tag_name: "web",
                  name: nil,
                  gpus: false,
-                autoscale_pool: nil,
+                 autoscale_pool: nil,
                  network: :private,
                  ipv6: false,
                  api_url: "https://api.digitalocean.com",
