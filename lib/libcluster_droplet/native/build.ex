@@ -50,7 +50,7 @@ defmodule LibclusterDroplet.Native.Build do
       # The NIFs only this repository's tests call (native.ex), in all of its
       # own builds: Rustler installs every environment's library at the
       # same place, priv/native, so they must not differ. Never in a
-      # dependency's build, nor in an artifact (mix libcluster_droplet.precompile).
+      # dependency's build, nor in an artifact (make precompile).
       features: if(own_build?, do: ["test-panic"], else: [])
     ]
     # Without the key, RustlerPrecompiled's own `config :rustler_precompiled,
