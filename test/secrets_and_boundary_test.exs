@@ -169,7 +169,7 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
       }
 
       name = LibclusterDroplet.Coordination.registered_name(:droplets)
-      TestCluster.call(b, :erlang, :send, [name, LibclusterDroplet.Share.encode(share)])
+      TestCluster.call(b, :erlang, :send, [name, hd(LibclusterDroplet.Share.encode(share))])
       TestCluster.call(a, Supervisor, :stop, [sups[a.node]])
       TestCluster.await(fn -> logged.(b) =~ "stopped polling; taking over" end)
 
