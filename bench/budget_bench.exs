@@ -250,7 +250,7 @@ defmodule Bench.Budget do
   # Whether the strategy `member` runs under `sup` manages `node`.
   defp manages?({member, sup}, node) do
     pid = TestCluster.call(member, TestCluster.Remote, :strategy_pid, [sup])
-    node in TestCluster.call(member, :sys, :get_state, [pid]).managed
+    node in TestCluster.call(member, :sys, :get_state, [pid]).members.managed
   end
 
   # Spread over the run: a droplet appears with its node starting the

@@ -62,11 +62,13 @@ defmodule Bench.PollMemory do
 
   @doc """
   The first poll of `size` droplets in a fresh VM (this project's compiled
-  code and Jason's, no Mix): started with `elixir`, it prints its figures as JSON.
+  code and its runtime dependencies', no Mix): started with `elixir`, it
+  prints its figures as JSON.
   """
   def cold_run(size) do
     paths =
-      for app <- [:libcluster_droplet, :jason], do: ["-pa", Path.join(:code.lib_dir(app), "ebin")]
+      for app <- [:libcluster_droplet, :jason, :nimble_options],
+          do: ["-pa", Path.join(:code.lib_dir(app), "ebin")]
 
     child = Path.join(__DIR__, "poll_memory_cold.exs")
 
