@@ -134,6 +134,30 @@ defmodule LibclusterDroplet.StoreFloorTest do
       refute match?({:rate_limited, _}, reason)
     end
 
+    test "it is never more than an hour ahead, whatever a response or a peer says" do
+      far = [
+        fn url ->
+          LibclusterDroplet.listed(url, {:error, {:rate_limited, 1_000_000_000_000}}, %{})
+        end,
+        fn url ->
+          limit = %{limit: 5_000, remaining: 0, reset: 1_000_000_000_000, retry_after: nil}
+          LibclusterDroplet.listed(url, {:ok, %{droplets: [], total: 0}}, %{rate_limit: limit})
+        end,
+        fn url -> Floor.raise(url, 1_000_000_000_000_000_000) end
+      ]
+
+      for raise_far <- far do
+        url = url()
+        before = System.system_time(:millisecond)
+        raise_far.(url)
+        not_before = Floor.not_before(url)
+        assert not_before >= before + Floor.longest()
+        assert not_before <= System.system_time(:millisecond) + Floor.longest()
+      end
+
+      assert Floor.longest() == 3_600_000
+    end
+
     test "the headers of a response with nothing remaining raise it to the reset" do
       url = url()
       reset = div(System.system_time(:millisecond), 1000) + 600

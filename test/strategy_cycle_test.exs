@@ -7,7 +7,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
 
   import ExUnit.CaptureLog
   alias Cluster.Strategy.Droplet.ShareCheck
-  alias LibclusterDroplet.{Coordination, FakeAPI, Share, SpyMembership, Store, TestCluster}
+  alias LibclusterDroplet.{Coordination, FakeAPI, Floor, Share, SpyMembership, Store, TestCluster}
   alias LibclusterDroplet.TestCluster.Remote
 
   @moduletag timeout: 120_000
@@ -584,6 +584,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
       end
 
       {:ok,
+       api: api,
        node: node,
        spy: spy,
        get: get,
@@ -630,6 +631,64 @@ defmodule Cluster.Strategy.DropletCycleTest do
 
       TestCluster.await(fn -> managed(ctx) == ["y@#{y}"] end)
       TestCluster.await(fn -> {:disconnect, x_node} in events.() end)
+    end
+
+    test "casts, calls and messages it does not know leave it running as it was", ctx do
+      pid = TestCluster.call(ctx.node, Process, :whereis, [Coordination.registered_name(:t)])
+      before = ctx.get.()
+      name = Coordination.registered_name(:t)
+
+      TestCluster.call(ctx.node, GenServer, :cast, [name, {:droplet_timer, :tick, make_ref()}])
+      TestCluster.call(ctx.node, GenServer, :cast, [name, :anything])
+
+      assert TestCluster.call(ctx.node, GenServer, :call, [name, :anything]) ==
+               {:error, :unknown_call}
+
+      ctx.send_share.({:libcluster_droplet_share})
+
+      assert TestCluster.call(ctx.node, Process, :alive?, [pid])
+      assert ctx.get.().members == before.members
+    end
+
+    test "a share's floor far ahead is held for an hour at most; taking over then arms its tick",
+         ctx do
+      pid = TestCluster.call(ctx.node, Process, :whereis, [Coordination.registered_name(:t)])
+      far = System.system_time(:millisecond) + 100 * 86_400_000
+      ctx.send_share.(encode(ctx.share.(interval: 100, not_before: far)))
+
+      # The made-up leader is unreachable: this node takes over within the floor.
+      TestCluster.await(fn ->
+        state = ctx.get.()
+        state.view.source == {:share, :"0-leader@127.0.0.1"} and state.coordination.leader == nil
+      end)
+
+      floor = TestCluster.call(ctx.node, Floor, :not_before, [ctx.get.().config.api_url])
+      assert floor <= System.system_time(:millisecond) + Floor.longest()
+      assert TestCluster.call(ctx.node, Process, :alive?, [pid])
+      assert %{tick: {_, _}} = ctx.get.().timers
+    end
+
+    test "after taking over from a leader whose clock runs ahead, its own polls are applied",
+         ctx do
+      # The leader's view is keyed 10 minutes ahead of this node's clock: a
+      # poll this node starts after applying it is newer all the same.
+      later = System.system_time(:millisecond) + 600_000
+      {_, x} = ctx.x
+      {_, y} = ctx.y
+      events = fn -> TestCluster.call(ctx.node, SpyMembership, :events, [ctx.spy]) end
+
+      FakeAPI.clear_faults(ctx.api)
+      FakeAPI.add_droplet(ctx.api, FakeAPI.droplet(id: 2, name: "y", private_ip: y))
+
+      # The made-up leader is unreachable: this node takes over at once and lists.
+      ctx.send_share.(
+        encode(ctx.share.(listed_at: later, interval: 100, droplets: [ctx.self_droplet, ctx.x]))
+      )
+
+      TestCluster.await(fn -> managed(ctx) == ["y@#{y}"] end, 20_000)
+      # The leader's view was applied first.
+      assert {:connect, :"x@#{x}"} in events.()
+      assert match?({:listing, _}, ctx.get.().view.source)
     end
 
     test "a share this version cannot read is logged once and ignored; membership never shrinks",

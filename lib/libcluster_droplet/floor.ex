@@ -20,11 +20,20 @@ defmodule LibclusterDroplet.Floor do
   @spec not_before(String.t()) :: integer() | nil
   def not_before(api_url), do: Store.floor(api_url)
 
+  # DigitalOcean's budget is an hour's: a floor further ahead, from a
+  # hostile retry-after or reset or from a peer's clock, would silence the
+  # whole cluster for as long (and past 49 days no timer can be armed).
+  @longest 3_600_000
+
+  @doc "The longest a floor holds, in ms from when it is raised."
+  @spec longest() :: pos_integer()
+  def longest, do: @longest
+
   @spec raise(String.t(), integer() | nil) :: :ok
   def raise(_api_url, nil), do: :ok
 
   def raise(api_url, not_before) when is_integer(not_before),
-    do: Store.raise_floor(api_url, not_before)
+    do: Store.raise_floor(api_url, min(not_before, System.system_time(:millisecond) + @longest))
 
   @doc """
   The floor (Unix ms) a response sets, or `nil`: a 429's `retry-after`, or

@@ -180,6 +180,10 @@ defmodule Cluster.Strategy.Droplet do
 
   def handle_call(_request, _from, state), do: {:reply, {:error, :unknown_call}, state}
 
+  # The name is registered on every node, so any connected node can cast.
+  @impl true
+  def handle_cast(_request, state), do: {:noreply, state}
+
   @impl true
   def terminate(reason, state) do
     if reason in [:normal, :shutdown] or match?({:shutdown, _}, reason),
@@ -206,10 +210,11 @@ defmodule Cluster.Strategy.Droplet do
 
   ## Timers: one per purpose, each message tagged with its ref.
 
+  # Clamped to the longest timer the VM arms (about 49.7 days).
   defp arm(state, purpose, delay) do
     state = disarm(state, purpose)
-    ref = make_ref()
-    timer = Process.send_after(self(), {:droplet_timer, purpose, ref}, max(delay, 0))
+    {ref, delay} = {make_ref(), delay |> max(0) |> min(0xFFFFFFFF)}
+    timer = Process.send_after(self(), {:droplet_timer, purpose, ref}, delay)
     %{state | timers: Map.put(state.timers, purpose, {ref, timer})}
   end
 
@@ -366,18 +371,14 @@ defmodule Cluster.Strategy.Droplet do
     # A poll given up by its watchdog must not keep probing or paging.
     cancel_call(poll)
     config = state.config
-    floor_wait = Floor.wait(config.api_url)
-    now_ms = System.system_time(:millisecond)
-
-    {delay, schedule} =
-      Schedule.failed(state.schedule, reason, rate_limit, config, floor_wait, now_ms)
+    {wait, now_ms} = {Floor.wait(config.api_url), System.system_time(:millisecond)}
+    {delay, schedule} = Schedule.failed(state.schedule, reason, rate_limit, config, wait, now_ms)
 
     kept = MapSet.size(state.members.managed)
     warned = Log.poll_failed(state.warned, state.topology, reason, config, kept, delay)
     Telemetry.poll_error(state.topology, poll.started, Error.class(reason), schedule.failures)
-    # A rejected token may have been rotated into its file without changing
-    # the file's size or time: the next poll reads it again. A pool not
-    # found is resolved again.
+    # A rejected token may have been rotated into its file unseen: the next
+    # poll reads it again. A pool not found is looked up again.
     token = if reason == :unauthorized, do: Token.forget(config.token), else: config.token
     pool = if reason == :pool_not_found, do: nil, else: state.pool
     state = %{state | config: %{config | token: token}, schedule: schedule, warned: warned}
@@ -563,12 +564,11 @@ defmodule Cluster.Strategy.Droplet do
          (own_started != nil and own_started > state.view[:applied_at]) do
       checked? = state.config.health_check != nil
       members = Members.apply_view(state.members, verdicts, checked?, unlisted?(state, verdicts))
-      at = System.system_time(:millisecond)
 
       view = %{
         key: key,
-        applied_at: now(),
-        at: at,
+        applied_at: System.monotonic_time(),
+        at: System.system_time(:millisecond),
         source: source,
         verdicts: verdicts,
         pool: pool
