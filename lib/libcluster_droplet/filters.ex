@@ -207,6 +207,25 @@ defmodule LibclusterDroplet.Filters do
   def describe({:vpc, nil}), do: "no VPC, and :vpc is set"
   def describe({:vpc, uuid}), do: "VPC #{uuid} is not the :vpc asked for"
 
+  @doc """
+  Whether `outside` has a value of the shape this filter's field gives
+  (so describe/1 words it): a share from another node carries them, and
+  is outside input.
+
+      iex> LibclusterDroplet.Filters.describable?({:regions, "sfo3"})
+      true
+      iex> LibclusterDroplet.Filters.describable?({:regions, %{}})
+      false
+  """
+  @spec describable?(term()) :: boolean()
+  def describable?({:autoscale_pool, nil}), do: true
+  def describable?({:autoscale_pool, %{status: status}}), do: is_binary(status)
+  def describable?({:pool_health, %{health_status: h}}), do: is_binary(h) or is_nil(h)
+  def describable?({option, value}) when option in [:regions, :vpc], do: text?(value)
+  def describable?(_other), do: false
+
+  defp text?(value), do: is_binary(value) or is_nil(value)
+
   # NimbleOptions' custom validator of each filter option. Messages name
   # the expected shape, never the value: it may be a token pasted in the
   # wrong place.
