@@ -129,9 +129,16 @@ defmodule LibclusterDroplet.Filters do
 
   defp outside(droplet, filters) do
     for {option, value} <- filters,
+        judged?(droplet, option),
         outside?(option, value, field_value(droplet, option)),
         do: {option, field_value(droplet, option)}
   end
+
+  # A pool member whose droplet was not listed has no droplet fields to
+  # judge: only the pool's filters apply to it, and its status (not
+  # listed) keeps it out of the cluster anyway.
+  defp judged?(droplet, option),
+    do: @filters[option][:field] == :pool or not LibclusterDroplet.Listing.unlisted?(droplet)
 
   defp field_value(droplet, option) do
     case @filters[option][:field] do
@@ -141,10 +148,13 @@ defmodule LibclusterDroplet.Filters do
   end
 
   # A filter's value against a listing: `{:ok, nil}` when it does not apply.
+  # Pool members that were not listed carry no vpc_uuid to miss.
   defp resolve(:vpc, vpc, droplets, self) do
-    case Enum.count(droplets, &(not is_binary(&1[:vpc_uuid]))) do
-      0 -> own_vpc(vpc, droplets, self)
-      n -> vpc_unknown("#{n} of the #{length(droplets)} listed droplets came without vpc_uuid")
+    listed = Enum.reject(droplets, &LibclusterDroplet.Listing.unlisted?/1)
+
+    case Enum.count(listed, &(not is_binary(&1[:vpc_uuid]))) do
+      0 -> own_vpc(vpc, listed, self)
+      n -> vpc_unknown("#{n} of the #{length(listed)} listed droplets came without vpc_uuid")
     end
   end
 
