@@ -456,6 +456,25 @@ defmodule LibclusterDroplet.PipelineTest do
                {:error, {:vpc_unknown, "1 of the 3 listed droplets came without vpc_uuid"}}
     end
 
+    test "a filter withheld (it held the token) keeps no droplet, needs nothing of the listing, says why in words" do
+      member = %{droplet_id: 1, status: "active", health_status: "healthy"}
+      # No vpc_uuid on the first: a withheld :vpc asks for none.
+      listing = [Map.delete(d("self", "10.0.0.1"), :vpc_uuid) | listing()]
+      listing = Enum.map(listing, &Map.put(&1, :pool, member))
+
+      for config <- [
+            %{regions: :withheld},
+            %{vpc: :withheld},
+            %{autoscale_pool: :withheld},
+            %{autoscale_pool: "web", pool_health: :withheld}
+          ] do
+        verdicts = verdicts(listing, Map.put(config, :node_basename, "app"))
+        assert Enum.all?(verdicts, &(&1.stage == :outside_filters)), inspect(config)
+        for v <- verdicts, outside <- v.why, do: assert(is_binary(Filters.describe(outside)))
+        assert Filters.set(config) |> Keyword.values() |> Enum.member?(:withheld)
+      end
+    end
+
     test "vpc: :self with this node's droplet not listed, or listed in two VPCs, fails" do
       assert Filters.apply(listing(), %{vpc: :self}, :"self@10.0.0.99") ==
                {:error,

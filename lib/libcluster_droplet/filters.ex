@@ -87,6 +87,9 @@ defmodule LibclusterDroplet.Filters do
         do: {option, normalize(option, value)}
   end
 
+  # A value withheld by Config (it held the token) is kept as the atom: it
+  # hashes apart from the value it replaced, and shows nothing of it.
+  defp normalize(_option, :withheld), do: :withheld
   defp normalize(:regions, regions), do: Enum.sort(regions)
   defp normalize(_option, value), do: value
 
@@ -148,6 +151,9 @@ defmodule LibclusterDroplet.Filters do
   end
 
   # A filter's value against a listing: `{:ok, nil}` when it does not apply.
+  # A withheld value matches nothing (outside?/3), whatever the listing.
+  defp resolve(_option, :withheld, _droplets, _self), do: {:ok, :withheld}
+
   # Pool members that were not listed carry no vpc_uuid to miss.
   defp resolve(:vpc, vpc, droplets, self) do
     listed = Enum.reject(droplets, &LibclusterDroplet.Listing.unlisted?/1)
@@ -191,8 +197,11 @@ defmodule LibclusterDroplet.Filters do
   defp vpc_unknown(detail), do: {:error, {:vpc_unknown, detail}}
 
   # Whether a droplet whose field holds `field` is outside the filter.
-  defp outside?(:autoscale_pool, _pool, member), do: member == nil or member.status != "active"
   defp outside?(:pool_health, _accepted, nil), do: false
+  # The value set held the token and was withheld: no droplet can be shown
+  # to match it, so none is kept (a guess would cluster too much).
+  defp outside?(_option, :withheld, _field), do: true
+  defp outside?(:autoscale_pool, _pool, member), do: member == nil or member.status != "active"
   defp outside?(:pool_health, accepted, member), do: member.health_status not in accepted
   defp outside?(:regions, regions, region), do: region not in regions
   defp outside?(:vpc, vpc, uuid), do: not is_binary(uuid) or String.downcase(uuid) != vpc
