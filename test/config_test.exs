@@ -499,6 +499,21 @@ defmodule Cluster.Strategy.Droplet.ConfigTest do
       end
     end
 
+    test "a filter withheld (it held the token) hashes without raising, apart from the filter it held" do
+      for {option, opts} <- [
+            regions: [regions: ["sfo3", "nyc3"]],
+            vpc: [vpc: @vpc],
+            autoscale_pool: [autoscale_pool: "web-pool"],
+            pool_health: [autoscale_pool: "web-pool", pool_health: ["healthy"]]
+          ] do
+        config = Config.new!([token: @unread] ++ opts)
+        withheld = Config.withhold(config, option)
+        assert is_integer(Config.fingerprint(withheld)), inspect(option)
+        assert Config.fingerprint(withheld) != Config.fingerprint(config)
+        assert Config.withheld(withheld) == {:error, {:token_in_option, option}}
+      end
+    end
+
     test "a config that sets no filter hashes exactly as 2.0.0 did" do
       config = Config.new!(token: @unread, tag_name: ["web", "db"], node_basename: "app")
 

@@ -422,6 +422,59 @@ defmodule LibclusterDroplet.PipelineTest do
       assert {:ok, _} = Filters.apply(listing, %{regions: ["nyc3"], vpc: nil}, :"self@10.0.0.1")
     end
 
+    test "with :autoscale_pool, a member whose droplet was not listed lacks no vpc_uuid: it is not listed" do
+      pool = %{id: "p1", name: "web", tags: [], members: []}
+      member = fn id, status -> %{droplet_id: id, status: status, health_status: "healthy"} end
+      listed = [d("self", "10.0.0.1", id: 1), d("b", "10.0.0.2", id: 2)]
+
+      # Droplet 3 is being created, droplet 4 torn down: pool members, not listed.
+      members = [member.(1, "active"), member.(2, "active"), member.(3, "active")]
+      members = members ++ [member.(4, "deleting")]
+      nif = %{droplets: listed, total: 2, pool: %{pool | members: members}}
+      {:ok, listing} = LibclusterDroplet.Listing.from_nif({:ok, nif}, %{})
+
+      for vpc <- [:self, @vpc_a] do
+        config = %{autoscale_pool: "web", vpc: vpc, regions: ["nyc3"], node_basename: "app"}
+
+        assert stages(verdicts(listing.droplets, config)) == [
+                 {"self", :this_node},
+                 {"b", :selected},
+                 {"droplet 3", :not_active},
+                 {"droplet 4", :outside_filters}
+               ]
+
+        assert List.last(verdicts(listing.droplets, config)).why == [
+                 autoscale_pool: member.(4, "deleting")
+               ]
+      end
+
+      # A listed droplet without vpc_uuid still fails the filter.
+      nif = %{nif | droplets: [d("c", "10.0.0.3", id: 5, vpc_uuid: nil) | listed]}
+      {:ok, listing} = LibclusterDroplet.Listing.from_nif({:ok, nif}, %{})
+
+      assert Filters.apply(listing.droplets, %{autoscale_pool: "web", vpc: @vpc_a}, @self) ==
+               {:error, {:vpc_unknown, "1 of the 3 listed droplets came without vpc_uuid"}}
+    end
+
+    test "a filter withheld (it held the token) keeps no droplet, needs nothing of the listing, says why in words" do
+      member = %{droplet_id: 1, status: "active", health_status: "healthy"}
+      # No vpc_uuid on the first: a withheld :vpc asks for none.
+      listing = [Map.delete(d("self", "10.0.0.1"), :vpc_uuid) | listing()]
+      listing = Enum.map(listing, &Map.put(&1, :pool, member))
+
+      for config <- [
+            %{regions: :withheld},
+            %{vpc: :withheld},
+            %{autoscale_pool: :withheld},
+            %{autoscale_pool: "web", pool_health: :withheld}
+          ] do
+        verdicts = verdicts(listing, Map.put(config, :node_basename, "app"))
+        assert Enum.all?(verdicts, &(&1.stage == :outside_filters)), inspect(config)
+        for v <- verdicts, outside <- v.why, do: assert(is_binary(Filters.describe(outside)))
+        assert Filters.set(config) |> Keyword.values() |> Enum.member?(:withheld)
+      end
+    end
+
     test "vpc: :self with this node's droplet not listed, or listed in two VPCs, fails" do
       assert Filters.apply(listing(), %{vpc: :self}, :"self@10.0.0.99") ==
                {:error,

@@ -107,6 +107,58 @@ defmodule LibclusterDroplet.ShareTest do
     end
   end
 
+  describe "version 3: why a droplet is outside the filters" do
+    defp outside(why), do: {3, "far", :active, "10.0.0.4", :outside_filters, nil, why}
+
+    defp decoded(whys) do
+      [{tag, 3, :droplets, payload}, _] = Share.encode(share(verdicts: verdicts()))
+      Share.decode({tag, 3, :droplets, %{payload | verdicts: Enum.map(whys, &outside/1)}})
+    end
+
+    test "each filter's value, as the pipeline makes it, decodes and is described" do
+      member = %{droplet_id: 3, status: "new", health_status: nil}
+
+      whys = [
+        [regions: "ams3"],
+        [regions: nil],
+        [vpc: "760e09ef-dc84-11e8-981e-3cfdfeaae000"],
+        [vpc: nil],
+        [autoscale_pool: nil],
+        [autoscale_pool: member],
+        [pool_health: %{member | status: "active", health_status: "unhealthy"}],
+        [pool_health: member, regions: "ams3"]
+      ]
+
+      assert {:ok, share} = decoded(whys)
+      assert Enum.map(share.verdicts, & &1.why) == whys
+
+      for v <- share.verdicts,
+          outside <- v.why,
+          do: assert(is_binary(LibclusterDroplet.Filters.describe(outside)))
+    end
+
+    test "a value of the wrong shape for its filter is malformed, never a crash in describe" do
+      for why <- [
+            [regions: %{a: 1}],
+            [regions: 42],
+            [regions: ["nyc3"]],
+            [vpc: %{}],
+            [vpc: 7],
+            [vpc: :self],
+            [autoscale_pool: "active"],
+            [autoscale_pool: %{status: %{}}],
+            [autoscale_pool: %{}],
+            [pool_health: "x"],
+            [pool_health: nil],
+            [pool_health: %{health_status: 1}],
+            [pool_health: %{health_status: %{}}],
+            [regions: "ams3", vpc: {:a, :b}]
+          ] do
+        assert decoded([why]) == {:error, :malformed}, inspect(why)
+      end
+    end
+  end
+
   describe "version 2, for and from nodes of 2.0.0" do
     test "a share with a view is also sent in 2.0.0's exact form: the droplets kept by the filters, with an address" do
       share = share(verdicts: verdicts())

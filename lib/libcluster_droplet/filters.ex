@@ -87,6 +87,9 @@ defmodule LibclusterDroplet.Filters do
         do: {option, normalize(option, value)}
   end
 
+  # A value withheld by Config (it held the token) is kept as the atom: it
+  # hashes apart from the value it replaced, and shows nothing of it.
+  defp normalize(_option, :withheld), do: :withheld
   defp normalize(:regions, regions), do: Enum.sort(regions)
   defp normalize(_option, value), do: value
 
@@ -129,9 +132,16 @@ defmodule LibclusterDroplet.Filters do
 
   defp outside(droplet, filters) do
     for {option, value} <- filters,
+        judged?(droplet, option),
         outside?(option, value, field_value(droplet, option)),
         do: {option, field_value(droplet, option)}
   end
+
+  # A pool member whose droplet was not listed has no droplet fields to
+  # judge: only the pool's filters apply to it, and its status (not
+  # listed) keeps it out of the cluster anyway.
+  defp judged?(droplet, option),
+    do: @filters[option][:field] == :pool or not LibclusterDroplet.Listing.unlisted?(droplet)
 
   defp field_value(droplet, option) do
     case @filters[option][:field] do
@@ -141,10 +151,16 @@ defmodule LibclusterDroplet.Filters do
   end
 
   # A filter's value against a listing: `{:ok, nil}` when it does not apply.
+  # A withheld value matches nothing (outside?/3), whatever the listing.
+  defp resolve(_option, :withheld, _droplets, _self), do: {:ok, :withheld}
+
+  # Pool members that were not listed carry no vpc_uuid to miss.
   defp resolve(:vpc, vpc, droplets, self) do
-    case Enum.count(droplets, &(not is_binary(&1[:vpc_uuid]))) do
-      0 -> own_vpc(vpc, droplets, self)
-      n -> vpc_unknown("#{n} of the #{length(droplets)} listed droplets came without vpc_uuid")
+    listed = Enum.reject(droplets, &LibclusterDroplet.Listing.unlisted?/1)
+
+    case Enum.count(listed, &(not is_binary(&1[:vpc_uuid]))) do
+      0 -> own_vpc(vpc, listed, self)
+      n -> vpc_unknown("#{n} of the #{length(listed)} listed droplets came without vpc_uuid")
     end
   end
 
@@ -181,8 +197,11 @@ defmodule LibclusterDroplet.Filters do
   defp vpc_unknown(detail), do: {:error, {:vpc_unknown, detail}}
 
   # Whether a droplet whose field holds `field` is outside the filter.
-  defp outside?(:autoscale_pool, _pool, member), do: member == nil or member.status != "active"
   defp outside?(:pool_health, _accepted, nil), do: false
+  # The value set held the token and was withheld: no droplet can be shown
+  # to match it, so none is kept (a guess would cluster too much).
+  defp outside?(_option, :withheld, _field), do: true
+  defp outside?(:autoscale_pool, _pool, member), do: member == nil or member.status != "active"
   defp outside?(:pool_health, accepted, member), do: member.health_status not in accepted
   defp outside?(:regions, regions, region), do: region not in regions
   defp outside?(:vpc, vpc, uuid), do: not is_binary(uuid) or String.downcase(uuid) != vpc
@@ -206,6 +225,25 @@ defmodule LibclusterDroplet.Filters do
   def describe({:regions, slug}), do: "region #{slug} is not among :regions"
   def describe({:vpc, nil}), do: "no VPC, and :vpc is set"
   def describe({:vpc, uuid}), do: "VPC #{uuid} is not the :vpc asked for"
+
+  @doc """
+  Whether `outside` has a value of the shape this filter's field gives
+  (so describe/1 words it): a share from another node carries them, and
+  is outside input.
+
+      iex> LibclusterDroplet.Filters.describable?({:regions, "sfo3"})
+      true
+      iex> LibclusterDroplet.Filters.describable?({:regions, %{}})
+      false
+  """
+  @spec describable?(term()) :: boolean()
+  def describable?({:autoscale_pool, nil}), do: true
+  def describable?({:autoscale_pool, %{status: status}}), do: is_binary(status)
+  def describable?({:pool_health, %{health_status: h}}), do: is_binary(h) or is_nil(h)
+  def describable?({option, value}) when option in [:regions, :vpc], do: text?(value)
+  def describable?(_other), do: false
+
+  defp text?(value), do: is_binary(value) or is_nil(value)
 
   # NimbleOptions' custom validator of each filter option. Messages name
   # the expected shape, never the value: it may be a token pasted in the

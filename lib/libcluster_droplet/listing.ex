@@ -56,6 +56,14 @@ defmodule LibclusterDroplet.Listing do
 
   def from_nif({:error, reason}, _info), do: {:error, reason}
 
+  @unlisted "not listed"
+
+  @doc false
+  # Whether `droplet` stands for a pool member whose droplet was not listed:
+  # it has none of a droplet's fields (region, vpc_uuid...) to filter on.
+  def unlisted?(droplet),
+    do: Map.get(droplet, :status) == @unlisted and Map.has_key?(droplet, :pool)
+
   # A member carries no name and no address: they come from the droplet
   # listing, matched by id.
   defp join(droplets, nil), do: {droplets, nil}
@@ -66,7 +74,7 @@ defmodule LibclusterDroplet.Listing do
 
     unlisted =
       for %{droplet_id: id} = member <- members, not MapSet.member?(listed, id) do
-        %{id: id, name: "droplet #{id}", status: "not listed", address: nil, pool: member}
+        %{id: id, name: "droplet #{id}", status: @unlisted, address: nil, pool: member}
       end
 
     summary = %{

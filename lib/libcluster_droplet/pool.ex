@@ -14,10 +14,19 @@ defmodule LibclusterDroplet.Pool do
 
   # What a listing tells of the pool: kept with when it was resolved (the
   # listing resolved it unless it was passed a cached one).
-  def listed(_cached, nil, _now), do: nil
-
+  # A pool is kept only when the API named it fully: an empty or redacted
+  # id or name sent back would fail every poll as an invalid request (not
+  # :pool_not_found, so it would never be dropped); without it, the next
+  # poll looks the pool up again by the configured option.
   def listed(cached, %{id: id, name: name, tags: tags}, now) do
-    at = if match?(%{id: ^id, at: _}, cached), do: cached.at, else: now
-    %{id: id, name: name, tags: tags, at: at}
+    if named?(id) and named?(name) do
+      at = if match?(%{id: ^id, at: _}, cached), do: cached.at, else: now
+      %{id: id, name: name, tags: tags, at: at}
+    end
   end
+
+  def listed(_cached, _pool, _now), do: nil
+
+  defp named?(text),
+    do: is_binary(text) and text != "" and not String.contains?(text, "[REDACTED]")
 end

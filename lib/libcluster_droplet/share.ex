@@ -216,10 +216,10 @@ defmodule LibclusterDroplet.Share do
   defp why?(stage, nil) when stage not in [:outside_filters, :unusable_name], do: true
   defp why?(_stage, _why), do: false
 
-  defp outside({option, _value} = outside) when is_atom(option),
-    do: if(option in LibclusterDroplet.Filters.options(), do: {:ok, outside}, else: :error)
-
-  defp outside(_other), do: :error
+  # A known filter, with a value of the shape its field gives: anything
+  # else would crash explain's describe/1 on this node.
+  defp outside(outside),
+    do: if(LibclusterDroplet.Filters.describable?(outside), do: {:ok, outside}, else: :error)
 
   defp droplet({name, address} = d) when is_binary(name) and is_binary(address), do: {:ok, d}
   defp droplet(_), do: :error
