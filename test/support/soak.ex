@@ -102,6 +102,9 @@ defmodule LibclusterDroplet.Soak do
       started = System.monotonic_time(:millisecond)
       new_names = soak(api, prefix, started + duration, opts, 0, 0)
       settle(interval)
+      # Connects to the dead droplets end within their own timeout (30 s);
+      # on a busy machine some are still running after the settle.
+      processes_back(nodes, before, System.monotonic_time(:millisecond) + 40_000)
 
       after_ = Enum.map(nodes, &stats/1)
 
@@ -176,6 +179,18 @@ defmodule LibclusterDroplet.Soak do
   end
 
   defp settle(interval), do: Process.sleep(10 * interval + 1_500)
+
+  # Until every node is back within 2 processes of its baseline, or the
+  # deadline: the caller's assertion then says by how much it is not.
+  defp processes_back(nodes, before, deadline) do
+    counts = Enum.map(nodes, &TestCluster.call(&1, :erlang, :system_info, [:process_count]))
+    back? = Enum.zip(counts, before) |> Enum.all?(fn {n, b} -> n <= b.processes + 2 end)
+
+    unless back? or System.monotonic_time(:millisecond) > deadline do
+      Process.sleep(200)
+      processes_back(nodes, before, deadline)
+    end
+  end
 
   defp stats(node) do
     # Collect garbage everywhere first: memory is compared, not allocation noise.
