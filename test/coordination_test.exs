@@ -374,13 +374,23 @@ defmodule LibclusterDroplet.CoordinationTest do
       listen_on(newcomer, port)
       mesh([newcomer | Enum.map(started, &elem(&1, 0))])
 
-      events = TestCluster.call(leader, Remote, :traced, [])
-      # The listing that found the newcomer: the last share before a connect.
-      {before_connect, [:connect | _]} = Enum.split_while(events, &(&1 != :connect))
+      # The poller's listing that found the newcomer: shared first, then
+      # probed, and connected (unless a follower, acting on the share, got
+      # there first: connect_all then meshes the poller too).
+      about = ~r/[^0-9.]#{Regex.escape(newcomer.address)}[^0-9.]/
 
-      assert [:share, :probe] ==
-               before_connect |> Enum.reverse() |> Enum.take(2) |> Enum.reverse(),
-             inspect(events)
+      events =
+        TestCluster.await(fn ->
+          events = TestCluster.call(leader, Remote, :traced, [about])
+          {:probe, true} in events && events
+        end)
+
+      shared = Enum.find_index(events, &(&1 == {:share, true}))
+      probed = Enum.find_index(events, &(&1 == {:probe, true}))
+      assert shared != nil and shared < probed, inspect(events)
+
+      for {{:connect, true}, at} <- Enum.with_index(events),
+          do: assert(at > probed, inspect(events))
     end
 
     test "followers judge the poller's silence by the wait it announces, stretched when the budget is low",

@@ -201,7 +201,15 @@ defmodule LibclusterDroplet.NifBoundsTest do
         end
       end
 
-      held = for {name, _, us} <- results, us >= 1_000, do: {name, us}
+      # The least of each call's runs: what the call itself costs. A busy
+      # machine only adds to a run (a core shared with another process runs
+      # slower); a call that does hold its scheduler holds it every run.
+      least =
+        results
+        |> Enum.group_by(&elem(&1, 0), &elem(&1, 2))
+        |> Map.new(fn {n, us} -> {n, Enum.min(us)} end)
+
+      held = for {name, us} <- least, us >= 1_000, do: {name, us}
       assert held == [], "NIF calls held a scheduler for over 1 ms (µs): #{inspect(held)}"
     end
   end
@@ -251,12 +259,18 @@ defmodule LibclusterDroplet.NifBoundsTest do
           peak = vm_threads()
 
           answers =
-            for %Call{ref: ref} <- calls do
-              receive do
-                {:droplet_nif_list, ^ref, {:error, reason}, _info} -> reason
-              after
-                30_000 -> flunk("no answer")
-              end
+            for %Call{ref: ref} = call <- calls do
+              reason =
+                receive do
+                  {:droplet_nif_list, ^ref, {:error, reason}, _info} -> reason
+                after
+                  30_000 -> flunk("no answer")
+                end
+
+              # Held until its answer, as await_list/3 does: a handle
+              # collected while its call runs cancels it.
+              LibclusterDroplet.cancel(call)
+              reason
             end
 
           {answers, [peak | peaks]}

@@ -422,7 +422,15 @@ defmodule LibclusterDroplet.SecretsAndBoundaryTest do
               "#{name}: #{inspect(result)}"
             )
 
-      held = for {name, {_result, held_us}} <- calls, held_us >= 1_000, do: {name, held_us}
+      # The least of each call's 5 runs: what the call itself costs. A busy
+      # machine only adds to a run (a core shared with another process runs
+      # slower); a call that does hold its scheduler holds it every run.
+      least =
+        calls
+        |> Enum.group_by(&elem(&1, 0), fn {_, {_, us}} -> us end)
+        |> Map.new(fn {name, us} -> {name, Enum.min(us)} end)
+
+      held = for {name, us} <- least, us >= 1_000, do: {name, us}
       assert held == [], "NIF calls held a scheduler for over 1 ms (µs): #{inspect(held)}"
       :gen_tcp.close(listener)
     end

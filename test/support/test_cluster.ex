@@ -439,19 +439,21 @@ defmodule LibclusterDroplet.TestCluster.Remote do
   end
 
   @doc false
-  # [:share | :probe | :connect], oldest first.
-  def traced do
+  # [{:share | :probe | :connect, about?}], oldest first: about? tells
+  # whether the share, the probe's targets or the connected node name
+  # `about` (an address).
+  def traced(about) do
     __MODULE__.Trace
     |> Agent.get(&Enum.reverse/1)
     |> Enum.flat_map(fn
       {:trace, _, :send, message, _to} when elem(message, 0) == :libcluster_droplet_share ->
-        [:share]
+        [{:share, inspect(message, limit: :infinity) =~ about}]
 
-      {:trace, _, :call, {LibclusterDroplet, :start_check, _}} ->
-        [:probe]
+      {:trace, _, :call, {LibclusterDroplet, :start_check, args}} ->
+        [{:probe, inspect(args, limit: :infinity) =~ about}]
 
-      {:trace, _, :call, {Task.Supervisor, :async_nolink, _}} ->
-        [:connect]
+      {:trace, _, :call, {Task.Supervisor, :async_nolink, args}} ->
+        [{:connect, inspect(args, limit: :infinity) =~ about}]
 
       _ ->
         []
