@@ -155,19 +155,23 @@ defmodule LibclusterDroplet.PoolsClusterTest do
     for %{node: n} <- droplets, do: TestCluster.call(n, Remote, :capture_warnings, [])
 
     :ok = FakeAPI.delete_pool(ctx.api, ctx.pool_id)
+
+    warnings = fn ->
+      droplets
+      |> Enum.flat_map(&TestCluster.call(&1.node, Remote, :warnings, []))
+      |> Enum.filter(&(&1 =~ "pool_not_found"))
+    end
+
+    TestCluster.await(fn -> warnings.() != [] end, 30_000)
+    # A dozen more requests, the pool still missing.
     polls = FakeAPI.request_count(ctx.api)
     TestCluster.await(fn -> FakeAPI.request_count(ctx.api) >= polls + 12 end, 30_000)
     assert TestCluster.full_mesh?(nodes(droplets))
 
-    warnings =
-      droplets
-      |> Enum.flat_map(&TestCluster.call(&1.node, Remote, :warnings, []))
-      |> Enum.filter(&(&1 =~ "pool_not_found"))
-
     # One per node that polled: the leader, and any follower that took a
     # safety poll; never one per poll.
-    assert warnings != [] and length(warnings) <= length(droplets)
-    assert Enum.all?(warnings, &(&1 =~ inspect(ctx.pool)))
+    assert length(warnings.()) <= length(droplets)
+    assert Enum.all?(warnings.(), &(&1 =~ inspect(ctx.pool)))
   end
 
   test "requests per poll: member pages plus droplet pages, the pool lookup only when redone",
