@@ -491,34 +491,10 @@ defmodule LibclusterDroplet.ConsumerAppTest do
     end)
   end
 
-  # Runs `check` (returning a list of problems) until `done` holds or
-  # `timeout` ms pass; returns the problems found, after `acc`.
-  defp sample_until(done, check, timeout, acc \\ []) do
-    deadline = now() + timeout
-    do_sample(done, check, deadline, acc)
-  end
+  defp sample_until(done, check, timeout, acc \\ []),
+    do: TestCluster.sample_until(done, check, timeout, 25, acc)
 
-  defp do_sample(done, check, deadline, acc) do
-    acc = acc ++ check.()
-
-    cond do
-      done.() -> acc
-      now() > deadline -> acc
-      true -> Process.sleep(25) && do_sample(done, check, deadline, acc)
-    end
-  end
-
-  # Like TestCluster.await/2, but returns {:ok, ms} or {:timeout, ms}.
-  defp await_result(fun, timeout) do
-    started = now()
-
-    try do
-      TestCluster.await(fun, timeout)
-      {:ok, now() - started}
-    rescue
-      ExUnit.AssertionError -> {:timeout, now() - started}
-    end
-  end
+  defp await_result(fun, timeout), do: TestCluster.await_result(fun, timeout)
 
   defp last_index(requests, status) do
     requests

@@ -116,8 +116,10 @@ defmodule LibclusterDroplet.PoolsClusterTest do
     assert TestCluster.full_mesh?(nodes(stay))
 
     for %{node: node} <- stay do
+      # Only the leaver: it may go down twice, when its own strategy
+      # reconnects once before it polls and finds itself out of the pool.
       downs = TestCluster.call(node, Remote, :nodedowns, [])
-      assert downs == [leaver.node.node], "#{node.node} saw #{inspect(downs)} go down"
+      assert Enum.uniq(downs) == [leaver.node.node], "#{node.node} saw #{inspect(downs)} go down"
     end
   end
 

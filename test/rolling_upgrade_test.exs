@@ -381,34 +381,10 @@ defmodule LibclusterDroplet.RollingUpgradeTest do
              inspect(Enum.take(downs, 6))
   end
 
-  # Runs `check` (returning a list of problems) every 100 ms until `done`
-  # holds or `timeout` ms pass (the caller checks which); returns the
-  # problems found.
-  defp sample_until(done, check, timeout) do
-    deadline = now() + timeout
-    do_sample(done, check, deadline, [])
-  end
+  defp sample_until(done, check, timeout),
+    do: TestCluster.sample_until(done, check, timeout, 100)
 
-  defp do_sample(done, check, deadline, acc) do
-    acc = acc ++ check.()
-
-    cond do
-      done.() -> acc
-      now() > deadline -> acc
-      true -> Process.sleep(100) && do_sample(done, check, deadline, acc)
-    end
-  end
-
-  defp await_result(fun, timeout) do
-    started = now()
-
-    try do
-      TestCluster.await(fun, timeout, 100)
-      {:ok, now() - started}
-    rescue
-      ExUnit.AssertionError -> {:timeout, now() - started}
-    end
-  end
+  defp await_result(fun, timeout), do: TestCluster.await_result(fun, timeout, 100)
 
   defp now, do: System.monotonic_time(:millisecond)
 

@@ -289,6 +289,40 @@ defmodule LibclusterDroplet.TestCluster do
   end
 
   @doc """
+  Like `await/3`, but returns `{:ok, ms}` or `{:timeout, ms}` instead of
+  failing: the caller says what a timeout means.
+  """
+  def await_result(fun, timeout, interval \\ 25) do
+    started = System.monotonic_time(:millisecond)
+
+    try do
+      await(fun, timeout, interval)
+      {:ok, System.monotonic_time(:millisecond) - started}
+    rescue
+      ExUnit.AssertionError -> {:timeout, System.monotonic_time(:millisecond) - started}
+    end
+  end
+
+  @doc """
+  Runs `check` (returning a list of problems) every `interval` ms until
+  `done` holds or `timeout` ms pass (the caller checks which); returns the
+  problems found, after `acc`.
+  """
+  def sample_until(done, check, timeout, interval \\ 25, acc \\ []) do
+    do_sample(done, check, System.monotonic_time(:millisecond) + timeout, interval, acc)
+  end
+
+  defp do_sample(done, check, deadline, interval, acc) do
+    acc = acc ++ check.()
+
+    cond do
+      done.() -> acc
+      System.monotonic_time(:millisecond) > deadline -> acc
+      true -> Process.sleep(interval) && do_sample(done, check, deadline, interval, acc)
+    end
+  end
+
+  @doc """
   Waits until `fun` returns a truthy value, checking every `interval` ms, at
   most `timeout` ms. Returns the value, or raises with `fun`'s last answer.
   """
