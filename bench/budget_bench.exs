@@ -24,6 +24,7 @@ defmodule Bench.Budget do
   @interval div(5_000, @scale)
   @max_per_minute 125 * @scale
   @joins_per_hour 4
+  @poll_mfa {LibclusterDroplet, :list_request, 2}
 
   @scenarios [
     %{name: "1 node", nodes: 1, hours: 2},
@@ -67,7 +68,9 @@ defmodule Bench.Budget do
           Helper.int(r.throttled),
           r.join_median_ms && Helper.int(round(r.join_median_ms)),
           r.join_max_ms && Helper.int(r.join_max_ms),
-          "#{r.coordinating} of #{r.nodes}"
+          "#{r.coordinating} of #{r.nodes}",
+          r.poller_polls_per_hour &&
+            "#{round(r.poller_polls_per_hour)} + #{round(r.follower_polls_per_hour)}"
         ]
       end
 
@@ -79,7 +82,8 @@ defmodule Bench.Budget do
         "429s",
         "join p50 ms",
         "join max ms",
-        "coordinating"
+        "coordinating",
+        "polls/h: poller + followers"
       ],
       rows
     )
@@ -148,7 +152,9 @@ defmodule Bench.Budget do
       join_median_ms: nil,
       join_max_ms: nil,
       joins: [],
-      coordinating: 0
+      coordinating: 0,
+      poller_polls_per_hour: nil,
+      follower_polls_per_hour: nil
     }
 
     IO.puts("    #{inspect(Map.drop(result, [:name]))}")
@@ -199,6 +205,7 @@ defmodule Bench.Budget do
       other = start_other_client(api, Map.get(scenario, :other_per_hour))
       started = now()
       sups = Enum.map(member_nodes, &TestCluster.start_strategy(&1, :budget, config))
+      count_polls(member_nodes)
       duration = scenario.hours * @hour_ms
       strategies = Enum.zip(member_nodes, sups)
       joins = measure_joins(api, joiner, joiner_node, strategies, config, started + duration)
@@ -215,6 +222,7 @@ defmodule Bench.Budget do
         end)
 
       if other, do: Process.exit(other, :kill)
+      [poller_polls | follower_polls] = poll_counts(member_nodes)
 
       ours = Enum.reject(FakeAPI.requests(api), &(&1.query["name"] == "other-client"))
       hours = (now() - started) / @hour_ms
@@ -230,7 +238,9 @@ defmodule Bench.Budget do
         join_median_ms: Helper.median(joins),
         join_max_ms: Enum.max(joins),
         joins: joins,
-        coordinating: coordinating
+        coordinating: coordinating,
+        poller_polls_per_hour: poller_polls / hours,
+        follower_polls_per_hour: Enum.sum(follower_polls) / hours
       }
 
       IO.puts("    #{inspect(Map.drop(result, [:name]))}")
@@ -238,6 +248,26 @@ defmodule Bench.Budget do
     after
       Enum.each(nodes, &TestCluster.stop/1)
       FakeAPI.stop(api)
+    end
+  end
+
+  # Who polls: each member's calls to LibclusterDroplet.list_request/2 (the
+  # start of every poll, its own or paced), counted by the VM's call-count
+  # tracing from here on. The lowest-named member is the poller (it leads).
+  defp count_polls(nodes) do
+    for node <- nodes do
+      TestCluster.call(node, :code, :ensure_loaded, [LibclusterDroplet])
+      TestCluster.call(node, :erlang, :trace_pattern, [@poll_mfa, true, [:call_count]])
+      TestCluster.call(node, :erlang, :trace, [:all, true, [:call]])
+    end
+  end
+
+  defp poll_counts(nodes) do
+    for node <- Enum.sort_by(nodes, & &1.node) do
+      {:call_count, count} =
+        TestCluster.call(node, :erlang, :trace_info, [@poll_mfa, :call_count])
+
+      count
     end
   end
 
