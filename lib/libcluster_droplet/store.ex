@@ -2,10 +2,10 @@ defmodule LibclusterDroplet.Store do
   @moduledoc false
   # What must outlive a strategy process: per topology, the nodes it
   # manages, those it is removing and its backoff; per API URL, the
-  # rate-limit floor (LibclusterDroplet.Floor's). One ETS table owned by the application's process, so
-  # a crashed or killed strategy leaves its entry to its successor; a write
-  # is a table insert, not a persistent term (which makes the VM scan every
-  # process). Without the application started, the first caller owns it.
+  # rate-limit floor (read and raised by LibclusterDroplet.Floor). One ETS
+  # table owned by the application's process, so a crashed or killed
+  # strategy leaves its entry to its successor; a write is a table insert,
+  # not a persistent term (which makes the VM scan every process).
 
   use GenServer
 
@@ -28,7 +28,7 @@ defmodule LibclusterDroplet.Store do
     {:ok, nil}
   end
 
-  # The table, created by the first caller when the application is not started.
+  # The table; without the application started, the first caller owns it.
   def table do
     case :ets.whereis(@table) do
       :undefined ->

@@ -493,7 +493,7 @@ defmodule Cluster.Strategy.Droplet do
       "applying #{length(verdicts)} droplets shared by #{inspect(share.from)}"
     end)
 
-    check = %ShareCheck{share: share, verdicts: verdicts, call: nil, probed_at: nil}
+    check = %ShareCheck{share: share, verdicts: verdicts}
     probe(Pipeline.targets(verdicts), check, warn_unusable(state, verdicts))
   end
 
