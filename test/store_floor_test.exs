@@ -228,7 +228,8 @@ defmodule LibclusterDroplet.StoreFloorTest do
       url = url()
       Floor.raise(url, @now)
       Store.erase(topology)
-      assert Store.floor(url) == @now
+      assert Floor.not_before(url) == @now
+      assert [{{:floor, ^url}, @now}] = :ets.lookup(Store, {:floor, url})
     end
   end
 end

@@ -490,6 +490,31 @@ defmodule Cluster.Strategy.DropletCycleTest do
            )
   end
 
+  test "a share no newer than the view applied is not even health-checked" do
+    {:ok, api} = FakeAPI.start_link(token: @token)
+    %{node: node, name: name, address: address, x: x, get: get} = start_checking_node(api, "old")
+    {listed_at, seq} = get.().view.key
+
+    # Listing x, whose check would hold a %ShareCheck{} for 2 s.
+    share =
+      encode(%Share{
+        topology: :t,
+        from: :"0-leader@127.0.0.1",
+        fingerprint: get.().coordination.fingerprint,
+        interval: 60_000,
+        seq: seq,
+        listed_at: listed_at,
+        droplets: [{name, address}, {"x", x}]
+      })
+
+    # Sent from the node, so that it is handled before get.()'s call.
+    TestCluster.call(node, :erlang, :send, [Coordination.registered_name(:t), share])
+    state = get.()
+    refute match?(%ShareCheck{}, state.phase)
+    assert state.pending_share == nil
+    assert state.view.key == {listed_at, seq}
+  end
+
   test "a share check given up by its watchdog is cancelled: its probes stop" do
     {:ok, api} = FakeAPI.start_link(token: @token)
     # Polls once, then not for a minute: nothing but the watchdog's own

@@ -8,6 +8,7 @@ defmodule LibclusterDroplet.Coordination do
   # does the messaging.
 
   alias Cluster.Strategy.Droplet.Config
+  alias LibclusterDroplet.Log
 
   defstruct enabled?: false,
             name: nil,
@@ -42,10 +43,7 @@ defmodule LibclusterDroplet.Coordination do
         {c, config}
 
       Process.whereis(name) not in [nil, self()] ->
-        LibclusterDroplet.Log.warn(
-          topology,
-          "#{inspect(name)} is taken; polling without coordination"
-        )
+        Log.warn(topology, "#{inspect(name)} is taken; polling without coordination")
 
         {c, %{config | coordinate: false}}
 
@@ -81,10 +79,8 @@ defmodule LibclusterDroplet.Coordination do
   def safety_interval(interval, cluster_size),
     do: @follower_share * max(cluster_size - 1, 1) * interval
 
-  defp safety_poll_due?(%__MODULE__{last_api_poll_at: nil}, _now, _interval, _size), do: false
-
   defp safety_poll_due?(%__MODULE__{last_api_poll_at: last}, now, interval, size),
-    do: now - last >= safety_interval(interval, size)
+    do: last != nil and now - last >= safety_interval(interval, size)
 
   # A share from `from` under `fingerprint`, received at `now` by `self`;
   # `interval` is the sender's wait, by which its silence is judged.

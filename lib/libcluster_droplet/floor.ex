@@ -11,14 +11,20 @@ defmodule LibclusterDroplet.Floor do
   # How long to wait before the next request to `api_url`, in ms from `now`.
   @spec wait(String.t(), integer()) :: non_neg_integer()
   def wait(api_url, now \\ System.system_time(:millisecond)) do
-    case Store.floor(api_url) do
+    case not_before(api_url) do
       nil -> 0
       not_before -> max(not_before - now, 0)
     end
   end
 
+  # The floor of `api_url`, in Unix ms, or nil.
   @spec not_before(String.t()) :: integer() | nil
-  def not_before(api_url), do: Store.floor(api_url)
+  def not_before(api_url) do
+    case :ets.lookup(Store.table(), {:floor, api_url}) do
+      [{_, not_before}] -> not_before
+      [] -> nil
+    end
+  end
 
   # DigitalOcean's budget is an hour's: a floor further ahead, from a
   # hostile retry-after or reset or from a peer's clock, would silence the
@@ -33,7 +39,27 @@ defmodule LibclusterDroplet.Floor do
   def raise(_api_url, nil), do: :ok
 
   def raise(api_url, not_before) when is_integer(not_before),
-    do: Store.raise_floor(api_url, min(not_before, System.system_time(:millisecond) + @longest))
+    do: raise_to({:floor, api_url}, min(not_before, System.system_time(:millisecond) + @longest))
+
+  # Never lowers the floor; a compare-and-set, as another process may raise
+  # it at the same time.
+  defp raise_to(key, not_before) do
+    table = Store.table()
+
+    case :ets.lookup(table, key) do
+      [] ->
+        unless :ets.insert_new(table, {key, not_before}), do: raise_to(key, not_before)
+
+      [{_, current} = old] when current < not_before ->
+        if :ets.select_replace(table, [{old, [], [{:const, {key, not_before}}]}]) == 0,
+          do: raise_to(key, not_before)
+
+      _higher ->
+        :ok
+    end
+
+    :ok
+  end
 
   @doc """
   The floor (Unix ms) a response sets, or `nil`: a 429's `retry-after`, or

@@ -151,26 +151,27 @@ defmodule LibclusterDroplet.Members do
   # it is back.
   defp note_listed(%{listed?: listed?} = m, listed?, _verdicts), do: m
 
-  defp note_listed(m, true, _verdicts) do
-    if m.listed? == false,
-      do:
+  defp note_listed(m, listed?, verdicts) do
+    cond do
+      not listed? ->
+        Log.warn(
+          m.topology,
+          Format.not_listed(verdicts, Node.self()) <>
+            ": fix RELEASE_NODE or :node_basename, or set require_listed: false on a node that " <>
+            "is not a droplet"
+        )
+
+      m.listed? == false ->
         Log.info(
           m.topology,
           "#{inspect(Node.self())} is among the selected droplets again; joining"
         )
 
-    %{m | listed?: true}
-  end
+      true ->
+        :ok
+    end
 
-  defp note_listed(m, false, verdicts) do
-    Log.warn(
-      m.topology,
-      Format.not_listed(verdicts, Node.self()) <>
-        ": fix RELEASE_NODE or :node_basename, or set require_listed: false on a node that " <>
-        "is not a droplet"
-    )
-
-    %{m | listed?: false}
+    %{m | listed?: listed?}
   end
 
   ## Removal (decisions in LibclusterDroplet.Removal)
@@ -197,7 +198,7 @@ defmodule LibclusterDroplet.Members do
   end
 
   # Starts removing `stale` nodes, such as one an abandoned connect reached.
-  def start_removals(m, stale) do
+  defp start_removals(m, stale) do
     if Enum.empty?(stale) and map_size(m.removing) == 0 do
       m
     else

@@ -75,64 +75,58 @@ defmodule LibclusterDroplet.Membership do
 
   # One node after another, as libcluster does: apply the MFA (timed in
   # native units, as libcluster's telemetry), emit the event, log, and
-  # collect what counts as a failure.
+  # collect what counts as a failure. `outcome` gives, per result, the
+  # telemetry reason (:ok for success), libcluster's log line and the
+  # failure to report ([] for none).
   defp each_node(nodes, topology, kind, mfa, outcome) do
-    bad =
-      Enum.reduce(nodes, [], fn node, bad ->
+    failed =
+      Enum.flat_map(nodes, fn node ->
         started = System.monotonic_time()
-        result = apply_mfa(mfa, [node])
+        {reason, message, failure} = outcome.(node, apply_mfa(mfa, [node]))
         measurements = %{duration: System.monotonic_time() - started}
-        {event, level, message, failure} = outcome.(node, result)
         metadata = %{node: node, topology: topology}
 
-        {status, metadata} =
-          case event do
-            :ok -> {:ok, metadata}
-            {:error, why} -> {:error, Map.put(metadata, :reason, why)}
-          end
-
-        Telemetry.execute([:libcluster, kind, status], measurements, metadata)
-
-        if level == :info, do: Log.info(topology, message), else: Log.warn(topology, message)
-
-        case failure do
-          :none -> bad
-          {:failed, value} -> [{node, value} | bad]
+        if reason == :ok do
+          Telemetry.execute([:libcluster, kind, :ok], measurements, metadata)
+          Log.info(topology, message)
+        else
+          metadata = Map.put(metadata, :reason, reason)
+          Telemetry.execute([:libcluster, kind, :error], measurements, metadata)
+          Log.warn(topology, message)
         end
+
+        Enum.map(failure, &{node, &1})
       end)
 
-    if bad == [], do: :ok, else: {:error, Enum.reverse(bad)}
+    if failed == [], do: :ok, else: {:error, failed}
   end
 
-  # {telemetry outcome, log level, log line, failure} per result, in
-  # libcluster's words.
-  defp connect_outcome(node, true), do: {:ok, :info, "connected to #{inspect(node)}", :none}
+  defp connect_outcome(node, true), do: {:ok, "connected to #{inspect(node)}", []}
 
   defp connect_outcome(node, false),
-    do: {{:error, :unreachable}, :warn, "unable to connect to #{inspect(node)}", {:failed, false}}
+    do: {:unreachable, "unable to connect to #{inspect(node)}", [false]}
 
-  defp connect_outcome(node, :ignored) do
-    {{:error, :not_part_of_network}, :warn,
-     "unable to connect to #{inspect(node)}: not part of network", {:failed, :ignored}}
-  end
+  defp connect_outcome(node, :ignored),
+    do:
+      {:not_part_of_network, "unable to connect to #{inspect(node)}: not part of network",
+       [:ignored]}
 
-  defp disconnect_outcome(node, true),
-    do: {:ok, :info, "disconnected from #{inspect(node)}", :none}
+  defp disconnect_outcome(node, true), do: {:ok, "disconnected from #{inspect(node)}", []}
 
-  defp disconnect_outcome(node, false) do
-    {{:error, :already_disconnected}, :warn,
-     "disconnect from #{inspect(node)} failed because we're already disconnected", :none}
-  end
+  defp disconnect_outcome(node, false),
+    do:
+      {:already_disconnected,
+       "disconnect from #{inspect(node)} failed because we're already disconnected", []}
 
-  defp disconnect_outcome(node, :ignored) do
-    {{:error, :not_part_of_network}, :warn,
-     "disconnect from #{inspect(node)} failed because we're not part of the network", :none}
-  end
+  defp disconnect_outcome(node, :ignored),
+    do:
+      {:not_part_of_network,
+       "disconnect from #{inspect(node)} failed because we're not part of the network", []}
 
-  defp disconnect_outcome(node, reason) do
-    {{:error, inspect(reason)}, :warn,
-     "disconnect from #{inspect(node)} failed with: #{inspect(reason)}", {:failed, reason}}
-  end
+  defp disconnect_outcome(node, reason),
+    do:
+      {inspect(reason), "disconnect from #{inspect(node)} failed with: #{inspect(reason)}",
+       [reason]}
 
   defp apply_mfa({module, fun, args}, extra) do
     arity = length(args) + length(extra)

@@ -27,20 +27,14 @@ defmodule LibclusterDroplet.Schedule do
   # next poll, and the schedule.
   @spec listed(t(), LibclusterDroplet.Listing.t(), map(), integer()) :: {pos_integer(), t()}
   def listed(%__MODULE__{} = s, listing, config, now_ms) do
-    stretch = stretch(s.stretch, s.rate_limit, listing.rate_limit)
+    rate_limit = listing.rate_limit
+    stretch = stretch(s.stretch, s.rate_limit, rate_limit)
     per_minute = config.max_requests_per_minute
 
     wait =
-      pace(
-        config.polling_interval,
-        stretch,
-        listing.rate_limit,
-        listing.requests,
-        now_ms,
-        per_minute
-      )
+      pace(config.polling_interval, stretch, rate_limit, listing.requests, now_ms, per_minute)
 
-    {wait, %{s | rate_limit: listing.rate_limit, stretch: stretch}}
+    {wait, %{s | rate_limit: rate_limit, stretch: stretch}}
   end
 
   def succeeded(%__MODULE__{} = s, now_ms),
@@ -54,16 +48,8 @@ defmodule LibclusterDroplet.Schedule do
     failures = s.failures + 1
     wait = max(backoff(config.polling_interval, failures, config.max_backoff), floor_wait)
     error = {LibclusterDroplet.Error.class(reason), LibclusterDroplet.Error.format(reason)}
-    rate_limit = rate_limit || s.rate_limit
-
-    {wait,
-     %{
-       s
-       | failures: failures,
-         last_error: error,
-         next_poll_at: now_ms + wait,
-         rate_limit: rate_limit
-     }}
+    s = %{s | failures: failures, last_error: error, next_poll_at: now_ms + wait}
+    {wait, %{s | rate_limit: rate_limit || s.rate_limit}}
   end
 
   # The backoff after `failures` (≥ 1) in a row: uniform in [cap / 2, cap]

@@ -189,19 +189,12 @@ defmodule LibclusterDroplet.Share do
               (is_atom(status) or is_binary(status)) do
     named? = is_binary(address) and node != nil
 
-    if (stage in [:selected, :this_node, :duplicate] and not named?) or not why?(stage, why),
-      do: :error,
-      else:
-        {:ok,
-         %Verdict{
-           id: id,
-           name: name,
-           status: status,
-           address: address,
-           stage: stage,
-           node: node,
-           why: why
-         }}
+    if (stage in [:selected, :this_node, :duplicate] and not named?) or not why?(stage, why) do
+      :error
+    else
+      verdict = %Verdict{id: id, name: name, status: status, address: address, stage: stage}
+      {:ok, %{verdict | node: node, why: why}}
+    end
   end
 
   defp verdict_from_wire(_other), do: :error

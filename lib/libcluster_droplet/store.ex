@@ -2,10 +2,10 @@ defmodule LibclusterDroplet.Store do
   @moduledoc false
   # What must outlive a strategy process: per topology, the nodes it
   # manages, those it is removing and its backoff; per API URL, the
-  # rate-limit floor. One ETS table owned by the application's process, so
-  # a crashed or killed strategy leaves its entry to its successor; a write
-  # is a table insert, not a persistent term (which makes the VM scan every
-  # process). Without the application started, the first caller owns it.
+  # rate-limit floor (read and raised by LibclusterDroplet.Floor). One ETS
+  # table owned by the application's process, so a crashed or killed
+  # strategy leaves its entry to its successor; a write is a table insert,
+  # not a persistent term (which makes the VM scan every process).
 
   use GenServer
 
@@ -28,7 +28,8 @@ defmodule LibclusterDroplet.Store do
     {:ok, nil}
   end
 
-  defp table do
+  # The table; without the application started, the first caller owns it.
+  def table do
     case :ets.whereis(@table) do
       :undefined ->
         try do
@@ -68,35 +69,6 @@ defmodule LibclusterDroplet.Store do
 
   def erase(topology) do
     :ets.delete(table(), {:topology, topology})
-    :ok
-  end
-
-  # The floor of `api_url`, in Unix ms, or nil.
-  def floor(api_url) do
-    case :ets.lookup(table(), {:floor, api_url}) do
-      [{_, not_before}] -> not_before
-      [] -> nil
-    end
-  end
-
-  # Raises the floor of `api_url` to `not_before`, never lowers it; a
-  # compare-and-set, as another process may raise it at the same time.
-  def raise_floor(api_url, not_before) do
-    key = {:floor, api_url}
-    table = table()
-
-    case :ets.lookup(table, key) do
-      [] ->
-        unless :ets.insert_new(table, {key, not_before}), do: raise_floor(api_url, not_before)
-
-      [{_, current} = old] when current < not_before ->
-        if :ets.select_replace(table, [{old, [], [{:const, {key, not_before}}]}]) == 0,
-          do: raise_floor(api_url, not_before)
-
-      _higher ->
-        :ok
-    end
-
     :ok
   end
 end

@@ -139,17 +139,16 @@ defmodule Cluster.Strategy.Droplet do
          {:ok, verdicts} <- Pipeline.from_listing(listing.droplets, state.config, Node.self()) do
       {:noreply, listed(listing, verdicts, state)}
     else
-      {:error, reason} -> {:noreply, poll_failed(reason, Map.get(info, :rate_limit), state)}
+      {:error, reason} -> {:noreply, phase_failed(reason, Map.get(info, :rate_limit), state)}
     end
   end
 
   def handle_info({:droplet_nif_probe, ref, results}, %{phase: %{call: %{ref: ref}}} = state) do
     state = disarm(state, :watchdog)
 
-    case {results, state.phase} do
-      {{:error, reason}, %Poll{}} -> {:noreply, poll_failed(reason, nil, state)}
-      {{:error, reason}, %ShareCheck{}} -> {:noreply, check_failed(reason, state)}
-      {results, phase} -> {:noreply, probed(results, note_checks(state, phase, results))}
+    case results do
+      {:error, reason} -> {:noreply, phase_failed(reason, state)}
+      results -> {:noreply, probed(results, note_checks(state, state.phase, results))}
     end
   end
 
@@ -245,8 +244,9 @@ defmodule Cluster.Strategy.Droplet do
     end
   end
 
-  defp timer(:watchdog, %{phase: %Poll{}} = state), do: poll_failed(:timeout, nil, state)
-  defp timer(:watchdog, %{phase: %ShareCheck{}} = state), do: check_failed(:timeout, state)
+  defp timer(:watchdog, %{phase: phase} = state) when phase != nil,
+    do: phase_failed(:timeout, state)
+
   defp timer(:removals, state), do: members(state, &Members.progress/1) |> persist()
   defp timer(:connects, state), do: members(state, &Members.expire_connects/1)
   defp timer(_purpose, state), do: state
@@ -298,10 +298,10 @@ defmodule Cluster.Strategy.Droplet do
       arm(%{state | phase: %{poll | call: call}}, :watchdog, deadline + @watchdog_grace)
     else
       {:error, {:token_in_option, option} = reason} ->
-        poll_failed(reason, nil, %{state | config: Config.withhold(state.config, option)})
+        phase_failed(reason, %{state | config: Config.withhold(state.config, option)})
 
       {:error, reason} ->
-        poll_failed(reason, nil, state)
+        phase_failed(reason, state)
     end
   end
 
@@ -331,11 +331,8 @@ defmodule Cluster.Strategy.Droplet do
         phase = if is_struct(phase, Poll), do: %{phase | stage: :probing}, else: phase
         arm(%{state | phase: phase}, :watchdog, wait)
 
-      {:error, reason} when is_struct(phase, Poll) ->
-        poll_failed(reason, nil, %{state | phase: phase})
-
       {:error, reason} ->
-        check_failed(reason, %{state | phase: phase})
+        phase_failed(reason, %{state | phase: phase})
     end
   end
 
@@ -367,33 +364,38 @@ defmodule Cluster.Strategy.Droplet do
     %{state | members: Members.note_checks(state.members, phase, results, check)}
   end
 
-  defp poll_failed(reason, rate_limit, %{phase: poll} = state) do
-    # A poll given up by its watchdog must not keep probing or paging.
-    cancel_call(poll)
+  # A phase given up, by its watchdog too: its call is cancelled (a poll must
+  # not keep probing or paging; cancelling a finished call does nothing).
+  defp phase_failed(reason, rate_limit \\ nil, %{phase: phase} = state) do
+    if phase.call, do: LibclusterDroplet.cancel(phase.call)
+    state = %{disarm(state, :watchdog) | phase: nil}
+
+    case phase do
+      %Poll{started: started} -> poll_failed(reason, rate_limit, started, state)
+      %ShareCheck{} -> check_failed(reason, state)
+    end
+  end
+
+  defp poll_failed(reason, rate_limit, started, state) do
     config = state.config
     {wait, now_ms} = {Floor.wait(config.api_url), System.system_time(:millisecond)}
     {delay, schedule} = Schedule.failed(state.schedule, reason, rate_limit, config, wait, now_ms)
 
     kept = MapSet.size(state.members.managed)
     warned = Log.poll_failed(state.warned, state.topology, reason, config, kept, delay)
-    Telemetry.poll_error(state.topology, poll.started, Error.class(reason), schedule.failures)
+    Telemetry.poll_error(state.topology, started, Error.class(reason), schedule.failures)
     # A rejected token may have been rotated into its file unseen: the next
     # poll reads it again. A pool not found is looked up again.
     token = if reason == :unauthorized, do: Token.forget(config.token), else: config.token
     pool = if reason == :pool_not_found, do: nil, else: state.pool
     state = %{state | config: %{config | token: token}, schedule: schedule, warned: warned}
 
-    %{state | phase: nil, pool: pool}
-    |> disarm(:watchdog)
+    %{state | pool: pool}
     |> arm(:tick, delay)
     |> notice(delay)
     |> persist()
     |> next_phase()
   end
-
-  # Cancelling a finished call does nothing, so this is safe on every path.
-  defp cancel_call(%{call: %LibclusterDroplet.Call{} = call}), do: LibclusterDroplet.cancel(call)
-  defp cancel_call(_phase), do: :ok
 
   ## Shares
 
@@ -416,16 +418,14 @@ defmodule Cluster.Strategy.Droplet do
   end
 
   # A floor this node's response set holds every node of the topology.
-  defp send_floor(%{coordination: %{enabled?: true} = c} = state) do
-    if Floor.wait(state.config.api_url) > 0 do
+  defp send_floor(%{coordination: c} = state) do
+    if c.enabled? and Floor.wait(state.config.api_url) > 0 do
       at = Floor.not_before(state.config.api_url)
       Share.send(Share.floor(state.topology, c.fingerprint, at), c.name, Node.list())
     end
 
     state
   end
-
-  defp send_floor(state), do: state
 
   defp leads?(state),
     do: Coordination.leads?(state.coordination, now(), state.config.polling_interval)
@@ -479,12 +479,10 @@ defmodule Cluster.Strategy.Droplet do
         c = if watch == :monitor, do: monitor_leader(c, state), else: c
         state = %{state | coordination: c}
 
-        cond do
-          share.verdicts == nil and share.droplets == nil -> state
-          not Share.newer?(Share.view(share), state.view[:key]) -> state
-          state.phase != nil -> %{state | pending_share: Share.newest(share, state.pending_share)}
-          true -> check_share(share, state)
-        end
+        # A view waits for the phase in flight; next_phase/1 checks it is newer.
+        if share.verdicts == nil and share.droplets == nil,
+          do: state,
+          else: next_phase(%{state | pending_share: Share.newest(share, state.pending_share)})
     end
   end
 
@@ -495,19 +493,19 @@ defmodule Cluster.Strategy.Droplet do
       "applying #{length(verdicts)} droplets shared by #{inspect(share.from)}"
     end)
 
-    check = %ShareCheck{share: share, verdicts: verdicts, call: nil, probed_at: nil}
+    check = %ShareCheck{share: share, verdicts: verdicts}
     probe(Pipeline.targets(verdicts), check, warn_unusable(state, verdicts))
   end
 
   # Without check results nobody can be vouched for: membership is kept.
-  defp check_failed(reason, %{phase: check} = state) do
-    cancel_call(check)
+  defp check_failed(reason, state) do
     why = if reason == :timeout, do: "no answer in time", else: Error.format(reason)
     Log.warn(state.topology, "health checks of a shared view failed: #{why}; keeping the nodes")
-    next_phase(%{disarm(state, :watchdog) | phase: nil})
+    next_phase(state)
   end
 
-  # What waited for the phase that just ended: the newest share, else a poll.
+  # What waited for no phase to run: the newest share (if newer than the
+  # view), else a poll.
   defp next_phase(%{phase: nil, pending_share: %Share{} = share} = state) do
     state = %{state | pending_share: nil}
 

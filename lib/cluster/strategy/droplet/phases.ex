@@ -39,13 +39,13 @@ defmodule Cluster.Strategy.Droplet.ShareCheck do
   @moduledoc false
   # A leader's share being health-checked before it is applied.
 
-  @enforce_keys [:share, :verdicts, :call, :probed_at]
+  @enforce_keys [:share, :verdicts]
   defstruct [:share, :verdicts, :call, :probed_at]
 
   @type t :: %__MODULE__{
           share: LibclusterDroplet.Share.t(),
           verdicts: [LibclusterDroplet.Verdict.t()],
-          call: LibclusterDroplet.Call.t(),
-          probed_at: integer()
+          call: LibclusterDroplet.Call.t() | nil,
+          probed_at: integer() | nil
         }
 end
