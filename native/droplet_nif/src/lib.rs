@@ -117,7 +117,7 @@ where
     E: for<'b> Fn(Env<'b>, Term<'b>, Result<R, Error>) -> Term<'b> + Send + 'static,
 {
     let concurrency = admission.concurrency();
-    let handle = ResourceArc::new(CallHandle(CancelOnDrop::new(cancel)));
+    let handle = ResourceArc::new(CallHandle(CancelOnDrop(cancel)));
     thread::Builder::new()
         .name(coordinator.0.to_string())
         .stack_size(coordinator.1)
@@ -258,7 +258,7 @@ fn start_probe<'a>(
 fn cancel<'a>(env: Env<'a>, handle: Term<'a>) -> Term<'a> {
     match handle.decode::<ResourceArc<CallHandle>>() {
         Ok(handle) => {
-            handle.0.cancel();
+            (handle.0).0.cancel();
             atoms::ok().encode(env)
         }
         Err(_) => {
