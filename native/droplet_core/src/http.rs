@@ -21,9 +21,8 @@ use crate::resolve::{PoolResolver, BACKLOG};
 use crate::scope::MAX_FORBIDDEN_BODY;
 use crate::transport::{Exchange, Transport};
 
-/// Agents are reused so polls ride on kept-alive connections and resumed TLS
-/// sessions; ureq keeps its TLS configuration (and session store) only for
-/// agent-level settings, so the timeouts and idle age are part of the key.
+/// Agents are reused for kept-alive connections and resumed TLS sessions;
+/// ureq keeps those only for agent-level settings, hence the whole key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct AgentKey {
     ca_file: Option<String>,
@@ -32,15 +31,14 @@ struct AgentKey {
     keep_alive: Duration,
 }
 
-/// Each with the identity its CA file had when read; few (one per strategy
-/// config), at most `MAX_AGENTS` against a caller cycling through CA files.
+/// Each with the identity its CA file had when read; at most `MAX_AGENTS`
+/// against a caller cycling through CA files.
 static AGENTS: Lazy<Mutex<HashMap<AgentKey, Cached>>> = Lazy::new(Mutex::default);
 type Cached = (Option<FileId>, Agent);
 
 const MAX_AGENTS: usize = 32;
 
-/// What tells a CA file rewritten in place or replaced from the one read:
-/// size, modification time and, on unix, device, inode and change time.
+/// What tells a CA file rewritten or replaced from the one read.
 type FileId = (u64, Option<std::time::SystemTime>, [i64; 4]);
 
 fn file_id(path: &str) -> Option<FileId> {
@@ -55,8 +53,7 @@ fn file_id(path: &str) -> Option<FileId> {
     Some((m.len(), m.modified().ok(), unix))
 }
 
-/// A cached agent while its CA file is the one it read; `deadline` bounds
-/// reading it for a new one.
+/// A cached agent while its CA file is the one it read.
 fn agent_for(key: AgentKey, deadline: Option<Instant>) -> Result<Agent, Error> {
     let id = key.ca_file.as_deref().and_then(file_id);
     // Poisoned only by a panic mid-insert: the map is still a valid cache.
@@ -104,7 +101,6 @@ pub struct UreqTransport {
 }
 
 impl UreqTransport {
-    /// `deadline`: the listing's, which reading a CA file must not outlast.
     pub fn new(req: &ListRequest, deadline: Option<Instant>) -> Result<UreqTransport, Error> {
         let agent = agent_for(
             AgentKey {
@@ -166,7 +162,6 @@ impl UreqTransport {
     }
 }
 
-/// The peer closed (or reset) the connection before a response arrived.
 fn closed_before_response(e: &ureq::Error) -> bool {
     use io::ErrorKind::*;
     matches!(e, ureq::Error::Io(io) if matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe))
@@ -206,10 +201,9 @@ fn read_body(body: &mut ureq::Body, limit: u64) -> Result<Vec<u8>, Error> {
     })
 }
 
-/// Maps ureq's errors onto ours (`in_body`: the headers had arrived, so a
-/// drop truncates the document). Where ureq's message could quote the
-/// server, which could make it echo the token, the detail is fixed text or
-/// ureq's variant name; TLS messages are kept for their certificate names.
+/// Maps ureq's errors onto ours (`in_body`: a drop truncates the document).
+/// Where ureq's message could quote the server (echoing the token), the
+/// detail is fixed text or ureq's variant name.
 pub(crate) fn classify(e: ureq::Error, in_body: bool) -> Error {
     match e {
         ureq::Error::Timeout(_) => Error::Timeout,
