@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::filters::{queries, Gpus, ListFilter};
 use crate::http::UreqTransport;
 use crate::links::{
-    first_page_url, normalize_api_url, page_number, resolve_location, same_origin, same_origin_url,
+    first_page_url, normalize_api_url, page_number, resolve_location, same_origin_url,
     with_query_param,
 };
 use crate::model::{parse_bounded, Droplet, Item, Page};
@@ -437,7 +437,7 @@ impl<T: Transport> Lister<'_, T> {
                         return Err(Error::HttpStatus(status));
                     };
                     let target = resolve_location(&current, &location)
-                        .filter(|t| same_origin(&self.req.api_url, t))
+                        .filter(|t| same_origin_url(&self.req.api_url, t).is_some())
                         .ok_or(Error::ForeignRedirect)?;
                     if hops >= MAX_REDIRECTS {
                         return Err(Error::TooManyRedirects);

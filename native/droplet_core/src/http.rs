@@ -91,47 +91,35 @@ fn build_agent(key: &AgentKey, deadline: Option<Instant>) -> Result<Agent, Error
     Ok(Agent::with_parts(config, DefaultConnector::default(), PoolResolver))
 }
 
+type Response = ureq::http::Response<ureq::Body>;
+
 #[derive(Debug)]
-pub struct UreqTransport {
+pub struct UreqTransport<'r> {
     agent: Agent,
     authorization: Secret,
-    connect_timeout: Duration,
-    request_timeout: Duration,
-    max_body: u64,
+    req: &'r ListRequest,
 }
 
-impl UreqTransport {
-    pub fn new(req: &ListRequest, deadline: Option<Instant>) -> Result<UreqTransport, Error> {
-        let agent = agent_for(
-            AgentKey {
-                ca_file: req.ca_file.clone(),
-                connect_timeout: req.connect_timeout,
-                request_timeout: req.request_timeout,
-                keep_alive: req.keep_alive,
-            },
-            deadline,
-        )?;
-        Ok(UreqTransport {
-            agent,
-            authorization: Secret(format!("Bearer {}", req.token.0)),
+impl UreqTransport<'_> {
+    pub fn new(req: &ListRequest, deadline: Option<Instant>) -> Result<UreqTransport<'_>, Error> {
+        let key = AgentKey {
+            ca_file: req.ca_file.clone(),
             connect_timeout: req.connect_timeout,
             request_timeout: req.request_timeout,
-            max_body: req.max_body_bytes,
-        })
+            keep_alive: req.keep_alive,
+        };
+        let authorization = Secret(format!("Bearer {}", req.token.0));
+        Ok(UreqTransport { agent: agent_for(key, deadline)?, authorization, req })
     }
 
-    fn call(
-        &self,
-        url: &str,
-        timeout: Duration,
-    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    fn call(&self, url: &str, timeout: Duration) -> Result<Response, ureq::Error> {
         let request = self.agent.get(url).header("Authorization", self.authorization.0.as_str());
         // A shorter budget than the agent's only near the deadline (`AgentKey`).
-        if timeout < self.request_timeout {
+        if timeout < self.req.request_timeout {
             request
                 .config()
                 .timeout_global(Some(timeout))
-                .timeout_connect(Some(self.connect_timeout.min(timeout)))
+                .timeout_connect(Some(self.req.connect_timeout.min(timeout)))
                 .build()
                 .call()
         } else {
@@ -143,11 +131,7 @@ impl UreqTransport {
     /// ureq drops an idle connection whose close has arrived, but not one
     /// the server closes while the request is on its way (an idle timeout
     /// racing the next poll), and never retries. A GET is safe to repeat.
-    fn call_retrying_closed(
-        &self,
-        url: &str,
-        timeout: Duration,
-    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    fn call_retrying_closed(&self, url: &str, timeout: Duration) -> Result<Response, ureq::Error> {
         let started = Instant::now();
         match self.call(url, timeout) {
             Err(e) if closed_before_response(&e) => {
@@ -167,7 +151,7 @@ fn closed_before_response(e: &ureq::Error) -> bool {
     matches!(e, ureq::Error::Io(io) if matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe))
 }
 
-impl Transport for UreqTransport {
+impl Transport for UreqTransport<'_> {
     fn get(&self, url: &str, timeout: Duration) -> Result<Exchange, Error> {
         let mut response =
             self.call_retrying_closed(url, timeout).map_err(|e| classify(e, false))?;
@@ -178,7 +162,7 @@ impl Transport for UreqTransport {
             headers.iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
         );
         let body = if (200..300).contains(&status) {
-            read_body(response.body_mut(), self.max_body)
+            read_body(response.body_mut(), self.req.max_body_bytes)
         } else if status == 403 {
             // It may name the missing scope: read up to a small cap.
             Ok(read_body(response.body_mut(), MAX_FORBIDDEN_BODY).unwrap_or_default())
