@@ -150,9 +150,12 @@ pub fn list_droplets(
     stats: &Stats,
     helpers: &dyn Helpers,
 ) -> Result<Listing, Error> {
-    let started = Instant::now();
-    let transport = UreqTransport::new(req, deadline_after(started, req.deadline));
-    sanitized(req, transport.and_then(|t| lister(&t, req, stats, started, helpers).run_all()))
+    let deadline = deadline_after(Instant::now(), req.deadline);
+    let listed = UreqTransport::new(req, deadline).and_then(|transport| {
+        let tally = Tally::new(req.limits);
+        Lister { transport: &transport, req, stats, deadline, tally, helpers }.run_all()
+    });
+    sanitized(req, listed)
 }
 
 /// [`list_droplets`] over any transport, `page_concurrency` pages at a time.
@@ -163,19 +166,9 @@ pub fn list_with<T: Transport>(
     stats: &Stats,
     started: Instant,
 ) -> Result<Listing, Error> {
-    let helpers = req.page_concurrency.saturating_sub(1);
-    sanitized(req, lister(t, req, stats, started, &helpers).run_all())
-}
-
-fn lister<'a, T>(
-    t: &'a T,
-    req: &'a ListRequest,
-    stats: &'a Stats,
-    started: Instant,
-    helpers: &'a dyn Helpers,
-) -> Lister<'a, T> {
-    let deadline = deadline_after(started, req.deadline);
-    Lister { transport: t, req, stats, deadline, tally: Tally::new(req.limits), helpers }
+    let (deadline, tally) = (deadline_after(started, req.deadline), Tally::new(req.limits));
+    let helpers = &req.page_concurrency.saturating_sub(1);
+    sanitized(req, Lister { transport: t, req, stats, deadline, tally, helpers }.run_all())
 }
 
 /// The way out of the client: errors and every listed value scrubbed of the
@@ -341,8 +334,7 @@ impl<T: Transport> Lister<'_, T> {
             if pages.len() >= self.req.max_pages as usize {
                 return Err(Error::TooManyPages(self.req.max_pages).into());
             }
-            let page = self.fetch_page(&next)?;
-            pages.push(self.admit(page, total, &counted)?);
+            pages.push(self.fetch_later(&next, total, &counted)?);
         }
         Ok(finish(pages, total))
     }
@@ -365,23 +357,16 @@ impl<T: Transport> Lister<'_, T> {
             self.helpers,
             PAGE_STACK,
             || stop.load(Ordering::Relaxed),
-            |i| {
-                let url = page_url(next, i as u64 + 2);
-                let page = self
-                    .fetch_page(&url)
-                    .map_err(Halt::from)
-                    .and_then(|page| self.admit(page, total, counted));
-                match page {
-                    Ok(page) => Some(page),
-                    Err(halt) => {
-                        let mut slot = halted.lock().unwrap_or_else(|e| e.into_inner());
-                        match slot.as_ref() {
-                            Some((earliest, _)) if *earliest < i => {}
-                            _ => *slot = Some((i, halt)),
-                        }
-                        stop.store(true, Ordering::Relaxed);
-                        None
+            |i| match self.fetch_later(&page_url(next, i as u64 + 2), total, counted) {
+                Ok(page) => Some(page),
+                Err(halt) => {
+                    let mut slot = halted.lock().unwrap_or_else(|e| e.into_inner());
+                    match slot.as_ref() {
+                        Some((earliest, _)) if *earliest < i => {}
+                        _ => *slot = Some((i, halt)),
                     }
+                    stop.store(true, Ordering::Relaxed);
+                    None
                 }
             },
         );
@@ -392,13 +377,14 @@ impl<T: Transport> Lister<'_, T> {
         Ok(results.into_iter().flatten().flatten().collect())
     }
 
-    /// A page after page 1: checked against page 1's total and `max_droplets`.
-    fn admit<I>(
+    /// A page after page 1, checked against page 1's total and `max_droplets`.
+    fn fetch_later<I: Item>(
         &self,
-        page: Fetched<I>,
+        url: &str,
         total: u64,
         counted: &AtomicU64,
     ) -> Result<Fetched<I>, Halt> {
+        let page = self.fetch_page::<I>(url)?;
         if page.total != total {
             return Err(Halt::TotalChanged { first: total, now: page.total });
         }

@@ -33,9 +33,7 @@ pub struct Links {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct PageLinks {
-    #[serde(default)]
     pub next: Option<String>,
-    #[serde(default)]
     pub last: Option<String>,
 }
 
