@@ -152,10 +152,7 @@ fn tag_names(term: Term) -> Result<Vec<String>, Error> {
         tags.push(non_empty(t, "each tag_name")?);
         Ok(())
     })?;
-    if tags.is_empty() {
-        return Err(bad());
-    }
-    Ok(tags)
+    (!tags.is_empty()).then_some(tags).ok_or_else(bad)
 }
 
 /// `%{id, name, tags}`: a pool to look up by id or name, or known (all three).
