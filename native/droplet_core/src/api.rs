@@ -17,12 +17,12 @@ use crate::error::Error;
 use crate::filters::{queries, Gpus, ListFilter};
 use crate::http::UreqTransport;
 use crate::links::{
-    first_page_url, normalize_api_url, page_number, resolve_location, same_origin, same_origin_url,
+    first_page_url, normalize_api_url, page_number, resolve_location, same_origin_url,
     with_query_param,
 };
 use crate::model::{parse_bounded, Droplet, Item, Page};
 use crate::pool::{self, Helpers};
-use crate::ratelimit::{RateLimit, Tracker};
+use crate::ratelimit::{keep_tightest, RateLimit};
 use crate::redact::{Redactor, Secret};
 use crate::scope::missing_scope;
 use crate::transport::Transport;
@@ -35,15 +35,13 @@ const LISTING_ATTEMPTS: u32 = 2;
 /// TLS handshakes and JSON parsing want more than a probe, far less than 2 MiB.
 const PAGE_STACK: usize = 512 * 1024;
 
-/// What to list and how: [`ListRequest::new`] (which normalizes `api_url`),
-/// then the public fields.
+/// What to list and how: [`ListRequest::new`], then the public fields.
 #[derive(Debug, Clone)]
 pub struct ListRequest {
     pub api_url: String,
     pub token: Secret,
     pub filter: ListFilter,
-    /// Instead of `filter`: the pool's members, and the droplets of its
-    /// template's first tag (every droplet without one).
+    /// Instead of `filter`: the pool's members and its droplets.
     pub pool: Option<PoolRef>,
     pub gpus: Gpus,
     /// Paths of droplet fields passed through ([`crate::fields`]).
@@ -59,7 +57,6 @@ pub struct ListRequest {
     pub max_droplets: u64,
     pub limits: Limits,
     pub page_concurrency: usize,
-    /// How long an idle connection is kept for the next listing.
     pub keep_alive: Duration,
     /// Once set, no further request is sent: `Err(Cancelled)`.
     pub cancel: Cancel,
@@ -87,8 +84,7 @@ impl ListRequest {
             max_droplets: 10_000,
             limits: Limits::default(),
             page_concurrency: 4,
-            // An hour, the longest wait between polls with the defaults: no
-            // poll pays DNS, TCP and TLS again for a connection it could keep.
+            // The longest wait between polls with the defaults.
             keep_alive: ms(3_600_000),
             cancel: Cancel::new(),
         })
@@ -112,8 +108,7 @@ pub struct Listing {
     pub droplets: Vec<Droplet>,
     /// `meta.total` of the first page; with several listings, their sum.
     pub total: u64,
-    /// The names of the pass-through fields (`size.slug`), in the order of
-    /// each droplet's values.
+    /// The pass-through fields' names (`size.slug`), as each droplet's values.
     pub fields: Vec<String>,
     pub pool: Option<Pool>,
 }
@@ -123,7 +118,7 @@ pub struct Listing {
 pub struct Stats {
     requests: AtomicU64,
     pool_requests: AtomicU64,
-    rate: Mutex<Tracker>,
+    rate: Mutex<Option<RateLimit>>,
 }
 
 impl Stats {
@@ -138,13 +133,13 @@ impl Stats {
     }
 
     pub fn rate_limit(&self) -> Option<RateLimit> {
-        self.rate.lock().unwrap_or_else(|e| e.into_inner()).best()
+        *self.rate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn record(&self, rate_limit: Option<RateLimit>) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if let Some(rl) = rate_limit {
-            self.rate.lock().unwrap_or_else(|e| e.into_inner()).observe(rl);
+            keep_tightest(&mut self.rate.lock().unwrap_or_else(|e| e.into_inner()), rl);
         }
     }
 }
@@ -155,32 +150,25 @@ pub fn list_droplets(
     stats: &Stats,
     helpers: &dyn Helpers,
 ) -> Result<Listing, Error> {
-    let started = Instant::now();
-    let transport = UreqTransport::new(req, deadline_after(started, req.deadline));
-    sanitized(req, transport.and_then(|t| lister(&t, req, stats, started, helpers).run_all()))
+    let deadline = deadline_after(Instant::now(), req.deadline);
+    let listed = UreqTransport::new(req, deadline).and_then(|transport| {
+        let tally = Tally::new(req.limits);
+        Lister { transport: &transport, req, stats, deadline, tally, helpers }.run_all()
+    });
+    sanitized(req, listed)
 }
 
-/// [`list_droplets`] over any transport, `page_concurrency` pages at a time;
-/// `started` anchors the deadline.
+/// [`list_droplets`] over any transport, `page_concurrency` pages at a time.
+#[cfg(test)]
 pub fn list_with<T: Transport>(
     t: &T,
     req: &ListRequest,
     stats: &Stats,
     started: Instant,
 ) -> Result<Listing, Error> {
-    let helpers = req.page_concurrency.saturating_sub(1);
-    sanitized(req, lister(t, req, stats, started, &helpers).run_all())
-}
-
-fn lister<'a, T>(
-    t: &'a T,
-    req: &'a ListRequest,
-    stats: &'a Stats,
-    started: Instant,
-    helpers: &'a dyn Helpers,
-) -> Lister<'a, T> {
-    let deadline = deadline_after(started, req.deadline);
-    Lister { transport: t, req, stats, deadline, tally: Tally::new(req.limits), helpers }
+    let (deadline, tally) = (deadline_after(started, req.deadline), Tally::new(req.limits));
+    let helpers = &req.page_concurrency.saturating_sub(1);
+    sanitized(req, Lister { transport: t, req, stats, deadline, tally, helpers }.run_all())
 }
 
 /// The way out of the client: errors and every listed value scrubbed of the
@@ -203,7 +191,6 @@ struct Fetched<I> {
     items: Vec<I>,
     total: u64,
     next: Option<Uri>,
-    /// The page number of the `last` link.
     last_page: Option<u64>,
 }
 
@@ -229,10 +216,8 @@ struct Lister<'a, T> {
 }
 
 impl<T: Transport> Lister<'_, T> {
-    /// The pool first, if any; then every listing the filters need, one
-    /// after the other, all or nothing, merged by id (a droplet with two of
-    /// the tags is listed twice) and held to `max_droplets`, within the one
-    /// deadline.
+    /// The pool first, if any; then every listing the filters need, all or
+    /// nothing, merged by id (a droplet with two of the tags is listed twice).
     fn run_all(&self) -> Result<Listing, Error> {
         let pool = self.req.pool.as_ref().map(|wanted| self.pool(wanted)).transpose();
         self.stats.pool_requests.store(self.stats.requests(), Ordering::Relaxed);
@@ -259,8 +244,7 @@ impl<T: Transport> Lister<'_, T> {
         Ok(Listing { droplets, total, fields, pool })
     }
 
-    /// The pool asked for, found by name or id unless known, and every
-    /// page of its members; a pool that is not there is `PoolNotFound`.
+    /// The pool asked for, unless known, and its members; or `PoolNotFound`.
     fn pool(&self, wanted: &PoolRef) -> Result<Pool, Error> {
         let (api, per_page) = (&self.req.api_url, self.req.per_page);
         let gone = |e| if e == Error::HttpStatus(404) { Error::PoolNotFound } else { e };
@@ -285,10 +269,9 @@ impl<T: Transport> Lister<'_, T> {
         Ok(pool)
     }
 
-    /// Every item of every page from `first_url`, and page 1's
-    /// `meta.total`. An item deleted mid-listing shifts offset pagination,
-    /// so the listing would miss another (a node disconnected);
-    /// `meta.total` shows it, and the listing starts over once.
+    /// Every item of every page from `first_url`, and page 1's `meta.total`.
+    /// An item deleted mid-listing shifts offset pagination, so the listing
+    /// would miss another; `meta.total` shows it: the listing starts over.
     fn run<I: Item>(&self, first_url: &str) -> Result<(Vec<I>, u64), Error> {
         let mut attempt = 1;
         let kept_before = self.tally.kept();
@@ -351,15 +334,13 @@ impl<T: Transport> Lister<'_, T> {
             if pages.len() >= self.req.max_pages as usize {
                 return Err(Error::TooManyPages(self.req.max_pages).into());
             }
-            let page = self.fetch_page(&next)?;
-            pages.push(self.admit(page, total, &counted)?);
+            pages.push(self.fetch_later(&next, total, &counted)?);
         }
         Ok(finish(pages, total))
     }
 
-    /// Pages 2..=`last` from the `next` link, concurrently, all or nothing:
-    /// the first failure (a cancel too) stops new pages, and the earliest
-    /// page's failure wins, whatever the thread timing.
+    /// Pages 2..=`last`, concurrently, all or nothing: the first failure
+    /// stops new pages, and the earliest page's failure wins.
     fn fetch_concurrently<I: Item>(
         &self,
         next: &Uri,
@@ -376,23 +357,16 @@ impl<T: Transport> Lister<'_, T> {
             self.helpers,
             PAGE_STACK,
             || stop.load(Ordering::Relaxed),
-            |i| {
-                let url = page_url(next, i as u64 + 2);
-                let page = self
-                    .fetch_page(&url)
-                    .map_err(Halt::from)
-                    .and_then(|page| self.admit(page, total, counted));
-                match page {
-                    Ok(page) => Some(page),
-                    Err(halt) => {
-                        let mut slot = halted.lock().unwrap_or_else(|e| e.into_inner());
-                        match slot.as_ref() {
-                            Some((earliest, _)) if *earliest < i => {}
-                            _ => *slot = Some((i, halt)),
-                        }
-                        stop.store(true, Ordering::Relaxed);
-                        None
+            |i| match self.fetch_later(&page_url(next, i as u64 + 2), total, counted) {
+                Ok(page) => Some(page),
+                Err(halt) => {
+                    let mut slot = halted.lock().unwrap_or_else(|e| e.into_inner());
+                    match slot.as_ref() {
+                        Some((earliest, _)) if *earliest < i => {}
+                        _ => *slot = Some((i, halt)),
                     }
+                    stop.store(true, Ordering::Relaxed);
+                    None
                 }
             },
         );
@@ -403,13 +377,14 @@ impl<T: Transport> Lister<'_, T> {
         Ok(results.into_iter().flatten().flatten().collect())
     }
 
-    /// A page after page 1: page 1's `meta.total`, `max_droplets` so far.
-    fn admit<I>(
+    /// A page after page 1, checked against page 1's total and `max_droplets`.
+    fn fetch_later<I: Item>(
         &self,
-        page: Fetched<I>,
+        url: &str,
         total: u64,
         counted: &AtomicU64,
     ) -> Result<Fetched<I>, Halt> {
+        let page = self.fetch_page::<I>(url)?;
         if page.total != total {
             return Err(Halt::TotalChanged { first: total, now: page.total });
         }
@@ -421,7 +396,6 @@ impl<T: Transport> Lister<'_, T> {
         Ok(page)
     }
 
-    /// One page, its links checked.
     fn fetch_page<I: Item>(&self, url: &str) -> Result<Fetched<I>, Error> {
         let body = self.get(url)?;
         let per_page = usize::try_from(self.req.per_page).unwrap_or(usize::MAX);
@@ -449,7 +423,7 @@ impl<T: Transport> Lister<'_, T> {
                         return Err(Error::HttpStatus(status));
                     };
                     let target = resolve_location(&current, &location)
-                        .filter(|t| same_origin(&self.req.api_url, t))
+                        .filter(|t| same_origin_url(&self.req.api_url, t).is_some())
                         .ok_or(Error::ForeignRedirect)?;
                     if hops >= MAX_REDIRECTS {
                         return Err(Error::TooManyRedirects);
@@ -486,7 +460,7 @@ impl<T: Transport> Lister<'_, T> {
         })
     }
 
-    /// Until the deadline, unbounded without one; `Timeout` once it passed.
+    /// `Timeout` once the deadline passed.
     fn time_left(&self) -> Result<Duration, Error> {
         let Some(deadline) = self.deadline else {
             return Ok(Duration::MAX);
@@ -520,7 +494,7 @@ fn fewest_droplets(pages: u64, first_len: u64) -> u64 {
     (pages - 1).saturating_mul(first_len).saturating_add(1)
 }
 
-/// The pages' items, the first of each id (a creation shifts pages).
+/// The pages' items, the first of each id.
 fn finish<I: Item>(pages: Vec<Fetched<I>>, total: u64) -> (Vec<I>, u64) {
     let mut seen = HashSet::new();
     let items = pages.into_iter().flat_map(|p| p.items);

@@ -10,7 +10,7 @@ use crate::links::encode_query_value;
 use crate::model::Item;
 
 /// The pool to list: looked up by name or by id, or known from a lookup
-/// before (which spares it: a poll then costs member and droplet pages).
+/// before (which spares it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolRef {
     Name(String),
@@ -18,8 +18,7 @@ pub enum PoolRef {
     Known(Pool),
 }
 
-/// A pool: its id, its name and its droplet template's tags (at most
-/// [`MAX_TAGS`], the first listing its droplets), and its members.
+/// A pool, its droplet template's tags (at most [`MAX_TAGS`]) and members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
     pub id: String,
@@ -38,7 +37,6 @@ impl Pool {
     }
 }
 
-/// One member of `GET /v2/droplets/autoscale/{id}/members`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Member {
     #[serde(deserialize_with = "bounds::item")]
@@ -55,7 +53,7 @@ impl Item for Member {
     }
 }
 
-/// A pool as the API describes one: listed or looked up by id.
+/// A pool as the API lists it or looks it up by id.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Described {
     #[serde(deserialize_with = "bounds::text")]

@@ -1,11 +1,7 @@
-//! The bounds a listing is held to while its pages are parsed, so that its
-//! memory follows them, not what a server sends: a string is checked before
-//! it is copied, a list refused at the element past its bound before that
-//! element is built, and what the listing keeps counted in bytes as it is.
-//!
-//! serde's derives take no context, so [`parse_with`] puts the bounds in a
-//! thread-local for one parse, where the `deserialize_with` functions of
-//! [`crate::model`] find them; outside one, nothing is bounded.
+//! The bounds a listing is held to while its pages are parsed (see
+//! `native/README.md`). serde's derives take no context, so [`parse_with`]
+//! puts the bounds in a thread-local for one parse, where the
+//! `deserialize_with` functions of [`crate::model`] find them.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -15,18 +11,14 @@ use std::sync::Arc;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
 
-/// What each kept string (or other value) costs on top of its bytes, about
-/// what it takes as a Rust `String` and as an Erlang binary; and each item
-/// (a droplet, a pool's member) on top of that.
+/// What each kept value costs on top of its bytes (about a `String` and an
+/// Erlang binary), and each item (a droplet, a pool's member).
 pub const VALUE_OVERHEAD: u64 = 32;
 pub const DROPLET_OVERHEAD: u64 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// The bytes of every string kept plus [`VALUE_OVERHEAD`] each, plus
-    /// [`DROPLET_OVERHEAD`] per droplet.
     pub max_listing_bytes: u64,
-    /// Any one string: name, tag, region slug, status, VPC id, address, type.
     pub max_string_bytes: usize,
     pub max_tags_per_droplet: usize,
     /// `networks.v4` and `networks.v6` together.
@@ -36,8 +28,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            // The API's example droplets keep about 520 bytes each by this
-            // count, 10,000 of them (the default `max_droplets`) 5 MB.
+            // 10,000 of the API's example droplets (the default
+            // `max_droplets`) keep 5 MB by this count.
             max_listing_bytes: 32 * 1024 * 1024,
             // DigitalOcean caps names and tags at 255 characters.
             max_string_bytes: 1024,
@@ -67,8 +59,7 @@ impl Limits {
     }
 }
 
-/// The bounds of one listing and what it keeps so far, shared by the
-/// threads parsing its pages.
+/// One listing's bounds and what it keeps so far, shared by its threads.
 #[derive(Debug, Clone, Default)]
 pub struct Tally {
     pub limits: Limits,
@@ -84,7 +75,7 @@ impl Tally {
         self.kept.load(Ordering::Relaxed)
     }
 
-    /// Forgets what was kept since `kept` read `since` (pages dropped).
+    /// Forgets what was kept since `kept()` read `since`.
     pub fn reset_to(&self, since: u64) {
         self.kept.store(since, Ordering::Relaxed);
     }
@@ -92,7 +83,6 @@ impl Tally {
 
 struct Parsing {
     tally: Tally,
-    /// The droplets a page may list: the `per_page` asked for.
     per_page: usize,
     /// Addresses of the droplet being read, v4 and v6 together.
     addresses: usize,
@@ -110,8 +100,7 @@ thread_local! {
     static PARSING: RefCell<Option<Parsing>> = const { RefCell::new(None) };
 }
 
-/// Runs `parse` with `tally`'s bounds and `per_page` in force on this
-/// thread; `Err(over)` when it failed because one was passed.
+/// Runs `parse` with the bounds in force; `Err(over)` when it failed on one.
 pub fn parse_with<T, E>(
     tally: &Tally,
     per_page: usize,
@@ -154,7 +143,6 @@ pub(crate) fn keep<E: de::Error>(bytes: u64) -> Result<(), E> {
     }
 }
 
-/// A string, refused before it is copied if it is too long.
 pub struct Text(pub String);
 
 impl<'de> Deserialize<'de> for Text {
@@ -173,7 +161,7 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
-/// `s` copied and counted, refused before it is copied if it is too long.
+/// `s` counted and copied, refused before it is copied if it is too long.
 pub(crate) fn kept_str<E: de::Error>(s: &str) -> Result<String, E> {
     if with_parsing(false, |p| s.len() > p.tally.limits.max_string_bytes) {
         return Err(refuse(Over::Bound(Bound::MaxStringBytes)));
@@ -204,8 +192,8 @@ pub fn droplets<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<
     Capped::<T, PER_PAGE>::deserialize(d).map(|c| c.0)
 }
 
-/// Counts an item, and a droplet's addresses from zero: on a required field,
-/// read exactly once per item (a droplet's `networks`, a member's id).
+/// Counts an item and restarts its address count: on a field read exactly
+/// once per item (a droplet's `networks`, a member's id).
 pub fn item<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
@@ -220,9 +208,8 @@ const PER_PAGE: u8 = 0;
 const TAGS: u8 = 1;
 const ADDRESSES: u8 = 2;
 
-/// A list refused at the element one past its room, which is skipped
-/// rather than built: a page's droplets, a droplet's tags, or its addresses
-/// (v4 and v6 sharing one room).
+/// A list refused at the element past its room, skipped rather than built;
+/// v4 and v6 addresses share one room.
 struct Capped<T, const KIND: u8>(Vec<T>);
 
 impl<'de, T: Deserialize<'de>, const KIND: u8> Deserialize<'de> for Capped<T, KIND> {

@@ -1,12 +1,6 @@
-//! One process-wide bound on the NIF's threads: a call slot of
-//! [`MAX_CALLS`] per call (none free: [`Error::Busy`] at once, as the caller
-//! is a scheduler that must not wait) for its coordinator thread, which
-//! works through items too, and helper permits from a pool of
-//! [`MAX_HELPERS`]. So that one slow call cannot starve the rest, a call
-//! starts with at most [`START_SHARE`] helpers and keeps them (the
-//! concurrency it reports is one it has), grows between items towards an
-//! even split of the pool among the calls in flight, and sheds helpers it
-//! grew beyond that after their item.
+//! One process-wide bound on the NIF's threads, shared fairly among calls
+//! (`native/README.md`): a call slot per call, [`Error::Busy`] at once when
+//! none is free (the caller is a scheduler), and helper permits from a pool.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -15,7 +9,7 @@ use crate::Error;
 
 pub const MAX_CALLS: usize = 64;
 pub const MAX_HELPERS: usize = 1024;
-/// The most helpers a call starts with: an eighth of them.
+/// The most helpers a call starts with.
 pub const START_SHARE: usize = MAX_HELPERS / 8;
 
 /// A counting semaphore that never blocks.
@@ -23,7 +17,7 @@ pub const START_SHARE: usize = MAX_HELPERS / 8;
 struct Permits(AtomicUsize);
 
 impl Permits {
-    /// Takes `min(wanted, free)` permits and says how many it took.
+    /// Takes `min(wanted, free)` permits.
     fn take_up_to(&self, wanted: usize) -> usize {
         let free = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
             (wanted.min(free) > 0).then(|| free - wanted.min(free))
@@ -89,7 +83,7 @@ pub fn global() -> &'static Budget {
 pub struct Admission<'a> {
     budget: &'a Budget,
     wanted: usize,
-    /// Helpers granted at the start, which the call keeps.
+    /// Helpers granted at the start, kept to the end.
     pub floor: usize,
     held: AtomicUsize,
 }
@@ -113,7 +107,6 @@ impl Helpers for Admission<'_> {
     fn grow(&self, up_to: usize) -> usize {
         let share = self.budget.share(self.wanted);
         // Claimed on `held` first, so that no two take the same room.
-
         let claim = self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
             (held < share && up_to > 0).then(|| held + (share - held).min(up_to))
         });

@@ -10,8 +10,7 @@ use ureq::tls::{Certificate, PemItem};
 
 use crate::error::Error;
 
-/// A CA bundle is a few KiB; Mozilla's whole set is about 200 KiB of PEM.
-/// Anything larger is a mistake (a wrong path), not a bundle.
+/// Mozilla's whole set is about 200 KiB of PEM: more is a wrong path.
 pub const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Mozilla's roots plus every certificate of the PEM file at `path`.
@@ -30,8 +29,7 @@ pub(crate) fn roots_with_extra_ca(
 }
 
 /// The bytes of the CA file, if a regular one (a FIFO or device would block
-/// or never end), checked before the open and after it (a swap between),
-/// opened non-blocking; the deadline checked before and after.
+/// or never end), checked before the open and after it (a swap between).
 pub(crate) fn read_ca_file(path: &str, deadline: Option<Instant>) -> Result<Vec<u8>, Error> {
     let fail = |why: String| Error::CaFile(format!("{path}: {why}"));
     check_deadline(deadline)?;
@@ -43,7 +41,6 @@ pub(crate) fn read_ca_file(path: &str, deadline: Option<Instant>) -> Result<Vec<
     Ok(bytes)
 }
 
-/// The content of an opened file, if it is a regular one within the cap.
 fn read_regular(file: File) -> Result<Vec<u8>, String> {
     let meta = file.metadata().map_err(|e| e.to_string())?;
     check_regular_and_small(meta.is_file(), meta.len())?;

@@ -26,17 +26,7 @@ impl Cancel {
 
 /// Owned by the caller's handle: cancels the call when dropped.
 #[derive(Debug)]
-pub struct CancelOnDrop(Cancel);
-
-impl CancelOnDrop {
-    pub fn new(cancel: Cancel) -> CancelOnDrop {
-        CancelOnDrop(cancel)
-    }
-
-    pub fn cancel(&self) {
-        self.0.cancel();
-    }
-}
+pub struct CancelOnDrop(pub Cancel);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -67,14 +57,14 @@ mod tests {
     #[test]
     fn dropping_the_guard_cancels_and_so_does_an_explicit_cancel() {
         let cancel = Cancel::new();
-        let guard = CancelOnDrop::new(cancel.clone());
+        let guard = CancelOnDrop(cancel.clone());
         assert!(!cancel.is_cancelled());
         drop(guard);
         assert!(cancel.is_cancelled());
 
         let cancel = Cancel::new();
-        let guard = CancelOnDrop::new(cancel.clone());
-        guard.cancel();
+        let guard = CancelOnDrop(cancel.clone());
+        guard.0.cancel();
         assert!(cancel.is_cancelled());
     }
 

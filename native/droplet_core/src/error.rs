@@ -88,11 +88,8 @@ impl Error {
 pub fn short(text: impl Into<String>) -> String {
     let mut text = text.into();
     if text.len() > MAX_DETAIL_BYTES {
-        let mut end = MAX_DETAIL_BYTES - 3;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
+        let end = (0..=MAX_DETAIL_BYTES - 3).rev().find(|&i| text.is_char_boundary(i));
+        text.truncate(end.unwrap_or(0));
         text.push_str("...");
     }
     text
@@ -100,13 +97,9 @@ pub fn short(text: impl Into<String>) -> String {
 
 /// The message of a caught panic (`&str` or `String` in practice).
 pub fn panic_detail(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        short(*s)
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        short(s.as_str())
-    } else {
-        "panic with a non-string payload".to_string()
-    }
+    let text = payload.downcast_ref::<&str>().copied();
+    let text = text.or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+    text.map_or_else(|| "panic with a non-string payload".into(), short)
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! Droplet fields passed through by path (`["size", "slug"]`) for filters
-//! declared in Elixir: a second pass over a page that reads only the values
-//! on the paths, skips everything else without building it, and keeps what
-//! it reads within the listing's bounds ([`crate::bounds`]).
+//! declared in Elixir: a second pass over a page that builds only the values
+//! on the paths, within the listing's bounds ([`crate::bounds`]).
 
 use std::fmt;
 
@@ -10,7 +9,6 @@ use serde_json::Value;
 
 use crate::bounds::{keep, kept_str, VALUE_OVERHEAD};
 
-/// Paths asked for at most, each of 1 to `MAX_DEPTH` keys.
 pub const MAX_PATHS: usize = 16;
 pub const MAX_DEPTH: usize = 4;
 /// A list is passed through when it holds at most this many strings only.

@@ -29,7 +29,7 @@ pub enum Gpus {
     Only,
 }
 
-/// One listing, and the tags checked here on its droplets, if any.
+/// One listing, and the tags checked here on its droplets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
     pub filter: Filter,
@@ -56,9 +56,8 @@ impl Query {
     }
 }
 
-/// The listings covering `filter` and `gpus`, in order: one per distinct
-/// tag (or one), then the GPU one: every GPU droplet, narrowed to the tags
-/// here, or `name` with `type=gpus` (a pair the API allows).
+/// The listings covering `filter` and `gpus`: one per distinct tag (or
+/// one), then the GPU one (narrowed to the tags here).
 pub fn queries(filter: &ListFilter, gpus: Gpus) -> Result<Vec<Query>, Error> {
     let (ordinary, gpu) = match filter {
         ListFilter::All => (
@@ -95,7 +94,6 @@ pub fn queries(filter: &ListFilter, gpus: Gpus) -> Result<Vec<Query>, Error> {
     })
 }
 
-/// The tags in their first order, each once.
 fn distinct(tags: &[String]) -> Vec<String> {
     let mut seen = HashSet::new();
     tags.iter().filter(|t| seen.insert(t.as_str())).cloned().collect()

@@ -21,9 +21,8 @@ use crate::resolve::{PoolResolver, BACKLOG};
 use crate::scope::MAX_FORBIDDEN_BODY;
 use crate::transport::{Exchange, Transport};
 
-/// Agents are reused so polls ride on kept-alive connections and resumed TLS
-/// sessions; ureq keeps its TLS configuration (and session store) only for
-/// agent-level settings, so the timeouts and idle age are part of the key.
+/// Agents are reused for kept-alive connections and resumed TLS sessions;
+/// ureq keeps those only for agent-level settings, hence the whole key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct AgentKey {
     ca_file: Option<String>,
@@ -32,15 +31,14 @@ struct AgentKey {
     keep_alive: Duration,
 }
 
-/// Each with the identity its CA file had when read; few (one per strategy
-/// config), at most `MAX_AGENTS` against a caller cycling through CA files.
+/// Each with the identity its CA file had when read; at most `MAX_AGENTS`
+/// against a caller cycling through CA files.
 static AGENTS: Lazy<Mutex<HashMap<AgentKey, Cached>>> = Lazy::new(Mutex::default);
 type Cached = (Option<FileId>, Agent);
 
 const MAX_AGENTS: usize = 32;
 
-/// What tells a CA file rewritten in place or replaced from the one read:
-/// size, modification time and, on unix, device, inode and change time.
+/// What tells a CA file rewritten or replaced from the one read.
 type FileId = (u64, Option<std::time::SystemTime>, [i64; 4]);
 
 fn file_id(path: &str) -> Option<FileId> {
@@ -55,8 +53,7 @@ fn file_id(path: &str) -> Option<FileId> {
     Some((m.len(), m.modified().ok(), unix))
 }
 
-/// A cached agent while its CA file is the one it read; `deadline` bounds
-/// reading it for a new one.
+/// A cached agent while its CA file is the one it read.
 fn agent_for(key: AgentKey, deadline: Option<Instant>) -> Result<Agent, Error> {
     let id = key.ca_file.as_deref().and_then(file_id);
     // Poisoned only by a panic mid-insert: the map is still a valid cache.
@@ -94,48 +91,35 @@ fn build_agent(key: &AgentKey, deadline: Option<Instant>) -> Result<Agent, Error
     Ok(Agent::with_parts(config, DefaultConnector::default(), PoolResolver))
 }
 
+type Response = ureq::http::Response<ureq::Body>;
+
 #[derive(Debug)]
-pub struct UreqTransport {
+pub struct UreqTransport<'r> {
     agent: Agent,
     authorization: Secret,
-    connect_timeout: Duration,
-    request_timeout: Duration,
-    max_body: u64,
+    req: &'r ListRequest,
 }
 
-impl UreqTransport {
-    /// `deadline`: the listing's, which reading a CA file must not outlast.
-    pub fn new(req: &ListRequest, deadline: Option<Instant>) -> Result<UreqTransport, Error> {
-        let agent = agent_for(
-            AgentKey {
-                ca_file: req.ca_file.clone(),
-                connect_timeout: req.connect_timeout,
-                request_timeout: req.request_timeout,
-                keep_alive: req.keep_alive,
-            },
-            deadline,
-        )?;
-        Ok(UreqTransport {
-            agent,
-            authorization: Secret(format!("Bearer {}", req.token.0)),
+impl UreqTransport<'_> {
+    pub fn new(req: &ListRequest, deadline: Option<Instant>) -> Result<UreqTransport<'_>, Error> {
+        let key = AgentKey {
+            ca_file: req.ca_file.clone(),
             connect_timeout: req.connect_timeout,
             request_timeout: req.request_timeout,
-            max_body: req.max_body_bytes,
-        })
+            keep_alive: req.keep_alive,
+        };
+        let authorization = Secret(format!("Bearer {}", req.token.0));
+        Ok(UreqTransport { agent: agent_for(key, deadline)?, authorization, req })
     }
 
-    fn call(
-        &self,
-        url: &str,
-        timeout: Duration,
-    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    fn call(&self, url: &str, timeout: Duration) -> Result<Response, ureq::Error> {
         let request = self.agent.get(url).header("Authorization", self.authorization.0.as_str());
         // A shorter budget than the agent's only near the deadline (`AgentKey`).
-        if timeout < self.request_timeout {
+        if timeout < self.req.request_timeout {
             request
                 .config()
                 .timeout_global(Some(timeout))
-                .timeout_connect(Some(self.connect_timeout.min(timeout)))
+                .timeout_connect(Some(self.req.connect_timeout.min(timeout)))
                 .build()
                 .call()
         } else {
@@ -147,11 +131,7 @@ impl UreqTransport {
     /// ureq drops an idle connection whose close has arrived, but not one
     /// the server closes while the request is on its way (an idle timeout
     /// racing the next poll), and never retries. A GET is safe to repeat.
-    fn call_retrying_closed(
-        &self,
-        url: &str,
-        timeout: Duration,
-    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    fn call_retrying_closed(&self, url: &str, timeout: Duration) -> Result<Response, ureq::Error> {
         let started = Instant::now();
         match self.call(url, timeout) {
             Err(e) if closed_before_response(&e) => {
@@ -166,13 +146,12 @@ impl UreqTransport {
     }
 }
 
-/// The peer closed (or reset) the connection before a response arrived.
 fn closed_before_response(e: &ureq::Error) -> bool {
     use io::ErrorKind::*;
     matches!(e, ureq::Error::Io(io) if matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe))
 }
 
-impl Transport for UreqTransport {
+impl Transport for UreqTransport<'_> {
     fn get(&self, url: &str, timeout: Duration) -> Result<Exchange, Error> {
         let mut response =
             self.call_retrying_closed(url, timeout).map_err(|e| classify(e, false))?;
@@ -183,7 +162,7 @@ impl Transport for UreqTransport {
             headers.iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
         );
         let body = if (200..300).contains(&status) {
-            read_body(response.body_mut(), self.max_body)
+            read_body(response.body_mut(), self.req.max_body_bytes)
         } else if status == 403 {
             // It may name the missing scope: read up to a small cap.
             Ok(read_body(response.body_mut(), MAX_FORBIDDEN_BODY).unwrap_or_default())
@@ -206,10 +185,9 @@ fn read_body(body: &mut ureq::Body, limit: u64) -> Result<Vec<u8>, Error> {
     })
 }
 
-/// Maps ureq's errors onto ours (`in_body`: the headers had arrived, so a
-/// drop truncates the document). Where ureq's message could quote the
-/// server, which could make it echo the token, the detail is fixed text or
-/// ureq's variant name; TLS messages are kept for their certificate names.
+/// Maps ureq's errors onto ours (`in_body`: a drop truncates the document).
+/// Where ureq's message could quote the server (echoing the token), the
+/// detail is fixed text or ureq's variant name.
 pub(crate) fn classify(e: ureq::Error, in_body: bool) -> Error {
     match e {
         ureq::Error::Timeout(_) => Error::Timeout,

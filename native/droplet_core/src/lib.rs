@@ -1,7 +1,5 @@
 //! libcluster_droplet core, free of any Erlang dependency so it can be unit
-//! tested with plain `cargo test`: listing droplets ([`api`], over ureq in
-//! `http`), TCP probes ([`probe`]), and the NIF's thread [`budget`]; each
-//! module says what it is for (`native/README.md` lists them).
+//! tested with plain `cargo test` (`native/README.md` lists its modules).
 
 pub mod api;
 pub mod autoscale;

@@ -1,6 +1,6 @@
-//! One page of `GET /v2/droplets`, reading only the fields the strategy
-//! needs. Parsing is strict about those fields (a droplet we cannot address
-//! must not silently vanish from the cluster) and ignores everything else.
+//! One page of `GET /v2/droplets`, strict about the fields the strategy needs
+//! (a droplet we cannot address must not silently vanish from the cluster)
+//! and ignoring everything else.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
@@ -33,9 +33,7 @@ pub struct Links {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct PageLinks {
-    #[serde(default)]
     pub next: Option<String>,
-    #[serde(default)]
     pub last: Option<String>,
 }
 
@@ -181,14 +179,15 @@ fn address_type<'de, D: Deserializer<'de>>(d: D) -> Result<AddressType, D::Error
     bounds::text(d).map(AddressType::from)
 }
 
-/// One page of at most `per_page` droplets (one more: `Inconsistent`) within
-/// `tally`'s bounds (`ListingTooLarge`), stopped at the first value past
-/// one; bad syntax is `InvalidJson`, the wrong shape `UnexpectedShape`.
+#[cfg(test)]
 pub fn parse_page(body: &[u8], per_page: usize, tally: &Tally) -> Result<Page, Error> {
     parse_bounded(body, per_page, tally, |de| Page::deserialize(de))
 }
 
-/// `read` of the whole of `body`, bounded as [`parse_page`] says.
+/// `read` of the whole of `body`: at most `per_page` items (one more:
+/// `Inconsistent`) within `tally`'s bounds (`ListingTooLarge`), stopped at
+/// the first value past one; bad syntax is `InvalidJson`, the wrong shape
+/// `UnexpectedShape`.
 pub fn parse_bounded<'b, T>(
     body: &'b [u8],
     per_page: usize,

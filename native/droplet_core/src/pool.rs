@@ -18,7 +18,7 @@ pub trait Helpers: Sync {
     fn shrink(&self) -> bool {
         false
     }
-    /// Helpers granted that could not be spawned.
+    /// Gives back helpers granted that could not be spawned.
     fn release(&self, _count: usize) {}
 }
 
@@ -29,9 +29,8 @@ impl Helpers for usize {
 }
 
 /// `work(i)` for every `i` in `0..n` on the calling thread and the helpers
-/// granted (more between its items, fewer as they are shed); unstarted once
-/// `stop()` is true: `None`. A helper that fails to spawn is just missing;
-/// a panic in `work` is re-raised once every thread has ended.
+/// granted; `None` for those unstarted once `stop()` is true. A panic in
+/// `work` is re-raised once every thread has ended.
 pub(crate) fn run_indexed<R, F, S>(
     name: &str,
     n: usize,

@@ -18,10 +18,8 @@ const PROBE_STACK: usize = 64 * 1024;
 
 /// Probes of one call at once, at most: half the budget's helpers.
 pub const MAX_CONCURRENCY: usize = 512;
-
 /// Targets per call: the NIF walks the list on the scheduler.
 pub const MAX_TARGETS: usize = 10_000;
-
 /// Longer than any IP literal (47 bytes at most): invalid before it is read.
 pub const MAX_ADDRESS_BYTES: usize = 64;
 
@@ -36,9 +34,8 @@ pub enum ProbeError {
 
 pub type ProbeResult = Result<Duration, ProbeError>;
 
-/// A health check, from the one map the NIF is given: its `kind` picks the
-/// variant. A new kind is a variant and its arm in [`Check::run`], plus its
-/// Elixir `HealthCheck` module; the NIF passes the map on unread.
+/// A health check, from the NIF's map: its `kind` picks the variant. A new
+/// kind is a variant and its arm in [`Check::run`] (and its Elixir module).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Check {
@@ -50,10 +47,8 @@ pub enum Check {
 }
 
 impl Check {
-    /// The check `value` describes; an error names the field at fault, never
-    /// its value (serde's messages quote the value and not the field, except
-    /// for a missing field, so the field is found as the one that fails
-    /// alone with `kind`).
+    /// An error names the field at fault, never its value: serde's messages
+    /// quote the value, so the field is found as the one failing alone.
     pub fn from_value(value: &Value) -> Result<Check, Error> {
         let Value::Object(fields) = value else {
             return Err(Error::InvalidRequest("check: must be a map".into()));
@@ -91,8 +86,7 @@ fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     valid.then(|| Duration::from_millis(ms)).ok_or_else(|| de::Error::custom("out of range"))
 }
 
-/// An IP literal, v4 or v6, optionally in brackets. Never a host name: a
-/// probe must not depend on (or wait for) DNS.
+/// An IP literal, optionally in brackets; never a host name (no DNS wait).
 pub fn parse_target(raw: &[u8]) -> Option<IpAddr> {
     if raw.len() > MAX_ADDRESS_BYTES {
         return None;
@@ -123,14 +117,13 @@ pub fn probe_one(ip: IpAddr, port: u16, timeout: Duration) -> ProbeResult {
     }
 }
 
-/// The helper threads worth asking the budget for: one probe per thread,
-/// never more threads than targets, and the calling thread probes too.
+/// Helpers worth asking for: one probe per thread, the caller's included.
 pub fn helpers_wanted(targets: usize, concurrency: usize) -> usize {
     concurrency.min(MAX_CONCURRENCY).min(targets).saturating_sub(1)
 }
 
-/// Every target checked, results in input order; once `cancel` is set no
-/// check starts, and `Err(Cancelled)` comes when those in flight end.
+/// Every target checked, in input order; once `cancel` is set no check
+/// starts, and `Err(Cancelled)` comes when those in flight end.
 pub fn probe_all<T: AsRef<[u8]> + Sync>(
     targets: &[T],
     check: &Check,

@@ -19,16 +19,12 @@ impl RateLimit {
         let mut rl = RateLimit::default();
         let mut seen = false;
         for (name, value) in headers {
-            let slot = if name.eq_ignore_ascii_case("ratelimit-limit") {
-                &mut rl.limit
-            } else if name.eq_ignore_ascii_case("ratelimit-remaining") {
-                &mut rl.remaining
-            } else if name.eq_ignore_ascii_case("ratelimit-reset") {
-                &mut rl.reset
-            } else if name.eq_ignore_ascii_case("retry-after") {
-                &mut rl.retry_after
-            } else {
-                continue;
+            let slot = match name.to_ascii_lowercase().as_str() {
+                "ratelimit-limit" => &mut rl.limit,
+                "ratelimit-remaining" => &mut rl.remaining,
+                "ratelimit-reset" => &mut rl.reset,
+                "retry-after" => &mut rl.retry_after,
+                _ => continue,
             };
             seen = true;
             if slot.is_none() {
@@ -61,24 +57,12 @@ fn parse_seconds(value: &str) -> Option<u64> {
     v.parse().ok()
 }
 
-/// Keeps the headers of the response with the lowest `remaining`; on a tie
-/// the later one wins, since its `reset` is the more current.
-#[derive(Debug, Default, Clone)]
-pub struct Tracker {
-    best: Option<RateLimit>,
-}
-
-impl Tracker {
-    pub fn observe(&mut self, rl: RateLimit) {
-        let key = |r: &RateLimit| r.remaining.unwrap_or(u64::MAX);
-        match &self.best {
-            Some(best) if key(&rl) > key(best) => {}
-            _ => self.best = Some(rl),
-        }
-    }
-
-    pub fn best(&self) -> Option<RateLimit> {
-        self.best
+/// Keeps in `best` the headers with the lowest `remaining`; on a tie the
+/// later ones, whose `reset` is the more current.
+pub fn keep_tightest(best: &mut Option<RateLimit>, rl: RateLimit) {
+    let key = |r: &RateLimit| r.remaining.unwrap_or(u64::MAX);
+    if best.is_none_or(|best| key(&rl) <= key(&best)) {
+        *best = Some(rl);
     }
 }
 
@@ -149,18 +133,18 @@ mod tests {
             reset: Some(reset),
             retry_after: None,
         };
-        let mut t = Tracker::default();
-        assert_eq!(t.best(), None);
-        t.observe(rl(None, 1));
-        assert_eq!(t.best(), Some(rl(None, 1)));
-        t.observe(rl(Some(10), 2));
-        t.observe(rl(Some(12), 3));
-        assert_eq!(t.best(), Some(rl(Some(10), 2)));
-        t.observe(rl(Some(10), 4));
-        assert_eq!(t.best(), Some(rl(Some(10), 4)));
-        t.observe(rl(None, 5));
-        assert_eq!(t.best(), Some(rl(Some(10), 4)));
-        t.observe(rl(Some(0), 6));
-        assert_eq!(t.best(), Some(rl(Some(0), 6)));
+        let mut t = None;
+        assert_eq!(t, None);
+        keep_tightest(&mut t, rl(None, 1));
+        assert_eq!(t, Some(rl(None, 1)));
+        keep_tightest(&mut t, rl(Some(10), 2));
+        keep_tightest(&mut t, rl(Some(12), 3));
+        assert_eq!(t, Some(rl(Some(10), 2)));
+        keep_tightest(&mut t, rl(Some(10), 4));
+        assert_eq!(t, Some(rl(Some(10), 4)));
+        keep_tightest(&mut t, rl(None, 5));
+        assert_eq!(t, Some(rl(Some(10), 4)));
+        keep_tightest(&mut t, rl(Some(0), 6));
+        assert_eq!(t, Some(rl(Some(0), 6)));
     }
 }

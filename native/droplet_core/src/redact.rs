@@ -1,7 +1,6 @@
-//! Keeping every piece of the token ([`PIECE`] bytes in a row; a shorter
-//! token is one piece) out of error details, a 403's scope and listed values,
-//! which a server could make echo it. One pass per text: a window is looked
-//! up only when all its bytes occur in the token.
+//! Keeping every piece of the token ([`PIECE`] bytes in a row) out of what a
+//! server could make echo it. One pass per text: a window is looked up only
+//! when all its bytes occur in the token.
 
 use std::collections::HashSet;
 
@@ -66,14 +65,11 @@ impl<'a> Redactor<'a> {
     }
 
     pub fn finds(&self, text: &str) -> bool {
-        !self.pieces.is_empty() && !self.spans(text.as_bytes()).is_empty()
+        !self.spans(text.as_bytes()).is_empty()
     }
 
     /// Every run of pieces in `text` replaced by `[REDACTED]`.
     pub fn redact(&self, text: &mut String) {
-        if self.pieces.is_empty() {
-            return;
-        }
         let spans = self.spans(text.as_bytes());
         if spans.is_empty() {
             return;
@@ -82,7 +78,6 @@ impl<'a> Redactor<'a> {
         let mut at = 0;
         for (start, end) in spans {
             // A piece of a secret that is not ASCII may split a character.
-
             let start = (0..=start).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
             let end = (end..=text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
             out.push_str(text.get(at..start.max(at)).unwrap_or_default());

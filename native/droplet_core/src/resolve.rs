@@ -1,8 +1,5 @@
-//! Host names resolved on [`DNS_THREADS`] threads for the whole process,
-//! each lookup within its request's timeout. ureq's resolver runs each on a
-//! new thread that outlives a timed-out call until the lookup ends (640
-//! after 20 rounds of 32 listings under slow DNS); here at most
-//! [`DNS_QUEUE`] wait, and one whose caller gave up is never started.
+//! Host names resolved on a fixed pool of threads for the whole process,
+//! not on a thread per lookup as ureq's resolver does (`native/README.md`).
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -37,7 +34,6 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// `threads` threads named `name` doing `lookup`s, `queue` waiting.
     pub fn new(name: &str, threads: usize, queue: usize, lookup: Box<Lookup>) -> Pool {
         let (jobs, waiting) = mpsc::sync_channel::<Job>(queue);
         let (waiting, lookup) = (Arc::new(Mutex::new(waiting)), Arc::<Lookup>::from(lookup));
@@ -52,8 +48,7 @@ impl Pool {
         Pool { jobs }
     }
 
-    /// The addresses of `host_port` (`host:port`), waiting at most `wait`
-    /// (then `TimedOut`).
+    /// The addresses of `host:port`, waiting at most `wait`.
     pub fn resolve(&self, host_port: &str, wait: Duration) -> Addrs {
         // A literal needs no lookup.
         if let Ok(addr) = host_port.parse::<SocketAddr>() {
@@ -115,13 +110,11 @@ impl Resolver for PoolResolver {
             .and_then(|(scheme, authority)| DefaultResolver::host_and_port(scheme, authority))
             .ok_or_else(|| ureq::Error::BadUri(uri.to_string()))?;
         // Our agents always set a timeout.
-
         let wait = timeout.not_zero().map_or(Duration::from_secs(60), |d| *d);
         let addrs = global().resolve(&host_port, wait).map_err(ureq::Error::Io)?;
         let mut resolved = self.empty();
         let family = config.ip_family();
         let mut wanted = family.keep_wanted(addrs.into_iter());
-
         while wanted.next().is_some_and(|a| resolved.try_push(a).is_ok()) {}
         match resolved.is_empty() {
             true => Err(ureq::Error::HostNotFound),

@@ -11,8 +11,7 @@ const MAX_RESOURCE_LEN: usize = 40;
 
 const ACTIONS: [&str; 4] = ["read", "create", "update", "delete"];
 
-/// The first scope named in the `message` of a JSON error body; words split
-/// at anything but letters, digits, `_`, `-` and `:`.
+/// The first scope named in the `message` of a JSON error body.
 pub fn missing_scope(body: &[u8]) -> Option<String> {
     let body: serde_json::Value = serde_json::from_slice(body).ok()?;
     let message = body.as_object()?.get("message")?.as_str()?;
@@ -22,7 +21,6 @@ pub fn missing_scope(body: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// `resource:action` exactly, as described in the module documentation.
 pub fn is_scope(word: &str) -> bool {
     let Some((resource, action)) = word.split_once(':') else {
         return false;

@@ -27,10 +27,6 @@ impl Selector {
         Ok(Selector { network, ipv6 })
     }
 
-    pub fn ipv6(&self) -> bool {
-        self.ipv6
-    }
-
     /// The first address of the wanted type that parses as the wanted family
     /// (it becomes part of a node name), for active droplets only.
     pub fn select<'d>(&self, droplet: &'d Droplet) -> Option<&'d str> {

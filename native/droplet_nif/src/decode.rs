@@ -20,8 +20,8 @@ fn invalid(detail: impl Into<String>) -> Error {
     Error::InvalidRequest(detail.into())
 }
 
-/// A request, and the selection, checked on the listing's thread so its
-/// error (private IPv6) arrives as the listing's result.
+/// A request, and the selection, checked on the listing's thread so that
+/// its error (private IPv6) arrives as the listing's result.
 pub struct ListArgs {
     pub request: ListRequest,
     pub select: Option<(Network, bool)>,
@@ -51,7 +51,7 @@ fn non_empty(term: Term, name: &str) -> Result<String, Error> {
     (!s.is_empty()).then_some(s).ok_or_else(|| invalid(format!("{name} must not be empty")))
 }
 
-pub fn int_in(term: Term, name: &str, min: u64, max: u64) -> Result<u64, Error> {
+fn int_in(term: Term, name: &str, min: u64, max: u64) -> Result<u64, Error> {
     term.decode::<i64>()
         .ok()
         .and_then(|i| u64::try_from(i).ok())
@@ -65,7 +65,7 @@ const DAY_MS: u64 = 24 * HOUR_MS;
 /// Bounds in bytes or counts: far above anything sensible, far below overflow.
 const MAX_BOUND: u64 = 1 << 40;
 
-/// An integer option: its key, its range, and where it goes.
+/// An integer option: its key, its range and where it goes.
 type Int<'a> = (&'static str, u64, u64, &'a mut dyn FnMut(u64));
 
 #[derive(NifUnitEnum)]
@@ -152,10 +152,7 @@ fn tag_names(term: Term) -> Result<Vec<String>, Error> {
         tags.push(non_empty(t, "each tag_name")?);
         Ok(())
     })?;
-    if tags.is_empty() {
-        return Err(bad());
-    }
-    Ok(tags)
+    (!tags.is_empty()).then_some(tags).ok_or_else(bad)
 }
 
 /// `%{id, name, tags}`: a pool to look up by id or name, or known (all three).
@@ -166,7 +163,8 @@ fn pool_ref(term: Term) -> Result<PoolRef, Error> {
     let text = |key, name| field(term, key).map(|t| non_empty(t, name)).transpose();
     let id = text("id", "autoscale_pool.id")?;
     let name = text("name", "autoscale_pool.name")?;
-    let tags = field(term, "tags").map(binaries("autoscale_pool.tags", MAX_TAGS)).transpose()?;
+    let tags = field(term, "tags").map(|t| binaries(t, "autoscale_pool.tags", MAX_TAGS));
+    let tags = tags.transpose()?;
     match (id, name, tags) {
         (Some(id), Some(name), Some(tags)) => {
             Ok(PoolRef::Known(Pool { id, name, tags, members: Vec::new() }))
@@ -178,13 +176,11 @@ fn pool_ref(term: Term) -> Result<PoolRef, Error> {
 }
 
 /// A proper list of at most `max` binaries.
-fn binaries(name: &str, max: usize) -> impl Fn(Term) -> Result<Vec<String>, Error> + '_ {
-    move |term| {
-        let mut items = Vec::new();
-        let bad = || invalid(format!("{name} must be a list of binaries"));
-        walk_list(term, max, name, bad, |t| utf8(t, name).map(|s| items.push(s)))?;
-        Ok(items)
-    }
+fn binaries(term: Term, name: &str, max: usize) -> Result<Vec<String>, Error> {
+    let mut items = Vec::new();
+    let bad = || invalid(format!("{name} must be a list of binaries"));
+    walk_list(term, max, name, bad, |t| utf8(t, name).map(|s| items.push(s)))?;
+    Ok(items)
 }
 
 /// Paths of droplet fields to pass through; a path named twice, once.
@@ -192,7 +188,7 @@ fn field_paths(term: Term) -> Result<Vec<Vec<String>>, Error> {
     let mut paths: Vec<Vec<String>> = Vec::new();
     let bad = || invalid(format!("fields must be a list of paths, each 1 to {MAX_DEPTH} binaries"));
     walk_list(term, MAX_PATHS, "fields", bad, |path| {
-        let keys = binaries("fields: each path", MAX_DEPTH)(path)?;
+        let keys = binaries(path, "fields: each path", MAX_DEPTH)?;
         if keys.is_empty() {
             return Err(bad());
         }
@@ -205,7 +201,7 @@ fn field_paths(term: Term) -> Result<Vec<Vec<String>>, Error> {
 }
 
 /// `each` on the elements of a proper list of at most `max`, stopping at
-/// the cell past it: this runs on the scheduler.
+/// the cell past it (this runs on the scheduler).
 fn walk_list<'a>(
     list: Term<'a>,
     max: usize,
@@ -228,19 +224,17 @@ fn walk_list<'a>(
 }
 
 fn select_arg(term: Term) -> Result<(Network, bool), Error> {
-    match term.decode::<SelectArg>() {
-        Ok(SelectArg { network, ipv6 }) => match network {
-            NetworkArg::Private => Ok((Network::Private, ipv6)),
-            NetworkArg::Public => Ok((Network::Public, ipv6)),
-        },
-        Err(_) => {
-            Err(invalid("select must be nil or %{network: :private | :public, ipv6: boolean}"))
-        }
-    }
+    let bad = || invalid("select must be nil or %{network: :private | :public, ipv6: boolean}");
+    let SelectArg { network, ipv6 } = term.decode().map_err(|_| bad())?;
+    let network = match network {
+        NetworkArg::Private => Network::Private,
+        NetworkArg::Public => Network::Public,
+    };
+    Ok((network, ipv6))
 }
 
 pub struct ProbeArgs {
-    /// How many addresses; they are read on the call's thread.
+    /// How many addresses: they are read on the call's thread.
     pub targets: usize,
     pub check: Check,
     pub concurrency: usize,

@@ -134,15 +134,12 @@ struct PoolMap<'d> {
     members: Vec<MemberMap<'d>>,
 }
 
-fn member(m: &Member) -> MemberMap<'_> {
-    MemberMap {
+fn pool<'d>(p: &'d Pool) -> PoolMap<'d> {
+    let member = |m: &'d Member| MemberMap {
         droplet_id: m.droplet_id,
         status: &m.status,
         health_status: m.health_status.as_deref(),
-    }
-}
-
-fn pool(p: &Pool) -> PoolMap<'_> {
+    };
     PoolMap {
         id: &p.id,
         name: &p.name,

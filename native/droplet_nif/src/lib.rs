@@ -41,8 +41,8 @@ mod atoms {
     }
 }
 
-/// The coordinator thread of each kind of call: the listing's parses pages
-/// and runs TLS handshakes, the prober's only calls `connect`.
+/// A call's coordinator thread: a listing's parses pages and runs TLS
+/// handshakes, a prober's only calls `connect`.
 type Coordinator = (&'static str, usize);
 const LIST_THREAD: Coordinator = ("droplet_list", 1024 * 1024);
 const PROBE_THREAD: Coordinator = ("droplet_probe", 256 * 1024);
@@ -52,15 +52,14 @@ fn nif_version() -> &'static str {
     droplet_core::VERSION
 }
 
-/// The caller's handle on a call: dropped (its process died or let go), it
-/// cancels the call. The threads hold only the `Cancel`, or it never would.
+/// The caller's handle on a call: dropped, it cancels the call.
 struct CallHandle(CancelOnDrop);
 
 #[rustler::resource_impl]
 impl rustler::Resource for CallHandle {}
 
 /// Where a call's answer goes: the caller, and its ref saved in the env the
-/// answer is built in.
+/// answer is built in (which keeps any other term the call needs).
 struct Reply {
     pid: LocalPid,
     owned: OwnedEnv,
@@ -72,11 +71,6 @@ impl Reply {
         let owned = OwnedEnv::new();
         let reference = owned.save(reference);
         Reply { pid: env.pid(), owned, reference }
-    }
-
-    /// `term` copied into the reply's env, for the call's thread and answer.
-    fn keep(&self, term: Term) -> SavedTerm {
-        self.owned.save(term)
     }
 
     /// Sends `encode(env, ref, outcome)`; a panic encoding it is sent as an
@@ -101,7 +95,6 @@ impl Reply {
 
 /// Spawns the call's coordinator thread, which runs `work` under
 /// `catch_unwind` and answers; returns `{:ok, handle, concurrency}` at once.
-/// A failed spawn drops the admission and the env with the closure.
 fn start_call<'a, R, W, E>(
     env: Env<'a>,
     reply: Reply,
@@ -117,7 +110,7 @@ where
     E: for<'b> Fn(Env<'b>, Term<'b>, Result<R, Error>) -> Term<'b> + Send + 'static,
 {
     let concurrency = admission.concurrency();
-    let handle = ResourceArc::new(CallHandle(CancelOnDrop::new(cancel)));
+    let handle = ResourceArc::new(CallHandle(CancelOnDrop(cancel)));
     thread::Builder::new()
         .name(coordinator.0.to_string())
         .stack_size(coordinator.1)
@@ -143,8 +136,7 @@ fn require_ref(reference: Term) -> Result<(), Error> {
 
 type ListOutcome = (Listing, Option<Selector>);
 
-/// The listing thread, shared with `debug_panic(:list)`: the panic path
-/// tested is the real one.
+/// The listing thread, shared with `debug_panic(:list)`.
 fn start_list<'a, W>(
     env: Env<'a>,
     reference: Term<'a>,
@@ -178,7 +170,6 @@ where
 
 /// `list_droplets(request, ref) :: {:ok, handle, page_concurrency} | {:error, reason}`;
 /// the result comes as `{:droplet_nif_list, ref, result, info}`.
-/// `page_concurrency` is what the budget granted: at most the request's.
 #[rustler::nif]
 fn list_droplets<'a>(env: Env<'a>, request: Term<'a>, reference: Term<'a>) -> Term<'a> {
     let started =
@@ -199,8 +190,6 @@ fn list_droplets<'a>(env: Env<'a>, request: Term<'a>, reference: Term<'a>) -> Te
 
 /// `probe(addresses, check, concurrency, ref) :: {:ok, handle, concurrency} | {:error, reason}`;
 /// the results come as `{:droplet_nif_probe, ref, [{address, outcome}]}`.
-/// `check` is a health check's map (`droplet_core::probe::Check`);
-/// `concurrency` is what the budget granted: at most the one asked for.
 #[rustler::nif]
 fn probe<'a>(
     env: Env<'a>,
@@ -209,56 +198,47 @@ fn probe<'a>(
     concurrency: Term<'a>,
     reference: Term<'a>,
 ) -> Term<'a> {
-    let started = require_ref(reference)
-        .and_then(|()| decode::probe_args(addresses, check, concurrency))
-        .and_then(|args| start_probe(env, reference, addresses, args));
+    let started = require_ref(reference).and_then(|()| {
+        let args = decode::probe_args(addresses, check, concurrency)?;
+        let admission =
+            budget::global().admit(probe::helpers_wanted(args.targets, args.concurrency))?;
+        let cancel = Cancel::new();
+        let reply = Reply::new(env, reference);
+        // Copied, not decoded, on the scheduler: a short list of heap binaries
+        // of at most 64 bytes or off-heap ones (a reference each).
+        let kept = reply.owned.save(addresses);
+        let for_answer = kept.clone();
+        let for_work = cancel.clone();
+        start_call(
+            env,
+            reply,
+            PROBE_THREAD,
+            admission,
+            cancel,
+            move |owned, helpers| {
+                owned.run(|env| {
+                    let targets = decode::address_bytes(kept.load(env));
+                    probe::probe_all(&targets, &args.check, helpers, &for_work)
+                })
+            },
+            move |env, reference, outcome| {
+                let results = match &outcome {
+                    Ok(results) => encode::probe_results(env, for_answer.load(env), results),
+                    Err(e) => encode::error(env, e),
+                };
+                (atoms::droplet_nif_probe(), reference, results).encode(env)
+            },
+        )
+    });
     started_or_error(env, started)
 }
 
-fn start_probe<'a>(
-    env: Env<'a>,
-    reference: Term<'a>,
-    addresses: Term<'a>,
-    args: decode::ProbeArgs,
-) -> Result<Term<'a>, Error> {
-    let wanted = probe::helpers_wanted(args.targets, args.concurrency);
-    let admission = budget::global().admit(wanted)?;
-    let cancel = Cancel::new();
-    let reply = Reply::new(env, reference);
-    // Copied, not decoded, on the scheduler: a short list of heap binaries
-    // of at most 64 bytes or off-heap ones (a reference each).
-    let kept = reply.keep(addresses);
-    let for_answer = kept.clone();
-    let for_work = cancel.clone();
-    start_call(
-        env,
-        reply,
-        PROBE_THREAD,
-        admission,
-        cancel,
-        move |owned, helpers| {
-            owned.run(|env| {
-                let targets = decode::address_bytes(kept.load(env));
-                probe::probe_all(&targets, &args.check, helpers, &for_work)
-            })
-        },
-        move |env, reference, outcome| {
-            let results = match &outcome {
-                Ok(results) => encode::probe_results(env, for_answer.load(env), results),
-                Err(e) => encode::error(env, e),
-            };
-            (atoms::droplet_nif_probe(), reference, results).encode(env)
-        },
-    )
-}
-
-/// `cancel(handle) :: :ok | {:error, {:invalid_request, _}}`: no new item of
-/// the call starts; it answers `{:error, :cancelled}` unless all had run.
+/// `cancel(handle) :: :ok | {:error, {:invalid_request, _}}`.
 #[rustler::nif]
 fn cancel<'a>(env: Env<'a>, handle: Term<'a>) -> Term<'a> {
     match handle.decode::<ResourceArc<CallHandle>>() {
         Ok(handle) => {
-            handle.0.cancel();
+            (handle.0).0.cancel();
             atoms::ok().encode(env)
         }
         Err(_) => {
@@ -267,8 +247,7 @@ fn cancel<'a>(env: Env<'a>, handle: Term<'a>) -> Term<'a> {
     }
 }
 
-/// Test builds only: `debug_panic(:nif | :list, ref)` panics in the NIF
-/// (an `:nif_panicked` exception) or in a listing thread.
+/// `debug_panic(:nif | :list, ref)` panics in the NIF or in a listing thread.
 #[cfg(feature = "test-panic")]
 #[rustler::nif]
 fn debug_panic<'a>(env: Env<'a>, place: Term<'a>, reference: Term<'a>) -> Term<'a> {
