@@ -74,6 +74,13 @@ defmodule LibclusterDroplet do
   # reply could run into it.
   @reply_grace 5_000
 
+  # The options the NIF request carries under their own names.
+  @passed_as_is ~w(api_url tag_name name gpus per_page ca_file max_body_bytes max_pages
+                   max_droplets max_listing_bytes max_string_bytes max_tags_per_droplet
+                   max_addresses_per_droplet page_concurrency)a
+
+  @int "a positive integer"
+
   @listing_only [
     per_page: [
       type: {:in, 1..200},
@@ -84,53 +91,43 @@ defmodule LibclusterDroplet do
     connect_timeout: [
       type: :pos_integer,
       default: 5_000,
-      type_doc: "a positive integer (ms)",
+      type_doc: "#{@int} (ms)",
       doc: "per connection."
     ],
     deadline: [
       type: {:or, [:pos_integer, nil]},
       default: nil,
-      type_doc: "a positive integer (ms), or nil for three times :api_timeout",
+      type_doc: "#{@int} (ms), or nil for three times :api_timeout",
       doc: "the whole listing, reading `:ca_file` included; `nil`: three times `:api_timeout`."
     ],
     max_body_bytes: [
       type: :pos_integer,
       default: 4 * 1024 * 1024,
-      type_doc: "a positive integer",
+      type_doc: @int,
       doc: "one response; 4 MiB is eight times a full page of 200 droplets."
     ],
     max_listing_bytes: [
       type: :pos_integer,
       default: 32 * 1024 * 1024,
-      type_doc: "a positive integer",
+      type_doc: @int,
       doc:
         "what the listing keeps, checked while each page is parsed, so its memory follows " <>
           "the bound, not what the server sends: past this or the next three it fails with " <>
           "`{:listing_too_large, {bound, limit}}`."
     ],
-    max_string_bytes: [
-      type: :pos_integer,
-      default: 1_024,
-      type_doc: "a positive integer",
-      doc: "one string."
-    ],
-    max_tags_per_droplet: [
-      type: :pos_integer,
-      default: 1_000,
-      type_doc: "a positive integer",
-      doc: "tags."
-    ],
+    max_string_bytes: [type: :pos_integer, default: 1_024, type_doc: @int, doc: "one string."],
+    max_tags_per_droplet: [type: :pos_integer, default: 1_000, type_doc: @int, doc: "tags."],
     max_addresses_per_droplet: [
       type: :pos_integer,
       default: 64,
-      type_doc: "a positive integer",
+      type_doc: @int,
       doc: "v4 and v6 addresses together."
     ],
-    max_pages: [type: :pos_integer, default: 1_000, type_doc: "a positive integer", doc: "pages."],
+    max_pages: [type: :pos_integer, default: 1_000, type_doc: @int, doc: "pages."],
     max_droplets: [
       type: :pos_integer,
       default: 10_000,
-      type_doc: "a positive integer",
+      type_doc: @int,
       doc: "`{:too_many_droplets, max}` past it, as soon as page 1's `meta.total` says so."
     ],
     page_concurrency: [
@@ -225,20 +222,17 @@ defmodule LibclusterDroplet do
   @spec start_list_droplets(map()) :: {:ok, Call.t()} | {:error, term()}
   def start_list_droplets(%{api_url: api_url} = request) do
     case Floor.wait(api_url) do
-      0 ->
-        ref = make_ref()
-
-        case Native.list_droplets(request, ref) do
-          {:ok, handle, concurrency} ->
-            {:ok, %Call{ref: ref, handle: handle, concurrency: concurrency}}
-
-          {:error, _} = error ->
-            error
-        end
-
-      wait ->
-        {:error, {:rate_limited, div(wait + 999, 1000)}}
+      0 -> started(&Native.list_droplets(request, &1))
+      wait -> {:error, {:rate_limited, div(wait + 999, 1000)}}
     end
+  end
+
+  # A NIF call started with a new ref, as a `Call`.
+  defp started(start) do
+    ref = make_ref()
+
+    with {:ok, handle, concurrency} <- start.(ref),
+         do: {:ok, %Call{ref: ref, handle: handle, concurrency: concurrency}}
   end
 
   @doc """
@@ -268,31 +262,18 @@ defmodule LibclusterDroplet do
     with {:ok, opts} <- validate(opts),
          {:ok, token, _source} <- Token.fetch(opts[:token]),
          :ok <- Config.check_secret(Map.new(opts), token) do
-      {:ok,
-       %{
-         api_url: opts[:api_url],
-         token: token,
-         tag_name: opts[:tag_name],
-         name: opts[:name],
-         gpus: opts[:gpus],
-         per_page: opts[:per_page],
-         ca_file: opts[:ca_file],
-         connect_timeout_ms: opts[:connect_timeout],
-         request_timeout_ms: opts[:api_timeout],
-         deadline_ms: opts[:deadline] || 3 * opts[:api_timeout],
-         max_body_bytes: opts[:max_body_bytes],
-         max_pages: opts[:max_pages],
-         max_droplets: opts[:max_droplets],
-         max_listing_bytes: opts[:max_listing_bytes],
-         max_string_bytes: opts[:max_string_bytes],
-         max_tags_per_droplet: opts[:max_tags_per_droplet],
-         max_addresses_per_droplet: opts[:max_addresses_per_droplet],
-         page_concurrency: opts[:page_concurrency],
-         keep_alive_ms: opts[:keep_alive],
-         select: %{network: opts[:network], ipv6: opts[:ipv6]},
-         autoscale_pool: pool_request(opts[:autoscale_pool], pool),
-         fields: LibclusterDroplet.Filters.fields()
-       }}
+      request = %{
+        token: token,
+        connect_timeout_ms: opts[:connect_timeout],
+        request_timeout_ms: opts[:api_timeout],
+        deadline_ms: opts[:deadline] || 3 * opts[:api_timeout],
+        keep_alive_ms: opts[:keep_alive],
+        select: %{network: opts[:network], ipv6: opts[:ipv6]},
+        autoscale_pool: pool_request(opts[:autoscale_pool], pool),
+        fields: LibclusterDroplet.Filters.fields()
+      }
+
+      {:ok, opts |> Keyword.take(@passed_as_is) |> Map.new() |> Map.merge(request)}
     end
   end
 
@@ -339,22 +320,8 @@ defmodule LibclusterDroplet do
   def probe(addresses, port, opts \\ []) do
     timeout = Keyword.get(opts, :timeout, 500)
 
-    with {:ok, %Call{ref: ref} = call} <- start_probe(addresses, port, opts) do
-      waves = Call.waves(call, length(addresses))
-
-      result =
-        receive do
-          {:droplet_nif_probe, ^ref, results} -> results
-        after
-          # The NIF enforces the timeout itself; this only guards against a lost message.
-          timeout * waves + 5_000 -> {:error, :timeout}
-        end
-
-      # Stops the probes of an answer given up on; and keeps the handle
-      # referenced, so it cannot be garbage collected while this waits.
-      cancel(call)
-      result
-    end
+    with {:ok, call} <- start_probe(addresses, port, opts),
+         do: await_check(call, timeout * Call.waves(call, length(addresses)) + @reply_grace)
   end
 
   @doc """
@@ -366,7 +333,12 @@ defmodule LibclusterDroplet do
   """
   @spec start_probe([address()], 1..65_535, keyword()) :: {:ok, Call.t()} | {:error, term()}
   def start_probe(addresses, port, opts \\ []) do
-    check = %{kind: :tcp, port: port, timeout_ms: Keyword.get(opts, :timeout, 500)}
+    check =
+      LibclusterDroplet.HealthCheck.TCP.native(
+        port: port,
+        timeout: Keyword.get(opts, :timeout, 500)
+      )
+
     start_check(addresses, check, Keyword.get(opts, :concurrency, 512))
   end
 
@@ -375,15 +347,26 @@ defmodule LibclusterDroplet do
   # (`LibclusterDroplet.HealthCheck.c:native/1`), which the NIF passes to its
   # Rust probe whole. Answers like start_probe/3.
   @spec start_check([address()], map(), pos_integer()) :: {:ok, Call.t()} | {:error, term()}
-  def start_check(addresses, check, concurrency) when is_map(check) do
-    ref = make_ref()
+  def start_check(addresses, check, concurrency) when is_map(check),
+    do: started(&Native.probe(addresses, check, concurrency, &1))
 
-    case Native.probe(addresses, check, concurrency, ref) do
-      {:ok, handle, concurrency} ->
-        {:ok, %Call{ref: ref, handle: handle, concurrency: concurrency}}
+  @doc false
+  # Waits at most `wait` ms for a started check's results; `{:error,
+  # :timeout}` when none came. The NIF enforces its timeouts itself: this
+  # only guards against a lost message.
+  @spec await_check(Call.t(), non_neg_integer()) ::
+          [{address(), probe_result()}] | {:error, term()}
+  def await_check(%Call{ref: ref} = call, wait) do
+    result =
+      receive do
+        {:droplet_nif_probe, ^ref, results} -> results
+      after
+        wait -> {:error, :timeout}
+      end
 
-      {:error, _} = error ->
-        error
-    end
+    # Stops the probes of an answer given up on; and keeps the handle
+    # referenced, so it cannot be garbage collected while this waits.
+    cancel(call)
+    result
   end
 end

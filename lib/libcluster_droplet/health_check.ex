@@ -97,28 +97,11 @@ defmodule LibclusterDroplet.HealthCheck do
   @spec run([{node(), String.t()}], t() | nil) ::
           {:ok, [{String.t(), term()}], number()} | :unchecked | {:error, term()}
   def run(targets, check) do
-    started = System.monotonic_time()
+    started = System.monotonic_time(:microsecond)
 
-    case start(targets, check, 5_000) do
-      {:ok, %Call{ref: ref} = call, wait} ->
-        result =
-          receive do
-            {:droplet_nif_probe, ^ref, results} -> results
-          after
-            wait -> {:error, :timeout}
-          end
-
-        LibclusterDroplet.cancel(call)
-        ms = System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
-
-        case result do
-          {:error, _} = error -> error
-          results -> {:ok, results, ms / 1000}
-        end
-
-      other ->
-        other
-    end
+    with {:ok, call, wait} <- start(targets, check, 5_000),
+         results when is_list(results) <- LibclusterDroplet.await_check(call, wait),
+         do: {:ok, results, (System.monotonic_time(:microsecond) - started) / 1000}
   end
 
   @doc """
