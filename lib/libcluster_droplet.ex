@@ -10,26 +10,16 @@ defmodule LibclusterDroplet do
       iex> LibclusterDroplet.probe(["10.0.0.2", "10.0.0.3"], 4000, timeout: 500)
       [{"10.0.0.2", {:ok, 312}}, {"10.0.0.3", {:error, :timeout}}]
 
-  Every function returns `{:error, reason}` on failure; see
-  `LibclusterDroplet.Error` for the reasons and `LibclusterDroplet.Error.format/1`
-  for readable messages.
+  Every function returns `{:error, reason}` on failure (`LibclusterDroplet.Error`
+  lists the reasons and words them).
 
   Each call runs on a thread of the NIF's own and answers the calling process
-  with a message, so a slow API never occupies an Erlang scheduler. The
-  `start_*` functions expose that directly for callers, such as the strategy,
-  that must stay responsive while a call is in flight; they return a
-  `LibclusterDroplet.Call`, and a call whose caller dies or drops it is
-  cancelled.
-
+  with a message, so a slow API never occupies an Erlang scheduler; the
+  `start_*` functions expose that for callers that must stay responsive.
   All calls share one thread budget per VM: at most 64 calls in flight
-  (another is refused at once with `{:error, :busy}`), each on a thread of
-  its own, and 1,024 helper threads among them (see
-  `LibclusterDroplet.Call`'s `:concurrency`).
-
-  Listings respect the rate-limit floor of their API URL
-  (`LibclusterDroplet.Floor`): after a 429, one is refused with
-  `{:error, {:rate_limited, seconds}}` without sending anything until its
-  `retry-after` has passed.
+  (another is refused at once with `{:error, :busy}`) and 1,024 helper
+  threads among them. Listings respect the rate-limit floor of their API
+  URL (see `start_list_droplets/1`).
   """
 
   alias Cluster.Strategy.Droplet.Config
@@ -180,22 +170,34 @@ defmodule LibclusterDroplet do
   end
 
   @doc false
-  # Waits at most `wait` ms for a started listing's answer; `{:error,
-  # :timeout}` (and the call cancelled) when none came.
+  # Waits at most `wait` ms for a started listing's answer.
   @spec await_list(Call.t(), String.t(), non_neg_integer()) ::
           {:ok, Listing.t()} | {:error, LibclusterDroplet.Error.reason()}
-  def await_list(%Call{ref: ref} = call, api_url, wait) do
-    result =
+  def await_list(call, api_url, wait) do
+    with {:listed, result, info} <- await(call, wait), do: listed(api_url, result, info)
+  end
+
+  @doc false
+  # Waits at most `wait` ms for a started check's results.
+  @spec await_check(Call.t(), non_neg_integer()) ::
+          [{address(), probe_result()}] | {:error, term()}
+  def await_check(call, wait), do: await(call, wait)
+
+  # The answer to `call`, or `{:error, :timeout}` after `wait` ms: the NIF
+  # enforces its deadlines itself, so only a lost message runs into it. The
+  # call is cancelled afterwards, which stops one given up on and keeps the
+  # handle referenced (collecting it cancels the call) while this waits.
+  defp await(%Call{ref: ref} = call, wait) do
+    answer =
       receive do
-        {:droplet_nif_list, ^ref, result, info} -> listed(api_url, result, info)
+        {:droplet_nif_list, ^ref, result, info} -> {:listed, result, info}
+        {:droplet_nif_probe, ^ref, results} -> results
       after
         wait -> {:error, :timeout}
       end
 
-    # Referenced after the answer, so the handle cannot be garbage
-    # collected (which cancels the call) while this process waits.
     cancel(call)
-    result
+    answer
   end
 
   @doc false
@@ -243,9 +245,7 @@ defmodule LibclusterDroplet do
   call (or dying) has the same effect, once the handle is garbage collected.
   """
   @spec cancel(Call.t()) :: :ok
-  def cancel(%Call{handle: handle}) do
-    :ok = Native.cancel(handle)
-  end
+  def cancel(%Call{handle: handle}), do: :ok = Native.cancel(handle)
 
   @doc """
   Builds the NIF request map for `start_list_droplets/1` from the options of
@@ -333,12 +333,7 @@ defmodule LibclusterDroplet do
   """
   @spec start_probe([address()], 1..65_535, keyword()) :: {:ok, Call.t()} | {:error, term()}
   def start_probe(addresses, port, opts \\ []) do
-    check =
-      LibclusterDroplet.HealthCheck.TCP.native(
-        port: port,
-        timeout: Keyword.get(opts, :timeout, 500)
-      )
-
+    check = %{kind: :tcp, port: port, timeout_ms: Keyword.get(opts, :timeout, 500)}
     start_check(addresses, check, Keyword.get(opts, :concurrency, 512))
   end
 
@@ -349,24 +344,4 @@ defmodule LibclusterDroplet do
   @spec start_check([address()], map(), pos_integer()) :: {:ok, Call.t()} | {:error, term()}
   def start_check(addresses, check, concurrency) when is_map(check),
     do: started(&Native.probe(addresses, check, concurrency, &1))
-
-  @doc false
-  # Waits at most `wait` ms for a started check's results; `{:error,
-  # :timeout}` when none came. The NIF enforces its timeouts itself: this
-  # only guards against a lost message.
-  @spec await_check(Call.t(), non_neg_integer()) ::
-          [{address(), probe_result()}] | {:error, term()}
-  def await_check(%Call{ref: ref} = call, wait) do
-    result =
-      receive do
-        {:droplet_nif_probe, ^ref, results} -> results
-      after
-        wait -> {:error, :timeout}
-      end
-
-    # Stops the probes of an answer given up on; and keeps the handle
-    # referenced, so it cannot be garbage collected while this waits.
-    cancel(call)
-    result
-  end
 end

@@ -259,12 +259,8 @@ defmodule LibclusterDroplet.Filters do
     if Regex.match?(@uuid, lower), do: {:ok, lower}, else: invalid(:vpc)
   end
 
-  def validate([_ | _] = regions, :regions) do
-    case strings(regions, @max_values, &slug?/1) do
-      {:ok, regions} -> {:ok, regions}
-      :error -> invalid(:regions)
-    end
-  end
+  def validate([_ | _] = regions, :regions),
+    do: with(:error <- strings(regions, @max_values, &slug?/1), do: invalid(:regions))
 
   def validate(pool, :autoscale_pool) when is_binary(pool) do
     if byte_size(pool) in 1..255 and String.printable?(pool) and pool == String.trim(pool),
@@ -273,10 +269,8 @@ defmodule LibclusterDroplet.Filters do
   end
 
   def validate([_ | _] = statuses, :pool_health) do
-    case strings(statuses, 16, &(is_binary(&1) and byte_size(&1) in 1..64)) do
-      {:ok, statuses} -> {:ok, statuses}
-      :error -> invalid(:pool_health)
-    end
+    with :error <- strings(statuses, 16, &(is_binary(&1) and byte_size(&1) in 1..64)),
+         do: invalid(:pool_health)
   end
 
   def validate(_value, option), do: invalid(option)

@@ -377,14 +377,10 @@ defmodule Cluster.Strategy.Droplet.Config do
   def validate_tags(tag) when is_binary(tag) and tag != "", do: {:ok, tag}
 
   def validate_tags(tags) do
-    case Filters.strings(tags, @max_tags, &(is_binary(&1) and &1 != "")) do
-      {:ok, tags} ->
-        {:ok, tags}
-
-      :error ->
-        {:error,
-         "expected a non-empty string, a list of at most #{@max_tags} of them, or nil (value not shown)"}
-    end
+    with :error <- Filters.strings(tags, @max_tags, &(is_binary(&1) and &1 != "")),
+         do:
+           {:error,
+            "expected a non-empty string, a list of at most #{@max_tags} of them, or nil (value not shown)"}
   end
 
   @doc false
