@@ -135,10 +135,6 @@ defmodule LibclusterDroplet do
   ]
 
   @list_schema NimbleOptions.new!(Config.listing_schema() ++ @listing_only)
-  @list_type_docs Map.new(Config.listing_schema() ++ @listing_only, fn {k, spec} ->
-                    {k, spec[:type_doc]}
-                  end)
-
   @doc """
   Lists droplets, following every page, and returns `{:ok, listing}` or
   `{:error, reason}`. All or nothing: if one page fails, the listing fails.
@@ -294,7 +290,7 @@ defmodule LibclusterDroplet do
 
   defp validate(opts) do
     if is_list(opts) and Keyword.keyword?(opts) do
-      case Config.validate(opts, @list_schema, @list_type_docs) do
+      case Config.validate(opts, @list_schema) do
         {:ok, opts} -> {:ok, opts}
         {:error, message} -> {:error, {:invalid_request, message}}
       end
