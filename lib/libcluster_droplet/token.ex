@@ -89,7 +89,7 @@ defmodule LibclusterDroplet.Token do
   def fetch(%__MODULE__{source: {:literal, fun}} = token), do: {:ok, fun.(), token}
 
   def fetch(%__MODULE__{source: {:function, fun}} = token),
-    do: call(fn -> fun.() end, "the :token function", token)
+    do: call(fun, "the :token function", token)
 
   def fetch(%__MODULE__{source: {:mfa, {m, f, a}}} = token),
     do: call(fn -> apply(m, f, a) end, "the :token function #{inspect({m, f, length(a)})}", token)
