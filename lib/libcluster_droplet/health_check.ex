@@ -45,20 +45,14 @@ defmodule LibclusterDroplet.HealthCheck do
   def validate(nil), do: {:ok, nil}
 
   def validate({kind, opts}) when is_atom(kind) and is_list(opts) do
-    with {:ok, module} <- module(kind),
-         {:ok, opts} <- module.validate(opts),
-         do: {:ok, {kind, opts}}
+    case @kinds[kind] do
+      nil -> {:error, "unknown kind; the kinds are #{inspect(Keyword.keys(@kinds))}"}
+      module -> with {:ok, opts} <- module.validate(opts), do: {:ok, {kind, opts}}
+    end
   end
 
   def validate(_other),
     do: {:error, "expected nil or {kind, opts} such as {:tcp, port: 4000} (value not shown)"}
-
-  defp module(kind) do
-    case Keyword.fetch(@kinds, kind) do
-      {:ok, module} -> {:ok, module}
-      :error -> {:error, "unknown kind; the kinds are #{inspect(Keyword.keys(@kinds))}"}
-    end
-  end
 
   defp module!({kind, _opts}), do: Keyword.fetch!(@kinds, kind)
 
