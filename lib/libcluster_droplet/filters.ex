@@ -109,20 +109,17 @@ defmodule LibclusterDroplet.Filters do
   @spec apply([map()], map(), node() | nil) ::
           {:ok, [{map(), [outside()]}]} | {:error, {atom(), String.t()}}
   def apply(droplets, config, self) do
-    resolved =
-      Enum.reduce_while(set(config), {:ok, []}, fn {option, value}, {:ok, acc} ->
-        case resolve(option, value, droplets, self) do
-          {:ok, nil} -> {:cont, {:ok, acc}}
-          {:ok, value} -> {:cont, {:ok, [{option, value} | acc]}}
-          {:error, _} = error -> {:halt, error}
-        end
-      end)
+    with {:ok, filters} <- resolve_all(set(config), droplets, self),
+         do: {:ok, Enum.map(droplets, &{&1, outside(&1, filters)})}
+  end
 
-    with {:ok, filters} <- resolved do
-      filters = Enum.reverse(filters)
+  # The filters set, resolved against the listing; those that do not apply dropped.
+  defp resolve_all([], _droplets, _self), do: {:ok, []}
 
-      {:ok, Enum.map(droplets, &{&1, outside(&1, filters)})}
-    end
+  defp resolve_all([{option, value} | rest], droplets, self) do
+    with {:ok, value} <- resolve(option, value, droplets, self),
+         {:ok, resolved} <- resolve_all(rest, droplets, self),
+         do: {:ok, if(value == nil, do: resolved, else: [{option, value} | resolved])}
   end
 
   defp outside(droplet, filters) do
