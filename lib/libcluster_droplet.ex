@@ -10,26 +10,16 @@ defmodule LibclusterDroplet do
       iex> LibclusterDroplet.probe(["10.0.0.2", "10.0.0.3"], 4000, timeout: 500)
       [{"10.0.0.2", {:ok, 312}}, {"10.0.0.3", {:error, :timeout}}]
 
-  Every function returns `{:error, reason}` on failure; see
-  `LibclusterDroplet.Error` for the reasons and `LibclusterDroplet.Error.format/1`
-  for readable messages.
+  Every function returns `{:error, reason}` on failure (`LibclusterDroplet.Error`
+  lists the reasons and words them).
 
   Each call runs on a thread of the NIF's own and answers the calling process
-  with a message, so a slow API never occupies an Erlang scheduler. The
-  `start_*` functions expose that directly for callers, such as the strategy,
-  that must stay responsive while a call is in flight; they return a
-  `LibclusterDroplet.Call`, and a call whose caller dies or drops it is
-  cancelled.
-
+  with a message, so a slow API never occupies an Erlang scheduler; the
+  `start_*` functions expose that for callers that must stay responsive.
   All calls share one thread budget per VM: at most 64 calls in flight
-  (another is refused at once with `{:error, :busy}`), each on a thread of
-  its own, and 1,024 helper threads among them (see
-  `LibclusterDroplet.Call`'s `:concurrency`).
-
-  Listings respect the rate-limit floor of their API URL
-  (`LibclusterDroplet.Floor`): after a 429, one is refused with
-  `{:error, {:rate_limited, seconds}}` without sending anything until its
-  `retry-after` has passed.
+  (another is refused at once with `{:error, :busy}`) and 1,024 helper
+  threads among them. Listings respect the rate-limit floor of their API
+  URL (see `start_list_droplets/1`).
   """
 
   alias Cluster.Strategy.Droplet.Config
@@ -74,6 +64,13 @@ defmodule LibclusterDroplet do
   # reply could run into it.
   @reply_grace 5_000
 
+  # The options the NIF request carries under their own names.
+  @passed_as_is ~w(api_url tag_name name gpus per_page ca_file max_body_bytes max_pages
+                   max_droplets max_listing_bytes max_string_bytes max_tags_per_droplet
+                   max_addresses_per_droplet page_concurrency)a
+
+  @int "a positive integer"
+
   @listing_only [
     per_page: [
       type: {:in, 1..200},
@@ -84,53 +81,43 @@ defmodule LibclusterDroplet do
     connect_timeout: [
       type: :pos_integer,
       default: 5_000,
-      type_doc: "a positive integer (ms)",
+      type_doc: "#{@int} (ms)",
       doc: "per connection."
     ],
     deadline: [
       type: {:or, [:pos_integer, nil]},
       default: nil,
-      type_doc: "a positive integer (ms), or nil for three times :api_timeout",
+      type_doc: "#{@int} (ms), or nil for three times :api_timeout",
       doc: "the whole listing, reading `:ca_file` included; `nil`: three times `:api_timeout`."
     ],
     max_body_bytes: [
       type: :pos_integer,
       default: 4 * 1024 * 1024,
-      type_doc: "a positive integer",
+      type_doc: @int,
       doc: "one response; 4 MiB is eight times a full page of 200 droplets."
     ],
     max_listing_bytes: [
       type: :pos_integer,
       default: 32 * 1024 * 1024,
-      type_doc: "a positive integer",
+      type_doc: @int,
       doc:
         "what the listing keeps, checked while each page is parsed, so its memory follows " <>
           "the bound, not what the server sends: past this or the next three it fails with " <>
           "`{:listing_too_large, {bound, limit}}`."
     ],
-    max_string_bytes: [
-      type: :pos_integer,
-      default: 1_024,
-      type_doc: "a positive integer",
-      doc: "one string."
-    ],
-    max_tags_per_droplet: [
-      type: :pos_integer,
-      default: 1_000,
-      type_doc: "a positive integer",
-      doc: "tags."
-    ],
+    max_string_bytes: [type: :pos_integer, default: 1_024, type_doc: @int, doc: "one string."],
+    max_tags_per_droplet: [type: :pos_integer, default: 1_000, type_doc: @int, doc: "tags."],
     max_addresses_per_droplet: [
       type: :pos_integer,
       default: 64,
-      type_doc: "a positive integer",
+      type_doc: @int,
       doc: "v4 and v6 addresses together."
     ],
-    max_pages: [type: :pos_integer, default: 1_000, type_doc: "a positive integer", doc: "pages."],
+    max_pages: [type: :pos_integer, default: 1_000, type_doc: @int, doc: "pages."],
     max_droplets: [
       type: :pos_integer,
       default: 10_000,
-      type_doc: "a positive integer",
+      type_doc: @int,
       doc: "`{:too_many_droplets, max}` past it, as soon as page 1's `meta.total` says so."
     ],
     page_concurrency: [
@@ -148,10 +135,6 @@ defmodule LibclusterDroplet do
   ]
 
   @list_schema NimbleOptions.new!(Config.listing_schema() ++ @listing_only)
-  @list_type_docs Map.new(Config.listing_schema() ++ @listing_only, fn {k, spec} ->
-                    {k, spec[:type_doc]}
-                  end)
-
   @doc """
   Lists droplets, following every page, and returns `{:ok, listing}` or
   `{:error, reason}`. All or nothing: if one page fails, the listing fails.
@@ -183,22 +166,34 @@ defmodule LibclusterDroplet do
   end
 
   @doc false
-  # Waits at most `wait` ms for a started listing's answer; `{:error,
-  # :timeout}` (and the call cancelled) when none came.
+  # Waits at most `wait` ms for a started listing's answer.
   @spec await_list(Call.t(), String.t(), non_neg_integer()) ::
           {:ok, Listing.t()} | {:error, LibclusterDroplet.Error.reason()}
-  def await_list(%Call{ref: ref} = call, api_url, wait) do
-    result =
+  def await_list(call, api_url, wait) do
+    with {:listed, result, info} <- await(call, wait), do: listed(api_url, result, info)
+  end
+
+  @doc false
+  # Waits at most `wait` ms for a started check's results.
+  @spec await_check(Call.t(), non_neg_integer()) ::
+          [{address(), probe_result()}] | {:error, term()}
+  def await_check(call, wait), do: await(call, wait)
+
+  # The answer to `call`, or `{:error, :timeout}` after `wait` ms: the NIF
+  # enforces its deadlines itself, so only a lost message runs into it. The
+  # call is cancelled afterwards, which stops one given up on and keeps the
+  # handle referenced (collecting it cancels the call) while this waits.
+  defp await(%Call{ref: ref} = call, wait) do
+    answer =
       receive do
-        {:droplet_nif_list, ^ref, result, info} -> listed(api_url, result, info)
+        {:droplet_nif_list, ^ref, result, info} -> {:listed, result, info}
+        {:droplet_nif_probe, ^ref, results} -> results
       after
         wait -> {:error, :timeout}
       end
 
-    # Referenced after the answer, so the handle cannot be garbage
-    # collected (which cancels the call) while this process waits.
     cancel(call)
-    result
+    answer
   end
 
   @doc false
@@ -225,20 +220,17 @@ defmodule LibclusterDroplet do
   @spec start_list_droplets(map()) :: {:ok, Call.t()} | {:error, term()}
   def start_list_droplets(%{api_url: api_url} = request) do
     case Floor.wait(api_url) do
-      0 ->
-        ref = make_ref()
-
-        case Native.list_droplets(request, ref) do
-          {:ok, handle, concurrency} ->
-            {:ok, %Call{ref: ref, handle: handle, concurrency: concurrency}}
-
-          {:error, _} = error ->
-            error
-        end
-
-      wait ->
-        {:error, {:rate_limited, div(wait + 999, 1000)}}
+      0 -> started(&Native.list_droplets(request, &1))
+      wait -> {:error, {:rate_limited, div(wait + 999, 1000)}}
     end
+  end
+
+  # A NIF call started with a new ref, as a `Call`.
+  defp started(start) do
+    ref = make_ref()
+
+    with {:ok, handle, concurrency} <- start.(ref),
+         do: {:ok, %Call{ref: ref, handle: handle, concurrency: concurrency}}
   end
 
   @doc """
@@ -249,9 +241,7 @@ defmodule LibclusterDroplet do
   call (or dying) has the same effect, once the handle is garbage collected.
   """
   @spec cancel(Call.t()) :: :ok
-  def cancel(%Call{handle: handle}) do
-    :ok = Native.cancel(handle)
-  end
+  def cancel(%Call{handle: handle}), do: :ok = Native.cancel(handle)
 
   @doc """
   Builds the NIF request map for `start_list_droplets/1` from the options of
@@ -268,31 +258,18 @@ defmodule LibclusterDroplet do
     with {:ok, opts} <- validate(opts),
          {:ok, token, _source} <- Token.fetch(opts[:token]),
          :ok <- Config.check_secret(Map.new(opts), token) do
-      {:ok,
-       %{
-         api_url: opts[:api_url],
-         token: token,
-         tag_name: opts[:tag_name],
-         name: opts[:name],
-         gpus: opts[:gpus],
-         per_page: opts[:per_page],
-         ca_file: opts[:ca_file],
-         connect_timeout_ms: opts[:connect_timeout],
-         request_timeout_ms: opts[:api_timeout],
-         deadline_ms: opts[:deadline] || 3 * opts[:api_timeout],
-         max_body_bytes: opts[:max_body_bytes],
-         max_pages: opts[:max_pages],
-         max_droplets: opts[:max_droplets],
-         max_listing_bytes: opts[:max_listing_bytes],
-         max_string_bytes: opts[:max_string_bytes],
-         max_tags_per_droplet: opts[:max_tags_per_droplet],
-         max_addresses_per_droplet: opts[:max_addresses_per_droplet],
-         page_concurrency: opts[:page_concurrency],
-         keep_alive_ms: opts[:keep_alive],
-         select: %{network: opts[:network], ipv6: opts[:ipv6]},
-         autoscale_pool: pool_request(opts[:autoscale_pool], pool),
-         fields: LibclusterDroplet.Filters.fields()
-       }}
+      request = %{
+        token: token,
+        connect_timeout_ms: opts[:connect_timeout],
+        request_timeout_ms: opts[:api_timeout],
+        deadline_ms: opts[:deadline] || 3 * opts[:api_timeout],
+        keep_alive_ms: opts[:keep_alive],
+        select: %{network: opts[:network], ipv6: opts[:ipv6]},
+        autoscale_pool: pool_request(opts[:autoscale_pool], pool),
+        fields: LibclusterDroplet.Filters.fields()
+      }
+
+      {:ok, opts |> Keyword.take(@passed_as_is) |> Map.new() |> Map.merge(request)}
     end
   end
 
@@ -313,7 +290,7 @@ defmodule LibclusterDroplet do
 
   defp validate(opts) do
     if is_list(opts) and Keyword.keyword?(opts) do
-      case Config.validate(opts, @list_schema, @list_type_docs) do
+      case Config.validate(opts, @list_schema) do
         {:ok, opts} -> {:ok, opts}
         {:error, message} -> {:error, {:invalid_request, message}}
       end
@@ -339,22 +316,8 @@ defmodule LibclusterDroplet do
   def probe(addresses, port, opts \\ []) do
     timeout = Keyword.get(opts, :timeout, 500)
 
-    with {:ok, %Call{ref: ref} = call} <- start_probe(addresses, port, opts) do
-      waves = Call.waves(call, length(addresses))
-
-      result =
-        receive do
-          {:droplet_nif_probe, ^ref, results} -> results
-        after
-          # The NIF enforces the timeout itself; this only guards against a lost message.
-          timeout * waves + 5_000 -> {:error, :timeout}
-        end
-
-      # Stops the probes of an answer given up on; and keeps the handle
-      # referenced, so it cannot be garbage collected while this waits.
-      cancel(call)
-      result
-    end
+    with {:ok, call} <- start_probe(addresses, port, opts),
+         do: await_check(call, timeout * Call.waves(call, length(addresses)) + @reply_grace)
   end
 
   @doc """
@@ -375,15 +338,6 @@ defmodule LibclusterDroplet do
   # (`LibclusterDroplet.HealthCheck.c:native/1`), which the NIF passes to its
   # Rust probe whole. Answers like start_probe/3.
   @spec start_check([address()], map(), pos_integer()) :: {:ok, Call.t()} | {:error, term()}
-  def start_check(addresses, check, concurrency) when is_map(check) do
-    ref = make_ref()
-
-    case Native.probe(addresses, check, concurrency, ref) do
-      {:ok, handle, concurrency} ->
-        {:ok, %Call{ref: ref, handle: handle, concurrency: concurrency}}
-
-      {:error, _} = error ->
-        error
-    end
-  end
+  def start_check(addresses, check, concurrency) when is_map(check),
+    do: started(&Native.probe(addresses, check, concurrency, &1))
 end

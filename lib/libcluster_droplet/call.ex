@@ -2,12 +2,11 @@ defmodule LibclusterDroplet.Call do
   @moduledoc """
   A NIF call in flight, as `LibclusterDroplet.start_list_droplets/1` and
   `LibclusterDroplet.start_probe/3` return it: the `ref` its answer
-  carries, its `handle`, and the `concurrency` it runs at least (at least
-  1, at most what it asked for; it starts with at most 128 helpers, what
-  the NIF's thread budget has free, and grows toward an even share as
-  helpers free up). The call lives as long as its handle: once that is garbage
-  collected or given to `LibclusterDroplet.cancel/1`, no new probe or page
-  starts and the answer is `{:error, :cancelled}`. Keep it referenced.
+  carries, its `handle`, and the `concurrency` it runs at least (1 to what
+  it asked for; see [the NIF's threads](reliability.md#the-nif-s-threads)).
+  The call lives as long as its handle: once that is garbage collected or
+  given to `LibclusterDroplet.cancel/1`, no new probe or page starts and
+  the answer is `{:error, :cancelled}`. Keep it referenced.
   """
 
   @enforce_keys [:ref, :handle, :concurrency]

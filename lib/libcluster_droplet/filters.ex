@@ -5,10 +5,10 @@ defmodule LibclusterDroplet.Filters do
   # nothing else clusters care about). Each is declared once in @filters:
   # its option, the droplet field it reads (a key the NIF always returns,
   # or a JSON path such as ["size_slug"], which fields/0 asks the NIF to
-  # pass through) and its option schema. Config builds its schema and
+  # pass through), and its option's words. Config builds its schema and
   # fingerprint from them, Pipeline applies them, explain words them. A new
-  # filter is an entry here with its outside?/3 and describe/1 clauses, and
-  # a test.
+  # filter is an entry here with its validate/2, outside?/3, describe/1 and
+  # describable?/1 clauses, and a test.
 
   @uuid ~r/\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\z/
   @slug ~r/\A[a-z0-9]{1,32}\z/
@@ -17,57 +17,52 @@ defmodule LibclusterDroplet.Filters do
   @filters [
     autoscale_pool: [
       field: :pool,
-      schema: [
-        type: {:custom, __MODULE__, :validate, [:autoscale_pool]},
-        default: nil,
-        type_doc: "`nil`, or a pool's name or UUID",
-        doc:
-          "only the members of this Droplet Autoscale Pool whose status is `active` (see " <>
-            "the configuration guide for the requests it costs). Not with `:tag_name` or `:name`."
-      ]
+      type_doc: "`nil`, or a pool's name or UUID",
+      doc:
+        "only the members of this Droplet Autoscale Pool whose status is `active` (see " <>
+          "the configuration guide for the requests it costs). Not with `:tag_name` or `:name`."
     ],
     pool_health: [
       field: :pool,
-      schema: [
-        type: {:custom, __MODULE__, :validate, [:pool_health]},
-        default: nil,
-        type_doc: "`nil` or a list of health statuses",
-        doc:
-          "with `:autoscale_pool`, only members whose `health_status` is one of these (such " <>
-            "as `[\"healthy\"]`). DigitalOcean does not list the values, so by default " <>
-            "nothing is gated on them."
-      ]
+      type_doc: "`nil` or a list of health statuses",
+      doc:
+        "with `:autoscale_pool`, only members whose `health_status` is one of these (such " <>
+          "as `[\"healthy\"]`). DigitalOcean does not list the values, so by default " <>
+          "nothing is gated on them."
     ],
     regions: [
       field: :region,
-      schema: [
-        type: {:custom, __MODULE__, :validate, [:regions]},
-        default: nil,
-        type_doc: "`nil` or a list of region slugs",
-        doc:
-          "only droplets in one of these regions (`[\"nyc3\", \"sfo3\"]`), at most " <>
-            "#{@max_values}; `nil`: any region."
-      ]
+      type_doc: "`nil` or a list of region slugs",
+      doc:
+        "only droplets in one of these regions (`[\"nyc3\", \"sfo3\"]`), at most " <>
+          "#{@max_values}; `nil`: any region."
     ],
     vpc: [
       field: :vpc_uuid,
-      schema: [
-        type: {:custom, __MODULE__, :validate, [:vpc]},
-        default: nil,
-        type_doc: "`nil`, `:self` or a VPC's UUID",
-        doc:
-          "only droplets in this VPC, given by its UUID, or `:self`: this node's own VPC " <>
-            "(that of the listed droplet that has this node's address). Needs the token's " <>
-            "`vpc:read` scope: without it droplets come without `vpc_uuid`, and the poll " <>
-            "fails with `vpc_unknown` rather than guess. `nil`: any VPC."
-      ]
+      type_doc: "`nil`, `:self` or a VPC's UUID",
+      doc:
+        "only droplets in this VPC, given by its UUID, or `:self`: this node's own VPC " <>
+          "(that of the listed droplet that has this node's address). Needs the token's " <>
+          "`vpc:read` scope: without it droplets come without `vpc_uuid`, and the poll " <>
+          "fails with `vpc_unknown` rather than guess. `nil`: any VPC."
     ]
   ]
 
   # Why a droplet is outside a filter: the option, the droplet's value.
   @type outside :: {atom(), term()}
 
-  def schema, do: for({option, spec} <- @filters, do: {option, spec[:schema]})
+  # Every filter is optional (`nil`: not set) and validated by validate/2.
+  def schema do
+    for {option, spec} <- @filters do
+      {option,
+       [
+         type: {:custom, __MODULE__, :validate, [option]},
+         default: nil,
+         type_doc: spec[:type_doc],
+         doc: spec[:doc]
+       ]}
+    end
+  end
 
   def options, do: Keyword.keys(@filters)
 
@@ -114,20 +109,17 @@ defmodule LibclusterDroplet.Filters do
   @spec apply([map()], map(), node() | nil) ::
           {:ok, [{map(), [outside()]}]} | {:error, {atom(), String.t()}}
   def apply(droplets, config, self) do
-    resolved =
-      Enum.reduce_while(set(config), {:ok, []}, fn {option, value}, {:ok, acc} ->
-        case resolve(option, value, droplets, self) do
-          {:ok, nil} -> {:cont, {:ok, acc}}
-          {:ok, value} -> {:cont, {:ok, [{option, value} | acc]}}
-          {:error, _} = error -> {:halt, error}
-        end
-      end)
+    with {:ok, filters} <- resolve_all(set(config), droplets, self),
+         do: {:ok, Enum.map(droplets, &{&1, outside(&1, filters)})}
+  end
 
-    with {:ok, filters} <- resolved do
-      filters = Enum.reverse(filters)
+  # The filters set, resolved against the listing; those that do not apply dropped.
+  defp resolve_all([], _droplets, _self), do: {:ok, []}
 
-      {:ok, Enum.map(droplets, &{&1, outside(&1, filters)})}
-    end
+  defp resolve_all([{option, value} | rest], droplets, self) do
+    with {:ok, value} <- resolve(option, value, droplets, self),
+         {:ok, resolved} <- resolve_all(rest, droplets, self),
+         do: {:ok, if(value == nil, do: resolved, else: [{option, value} | resolved])}
   end
 
   defp outside(droplet, filters) do
@@ -259,12 +251,8 @@ defmodule LibclusterDroplet.Filters do
     if Regex.match?(@uuid, lower), do: {:ok, lower}, else: invalid(:vpc)
   end
 
-  def validate([_ | _] = regions, :regions) do
-    case strings(regions, @max_values, &slug?/1) do
-      {:ok, regions} -> {:ok, regions}
-      :error -> invalid(:regions)
-    end
-  end
+  def validate([_ | _] = regions, :regions),
+    do: with(:error <- strings(regions, @max_values, &slug?/1), do: invalid(:regions))
 
   def validate(pool, :autoscale_pool) when is_binary(pool) do
     if byte_size(pool) in 1..255 and String.printable?(pool) and pool == String.trim(pool),
@@ -273,10 +261,8 @@ defmodule LibclusterDroplet.Filters do
   end
 
   def validate([_ | _] = statuses, :pool_health) do
-    case strings(statuses, 16, &(is_binary(&1) and byte_size(&1) in 1..64)) do
-      {:ok, statuses} -> {:ok, statuses}
-      :error -> invalid(:pool_health)
-    end
+    with :error <- strings(statuses, 16, &(is_binary(&1) and byte_size(&1) in 1..64)),
+         do: invalid(:pool_health)
   end
 
   def validate(_value, option), do: invalid(option)
@@ -297,5 +283,5 @@ defmodule LibclusterDroplet.Filters do
   defp strings(_other, _max, _valid?, _acc), do: :error
 
   defp invalid(option),
-    do: {:error, "expected #{@filters[option][:schema][:type_doc]} (value not shown)"}
+    do: {:error, "expected #{@filters[option][:type_doc]} (value not shown)"}
 end

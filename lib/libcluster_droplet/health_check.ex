@@ -45,20 +45,14 @@ defmodule LibclusterDroplet.HealthCheck do
   def validate(nil), do: {:ok, nil}
 
   def validate({kind, opts}) when is_atom(kind) and is_list(opts) do
-    with {:ok, module} <- module(kind),
-         {:ok, opts} <- module.validate(opts),
-         do: {:ok, {kind, opts}}
+    case @kinds[kind] do
+      nil -> {:error, "unknown kind; the kinds are #{inspect(Keyword.keys(@kinds))}"}
+      module -> with {:ok, opts} <- module.validate(opts), do: {:ok, {kind, opts}}
+    end
   end
 
   def validate(_other),
     do: {:error, "expected nil or {kind, opts} such as {:tcp, port: 4000} (value not shown)"}
-
-  defp module(kind) do
-    case Keyword.fetch(@kinds, kind) do
-      {:ok, module} -> {:ok, module}
-      :error -> {:error, "unknown kind; the kinds are #{inspect(Keyword.keys(@kinds))}"}
-    end
-  end
 
   defp module!({kind, _opts}), do: Keyword.fetch!(@kinds, kind)
 
@@ -97,28 +91,11 @@ defmodule LibclusterDroplet.HealthCheck do
   @spec run([{node(), String.t()}], t() | nil) ::
           {:ok, [{String.t(), term()}], number()} | :unchecked | {:error, term()}
   def run(targets, check) do
-    started = System.monotonic_time()
+    started = System.monotonic_time(:microsecond)
 
-    case start(targets, check, 5_000) do
-      {:ok, %Call{ref: ref} = call, wait} ->
-        result =
-          receive do
-            {:droplet_nif_probe, ^ref, results} -> results
-          after
-            wait -> {:error, :timeout}
-          end
-
-        LibclusterDroplet.cancel(call)
-        ms = System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
-
-        case result do
-          {:error, _} = error -> error
-          results -> {:ok, results, ms / 1000}
-        end
-
-      other ->
-        other
-    end
+    with {:ok, call, wait} <- start(targets, check, 5_000),
+         results when is_list(results) <- LibclusterDroplet.await_check(call, wait),
+         do: {:ok, results, (System.monotonic_time(:microsecond) - started) / 1000}
   end
 
   @doc """

@@ -38,11 +38,11 @@ defmodule LibclusterDroplet.Token do
       {:error, "expected {:system, name} to name an environment variable"}
   """
   @spec new(term()) :: {:ok, t()} | {:error, String.t()}
+  def new(""), do: {:error, "expected a non-empty token, got an empty string"}
+
   def new(token) when is_binary(token) do
     if String.trim(token) == "",
-      do:
-        {:error,
-         "expected a non-empty token, got #{if token == "", do: "an empty", else: "a blank"} string"},
+      do: {:error, "expected a non-empty token, got a blank string"},
       else: {:ok, %__MODULE__{source: {:literal, fn -> token end}}}
   end
 
@@ -72,12 +72,8 @@ defmodule LibclusterDroplet.Token do
   @spec validate_option(term()) :: {:ok, t()} | {:error, String.t()}
   def validate_option(%__MODULE__{} = token), do: {:ok, token}
 
-  def validate_option(source) do
-    case new(source) do
-      {:ok, token} -> {:ok, token}
-      {:error, message} -> {:error, message <> " (value not shown)"}
-    end
-  end
+  def validate_option(source),
+    do: with({:error, message} <- new(source), do: {:error, message <> " (value not shown)"})
 
   @doc false
   # The token of a literal source, known without reading anything.
@@ -93,7 +89,7 @@ defmodule LibclusterDroplet.Token do
   def fetch(%__MODULE__{source: {:literal, fun}} = token), do: {:ok, fun.(), token}
 
   def fetch(%__MODULE__{source: {:function, fun}} = token),
-    do: call(fn -> fun.() end, "the :token function", token)
+    do: call(fun, "the :token function", token)
 
   def fetch(%__MODULE__{source: {:mfa, {m, f, a}}} = token),
     do: call(fn -> apply(m, f, a) end, "the :token function #{inspect({m, f, length(a)})}", token)
@@ -147,9 +143,12 @@ defmodule LibclusterDroplet.Token do
         unavailable("the token file #{path} is not a regular file (#{type})")
 
       {:error, reason} ->
-        unavailable("the token file #{path} cannot be read: #{:file.format_error(reason)}")
+        cannot_read(path, reason)
     end
   end
+
+  defp cannot_read(path, reason),
+    do: unavailable("the token file #{path} cannot be read: #{:file.format_error(reason)}")
 
   # A token is a few dozen bytes; anything much larger is not one.
   @max_file_bytes 64 * 1024
@@ -175,10 +174,10 @@ defmodule LibclusterDroplet.Token do
         {:ok, ""}
 
       {:ok, {:error, reason}} ->
-        unavailable("the token file #{path} cannot be read: #{:file.format_error(reason)}")
+        cannot_read(path, reason)
 
       {:error, reason} ->
-        unavailable("the token file #{path} cannot be read: #{:file.format_error(reason)}")
+        cannot_read(path, reason)
     end
   end
 

@@ -38,6 +38,13 @@ defmodule LibclusterDroplet.Native.Build do
       present(env["LIBCLUSTER_DROPLET_BASE_URL"]) || configured_url ||
         "#{project[:source_url]}/releases/download/v#{version}"
 
+    # Without the key, RustlerPrecompiled's own `config :rustler_precompiled,
+    # :force_build` still applies. A checkout's checksum file lists no
+    # artifact: this repository always builds from source.
+    force_build? = own_build? or env["LIBCLUSTER_DROPLET_BUILD"] in ["1", "true"]
+    # Rustler builds in _build unless told; cargo's own variable is honoured.
+    target_dir = present(env["CARGO_TARGET_DIR"])
+
     [
       otp_app: :libcluster_droplet,
       crate: @crate,
@@ -52,21 +59,13 @@ defmodule LibclusterDroplet.Native.Build do
       # same place, priv/native, so they must not differ. Never in a
       # dependency's build, nor in an artifact (make precompile).
       features: if(own_build?, do: ["test-panic"], else: [])
-    ]
-    # Without the key, RustlerPrecompiled's own `config :rustler_precompiled,
-    # :force_build` still applies. A checkout's checksum file lists no
-    # artifact: this repository always builds from source.
-    |> put_if(own_build? or env["LIBCLUSTER_DROPLET_BUILD"] in ["1", "true"], :force_build, true)
-    # Rustler builds in _build unless told; cargo's own variable is honoured.
-    |> put_if(present(env["CARGO_TARGET_DIR"]), :target_dir, env["CARGO_TARGET_DIR"])
+    ] ++
+      if(force_build?, do: [force_build: true], else: []) ++
+      if(target_dir, do: [target_dir: target_dir], else: [])
   end
 
   defp present(value) when value in [nil, ""], do: nil
   defp present(value), do: value
-
-  defp put_if(opts, nil, _key, _value), do: opts
-  defp put_if(opts, false, _key, _value), do: opts
-  defp put_if(opts, _, key, value), do: opts ++ [{key, value}]
 
   @doc """
   Before a forced source build: raises, saying what to do, when Rustler or
@@ -83,16 +82,12 @@ defmodule LibclusterDroplet.Native.Build do
 
     if opts[:force_build] && missing != [] do
       precompiled =
-        case artifact(opts) do
-          {:ok, name, _cached} ->
-            if Map.has_key?(checksums(), name),
-              do:
-                "Unset LIBCLUSTER_DROPLET_BUILD to install the precompiled NIF of this target " <>
-                  "instead (#{name}).",
-              else: no_artifact(opts)
-
-          :error ->
-            no_artifact(opts)
+        with {:ok, name, _cached} <- artifact(opts),
+             true <- Map.has_key?(checksums(), name) do
+          "Unset LIBCLUSTER_DROPLET_BUILD to install the precompiled NIF of this target " <>
+            "instead (#{name})."
+        else
+          _ -> no_artifact(opts)
         end
 
       raise """

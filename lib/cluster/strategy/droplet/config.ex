@@ -149,7 +149,6 @@ defmodule Cluster.Strategy.Droplet.Config do
   """
 
   @schema NimbleOptions.new!(@options)
-  @type_docs Map.new(@options, fn {key, spec} -> {key, spec[:type_doc]} end)
   @keys Keyword.keys(@options)
   # The options whose values are (or hold) text, which a token pasted in the
   # wrong place would be.
@@ -204,7 +203,7 @@ defmodule Cluster.Strategy.Droplet.Config do
   @spec new(term()) :: {:ok, t()} | {:error, String.t()}
   def new(opts) do
     with :ok <- keyword(opts),
-         {:ok, valid} <- validate(opts, @schema, @type_docs),
+         {:ok, valid} <- validate(opts, @schema),
          config = struct!(__MODULE__, valid),
          :ok <- combinations(config),
          :ok <- no_token_shapes(config),
@@ -216,27 +215,27 @@ defmodule Cluster.Strategy.Droplet.Config do
   @doc false
   # Validates `opts` against a NimbleOptions schema with messages that never
   # show a value: custom validators word their own, the others are worded
-  # here from `type_docs`.
-  def validate(opts, schema, type_docs) do
+  # here from the option's `type_doc`.
+  def validate(opts, %NimbleOptions{schema: specs} = schema) do
     case NimbleOptions.validate(opts, schema) do
       {:ok, valid} ->
         {:ok, valid}
 
       {:error, %NimbleOptions.ValidationError{key: keys}} when is_list(keys) ->
         {:error,
-         "unknown option(s) #{inspect(keys)}; the known options are: #{inspect(Map.keys(type_docs))}"}
+         "unknown option(s) #{inspect(keys)}; the known options are: #{inspect(Enum.sort(Keyword.keys(specs)))}"}
 
       {:error, %NimbleOptions.ValidationError{value: nil, message: message}} ->
         {:error, message}
 
       {:error, %NimbleOptions.ValidationError{key: key, message: message}} ->
-        case schema.schema[key][:type] do
+        case specs[key][:type] do
           {:custom, _, _, _} ->
             {:error, message}
 
           _ ->
             {:error,
-             "invalid value for #{inspect(key)} option: expected #{type_docs[key]} (value not shown)"}
+             "invalid value for #{inspect(key)} option: expected #{specs[key][:type_doc]} (value not shown)"}
         end
     end
   end
@@ -377,14 +376,10 @@ defmodule Cluster.Strategy.Droplet.Config do
   def validate_tags(tag) when is_binary(tag) and tag != "", do: {:ok, tag}
 
   def validate_tags(tags) do
-    case Filters.strings(tags, @max_tags, &(is_binary(&1) and &1 != "")) do
-      {:ok, tags} ->
-        {:ok, tags}
-
-      :error ->
-        {:error,
-         "expected a non-empty string, a list of at most #{@max_tags} of them, or nil (value not shown)"}
-    end
+    with :error <- Filters.strings(tags, @max_tags, &(is_binary(&1) and &1 != "")),
+         do:
+           {:error,
+            "expected a non-empty string, a list of at most #{@max_tags} of them, or nil (value not shown)"}
   end
 
   @doc false
