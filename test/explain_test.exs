@@ -20,6 +20,7 @@ defmodule LibclusterDroplet.ExplainTest do
   alias LibclusterDroplet.Explain.{Checks, Diagnosis, Entry, Facts, Format, Report}
 
   doctest LibclusterDroplet.Explain
+  doctest LibclusterDroplet.Explain.Diagnosis
   doctest LibclusterDroplet.Explain.Format
   doctest LibclusterDroplet.NodeWatch
 
@@ -277,7 +278,7 @@ defmodule LibclusterDroplet.ExplainTest do
                :candidate
              ]
 
-      assert Explain.to_diagnose(Explain.report(facts)) |> Enum.map(& &1.verdict.name) == [
+      assert Diagnosis.to_diagnose(Explain.report(facts)) |> Enum.map(& &1.verdict.name) == [
                "web-1",
                "app"
              ]
@@ -308,8 +309,8 @@ defmodule LibclusterDroplet.ExplainTest do
         )
 
       report = Explain.report(facts)
-      assert [%Entry{stage: :connecting}] = Explain.to_diagnose(report)
-      report = Explain.put_findings(report, %{:"app@10.0.0.3" => {:not_registered, []}})
+      assert [%Entry{stage: :connecting}] = Diagnosis.to_diagnose(report)
+      report = Diagnosis.put_findings(report, %{:"app@10.0.0.3" => {:not_registered, []}})
       assert [%Entry{finding: {:not_registered, []}}, %Entry{finding: nil}] = report.entries
       assert Format.format(report) =~ "epmd at 10.0.0.3 answers but lists no node"
     end
@@ -477,28 +478,28 @@ defmodule LibclusterDroplet.ExplainTest do
       do: %{epmd_port: 4369, epmd: epmd, dist_port: dist_port, dist: dist}
 
     test "the distribution port's answer first, then epmd's" do
-      assert Explain.conclude(@node, probes({:ok, []}, 9100, {:node, "app@10.0.0.3"}), false) ==
+      assert Diagnosis.conclude(@node, probes({:ok, []}, 9100, {:node, "app@10.0.0.3"}), false) ==
                {:answers, "app@10.0.0.3", 9100}
 
-      assert Explain.conclude(@node, probes({:ok, []}, 9100, {:status, "not_allowed"}), true) ==
+      assert Diagnosis.conclude(@node, probes({:ok, []}, 9100, {:status, "not_allowed"}), true) ==
                {:refused, "not_allowed"}
 
-      assert Explain.conclude(@node, probes({:ok, []}, 9100, {:status, "nok"}), true) ==
+      assert Diagnosis.conclude(@node, probes({:ok, []}, 9100, {:status, "nok"}), true) ==
                {:busy, "nok"}
 
-      assert Explain.conclude(@node, probes({:ok, []}, 9100, {:error, :not_distribution}), true) ==
+      assert Diagnosis.conclude(@node, probes({:ok, []}, 9100, {:error, :not_distribution}), true) ==
                {:not_distribution, 9100}
 
-      assert Explain.conclude(
+      assert Diagnosis.conclude(
                @node,
                probes({:ok, [{"app", 9100}]}, 9100, {:error, :timeout}),
                true
              ) ==
                {:dist_closed, 9100, :timeout}
 
-      assert Explain.conclude(@node, probes({:ok, []}, nil, nil), true) == {:not_registered, []}
+      assert Diagnosis.conclude(@node, probes({:ok, []}, nil, nil), true) == {:not_registered, []}
 
-      assert Explain.conclude(@node, probes({:error, :timeout}, nil, nil), true) ==
+      assert Diagnosis.conclude(@node, probes({:error, :timeout}, nil, nil), true) ==
                {:nothing_answers, {4369, :timeout}, nil}
     end
 
