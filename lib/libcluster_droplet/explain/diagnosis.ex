@@ -185,14 +185,14 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
     end
   end
 
-  defp port(nil), do: nil
-
-  defp port(text) do
+  defp port(text) when is_binary(text) do
     case Integer.parse(text) do
       {port, ""} when port in 1..65_535 -> port
       _ -> nil
     end
   end
+
+  defp port(_none), do: nil
 
   # epmd's NAMES request at `ip`:`port`.
   @spec epmd_names(:inet.ip_address(), :inet.port_number(), pos_integer()) ::

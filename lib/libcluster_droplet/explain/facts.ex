@@ -90,8 +90,11 @@ defmodule LibclusterDroplet.Explain.Facts do
     }
   end
 
-  defp polling(%Coordination{enabled?: true} = c, now, interval, to_unix) do
+  defp polling(%Coordination{} = c, now, interval, to_unix) do
     cond do
+      not c.enabled? ->
+        :alone
+
       Coordination.following?(c, now, interval) ->
         {:follows, c.leader, to_unix.(c.leader_seen_at)}
 
@@ -102,6 +105,4 @@ defmodule LibclusterDroplet.Explain.Facts do
         :alone
     end
   end
-
-  defp polling(_c, _now, _interval, _to_unix), do: :alone
 end
