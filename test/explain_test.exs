@@ -138,6 +138,8 @@ defmodule LibclusterDroplet.ExplainTest do
       assert Enum.all?(entries, &(&1.stage in Explain.stages()))
 
       text = format(facts)
+      assert text =~ "\n  ok      distribution is started with long names"
+      assert text =~ "\n  info    11 droplets in the API listing"
       assert text =~ "region ams3 is not among :regions; VPC #{@vpc_b} is not the :vpc asked for"
       assert text =~ "status off: only active droplets are selected"
       assert text =~ "no private IPv4 address"
