@@ -464,6 +464,27 @@ defmodule LibclusterDroplet.ExplainTest do
     end
   end
 
+  test "the autoscale pool: its members, and how its droplets are listed" do
+    pool = %{id: "p-1", name: "web-pool", tags: ["k8s:web"], members: 3, active: 2}
+    facts = facts([{"web-3", :active, "10.0.0.3"}])
+    facts = put_in(facts.view[:pool], pool)
+
+    text =
+      ~s[autoscale pool "web-pool" (p-1): 3 members, 2 active; ] <>
+        ~s[its droplets are listed by the template's tag "k8s:web"]
+
+    assert {:info, text} in checks(facts)
+    assert {:info, text} in checks(%{facts | mode: :offline})
+
+    untagged = put_in(facts.view.pool.tags, [])
+
+    assert Enum.any?(checks(untagged), fn {_, t} ->
+             t =~ "its template has no tag, so every droplet page is listed at each poll"
+           end)
+
+    refute Enum.any?(checks(facts([])), fn {_, t} -> t =~ "autoscale pool" end)
+  end
+
   test "Facts.config/1 keeps what shapes an explanation, never the token" do
     config =
       Cluster.Strategy.Droplet.Config.new!(token: "dop_v1_explain_facts_token", regions: ["nyc3"])

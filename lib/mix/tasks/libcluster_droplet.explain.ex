@@ -106,15 +106,12 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
       {verdicts, probes} = check(verdicts, targets, config.health_check)
       requests = if listing.requests == 1, do: "1 request", else: "#{listing.requests} requests"
 
-      notes =
-        [
-          {:info,
-           "listed #{length(listing.droplets)} droplets with #{requests}, #{length(targets)} " <>
-             "selected; nothing connects from here, and the cookie is not checked"}
-        ] ++
-          if config.vpc == :self,
-            do: [{:info, "vpc: :self is each node's own VPC: from here, every VPC is shown"}],
-            else: []
+      listed =
+        "listed #{length(listing.droplets)} droplets with #{requests}, #{length(targets)} " <>
+          "selected; nothing connects from here, and the cookie is not checked"
+
+      vpc = "vpc: :self is each node's own VPC: from here, every VPC is shown"
+      notes = [info: listed] ++ if(config.vpc == :self, do: [info: vpc], else: [])
 
       facts = %Explain.Facts{
         topology: topology,
