@@ -276,11 +276,7 @@ defmodule LibclusterDroplet.Explain.Format do
   end
 
   defp finding({:nothing_answers, {epmd_port, epmd_why}, dist}, _node, address) do
-    dist_text =
-      case dist do
-        {port, why} -> ", distribution port #{port} #{socket_error(why)}"
-        nil -> ""
-      end
+    dist_text = with {port, why} <- dist, do: ", distribution port #{port} #{socket_error(why)}"
 
     "nothing answers at #{address}: epmd port #{epmd_port} #{socket_error(epmd_why)}#{dist_text}; " <>
       "the droplet is down, its release is not running, or a firewall drops these ports"
