@@ -90,11 +90,8 @@ defmodule LibclusterDroplet.Explain.Facts do
     }
   end
 
-  defp polling(%Coordination{} = c, now, interval, to_unix) do
+  defp polling(%Coordination{enabled?: true} = c, now, interval, to_unix) do
     cond do
-      not c.enabled? ->
-        :alone
-
       Coordination.following?(c, now, interval) ->
         {:follows, c.leader, to_unix.(c.leader_seen_at)}
 
@@ -105,4 +102,6 @@ defmodule LibclusterDroplet.Explain.Facts do
         :alone
     end
   end
+
+  defp polling(_c, _now, _interval, _to_unix), do: :alone
 end
