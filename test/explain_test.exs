@@ -20,6 +20,7 @@ defmodule LibclusterDroplet.ExplainTest do
   alias LibclusterDroplet.Explain.{Checks, Diagnosis, Entry, Facts, Format, Report}
 
   doctest LibclusterDroplet.Explain
+  doctest LibclusterDroplet.Explain.Diagnosis
   doctest LibclusterDroplet.Explain.Format
   doctest LibclusterDroplet.NodeWatch
 
@@ -137,6 +138,8 @@ defmodule LibclusterDroplet.ExplainTest do
       assert Enum.all?(entries, &(&1.stage in Explain.stages()))
 
       text = format(facts)
+      assert text =~ "\n  ok      distribution is started with long names"
+      assert text =~ "\n  info    11 droplets in the API listing"
       assert text =~ "region ams3 is not among :regions; VPC #{@vpc_b} is not the :vpc asked for"
       assert text =~ "status off: only active droplets are selected"
       assert text =~ "no private IPv4 address"
@@ -277,7 +280,7 @@ defmodule LibclusterDroplet.ExplainTest do
                :candidate
              ]
 
-      assert Explain.to_diagnose(Explain.report(facts)) |> Enum.map(& &1.verdict.name) == [
+      assert Diagnosis.to_diagnose(Explain.report(facts)) |> Enum.map(& &1.verdict.name) == [
                "web-1",
                "app"
              ]
@@ -308,8 +311,8 @@ defmodule LibclusterDroplet.ExplainTest do
         )
 
       report = Explain.report(facts)
-      assert [%Entry{stage: :connecting}] = Explain.to_diagnose(report)
-      report = Explain.put_findings(report, %{:"app@10.0.0.3" => {:not_registered, []}})
+      assert [%Entry{stage: :connecting}] = Diagnosis.to_diagnose(report)
+      report = Diagnosis.put_findings(report, %{:"app@10.0.0.3" => {:not_registered, []}})
       assert [%Entry{finding: {:not_registered, []}}, %Entry{finding: nil}] = report.entries
       assert Format.format(report) =~ "epmd at 10.0.0.3 answers but lists no node"
     end
@@ -461,6 +464,27 @@ defmodule LibclusterDroplet.ExplainTest do
     end
   end
 
+  test "the autoscale pool: its members, and how its droplets are listed" do
+    pool = %{id: "p-1", name: "web-pool", tags: ["k8s:web"], members: 3, active: 2}
+    facts = facts([{"web-3", :active, "10.0.0.3"}])
+    facts = put_in(facts.view[:pool], pool)
+
+    text =
+      ~s[autoscale pool "web-pool" (p-1): 3 members, 2 active; ] <>
+        ~s[its droplets are listed by the template's tag "k8s:web"]
+
+    assert {:info, text} in checks(facts)
+    assert {:info, text} in checks(%{facts | mode: :offline})
+
+    untagged = put_in(facts.view.pool.tags, [])
+
+    assert Enum.any?(checks(untagged), fn {_, t} ->
+             t =~ "its template has no tag, so every droplet page is listed at each poll"
+           end)
+
+    refute Enum.any?(checks(facts([])), fn {_, t} -> t =~ "autoscale pool" end)
+  end
+
   test "Facts.config/1 keeps what shapes an explanation, never the token" do
     config =
       Cluster.Strategy.Droplet.Config.new!(token: "dop_v1_explain_facts_token", regions: ["nyc3"])
@@ -477,28 +501,28 @@ defmodule LibclusterDroplet.ExplainTest do
       do: %{epmd_port: 4369, epmd: epmd, dist_port: dist_port, dist: dist}
 
     test "the distribution port's answer first, then epmd's" do
-      assert Explain.conclude(@node, probes({:ok, []}, 9100, {:node, "app@10.0.0.3"}), false) ==
+      assert Diagnosis.conclude(@node, probes({:ok, []}, 9100, {:node, "app@10.0.0.3"}), false) ==
                {:answers, "app@10.0.0.3", 9100}
 
-      assert Explain.conclude(@node, probes({:ok, []}, 9100, {:status, "not_allowed"}), true) ==
+      assert Diagnosis.conclude(@node, probes({:ok, []}, 9100, {:status, "not_allowed"}), true) ==
                {:refused, "not_allowed"}
 
-      assert Explain.conclude(@node, probes({:ok, []}, 9100, {:status, "nok"}), true) ==
+      assert Diagnosis.conclude(@node, probes({:ok, []}, 9100, {:status, "nok"}), true) ==
                {:busy, "nok"}
 
-      assert Explain.conclude(@node, probes({:ok, []}, 9100, {:error, :not_distribution}), true) ==
+      assert Diagnosis.conclude(@node, probes({:ok, []}, 9100, {:error, :not_distribution}), true) ==
                {:not_distribution, 9100}
 
-      assert Explain.conclude(
+      assert Diagnosis.conclude(
                @node,
                probes({:ok, [{"app", 9100}]}, 9100, {:error, :timeout}),
                true
              ) ==
                {:dist_closed, 9100, :timeout}
 
-      assert Explain.conclude(@node, probes({:ok, []}, nil, nil), true) == {:not_registered, []}
+      assert Diagnosis.conclude(@node, probes({:ok, []}, nil, nil), true) == {:not_registered, []}
 
-      assert Explain.conclude(@node, probes({:error, :timeout}, nil, nil), true) ==
+      assert Diagnosis.conclude(@node, probes({:error, :timeout}, nil, nil), true) ==
                {:nothing_answers, {4369, :timeout}, nil}
     end
 

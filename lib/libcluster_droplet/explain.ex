@@ -53,14 +53,6 @@ defmodule LibclusterDroplet.Explain do
           | {:refused, String.t()}
           | {:busy, String.t()}
 
-  @typedoc "What epmd and the distribution port at a node's address answered."
-  @type probes :: %{
-          epmd_port: :inet.port_number(),
-          epmd: {:ok, [{String.t(), :inet.port_number()}]} | {:error, term()},
-          dist_port: :inet.port_number() | nil,
-          dist: {:node, String.t()} | {:status, String.t()} | {:error, term()} | nil
-        }
-
   defmodule Entry do
     @moduledoc """
     One droplet of the view: its `verdict`, its `stage` and, for a selected
@@ -125,7 +117,9 @@ defmodule LibclusterDroplet.Explain do
     result =
       with {:ok, pid} <- whereis(topology),
            {:ok, facts} <- facts(pid, Keyword.get(opts, :timeout, 5_000)) do
-        {:ok, facts |> Map.put(:longnames?, longnames?()) |> report() |> Diagnosis.run(opts)}
+        # Not asked by the strategy: net_kernel may be busy, the strategy must not wait.
+        facts = %{facts | longnames?: :net_kernel.longnames() == true}
+        {:ok, facts |> report() |> Diagnosis.run(opts)}
       end
 
     if Keyword.get(opts, :print, true) do
@@ -156,11 +150,9 @@ defmodule LibclusterDroplet.Explain do
 
   defp whereis(pid) when is_pid(pid), do: {:ok, pid}
 
-  defp whereis(topology) when is_atom(topology) do
-    case :persistent_term.get(key(topology), nil) do
-      pid when is_pid(pid) -> if Process.alive?(pid), do: {:ok, pid}, else: {:error, :not_running}
-      nil -> {:error, :not_running}
-    end
+  defp whereis(topology) do
+    pid = :persistent_term.get(key(topology), nil)
+    if is_pid(pid) and Process.alive?(pid), do: {:ok, pid}, else: {:error, :not_running}
   end
 
   defp facts(pid, timeout) do
@@ -168,13 +160,6 @@ defmodule LibclusterDroplet.Explain do
   catch
     :exit, {:timeout, _} -> {:error, {:no_answer, timeout}}
     :exit, _ -> {:error, :not_running}
-  end
-
-  defp longnames? do
-    case :net_kernel.longnames() do
-      longnames when is_boolean(longnames) -> longnames
-      _ -> nil
-    end
   end
 
   ## The report
@@ -215,15 +200,14 @@ defmodule LibclusterDroplet.Explain do
     unlisted? = Checks.unlisted?(facts)
 
     Enum.map(view.verdicts, fn
-      %Verdict{stage: :selected} = v -> live(%Entry{verdict: v}, v.node, unlisted?, facts)
+      %Verdict{stage: :selected} = v -> live(v, unlisted?, facts)
       v -> %Entry{verdict: v, stage: v.stage}
     end)
   end
 
-  defp live(entry, node, unlisted?, facts) do
-    probe = Map.get(facts.probes, node)
-    entry = %{entry | probe: probe}
-    failed_check? = match?({:error, _}, entry.verdict.health)
+  defp live(%Verdict{node: node} = v, unlisted?, facts) do
+    entry = %Entry{verdict: v, probe: Map.get(facts.probes, node)}
+    failed_check? = match?({:error, _}, v.health)
 
     cond do
       node in facts.connected ->
@@ -248,77 +232,4 @@ defmodule LibclusterDroplet.Explain do
         %{entry | stage: :pending}
     end
   end
-
-  @doc false
-  # The entries to diagnose: connects failed or in flight, or candidates.
-  def to_diagnose(%Report{entries: entries}),
-    do: Enum.filter(entries, &(&1.stage in [:connect_failed, :connecting, :candidate]))
-
-  @doc false
-  def put_findings(%Report{} = report, findings) do
-    entries =
-      Enum.map(report.entries, &%{&1 | finding: Map.get(findings, &1.verdict.node, &1.finding)})
-
-    %{report | entries: entries}
-  end
-
-  @doc """
-  What the diagnosis of the node `expected` found from its `probes`. The
-  distribution port's answer comes first (a connect uses it); epmd's says
-  what runs when it does not answer. A node answering under the expected
-  name while connects fail (`connect_failed?`) most likely has another cookie.
-
-      iex> alias LibclusterDroplet.Explain
-      iex> Explain.conclude(:"app@10.0.0.3", %{epmd_port: 4369, epmd: {:ok, [{"web", 9100}]}, dist_port: 9100,
-      ...>   dist: {:node, "web@10.0.0.3"}}, true)
-      {:other_node, "web@10.0.0.3", 9100}
-      iex> Explain.conclude(:"app@10.0.0.3", %{epmd_port: 4369, epmd: {:ok, [{"web", 9100}]}, dist_port: nil, dist: nil}, true)
-      {:not_registered, [{"web", 9100}]}
-      iex> Explain.conclude(:"app@10.0.0.3", %{epmd_port: 4369, epmd: {:error, :refused}, dist_port: 9100, dist: {:node, "app@10.0.0.3"}}, true)
-      {:cookie_mismatch, 9100}
-  """
-  @spec conclude(node(), probes(), boolean()) :: finding()
-  def conclude(expected, probes, connect_failed?) do
-    expected = Atom.to_string(expected)
-    port = probes.dist_port
-
-    case probes.dist do
-      {:node, ^expected} ->
-        if connect_failed?, do: {:cookie_mismatch, port}, else: {:answers, expected, port}
-
-      {:node, other} ->
-        {:other_node, other, port}
-
-      {:status, status} when status in ["nok", "alive", "ok_simultaneous"] ->
-        {:busy, status}
-
-      {:status, status} ->
-        {:refused, status}
-
-      {:error, :not_distribution} ->
-        {:not_distribution, port}
-
-      unanswered ->
-        conclude_epmd(expected, probes, unanswered)
-    end
-  end
-
-  defp conclude_epmd(expected, probes, unanswered) do
-    [basename | _] = String.split(expected, "@", parts: 2)
-
-    case probes.epmd do
-      {:ok, names} ->
-        case List.keyfind(names, basename, 0) do
-          {_, port} -> {:dist_closed, port, dist_error(unanswered)}
-          nil -> {:not_registered, names}
-        end
-
-      {:error, why} ->
-        dist = if probes.dist_port, do: {probes.dist_port, dist_error(unanswered)}
-        {:nothing_answers, {probes.epmd_port, why}, dist}
-    end
-  end
-
-  defp dist_error({:error, why}), do: why
-  defp dist_error(_), do: :not_tried
 end

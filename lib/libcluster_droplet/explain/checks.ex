@@ -7,21 +7,23 @@ defmodule LibclusterDroplet.Explain.Checks do
   alias LibclusterDroplet.Explain.{Facts, Format}
   alias LibclusterDroplet.Pipeline
 
-  def checks(%Facts{mode: :offline} = facts),
-    do: Enum.reject([view(facts), facts.view && pool(facts.view)], &is_nil/1)
+  def checks(%Facts{mode: :offline} = facts), do: present([view(facts), pool(facts.view)])
 
   def checks(%Facts{} = facts) do
-    # A node without distribution joins nothing whatever the listing says.
-    listed = if facts.alive?, do: [listed(facts)], else: []
-
-    Enum.reject(
-      [distribution(facts)] ++
-        listed ++
-        [poll(facts), polling(facts), rate_floor(facts), removing(facts)] ++
-        if(facts.view, do: [view(facts), pool(facts.view)], else: []),
-      &is_nil/1
-    )
+    present([
+      distribution(facts),
+      # A node without distribution joins nothing whatever the listing says.
+      facts.alive? && listed(facts),
+      poll(facts),
+      polling(facts),
+      rate_floor(facts),
+      removing(facts),
+      view(facts),
+      pool(facts.view)
+    ])
   end
+
+  defp present(checks), do: Enum.filter(checks, &is_tuple/1)
 
   # Whether this node joins no one: it must be listed, and is not.
   def unlisted?(%Facts{mode: :offline}), do: false
@@ -133,7 +135,7 @@ defmodule LibclusterDroplet.Explain.Checks do
 
   defp pool(_view), do: nil
 
-  defp view(%Facts{view: nil}), do: {:info, "no listing"}
+  defp view(%Facts{view: nil}), do: nil
 
   defp view(%Facts{view: view} = facts) do
     from =

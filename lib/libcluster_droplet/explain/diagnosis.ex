@@ -11,7 +11,7 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
 
   import Bitwise
 
-  alias LibclusterDroplet.Explain
+  alias LibclusterDroplet.{Explain, NodeName}
   alias LibclusterDroplet.Explain.Report
 
   @default_timeout 1_000
@@ -22,6 +22,14 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
   # OTP 25's default distribution flags, for a release without
   # :erts_internal.get_dflags/0.
   @otp25_flags 55_966_662_588
+
+  @typedoc "What epmd and the distribution port at a node's address answered."
+  @type probes :: %{
+          epmd_port: :inet.port_number(),
+          epmd: {:ok, [{String.t(), :inet.port_number()}]} | {:error, term()},
+          dist_port: :inet.port_number() | nil,
+          dist: {:node, String.t()} | {:status, String.t()} | {:error, term()} | nil
+        }
 
   # `:probe_timeout` is per connection and per answer; nodes past
   # `:max_diagnosed` are not diagnosed.
@@ -37,15 +45,14 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
   def run(%Report{} = report, opts \\ []) do
     max = Keyword.get(opts, :max_diagnosed, @max_diagnosed)
     timeout = Keyword.get(opts, :probe_timeout, @default_timeout)
-    all = Explain.to_diagnose(report)
-    {diagnosed, skipped} = Enum.split(all, max)
+    all = to_diagnose(report)
 
     findings =
-      diagnosed
+      all
+      |> Enum.take(max)
       |> Task.async_stream(
-        fn e ->
-          %{node: node, address: address} = e.verdict
-          {node, Explain.conclude(node, probe(node, address, opts), e.stage == :connect_failed)}
+        fn %{verdict: %{node: node} = v} = e ->
+          {node, conclude(node, probe(node, v.address, opts), e.stage == :connect_failed)}
         end,
         max_concurrency: @concurrency,
         # Each step is bounded by the timeout; this only guards against a hang.
@@ -59,22 +66,86 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
       end)
       |> Map.new()
 
-    report = Explain.put_findings(report, findings)
+    report = put_findings(report, findings)
     note = "diagnosed #{max} of the #{length(all)} nodes that did not connect (max_diagnosed)"
-    if skipped == [], do: report, else: %{report | checks: report.checks ++ [{:info, note}]}
+    if length(all) <= max, do: report, else: %{report | checks: report.checks ++ [{:info, note}]}
   end
 
+  # The entries to diagnose: connects failed or in flight, or candidates.
+  def to_diagnose(%Report{entries: entries}),
+    do: Enum.filter(entries, &(&1.stage in [:connect_failed, :connecting, :candidate]))
+
+  def put_findings(%Report{} = report, findings) do
+    entries =
+      Enum.map(report.entries, &%{&1 | finding: Map.get(findings, &1.verdict.node, &1.finding)})
+
+    %{report | entries: entries}
+  end
+
+  @doc """
+  What the diagnosis of the node `expected` found from its `probes`. The
+  distribution port's answer comes first (a connect uses it); epmd's says
+  what runs when it does not answer. A node answering under the expected
+  name while connects fail (`connect_failed?`) most likely has another cookie.
+
+      iex> alias LibclusterDroplet.Explain.Diagnosis
+      iex> Diagnosis.conclude(:"app@10.0.0.3", %{epmd_port: 4369, epmd: {:ok, [{"web", 9100}]}, dist_port: 9100,
+      ...>   dist: {:node, "web@10.0.0.3"}}, true)
+      {:other_node, "web@10.0.0.3", 9100}
+      iex> Diagnosis.conclude(:"app@10.0.0.3", %{epmd_port: 4369, epmd: {:ok, [{"web", 9100}]}, dist_port: nil, dist: nil}, true)
+      {:not_registered, [{"web", 9100}]}
+      iex> Diagnosis.conclude(:"app@10.0.0.3", %{epmd_port: 4369, epmd: {:error, :refused}, dist_port: 9100, dist: {:node, "app@10.0.0.3"}}, true)
+      {:cookie_mismatch, 9100}
+  """
+  @spec conclude(node(), probes(), boolean()) :: Explain.finding()
+  def conclude(expected, probes, connect_failed?) do
+    expected = Atom.to_string(expected)
+    port = probes.dist_port
+
+    case probes.dist do
+      {:node, ^expected} ->
+        if connect_failed?, do: {:cookie_mismatch, port}, else: {:answers, expected, port}
+
+      {:node, other} ->
+        {:other_node, other, port}
+
+      {:status, status} when status in ["nok", "alive", "ok_simultaneous"] ->
+        {:busy, status}
+
+      {:status, status} ->
+        {:refused, status}
+
+      {:error, :not_distribution} ->
+        {:not_distribution, port}
+
+      unanswered ->
+        why = with {:error, why} <- unanswered, do: why, else: (_ -> :not_tried)
+        conclude_epmd(basename(expected), probes, why)
+    end
+  end
+
+  defp conclude_epmd(basename, %{epmd: {:ok, names}}, why) do
+    case List.keyfind(names, basename, 0) do
+      {_, port} -> {:dist_closed, port, why}
+      nil -> {:not_registered, names}
+    end
+  end
+
+  defp conclude_epmd(_basename, %{epmd: {:error, epmd_why}} = probes, why),
+    do:
+      {:nothing_answers, {probes.epmd_port, epmd_why},
+       probes.dist_port && {probes.dist_port, why}}
+
   # Asks epmd and the distribution port at `address` about `node`.
-  @spec probe(node(), String.t(), opts()) :: Explain.probes()
+  @spec probe(node(), String.t(), opts()) :: probes()
   def probe(node, address, opts \\ []) do
     timeout = Keyword.get(opts, :probe_timeout, @default_timeout)
-    [basename | _] = node |> Atom.to_string() |> String.split("@", parts: 2)
     epmd_port = epmd_port(opts)
 
     case :inet.parse_strict_address(String.to_charlist(address)) do
       {:ok, ip} ->
         epmd = epmd_names(ip, epmd_port, timeout)
-        dist_port = dist_port(opts, basename, epmd)
+        dist_port = dist_port(opts, basename(node), epmd)
         dist = if dist_port, do: handshake(ip, dist_port, timeout, explain_name())
         %{epmd_port: epmd_port, epmd: epmd, dist_port: dist_port, dist: dist}
 
@@ -114,14 +185,14 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
     end
   end
 
-  defp port(nil), do: nil
-
-  defp port(text) do
+  defp port(text) when is_binary(text) do
     case Integer.parse(text) do
       {port, ""} when port in 1..65_535 -> port
       _ -> nil
     end
   end
+
+  defp port(_none), do: nil
 
   # epmd's NAMES request at `ip`:`port`.
   @spec epmd_names(:inet.ip_address(), :inet.port_number(), pos_integer()) ::
@@ -230,20 +301,16 @@ defmodule LibclusterDroplet.Explain.Diagnosis do
 
   # A hidden node's name on this node's host; no such node ever connects.
   defp explain_name do
-    host =
-      case Node.self() |> Atom.to_string() |> String.split("@", parts: 2) do
-        [_, host] when host != "nohost" -> host
-        _ -> "localhost"
-      end
-
-    "libcluster_droplet_explain@" <> host
+    host = NodeName.host(Node.self())
+    "libcluster_droplet_explain@" <> if(host in ["", "nohost"], do: "localhost", else: host)
   end
+
+  defp basename(node), do: node |> to_string() |> String.split("@", parts: 2) |> hd()
 
   defp family(ip) when tuple_size(ip) == 8, do: :inet6
   defp family(_ip), do: :inet
 
   defp socket_error(:econnrefused), do: :refused
-  defp socket_error(:timeout), do: :timeout
   defp socket_error(other), do: other
 
   defp now, do: System.monotonic_time(:millisecond)

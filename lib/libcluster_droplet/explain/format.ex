@@ -7,6 +7,8 @@ defmodule LibclusterDroplet.Explain.Format do
   alias LibclusterDroplet.Explain.{Entry, Facts, Report}
   alias LibclusterDroplet.{Filters, HealthCheck, Pipeline, Plan}
 
+  @columns ["DROPLET", "STATUS", "ADDRESS", "NODE", "STAGE", "DETAIL"]
+
   def format(%Report{} = report) do
     where =
       if report.mode == :offline,
@@ -14,26 +16,19 @@ defmodule LibclusterDroplet.Explain.Format do
         else: " on #{inspect(report.self)}"
 
     title = "libcluster_droplet: topology #{inspect(report.topology)}#{where}"
-    checks = Enum.map(report.checks, fn {level, text} -> "  #{pad(label(level), 8)}#{text}" end)
+    checks = for {level, text} <- report.checks, do: "  #{pad(label(level), 8)}#{text}"
 
     rows =
-      Enum.map(report.entries, fn %Entry{verdict: v} = e ->
-        node = if v.node, do: Atom.to_string(v.node), else: "-"
-
-        [
-          v.name,
-          to_string(v.status),
-          v.address || "-",
-          node,
-          stage_label(e.stage),
-          detail(e, report.facts)
-        ]
-      end)
+      for %Entry{verdict: v} = e <- report.entries do
+        status = to_string(v.status)
+        node = to_string(v.node || "-")
+        [v.name, status, v.address || "-", node, stage_label(e.stage), detail(e, report.facts)]
+      end
 
     table =
       if rows == [],
         do: ["  (no droplets in the last view)"],
-        else: table([["DROPLET", "STATUS", "ADDRESS", "NODE", "STAGE", "DETAIL"] | rows])
+        else: table([@columns | rows])
 
     Enum.join([title, "" | checks] ++ ["" | table] ++ ["", "  " <> summary(report)], "\n")
   end
@@ -53,9 +48,8 @@ defmodule LibclusterDroplet.Explain.Format do
 
   defp pad(text, width), do: String.pad_trailing(text, width)
 
-  defp label(:ok), do: "ok"
-  defp label(:info), do: "info"
   defp label(:warning), do: "WARNING"
+  defp label(level), do: Atom.to_string(level)
 
   def summary(%Report{entries: entries}) do
     counts = Enum.frequencies_by(entries, & &1.stage)
@@ -154,8 +148,7 @@ defmodule LibclusterDroplet.Explain.Format do
 
   defp strikes_note(_entry), do: nil
 
-  defp finding_text(%Entry{finding: nil}), do: nil
-  defp finding_text(%Entry{finding: finding} = e), do: describe_finding(finding, e)
+  defp finding_text(%Entry{finding: finding} = e), do: finding && describe_finding(finding, e)
 
   # Why this node joins no one: the name its droplet needs (found by its
   # address), then up to 4 others.
@@ -271,8 +264,7 @@ defmodule LibclusterDroplet.Explain.Format do
     [basename | _] = node |> Atom.to_string() |> String.split("@", parts: 2)
     running = Enum.map_join(names, ", ", fn {name, _} -> "`#{name}@#{address}`" end)
     listed = Enum.map_join(names, ", ", fn {name, port} -> "#{name} at port #{port}" end)
-    suggested = names |> Enum.map(&elem(&1, 0)) |> Enum.reject(&temporary_name?/1)
-    suggestion = List.first(suggested) || elem(hd(names), 0)
+    {suggestion, _} = Enum.find(names, hd(names), fn {name, _} -> not temporary_name?(name) end)
 
     "runs #{running} (epmd lists #{listed}, no #{basename}); the strategy expects `#{node}`: " <>
       fix_name("#{suggestion}@#{address}", node)
@@ -284,11 +276,7 @@ defmodule LibclusterDroplet.Explain.Format do
   end
 
   defp finding({:nothing_answers, {epmd_port, epmd_why}, dist}, _node, address) do
-    dist_text =
-      case dist do
-        {port, why} -> ", distribution port #{port} #{socket_error(why)}"
-        nil -> ""
-      end
+    dist_text = with {port, why} <- dist, do: ", distribution port #{port} #{socket_error(why)}"
 
     "nothing answers at #{address}: epmd port #{epmd_port} #{socket_error(epmd_why)}#{dist_text}; " <>
       "the droplet is down, its release is not running, or a firewall drops these ports"
@@ -321,10 +309,9 @@ defmodule LibclusterDroplet.Explain.Format do
       else: "set node_basename: #{inspect(run_base)} or fix RELEASE_NODE"
   end
 
-  defp socket_error(why) when why in [:refused, :econnrefused], do: "refused the connection"
+  defp socket_error(:refused), do: "refused the connection"
   defp socket_error(:timeout), do: "did not answer in time"
   defp socket_error(:not_tried), do: "was not tried"
-  defp socket_error(:closed), do: "closed the connection"
   defp socket_error(other), do: "failed (#{inspect(other)})"
 
   defp host_port(address, port) do

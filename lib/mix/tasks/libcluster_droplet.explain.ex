@@ -1,6 +1,9 @@
 defmodule Mix.Tasks.LibclusterDroplet.Explain do
   @shortdoc "Lists a topology's droplets and explains why their nodes would or would not connect"
 
+  @usage "mix libcluster_droplet.explain [--topology NAME] [--dist-port PORT] " <>
+           "[--epmd-port PORT] [--timeout MS]"
+
   @moduledoc """
   `Cluster.Strategy.Droplet.explain/2` from a developer's machine: lists a
   topology's droplets (from `config :libcluster, :topologies`, after
@@ -8,15 +11,13 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
   node's address and prints the table. It never connects to a node, and
   never prints the token.
 
-      mix libcluster_droplet.explain [--topology NAME] [--dist-port PORT] [--epmd-port PORT] [--timeout MS]
+      #{@usage}
 
   `--topology` picks one of several topologies; `--dist-port` is the port
   the nodes listen on (default: the one epmd lists for each node);
   `--epmd-port` defaults to `ERL_EPMD_PORT`, else 4369; `--timeout` is in
-  ms per connection and answer (1,000). This machine is not a droplet: no
-  node is "this node", `vpc: :self` shows every VPC, and the addresses must
-  be reachable from here. See
-  [the troubleshooting guide](troubleshooting.md#from-a-developer-s-machine).
+  ms per connection and answer (1,000). What this machine can and cannot
+  see: [the troubleshooting guide](troubleshooting.md#from-a-developer-s-machine).
   """
 
   use Mix.Task
@@ -30,12 +31,7 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
   def run(args) do
     {opts, rest, invalid} = OptionParser.parse(args, strict: @switches)
 
-    if rest != [] or invalid != [] do
-      Mix.raise(
-        "usage: mix libcluster_droplet.explain [--topology NAME] [--dist-port PORT] " <>
-          "[--epmd-port PORT] [--timeout MS]"
-      )
-    end
+    if rest != [] or invalid != [], do: Mix.raise("usage: " <> @usage)
 
     Mix.Task.run("app.config")
     {topology, raw} = topology!(Application.get_env(:libcluster, :topologies), opts[:topology])
@@ -47,13 +43,10 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
         e in ArgumentError -> Mix.raise(Exception.message(e))
       end
 
-    diagnosis = [
-      probe_timeout: opts[:timeout] || 1_000,
-      epmd_port: opts[:epmd_port],
-      dist_port: opts[:dist_port]
-    ]
+    diagnosis =
+      [probe_timeout: opts[:timeout] || 1_000] ++ Keyword.take(opts, [:epmd_port, :dist_port])
 
-    case report(topology, config, Enum.reject(diagnosis, &(elem(&1, 1) == nil))) do
+    case report(topology, config, diagnosis) do
       {:ok, report} ->
         Mix.shell().info(Explain.Format.format(report))
 
@@ -113,15 +106,12 @@ defmodule Mix.Tasks.LibclusterDroplet.Explain do
       {verdicts, probes} = check(verdicts, targets, config.health_check)
       requests = if listing.requests == 1, do: "1 request", else: "#{listing.requests} requests"
 
-      notes =
-        [
-          {:info,
-           "listed #{length(listing.droplets)} droplets with #{requests}, #{length(targets)} " <>
-             "selected; nothing connects from here, and the cookie is not checked"}
-        ] ++
-          if config.vpc == :self,
-            do: [{:info, "vpc: :self is each node's own VPC: from here, every VPC is shown"}],
-            else: []
+      listed =
+        "listed #{length(listing.droplets)} droplets with #{requests}, #{length(targets)} " <>
+          "selected; nothing connects from here, and the cookie is not checked"
+
+      vpc = "vpc: :self is each node's own VPC: from here, every VPC is shown"
+      notes = [info: listed] ++ if(config.vpc == :self, do: [info: vpc], else: [])
 
       facts = %Explain.Facts{
         topology: topology,
