@@ -52,6 +52,17 @@ defmodule LibclusterDroplet.CoordinationTest do
       assert :poll = Coordination.tick(fresh, 2_600, 100, 5)
     end
 
+    test "safety polls slow down with a leader that paces itself, never speed up" do
+      paced = coordination(leader: :a@h, leader_interval: 1_000, last_api_poll_at: 0)
+      # 4 × (5 − 1) × the leader's 1,000 ms, not our 100 ms.
+      assert :follow = Coordination.tick(%{paced | leader_seen_at: 15_999}, 15_999, 100, 5)
+      assert :poll = Coordination.tick(%{paced | leader_seen_at: 16_000}, 16_000, 100, 5)
+      # A leader faster than us: our own interval still sets the pace.
+      brisk = %{paced | leader_interval: 10, leader_seen_at: 1_599}
+      assert :follow = Coordination.tick(brisk, 1_599, 100, 5)
+      assert :poll = Coordination.tick(%{brisk | leader_seen_at: 1_600}, 1_600, 100, 5)
+    end
+
     test "followers together add at most a quarter of the leader's polls" do
       for size <- [2, 5, 10, 30, 100] do
         followers_rate = (size - 1) / Coordination.safety_interval(1_000, size)

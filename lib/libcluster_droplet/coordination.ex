@@ -79,8 +79,13 @@ defmodule LibclusterDroplet.Coordination do
   def safety_interval(interval, cluster_size),
     do: @follower_share * max(cluster_size - 1, 1) * interval
 
-  defp safety_poll_due?(%__MODULE__{last_api_poll_at: last}, now, interval, size),
-    do: last != nil and now - last >= safety_interval(interval, size)
+  # At the leader's pace when it is slower than ours (it paces itself on a
+  # token other clients drain too, or backs off): followers together then
+  # still add at most a quarter of its polls.
+  defp safety_poll_due?(%__MODULE__{last_api_poll_at: last} = c, now, interval, size) do
+    pace = max(c.leader_interval || interval, interval)
+    last != nil and now - last >= safety_interval(pace, size)
+  end
 
   # A share from `from` under `fingerprint`, received at `now` by `self`;
   # `interval` is the sender's wait, by which its silence is judged.
