@@ -69,8 +69,10 @@ defmodule Bench.Budget do
           r.join_median_ms && Helper.int(round(r.join_median_ms)),
           r.join_max_ms && Helper.int(r.join_max_ms),
           "#{r.coordinating} of #{r.nodes}",
-          r.poller_polls_per_hour &&
-            "#{round(r.poller_polls_per_hour)} + #{round(r.follower_polls_per_hour)}"
+          # Without coordination no node is the poller: no split to show.
+          if(r.coordinating > 0,
+            do: "#{round(r.poller_polls_per_hour)} + #{round(r.follower_polls_per_hour)}"
+          )
         ]
       end
 

@@ -45,10 +45,13 @@ defmodule Bench.HostileListing do
 
   @doc "Runs scenario `index` in a fresh VM; its figures."
   def cold_run(index) do
-    ebin = Path.join(:code.lib_dir(:libcluster_droplet), "ebin")
+    # Every application of this build: the library's own dependencies
+    # (NimbleOptions...) and the fake API's (Jason, test support).
+    build_lib = Path.dirname(:code.lib_dir(:libcluster_droplet))
+    paths = for ebin <- Path.wildcard(Path.join(build_lib, "*/ebin")), do: ["-pa", ebin]
     child = Path.join(__DIR__, "hostile_listing_child.exs")
     elixir = System.find_executable("elixir")
-    {out, 0} = System.cmd(elixir, ["-pa", ebin, child, "#{index}"])
+    {out, 0} = System.cmd(elixir, List.flatten(paths) ++ [child, "#{index}"])
 
     out
     |> String.split("\n", trim: true)
