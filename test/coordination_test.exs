@@ -52,15 +52,38 @@ defmodule LibclusterDroplet.CoordinationTest do
       assert :poll = Coordination.tick(fresh, 2_600, 100, 5)
     end
 
-    test "safety polls slow down with a leader that paces itself, never speed up" do
-      paced = coordination(leader: :a@h, leader_interval: 1_000, last_api_poll_at: 0)
+    test "safety polls slow down with a leader's paced views, never speed up" do
+      paced = coordination(leader: :a@h, last_api_poll_at: 0) |> Coordination.paced(1_000)
       # 4 × (5 − 1) × the leader's 1,000 ms, not our 100 ms.
       assert :follow = Coordination.tick(%{paced | leader_seen_at: 15_999}, 15_999, 100, 5)
       assert :poll = Coordination.tick(%{paced | leader_seen_at: 16_000}, 16_000, 100, 5)
       # A leader faster than us: our own interval still sets the pace.
-      brisk = %{paced | leader_interval: 10, leader_seen_at: 1_599}
+      brisk = %{Coordination.paced(paced, 10) | leader_seen_at: 1_599}
       assert :follow = Coordination.tick(brisk, 1_599, 100, 5)
       assert :poll = Coordination.tick(%{brisk | leader_seen_at: 1_600}, 1_600, 100, 5)
+    end
+
+    test "only a share with a view sets the pace: a failing leader's notices never do" do
+      c = coordination(leader: :a@h, leader_seen_at: 0)
+      notice = %{from: :a@h, fingerprint: @fp, interval: 60_000, verdicts: nil, droplets: nil}
+
+      assert {:accept, %{leader_pace: nil, leader_interval: 60_000}, :keep} =
+               Coordination.share(c, notice, 10, :z@h)
+
+      assert {:accept, %{leader_pace: 60_000}, :keep} =
+               Coordination.share(c, %{notice | verdicts: []}, 10, :z@h)
+    end
+
+    test "a pace from a peer is capped as a paced wait; a new leader's starts afresh" do
+      max = LibclusterDroplet.Schedule.max_paced_wait()
+      c = coordination(leader: :b@h, last_api_poll_at: 0) |> Coordination.paced(1_000_000_000_000)
+      assert c.leader_pace == max
+      due = Coordination.safety_interval(max, 5)
+      assert :follow = Coordination.tick(%{c | leader_seen_at: due - 1}, due - 1, 100, 5)
+      assert :poll = Coordination.tick(%{c | leader_seen_at: due}, due, 100, 5)
+
+      assert {:accept, %{leader: :a@h, leader_pace: nil}, :monitor} =
+               Coordination.share(%{c | leader_seen_at: 0}, :a@h, @fp, 10, :z@h, 100)
     end
 
     test "followers together add at most a quarter of the leader's polls" do

@@ -17,6 +17,7 @@ defmodule LibclusterDroplet.Coordination do
             leader_ref: nil,
             leader_seen_at: nil,
             leader_interval: nil,
+            leader_pace: nil,
             last_api_poll_at: nil,
             passed_over: MapSet.new()
 
@@ -80,12 +81,20 @@ defmodule LibclusterDroplet.Coordination do
     do: @follower_share * max(cluster_size - 1, 1) * interval
 
   # At the leader's pace when it is slower than ours (it paces itself on a
-  # token other clients drain too, or backs off): followers together then
-  # still add at most a quarter of its polls.
+  # token other clients drain too): followers together then still add at
+  # most a quarter of its polls.
   defp safety_poll_due?(%__MODULE__{last_api_poll_at: last} = c, now, interval, size) do
-    pace = max(c.leader_interval || interval, interval)
+    pace = max(c.leader_pace || interval, interval)
     last != nil and now - last >= safety_interval(pace, size)
   end
+
+  # The wait the leader announced with its last view. Only a view's: a
+  # leader whose polls fail announces its backoff in notices, and its
+  # followers must go on polling then. Capped as a paced wait is, whatever
+  # a peer sends.
+  @spec paced(t(), pos_integer()) :: t()
+  def paced(%__MODULE__{} = c, wait),
+    do: %{c | leader_pace: min(wait, LibclusterDroplet.Schedule.max_paced_wait())}
 
   # A share from `from` under `fingerprint`, received at `now` by `self`;
   # `interval` is the sender's wait, by which its silence is judged.
@@ -111,9 +120,19 @@ defmodule LibclusterDroplet.Coordination do
 
   def share(_coordination, _from, _fingerprint, _now, _self, _interval), do: :ignore
 
+  # A share (`LibclusterDroplet.Share`) received at `now`: share/6 on its
+  # header; a view's announced wait also sets the pace of safety polls.
+  def share(%__MODULE__{} = c, share, now, self) do
+    with {:accept, c, watch} <-
+           share(c, share.from, share.fingerprint, now, self, share.interval) do
+      view? = share.verdicts != nil or share.droplets != nil
+      {:accept, if(view?, do: paced(c, share.interval), else: c), watch}
+    end
+  end
+
   defp follow(c, leader, seen_at, interval) do
     %{c | leader: leader, leader_ref: nil, leader_seen_at: seen_at, leader_interval: interval}
-    |> Map.put(:passed_over, MapSet.new())
+    |> Map.merge(%{leader_pace: nil, passed_over: MapSet.new()})
   end
 
   # The leader went away; `connected` are the managed nodes still connected.

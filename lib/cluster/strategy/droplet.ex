@@ -468,9 +468,7 @@ defmodule Cluster.Strategy.Droplet do
   end
 
   defp accept_share(share, state) do
-    c = state.coordination
-
-    case Coordination.share(c, share.from, share.fingerprint, now(), Node.self(), share.interval) do
+    case Coordination.share(state.coordination, share, now(), Node.self()) do
       :ignore ->
         state
 
