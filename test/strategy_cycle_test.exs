@@ -446,6 +446,19 @@ defmodule Cluster.Strategy.DropletCycleTest do
     %{node: node, name: name, address: address, x: x, pid: pid, get: get}
   end
 
+  # A share from a leader named lower than any test node, as the wire carries it.
+  defp leader_share(get, listed_at, seq, droplets) do
+    encode(%Share{
+      topology: :t,
+      from: :"0-leader@127.0.0.1",
+      fingerprint: get.().coordination.fingerprint,
+      interval: 60_000,
+      seq: seq,
+      listed_at: listed_at,
+      droplets: droplets
+    })
+  end
+
   test "a share check that never answers is given up by its watchdog; the newest queued share is checked next" do
     {:ok, api} = FakeAPI.start_link(token: @token)
 
@@ -456,17 +469,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
     FakeAPI.inject(api, {:status, 503}, times: :infinity)
     later = System.system_time(:millisecond) + 600_000
 
-    share = fn seq ->
-      encode(%Share{
-        topology: :t,
-        from: :"0-leader@127.0.0.1",
-        fingerprint: get.().coordination.fingerprint,
-        interval: 60_000,
-        seq: seq,
-        listed_at: later,
-        droplets: [{name, address}, {"x", x}]
-      })
-    end
+    share = &leader_share(get, later, &1, [{name, address}, {"x", x}])
 
     send_share = &TestCluster.call(node, :erlang, :send, [Coordination.registered_name(:t), &1])
     send_share.(share.(1))
@@ -496,16 +499,7 @@ defmodule Cluster.Strategy.DropletCycleTest do
     {listed_at, seq} = get.().view.key
 
     # Listing x, whose check would hold a %ShareCheck{} for 2 s.
-    share =
-      encode(%Share{
-        topology: :t,
-        from: :"0-leader@127.0.0.1",
-        fingerprint: get.().coordination.fingerprint,
-        interval: 60_000,
-        seq: seq,
-        listed_at: listed_at,
-        droplets: [{name, address}, {"x", x}]
-      })
+    share = leader_share(get, listed_at, seq, [{name, address}, {"x", x}])
 
     # Sent from the node, so that it is handled before get.()'s call.
     TestCluster.call(node, :erlang, :send, [Coordination.registered_name(:t), share])
