@@ -125,8 +125,8 @@ defmodule LibclusterDroplet.Coordination do
   def share(%__MODULE__{} = c, share, now, self) do
     with {:accept, c, watch} <-
            share(c, share.from, share.fingerprint, now, self, share.interval) do
-      view? = share.verdicts != nil or share.droplets != nil
-      {:accept, if(view?, do: paced(c, share.interval), else: c), watch}
+      notice? = LibclusterDroplet.Share.notice?(share)
+      {:accept, if(notice?, do: c, else: paced(c, share.interval)), watch}
     end
   end
 

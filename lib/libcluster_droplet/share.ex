@@ -79,6 +79,9 @@ defmodule LibclusterDroplet.Share do
 
   def view(%__MODULE__{listed_at: listed_at, seq: seq}), do: {listed_at, seq}
 
+  # A notice carries no view: the leader is alive and polls in `interval`.
+  def notice?(share), do: share.verdicts == nil and share.droplets == nil
+
   # The wire forms: version 3, and version 2 too for a share with a view.
   def encode(%__MODULE__{} = share) do
     header = Map.take(share, @header)

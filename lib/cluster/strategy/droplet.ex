@@ -478,7 +478,7 @@ defmodule Cluster.Strategy.Droplet do
         state = %{state | coordination: c}
 
         # A view waits for the phase in flight; next_phase/1 checks it is newer.
-        if share.verdicts == nil and share.droplets == nil,
+        if Share.notice?(share),
           do: state,
           else: next_phase(%{state | pending_share: Share.newest(share, state.pending_share)})
     end
